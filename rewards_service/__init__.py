@@ -1,0 +1,1 @@
+"""Reward scoring for rlcm: pure scorers (arrays in, floats out), the HTTP app, Serve deployments, clients."""

@@ -1,0 +1,37 @@
+"""The interface every reward implements, in process, behind FastAPI, or behind Ray Serve."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol, Sequence, runtime_checkable
+
+import numpy as np
+
+
+@dataclass
+class ScoreResult:
+    """Rewards for a batch, the version of the reward that produced them, and per-sample details."""
+
+    rewards: list[float]
+    version: str
+    details: dict[str, list[Any]] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Scorer(Protocol):
+    """A reward: `images` is uint8 [B, H, W, 3] (HWC, RGB), `prompts` has length B."""
+
+    name: str
+    version: str
+
+    def score(self, images: np.ndarray, prompts: Sequence[str]) -> ScoreResult: ...
+
+
+def check_batch(images: np.ndarray, prompts: Sequence[str]) -> None:
+    """Raise ValueError with a clear message if a batch is not uint8 [B, H, W, 3] with B prompts."""
+    if not isinstance(images, np.ndarray) or images.dtype != np.uint8:
+        raise ValueError(f"images must be a uint8 numpy array, got {type(images).__name__} {getattr(images, 'dtype', '')}")
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"images must have shape [B, H, W, 3], got {list(images.shape)}")
+    if len(prompts) != images.shape[0]:
+        raise ValueError(f"got {images.shape[0]} images but {len(prompts)} prompts; they must match")
