@@ -10,11 +10,32 @@ import numpy as np
 
 @dataclass
 class ScoreResult:
-    """Rewards for a batch, the version of the reward that produced them, and per-sample details."""
+    """Rewards for a batch, the version of the reward that produced them, and per-sample details.
+
+    `valid[i]` is False when sample i could not be scored (its reward is NaN and must be excluded
+    from advantages, never read as a score); it defaults to all True.
+    """
 
     rewards: list[float]
     version: str
     details: dict[str, list[Any]] = field(default_factory=dict)
+    valid: list[bool] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.valid:
+            self.valid = [True] * len(self.rewards)
+        if len(self.valid) != len(self.rewards):
+            raise ValueError(f"valid has {len(self.valid)} entries for {len(self.rewards)} rewards")
+
+    @property
+    def num_invalid(self) -> int:
+        """How many samples could not be scored."""
+        return sum(not v for v in self.valid)
+
+    @classmethod
+    def failed(cls, n: int, version: str, error: str) -> "ScoreResult":
+        """A result marking all `n` samples invalid (NaN reward) with the error that caused it."""
+        return cls(rewards=[float("nan")] * n, version=version, details={"error": [error] * n}, valid=[False] * n)
 
 
 @runtime_checkable

@@ -1,0 +1,175 @@
+"""The reward HTTP API (FastAPI): health, listing, and scoring by reward name, with limits and auth."""
+
+from __future__ import annotations
+
+import inspect
+import math
+import secrets
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from rewards_service.codec import ImageError, decode_batch
+from rewards_service.scorers.base import ScoreResult
+from rewards_service.settings import ServiceSettings
+
+RESERVED_KEYS = ("rewards", "version", "valid")
+
+
+class ScoreRequest(BaseModel):
+    """A batch to score: one prompt per image, images as base64-encoded PNG of one size."""
+
+    model_config = ConfigDict(extra="forbid")
+    prompts: list[str] = Field(description="one prompt per image")
+    images: list[str] = Field(description="base64-encoded PNG images, all of the same size")
+
+
+class ScoreResponse(BaseModel):
+    """Rewards (null where `valid` is false), the reward version, and per-sample details as extra keys."""
+
+    model_config = ConfigDict(extra="allow")
+    rewards: list[float | None]
+    version: str
+    valid: list[bool]
+
+
+class RewardInfo(BaseModel):
+    name: str
+    version: str
+
+
+class RewardList(BaseModel):
+    rewards: list[RewardInfo]
+
+
+class Health(BaseModel):
+    status: str = "ok"
+
+
+def _error(status: int, text: str) -> dict[str, Any]:
+    return {status: {"description": text, "content": {"application/json": {"example": {"detail": text}}}}}
+
+
+ERRORS = {**_error(401, "missing or wrong bearer token"), **_error(404, "unknown reward"),
+          **_error(413, "body, image count or image size above the limits"), **_error(415, "content type is not application/json"),
+          **_error(422, "malformed JSON, bad base64, non-PNG image, or prompt/image count mismatch")}
+
+
+async def call_scorer(scorer: Any, images: np.ndarray, prompts: Sequence[str]) -> ScoreResult:
+    """Score with a sync Scorer (in a worker thread) or an async one (awaited)."""
+    if inspect.iscoroutinefunction(scorer.score):
+        return await scorer.score(images, prompts)
+    return await run_in_threadpool(scorer.score, images, prompts)
+
+
+async def scorer_version(scorer: Any) -> str:
+    """The current version of a scorer; remote scorers expose an async `get_version`."""
+    get_version = getattr(scorer, "get_version", None)
+    return await get_version() if get_version else scorer.version
+
+
+def _nan_to_none(values: list[Any]) -> list[Any]:
+    return [None if isinstance(v, float) and math.isnan(v) else v for v in values]
+
+
+def result_to_json(result: ScoreResult) -> dict[str, Any]:
+    """ScoreResult -> response body (NaN -> null, details merged as top-level keys)."""
+    clash = sorted(set(result.details) & set(RESERVED_KEYS))
+    if clash:
+        raise ValueError(f"detail keys {clash} clash with the response fields {RESERVED_KEYS}")
+    valid = [v and not math.isnan(r) for v, r in zip(result.valid, result.rewards)]
+    body = {"rewards": _nan_to_none(result.rewards), "version": result.version, "valid": valid}
+    body.update({k: _nan_to_none(list(v)) for k, v in result.details.items()})
+    return body
+
+
+def _validation_detail(exc: ValidationError) -> str:
+    parts = [f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()]
+    return "invalid request body: " + "; ".join(parts)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > limit:
+        raise HTTPException(413, f"request body is {length} bytes, above the limit of {limit}; send fewer or smaller images")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise HTTPException(413, f"request body is above the limit of {limit} bytes; send fewer or smaller images")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def parse_request(body: bytes, settings: ServiceSettings) -> tuple[np.ndarray, list[str]]:
+    """Validate a request body and decode its images; raises HTTPException with a clear detail."""
+    try:
+        req = ScoreRequest.model_validate_json(body)
+    except ValidationError as exc:
+        raise HTTPException(422, _validation_detail(exc)) from None
+    if len(req.images) != len(req.prompts):
+        raise HTTPException(422, f"got {len(req.images)} images but {len(req.prompts)} prompts; send one prompt per image")
+    if not req.images:
+        raise HTTPException(422, "the request has no images; send at least one")
+    if len(req.images) > settings.max_images_per_request:
+        raise HTTPException(413, f"{len(req.images)} images in one request, above the limit of {settings.max_images_per_request}; split the batch")
+    try:
+        return decode_batch(req.images, settings.max_pixels_per_image), req.prompts
+    except ImageError as exc:
+        raise HTTPException(exc.status, exc.detail) from None
+
+
+def create_app(scorers: Mapping[str, Any], settings: ServiceSettings | None = None) -> FastAPI:
+    """The reward API over `scorers` (name -> Scorer, sync or async `score`)."""
+    settings = settings or ServiceSettings()
+    scorers = dict(scorers)
+    bearer = HTTPBearer(auto_error=False, description="required when the service has a token configured")
+
+    def check_token(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+        if settings.auth_token is None:
+            return
+        expected = settings.auth_token.get_secret_value()
+        if credentials is None or not secrets.compare_digest(credentials.credentials.encode(), expected.encode()):
+            raise HTTPException(401, "missing or wrong bearer token; send 'Authorization: Bearer <token>'", headers={"WWW-Authenticate": "Bearer"})
+
+    app = FastAPI(title="rlcm reward service", version="1", description="Rewards for RL fine-tuning of consistency models. Images travel as base64 PNG; no pickle.")
+
+    @app.get("/healthz", response_model=Health, summary="Liveness")
+    async def healthz() -> Health:
+        return Health()
+
+    @app.get("/v1/rewards", response_model=RewardList, dependencies=[Depends(check_token)], responses=_error(401, "missing or wrong bearer token"), summary="List rewards and their versions")
+    async def list_rewards() -> RewardList:
+        return RewardList(rewards=[RewardInfo(name=n, version=await scorer_version(s)) for n, s in scorers.items()])
+
+    @app.post("/v1/score/{name}", response_model=ScoreResponse, dependencies=[Depends(check_token)], responses=ERRORS, summary="Score a batch of images",
+              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": ScoreRequest.model_json_schema()}}}})
+    async def score(name: str, request: Request) -> JSONResponse:
+        if name not in scorers:
+            raise HTTPException(404, f"unknown reward {name!r}; available: {sorted(scorers)}")
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type != "application/json":
+            raise HTTPException(415, f"content type must be application/json, got {content_type or 'none'!r}")
+        images, prompts = parse_request(await _read_body(request, settings.max_body_bytes), settings)
+        try:
+            result = await call_scorer(scorers[name], images, prompts)
+        except ValueError as exc:
+            raise HTTPException(422, f"reward {name!r} rejected the batch: {exc}") from None
+        return JSONResponse(result_to_json(result))
+
+    return app
+
+
+def response_to_result(body: Mapping[str, Any]) -> ScoreResult:
+    """Response body -> ScoreResult (null rewards -> NaN, extra keys -> details)."""
+    rewards = [float("nan") if r is None else float(r) for r in body["rewards"]]
+    details = {k: v for k, v in body.items() if k not in RESERVED_KEYS}
+    return ScoreResult(rewards=rewards, version=str(body["version"]), details=details, valid=list(body.get("valid") or [True] * len(rewards)))
+
+
+__all__ = ["create_app", "call_scorer", "scorer_version", "result_to_json", "response_to_result", "ScoreRequest", "ScoreResponse"]
