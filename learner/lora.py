@@ -1,0 +1,80 @@
+"""LoRA adapters on the UNet through peft: attach, export/import as a versioned state dict, save for diffusers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import LatentConsistencyModelPipeline
+from diffusers.training_utils import cast_training_params
+from peft import LoraConfig
+from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
+from pydantic import BaseModel, ConfigDict, Field
+
+LORA_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
+
+
+class LoraSettings(BaseModel):
+    """Which UNet modules get LoRA, with what rank and alpha (scale = alpha / rank)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rank: int = Field(16, ge=1)
+    alpha: float = Field(32.0, gt=0)
+    target_modules: list[str] = Field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"], min_length=1)
+    init: str = Field("gaussian", pattern="^(gaussian|default)$")
+
+    def peft_config(self) -> LoraConfig:
+        init = "gaussian" if self.init == "gaussian" else True
+        return LoraConfig(r=self.rank, lora_alpha=self.alpha, target_modules=self.target_modules, init_lora_weights=init)
+
+
+@dataclass
+class AdapterVersion:
+    """The LoRA weights (peft names, fp32, CPU) of one policy version."""
+
+    version: int
+    state_dict: dict[str, torch.Tensor]
+
+
+def add_lora(unet: torch.nn.Module, settings: LoraSettings) -> list[torch.nn.Parameter]:
+    """Attach a trainable fp32 LoRA adapter to a frozen UNet; returns the adapter parameters."""
+    try:
+        unet.add_adapter(settings.peft_config())
+    except ValueError as error:
+        raise ValueError(f"LoRA target_modules {settings.target_modules} do not fit this UNet: {error}") from error
+    cast_training_params(unet, dtype=torch.float32)
+    return [p for p in unet.parameters() if p.requires_grad]
+
+
+def export_adapter(unet: torch.nn.Module, version: int) -> AdapterVersion:
+    """Copy the adapter weights off the model (CPU, fp32) tagged with `version`."""
+    state = {k: v.detach().to("cpu", torch.float32).clone() for k, v in get_peft_model_state_dict(unet).items()}
+    return AdapterVersion(version=version, state_dict=state)
+
+
+def import_adapter(unet: torch.nn.Module, adapter: AdapterVersion) -> None:
+    """Load adapter weights exported by `export_adapter` into a UNet carrying the same LoRA layout."""
+    result = set_peft_model_state_dict(unet, adapter.state_dict)
+    unexpected = getattr(result, "unexpected_keys", None)
+    if unexpected:
+        raise ValueError(f"adapter has weights this UNet's LoRA layout lacks: {unexpected[:5]}")
+
+
+def save_lora(directory: str | Path, unet: torch.nn.Module, settings: LoraSettings) -> Path:
+    """Write `pytorch_lora_weights.safetensors` for `load_lora_weights`, with metadata so alpha survives.
+
+    Keys stay in peft naming (`unet.<module>.lora_A.weight`), which diffusers loads as is; the old
+    `lora.down` naming has no form for conv layers.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    layers = get_peft_model_state_dict(unet)
+    LatentConsistencyModelPipeline.save_lora_weights(
+        directory,
+        unet_lora_layers={k: v.detach().to("cpu", torch.float32).contiguous() for k, v in layers.items()},
+        unet_lora_adapter_metadata=settings.peft_config().to_dict(),
+        safe_serialization=True,
+    )
+    return directory / LORA_WEIGHTS_NAME

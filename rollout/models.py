@@ -1,0 +1,156 @@
+"""Loading LCM pipelines: a hub id, a local directory, or `"tiny"`, a toy LCM built from configs.
+
+The toy is a real `LatentConsistencyModelPipeline` (stock diffusers class) whose parts are small:
+a random 2-level `UNet2DConditionModel` with the LCM guidance embedding (sample prediction), a
+random 2-layer CLIP text encoder with a character-level CLIP tokenizer, and a pixel-space decoder
+(latents -> 1x1 mix to RGB -> tanh -> nearest upsample) in place of the VAE. It has learned nothing;
+it exists so that every code path used with real models runs on a laptop CPU, and so that PPO has
+something to climb: with a random VAE, JPEG size hardly depends on the latents, with this decoder
+it does.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from diffusers import LatentConsistencyModelPipeline, LCMScheduler, UNet2DConditionModel
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.models.modeling_utils import ModelMixin
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+TINY = "tiny"
+DEFAULT_REAL_MODEL = "SimianLuo/LCM_Dreamshaper_v7"
+
+
+class ToyPixelDecoder(ModelMixin, ConfigMixin):
+    """Stands in for `AutoencoderKL.decode`: a fixed 1x1 channel mix, tanh, nearest upsampling."""
+
+    @register_to_config
+    def __init__(self, latent_channels: int = 4, block_out_channels: tuple[int, ...] = (8, 8, 8), scaling_factor: float = 1.0):
+        super().__init__()
+        self.to_rgb = torch.nn.Conv2d(latent_channels, 3, kernel_size=1)
+        self.requires_grad_(False)
+
+    @property
+    def upscale(self) -> int:
+        return 2 ** (len(self.config.block_out_channels) - 1)
+
+    def decode(self, z: torch.Tensor, return_dict: bool = False):
+        image = F.interpolate(torch.tanh(self.to_rgb(z)), scale_factor=self.upscale, mode="nearest")
+        return (image,)
+
+
+def _char_level_clip_tokenizer(model_max_length: int) -> CLIPTokenizer:
+    """A CLIP BPE tokenizer with no merges: one token per byte-level character."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    chars = list(bytes_to_unicode().values())
+    tokens = ["<|startoftext|>", "<|endoftext|>"] + chars + [c + "</w>" for c in chars]
+    return CLIPTokenizer(vocab={tok: i for i, tok in enumerate(tokens)}, merges=[], model_max_length=model_max_length)
+
+
+def build_tiny_pipeline(seed: int = 0, sample_size: int = 16) -> LatentConsistencyModelPipeline:
+    """The toy LCM: deterministic for `seed`, 4x`sample_size` pixel images, no downloads."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        tokenizer = _char_level_clip_tokenizer(model_max_length=32)
+        text_encoder = CLIPTextModel(
+            CLIPTextConfig(
+                vocab_size=len(tokenizer),
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                max_position_embeddings=32,
+                bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.eos_token_id,
+            )
+        )
+        unet = UNet2DConditionModel(
+            sample_size=sample_size,
+            in_channels=4,
+            out_channels=4,
+            block_out_channels=(32, 64),
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+            layers_per_block=1,
+            cross_attention_dim=32,
+            attention_head_dim=8,
+            norm_num_groups=8,
+            time_cond_proj_dim=32,
+        )
+        vae = ToyPixelDecoder()
+    scheduler = LCMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", prediction_type="sample", original_inference_steps=50
+    )
+    pipe = LatentConsistencyModelPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    return pipe
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    """Half precision for the frozen base on GPU (bf16 where supported), fp32 on CPU."""
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def _looks_like_path(model: str) -> bool:
+    return model.startswith((".", "/", "~")) or os.sep in model.rstrip(os.sep).split(os.sep, 1)[-1] or Path(model).exists()
+
+
+def load_pipeline(
+    model: str,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    seed: int = 0,
+) -> LatentConsistencyModelPipeline:
+    """An LCM pipeline with frozen weights, an `LCMScheduler`, no safety checker, progress bars off.
+
+    `model` is `"tiny"` (the toy, built from configs), a local directory in diffusers layout, or a
+    Hugging Face hub id such as `SimianLuo/LCM_Dreamshaper_v7`.
+    """
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = dtype or default_dtype(device)
+    if model == TINY:
+        pipe = build_tiny_pipeline(seed=seed)
+        if dtype != torch.float32:
+            pipe.to(dtype=dtype)
+    else:
+        local = Path(model).expanduser()
+        if _looks_like_path(model) and not local.is_dir():
+            raise FileNotFoundError(
+                f"model directory {model!r} does not exist; pass an existing diffusers folder, a hub id "
+                f"such as {DEFAULT_REAL_MODEL!r}, or 'tiny' for the toy model"
+            )
+        try:
+            pipe = LatentConsistencyModelPipeline.from_pretrained(
+                str(local) if local.is_dir() else model,
+                dtype=dtype,
+                safety_checker=None,
+                requires_safety_checker=False,
+            )
+        except (OSError, ValueError) as error:
+            raise FileNotFoundError(
+                f"could not load LCM {model!r}: {error}. Check the hub id or folder; offline machines need the "
+                "weights in the local Hugging Face cache or a local folder"
+            ) from error
+        pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config)
+    pipe.to(device)
+    for component in (pipe.unet, pipe.vae, pipe.text_encoder):
+        component.requires_grad_(False)
+        component.eval()
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

@@ -1,0 +1,201 @@
+"""The LCM sampler as a policy (RLCM): states x_k, Gaussian actions x_{k+1}, exact log-probabilities.
+
+With H inference steps and LCMScheduler timesteps τ_0 > … > τ_{H-1}:
+
+    x̂0_k       = the clean-sample prediction of the UNet at (x_k, τ_k)       (per prediction type)
+    denoised_k = c_out(τ_k)·x̂0_k + c_skip(τ_k)·x_k                         (boundary condition)
+    π(x_{k+1} | x_k) = N(√ᾱ(τ_{k+1})·denoised_k, (1 − ᾱ(τ_{k+1}))·I)      for k < H−1
+    output     = denoised_{H−1}                                            (deterministic, no log-prob)
+
+log π is the Gaussian log-density averaged over latent dims (C·h·w), in fp32. One UNet call per
+step, conditioned on the LCM guidance embedding of w = guidance_scale − 1 (no CFG doubling).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import torch
+from diffusers import LatentConsistencyModelPipeline, LCMScheduler
+
+
+@dataclass
+class Trajectory:
+    """One batch of B sampled chains; field names are a contract (see DESIGN.md)."""
+
+    prompts: list[str]
+    prompt_embeds: torch.Tensor  # [B, L, D]
+    timesteps: torch.Tensor  # int [H]
+    latents: torch.Tensor  # fp32 [B, H, C, h, w]: x_0 … x_{H-1}
+    log_probs: torch.Tensor  # fp32 [B, H-1]: log π(x_{k+1} | x_k) at sampling time
+    images: torch.Tensor  # uint8 [B, 3, height, width]
+    guidance_scale: float
+    policy_version: int
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def to(self, device: torch.device | str) -> "Trajectory":
+        return replace(
+            self,
+            prompt_embeds=self.prompt_embeds.to(device),
+            timesteps=self.timesteps.to(device),
+            latents=self.latents.to(device),
+            log_probs=self.log_probs.to(device),
+            images=self.images.to(device),
+        )
+
+    @staticmethod
+    def concat(trajectories: list["Trajectory"]) -> "Trajectory":
+        """Join batches sampled with the same timesteps and guidance into one."""
+        first = trajectories[0]
+        for other in trajectories[1:]:
+            if not torch.equal(other.timesteps, first.timesteps) or other.guidance_scale != first.guidance_scale:
+                raise ValueError("cannot concatenate trajectories with different timesteps or guidance scales")
+        return Trajectory(
+            prompts=[p for t in trajectories for p in t.prompts],
+            prompt_embeds=torch.cat([t.prompt_embeds for t in trajectories]),
+            timesteps=first.timesteps,
+            latents=torch.cat([t.latents for t in trajectories]),
+            log_probs=torch.cat([t.log_probs for t in trajectories]),
+            images=torch.cat([t.images for t in trajectories]),
+            guidance_scale=first.guidance_scale,
+            policy_version=min(t.policy_version for t in trajectories),
+        )
+
+
+def lcm_timesteps(scheduler: LCMScheduler, num_steps: int, original_inference_steps: int = 50) -> torch.Tensor:
+    """τ_0 > … > τ_{H-1} as the LCMScheduler chooses them (H=8, 50 original steps: 999, 879, …, 139)."""
+    scheduler.set_timesteps(num_steps, original_inference_steps=original_inference_steps)
+    return scheduler.timesteps.clone().long()
+
+
+def guidance_embedding(pipe: LatentConsistencyModelPipeline, guidance_scale: float, batch_size: int) -> torch.Tensor:
+    """The LCM `timestep_cond`: a sinusoidal embedding of w = guidance_scale − 1, fp32 [B, D]."""
+    w = torch.full((batch_size,), guidance_scale - 1.0)
+    return pipe.get_guidance_scale_embedding(w, embedding_dim=pipe.unet.config.time_cond_proj_dim)
+
+
+def predict_denoised(
+    unet: torch.nn.Module,
+    scheduler: LCMScheduler,
+    x: torch.Tensor,
+    t: torch.Tensor,
+    prompt_embeds: torch.Tensor,
+    w_embedding: torch.Tensor,
+) -> torch.Tensor:
+    """denoised_k = c_out(τ)·x̂0 + c_skip(τ)·x_k, in fp32, for fp32 x [B, C, h, w] and timesteps t [B]."""
+    dtype = unet.dtype
+    model_output = unet(
+        x.to(dtype),
+        t,
+        encoder_hidden_states=prompt_embeds.to(dtype),
+        timestep_cond=w_embedding.to(dtype),
+        return_dict=False,
+    )[0].float()
+    alpha_prod_t = scheduler.alphas_cumprod.to(x.device)[t].view(-1, 1, 1, 1)  # ᾱ(τ)
+    prediction_type = scheduler.config.prediction_type
+    if prediction_type == "epsilon":
+        x0_pred = (x - (1 - alpha_prod_t).sqrt() * model_output) / alpha_prod_t.sqrt()
+    elif prediction_type == "sample":
+        x0_pred = model_output
+    elif prediction_type == "v_prediction":
+        x0_pred = alpha_prod_t.sqrt() * x - (1 - alpha_prod_t).sqrt() * model_output
+    else:
+        raise ValueError(f"unsupported prediction_type {prediction_type!r}")
+    c_skip, c_out = scheduler.get_scalings_for_boundary_condition_discrete(t)
+    return c_out.view(-1, 1, 1, 1).float() * x0_pred + c_skip.view(-1, 1, 1, 1).float() * x
+
+
+def transition_mean_std(scheduler: LCMScheduler, denoised: torch.Tensor, t_next: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean √ᾱ(τ_{k+1})·denoised_k and std √(1 − ᾱ(τ_{k+1})) of the action x_{k+1}."""
+    alpha_prod_next = scheduler.alphas_cumprod.to(denoised.device)[t_next].view(-1, 1, 1, 1).float()
+    return alpha_prod_next.sqrt() * denoised, (1 - alpha_prod_next).sqrt()
+
+
+def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """log N(x; mean, std²·I) averaged over all but the batch dim, in fp32."""
+    x, mean, std = x.float(), mean.float(), std.float()
+    log_density = -((x - mean) ** 2) / (2 * std**2) - torch.log(std) - 0.5 * math.log(2 * math.pi)
+    return log_density.mean(dim=tuple(range(1, x.ndim)))
+
+
+def transition_log_prob(
+    unet: torch.nn.Module,
+    scheduler: LCMScheduler,
+    x: torch.Tensor,
+    t: torch.Tensor,
+    t_next: torch.Tensor,
+    x_next: torch.Tensor,
+    prompt_embeds: torch.Tensor,
+    w_embedding: torch.Tensor,
+) -> torch.Tensor:
+    """log π_θ(x_{k+1} | x_k) for a batch whose samples may sit at different steps k (t, t_next: [B])."""
+    denoised = predict_denoised(unet, scheduler, x, t, prompt_embeds, w_embedding)
+    mean, std = transition_mean_std(scheduler, denoised, t_next)
+    return gaussian_log_prob(x_next, mean, std)
+
+
+def decode_images(pipe: LatentConsistencyModelPipeline, denoised: torch.Tensor) -> torch.Tensor:
+    """uint8 [B, 3, H, W] images from the final denoised latents, as `pipe(...)` post-processes them."""
+    image = pipe.vae.decode(denoised.to(pipe.vae.dtype) / pipe.vae.config.scaling_factor, return_dict=False)[0]
+    return ((image.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def encode_prompts(pipe: LatentConsistencyModelPipeline, prompts: list[str]) -> torch.Tensor:
+    """Text-encoder hidden states [B, L, D] for the prompts (no negative prompt: LCMs take none)."""
+    prompt_embeds, _ = pipe.encode_prompt(prompts, pipe.unet.device, 1, do_classifier_free_guidance=False)
+    return prompt_embeds
+
+
+@torch.no_grad()
+def sample_trajectory(
+    pipe: LatentConsistencyModelPipeline,
+    prompts: list[str],
+    num_steps: int,
+    guidance_scale: float,
+    generator: torch.Generator | None = None,
+    height: int | None = None,
+    width: int | None = None,
+    policy_version: int = 0,
+    original_inference_steps: int = 50,
+) -> Trajectory:
+    """Sample B = len(prompts) chains of H = num_steps LCM steps, recording states and log π."""
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be at least 1, got {num_steps}")
+    device = pipe.unet.device
+    scale = pipe.vae_scale_factor
+    height = height or pipe.unet.config.sample_size * scale
+    width = width or pipe.unet.config.sample_size * scale
+    if height % scale or width % scale:
+        raise ValueError(f"height and width must be multiples of {scale}, got {height}x{width}")
+    batch = len(prompts)
+    shape = (batch, pipe.unet.config.in_channels, height // scale, width // scale)
+
+    timesteps = lcm_timesteps(pipe.scheduler, num_steps, original_inference_steps).to(device)
+    prompt_embeds = encode_prompts(pipe, prompts)
+    w_embedding = guidance_embedding(pipe, guidance_scale, batch).to(device)
+
+    x = torch.randn(shape, generator=generator, device=device, dtype=torch.float32) * pipe.scheduler.init_noise_sigma
+    states, log_probs = [], []
+    for k in range(num_steps):
+        states.append(x)
+        t = timesteps[k].expand(batch)
+        denoised = predict_denoised(pipe.unet, pipe.scheduler, x, t, prompt_embeds, w_embedding)
+        if k == num_steps - 1:
+            break
+        mean, std = transition_mean_std(pipe.scheduler, denoised, timesteps[k + 1].expand(batch))
+        x = mean + std * torch.randn(shape, generator=generator, device=device, dtype=torch.float32)
+        log_probs.append(gaussian_log_prob(x, mean, std))
+
+    return Trajectory(
+        prompts=list(prompts),
+        prompt_embeds=prompt_embeds,
+        timesteps=timesteps.cpu(),
+        latents=torch.stack(states, dim=1),
+        log_probs=torch.stack(log_probs, dim=1) if log_probs else torch.zeros(batch, 0),
+        images=decode_images(pipe, denoised),
+        guidance_scale=float(guidance_scale),
+        policy_version=policy_version,
+    )
