@@ -1,0 +1,167 @@
+"""Clipped PPO over the LCM chain (RLCM Algorithm 1), readable top to bottom.
+
+For each sample i and step k < H−1, with ρ = exp(log π_θ(x_{k+1}|x_k) − log π_old(x_{k+1}|x_k)):
+
+    loss = mean_{i,k} max(−A_i·ρ, −A_i·clip(ρ, 1−ε, 1+ε))
+
+Timesteps are shuffled per sample; the optimizer steps once per `grad_accum_steps` minibatches × (H−1)
+steps, after the gradient norm is clipped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from diffusers import LCMScheduler
+from pydantic import BaseModel, ConfigDict, Field
+
+from rollout.policy import transition_log_prob
+
+
+class PPOSettings(BaseModel):
+    """Hyperparameters of the update (RLCM Table 1 names)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    learning_rate: float = Field(1e-4, gt=0)
+    adam_beta1: float = Field(0.9, ge=0, lt=1)
+    adam_beta2: float = Field(0.999, ge=0, lt=1)
+    adam_weight_decay: float = Field(1e-4, ge=0)
+    adam_epsilon: float = Field(1e-8, gt=0)
+    clip_range: float = Field(1e-4, gt=0)
+    adv_clip_max: float = Field(10.0, gt=0)
+    max_grad_norm: float = Field(5.0, gt=0)
+    train_batch_size: int = Field(2, ge=1)
+    grad_accum_steps: int = Field(2, ge=1)
+    inner_epochs: int = Field(1, ge=1)
+    shuffle_timesteps: bool = True
+
+
+@dataclass
+class TrainBatch:
+    """What PPO needs from trajectories: states, actions, behaviour log-probs, advantages."""
+
+    prompt_embeds: torch.Tensor  # [B, L, D]
+    timesteps: torch.Tensor  # [H]
+    latents: torch.Tensor  # [B, H, C, h, w]
+    old_log_probs: torch.Tensor  # [B, H-1]
+    advantages: torch.Tensor  # [B]
+    w_embedding: torch.Tensor  # [B, E]
+
+    def __len__(self) -> int:
+        return self.latents.shape[0]
+
+
+def ppo_loss(
+    log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor, clip_range: float
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Clipped surrogate: mean of max(−A·ρ, −A·clip(ρ, 1−ε, 1+ε)); plus approx_kl, clipfrac, ratio."""
+    ratio = torch.exp(log_prob - old_log_prob)
+    unclipped = -advantages * ratio
+    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
+    loss = torch.maximum(unclipped, clipped).mean()
+    with torch.no_grad():
+        info = {
+            "approx_kl": 0.5 * ((log_prob - old_log_prob) ** 2).mean(),
+            "clipfrac": ((ratio - 1.0).abs() > clip_range).float().mean(),
+            "ratio_min": ratio.min(),
+            "ratio_max": ratio.max(),
+        }
+    return loss, info
+
+
+def ppo_update(
+    unet: torch.nn.Module,
+    scheduler: LCMScheduler,
+    optimizer: torch.optim.Optimizer,
+    params: list[torch.nn.Parameter],
+    batch: TrainBatch,
+    settings: PPOSettings,
+    generator: torch.Generator,
+    reduce_gradients: Callable[[list[torch.nn.Parameter]], None] | None = None,
+) -> dict[str, float]:
+    """Run `inner_epochs` passes of clipped PPO over `batch`; returns averaged diagnostics.
+
+    `reduce_gradients` averages gradients across data-parallel learners before clipping.
+    """
+    num_samples, num_transitions = len(batch), batch.old_log_probs.shape[1]
+    if num_transitions < 1:
+        raise ValueError("PPO needs at least 2 inference steps (H >= 2): the last step has no log-prob")
+    device = batch.latents.device
+    advantages = batch.advantages.clamp(-settings.adv_clip_max, settings.adv_clip_max)
+    backward_per_step = settings.grad_accum_steps * num_transitions
+    sums: dict[str, float] = {}
+    count, optimizer_steps, backward_count = 0, 0, 0
+    unet.train()
+    for _ in range(settings.inner_epochs):
+        order = torch.randperm(num_samples, generator=generator)
+        if settings.shuffle_timesteps:
+            step_order = torch.stack([torch.randperm(num_transitions, generator=generator) for _ in range(num_samples)])
+        else:
+            step_order = torch.arange(num_transitions).expand(num_samples, -1)
+        for start in range(0, num_samples, settings.train_batch_size):
+            idx = order[start : start + settings.train_batch_size]
+            for j in range(num_transitions):
+                k = step_order[idx, j]
+                idx_d, k_d = idx.to(device), k.to(device)
+                log_prob = transition_log_prob(
+                    unet,
+                    scheduler,
+                    batch.latents[idx_d, k_d],
+                    batch.timesteps.to(device)[k_d],
+                    batch.timesteps.to(device)[k_d + 1],
+                    batch.latents[idx_d, k_d + 1],
+                    batch.prompt_embeds[idx_d],
+                    batch.w_embedding[idx_d],
+                )
+                loss, info = ppo_loss(log_prob, batch.old_log_probs[idx_d, k_d], advantages[idx_d], settings.clip_range)
+                (loss / backward_per_step).backward()
+                backward_count += 1
+                for key, value in {"loss": loss.detach(), **info}.items():
+                    if key == "ratio_min":
+                        sums[key] = min(sums.get(key, float("inf")), value.item())
+                    elif key == "ratio_max":
+                        sums[key] = max(sums.get(key, float("-inf")), value.item())
+                    else:
+                        sums[key] = sums.get(key, 0.0) + value.item()
+                count += 1
+                if backward_count % backward_per_step == 0:
+                    sums["grad_norm"] = sums.get("grad_norm", 0.0) + _optimizer_step(optimizer, params, settings, reduce_gradients)
+                    optimizer_steps += 1
+    if backward_count % backward_per_step:
+        raise ValueError(
+            f"{num_samples} samples in minibatches of {settings.train_batch_size} do not fill whole gradient "
+            f"accumulation windows of {settings.grad_accum_steps}; make samples per update a multiple of "
+            "train_batch_size × grad_accum_steps"
+        )
+    unet.eval()
+    metrics = {k: (v if k.startswith("ratio_") else v / count) for k, v in sums.items() if k != "grad_norm"}
+    metrics["grad_norm"] = sums.get("grad_norm", 0.0) / max(optimizer_steps, 1)
+    metrics["optimizer_steps"] = float(optimizer_steps)
+    return metrics
+
+
+def _optimizer_step(
+    optimizer: torch.optim.Optimizer,
+    params: list[torch.nn.Parameter],
+    settings: PPOSettings,
+    reduce_gradients: Callable[[list[torch.nn.Parameter]], None] | None,
+) -> float:
+    if reduce_gradients is not None:
+        reduce_gradients(params)
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(grad_norm)
+
+
+def build_optimizer(params: list[torch.nn.Parameter], settings: PPOSettings) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(
+        params,
+        lr=settings.learning_rate,
+        betas=(settings.adam_beta1, settings.adam_beta2),
+        weight_decay=settings.adam_weight_decay,
+        eps=settings.adam_epsilon,
+    )
