@@ -1,0 +1,119 @@
+"""Reward clients: non-blocking submit, timeouts, bounded retries, failed samples invalid; version unification."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from rewards_service.app import create_app
+from rewards_service.client import (HttpRewardClient, InProcessRewardClient, RetryPolicy, RewardClientConfig,
+                                    build_reward_client)
+from rewards_service.scorers import JpegCompressibility, ScoreResult
+from rewards_service.settings import ServiceSettings
+from rewards_service.versions import MixedRewardVersions, batch_version, unify_versions
+
+FAST_RETRY = RetryPolicy(timeout_s=5, max_attempts=3, backoff_s=0.01)
+
+
+def _images(n: int = 2) -> np.ndarray:
+    return np.random.default_rng(2).integers(0, 256, (n, 16, 16, 3), dtype=np.uint8)
+
+
+class Flaky:
+    """Fails the first `failures` calls, then scores 1.0; can block until released."""
+
+    name, version = "flaky", "1"
+
+    def __init__(self, failures: int = 0, gate: threading.Event | None = None) -> None:
+        self.failures, self.calls, self.gate = failures, 0, gate
+
+    def score(self, images, prompts) -> ScoreResult:
+        self.calls += 1
+        if self.gate is not None:
+            self.gate.wait(10)
+        if self.calls <= self.failures:
+            raise RuntimeError(f"transient failure {self.calls}")
+        return ScoreResult([1.0] * len(prompts), self.version)
+
+
+def test_submit_does_not_block_and_result_joins():
+    gate = threading.Event()
+    client = InProcessRewardClient(Flaky(gate=gate), retry=FAST_RETRY)
+    start = time.perf_counter()
+    future = client.submit(_images(), ["a", "b"])
+    assert time.perf_counter() - start < 0.5 and not future.done()
+    gate.set()
+    assert client.result(future, timeout=5).rewards == [1.0, 1.0]
+
+
+def test_retries_then_succeeds():
+    scorer = Flaky(failures=2)
+    result = InProcessRewardClient(scorer, retry=FAST_RETRY).score(_images(), ["a", "b"])
+    assert result.valid == [True, True] and scorer.calls == 3
+
+
+def test_exhausted_retries_mark_samples_invalid():
+    scorer = Flaky(failures=10)
+    result = InProcessRewardClient(scorer, retry=FAST_RETRY).score(_images(), ["a", "b"])
+    assert scorer.calls == 3 and result.valid == [False, False] and result.num_invalid == 2
+    assert all(np.isnan(result.rewards)) and "transient failure 3" in result.details["error"][0]
+    assert result.details["attempts"] == [3, 3]
+
+
+def test_timeout_marks_samples_invalid():
+    gate = threading.Event()
+    client = InProcessRewardClient(Flaky(gate=gate), retry=FAST_RETRY)
+    result = client.result(client.submit(_images(), ["a", "b"]), timeout=0.1)
+    gate.set()
+    assert result.valid == [False, False] and "timed out" in result.details["error"][0]
+
+
+def test_submit_rejects_malformed_batch():
+    with pytest.raises(ValueError, match="2 images but 1 prompts"):
+        InProcessRewardClient(JpegCompressibility()).submit(_images(), ["a"])
+
+
+def test_ascore():
+    client = InProcessRewardClient(JpegCompressibility())
+    result = asyncio.run(client.ascore(_images(), ["a", "b"]))
+    assert result.rewards == JpegCompressibility().score(_images(), ["a", "b"]).rewards
+
+
+def _http_client(scorer, **kwargs) -> HttpRewardClient:
+    app = create_app({scorer.name: scorer}, ServiceSettings(auth_token="tok", max_images_per_request=4))
+    return HttpRewardClient("http://unused", scorer.name, token="tok", retry=FAST_RETRY,
+                            http=TestClient(app, raise_server_exceptions=False), **kwargs)
+
+
+def test_http_client_scores_exactly():
+    result = _http_client(JpegCompressibility()).score(_images(), ["a", "b"])
+    assert result.rewards == JpegCompressibility().score(_images(), ["a", "b"]).rewards and result.version == "1"
+
+
+def test_http_client_retries_server_errors():
+    scorer = Flaky(failures=1)
+    assert _http_client(scorer).score(_images(), ["a", "b"]).valid == [True, True] and scorer.calls == 2
+
+
+def test_http_client_does_not_retry_client_errors():
+    result = _http_client(JpegCompressibility()).score(np.zeros((5, 8, 8, 3), np.uint8), ["a"] * 5)
+    assert result.valid == [False] * 5 and "HTTP 413" in result.details["error"][0] and result.details["attempts"] == [1] * 5
+
+
+def test_build_reward_client_in_process():
+    client = build_reward_client(RewardClientConfig(reward="jpeg_compressibility", options={"version": "5"}))
+    assert isinstance(client, InProcessRewardClient) and client.score(_images(), ["a", "b"]).version == "5"
+
+
+def test_unify_versions_rescores_stale_results():
+    results = [ScoreResult([1.0], "1"), ScoreResult([2.0], "2"), ScoreResult.failed(1, "", "x")]
+    with pytest.raises(MixedRewardVersions):
+        batch_version(results)
+    rescored = []
+    unified = unify_versions(results, lambda i: rescored.append(i) or ScoreResult([3.0], "2"))
+    assert rescored == [0] and batch_version(unified) == "2" and unified[0].rewards == [3.0]
