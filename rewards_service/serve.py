@@ -1,0 +1,135 @@
+"""Ray Serve application: one deployment per reward (own resources, optional @serve.batch) and a FastAPI ingress."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Sequence
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from rewards_service.app import create_app
+from rewards_service.batching import score_merged
+from rewards_service.scorers import build_scorer
+from rewards_service.scorers.base import ScoreResult, check_batch
+from rewards_service.settings import ServiceSettings
+
+INGRESS = "ingress"
+
+
+class RewardDeploymentConfig(BaseModel):
+    """One reward deployment: which scorer, its version, and its resources."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(description="reward name: the URL path and the deployment name")
+    scorer: str | None = Field(None, description="registry name or 'module:Class'; defaults to name")
+    options: dict[str, Any] = Field(default_factory=dict, description="scorer constructor options")
+    version: str | None = Field(None, description="reported with every score; change it to hot-swap")
+    num_replicas: int = Field(1, ge=1)
+    num_cpus: float = Field(1.0, ge=0)
+    num_gpus: float = Field(0.0, ge=0, description="a fraction shares a GPU (aesthetic), 1 gives one GPU (llava)")
+    max_batch_size: int = Field(1, ge=1, description=">1 merges concurrent requests with @serve.batch")
+    batch_wait_timeout_s: float = Field(0.01, ge=0)
+    max_ongoing_requests: int = Field(16, ge=1)
+
+
+class RewardServiceConfig(BaseModel):
+    """The whole reward service: HTTP settings and the reward deployments."""
+
+    model_config = ConfigDict(extra="forbid")
+    app_name: str = "rewards"
+    route_prefix: str = "/"
+    settings: ServiceSettings = Field(default_factory=ServiceSettings)
+    rewards: list[RewardDeploymentConfig] = Field(min_length=1)
+
+    def reward(self, name: str) -> RewardDeploymentConfig:
+        for r in self.rewards:
+            if r.name == name:
+                return r
+        raise KeyError(f"no reward {name!r} in the config; configured: {[r.name for r in self.rewards]}")
+
+
+@serve.deployment(health_check_period_s=10, health_check_timeout_s=30, graceful_shutdown_timeout_s=120)
+class RewardDeployment:
+    """Holds one scorer; `score` answers a batch, merging concurrent calls when batching is on."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        cfg = RewardDeploymentConfig.model_validate(config)
+        self.scorer = build_scorer(cfg.scorer or cfg.name, version=cfg.version, **cfg.options)
+        self.batching = cfg.max_batch_size > 1
+        self._score_batch.set_max_batch_size(cfg.max_batch_size)
+        self._score_batch.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
+
+    def get_version(self) -> str:
+        return self.scorer.version
+
+    def check_health(self) -> None:
+        if self.scorer is None:
+            raise RuntimeError("scorer is not loaded")
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
+    async def _score_batch(self, requests: list[tuple[np.ndarray, Sequence[str]]]) -> list[ScoreResult]:
+        return await asyncio.to_thread(score_merged, self.scorer, requests)
+
+    async def score(self, images: np.ndarray, prompts: Sequence[str]) -> ScoreResult:
+        check_batch(images, prompts)
+        if self.batching:
+            return await self._score_batch((images, list(prompts)))
+        return await asyncio.to_thread(self.scorer.score, images, list(prompts))
+
+
+class RemoteScorer:
+    """An async scorer backed by a reward deployment handle (what the ingress routes to)."""
+
+    def __init__(self, name: str, handle: DeploymentHandle) -> None:
+        self.name, self.handle = name, handle
+
+    async def score(self, images: np.ndarray, prompts: Sequence[str]) -> ScoreResult:
+        return await self.handle.score.remote(images, list(prompts))
+
+    async def get_version(self) -> str:
+        return await self.handle.get_version.remote()
+
+
+@serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0.5}, health_check_period_s=10)
+@serve.ingress()
+class RewardIngress:
+    """FastAPI ingress: the HTTP API of rewards_service.app, routing by reward name to the deployments."""
+
+    def __init__(self, settings: dict[str, Any], handles: dict[str, DeploymentHandle]) -> None:
+        self.settings = ServiceSettings.model_validate(settings)
+        self.scorers = {name: RemoteScorer(name, h) for name, h in handles.items()}
+
+    def __serve_build_asgi_app__(self):
+        return create_app(self.scorers, self.settings)
+
+
+def build_app(config: RewardServiceConfig):
+    """The Serve application graph of `config` (bind, not run)."""
+    handles = {}
+    for r in config.rewards:
+        deployment = RewardDeployment.options(
+            name=r.name, num_replicas=r.num_replicas, max_ongoing_requests=r.max_ongoing_requests,
+            ray_actor_options={"num_cpus": r.num_cpus, "num_gpus": r.num_gpus})
+        handles[r.name] = deployment.bind(r.model_dump())
+    settings = config.settings.model_dump()
+    settings["auth_token"] = config.settings.auth_token.get_secret_value() if config.settings.auth_token else None
+    return RewardIngress.options(name=INGRESS).bind(settings, handles)
+
+
+def app_builder(args: dict[str, Any]):
+    """Entry point of `serve deploy` / `serve run` configs: import_path rewards_service.serve:app_builder."""
+    return build_app(RewardServiceConfig.model_validate(args))
+
+
+def run_service(config: RewardServiceConfig, blocking: bool = False) -> DeploymentHandle:
+    """Start Serve's HTTP proxy on settings.host:port and deploy (or redeploy: hot swap) the application."""
+    serve.start(http_options={"host": config.settings.host, "port": config.settings.port})
+    return serve.run(build_app(config), name=config.app_name, route_prefix=config.route_prefix, blocking=blocking)
+
+
+def reward_handle(reward: str, app_name: str = "rewards") -> DeploymentHandle:
+    """Handle to one reward deployment; `.score.remote(images, prompts)` returns a ScoreResult."""
+    return serve.get_deployment_handle(reward, app_name=app_name)

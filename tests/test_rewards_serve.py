@@ -1,0 +1,121 @@
+"""Ray Serve app on the shared local Ray: scoring through a handle and over HTTP, batching, hot swap."""
+
+from __future__ import annotations
+
+import socket
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import pytest
+
+from rewards_service.client import HttpRewardClient, RetryPolicy, ServeHandleRewardClient
+from rewards_service.codec import encode_batch
+from rewards_service.scorers import JpegCompressibility, ScoreResult
+from rewards_service.serve import RewardDeploymentConfig, RewardServiceConfig, reward_handle, run_service
+from rewards_service.settings import ServiceSettings
+from rewards_service.versions import batch_version, unify_versions
+
+APP = "rewards_test"
+SLOW = "tests.test_rewards_serve:SlowJpeg"
+
+
+class SlowJpeg(JpegCompressibility):
+    """JPEG compressibility that sleeps `delay_s` per call and records how many samples each call merged."""
+
+    name = "slow_jpeg"
+
+    def __init__(self, delay_s: float = 0.0) -> None:
+        self.delay_s = delay_s
+
+    def score(self, images, prompts) -> ScoreResult:
+        started = time.time()
+        time.sleep(self.delay_s)
+        result = super().score(images, prompts)
+        n = len(prompts)
+        result.details.update(merged=[n] * n, started=[started] * n, finished=[time.time()] * n)
+        return result
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _images(n: int, size: int = 16, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+
+
+def _config(port: int, slow_version: str, delay_s: float) -> RewardServiceConfig:
+    return RewardServiceConfig(
+        app_name=APP, settings=ServiceSettings(port=port, auth_token=None, max_images_per_request=8),
+        rewards=[RewardDeploymentConfig(name="jpeg_compressibility", num_replicas=2, num_cpus=0.25),
+                 RewardDeploymentConfig(name="slow", scorer=SLOW, version=slow_version, options={"delay_s": delay_s},
+                                        num_cpus=0.25, max_batch_size=8, batch_wait_timeout_s=0.2)])
+
+
+@pytest.fixture(scope="module")
+def service(ray_local):
+    from ray import serve
+
+    port = _free_port()
+    run_service(_config(port, "1", 0.5))
+    yield port
+    serve.delete(APP)
+
+
+def test_handle_scores_a_batch(service):
+    images = _images(4)
+    client = ServeHandleRewardClient(reward_handle("jpeg_compressibility", APP), "jpeg_compressibility")
+    result = client.score(images, list("abcd"))
+    assert result.rewards == JpegCompressibility().score(images, list("abcd")).rewards and result.version == "1"
+
+
+def test_http_scores_a_batch_and_lists(service):
+    base = f"http://127.0.0.1:{service}"
+    images = _images(3, seed=1)
+    response = httpx.post(f"{base}/v1/score/jpeg_compressibility", json={"prompts": list("abc"), "images": encode_batch(images)}, timeout=30)
+    assert response.status_code == 200, response.text
+    assert response.json()["rewards"] == JpegCompressibility().score(images, list("abc")).rewards
+    assert httpx.get(f"{base}/healthz").json() == {"status": "ok"}
+    listed = {r["name"]: r["version"] for r in httpx.get(f"{base}/v1/rewards").json()["rewards"]}
+    assert listed == {"jpeg_compressibility": "1", "slow": listed["slow"]}
+    bad = httpx.post(f"{base}/v1/score/nope", json={"prompts": ["a"], "images": encode_batch(images[:1])})
+    assert bad.status_code == 404 and "unknown reward" in bad.json()["detail"]
+    result = HttpRewardClient(base, "jpeg_compressibility", retry=RetryPolicy(max_attempts=1)).score(images, list("abc"))
+    assert result.rewards == response.json()["rewards"]
+
+
+def test_batching_merges_concurrent_requests(service):
+    client = ServeHandleRewardClient(reward_handle("slow", APP), "slow", max_concurrency=4)
+    batches = [_images(n, size=16 + 8 * (n % 2), seed=n) for n in (1, 2, 3, 4)]
+    results = [client.result(f) for f in [client.submit(b, ["p"] * len(b)) for b in batches]]
+    for batch, result in zip(batches, results):
+        assert result.rewards == JpegCompressibility().score(batch, ["p"] * len(batch)).rewards
+    assert max(r.details["merged"][0] for r in results) > max(len(b) for b in batches if b.shape[1] == batches[0].shape[1])
+
+
+def test_hot_swap_mid_stream(service):
+    run_service(_config(service, "1", 3.0))
+    client = ServeHandleRewardClient(reward_handle("slow", APP), "slow", max_concurrency=4)
+    before = client.submit(_images(2), ["a", "b"])
+    time.sleep(0.5)
+    swap_started = time.time()
+    with ThreadPoolExecutor(1) as pool:
+        redeploy = pool.submit(run_service, _config(service, "2", 0.1))
+        in_flight = [client.submit(_images(1, seed=i), ["x"]) for i in range(3)]
+        redeploy.result(timeout=120)
+    old = client.result(before)
+    assert old.version == "1" and old.valid == [True, True]
+    assert old.details["started"][0] < swap_started < old.details["finished"][0], "the request was not in flight during the swap"
+    mixed = [client.result(f) for f in in_flight]
+    assert all(r.valid == [True] and r.version in {"1", "2"} for r in mixed)
+    after = client.score(_images(2), ["a", "b"])
+    assert after.version == "2" and after.valid == [True, True]
+    listed = httpx.get(f"http://127.0.0.1:{service}/v1/rewards").json()["rewards"]
+    assert {r["name"]: r["version"] for r in listed}["slow"] == "2"
+    batch = [client.result(before), *mixed, after]
+    unified = unify_versions(batch, lambda i: client.score(_images(1), ["x"]))
+    assert batch_version(unified) == "2"
