@@ -1,0 +1,162 @@
+"""Typed run configuration: YAML file or preset name, `--set key=value` overrides, clear errors."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from learner.ppo import PPOSettings
+from rollout.lora import LoraSettings
+
+PRESETS = ("tiny-cpu", "compression", "incompression", "aesthetic", "prompt-alignment")
+DEFAULT_PRESET = "tiny-cpu"
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Strict):
+    name: str = Field("tiny", description="'tiny' (toy, built from configs), a hub id, or a local diffusers folder")
+    seed: int = Field(0, description="seed of the toy model's random weights")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+
+
+class SamplingConfig(Strict):
+    num_steps: int = Field(8, ge=2, description="H, the LCM inference steps; training needs H >= 2")
+    original_inference_steps: int = Field(50, ge=1)
+    guidance_scale: float = Field(8.0, ge=1.0)
+    batch_size: int = Field(4, ge=1, description="images per rollout call (per GPU)")
+    batches_per_epoch: int = Field(10, ge=1, description="rollout calls per epoch per rollout actor")
+    height: int | None = Field(None, ge=8)
+    width: int | None = Field(None, ge=8)
+
+
+class PromptConfig(Strict):
+    source: Literal["imagenet_animals", "simple_animals", "animals_activities"] = "imagenet_animals"
+    limit: int | None = Field(None, ge=1, description="use only the first N prompts")
+
+
+class RewardConfig(Strict):
+    name: str = "jpeg_compressibility"
+    backend: Literal["local", "serve", "http"] = "local"
+    url: str = "http://127.0.0.1:8000"
+    timeout_s: float = Field(120.0, gt=0)
+
+
+class StatTrackingConfig(Strict):
+    buffer_size: int = Field(16, ge=1)
+    min_count: int = Field(16, ge=1)
+
+
+class ResourcesConfig(Strict):
+    num_rollout_actors: int = Field(1, ge=1)
+    num_learners: int = Field(1, ge=1)
+    rollout_gpus: float = Field(0.0, ge=0)
+    learner_gpus: float = Field(0.0, ge=0)
+    rollout_cpus: float = Field(1.0, ge=0)
+    learner_cpus: float = Field(1.0, ge=0)
+
+
+class RunConfig(Strict):
+    epochs: int = Field(100, ge=1)
+    seed: int = 0
+    save_every: int = Field(10, ge=1, description="checkpoint every N epochs (and at the end)")
+    sample_grid_every: int = Field(5, ge=1)
+    torch_threads: int | None = Field(None, ge=1)
+
+
+class TrainConfig(Strict):
+    """The whole run; every section is typed and unknown keys are errors."""
+
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    prompts: PromptConfig = Field(default_factory=PromptConfig)
+    reward: RewardConfig = Field(default_factory=RewardConfig)
+    train: PPOSettings = Field(default_factory=PPOSettings)
+    stat_tracking: StatTrackingConfig = Field(default_factory=StatTrackingConfig)
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    run: RunConfig = Field(default_factory=RunConfig)
+
+    @model_validator(mode="after")
+    def _check_batches(self) -> "TrainConfig":
+        samples = self.samples_per_epoch
+        per_learner, rest = divmod(samples, self.resources.num_learners)
+        window = self.train.train_batch_size * self.train.grad_accum_steps
+        if rest or per_learner % window:
+            raise ValueError(
+                f"samples per epoch ({samples} = sampling.batch_size × sampling.batches_per_epoch × "
+                f"resources.num_rollout_actors) split over {self.resources.num_learners} learner(s) must be a multiple "
+                f"of train.train_batch_size × train.grad_accum_steps = {window}"
+            )
+        return self
+
+    @property
+    def samples_per_epoch(self) -> int:
+        return self.sampling.batch_size * self.sampling.batches_per_epoch * self.resources.num_rollout_actors
+
+
+class ConfigError(ValueError):
+    """A configuration problem, phrased as what to fix."""
+
+
+def preset_path(name: str) -> Path:
+    return Path(str(resources.files("cluster") / "configs" / f"{name}.yaml"))
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path} is not valid YAML: {error}") from error
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of sections (model, sampling, ...), got {type(data).__name__}")
+    return data
+
+
+def _apply_override(data: dict[str, Any], assignment: str) -> None:
+    if "=" not in assignment:
+        raise ConfigError(f"--set expects key=value (e.g. train.learning_rate=3e-4), got {assignment!r}")
+    key, raw = assignment.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"--set key {key!r} is malformed; use dotted names like sampling.num_steps")
+    node = data
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {key}: {part!r} is a value, not a section")
+    node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
+
+
+def _format_validation_error(error: ValidationError, origin: str) -> str:
+    lines = [f"invalid configuration ({origin}):"]
+    for item in error.errors():
+        where = ".".join(str(p) for p in item["loc"]) or "(top level)"
+        message = "unknown key; check the spelling or remove it" if item["type"] == "extra_forbidden" else item["msg"]
+        lines.append(f"  {where}: {message}")
+    return "\n".join(lines)
+
+
+def load_config(config: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a YAML file or a preset name (default: the tiny CPU demo) and apply `key=value` overrides."""
+    source = config or DEFAULT_PRESET
+    path = preset_path(str(source)) if str(source) in PRESETS else Path(source)
+    if not path.is_file():
+        raise ConfigError(f"config {str(source)!r} is neither a file nor a preset; presets: {', '.join(PRESETS)}")
+    data = _read_yaml(path)
+    for assignment in overrides or []:
+        _apply_override(data, assignment)
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(_format_validation_error(error, str(path))) from None
+
+
+def dump_config(config: TrainConfig) -> str:
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
