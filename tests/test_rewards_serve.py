@@ -61,7 +61,7 @@ def service(ray_local):
     from ray import serve
 
     port = _free_port()
-    run_service(_config(port, "1", 0.5))
+    run_service(_config(port, "1", 2.0))
     yield port
     serve.delete(APP)
 
@@ -98,7 +98,6 @@ def test_batching_merges_concurrent_requests(service):
 
 
 def test_hot_swap_mid_stream(service):
-    run_service(_config(service, "1", 3.0))
     client = ServeHandleRewardClient(reward_handle("slow", APP), "slow", max_concurrency=4)
     before = client.submit(_images(2), ["a", "b"])
     time.sleep(0.5)
