@@ -87,12 +87,13 @@ class TrainConfig(Strict):
     def _check_batches(self) -> "TrainConfig":
         samples = self.samples_per_epoch
         per_learner, rest = divmod(samples, self.resources.num_learners)
-        window = self.train.train_batch_size * self.train.grad_accum_steps
-        if rest or per_learner % window:
+        minibatches, partial = divmod(per_learner, self.train.train_batch_size)
+        if rest or partial or (minibatches * self.train.inner_epochs) % self.train.grad_accum_steps:
             raise ValueError(
                 f"samples per epoch ({samples} = sampling.batch_size × sampling.batches_per_epoch × "
-                f"resources.num_rollout_actors) split over {self.resources.num_learners} learner(s) must be a multiple "
-                f"of train.train_batch_size × train.grad_accum_steps = {window}"
+                f"resources.num_rollout_actors) split over {self.resources.num_learners} learner(s) must fill whole "
+                f"minibatches of train.train_batch_size={self.train.train_batch_size}, and minibatches × "
+                f"train.inner_epochs must be a multiple of train.grad_accum_steps={self.train.grad_accum_steps}"
             )
         return self
 
