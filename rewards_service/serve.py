@@ -6,7 +6,6 @@ import asyncio
 from typing import Any, Sequence
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
@@ -14,41 +13,13 @@ from rewards_service.app import create_app
 from rewards_service.batching import score_merged
 from rewards_service.scorers import build_scorer
 from rewards_service.scorers.base import ScoreResult, check_batch
+from rewards_service.serve_config import RewardDeploymentConfig, RewardServiceConfig
 from rewards_service.settings import ServiceSettings
 
+__all__ = ["RewardDeploymentConfig", "RewardServiceConfig", "RewardDeployment", "RewardIngress", "build_app", "app_builder",
+           "run_service", "reward_handle"]
+
 INGRESS = "ingress"
-
-
-class RewardDeploymentConfig(BaseModel):
-    """One reward deployment: which scorer, its version, and its resources."""
-
-    model_config = ConfigDict(extra="forbid")
-    name: str = Field(description="reward name: the URL path and the deployment name")
-    scorer: str | None = Field(None, description="registry name or 'module:Class'; defaults to name")
-    options: dict[str, Any] = Field(default_factory=dict, description="scorer constructor options")
-    version: str | None = Field(None, description="reported with every score; change it to hot-swap")
-    num_replicas: int = Field(1, ge=1)
-    num_cpus: float = Field(1.0, ge=0)
-    num_gpus: float = Field(0.0, ge=0, description="a fraction shares a GPU (aesthetic), 1 gives one GPU (llava)")
-    max_batch_size: int = Field(1, ge=1, description=">1 merges concurrent requests with @serve.batch")
-    batch_wait_timeout_s: float = Field(0.01, ge=0)
-    max_ongoing_requests: int = Field(16, ge=1)
-
-
-class RewardServiceConfig(BaseModel):
-    """The whole reward service: HTTP settings and the reward deployments."""
-
-    model_config = ConfigDict(extra="forbid")
-    app_name: str = "rewards"
-    route_prefix: str = "/"
-    settings: ServiceSettings = Field(default_factory=ServiceSettings)
-    rewards: list[RewardDeploymentConfig] = Field(min_length=1)
-
-    def reward(self, name: str) -> RewardDeploymentConfig:
-        for r in self.rewards:
-            if r.name == name:
-                return r
-        raise KeyError(f"no reward {name!r} in the config; configured: {[r.name for r in self.rewards]}")
 
 
 @serve.deployment(health_check_period_s=10, health_check_timeout_s=30, graceful_shutdown_timeout_s=120)
