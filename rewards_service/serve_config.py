@@ -42,6 +42,7 @@ class RewardServiceConfig(BaseModel):
 
 
 DEFAULT_CONFIG = RewardServiceConfig(rewards=[
-    RewardDeploymentConfig(name="jpeg_compressibility", num_replicas=2),
-    RewardDeploymentConfig(name="jpeg_incompressibility"),
+    RewardDeploymentConfig(name="jpeg_compressibility", num_cpus=0.5),
+    RewardDeploymentConfig(name="jpeg_incompressibility", num_cpus=0.5),
 ])
+"""What `rlcm rewards serve` runs without --config: the JPEG rewards, small enough for a 2-core laptop."""
