@@ -47,6 +47,7 @@ class RewardConfig(Strict):
     backend: Literal["local", "serve", "http"] = "local"
     url: str = "http://127.0.0.1:8000"
     timeout_s: float = Field(120.0, gt=0)
+    num_cpus: float = Field(0.25, ge=0, description="CPUs reserved by each local scoring task")
 
 
 class StatTrackingConfig(Strict):

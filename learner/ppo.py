@@ -130,12 +130,9 @@ def ppo_update(
                 if backward_count % backward_per_step == 0:
                     sums["grad_norm"] = sums.get("grad_norm", 0.0) + _optimizer_step(optimizer, params, settings, reduce_gradients)
                     optimizer_steps += 1
-    if backward_count % backward_per_step:
-        raise ValueError(
-            f"{num_samples} samples in minibatches of {settings.train_batch_size} do not fill whole gradient "
-            f"accumulation windows of {settings.grad_accum_steps}; make samples per update a multiple of "
-            "train_batch_size × grad_accum_steps"
-        )
+    if backward_count % backward_per_step:  # a partial window (e.g. invalid samples were dropped)
+        sums["grad_norm"] = sums.get("grad_norm", 0.0) + _optimizer_step(optimizer, params, settings, reduce_gradients)
+        optimizer_steps += 1
     unet.eval()
     metrics = {k: (v if k.startswith("ratio_") else v / count) for k, v in sums.items() if k != "grad_norm"}
     metrics["grad_norm"] = sums.get("grad_norm", 0.0) / max(optimizer_steps, 1)

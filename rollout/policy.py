@@ -46,6 +46,18 @@ class Trajectory:
             images=self.images.to(device),
         )
 
+    def select(self, index: list[int]) -> "Trajectory":
+        """The samples at `index`, in that order."""
+        rows = torch.as_tensor(index, dtype=torch.long)
+        return replace(
+            self,
+            prompts=[self.prompts[i] for i in index],
+            prompt_embeds=self.prompt_embeds[rows],
+            latents=self.latents[rows],
+            log_probs=self.log_probs[rows],
+            images=self.images[rows],
+        )
+
     @staticmethod
     def concat(trajectories: list["Trajectory"]) -> "Trajectory":
         """Join batches sampled with the same timesteps and guidance into one."""

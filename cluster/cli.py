@@ -1,0 +1,96 @@
+"""`rlcm` command line: train, rewards serve, sample."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+DEFAULT_OUTPUT = "runs/{name}"
+
+
+def _train(args: argparse.Namespace) -> int:
+    from cluster.config import DEFAULT_PRESET, load_config
+    from cluster.driver import train
+
+    config = load_config(args.config, args.set)
+    name = Path(args.config).stem if args.config else DEFAULT_PRESET
+    output_dir = Path(args.output_dir or DEFAULT_OUTPUT.format(name=name))
+    rows = train(config, output_dir, resume=args.resume)
+    if rows:
+        first, last = rows[0], rows[-1]
+        print(f"reward_mean {first['reward_mean']:.4f} (epoch {first['epoch']}) -> {last['reward_mean']:.4f} (epoch {last['epoch']})")
+    print(f"outputs in {output_dir}")
+    return 0
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from rewards_service.cli import serve_main
+
+    serve_main(args.config, standalone=args.standalone, host=args.host, port=args.port)
+    return 0
+
+
+def _sample(args: argparse.Namespace) -> int:
+    import torch
+
+    from rollout.models import load_pipeline
+
+    lora = Path(args.lora)
+    if not (lora / "pytorch_lora_weights.safetensors").is_file():
+        raise FileNotFoundError(f"{lora} holds no pytorch_lora_weights.safetensors; pass a checkpoints/epoch-NNNN folder")
+    recorded = json.loads((lora / "rlcm_model.json").read_text()) if (lora / "rlcm_model.json").is_file() else {}
+    model = args.model or recorded.get("model", "tiny")
+    pipe = load_pipeline(model, seed=recorded.get("model_seed", 0))
+    pipe.load_lora_weights(str(lora))
+    generator = torch.Generator(device=pipe.device).manual_seed(args.seed)
+    image = pipe(args.prompt, num_inference_steps=args.steps, guidance_scale=args.guidance_scale, generator=generator).images[0]
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    image.save(args.out)
+    print(f"wrote {args.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rlcm", description="RL fine-tuning of latent consistency models on Ray")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train a LoRA with RLCM (default: the toy CPU demo)")
+    train.add_argument("--config", help="YAML file or preset (tiny-cpu, compression, incompression, aesthetic, prompt-alignment)")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value, e.g. train.learning_rate=3e-4")
+    train.add_argument("--output-dir", help="run folder (default runs/<config name>)")
+    train.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output-dir")
+    train.set_defaults(func=_train)
+
+    rewards = commands.add_parser("rewards", help="the reward service").add_subparsers(dest="rewards_command", required=True)
+    serve = rewards.add_parser("serve", help="start the reward service (Ray Serve, or uvicorn with --standalone)")
+    serve.add_argument("--config", help="reward service YAML")
+    serve.add_argument("--standalone", action="store_true", help="run the FastAPI app under uvicorn with scorers in process, no Ray")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.set_defaults(func=_serve)
+
+    sample = commands.add_parser("sample", help="generate an image with a trained LoRA")
+    sample.add_argument("--lora", required=True, help="a checkpoints/epoch-NNNN folder")
+    sample.add_argument("--prompt", required=True)
+    sample.add_argument("--steps", type=int, default=8)
+    sample.add_argument("--guidance-scale", type=float, default=8.0)
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--model", help="base model (default: the one recorded in the checkpoint)")
+    sample.add_argument("--out", required=True, help="output image file (.png)")
+    sample.set_defaults(func=_sample)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, FileExistsError) as error:
+        print(f"rlcm: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
