@@ -145,7 +145,7 @@ class HttpRewardClient(RewardClient):
 
         response = self.http.post(f"/v1/score/{self.reward}", json={"prompts": prompts, "images": encode_batch(images)}, headers=self.headers)
         if 400 <= response.status_code < 500 and response.status_code not in (408, 429):
-            raise PermanentError(f"HTTP {response.status_code}: {response.json().get('detail', response.text)}")
+            raise PermanentError(f"HTTP {response.status_code}: {response.text}")
         response.raise_for_status()
         return response_to_result(response.json())
 

@@ -149,3 +149,20 @@ def test_composite_from_registry_and_errors():
     assert composite.score(_images(1), ["a"]).rewards[0] == pytest.approx(-size_kb + 0.5 * size_kb)
     with pytest.raises(ValueError, match="without a scorer"):
         CompositeScorer({}, {"x": 1.0})
+
+
+def test_score_merged_groups_by_size_and_splits_in_order():
+    from rewards_service.batching import score_merged
+
+    calls = []
+
+    class Recording(Constant):
+        def score(self, images, prompts):
+            calls.append(images.shape)
+            return ScoreResult([float(im.mean()) for im in images], "1", {"p": list(prompts)})
+
+    requests = [(_images(1, 8), ["a"]), (_images(2, 16), ["b", "c"]), (_images(3, 8), ["d", "e", "f"])]
+    results = score_merged(Recording("r", 0.0), requests)
+    assert sorted(calls) == [(2, 16, 16, 3), (4, 8, 8, 3)]
+    for (images, prompts), result in zip(requests, results):
+        assert result.details["p"] == prompts and result.rewards == [float(im.mean()) for im in images]
