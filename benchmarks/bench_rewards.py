@@ -96,7 +96,7 @@ def main() -> None:
                                      rewards=[RewardDeploymentConfig(name="jpeg_compressibility", num_replicas=n, num_cpus=0.5)])
         run_service(config)
         handle = reward_handle("jpeg_compressibility")
-        rate = throughput(lambda im, p: handle.score.remote(im, p).result(), images, args.seconds, 2 * n)
+        rate = throughput(lambda im, p, h=handle: h.score.remote(im, p).result(), images, args.seconds, 2 * n)
         print(f"| {n} | {rate:.1f} | {rate / n:.1f} |")
 
     handle = reward_handle("jpeg_compressibility")
@@ -106,7 +106,7 @@ def main() -> None:
     via_handle = latency_ms(lambda im, p: handle.score.remote(im, p).result(), images, args.repeats)
     via_http = latency_ms(lambda im, p: http.post("/v1/score/jpeg_compressibility", json={"prompts": p, "images": encode_batch(im)}).raise_for_status(), images, args.repeats)
     print(f"\nper-batch latency ({args.batch} images, {payload_mb:.1f} MB of base64 PNG over HTTP), median of {args.repeats}:")
-    print(f"| path | ms/batch | overhead vs in process |\n|---|---|---|")
+    print("| path | ms/batch | overhead vs in process |\n|---|---|---|")
     encode = latency_ms(lambda im, p: encode_batch(im), images, args.repeats)
     for name, ms in (("in process", local), ("Serve handle", via_handle), ("HTTP (PNG encode + ingress + handle)", via_http),
                      ("of which client PNG encode", encode)):

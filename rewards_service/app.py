@@ -130,7 +130,7 @@ def create_app(scorers: Mapping[str, Any], settings: ServiceSettings | None = No
     scorers = dict(scorers)
     bearer = HTTPBearer(auto_error=False, description="required when the service has a token configured")
 
-    def check_token(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
+    def check_token(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:  # noqa: B008
         if settings.auth_token is None:
             return
         expected = settings.auth_token.get_secret_value()
