@@ -64,6 +64,27 @@ class ResourcesConfig(Strict):
     learner_cpus: float = Field(1.0, ge=0)
 
 
+class ScaleOutConfig(Strict):
+    """How rollouts, rewards and learning overlap, and how rollout actors survive failures."""
+
+    mode: Literal["sync", "async"] = Field("sync", description="sync: on-policy epochs (Algorithm 1); async: rollouts go on while the learner trains")
+    max_staleness: int = Field(1, ge=0, description="async: drop trajectories more than k policy versions behind the learner")
+    max_inflight_per_actor: int = Field(2, ge=1, description="rollout batches queued per actor (backpressure)")
+    buffer_batches: int | None = Field(None, ge=1, description="trajectory buffer bound in batches (default: 2 updates' worth)")
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    rollout_max_restarts: int = Field(3, ge=-1, description="Ray restarts of a crashed rollout actor (-1: unlimited)")
+    rollout_max_task_retries: int = Field(2, ge=-1, description="Ray retries of a batch whose actor crashed")
+    learner_backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="torch.distributed backend of the learner group")
+    control_poll_s: float = Field(1.0, gt=0, description="how often the driver reads the scale controller")
+
+
+class FaultConfig(Strict):
+    """Fault and latency injection for tests and benchmarks (off by default)."""
+
+    rollout_crash_after_batches: int | None = Field(None, ge=1, description="rollout actor 0 exits after K batches (once)")
+    reward_latency_s: float = Field(0.0, ge=0, description="extra seconds added to every reward call")
+
+
 class RunConfig(Strict):
     epochs: int = Field(100, ge=1)
     seed: int = 0
@@ -82,6 +103,8 @@ class TrainConfig(Strict):
     train: PPOSettings = Field(default_factory=PPOSettings)
     stat_tracking: StatTrackingConfig = Field(default_factory=StatTrackingConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    scaleout: ScaleOutConfig = Field(default_factory=ScaleOutConfig)
+    faults: FaultConfig = Field(default_factory=FaultConfig)
     run: RunConfig = Field(default_factory=RunConfig)
 
     @model_validator(mode="after")
@@ -100,7 +123,12 @@ class TrainConfig(Strict):
 
     @property
     def samples_per_epoch(self) -> int:
-        return self.sampling.batch_size * self.sampling.batches_per_epoch * self.resources.num_rollout_actors
+        return self.sampling.batch_size * self.batches_per_update
+
+    @property
+    def batches_per_update(self) -> int:
+        """Rollout batches per PPO update; fixed by the configured actor count, even when actors are added later."""
+        return self.sampling.batches_per_epoch * self.resources.num_rollout_actors
 
 
 class ConfigError(ValueError):

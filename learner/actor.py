@@ -1,13 +1,15 @@
-"""`Learner`: a thin Ray shell around `PPOLearner`: advantages, PPO, adapter versions, checkpoints."""
+"""`Learner`: a thin Ray shell around `PPOLearner`: advantages, PPO, adapter versions, checkpoints, DDP rank."""
 
 from __future__ import annotations
 
+import socket
 import time
 from pathlib import Path
 
 import numpy as np
 import ray
 import torch
+import torch.distributed as dist
 
 from learner.learner import LearnerSpec, PPOLearner
 from rollout.lora import AdapterVersion
@@ -16,11 +18,42 @@ from rollout.policy import Trajectory
 STATE_FILE = "learner_state.pt"
 
 
+def average_gradients(params: list[torch.nn.Parameter]) -> None:
+    """All-reduce the LoRA gradients of every rank in one flat buffer and divide by the world size."""
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    dist.all_reduce(flat)
+    flat /= dist.get_world_size()
+    offset = 0
+    for p, g in zip(params, grads):
+        p.grad = flat[offset : offset + g.numel()].view_as(g).clone()
+        offset += g.numel()
+
+
+def shard(n: int, rank: int, world_size: int) -> list[int]:
+    """The contiguous sample indices of `rank` when n samples are split over `world_size` learners."""
+    return list(range(rank * n // world_size, (rank + 1) * n // world_size))
+
+
 class LearnerRunner:
-    def __init__(self, spec: LearnerSpec, torch_threads: int | None = None):
+    """Rank `rank` of `world_size` data-parallel learners; every rank holds identical weights and tracker."""
+
+    def __init__(self, spec: LearnerSpec, torch_threads: int | None = None, rank: int = 0, world_size: int = 1):
         if torch_threads:
             torch.set_num_threads(torch_threads)
-        self.learner = PPOLearner(spec)
+        self.rank, self.world_size = rank, world_size
+        self.learner = PPOLearner(spec, reduce_gradients=average_gradients if world_size > 1 else None)
+
+    def address(self) -> tuple[str, int]:
+        """Host and a free port for the process group's rendezvous (called on rank 0)."""
+        with socket.socket() as s:
+            s.bind(("", 0))
+            port = s.getsockname()[1]
+        return ray.util.get_node_ip_address(), port
+
+    def init_group(self, host: str, port: int, backend: str) -> int:
+        dist.init_process_group(backend, init_method=f"tcp://{host}:{port}", rank=self.rank, world_size=self.world_size)
+        return self.rank
 
     def adapter(self) -> AdapterVersion:
         return self.learner.adapter()
@@ -29,14 +62,20 @@ class LearnerRunner:
         return self.learner.version
 
     def train(self, rewards: np.ndarray, valid: np.ndarray, *trajectories: Trajectory) -> dict[str, float]:
-        """Advantages from the valid samples' rewards, one PPO update on them; returns diagnostics."""
+        """Advantages from the valid samples' rewards (all ranks alike), one PPO update on this rank's shard.
+
+        With one learner invalid samples are dropped; with several they stay with advantage 0, so
+        every rank takes the same number of optimizer steps.
+        """
         start = time.perf_counter()
         batch = Trajectory.concat(list(trajectories))
+        valid = np.asarray(valid, dtype=bool)
         keep = np.flatnonzero(valid)
-        if len(keep) < len(batch):
-            batch = batch.select(keep.tolist())
-        prompts = batch.prompts
-        advantages = self.learner.advantages(prompts, np.asarray(rewards, dtype=np.float64)[keep])
+        advantages = np.zeros(len(batch))
+        advantages[keep] = self.learner.advantages([batch.prompts[i] for i in keep], np.asarray(rewards, dtype=np.float64)[keep])
+        rows = keep.tolist() if self.world_size == 1 else shard(len(batch), self.rank, self.world_size)
+        if len(rows) < len(batch):
+            batch, advantages = batch.select(rows), advantages[rows]
         metrics = self.learner.train(batch, advantages)
         metrics["learner_time_s"] = time.perf_counter() - start
         return metrics
