@@ -26,8 +26,8 @@ def free_port() -> int:
 def test_ray_job_submit_runs_the_toy_preset(tmp_path):
     gcs, dashboard = free_port(), free_port()
     temp_dir = Path("/tmp") / f"rlcm-job-{os.getpid()}"  # short: Ray's socket paths have a length limit
-    env = {**os.environ, "RAY_ADDRESS": ""}
-    env.pop("RAY_ADDRESS")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env["RAY_AUTH_MODE"] = "disabled"  # a ~/.ray/auth_token left by another tool would switch token auth on
     head = subprocess.Popen(
         [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", f"--port={gcs}", "--num-cpus=3",
          "--include-dashboard=true", f"--dashboard-port={dashboard}", f"--temp-dir={temp_dir}", "--disable-usage-stats"],
