@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -10,6 +11,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from learner.ppo import PPOSettings
+from rewards_service.client import RetryPolicy, RewardClientConfig
 from rollout.lora import LoraSettings
 
 PRESETS = ("tiny-cpu", "compression", "incompression", "aesthetic", "prompt-alignment")
@@ -43,11 +45,32 @@ class PromptConfig(Strict):
 
 
 class RewardConfig(Strict):
-    name: str = "jpeg_compressibility"
-    backend: Literal["local", "serve", "http"] = "local"
-    url: str = "http://127.0.0.1:8000"
-    timeout_s: float = Field(120.0, gt=0)
-    num_cpus: float = Field(0.25, ge=0, description="CPUs reserved by each local scoring task")
+    """Which reward scores the images and how the driver reaches it (see rewards_service.client)."""
+
+    name: str = Field("jpeg_compressibility", description="reward name (jpeg_compressibility, aesthetic, composite, ...)")
+    backend: Literal["local", "serve", "http"] = Field(
+        "local", description="local: scorer in a Ray task; serve: the running Serve app's handle; http: the HTTP API"
+    )
+    options: dict[str, Any] = Field(default_factory=dict, description="scorer options (local backend only)")
+    app_name: str = Field("rewards", description="Serve application name (serve backend)")
+    url: str = Field("http://127.0.0.1:8000", description="service URL (http backend)")
+    token_env: str = Field("RLCM_REWARDS_TOKEN", description="environment variable holding the bearer token (http backend)")
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    timeout_s: float = Field(600.0, gt=0, description="how long the driver waits for one batch's score, retries included")
+    num_cpus: float = Field(0.25, ge=0, description="CPUs reserved by each scoring task")
+
+    def client_config(self) -> RewardClientConfig:
+        token = os.environ.get(self.token_env) if self.backend == "http" else None
+        return RewardClientConfig(
+            reward=self.name,
+            backend="in_process" if self.backend == "local" else self.backend,
+            options=self.options,
+            app_name=self.app_name,
+            url=self.url,
+            token=token,
+            retry=self.retry,
+            max_concurrency=1,
+        )
 
 
 class StatTrackingConfig(Strict):

@@ -32,21 +32,26 @@ from cluster.prompts import batch_seed, epoch_prompts, load_prompts
 from cluster.rollout_pool import Job, PoolOptions, RolloutPool
 from learner.group import LearnerGroup
 from learner.learner import LearnerSpec
-from rewards_service.scorers import ScoreResult, build_scorer
+from rewards_service.client import RewardClient, RewardClientConfig, build_reward_client
+from rewards_service.scorers import ScoreResult
 from rollout.worker import RolloutSpec
 
 DTYPES = {"auto": None, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-_SCORERS: dict[str, object] = {}
+_CLIENTS: dict[str, RewardClient] = {}
 
 
 @ray.remote
-def score_images(reward_name: str, images: np.ndarray, prompts: list[str], latency_s: float = 0.0) -> ScoreResult:
-    """Score one batch in a Ray worker; the scorer is built once per worker process."""
+def score_images(client_config: RewardClientConfig, images: np.ndarray, prompts: list[str], latency_s: float = 0.0) -> ScoreResult:
+    """Score one batch in a Ray worker through a reward client (built once per worker process).
+
+    The client retries with backoff; a batch that still fails comes back with valid=False.
+    """
     if latency_s:
         time.sleep(latency_s)
-    if reward_name not in _SCORERS:
-        _SCORERS[reward_name] = build_scorer(reward_name)
-    return _SCORERS[reward_name].score(images, prompts)
+    key = client_config.model_dump_json()
+    if key not in _CLIENTS:
+        _CLIENTS[key] = build_reward_client(client_config)
+    return _CLIENTS[key].score(images, prompts)
 
 
 class OutputDir:
@@ -129,6 +134,8 @@ class Trainer:
         self.buffer = TrajectoryBuffer(max(scale.buffer_batches or 2 * self.num_batches, self.num_batches))
         self.rewards_pending: dict = {}  # reward ref -> (entry, submit time)
         self.reward_latency: list[float] = []
+        self.reward_client = config.reward.client_config()
+        self.rescored_batches = 0
         self.controller = start_controller(output_dir, resources.num_rollout_actors)
         self.last_control = 0.0
         self.start_epoch, self.samples_seen = 0, 0
@@ -149,7 +156,22 @@ class Trainer:
     def score_batch(self, images_ref, prompts: list[str]) -> ray.ObjectRef:
         """The one place rewards are requested: ObjectRef of a ScoreResult for one batch."""
         reward = self.config.reward
-        return score_images.options(num_cpus=reward.num_cpus).remote(reward.name, images_ref, prompts, self.config.faults.reward_latency_s)
+        return score_images.options(num_cpus=reward.num_cpus).remote(self.reward_client, images_ref, prompts, self.config.faults.reward_latency_s)
+
+    def unify_reward_versions(self, entries: list[Entry]) -> None:
+        """One PPO batch never mixes reward versions: after a hot swap, re-score the batches an older
+        version scored (their images are still in the object store) until all carry the newest."""
+        for _ in range(3):
+            scored = [e for e in entries if e.valid.any()]
+            if len({e.reward_version for e in scored}) <= 1:
+                return
+            newest = scored[-1].reward_version
+            stale = [e for e in scored if e.reward_version != newest]
+            results = ray.get([self.score_batch(e.images_ref, e.prompts) for e in stale], timeout=self.config.reward.timeout_s)
+            for entry, result in zip(stale, results):
+                join_reward(entry, result.rewards, result.valid, result.version)
+            self.rescored_batches += len(stale)
+        raise RuntimeError(f"reward versions kept changing while re-scoring: {sorted({e.reward_version for e in entries})}")
 
     def publish(self, broadcast: bool) -> float:
         """Put rank 0's adapter in the object store once; new batches carry it (sync: pushed to every actor now)."""
@@ -186,7 +208,7 @@ class Trainer:
         for ref in [r for r in ready if r in self.rewards_pending]:
             entry, submitted = self.rewards_pending.pop(ref)
             result: ScoreResult = ray.get(ref, timeout=self.config.reward.timeout_s)
-            join_reward(entry, result.rewards, getattr(result, "valid", None), result.version)
+            join_reward(entry, result.rewards, result.valid, result.version)
             self.reward_latency.append(time.perf_counter() - submitted)
         self.pool.pump()
 
@@ -197,6 +219,7 @@ class Trainer:
             self.pool.resize(ray.get(self.controller.rollout_actors.remote()))
 
     def start_update(self, entries: list[Entry]) -> list:
+        self.unify_reward_versions(entries)
         rewards = np.concatenate([e.rewards for e in entries])
         valid = np.concatenate([e.valid for e in entries])
         return self.learners.train(rewards, valid, [e.trajectory_ref for e in entries])
@@ -296,6 +319,7 @@ class Trainer:
             "num_rollout_actors": self.pool.size,
             "rollout_idle_ratio": float(np.mean([s["idle_ratio"] for s in stats.values()])) if stats else 0.0,
             "rollout_failures": self.pool.failures,
+            "rescored_batches": self.rescored_batches,
         }
         row["time_epoch_s"] = time.perf_counter() - epoch_start
         self.out.append_metrics(row)
