@@ -35,6 +35,22 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _scale(args: argparse.Namespace) -> int:
+    from cluster.control import scale_rollouts
+
+    target = scale_rollouts(args.output_dir, args.rollout_actors, address=args.address)
+    print(f"rollout actors for {args.output_dir}: target {target} (new actors start from the current adapter)")
+    return 0
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from cluster.entrypoint import submit_train_job
+
+    job_id, status = submit_train_job(args.address, args.config, args.output_dir, args.set, wait=args.wait)
+    print(f"job {job_id}: {status}")
+    return 0 if not args.wait or status == "SUCCEEDED" else 1
+
+
 def _sample(args: argparse.Namespace) -> int:
     import torch
 
@@ -66,6 +82,20 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output-dir")
     train.set_defaults(func=_train)
 
+    scale = commands.add_parser("scale", help="change the number of rollout actors of a running `rlcm train`")
+    scale.add_argument("--output-dir", required=True, help="the --output-dir of the running run")
+    scale.add_argument("--rollout-actors", type=int, required=True)
+    scale.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or auto)")
+    scale.set_defaults(func=_scale)
+
+    submit = commands.add_parser("submit", help="submit `rlcm train` as a Ray job")
+    submit.add_argument("--address", default="http://127.0.0.1:8265", help="the Ray dashboard address")
+    submit.add_argument("--config", required=True, help="preset or YAML path (relative to the working dir)")
+    submit.add_argument("--output-dir", required=True, help="run folder on the cluster (shared storage)")
+    submit.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    submit.add_argument("--wait", action="store_true", help="block until the job ends")
+    submit.set_defaults(func=_submit)
+
     rewards = commands.add_parser("rewards", help="the reward service").add_subparsers(dest="rewards_command", required=True)
     serve = rewards.add_parser("serve", help="start the reward service (Ray Serve, or uvicorn with --standalone)")
     serve.add_argument("--config", help="reward service YAML")
@@ -90,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError) as error:
+    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError, ConnectionError) as error:
         print(f"rlcm: error: {error}", file=sys.stderr)
         return 2
 
