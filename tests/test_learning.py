@@ -20,7 +20,7 @@ from rewards_service.scorers.jpeg import JpegCompressibility
 from rollout.policy import Trajectory
 from rollout.worker import RolloutSpec, RolloutWorker
 
-EPOCHS = 12
+EPOCHS = 10
 
 
 def welch_t(a: np.ndarray, b: np.ndarray) -> float:
