@@ -44,10 +44,22 @@ def submit_train_job(
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     client = JobSubmissionClient(address)
-    job_id = client.submit_job(entrypoint=train_entrypoint(config, output_dir, overrides), runtime_env=runtime or runtime_env())
+    job_id = _submit_when_agent_ready(client, train_entrypoint(config, output_dir, overrides), runtime or runtime_env())
     status = client.get_job_status(job_id)
     deadline = time.monotonic() + timeout_s
     while wait and status not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED} and time.monotonic() < deadline:
         time.sleep(2)
         status = client.get_job_status(job_id)
     return job_id, str(status)
+
+
+def _submit_when_agent_ready(client, entrypoint: str, runtime: dict, wait_s: float = 120.0) -> str:
+    """Submit, retrying while a freshly started head node has no job agent up yet."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return client.submit_job(entrypoint=entrypoint, runtime_env=runtime)
+        except RuntimeError as error:
+            if "No available agent" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(2)
