@@ -1,4 +1,5 @@
-"""Scale-out figures on the toy model (CPU): sync vs async with slow rewards, 1 -> 2 rollout actors, time_sync_s share.
+"""Scale-out figures on the toy model (CPU): sync vs async with slow rewards, 1 -> 2 rollout actors, time_sync_s share,
+and the distributed run against the same work in one process (no Ray).
 
     python benchmarks/bench_scaleout.py [--epochs 4] [--cpus 2]
 
@@ -18,6 +19,11 @@ import ray
 
 from cluster.config import load_config
 from cluster.driver import Trainer
+from cluster.prompts import batch_seed, epoch_prompts, load_prompts
+from learner.learner import LearnerSpec, PPOLearner
+from rewards_service.scorers import build_scorer
+from rollout.policy import Trajectory
+from rollout.worker import RolloutSpec, RolloutWorker
 
 BASE = ["sampling.batches_per_epoch=2", "run.sample_grid_every=1000", "run.save_every=1000", "run.torch_threads=1"]
 
@@ -48,6 +54,30 @@ def measure(name: str, overrides: list[str], epochs: int) -> dict:
     return result
 
 
+def measure_single_process(epochs: int) -> dict:
+    """The same epochs (sample, score, PPO, adapter hand-over) in this process, one after another."""
+    import torch
+
+    config = load_config(None, [*BASE, f"run.epochs={epochs}"])
+    torch.set_num_threads(config.run.torch_threads)
+    worker = RolloutWorker(RolloutSpec(config.model.name, config.model.lora, config.sampling.num_steps, config.sampling.guidance_scale))
+    learner = PPOLearner(LearnerSpec(config.model.name, config.model.lora, config.train, config.stat_tracking.buffer_size, config.stat_tracking.min_count))
+    scorer, prompts = build_scorer(config.reward.name), load_prompts(config.prompts.source, config.prompts.limit)
+    size, batches, times = config.sampling.batch_size, config.batches_per_update, []
+    for epoch in range(epochs):
+        start = time.perf_counter()
+        worker.set_adapter(learner.adapter())
+        picked = epoch_prompts(prompts, config.run.seed, epoch, size * batches)
+        parts = [worker.sample(picked[b * size : (b + 1) * size], batch_seed(config.run.seed, epoch, b)) for b in range(batches)]
+        trajectory = Trajectory.concat(parts)
+        rewards = np.array(scorer.score(trajectory.images.permute(0, 2, 3, 1).numpy(), trajectory.prompts).rewards)
+        learner.train(trajectory, learner.advantages(trajectory.prompts, rewards))
+        times.append(time.perf_counter() - start)
+    epoch_s = float(np.mean(times[1:]))
+    print(f"{'one process, no Ray':42s} {config.samples_per_epoch / epoch_s:6.2f} samples/s  epoch {epoch_s:5.2f} s", flush=True)
+    return {"samples_per_s": config.samples_per_epoch / epoch_s, "epoch_s": epoch_s}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--epochs", type=int, default=4)
@@ -61,6 +91,8 @@ def main() -> None:
     sync_slow = measure(f"sync, reward latency {latency:.2f} s/batch", slow, args.epochs)
     async_slow = measure(f"async (k=1), reward latency {latency:.2f} s/batch", [*slow, "scaleout.mode=async"], args.epochs + 1)
     two = measure("sync, 2 rollout actors (same samples/epoch)", ["resources.num_rollout_actors=2", "sampling.batches_per_epoch=1"], args.epochs)
+    single = measure_single_process(args.epochs)
+    print(f"distributed (1 rollout actor + 1 learner) vs one process: epoch {base['epoch_s'] / single['epoch_s']:.2f}x the time")
     print(f"async / sync with slow rewards: {async_slow['samples_per_s'] / sync_slow['samples_per_s']:.2f}x")
     print(f"2 / 1 rollout actors: rollout time {base['rollout_s']:.2f} s -> {two['rollout_s']:.2f} s, "
           f"throughput {two['samples_per_s'] / base['samples_per_s']:.2f}x")

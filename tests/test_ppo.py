@@ -200,6 +200,17 @@ def test_advantages_are_clipped():
     assert unet_grads[0] == pytest.approx(-1.0, abs=1e-4)
 
 
+def test_partial_accumulation_window_still_steps():
+    """3 minibatches with grad_accum_steps=2 (e.g. after invalid samples were dropped): one full window
+    and one partial window, so two optimizer steps and no gradient left behind."""
+    learner_spec, _ = _specs(train_batch_size=2, grad_accum_steps=2, learning_rate=1e-3)
+    learner = PPOLearner(learner_spec)
+    traj = sample_trajectory(learner.pipe, (PROMPTS * 2)[:6], 2, 8.0, torch.Generator().manual_seed(0))
+    metrics = learner.train(traj, np.linspace(-1.0, 1.0, 6))
+    assert metrics["optimizer_steps"] == 2.0
+    assert all(p.grad is None for p in learner.params)
+
+
 # ---------------------------------------------------------------- PerPromptStatTracker
 
 
