@@ -25,12 +25,15 @@ def free_port() -> int:
 @pytest.mark.slow
 def test_ray_job_submit_runs_the_toy_preset(tmp_path):
     gcs, dashboard = free_port(), free_port()
+    # every port of its own: the session's Ray instance (ray_local) holds the defaults, e.g. the agent's 52365
+    ports = [f"--{name}={free_port()}" for name in (
+        "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port", "metrics-export-port", "ray-client-server-port")]
     temp_dir = Path("/tmp") / f"rlcm-job-{os.getpid()}"  # short: Ray's socket paths have a length limit
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["RAY_AUTH_MODE"] = "disabled"  # a ~/.ray/auth_token left by another tool would switch token auth on
     head = subprocess.Popen(
         [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", f"--port={gcs}", "--num-cpus=3",
-         "--include-dashboard=true", f"--dashboard-port={dashboard}", f"--temp-dir={temp_dir}", "--disable-usage-stats"],
+         "--include-dashboard=true", f"--dashboard-port={dashboard}", f"--temp-dir={temp_dir}", "--disable-usage-stats", *ports],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     try:
