@@ -101,3 +101,13 @@ def test_resume_matches_uninterrupted(ray_local, tmp_path):
     b = load_file(tmp_path / "split/checkpoints/epoch-0002/pytorch_lora_weights.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert resumed[0]["reward_mean"] == pytest.approx(full[-1]["reward_mean"])
+
+
+def test_two_learners_through_the_trainer(ray_local, tmp_path):
+    """M=2 learners in the driver: each rank trains its half, the adapter advances once per epoch."""
+    rows = run(tmp_path, "run.epochs=2", "sampling.batches_per_epoch=2", "resources.num_learners=2", "run.save_every=2")
+    assert_exact_counts(rows, 16)
+    assert [r["policy_version"] for r in rows] == [1, 2]
+    assert all(r["optimizer_steps"] == 2 for r in rows)  # 8 samples per rank in minibatches of 4
+    saved = load_file(str(tmp_path / "checkpoints" / "epoch-0001" / "pytorch_lora_weights.safetensors"))
+    assert any(k.endswith("lora_B.weight") and v.abs().sum() > 0 for k, v in saved.items())
