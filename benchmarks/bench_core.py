@@ -28,9 +28,8 @@ def build_full_size_pipeline(device: torch.device, dtype: torch.dtype, resolutio
     """An LCM pipeline with an SD1.5-architecture UNet (random init, LCM guidance embedding), a small random
     CLIP text encoder (hidden size 768 to match cross-attention) and a random SD AutoencoderKL."""
     from diffusers import AutoencoderKL, LatentConsistencyModelPipeline, LCMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
 
-    from rollout.models import _char_level_clip_tokenizer
+    from rollout.models import char_level_clip_tokenizer, random_clip_text_encoder
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(
@@ -45,20 +44,8 @@ def build_full_size_pipeline(device: torch.device, dtype: torch.dtype, resolutio
         attention_head_dim=8,
         time_cond_proj_dim=256,
     )
-    tokenizer = _char_level_clip_tokenizer(model_max_length=77)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=768,
-            intermediate_size=1024,
-            num_hidden_layers=2,
-            num_attention_heads=12,
-            max_position_embeddings=77,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.eos_token_id,
-        )
-    )
+    tokenizer = char_level_clip_tokenizer(model_max_length=77)
+    text_encoder = random_clip_text_encoder(tokenizer, hidden_size=768, intermediate_size=1024, num_heads=12)
     vae = AutoencoderKL(
         in_channels=3,
         out_channels=3,

@@ -63,6 +63,11 @@ class OutputDir:
         self.checkpoints = root / "checkpoints"
         self.samples = root / "samples"
 
+    def check_free(self, resume: bool) -> None:
+        """Refuse to overwrite an earlier run unless it is being resumed."""
+        if self.metrics.is_file() and not resume:
+            raise FileExistsError(f"{self.root} already holds a run; pass --resume to continue it or choose another --output-dir")
+
     def checkpoint(self, epoch: int) -> Path:
         return self.checkpoints / f"epoch-{epoch:04d}"
 
@@ -147,8 +152,7 @@ class Trainer:
         self.version = ray.get(self.learners.rank0.version.remote())
 
     def _prepare_output(self, resume: bool) -> None:
-        if self.out.metrics.is_file() and not resume:
-            raise FileExistsError(f"{self.out.root} already holds a run; pass --resume to continue it or choose another --output-dir")
+        self.out.check_free(resume)
         self.out.root.mkdir(parents=True, exist_ok=True)
         (self.out.root / "config.yaml").write_text(dump_config(self.config))
 
@@ -347,6 +351,7 @@ class Trainer:
 
 def train(config: TrainConfig, output_dir: Path, resume: bool = False) -> list[dict]:
     """Run training on the current Ray cluster (started locally if none)."""
+    OutputDir(output_dir).check_free(resume)
     init_ray()
     trainer = Trainer(config, output_dir, resume=resume)
     try:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
 import torch
 from diffusers import LCMScheduler
 from pydantic import BaseModel, ConfigDict, Field
@@ -92,8 +93,9 @@ def ppo_update(
     device = batch.latents.device
     advantages = batch.advantages.clamp(-settings.adv_clip_max, settings.adv_clip_max)
     backward_per_step = settings.grad_accum_steps * num_transitions
-    sums: dict[str, float] = {}
-    count, optimizer_steps, backward_count = 0, 0, 0
+    step_infos: list[dict[str, float]] = []
+    grad_norms: list[float] = []
+    backward_count = 0
     unet.train()
     for _ in range(settings.inner_epochs):
         order = torch.randperm(num_samples, generator=generator)
@@ -119,24 +121,17 @@ def ppo_update(
                 loss, info = ppo_loss(log_prob, batch.old_log_probs[idx_d, k_d], advantages[idx_d], settings.clip_range)
                 (loss / backward_per_step).backward()
                 backward_count += 1
-                for key, value in {"loss": loss.detach(), **info}.items():
-                    if key == "ratio_min":
-                        sums[key] = min(sums.get(key, float("inf")), value.item())
-                    elif key == "ratio_max":
-                        sums[key] = max(sums.get(key, float("-inf")), value.item())
-                    else:
-                        sums[key] = sums.get(key, 0.0) + value.item()
-                count += 1
+                step_infos.append({"loss": loss.item(), **{key: value.item() for key, value in info.items()}})
                 if backward_count % backward_per_step == 0:
-                    sums["grad_norm"] = sums.get("grad_norm", 0.0) + _optimizer_step(optimizer, params, settings, reduce_gradients)
-                    optimizer_steps += 1
+                    grad_norms.append(_optimizer_step(optimizer, params, settings, reduce_gradients))
     if backward_count % backward_per_step:  # a partial window (e.g. invalid samples were dropped)
-        sums["grad_norm"] = sums.get("grad_norm", 0.0) + _optimizer_step(optimizer, params, settings, reduce_gradients)
-        optimizer_steps += 1
+        grad_norms.append(_optimizer_step(optimizer, params, settings, reduce_gradients))
     unet.eval()
-    metrics = {k: (v if k.startswith("ratio_") else v / count) for k, v in sums.items() if k != "grad_norm"}
-    metrics["grad_norm"] = sums.get("grad_norm", 0.0) / max(optimizer_steps, 1)
-    metrics["optimizer_steps"] = float(optimizer_steps)
+    metrics = {key: float(np.mean([s[key] for s in step_infos])) for key in ("loss", "approx_kl", "clipfrac")}
+    metrics["ratio_min"] = min(s["ratio_min"] for s in step_infos)
+    metrics["ratio_max"] = max(s["ratio_max"] for s in step_infos)
+    metrics["grad_norm"] = float(np.mean(grad_norms))
+    metrics["optimizer_steps"] = float(len(grad_norms))
     return metrics
 
 

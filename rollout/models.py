@@ -43,7 +43,7 @@ class ToyPixelDecoder(ModelMixin, ConfigMixin):
         return (image,)
 
 
-def _char_level_clip_tokenizer(model_max_length: int) -> CLIPTokenizer:
+def char_level_clip_tokenizer(model_max_length: int) -> CLIPTokenizer:
     """A CLIP BPE tokenizer with no merges: one token per byte-level character."""
     from transformers.convert_slow_tokenizer import bytes_to_unicode
 
@@ -52,24 +52,31 @@ def _char_level_clip_tokenizer(model_max_length: int) -> CLIPTokenizer:
     return CLIPTokenizer(vocab={tok: i for i, tok in enumerate(tokens)}, merges=[], model_max_length=model_max_length)
 
 
+def random_clip_text_encoder(
+    tokenizer: CLIPTokenizer, hidden_size: int, intermediate_size: int, num_heads: int, num_layers: int = 2
+) -> CLIPTextModel:
+    """A randomly initialised CLIP text encoder sized for `tokenizer` (seed torch first for determinism)."""
+    return CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=len(tokenizer),
+            hidden_size=hidden_size,
+            intermediate_size=intermediate_size,
+            num_hidden_layers=num_layers,
+            num_attention_heads=num_heads,
+            max_position_embeddings=tokenizer.model_max_length,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.eos_token_id,
+        )
+    )
+
+
 def build_tiny_pipeline(seed: int = 0, sample_size: int = 16) -> LatentConsistencyModelPipeline:
     """The toy LCM: deterministic for `seed`, 4x`sample_size` pixel images, no downloads."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        tokenizer = _char_level_clip_tokenizer(model_max_length=32)
-        text_encoder = CLIPTextModel(
-            CLIPTextConfig(
-                vocab_size=len(tokenizer),
-                hidden_size=32,
-                intermediate_size=64,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                max_position_embeddings=32,
-                bos_token_id=tokenizer.bos_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.eos_token_id,
-            )
-        )
+        tokenizer = char_level_clip_tokenizer(model_max_length=32)
+        text_encoder = random_clip_text_encoder(tokenizer, hidden_size=32, intermediate_size=64, num_heads=4)
         unet = UNet2DConditionModel(
             sample_size=sample_size,
             in_channels=4,
