@@ -34,6 +34,15 @@ def _llava_bertscore(**options: Any) -> Scorer:
     return LlavaBertScore(**options)
 
 
+def _differentiable(name: str) -> Callable[..., Scorer]:
+    def factory(**options: Any) -> Scorer:
+        from rewards_service.differentiable import DifferentiableScorer
+
+        return DifferentiableScorer(name, **options)
+
+    return factory
+
+
 def _composite(weights: dict[str, float], parts: dict[str, dict[str, Any]] | None = None) -> Scorer:
     parts = parts or {}
     return CompositeScorer({n: build_scorer(n, **parts.get(n, {})) for n in weights}, weights)
@@ -45,6 +54,7 @@ FACTORIES: dict[str, Callable[..., Scorer]] = {
     "aesthetic": _aesthetic,
     "llava_bertscore": _llava_bertscore,
     "composite": _composite,
+    "smoothness": _differentiable("smoothness"),
 }
 REWARD_NAMES = tuple(FACTORIES)
 

@@ -1,0 +1,88 @@
+"""Differentiable rewards for first-order training (ROCM): torch modules, float images in [0, 1] in, a score per image out.
+
+Every module here has `forward(images, prompts) -> [B]` with `images` float [B, 3, H, W] in [0, 1]
+and gradients flowing back to the pixels. The same modules are served for monitoring (no grad)
+through `DifferentiableScorer`, so the number the learner climbs is the number the service reports.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from rewards_service.scorers.base import ScoreResult, check_batch
+
+
+class Smoothness(nn.Module):
+    """r = −scale · mean |∇image| (anisotropic total variation): a differentiable stand-in for JPEG compressibility.
+
+    Smooth images compress well; on the toy model this is the reward ROCM and RLCM are compared on.
+    """
+
+    def __init__(self, scale: float = 10.0) -> None:
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, images: torch.Tensor, prompts: Sequence[str] | None = None) -> torch.Tensor:
+        dy = (images[..., 1:, :] - images[..., :-1, :]).abs().mean(dim=(1, 2, 3))
+        dx = (images[..., :, 1:] - images[..., :, :-1]).abs().mean(dim=(1, 2, 3))
+        return -self.scale * (dx + dy)
+
+
+def _smoothness(**options: Any) -> nn.Module:
+    return Smoothness(**options)
+
+
+def _aesthetic(clip_model: str | None = None, head_path: str | None = None, dtype: str = "float32", device: str = "cpu") -> nn.Module:
+    from rewards_service.scorers.aesthetic import DEFAULT_CLIP, AestheticModel
+
+    model = AestheticModel.from_pretrained(clip_model or DEFAULT_CLIP, head_path, getattr(torch, dtype), device)
+    return PromptFree(model)
+
+
+class PromptFree(nn.Module):
+    """Adapts an image-only module `f(images) -> [B]` to the `(images, prompts)` signature."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor, prompts: Sequence[str] | None = None) -> torch.Tensor:
+        return self.model(images)
+
+
+DIFFERENTIABLE_FACTORIES: dict[str, Callable[..., nn.Module]] = {
+    "smoothness": _smoothness,
+    "aesthetic": _aesthetic,
+}
+
+
+def differentiable_reward_names() -> list[str]:
+    return sorted(DIFFERENTIABLE_FACTORIES)
+
+
+def build_differentiable_reward(name: str, **options: Any) -> nn.Module:
+    """The frozen differentiable reward module registered under `name` (eval mode, no trainable weights)."""
+    if name not in DIFFERENTIABLE_FACTORIES:
+        raise ValueError(f"reward {name!r} is not differentiable; differentiable rewards: {differentiable_reward_names()}")
+    module = DIFFERENTIABLE_FACTORIES[name](**options)
+    return module.eval().requires_grad_(False)
+
+
+class DifferentiableScorer:
+    """Serves a differentiable reward on the non-differentiable path: uint8 [B, H, W, 3] in, floats out."""
+
+    def __init__(self, name: str, version: str = "1", device: str | None = None, **options: Any) -> None:
+        self.name, self.version = name, version
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.model = build_differentiable_reward(name, **options).to(self.device)
+
+    @torch.no_grad()
+    def score(self, images: np.ndarray, prompts: Sequence[str]) -> ScoreResult:
+        check_batch(images, prompts)
+        pixels = torch.from_numpy(images).to(self.device).permute(0, 3, 1, 2).float() / 255.0
+        scores = self.model(pixels, list(prompts)).float().cpu().tolist()
+        return ScoreResult(rewards=[float(s) for s in scores], version=self.version)
