@@ -43,6 +43,12 @@ def _aesthetic(clip_model: str | None = None, head_path: str | None = None, dtyp
     return PromptFree(model)
 
 
+def _clip_score(model: str | None = None, processor: str | None = None, dtype: str = "float32") -> nn.Module:
+    from rewards_service.scorers.clip_score import DEFAULT_CLIP_SCORE_MODEL, ClipScore
+
+    return ClipScore.from_pretrained(model or DEFAULT_CLIP_SCORE_MODEL, processor, dtype)
+
+
 class PromptFree(nn.Module):
     """Adapts an image-only module `f(images) -> [B]` to the `(images, prompts)` signature."""
 
@@ -57,6 +63,7 @@ class PromptFree(nn.Module):
 DIFFERENTIABLE_FACTORIES: dict[str, Callable[..., nn.Module]] = {
     "smoothness": _smoothness,
     "aesthetic": _aesthetic,
+    "clip_score": _clip_score,
 }
 
 

@@ -55,6 +55,7 @@ FACTORIES: dict[str, Callable[..., Scorer]] = {
     "llava_bertscore": _llava_bertscore,
     "composite": _composite,
     "smoothness": _differentiable("smoothness"),
+    "clip_score": _differentiable("clip_score"),
 }
 REWARD_NAMES = tuple(FACTORIES)
 

@@ -1,0 +1,94 @@
+"""CLIP score, differentiable in the pixels: 100 · cos(CLIP image embedding, CLIP text embedding).
+
+Convention: the plain scaled cosine, 100 · cos, as ROCM reports it. torchmetrics' CLIPScore clamps it,
+100 · max(cos, 0); the two agree whenever the cosine is positive (natural images and captions under a
+real CLIP), and the plain cosine keeps its gradient where the clamp would zero it.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+from rewards_service.scorers.aesthetic import CLIP_MEAN, CLIP_STD, clip_preprocess
+
+DEFAULT_CLIP_SCORE_MODEL = "openai/clip-vit-large-patch14"
+MAX_TEXT_TOKENS = 77
+
+
+def load_pretrained(loader: Callable[..., Any], path_or_id: str, option: str, **kwargs: Any) -> Any:
+    """`loader(path_or_id)` (a `from_pretrained`), turning "not found" into a FileNotFoundError that says what to do."""
+    try:
+        return loader(path_or_id, **kwargs)
+    except OSError as exc:
+        looks_local = os.path.isabs(path_or_id) or path_or_id.startswith((".", "~")) or path_or_id.count("/") > 1
+        where = "there is no such local folder" if looks_local else "it is not in the Hugging Face cache and the hub cannot be reached"
+        raise FileNotFoundError(
+            f"cannot load {path_or_id!r} ({where}): put the weights in the Hugging Face cache "
+            f"(`hf download {path_or_id}` where the hub is reachable, then copy ~/.cache/huggingface) "
+            f"or pass a local folder with the option {option}=/path/to/folder. Cause: {exc}"
+        ) from None
+
+
+def clip_input_size(image_processor: Any, image_size: int) -> int:
+    """The square input size of a CLIP image processor, after checking `clip_preprocess` reproduces the processor."""
+    short, crop = image_processor.size.get("shortest_edge"), image_processor.crop_size
+    same_layout = image_processor.do_resize and image_processor.do_center_crop and short == crop.get("height") == crop.get("width")
+    same_values = (
+        image_processor.do_rescale and abs(image_processor.rescale_factor - 1 / 255) < 1e-9 and image_processor.do_normalize
+        and torch.allclose(torch.tensor(image_processor.image_mean, dtype=torch.float64), torch.tensor(CLIP_MEAN, dtype=torch.float64))
+        and torch.allclose(torch.tensor(image_processor.image_std, dtype=torch.float64), torch.tensor(CLIP_STD, dtype=torch.float64))
+    )
+    if not (same_layout and same_values):
+        raise ValueError(
+            f"image processor {type(image_processor).__name__} (size {image_processor.size}, crop {crop}, mean {image_processor.image_mean}) "
+            "is not CLIP's: the differentiable preprocessing reproduces resize shortest edge = crop size, center crop, "
+            "x/255, CLIP mean/std; use a CLIP processor"
+        )
+    if short != image_size:
+        raise ValueError(f"image processor crops to {short} px but the CLIP vision tower takes {image_size} px; pair the model with its processor")
+    return short
+
+
+class ClipSimilarity(nn.Module):
+    """cos(CLIP image embedding, CLIP text embedding) per (image, prompt) pair; images float [B, 3, H, W] in [0, 1]."""
+
+    def __init__(self, clip: nn.Module, tokenizer: Any, image_size: int) -> None:
+        super().__init__()
+        self.clip = clip
+        self.tokenizer = tokenizer
+        self.image_size = image_size
+        self.max_length = min(MAX_TEXT_TOKENS, clip.config.text_config.max_position_embeddings)
+
+    def cosine(self, images: torch.Tensor, prompts: Sequence[str] | None) -> torch.Tensor:
+        if prompts is None or len(prompts) != images.shape[0]:
+            raise ValueError(f"{type(self).__name__} needs one prompt per image: got {images.shape[0]} images and {None if prompts is None else len(prompts)} prompts")
+        tokens = self.tokenizer(list(prompts), padding="max_length", truncation=True, max_length=self.max_length, return_tensors="pt")
+        pixels = clip_preprocess(images.float(), self.image_size).to(self.clip.dtype)
+        out = self.clip(input_ids=tokens.input_ids.to(images.device), attention_mask=tokens.attention_mask.to(images.device), pixel_values=pixels)
+        # CLIPModel returns L2-normalized embeddings: cos = <e_image, e_text>
+        return (out.image_embeds.float() * out.text_embeds.float()).sum(dim=-1)
+
+    @staticmethod
+    def load(model: str, processor: str | None, dtype: str) -> tuple[nn.Module, Any, int]:
+        """CLIPModel, tokenizer and input size from hub ids or local folders (`processor` defaults to `model`)."""
+        from transformers import AutoProcessor, CLIPModel
+
+        clip = load_pretrained(CLIPModel.from_pretrained, model, "model", dtype=getattr(torch, dtype))
+        loaded = load_pretrained(AutoProcessor.from_pretrained, processor or model, "processor" if processor else "model")
+        size = clip_input_size(loaded.image_processor, clip.config.vision_config.image_size)
+        return clip.eval().requires_grad_(False), loaded.tokenizer, size
+
+
+class ClipScore(ClipSimilarity):
+    """CLIP score = 100 · cos(image, prompt) (see the module docstring for the convention)."""
+
+    def forward(self, images: torch.Tensor, prompts: Sequence[str] | None = None) -> torch.Tensor:
+        return 100.0 * self.cosine(images, prompts)
+
+    @classmethod
+    def from_pretrained(cls, model: str = DEFAULT_CLIP_SCORE_MODEL, processor: str | None = None, dtype: str = "float32") -> "ClipScore":
+        return cls(*cls.load(model, processor, dtype))

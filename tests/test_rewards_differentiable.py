@@ -1,0 +1,136 @@
+"""Differentiable rewards (CLIP score, PickScore, HPSv2) on tiny random models saved to disk and loaded by folder.
+
+Each score is checked against an independent computation (the library's own preprocessing and feature
+functions, cosine by hand), gradients reach the pixels, and the served scorer matches the module.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from rewards_service.differentiable import DifferentiableScorer, build_differentiable_reward, differentiable_reward_names
+from rewards_service.scorers import build_scorer
+
+PROMPTS = ["a cat on a mat", "two dogs"]
+
+
+def char_level_tokenizer():
+    """A CLIP tokenizer with a byte-level vocab and no merges: buildable offline."""
+    from transformers import CLIPTokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    chars = list(bytes_to_unicode().values())
+    tokens = ["<|startoftext|>", "<|endoftext|>"] + chars + [c + "</w>" for c in chars]
+    return CLIPTokenizer(vocab={tok: i for i, tok in enumerate(tokens)}, merges=[], model_max_length=77)
+
+
+def save_tiny_clip(folder, seed: int = 0, logit_scale: float = 2.6592) -> None:
+    """A random 2-layer CLIPModel (32 px, patch 8) and its CLIPProcessor, saved with save_pretrained."""
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    tokenizer = char_level_tokenizer()
+    tower = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4)
+    config = CLIPConfig(
+        text_config=dict(tower, vocab_size=len(tokenizer), max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id),
+        vision_config=dict(tower, image_size=32, patch_size=8),
+        projection_dim=16,
+        logit_scale_init_value=logit_scale,
+    )
+    torch.manual_seed(seed)
+    CLIPModel(config).save_pretrained(folder)
+    image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
+
+
+@pytest.fixture(scope="module")
+def clip_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny_clip")
+    save_tiny_clip(folder)
+    return str(folder)
+
+
+def features(output) -> torch.Tensor:
+    """get_*_features returns a tensor (transformers 4) or an output whose pooler_output is the projection (5)."""
+    return output if isinstance(output, torch.Tensor) else output.pooler_output
+
+
+def reference_cosine(folder: str, images_uint8: np.ndarray, prompts: list[str]) -> torch.Tensor:
+    """cos(image, text) the transformers way: CLIPProcessor on PIL images, get_*_features, normalized by hand."""
+    from transformers import AutoProcessor, CLIPModel
+
+    model, processor = CLIPModel.from_pretrained(folder).eval(), AutoProcessor.from_pretrained(folder)
+    pixels = processor(images=[Image.fromarray(im) for im in images_uint8], return_tensors="pt").pixel_values
+    text = processor.tokenizer(prompts, padding=True, truncation=True, max_length=77, return_tensors="pt")
+    with torch.no_grad():
+        image = features(model.get_image_features(pixel_values=pixels))
+        caption = features(model.get_text_features(input_ids=text.input_ids, attention_mask=text.attention_mask))
+    image, caption = image / image.norm(dim=-1, keepdim=True), caption / caption.norm(dim=-1, keepdim=True)
+    return (image * caption).sum(-1)
+
+
+def uint8_images(n: int = 2, height: int = 32, width: int = 32, seed: int = 1) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, height, width, 3), dtype=np.uint8)
+
+
+def to_float01(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
+
+
+def assert_pixel_gradients(model: torch.nn.Module, height: int = 48, width: int = 40) -> None:
+    images = torch.rand(2, 3, height, width, requires_grad=True)
+    model(images, PROMPTS).sum().backward()
+    assert images.grad is not None and torch.isfinite(images.grad).all() and images.grad.abs().sum() > 0
+
+
+def test_clip_score_matches_transformers_processor_path(clip_dir):
+    model = build_differentiable_reward("clip_score", model=clip_dir)
+    images = uint8_images()
+    scores = model(to_float01(images), PROMPTS)
+    torch.testing.assert_close(scores, 100 * reference_cosine(clip_dir, images, PROMPTS), atol=1e-4, rtol=1e-5)
+    assert not any(p.requires_grad for p in model.parameters()) and not model.training
+
+
+def test_clip_score_resizes_like_the_processor(clip_dir):
+    model = build_differentiable_reward("clip_score", model=clip_dir)
+    images = uint8_images(height=64, width=80)
+    scores = model(to_float01(images), PROMPTS)
+    # torch antialiased bicubic vs PIL bicubic with uint8 rounding: close, not bit-equal
+    torch.testing.assert_close(scores, 100 * reference_cosine(clip_dir, images, PROMPTS), atol=0.3, rtol=0)
+
+
+def test_clip_score_gradients_reach_pixels(clip_dir):
+    assert_pixel_gradients(build_differentiable_reward("clip_score", model=clip_dir))
+
+
+def test_clip_score_served_matches_module(clip_dir):
+    scorer = build_scorer("clip_score", model=clip_dir, device="cpu", version="tiny")
+    assert isinstance(scorer, DifferentiableScorer)
+    images = uint8_images(height=40, width=48)
+    result = scorer.score(images, PROMPTS)
+    expected = build_differentiable_reward("clip_score", model=clip_dir)(to_float01(images), PROMPTS)
+    assert result.version == "tiny" and result.valid == [True, True]
+    np.testing.assert_allclose(result.rewards, expected.tolist(), rtol=1e-6, atol=1e-6)
+
+
+def test_clip_score_needs_one_prompt_per_image(clip_dir):
+    model = build_differentiable_reward("clip_score", model=clip_dir)
+    with pytest.raises(ValueError, match="one prompt per image"):
+        model(torch.rand(2, 3, 32, 32), ["only one"])
+
+
+def test_missing_model_folder_says_where_to_put_weights(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such local folder.*Hugging Face cache.*model="):
+        build_differentiable_reward("clip_score", model=str(tmp_path / "missing"))
+    with pytest.raises(FileNotFoundError, match="not in the Hugging Face cache.*model="):
+        build_differentiable_reward("clip_score", model="no-such-org/no-such-clip")
+
+
+def test_non_differentiable_reward_lists_the_differentiable_ones():
+    with pytest.raises(ValueError, match="not differentiable.*clip_score") as info:
+        build_differentiable_reward("jpeg_compressibility")
+    for name in differentiable_reward_names():
+        assert repr(name) in str(info.value)
