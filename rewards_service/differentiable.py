@@ -49,6 +49,12 @@ def _clip_score(model: str | None = None, processor: str | None = None, dtype: s
     return ClipScore.from_pretrained(model or DEFAULT_CLIP_SCORE_MODEL, processor, dtype)
 
 
+def _pickscore(model: str | None = None, processor: str | None = None, dtype: str = "float32") -> nn.Module:
+    from rewards_service.scorers.pickscore import DEFAULT_PICKSCORE_MODEL, DEFAULT_PICKSCORE_PROCESSOR, PickScore
+
+    return PickScore.from_pretrained(model or DEFAULT_PICKSCORE_MODEL, processor or DEFAULT_PICKSCORE_PROCESSOR, dtype)
+
+
 class PromptFree(nn.Module):
     """Adapts an image-only module `f(images) -> [B]` to the `(images, prompts)` signature."""
 
@@ -64,6 +70,7 @@ DIFFERENTIABLE_FACTORIES: dict[str, Callable[..., nn.Module]] = {
     "smoothness": _smoothness,
     "aesthetic": _aesthetic,
     "clip_score": _clip_score,
+    "pickscore": _pickscore,
 }
 
 

@@ -27,7 +27,7 @@ def char_level_tokenizer():
     return CLIPTokenizer(vocab={tok: i for i, tok in enumerate(tokens)}, merges=[], model_max_length=77)
 
 
-def save_tiny_clip(folder, seed: int = 0, logit_scale: float = 2.6592) -> None:
+def save_tiny_clip(folder, seed: int = 0, logit_scale: float = 2.6592, with_processor: bool = True) -> None:
     """A random 2-layer CLIPModel (32 px, patch 8) and its CLIPProcessor, saved with save_pretrained."""
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
 
@@ -42,6 +42,8 @@ def save_tiny_clip(folder, seed: int = 0, logit_scale: float = 2.6592) -> None:
     )
     torch.manual_seed(seed)
     CLIPModel(config).save_pretrained(folder)
+    if not with_processor:
+        return
     image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
 
@@ -58,11 +60,11 @@ def features(output) -> torch.Tensor:
     return output if isinstance(output, torch.Tensor) else output.pooler_output
 
 
-def reference_cosine(folder: str, images_uint8: np.ndarray, prompts: list[str]) -> torch.Tensor:
+def reference_cosine(folder: str, images_uint8: np.ndarray, prompts: list[str], processor_folder: str | None = None) -> torch.Tensor:
     """cos(image, text) the transformers way: CLIPProcessor on PIL images, get_*_features, normalized by hand."""
     from transformers import AutoProcessor, CLIPModel
 
-    model, processor = CLIPModel.from_pretrained(folder).eval(), AutoProcessor.from_pretrained(folder)
+    model, processor = CLIPModel.from_pretrained(folder).eval(), AutoProcessor.from_pretrained(processor_folder or folder)
     pixels = processor(images=[Image.fromarray(im) for im in images_uint8], return_tensors="pt").pixel_values
     text = processor.tokenizer(prompts, padding=True, truncation=True, max_length=77, return_tensors="pt")
     with torch.no_grad():
@@ -134,3 +136,41 @@ def test_non_differentiable_reward_lists_the_differentiable_ones():
         build_differentiable_reward("jpeg_compressibility")
     for name in differentiable_reward_names():
         assert repr(name) in str(info.value)
+
+
+@pytest.fixture(scope="module")
+def pickscore_dir(tmp_path_factory):
+    """A PickScore-like checkpoint: model weights only (logit scale ln 50), the processor comes from another folder."""
+    folder = tmp_path_factory.mktemp("tiny_pickscore")
+    save_tiny_clip(folder, seed=1, logit_scale=float(np.log(50.0)), with_processor=False)
+    return str(folder)
+
+
+def test_pickscore_is_temperature_times_cosine(pickscore_dir, clip_dir):
+    model = build_differentiable_reward("pickscore", model=pickscore_dir, processor=clip_dir)
+    images = uint8_images(seed=2)
+    scores = model(to_float01(images), PROMPTS)
+    expected = 50.0 * reference_cosine(pickscore_dir, images, PROMPTS, processor_folder=clip_dir)
+    torch.testing.assert_close(scores, expected, atol=1e-4, rtol=1e-5)
+    assert_pixel_gradients(model)
+
+
+def test_pickscore_served_matches_module(pickscore_dir, clip_dir):
+    scorer = build_scorer("pickscore", model=pickscore_dir, processor=clip_dir, device="cpu")
+    images = uint8_images(height=48, width=36, seed=3)
+    expected = build_differentiable_reward("pickscore", model=pickscore_dir, processor=clip_dir)(to_float01(images), PROMPTS)
+    np.testing.assert_allclose(scorer.score(images, PROMPTS).rewards, expected.tolist(), rtol=1e-6, atol=1e-6)
+
+
+def test_pickscore_missing_processor_names_the_option(pickscore_dir, tmp_path):
+    with pytest.raises(FileNotFoundError, match="processor=/path/to/folder"):
+        build_differentiable_reward("pickscore", model=pickscore_dir, processor=str(tmp_path / "no_processor"))
+
+
+def test_processor_the_differentiable_preprocessing_cannot_reproduce_is_refused(pickscore_dir, tmp_path):
+    from transformers import CLIPImageProcessor, CLIPProcessor
+
+    image_processor = CLIPImageProcessor(size={"shortest_edge": 40}, crop_size={"height": 32, "width": 32})
+    CLIPProcessor(image_processor=image_processor, tokenizer=char_level_tokenizer()).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="is not CLIP's"):
+        build_differentiable_reward("pickscore", model=pickscore_dir, processor=str(tmp_path))

@@ -56,6 +56,7 @@ FACTORIES: dict[str, Callable[..., Scorer]] = {
     "composite": _composite,
     "smoothness": _differentiable("smoothness"),
     "clip_score": _differentiable("clip_score"),
+    "pickscore": _differentiable("pickscore"),
 }
 REWARD_NAMES = tuple(FACTORIES)
 
