@@ -55,6 +55,12 @@ def _pickscore(model: str | None = None, processor: str | None = None, dtype: st
     return PickScore.from_pretrained(model or DEFAULT_PICKSCORE_MODEL, processor or DEFAULT_PICKSCORE_PROCESSOR, dtype)
 
 
+def _hpsv2(architecture: str | None = None, checkpoint: str | None = None, filename: str | None = None, dtype: str = "float32") -> nn.Module:
+    from rewards_service.scorers.hpsv2 import DEFAULT_HPSV2_ARCHITECTURE, DEFAULT_HPSV2_CHECKPOINT, DEFAULT_HPSV2_FILE, HPSv2
+
+    return HPSv2.from_pretrained(architecture or DEFAULT_HPSV2_ARCHITECTURE, checkpoint or DEFAULT_HPSV2_CHECKPOINT, filename or DEFAULT_HPSV2_FILE, dtype)
+
+
 class PromptFree(nn.Module):
     """Adapts an image-only module `f(images) -> [B]` to the `(images, prompts)` signature."""
 
@@ -71,6 +77,7 @@ DIFFERENTIABLE_FACTORIES: dict[str, Callable[..., nn.Module]] = {
     "aesthetic": _aesthetic,
     "clip_score": _clip_score,
     "pickscore": _pickscore,
+    "hpsv2": _hpsv2,
 }
 
 

@@ -6,6 +6,8 @@ functions, cosine by hand), gradients reach the pixels, and the served scorer ma
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -174,3 +176,61 @@ def test_processor_the_differentiable_preprocessing_cannot_reproduce_is_refused(
     CLIPProcessor(image_processor=image_processor, tokenizer=char_level_tokenizer()).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="is not CLIP's"):
         build_differentiable_reward("pickscore", model=pickscore_dir, processor=str(tmp_path))
+
+
+TINY_OPEN_CLIP = {
+    "embed_dim": 16,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "head_width": 8, "patch_size": 8},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 4, "layers": 2},
+}
+
+
+@pytest.fixture(scope="module")
+def hpsv2_files(tmp_path_factory):
+    """A tiny open_clip config (registered by file) and a random HPSv2-style checkpoint {'state_dict': ...}."""
+    import json
+
+    open_clip = pytest.importorskip("open_clip")
+    folder = tmp_path_factory.mktemp("tiny_hpsv2")
+    config = folder / "tiny-hps-vit.json"
+    config.write_text(json.dumps(TINY_OPEN_CLIP))
+    open_clip.add_model_config(config)
+    torch.manual_seed(0)
+    model = open_clip.create_model("tiny-hps-vit", pretrained=None)
+    torch.save({"state_dict": model.state_dict()}, folder / "HPS_tiny.pt")
+    return str(config), str(folder / "HPS_tiny.pt")
+
+
+def test_hpsv2_matches_open_clip_preprocessing_and_scoring(hpsv2_files):
+    import open_clip
+
+    config, checkpoint = hpsv2_files
+    model = build_differentiable_reward("hpsv2", architecture=config, checkpoint=checkpoint)
+    reference, _, preprocess_val = open_clip.create_model_and_transforms("tiny-hps-vit", pretrained=None)
+    reference.load_state_dict(torch.load(checkpoint, weights_only=True)["state_dict"])
+    images = uint8_images(seed=4)
+    with torch.no_grad():
+        # HPSv2's scoring: preprocess_val on PIL, model(image, text) -> normalized features, diagonal of image @ text.T
+        out = reference.eval()(torch.stack([preprocess_val(Image.fromarray(im)) for im in images]), open_clip.get_tokenizer("tiny-hps-vit")(PROMPTS))
+        image_features, text_features = (out["image_features"], out["text_features"]) if isinstance(out, dict) else out[:2]
+    torch.testing.assert_close(model(to_float01(images), PROMPTS), torch.diagonal(image_features @ text_features.T), atol=1e-5, rtol=1e-5)
+    assert_pixel_gradients(model)
+
+
+def test_hpsv2_served_matches_module(hpsv2_files):
+    config, checkpoint = hpsv2_files
+    scorer = build_scorer("hpsv2", architecture=config, checkpoint=checkpoint, device="cpu")
+    images = uint8_images(height=40, width=56, seed=5)
+    expected = build_differentiable_reward("hpsv2", architecture=config, checkpoint=checkpoint)(to_float01(images), PROMPTS)
+    np.testing.assert_allclose(scorer.score(images, PROMPTS).rewards, expected.tolist(), rtol=1e-6, atol=1e-6)
+
+
+def test_hpsv2_missing_checkpoint_says_where_to_put_it(hpsv2_files, tmp_path):
+    with pytest.raises(FileNotFoundError, match="Hugging Face cache.*checkpoint="):
+        build_differentiable_reward("hpsv2", architecture=hpsv2_files[0], checkpoint=str(tmp_path / "missing.pt"))
+
+
+def test_hpsv2_without_open_clip_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "open_clip", None)  # makes `import open_clip` raise ImportError
+    with pytest.raises(ImportError, match=r'pip install "rlcm\[hpsv2\]"'):
+        build_differentiable_reward("hpsv2")

@@ -57,6 +57,7 @@ FACTORIES: dict[str, Callable[..., Scorer]] = {
     "smoothness": _differentiable("smoothness"),
     "clip_score": _differentiable("clip_score"),
     "pickscore": _differentiable("pickscore"),
+    "hpsv2": _differentiable("hpsv2"),
 }
 REWARD_NAMES = tuple(FACTORIES)
 
