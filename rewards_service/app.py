@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import inspect
+import logging
 import math
 import secrets
 from typing import Any, Mapping, Sequence
@@ -12,21 +14,30 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from starlette.requests import ClientDisconnect
 
+from rewards_service.batching import group_by_size, merge_results
 from rewards_service.codec import ImageError, decode_batch
-from rewards_service.scorers.base import ScoreResult
+from rewards_service.scorers.base import ScorerUnavailable, ScoreResult
 from rewards_service.settings import ServiceSettings
 
 RESERVED_KEYS = ("rewards", "version", "valid")
+logger = logging.getLogger("rewards_service")
 
 
 class ScoreRequest(BaseModel):
-    """A batch to score: one prompt per image, images as base64-encoded PNG of one size."""
+    """A batch to score: `prompts` and `images` have the same length (at least 1), one prompt per image."""
 
     model_config = ConfigDict(extra="forbid")
-    prompts: list[str] = Field(description="one prompt per image")
-    images: list[str] = Field(description="base64-encoded PNG images, all of the same size")
+    prompts: list[str] = Field(min_length=1, description="one prompt per image: the same length as `images`")
+    images: list[str] = Field(min_length=1, description="base64-encoded PNG images (sizes may differ): the same length as `prompts`")
+
+    @model_validator(mode="after")
+    def _one_prompt_per_image(self) -> "ScoreRequest":
+        if len(self.images) != len(self.prompts):
+            raise ValueError(f"got {len(self.images)} images but {len(self.prompts)} prompts; send one prompt per image")
+        return self
 
 
 class ScoreResponse(BaseModel):
@@ -56,8 +67,20 @@ def _error(status: int, text: str) -> dict[str, Any]:
 
 
 ERRORS = {**_error(401, "missing or wrong bearer token"), **_error(404, "unknown reward"),
-          **_error(413, "body, image count or image size above the limits"), **_error(415, "content type is not application/json"),
-          **_error(422, "malformed JSON, bad base64, non-PNG image, or prompt/image count mismatch")}
+          **_error(408, "the request body did not arrive within body_timeout_s"),
+          **_error(413, "body, image count, image side or pixel count above the limits, or a decompression bomb"),
+          **_error(415, "content type is not application/json"),
+          **_error(422, "malformed JSON, bad base64, non-PNG image, prompt/image count mismatch, or an image the reward cannot score"),
+          **_error(500, "the reward failed on a valid request (a server fault)"),
+          **_error(503, "the reward is unavailable right now; retry")}
+
+
+def request_schema(settings: ServiceSettings) -> dict[str, Any]:
+    """JSON schema of ScoreRequest with this service's image-count limit as maxItems."""
+    schema = ScoreRequest.model_json_schema()
+    for field in ("prompts", "images"):
+        schema["properties"][field]["maxItems"] = settings.max_images_per_request
+    return schema
 
 
 async def call_scorer(scorer: Any, images: np.ndarray, prompts: Sequence[str]) -> ScoreResult:
@@ -93,35 +116,62 @@ def _validation_detail(exc: ValidationError) -> str:
     return "invalid request body: " + "; ".join(parts)
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, settings: ServiceSettings) -> bytes:
+    """The request body: 413 above max_body_bytes, 408 (connection closed) if it takes over body_timeout_s."""
+    limit = settings.max_body_bytes
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) > limit:
         raise HTTPException(413, f"request body is {length} bytes, above the limit of {limit}; send fewer or smaller images")
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise HTTPException(413, f"request body is above the limit of {limit} bytes; send fewer or smaller images")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(settings.body_timeout_s):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise HTTPException(413, f"request body is above the limit of {limit} bytes; send fewer or smaller images")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise HTTPException(408, f"the request body did not arrive within {settings.body_timeout_s} s ({size} bytes came); send it faster or in smaller requests",
+                            headers={"Connection": "close"}) from None
+    except ClientDisconnect:
+        raise HTTPException(400, "the client disconnected before sending the whole body") from None
     return b"".join(chunks)
 
 
-def parse_request(body: bytes, settings: ServiceSettings) -> tuple[np.ndarray, list[str]]:
-    """Validate a request body and decode its images; raises HTTPException with a clear detail."""
+def parse_request(body: bytes, settings: ServiceSettings) -> tuple[list[np.ndarray], list[str]]:
+    """Validate a request body and decode its images (sizes may differ); raises HTTPException with a clear detail."""
     try:
         req = ScoreRequest.model_validate_json(body)
     except ValidationError as exc:
         raise HTTPException(422, _validation_detail(exc)) from None
-    if len(req.images) != len(req.prompts):
-        raise HTTPException(422, f"got {len(req.images)} images but {len(req.prompts)} prompts; send one prompt per image")
-    if not req.images:
-        raise HTTPException(422, "the request has no images; send at least one")
     if len(req.images) > settings.max_images_per_request:
         raise HTTPException(413, f"{len(req.images)} images in one request, above the limit of {settings.max_images_per_request}; split the batch")
     try:
-        return decode_batch(req.images, settings.max_pixels_per_image), req.prompts
+        return decode_batch(req.images, settings.max_pixels_per_image, settings.max_image_side), req.prompts
     except ImageError as exc:
         raise HTTPException(exc.status, exc.detail) from None
+
+
+async def score_by_size(name: str, scorer: Any, images: list[np.ndarray], prompts: list[str]) -> ScoreResult:
+    """One scorer call per image size, results in request order; scorer errors -> 422 (the input), 503 (passing), 500."""
+    parts = []
+    try:
+        for group in group_by_size(images):
+            parts.append((group, await call_scorer(scorer, np.stack([images[i] for i in group]), [prompts[i] for i in group])))
+        return merge_results(parts, len(images))
+    except ValueError as exc:
+        raise HTTPException(422, f"reward {name!r} cannot score these images: {exc}") from None
+    except ScorerUnavailable as exc:
+        raise HTTPException(503, f"reward {name!r} is unavailable: {exc}", headers={"Retry-After": "1"}) from None
+    except Exception as exc:
+        logger.exception("reward %r failed on a valid request", name)
+        raise HTTPException(500, f"reward {name!r} failed on the server ({type(exc).__name__}: {str(exc)[:200]}); "
+                                 "the request is valid: retry later or report it") from None
+
+
+async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+    """Any other unexpected exception: a JSON 500 that says it is a server fault."""
+    return JSONResponse({"detail": f"internal server error ({type(exc).__name__}); the request may be valid: retry later or report it"}, status_code=500)
 
 
 def create_app(scorers: Mapping[str, Any], settings: ServiceSettings | None = None) -> FastAPI:
@@ -138,6 +188,7 @@ def create_app(scorers: Mapping[str, Any], settings: ServiceSettings | None = No
             raise HTTPException(401, "missing or wrong bearer token; send 'Authorization: Bearer <token>'", headers={"WWW-Authenticate": "Bearer"})
 
     app = FastAPI(title="rlcm reward service", version="1", description="Rewards for RL fine-tuning of consistency models. Images travel as base64 PNG; no pickle.")
+    app.add_exception_handler(Exception, internal_error)
 
     @app.get("/healthz", response_model=Health, summary="Liveness")
     async def healthz() -> Health:
@@ -148,19 +199,15 @@ def create_app(scorers: Mapping[str, Any], settings: ServiceSettings | None = No
         return RewardList(rewards=[RewardInfo(name=n, version=await scorer_version(s)) for n, s in scorers.items()])
 
     @app.post("/v1/score/{name}", response_model=ScoreResponse, dependencies=[Depends(check_token)], responses=ERRORS, summary="Score a batch of images",
-              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": ScoreRequest.model_json_schema()}}}})
+              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": request_schema(settings)}}}})
     async def score(name: str, request: Request) -> JSONResponse:
         if name not in scorers:
             raise HTTPException(404, f"unknown reward {name!r}; available: {sorted(scorers)}")
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type != "application/json":
             raise HTTPException(415, f"content type must be application/json, got {content_type or 'none'!r}")
-        images, prompts = parse_request(await _read_body(request, settings.max_body_bytes), settings)
-        try:
-            result = await call_scorer(scorers[name], images, prompts)
-        except ValueError as exc:
-            raise HTTPException(422, f"reward {name!r} rejected the batch: {exc}") from None
-        return JSONResponse(result_to_json(result))
+        images, prompts = parse_request(await read_body(request, settings), settings)
+        return JSONResponse(result_to_json(await score_by_size(name, scorers[name], images, prompts)))
 
     return app
 

@@ -1,4 +1,4 @@
-"""Merge many small scoring requests into one scorer call and split the result back (for @serve.batch)."""
+"""Group images by size for the scorer calls and put the results back in request order."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Sequence
 
 import numpy as np
 
-from rewards_service.scorers.base import Scorer, ScoreResult
+from rewards_service.scorers.base import Scorer, ScorerUnavailable, ScoreResult
 
 
 def split_result(result: ScoreResult, sizes: Sequence[int]) -> list[ScoreResult]:
@@ -18,6 +18,32 @@ def split_result(result: ScoreResult, sizes: Sequence[int]) -> list[ScoreResult]
         out.append(ScoreResult(result.rewards[sl], result.version, {k: v[sl] for k, v in result.details.items()}, result.valid[sl]))
         start += n
     return out
+
+
+def group_by_size(images: Sequence[np.ndarray]) -> list[list[int]]:
+    """Indices of the images of each shape, shapes in order of first appearance."""
+    groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
+    for i, image in enumerate(images):
+        groups[image.shape].append(i)
+    return list(groups.values())
+
+
+def merge_results(parts: Sequence[tuple[Sequence[int], ScoreResult]], n: int) -> ScoreResult:
+    """One result of `n` samples from results of index groups; a detail a part lacks is None there.
+
+    Raises ScorerUnavailable if the parts carry different versions (the reward was swapped mid-request).
+    """
+    versions = sorted({result.version for _, result in parts})
+    if len(versions) > 1:
+        raise ScorerUnavailable(f"the reward changed version while scoring this request ({versions}); send it again")
+    rewards, valid = [float("nan")] * n, [False] * n
+    details = {key: [None] * n for _, result in parts for key in result.details}
+    for indices, result in parts:
+        for j, i in enumerate(indices):
+            rewards[i], valid[i] = result.rewards[j], result.valid[j]
+            for key, values in result.details.items():
+                details[key][i] = values[j]
+    return ScoreResult(rewards, versions[0], details, valid)
 
 
 def score_merged(scorer: Scorer, requests: Sequence[tuple[np.ndarray, Sequence[str]]]) -> list[ScoreResult]:

@@ -36,7 +36,9 @@ def serve_main(config_path: str | None, standalone: bool, host: str = "127.0.0.1
         from rewards_service.scorers import build_scorer
 
         scorers = {r.name: build_scorer(r.scorer or r.name, version=r.version, **r.options) for r in config.rewards}
-        uvicorn.run(create_app(scorers, config.settings), host=host, port=port)
+        settings = config.settings
+        uvicorn.run(create_app(scorers, settings), host=host, port=port, timeout_keep_alive=settings.keep_alive_timeout_s,
+                    limit_concurrency=settings.limit_concurrency)
         return
     import ray
 

@@ -12,7 +12,7 @@ from typing import Any, Literal, Sequence
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from rewards_service.scorers.base import Scorer, ScoreResult, check_batch
+from rewards_service.scorers.base import FAILED_VERSION, Scorer, ScoreResult, check_batch
 
 
 class RetryPolicy(BaseModel):
@@ -69,7 +69,7 @@ class RewardClient(ABC):
                 errors.append(f"{type(exc).__name__}: {exc}")
                 if attempt < self.retry.max_attempts:
                     time.sleep(self.retry.delay(attempt))
-        result = ScoreResult.failed(len(prompts), "", f"{self.reward} failed after {len(errors)} attempt(s): {errors[-1]}")
+        result = ScoreResult.failed(len(prompts), FAILED_VERSION, f"{self.reward} failed after {len(errors)} attempt(s): {errors[-1]}")
         result.details["attempts"] = [len(errors)] * len(prompts)
         return result
 
@@ -83,7 +83,7 @@ class RewardClient(ABC):
         try:
             return future.future.result(timeout=self.retry.timeout_s * self.retry.max_attempts if timeout is None else timeout)
         except cf.TimeoutError:
-            return ScoreResult.failed(future.n, "", f"{self.reward} timed out after {timeout}s")
+            return ScoreResult.failed(future.n, FAILED_VERSION, f"{self.reward} timed out after {timeout}s")
 
     def score(self, images: np.ndarray, prompts: Sequence[str], timeout: float | None = None) -> ScoreResult:
         """Blocking submit + result."""

@@ -7,12 +7,14 @@ from typing import Any, Sequence
 
 import numpy as np
 from ray import serve
+from ray.exceptions import RayActorError, RayTaskError
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
 from ray.serve.handle import DeploymentHandle
 
 from rewards_service.app import create_app
 from rewards_service.batching import score_merged
 from rewards_service.scorers import build_scorer
-from rewards_service.scorers.base import ScoreResult, check_batch
+from rewards_service.scorers.base import ScorerUnavailable, ScoreResult, check_batch
 from rewards_service.serve_config import RewardDeploymentConfig, RewardServiceConfig
 from rewards_service.settings import ServiceSettings
 
@@ -36,10 +38,6 @@ class RewardDeployment:
     def get_version(self) -> str:
         return self.scorer.version
 
-    def check_health(self) -> None:
-        if self.scorer is None:
-            raise RuntimeError("scorer is not loaded")
-
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)
     async def _score_batch(self, requests: list[tuple[np.ndarray, Sequence[str]]]) -> list[ScoreResult]:
         return await asyncio.to_thread(score_merged, self.scorer, requests)
@@ -51,14 +49,28 @@ class RewardDeployment:
         return await asyncio.to_thread(self.scorer.score, images, list(prompts))
 
 
+UNAVAILABLE = (RayActorError, BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError)
+
+
 class RemoteScorer:
-    """An async scorer backed by a reward deployment handle (what the ingress routes to)."""
+    """An async scorer backed by a reward deployment handle (what the ingress routes to).
+
+    The scorer's own ValueError comes back as itself (a 422); a replica that is gone or overloaded
+    becomes ScorerUnavailable (a 503).
+    """
 
     def __init__(self, name: str, handle: DeploymentHandle) -> None:
         self.name, self.handle = name, handle
 
     async def score(self, images: np.ndarray, prompts: Sequence[str]) -> ScoreResult:
-        return await self.handle.score.remote(images, list(prompts))
+        try:
+            return await self.handle.score.remote(images, list(prompts))
+        except RayTaskError as exc:
+            if isinstance(exc.cause, ValueError):
+                raise exc.cause from None
+            raise
+        except UNAVAILABLE as exc:
+            raise ScorerUnavailable(f"{type(exc).__name__}: {exc}") from None
 
     async def get_version(self) -> str:
         return await self.handle.get_version.remote()
@@ -67,7 +79,11 @@ class RemoteScorer:
 @serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0.5}, health_check_period_s=10)
 @serve.ingress()
 class RewardIngress:
-    """FastAPI ingress: the HTTP API of rewards_service.app, routing by reward name to the deployments."""
+    """FastAPI ingress: the HTTP API of rewards_service.app, routing by reward name to the deployments.
+
+    It takes up to settings.max_ongoing_requests requests at once (stalled uploads hold a slot until
+    body_timeout_s answers them 408), so a few slow clients cannot block /healthz or anyone else.
+    """
 
     def __init__(self, settings: dict[str, Any], handles: dict[str, DeploymentHandle]) -> None:
         self.settings = ServiceSettings.model_validate(settings)
@@ -87,7 +103,7 @@ def build_app(config: RewardServiceConfig):
         handles[r.name] = deployment.bind(r.model_dump())
     settings = config.settings.model_dump()
     settings["auth_token"] = config.settings.auth_token.get_secret_value() if config.settings.auth_token else None
-    return RewardIngress.options(name=INGRESS).bind(settings, handles)
+    return RewardIngress.options(name=INGRESS, max_ongoing_requests=config.settings.max_ongoing_requests).bind(settings, handles)
 
 
 def app_builder(args: dict[str, Any]):
@@ -97,7 +113,8 @@ def app_builder(args: dict[str, Any]):
 
 def run_service(config: RewardServiceConfig, blocking: bool = False) -> DeploymentHandle:
     """Start Serve's HTTP proxy on settings.host:port and deploy (or redeploy: hot swap) the application."""
-    serve.start(http_options={"host": config.settings.host, "port": config.settings.port})
+    settings = config.settings
+    serve.start(http_options={"host": settings.host, "port": settings.port, "keep_alive_timeout_s": settings.keep_alive_timeout_s})
     return serve.run(build_app(config), name=config.app_name, route_prefix=config.route_prefix, blocking=blocking)
 
 

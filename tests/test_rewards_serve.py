@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -9,13 +10,15 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import numpy as np
 import pytest
+from ray import serve
 
 from rewards_service.client import HttpRewardClient, RetryPolicy, ServeHandleRewardClient
-from rewards_service.codec import encode_batch
-from rewards_service.scorers import JpegCompressibility, ScoreResult
-from rewards_service.serve import RewardDeploymentConfig, RewardServiceConfig, reward_handle, run_service
+from rewards_service.codec import encode_batch, encode_png
+from rewards_service.scorers import JpegCompressibility, ScoreResult, jpeg_size_kb
+from rewards_service.serve import RemoteScorer, RewardDeploymentConfig, RewardServiceConfig, reward_handle, run_service
 from rewards_service.settings import ServiceSettings
 from rewards_service.versions import batch_version, unify_versions
+from tests.test_rewards_hardening import b64, check_stalled_uploads_do_not_block, png_bytes
 
 APP = "rewards_test"
 SLOW = "tests.test_rewards_serve:SlowJpeg"
@@ -50,7 +53,7 @@ def _images(n: int, size: int = 16, seed: int = 0) -> np.ndarray:
 
 def _config(port: int, slow_version: str, delay_s: float) -> RewardServiceConfig:
     return RewardServiceConfig(
-        app_name=APP, settings=ServiceSettings(port=port, auth_token=None, max_images_per_request=8),
+        app_name=APP, settings=ServiceSettings(port=port, auth_token=None, max_images_per_request=8, body_timeout_s=5),
         rewards=[RewardDeploymentConfig(name="jpeg_compressibility", num_replicas=2, num_cpus=0.25),
                  RewardDeploymentConfig(name="slow", scorer=SLOW, version=slow_version, options={"delay_s": delay_s},
                                         num_cpus=0.25, max_batch_size=8, batch_wait_timeout_s=0.2)])
@@ -58,8 +61,6 @@ def _config(port: int, slow_version: str, delay_s: float) -> RewardServiceConfig
 
 @pytest.fixture(scope="module")
 def service(ray_local):
-    from ray import serve
-
     port = _free_port()
     run_service(_config(port, "1", 2.0))
     yield port
@@ -86,6 +87,25 @@ def test_http_scores_a_batch_and_lists(service):
     assert bad.status_code == 404 and "unknown reward" in bad.json()["detail"]
     result = HttpRewardClient(base, "jpeg_compressibility", retry=RetryPolicy(max_attempts=1)).score(images, list("abc"))
     assert result.rewards == response.json()["rewards"]
+
+
+def test_http_errors_through_serve(service):
+    """Mixed sizes and a scorer's ValueError cross the handle; an oversized side is a 413, never a 500."""
+    base = f"http://127.0.0.1:{service}"
+    images = [_images(1, size=s, seed=s)[0] for s in (8, 16, 8)]
+    mixed = httpx.post(f"{base}/v1/score/jpeg_compressibility", json={"prompts": list("abc"), "images": [encode_png(im) for im in images]}, timeout=30)
+    assert mixed.status_code == 200 and mixed.json()["rewards"] == [-jpeg_size_kb(im) for im in images]
+    tall = httpx.post(f"{base}/v1/score/jpeg_compressibility", json={"prompts": ["a"], "images": [b64(png_bytes(1, 65501))]}, timeout=30)
+    assert tall.status_code == 413 and "1x65501" in tall.json()["detail"]
+    handle = RemoteScorer("jpeg_compressibility", serve.get_deployment_handle("jpeg_compressibility", APP))
+    with pytest.raises(ValueError, match="2 images but 1 prompts") as raised:
+        asyncio.run(handle.score(_images(2), ["a"]))
+    assert type(raised.value) is ValueError  # the scorer's own error, not Ray's wrapper with a traceback
+
+
+def test_stalled_uploads_do_not_block_serve(service):
+    """More stalled uploads than Serve's default max_ongoing_requests (5): /healthz and scoring still answer."""
+    check_stalled_uploads_do_not_block(f"http://127.0.0.1:{service}", service, n=8)
 
 
 def test_batching_merges_concurrent_requests(service):

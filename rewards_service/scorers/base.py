@@ -7,13 +7,22 @@ from typing import Any, Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
+FAILED_VERSION = ""
+"""The version of a result that no reward scored (`ScoreResult.failed`): never a reward version."""
+
+
+class ScorerUnavailable(RuntimeError):
+    """The reward cannot score right now (replica gone, overloaded, redeployed mid-request); retrying may help."""
+
 
 @dataclass
 class ScoreResult:
     """Rewards for a batch, the version of the reward that produced them, and per-sample details.
 
     `valid[i]` is False when sample i could not be scored (its reward is NaN and must be excluded
-    from advantages, never read as a score); it defaults to all True.
+    from advantages, never read as a score); it defaults to all True. A result that no reward
+    produced (`failed`, `is_failed`) has version `FAILED_VERSION` (""), which must not be reported
+    as a reward version.
     """
 
     rewards: list[float]
@@ -32,15 +41,25 @@ class ScoreResult:
         """How many samples could not be scored."""
         return sum(not v for v in self.valid)
 
+    @property
+    def is_failed(self) -> bool:
+        """True when no reward produced this result (a client gave up): its version is not a reward version."""
+        return self.version == FAILED_VERSION
+
     @classmethod
     def failed(cls, n: int, version: str, error: str) -> "ScoreResult":
-        """A result marking all `n` samples invalid (NaN reward) with the error that caused it."""
+        """A result marking all `n` samples invalid (NaN reward) with the error that caused it; clients that
+        got no answer pass `FAILED_VERSION`."""
         return cls(rewards=[float("nan")] * n, version=version, details={"error": [error] * n}, valid=[False] * n)
 
 
 @runtime_checkable
 class Scorer(Protocol):
-    """A reward: `images` is uint8 [B, H, W, 3] (HWC, RGB), `prompts` has length B."""
+    """A reward: `images` is uint8 [B, H, W, 3] (HWC, RGB), `prompts` has length B.
+
+    `score` raises ValueError for an input it cannot score (HTTP 422) and ScorerUnavailable for a
+    passing fault (HTTP 503); any other exception is a server fault (HTTP 500).
+    """
 
     name: str
     version: str

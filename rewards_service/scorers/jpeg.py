@@ -10,9 +10,14 @@ from PIL import Image
 
 from rewards_service.scorers.base import ScoreResult, check_batch
 
+JPEG_MAX_SIDE = 65500  # libjpeg cannot encode a wider or taller image
+
 
 def jpeg_size_kb(image: np.ndarray, quality: int = 95) -> float:
     """Size in kB (bytes / 1000) of one uint8 HWC RGB image encoded as JPEG by PIL."""
+    if max(image.shape[:2]) > JPEG_MAX_SIDE:
+        height, width = image.shape[:2]
+        raise ValueError(f"a {width}x{height} (WxH) image has a side above {JPEG_MAX_SIDE} pixels, which JPEG cannot encode; resize it")
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="JPEG", quality=quality)
     return buffer.tell() / 1000.0
