@@ -26,6 +26,7 @@ class Entry:
     rewards: np.ndarray | None = None
     valid: np.ndarray | None = None
     reward_version: str | None = None
+    scored_seq: int = 0  # arrival order of the reward, to tell the newest reward version
 
 
 def staleness(learner_version: int, policy_version: int) -> int:
@@ -50,8 +51,8 @@ class TrajectoryBuffer:
     dropped_stale: int = 0
     staleness_hist: Counter = field(default_factory=Counter)
 
-    def has_room(self) -> bool:
-        return len(self.entries) + self.reserved < self.capacity
+    def free(self) -> int:
+        return max(0, self.capacity - len(self.entries) - self.reserved)
 
     def reserve(self) -> None:
         self.reserved += 1
@@ -59,9 +60,6 @@ class TrajectoryBuffer:
     def add(self, entry: Entry) -> None:
         self.reserved -= 1
         self.entries[entry.key] = entry
-
-    def by_reward_ref(self) -> dict:
-        return {e.reward_ref: e for e in self.entries.values() if e.rewards is None and e.reward_ref is not None}
 
     def ready(self) -> list[Entry]:
         """Scored entries, oldest key first."""

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
+import traceback
 from pathlib import Path
 
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -15,12 +17,27 @@ DEFAULT_OUTPUT = "runs/{name}"
 
 def _train(args: argparse.Namespace) -> int:
     from cluster.config import DEFAULT_PRESET, load_config
-    from cluster.driver import train
+    from cluster.output import OutputDir
 
     config = load_config(args.config, args.set)
     name = Path(args.config).stem if args.config else DEFAULT_PRESET
     output_dir = Path(args.output_dir or DEFAULT_OUTPUT.format(name=name))
-    rows = train(config, output_dir, resume=args.resume)
+    out = OutputDir(output_dir)
+    out.prepare(args.resume)
+    state = out.resume_state() if args.resume else None
+    if state and state["epoch"] + 1 >= config.run.epochs:
+        print(f"{output_dir} is complete ({state['epoch'] + 1} of {config.run.epochs} epochs); nothing to resume. "
+              "Raise run.epochs with --set to train longer.")
+        return 0
+    if args.address:
+        os.environ["RAY_ADDRESS"] = args.address
+    from cluster.validate import validate_before_ray
+
+    validate_before_ray(config, joining_cluster=bool(os.environ.get("RAY_ADDRESS")))
+
+    from cluster.driver import train
+
+    rows = train(config, output_dir, resume=args.resume, verbose=args.verbose)
     if rows:
         first, last = rows[0], rows[-1]
         print(f"reward_mean {first['reward_mean']:.4f} (epoch {first['epoch']}) -> {last['reward_mean']:.4f} (epoch {last['epoch']})")
@@ -73,6 +90,7 @@ def _sample(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlcm", description="RL fine-tuning of latent consistency models on Ray")
+    parser.add_argument("--verbose", "-v", action="store_true", help="full tracebacks, actor logs and library warnings")
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train a LoRA with RLCM (default: the toy CPU demo)")
@@ -80,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value, e.g. train.learning_rate=3e-4")
     train.add_argument("--output-dir", help="run folder (default runs/<config name>)")
     train.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output-dir")
+    train.add_argument("--address", help="join this Ray cluster (default: RAY_ADDRESS if set, else a fresh local Ray)")
     train.set_defaults(func=_train)
 
     scale = commands.add_parser("scale", help="change the number of rollout actors of a running `rlcm train`")
@@ -116,13 +135,48 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def explain(error: BaseException) -> str:
+    """One line for an error, also when it was raised inside a Ray actor or task (the root cause's last line)."""
+    cause = getattr(error, "cause", None)
+    if isinstance(cause, BaseException) and cause is not error:
+        return explain(cause)
+    text = str(error).strip()
+    raised = [line.strip() for line in text.splitlines() if re.match(r"^\s*[A-Za-z_][\w.]*(Error|Exception|Exit): ", line)]
+    return raised[-1] if raised and len(text.splitlines()) > 1 else text.splitlines()[0] if text else type(error).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not args.verbose:
+        quiet_libraries()
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, FileExistsError, RuntimeError, ConnectionError) as error:
-        print(f"rlcm: error: {error}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("rlcm: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:
+        if args.verbose:
+            traceback.print_exc()
+        known = isinstance(error, (ValueError, OSError, RuntimeError, ConnectionError)) or type(error).__module__.startswith("ray")
+        if not known:
+            raise
+        hint = "" if args.verbose else " (rerun with --verbose for the full trace)"
+        print(f"rlcm: error: {explain(error)}{hint if type(error).__module__.startswith('ray') else ''}", file=sys.stderr)
         return 2
+
+
+def quiet_libraries() -> None:
+    """Default console: no Ray/diffusers/transformers warning spam (`--verbose` keeps it)."""
+    import logging
+    import warnings
+
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    for name in ("ray", "ray.serve", "diffusers", "transformers", "torch.distributed"):
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 if __name__ == "__main__":

@@ -10,11 +10,14 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from learner.ppo import PPOSettings
+from learner.settings import PPOSettings, ROCMSettings
 from rewards_service.client import RetryPolicy, RewardClientConfig
-from rollout.lora import LoraSettings
+from rollout.settings import LoraSettings
 
-PRESETS = ("tiny-cpu", "compression", "incompression", "aesthetic", "prompt-alignment")
+PRESETS = (
+    "tiny-cpu", "compression", "incompression", "aesthetic", "prompt-alignment",
+    "rocm-tiny-cpu", "rocm-aesthetic", "rocm-pickscore", "rocm-clip_score", "rocm-hpsv2",
+)
 DEFAULT_PRESET = "tiny-cpu"
 
 
@@ -47,7 +50,13 @@ class PromptConfig(Strict):
 class RewardConfig(Strict):
     """Which reward scores the images and how the driver reaches it (see rewards_service.client)."""
 
-    name: str = Field("jpeg_compressibility", description="reward name (jpeg_compressibility, aesthetic, composite, ...)")
+    name: str = Field(
+        "jpeg_compressibility",
+        description="reward name (jpeg_compressibility, aesthetic, composite, ...); ROCM: a differentiable reward the learner backpropagates through",
+    )
+    monitor: str | None = Field(
+        None, description="ROCM: the reward the rollout actors' held-out samples are scored with through the reward client (default: `name`)"
+    )
     backend: Literal["local", "serve", "http"] = Field(
         "local", description="local: scorer in a Ray task; serve: the running Serve app's handle; http: the HTTP API"
     )
@@ -59,10 +68,10 @@ class RewardConfig(Strict):
     timeout_s: float = Field(600.0, gt=0, description="how long the driver waits for one batch's score, retries included")
     num_cpus: float = Field(0.25, ge=0, description="CPUs reserved by each scoring task")
 
-    def client_config(self) -> RewardClientConfig:
+    def client_config(self, reward: str | None = None) -> RewardClientConfig:
         token = os.environ.get(self.token_env) if self.backend == "http" else None
         return RewardClientConfig(
-            reward=self.name,
+            reward=reward or self.name,
             backend="in_process" if self.backend == "local" else self.backend,
             options=self.options,
             app_name=self.app_name,
@@ -114,16 +123,23 @@ class RunConfig(Strict):
     save_every: int = Field(10, ge=1, description="checkpoint every N epochs (and at the end)")
     sample_grid_every: int = Field(5, ge=1)
     torch_threads: int | None = Field(None, ge=1)
+    max_skipped_updates: int = Field(3, ge=1, description="stop after this many consecutive epochs without a valid reward")
+    tensorboard: bool = Field(True, description="write TensorBoard event files (scalars, sample grids) to <output>/tensorboard")
+    wandb: bool = Field(False, description="also log to Weights & Biases (pip install 'rlcm[wandb]')")
+    wandb_project: str = "rlcm"
+    plots: bool = Field(True, description="redraw <output>/plots/*.png after every epoch")
 
 
 class TrainConfig(Strict):
     """The whole run; every section is typed and unknown keys are errors."""
 
+    algorithm: Literal["rlcm", "rocm"] = Field("rlcm", description="rlcm: clipped PPO on rollouts; rocm: first-order reward optimization")
     model: ModelConfig = Field(default_factory=ModelConfig)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     prompts: PromptConfig = Field(default_factory=PromptConfig)
     reward: RewardConfig = Field(default_factory=RewardConfig)
     train: PPOSettings = Field(default_factory=PPOSettings)
+    rocm: ROCMSettings = Field(default_factory=ROCMSettings)
     stat_tracking: StatTrackingConfig = Field(default_factory=StatTrackingConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     scaleout: ScaleOutConfig = Field(default_factory=ScaleOutConfig)
@@ -132,6 +148,10 @@ class TrainConfig(Strict):
 
     @model_validator(mode="after")
     def _check_batches(self) -> "TrainConfig":
+        if self.algorithm == "rocm":
+            if self.scaleout.mode == "async":
+                raise ValueError("scaleout.mode: async mode is RLCM-only (ROCM trains on its own samples); use scaleout.mode=sync")
+            return self
         samples = self.samples_per_epoch
         per_learner, rest = divmod(samples, self.resources.num_learners)
         minibatches, partial = divmod(per_learner, self.train.train_batch_size)
@@ -147,6 +167,20 @@ class TrainConfig(Strict):
     @property
     def samples_per_epoch(self) -> int:
         return self.sampling.batch_size * self.batches_per_update
+
+    @property
+    def rocm_prompts_per_epoch(self) -> int:
+        """Prompts all ROCM learners together sample with grad in one epoch."""
+        r = self.rocm
+        return r.batch_size * r.grad_accum_steps * r.updates_per_epoch * self.resources.num_learners
+
+    @property
+    def optimizer_steps_per_epoch(self) -> int:
+        """Optimizer steps of one learner per epoch (for the linear learning-rate schedule)."""
+        if self.algorithm == "rocm":
+            return self.rocm.updates_per_epoch
+        minibatches = self.samples_per_epoch // self.resources.num_learners // self.train.train_batch_size
+        return max(1, minibatches * self.train.inner_epochs // self.train.grad_accum_steps)
 
     @property
     def batches_per_update(self) -> int:
@@ -187,12 +221,17 @@ def _apply_override(data: dict[str, Any], assignment: str) -> None:
     node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
 
 
-def _format_validation_error(error: ValidationError, origin: str) -> str:
-    lines = [f"invalid configuration ({origin}):"]
+def _format_validation_error(error: ValidationError, path: Path, overrides: dict[str, str]) -> str:
+    """One line per problem: the dotted key, what is wrong, and whether the value came from --set or the file."""
+    lines = ["invalid configuration:"]
     for item in error.errors():
         where = ".".join(str(p) for p in item["loc"]) or "(top level)"
         message = "unknown key; check the spelling or remove it" if item["type"] == "extra_forbidden" else item["msg"]
-        lines.append(f"  {where}: {message}")
+        message = message.removeprefix("Value error, ")
+        if not item["loc"] and ": " in message:  # a cross-field check names its key first
+            where, message = message.split(": ", 1)
+        origin = next((f"--set {k}={v}" for k, v in overrides.items() if k == where or k.startswith(where + ".") or where.startswith(k + ".") or k in message), str(path))
+        lines.append(f"  {where}: {message} (from {origin})")
     return "\n".join(lines)
 
 
@@ -203,12 +242,15 @@ def load_config(config: str | Path | None = None, overrides: list[str] | None = 
     if not path.is_file():
         raise ConfigError(f"config {str(source)!r} is neither a file nor a preset; presets: {', '.join(PRESETS)}")
     data = _read_yaml(path)
+    applied = {}
     for assignment in overrides or []:
         _apply_override(data, assignment)
+        key, value = assignment.split("=", 1)
+        applied[key.strip()] = value
     try:
         return TrainConfig.model_validate(data)
     except ValidationError as error:
-        raise ConfigError(_format_validation_error(error, str(path))) from None
+        raise ConfigError(_format_validation_error(error, path, applied)) from None
 
 
 def dump_config(config: TrainConfig) -> str:

@@ -8,8 +8,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 
-def save_sample_grid(path: Path, images: np.ndarray, prompts: list[str], rewards: list[float], columns: int = 4, cell: int = 128) -> None:
-    """`images` uint8 [N, H, W, 3]; writes a PNG grid with captions."""
+def save_sample_grid(path: Path, images: np.ndarray, prompts: list[str], rewards: list[float], columns: int = 4, cell: int = 128) -> np.ndarray:
+    """`images` uint8 [N, H, W, 3]; writes a PNG grid with captions and returns it (uint8 HWC)."""
     font = ImageFont.load_default()
     caption_height = 24
     rows = (len(images) + columns - 1) // columns
@@ -22,3 +22,4 @@ def save_sample_grid(path: Path, images: np.ndarray, prompts: list[str], rewards
         draw.text((x + 2, y + cell + 12), f"r={reward:.3f}", fill="black", font=font)
     path.parent.mkdir(parents=True, exist_ok=True)
     grid.save(path)
+    return np.asarray(grid)

@@ -15,18 +15,10 @@ import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from cluster.schedule import Job
 from learner.group import bundle
 from rollout.actor import RolloutActor
 from rollout.worker import RolloutSpec
-
-Key = tuple[int, int]
-
-
-@dataclass
-class Job:
-    key: Key
-    prompts: list[str]
-    seed: int
 
 
 @dataclass

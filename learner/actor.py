@@ -1,4 +1,4 @@
-"""`Learner`: a thin Ray shell around `PPOLearner`: advantages, PPO, adapter versions, checkpoints, DDP rank."""
+"""`Learner`: a thin Ray actor around `PPOLearner` (RLCM) or `ROCMLearner` (ROCM): one data-parallel rank."""
 
 from __future__ import annotations
 
@@ -35,14 +35,24 @@ def shard(n: int, rank: int, world_size: int) -> list[int]:
     return list(range(rank * n // world_size, (rank + 1) * n // world_size))
 
 
-class LearnerRunner:
-    """Rank `rank` of `world_size` data-parallel learners; every rank holds identical weights and tracker."""
+def build_learner(spec, reduce_gradients=None):
+    """`PPOLearner` for a `LearnerSpec`, `ROCMLearner` for a `ROCMLearnerSpec`."""
+    if isinstance(spec, LearnerSpec):
+        return PPOLearner(spec, reduce_gradients=reduce_gradients)
+    from learner.rocm_learner import ROCMLearner
 
-    def __init__(self, spec: LearnerSpec, torch_threads: int | None = None, rank: int = 0, world_size: int = 1):
+    return ROCMLearner(spec, reduce_gradients=reduce_gradients)
+
+
+@ray.remote
+class Learner:
+    """Rank `rank` of `world_size` data-parallel learners; every rank holds identical weights (and stat tracker)."""
+
+    def __init__(self, spec, torch_threads: int | None = None, rank: int = 0, world_size: int = 1):
         if torch_threads:
             torch.set_num_threads(torch_threads)
         self.rank, self.world_size = rank, world_size
-        self.learner = PPOLearner(spec, reduce_gradients=average_gradients if world_size > 1 else None)
+        self.learner = build_learner(spec, average_gradients if world_size > 1 else None)
 
     def address(self) -> tuple[str, int]:
         """Host and a free port for the process group's rendezvous (called on rank 0)."""
@@ -71,12 +81,22 @@ class LearnerRunner:
         batch = Trajectory.concat(list(trajectories))
         valid = np.asarray(valid, dtype=bool)
         keep = np.flatnonzero(valid)
+        if len(keep) == 0:
+            raise ValueError("no valid reward in this batch; the driver skips such updates")
         advantages = np.zeros(len(batch))
         advantages[keep] = self.learner.advantages([batch.prompts[i] for i in keep], np.asarray(rewards, dtype=np.float64)[keep])
         rows = keep.tolist() if self.world_size == 1 else shard(len(batch), self.rank, self.world_size)
         if len(rows) < len(batch):
             batch, advantages = batch.select(rows), advantages[rows]
         metrics = self.learner.train(batch, advantages)
+        metrics["learner_time_s"] = time.perf_counter() - start
+        return metrics
+
+    def train_rocm(self, prompts: list[str]) -> dict[str, float]:
+        """One ROCM epoch on this rank's shard of `prompts` (each rank samples its own chains with grad)."""
+        start = time.perf_counter()
+        mine = [prompts[i] for i in shard(len(prompts), self.rank, self.world_size)]
+        metrics = self.learner.train(mine)
         metrics["learner_time_s"] = time.perf_counter() - start
         return metrics
 
@@ -87,8 +107,5 @@ class LearnerRunner:
         return str(directory)
 
     def load(self, directory: str) -> int:
-        self.learner.load_state_dict(torch.load(Path(directory) / STATE_FILE, weights_only=False))
+        self.learner.load_state_dict(torch.load(Path(directory) / STATE_FILE, weights_only=True))
         return self.learner.version
-
-
-Learner = ray.remote(LearnerRunner)

@@ -19,7 +19,7 @@ import math
 
 import torch
 
-DIVERGENCES = ("none", "kl", "reverse_kl", "hellinger", "fisher", "js")
+from learner.settings import DIVERGENCES
 
 
 def gaussian_divergence(

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from rollout.lora import AdapterVersion, LoraSettings, add_lora, export_adapter, import_adapter, save_lora
-from learner.ppo import PPOSettings, TrainBatch, build_optimizer, ppo_update
+from learner.ppo import PPOSettings, TrainBatch, build_lr_scheduler, build_optimizer, ppo_update
 from learner.stat_tracker import PerPromptStatTracker
 from rollout.models import load_pipeline
 from rollout.policy import Trajectory, guidance_embedding
@@ -29,6 +29,7 @@ class LearnerSpec:
     model_seed: int = 0
     device: str | None = None
     dtype: torch.dtype | None = None
+    total_optimizer_steps: int = 1  # over the whole run, for `ppo.lr_schedule: linear`
 
 
 class PPOLearner:
@@ -40,6 +41,7 @@ class PPOLearner:
         torch.manual_seed(spec.seed)
         self.params = add_lora(self.pipe.unet, spec.lora)
         self.optimizer = build_optimizer(self.params, spec.ppo)
+        self.lr_scheduler = build_lr_scheduler(self.optimizer, spec.ppo.lr_schedule, spec.total_optimizer_steps)
         self.tracker = PerPromptStatTracker(spec.stat_buffer_size, spec.stat_min_count)
         self.generator = torch.Generator().manual_seed(spec.seed)
         self.reduce_gradients = reduce_gradients
@@ -67,8 +69,10 @@ class PPOLearner:
             w_embedding=guidance_embedding(self.pipe, trajectory.guidance_scale, len(trajectory)).to(self.device),
         )
         metrics = ppo_update(
-            self.pipe.unet, self.pipe.scheduler, self.optimizer, self.params, batch, self.spec.ppo, self.generator, self.reduce_gradients
+            self.pipe.unet, self.pipe.scheduler, self.optimizer, self.params, batch, self.spec.ppo, self.generator,
+            self.reduce_gradients, self.lr_scheduler,
         )
+        metrics.update({f"stat_tracker_{k}": v for k, v in self.tracker.stats().items()})
         self.version += 1
         return metrics
 
@@ -79,6 +83,7 @@ class PPOLearner:
         return {
             "adapter": self.adapter().state_dict,
             "optimizer": self.optimizer.state_dict(),
+            "lr_scheduler": self.lr_scheduler.state_dict(),
             "tracker": self.tracker.state_dict(),
             "generator": self.generator.get_state(),
             "version": self.version,
@@ -87,6 +92,7 @@ class PPOLearner:
     def load_state_dict(self, state: dict) -> None:
         import_adapter(self.pipe.unet, AdapterVersion(state["version"], state["adapter"]))
         self.optimizer.load_state_dict(state["optimizer"])
+        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
         self.tracker.load_state_dict(state["tracker"])
         self.generator.set_state(state["generator"])
         self.version = state["version"]

@@ -16,28 +16,9 @@ from typing import Callable
 import numpy as np
 import torch
 from diffusers import LCMScheduler
-from pydantic import BaseModel, ConfigDict, Field
 
+from learner.settings import PPOSettings
 from rollout.policy import transition_log_prob
-
-
-class PPOSettings(BaseModel):
-    """Hyperparameters of the update (RLCM Table 1 names)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    learning_rate: float = Field(1e-4, gt=0)
-    adam_beta1: float = Field(0.9, ge=0, lt=1)
-    adam_beta2: float = Field(0.999, ge=0, lt=1)
-    adam_weight_decay: float = Field(1e-4, ge=0)
-    adam_epsilon: float = Field(1e-8, gt=0)
-    clip_range: float = Field(1e-4, gt=0)
-    adv_clip_max: float = Field(10.0, gt=0)
-    max_grad_norm: float = Field(5.0, gt=0)
-    train_batch_size: int = Field(2, ge=1)
-    grad_accum_steps: int = Field(2, ge=1)
-    inner_epochs: int = Field(1, ge=1)
-    shuffle_timesteps: bool = True
 
 
 @dataclass
@@ -82,10 +63,12 @@ def ppo_update(
     settings: PPOSettings,
     generator: torch.Generator,
     reduce_gradients: Callable[[list[torch.nn.Parameter]], None] | None = None,
+    lr_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
 ) -> dict[str, float]:
     """Run `inner_epochs` passes of clipped PPO over `batch`; returns averaged diagnostics.
 
-    `reduce_gradients` averages gradients across data-parallel learners before clipping.
+    `reduce_gradients` averages gradients across data-parallel learners before clipping;
+    `lr_scheduler` steps once per optimizer step.
     """
     num_samples, num_transitions = len(batch), batch.old_log_probs.shape[1]
     if num_transitions < 1:
@@ -123,15 +106,19 @@ def ppo_update(
                 backward_count += 1
                 step_infos.append({"loss": loss.item(), **{key: value.item() for key, value in info.items()}})
                 if backward_count % backward_per_step == 0:
-                    grad_norms.append(_optimizer_step(optimizer, params, settings, reduce_gradients))
-    if backward_count % backward_per_step:  # a partial window (e.g. invalid samples were dropped)
-        grad_norms.append(_optimizer_step(optimizer, params, settings, reduce_gradients))
+                    grad_norms.append(_optimizer_step(optimizer, params, settings, reduce_gradients, lr_scheduler))
+    if partial := backward_count % backward_per_step:  # a partial window (e.g. invalid samples were dropped)
+        for p in params:  # each loss was divided by the full window; weight by the true count instead
+            if p.grad is not None:
+                p.grad.mul_(backward_per_step / partial)
+        grad_norms.append(_optimizer_step(optimizer, params, settings, reduce_gradients, lr_scheduler))
     unet.eval()
     metrics = {key: float(np.mean([s[key] for s in step_infos])) for key in ("loss", "approx_kl", "clipfrac")}
     metrics["ratio_min"] = min(s["ratio_min"] for s in step_infos)
     metrics["ratio_max"] = max(s["ratio_max"] for s in step_infos)
     metrics["grad_norm"] = float(np.mean(grad_norms))
     metrics["optimizer_steps"] = float(len(grad_norms))
+    metrics["learning_rate"] = float(optimizer.param_groups[0]["lr"])
     return metrics
 
 
@@ -140,13 +127,23 @@ def _optimizer_step(
     params: list[torch.nn.Parameter],
     settings: PPOSettings,
     reduce_gradients: Callable[[list[torch.nn.Parameter]], None] | None,
+    lr_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
 ) -> float:
     if reduce_gradients is not None:
         reduce_gradients(params)
     grad_norm = torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
+    if lr_scheduler is not None:
+        lr_scheduler.step()
     return float(grad_norm)
+
+
+def build_lr_scheduler(optimizer: torch.optim.Optimizer, schedule: str, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """`constant`, or `linear` decay to 0 over `total_steps` optimizer steps (diffusers' schedules)."""
+    from diffusers.optimization import get_scheduler
+
+    return get_scheduler(schedule, optimizer, num_warmup_steps=0, num_training_steps=max(total_steps, 1))
 
 
 def build_optimizer(params: list[torch.nn.Parameter], settings: PPOSettings) -> torch.optim.Optimizer:

@@ -40,8 +40,16 @@ class PerPromptStatTracker:
         return advantages
 
     def stats(self) -> dict[str, float]:
-        counts = [len(b) for b in self.buffers.values()]
-        return {"num_prompts": len(counts), "mean_count": float(np.mean(counts)) if counts else 0.0}
+        """Prompts tracked, mean buffer fill, share of prompts past `min_count` (own statistics), mean per-prompt std."""
+        buffers = [np.asarray(b) for b in self.buffers.values()]
+        if not buffers:
+            return {"num_prompts": 0, "mean_count": 0.0, "frac_own_stats": 0.0, "mean_prompt_std": 0.0}
+        return {
+            "num_prompts": len(buffers),
+            "mean_count": float(np.mean([len(b) for b in buffers])),
+            "frac_own_stats": float(np.mean([len(b) >= self.min_count for b in buffers])),
+            "mean_prompt_std": float(np.mean([b.std() for b in buffers])),
+        }
 
     def state_dict(self) -> dict:
         return {"buffer_size": self.buffer_size, "min_count": self.min_count, "buffers": {p: list(b) for p, b in self.buffers.items()}}

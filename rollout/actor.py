@@ -1,4 +1,4 @@
-"""`RolloutActor`: a thin Ray shell around `RolloutWorker`; checks the adapter version before each batch."""
+"""`RolloutActor`: a thin Ray actor around `RolloutWorker`; checks the adapter version before each batch."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from rollout.policy import Trajectory
 from rollout.worker import RolloutSpec, RolloutWorker
 
 
-class RolloutRunner:
+@ray.remote
+class RolloutActor:
     """Samples batches; images and a small info dict come back as separate objects.
 
     `crash_after_batches` (fault injection) makes the first incarnation exit after that many batches;
@@ -48,6 +49,3 @@ class RolloutRunner:
         self.batches += 1
         info = {"policy_version": trajectory.policy_version, "busy_s": time.perf_counter() - start, "images": len(prompts)}
         return trajectory, trajectory.images.permute(0, 2, 3, 1).contiguous().numpy(), info
-
-
-RolloutActor = ray.remote(RolloutRunner)

@@ -8,26 +8,11 @@ from pathlib import Path
 import torch
 from diffusers import LatentConsistencyModelPipeline
 from diffusers.training_utils import cast_training_params
-from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
-from pydantic import BaseModel, ConfigDict, Field
+
+from rollout.settings import LoraSettings
 
 LORA_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
-
-
-class LoraSettings(BaseModel):
-    """Which UNet modules get LoRA, with what rank and alpha (scale = alpha / rank)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    rank: int = Field(16, ge=1)
-    alpha: float = Field(32.0, gt=0)
-    target_modules: list[str] = Field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"], min_length=1)
-    init: str = Field("gaussian", pattern="^(gaussian|default)$")
-
-    def peft_config(self) -> LoraConfig:
-        init = "gaussian" if self.init == "gaussian" else True
-        return LoraConfig(r=self.rank, lora_alpha=self.alpha, target_modules=self.target_modules, init_lora_weights=init)
 
 
 @dataclass

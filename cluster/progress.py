@@ -1,0 +1,66 @@
+"""What a person watching a run sees: a progress bar with the key numbers, one log line per epoch,
+TensorBoard (and optionally W&B) scalars and sample grids, and plots in the run folder."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from cluster.config import TrainConfig
+
+
+def epoch_line(row: dict, total: int) -> str:
+    """One line per epoch: reward, the algorithm's diagnostics, time, samples."""
+    parts = [f"epoch {row['epoch'] + 1}/{total}", f"reward {row['reward_mean']:.4f} ± {row.get('reward_std', math.nan):.4f}"]
+    if row.get("skipped_update"):
+        parts.append("update skipped (no valid reward)")
+    elif row.get("algorithm") == "rocm":
+        parts.append(f"divergence {row.get('divergence_mean', math.nan):.4g}")
+        parts.append(f"objective {row.get('objective', math.nan):.4f}")
+        if "monitor_reward_mean" in row:
+            parts.append(f"monitor {row['monitor_reward_mean']:.4f}")
+    else:
+        parts.append(f"approx_kl {row.get('approx_kl', math.nan):.3g}")
+        parts.append(f"clipfrac {row.get('clipfrac', math.nan):.3f}")
+    parts.append(f"{row['time_epoch_s']:.1f} s/epoch")
+    parts.append(f"samples {row['samples_seen']}" + (f", {row['num_invalid']} invalid" if row.get("num_invalid") else ""))
+    return "  ".join(parts)
+
+
+class EpochProgress:
+    """Progress bar (postfix: reward_mean, approx_kl or divergence, s/epoch), log lines, tracking, plots."""
+
+    def __init__(self, root: Path, config: TrainConfig, start_epoch: int):
+        self.root, self.total, self.run = root, config.run.epochs, config.run
+        self.bar = tqdm(desc=f"rlcm train ({config.algorithm})", unit="epoch", total=self.total, initial=start_epoch, dynamic_ncols=True)
+        self.tracker = None
+        if config.run.tensorboard or config.run.wandb:
+            from cluster.tracking import RunTracker
+
+            self.tracker = RunTracker(
+                root, tensorboard=config.run.tensorboard, wandb=config.run.wandb, wandb_project=config.run.wandb_project,
+                run_name=root.name, config=config.model_dump(mode="json"), start_epoch=start_epoch,
+            )
+
+    def epoch_done(self, row: dict, grid: np.ndarray | None) -> None:
+        self.bar.update(1)
+        second = ("divergence", row.get("divergence_mean")) if row.get("algorithm") == "rocm" else ("approx_kl", row.get("approx_kl"))
+        postfix = {"reward_mean": f"{row['reward_mean']:.4f}", "s/epoch": f"{row['time_epoch_s']:.1f}"}
+        if second[1] is not None:
+            postfix[second[0]] = f"{second[1]:.3g}"
+        self.bar.set_postfix(postfix, refresh=False)
+        self.bar.write(epoch_line(row, self.total))
+        if self.tracker is not None:
+            self.tracker.log_epoch(row, grid)
+        if self.run.plots and (grid is not None or row["epoch"] == self.total - 1):
+            from cluster.plots import plot_run
+
+            plot_run(self.root)
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.tracker is not None:
+            self.tracker.close()

@@ -1,0 +1,94 @@
+"""Checks made before Ray starts, so a mistake costs seconds and one clear line, not actor tracebacks.
+
+- the model: `tiny`, an existing diffusers folder, or a hub id that is in the local cache (or downloadable);
+- the reward: a registered name for the local backend; a differentiable one for ROCM;
+- the LoRA target modules: each must match a module of the UNet (built on the meta device, no weights).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from cluster.config import ConfigError, TrainConfig
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+
+
+def model_config_dir(model: str) -> Path | None:
+    """The local folder holding `model`'s `model_index.json` (a diffusers folder or the hub cache), or None."""
+    local = Path(model).expanduser()
+    if local.is_dir():
+        if not (local / "model_index.json").is_file():
+            raise ConfigError(f"model.name: {model} is a folder without model_index.json; pass a diffusers pipeline folder")
+        return local
+    if model.startswith((".", "/", "~")) or model.count("/") != 1:
+        raise ConfigError(f"model.name: {model!r} is neither 'tiny', an existing folder, nor a hub id like 'SimianLuo/LCM_Dreamshaper_v7'")
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(model, "model_index.json")
+    if isinstance(cached, str):
+        return Path(cached).parent
+    if _hub_offline():
+        raise ConfigError(
+            f"model.name: {model!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set; download it first "
+            f"(`huggingface-cli download {model}`) or pass a local folder with --set model.name=/path/to/model"
+        )
+    return None
+
+
+def unet_module_names(model: str, seed: int = 0) -> list[str] | None:
+    """Names of the UNet's modules (no weights loaded), or None if the config is not available locally."""
+    import torch
+    from accelerate import init_empty_weights
+    from diffusers import UNet2DConditionModel
+
+    if model == "tiny":
+        from rollout.models import build_tiny_pipeline
+
+        return [name for name, _ in build_tiny_pipeline(seed=seed).unet.named_modules()]
+    folder = model_config_dir(model)
+    if folder is None or not (folder / "unet" / "config.json").is_file():
+        return None
+    with init_empty_weights(), torch.device("meta"):
+        unet = UNet2DConditionModel.from_config(json.loads((folder / "unet" / "config.json").read_text()))
+    return [name for name, _ in unet.named_modules()]
+
+
+def check_lora_targets(targets: list[str], module_names: list[str]) -> None:
+    """peft matches a target to a module whose name is the target or ends with '.' + target."""
+    missing = [t for t in targets if not any(n == t or n.endswith("." + t) for n in module_names)]
+    if missing:
+        leaves = sorted({n.rsplit(".", 1)[-1] for n in module_names if n})
+        raise ConfigError(
+            f"model.lora.target_modules: {missing} match no UNet module; names look like to_q, to_k, to_v, to_out.0, conv1, conv2, "
+            f"proj_in, ff.net.2 (last parts here: {', '.join(leaves[:25])}...)"
+        )
+
+
+def check_reward(config: TrainConfig) -> None:
+    from rewards_service.scorers import REWARD_NAMES
+
+    reward = config.reward
+    if config.algorithm == "rocm":
+        from rewards_service.differentiable import differentiable_reward_names
+
+        names = differentiable_reward_names()
+        if reward.name not in names:
+            raise ConfigError(f"reward.name: {reward.name!r} is not differentiable, which ROCM needs; choose one of {names}")
+    served = (reward.monitor or reward.name) if config.algorithm == "rocm" else reward.name
+    key = "reward.monitor" if config.algorithm == "rocm" and reward.monitor else "reward.name"
+    if reward.backend == "local" and ":" not in served and served not in REWARD_NAMES:
+        raise ConfigError(f"{key}: unknown reward {served!r}; choose one of {sorted(REWARD_NAMES)} or a 'package.module:Class' path")
+
+
+def validate_before_ray(config: TrainConfig, joining_cluster: bool) -> None:
+    """All cheap checks; model files are only checked on this machine when the run is local."""
+    check_reward(config)
+    if config.model.name == "tiny" or not joining_cluster:
+        names = unet_module_names(config.model.name, config.model.seed)
+        if names is not None:
+            check_lora_targets(config.model.lora.target_modules, names)

@@ -1,0 +1,55 @@
+"""Typed settings of the learner role, importable without torch (config validation stays fast)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+DIVERGENCES = ("none", "kl", "reverse_kl", "hellinger", "fisher", "js")
+
+
+class PPOSettings(BaseModel):
+    """Hyperparameters of the update (RLCM Table 1 names)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    learning_rate: float = Field(1e-4, gt=0)
+    adam_beta1: float = Field(0.9, ge=0, lt=1)
+    adam_beta2: float = Field(0.999, ge=0, lt=1)
+    adam_weight_decay: float = Field(1e-4, ge=0)
+    adam_epsilon: float = Field(1e-8, gt=0)
+    clip_range: float = Field(1e-4, gt=0)
+    adv_clip_max: float = Field(10.0, gt=0)
+    max_grad_norm: float = Field(5.0, gt=0)
+    train_batch_size: int = Field(2, ge=1)
+    grad_accum_steps: int = Field(2, ge=1)
+    inner_epochs: int = Field(1, ge=1)
+    shuffle_timesteps: bool = True
+    lr_schedule: Literal["constant", "linear"] = Field("constant", description="linear: decay to 0 over the run's optimizer steps")
+
+
+class ROCMSettings(BaseModel):
+    """ROCM hyperparameters. Defaults follow the paper's SD1.5 runs where we know them (AdamW, one prompt
+    per GPU per objective call, 8 sampling steps set under `sampling`); the values not stated in our
+    reading of the paper (lam, learning rate, weight decay, grad-norm clip, accumulation) are our choices.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    divergence: Literal[DIVERGENCES] = Field("kl", description="per-step f-divergence D against the frozen base model")
+    lam: float = Field(0.1, ge=0, description="λ, weight of Σ_k D_k; 0 = unregularized reward maximization (our choice)")
+    truncate_steps: int | None = Field(
+        None, ge=1, description="opt-in: backprop through the last K transitions + decode only (states before are detached); None = full"
+    )
+    js_samples: int = Field(1, ge=1, description="reparameterized draws per dimension for the Jensen–Shannon estimate")
+    learning_rate: float = Field(1e-4, gt=0, description="AdamW learning rate of the LoRA (our choice)")
+    adam_beta1: float = Field(0.9, ge=0, lt=1)
+    adam_beta2: float = Field(0.999, ge=0, lt=1)
+    adam_weight_decay: float = Field(1e-4, ge=0, description="our choice, as PPO's")
+    adam_epsilon: float = Field(1e-8, gt=0)
+    max_grad_norm: float = Field(1.0, gt=0, description="grad-norm clip before each optimizer step (our choice)")
+    batch_size: int = Field(1, ge=1, description="prompts per objective call per learner (paper: 1 per GPU)")
+    grad_accum_steps: int = Field(4, ge=1, description="objective calls per optimizer step (our choice)")
+    updates_per_epoch: int = Field(1, ge=1, description="optimizer steps per epoch")
+    gradient_checkpointing: bool = Field(True, description="recompute each UNet call and the decode in backward (saves memory)")
