@@ -43,22 +43,22 @@ def _aesthetic(clip_model: str | None = None, head_path: str | None = None, dtyp
     return PromptFree(model)
 
 
-def _clip_score(model: str | None = None, processor: str | None = None, dtype: str = "float32") -> nn.Module:
-    from rewards_service.scorers.clip_score import DEFAULT_CLIP_SCORE_MODEL, ClipScore
+def _clip_score(**options: Any) -> nn.Module:
+    from rewards_service.scorers.clip_score import ClipScore
 
-    return ClipScore.from_pretrained(model or DEFAULT_CLIP_SCORE_MODEL, processor, dtype)
-
-
-def _pickscore(model: str | None = None, processor: str | None = None, dtype: str = "float32") -> nn.Module:
-    from rewards_service.scorers.pickscore import DEFAULT_PICKSCORE_MODEL, DEFAULT_PICKSCORE_PROCESSOR, PickScore
-
-    return PickScore.from_pretrained(model or DEFAULT_PICKSCORE_MODEL, processor or DEFAULT_PICKSCORE_PROCESSOR, dtype)
+    return ClipScore.from_pretrained(**options)
 
 
-def _hpsv2(architecture: str | None = None, checkpoint: str | None = None, filename: str | None = None, dtype: str = "float32") -> nn.Module:
-    from rewards_service.scorers.hpsv2 import DEFAULT_HPSV2_ARCHITECTURE, DEFAULT_HPSV2_CHECKPOINT, DEFAULT_HPSV2_FILE, HPSv2
+def _pickscore(**options: Any) -> nn.Module:
+    from rewards_service.scorers.pickscore import PickScore
 
-    return HPSv2.from_pretrained(architecture or DEFAULT_HPSV2_ARCHITECTURE, checkpoint or DEFAULT_HPSV2_CHECKPOINT, filename or DEFAULT_HPSV2_FILE, dtype)
+    return PickScore.from_pretrained(**options)
+
+
+def _hpsv2(**options: Any) -> nn.Module:
+    from rewards_service.scorers.hpsv2 import HPSv2
+
+    return HPSv2.from_pretrained(**options)
 
 
 class PromptFree(nn.Module):

@@ -57,6 +57,11 @@ def clip_dir(tmp_path_factory):
     return str(folder)
 
 
+@pytest.fixture(scope="module")
+def clip_score(clip_dir):
+    return build_differentiable_reward("clip_score", model=clip_dir)
+
+
 def features(output) -> torch.Tensor:
     """get_*_features returns a tensor (transformers 4) or an output whose pooler_output is the projection (5)."""
     return output if isinstance(output, torch.Tensor) else output.pooler_output
@@ -90,40 +95,38 @@ def assert_pixel_gradients(model: torch.nn.Module, height: int = 48, width: int 
     assert images.grad is not None and torch.isfinite(images.grad).all() and images.grad.abs().sum() > 0
 
 
-def test_clip_score_matches_transformers_processor_path(clip_dir):
-    model = build_differentiable_reward("clip_score", model=clip_dir)
+def test_clip_score_matches_transformers_processor_path(clip_dir, clip_score):
+    model = clip_score
     images = uint8_images()
     scores = model(to_float01(images), PROMPTS)
     torch.testing.assert_close(scores, 100 * reference_cosine(clip_dir, images, PROMPTS), atol=1e-4, rtol=1e-5)
     assert not any(p.requires_grad for p in model.parameters()) and not model.training
 
 
-def test_clip_score_resizes_like_the_processor(clip_dir):
-    model = build_differentiable_reward("clip_score", model=clip_dir)
+def test_clip_score_resizes_like_the_processor(clip_dir, clip_score):
     images = uint8_images(height=64, width=80)
-    scores = model(to_float01(images), PROMPTS)
+    scores = clip_score(to_float01(images), PROMPTS)
     # torch antialiased bicubic vs PIL bicubic with uint8 rounding: close, not bit-equal
     torch.testing.assert_close(scores, 100 * reference_cosine(clip_dir, images, PROMPTS), atol=0.3, rtol=0)
 
 
-def test_clip_score_gradients_reach_pixels(clip_dir):
-    assert_pixel_gradients(build_differentiable_reward("clip_score", model=clip_dir))
+def test_clip_score_gradients_reach_pixels(clip_score):
+    assert_pixel_gradients(clip_score)
 
 
-def test_clip_score_served_matches_module(clip_dir):
+def test_clip_score_served_matches_module(clip_dir, clip_score):
     scorer = build_scorer("clip_score", model=clip_dir, device="cpu", version="tiny")
     assert isinstance(scorer, DifferentiableScorer)
     images = uint8_images(height=40, width=48)
     result = scorer.score(images, PROMPTS)
-    expected = build_differentiable_reward("clip_score", model=clip_dir)(to_float01(images), PROMPTS)
+    expected = clip_score(to_float01(images), PROMPTS)
     assert result.version == "tiny" and result.valid == [True, True]
     np.testing.assert_allclose(result.rewards, expected.tolist(), rtol=1e-6, atol=1e-6)
 
 
-def test_clip_score_needs_one_prompt_per_image(clip_dir):
-    model = build_differentiable_reward("clip_score", model=clip_dir)
+def test_clip_score_needs_one_prompt_per_image(clip_score):
     with pytest.raises(ValueError, match="one prompt per image"):
-        model(torch.rand(2, 3, 32, 32), ["only one"])
+        clip_score(torch.rand(2, 3, 32, 32), ["only one"])
 
 
 def test_missing_model_folder_says_where_to_put_weights(tmp_path):

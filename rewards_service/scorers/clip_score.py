@@ -65,7 +65,8 @@ class ClipSimilarity(nn.Module):
 
     def cosine(self, images: torch.Tensor, prompts: Sequence[str] | None) -> torch.Tensor:
         if prompts is None or len(prompts) != images.shape[0]:
-            raise ValueError(f"{type(self).__name__} needs one prompt per image: got {images.shape[0]} images and {None if prompts is None else len(prompts)} prompts")
+            got = "no" if prompts is None else len(prompts)
+            raise ValueError(f"{type(self).__name__} needs one prompt per image: got {images.shape[0]} images and {got} prompts")
         tokens = self.tokenizer(list(prompts), padding="max_length", truncation=True, max_length=self.max_length, return_tensors="pt")
         pixels = clip_preprocess(images.float(), self.image_size).to(self.clip.dtype)
         out = self.clip(input_ids=tokens.input_ids.to(images.device), attention_mask=tokens.attention_mask.to(images.device), pixel_values=pixels)

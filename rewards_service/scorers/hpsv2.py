@@ -50,7 +50,7 @@ def build_open_clip(architecture: str) -> tuple[nn.Module, Any]:
     open_clip = import_open_clip()
     if architecture.endswith(".json"):
         if not Path(architecture).is_file():
-            raise FileNotFoundError(f"open_clip model config {architecture} does not exist; pass an architecture name such as {DEFAULT_HPSV2_ARCHITECTURE!r} or a config file")
+            raise FileNotFoundError(f"open_clip model config {architecture} does not exist; pass an architecture name ({DEFAULT_HPSV2_ARCHITECTURE!r}) or a config file")
         open_clip.add_model_config(architecture)
         architecture = Path(architecture).stem
     if open_clip.get_model_config(architecture) is None:
@@ -79,7 +79,8 @@ class HPSv2(nn.Module):
 
     def forward(self, images: torch.Tensor, prompts: Sequence[str] | None = None) -> torch.Tensor:
         if prompts is None or len(prompts) != images.shape[0]:
-            raise ValueError(f"HPSv2 needs one prompt per image: got {images.shape[0]} images and {None if prompts is None else len(prompts)} prompts")
+            got = "no" if prompts is None else len(prompts)
+            raise ValueError(f"HPSv2 needs one prompt per image: got {images.shape[0]} images and {got} prompts")
         dtype = next(self.model.parameters()).dtype
         pixels = clip_preprocess(images.float(), self.image_size).to(dtype)
         image = self.model.encode_image(pixels, normalize=True).float()
