@@ -91,5 +91,5 @@ class ClipScore(ClipSimilarity):
         return 100.0 * self.cosine(images, prompts)
 
     @classmethod
-    def from_pretrained(cls, model: str = DEFAULT_CLIP_SCORE_MODEL, processor: str | None = None, dtype: str = "float32") -> "ClipScore":
-        return cls(*cls.load(model, processor, dtype))
+    def from_pretrained(cls, model: str = DEFAULT_CLIP_SCORE_MODEL, processor: str | None = None, dtype: str = "float32", device: str = "cpu") -> "ClipScore":
+        return cls(*cls.load(model, processor, dtype)).to(device)

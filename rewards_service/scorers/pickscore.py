@@ -23,5 +23,7 @@ class PickScore(ClipSimilarity):
         return self.clip.logit_scale.float().exp() * self.cosine(images, prompts)
 
     @classmethod
-    def from_pretrained(cls, model: str = DEFAULT_PICKSCORE_MODEL, processor: str = DEFAULT_PICKSCORE_PROCESSOR, dtype: str = "float32") -> "PickScore":
-        return cls(*cls.load(model, processor, dtype))
+    def from_pretrained(
+        cls, model: str = DEFAULT_PICKSCORE_MODEL, processor: str = DEFAULT_PICKSCORE_PROCESSOR, dtype: str = "float32", device: str = "cpu"
+    ) -> "PickScore":
+        return cls(*cls.load(model, processor, dtype)).to(device)
