@@ -1,0 +1,72 @@
+"""Run tracking (TensorBoard event files read back with tensorboard's reader, W&B's missing-package error)
+and the plots of a run's metrics.jsonl."""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import numpy as np
+import pytest
+
+from cluster.tracking import RunTracker, scalars
+
+event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+
+
+def rlcm_row(epoch: int, reward: float) -> dict:
+    """A metrics row shaped like the driver's (RLCM)."""
+    return {
+        "epoch": epoch, "algorithm": "rlcm", "mode": "sync", "reward_mean": reward, "reward_std": 0.1, "samples_seen": 16 * (epoch + 1),
+        "approx_kl": 1e-3 * (epoch + 1), "clipfrac": 0.05 * epoch, "skipped_update": False, "time_epoch_s": 5.0 + epoch,
+        "behaviour_versions": [epoch], "reward_version": "1", "staleness_hist": {"0": 16 * (epoch + 1)},
+        "rollout_actors": {"0": {"images": 16, "images_per_s": 6.0 + epoch}}, "monitor_reward_mean": math.nan,
+    }
+
+
+def read_events(run_dir):
+    accumulator = event_accumulator.EventAccumulator(str(run_dir / "tensorboard"), size_guidance={event_accumulator.SCALARS: 0, event_accumulator.IMAGES: 0})
+    accumulator.Reload()
+    return accumulator
+
+
+def test_scalars_flattens_nested_and_skips_text_lists_nan():
+    flat = scalars(rlcm_row(1, -2.0))
+    assert flat["rollout_actors/0/images_per_s"] == 7.0 and flat["staleness_hist/0"] == 32.0 and flat["skipped_update"] == 0.0
+    assert not {"algorithm", "mode", "reward_version", "behaviour_versions", "monitor_reward_mean"} & set(flat)
+
+
+def test_tensorboard_scalars_and_grid_read_back(tmp_path):
+    grid = np.random.default_rng(0).integers(0, 256, size=(40, 60, 3), dtype=np.uint8)
+    tracker = RunTracker(tmp_path, config={"run": {"epochs": 3}})
+    for epoch, reward in enumerate([-2.4, -2.1, -1.9]):
+        tracker.log_epoch(rlcm_row(epoch, reward), grid if epoch != 1 else None)
+    tracker.close()
+
+    events = read_events(tmp_path)
+    assert [(e.step, round(e.value, 6)) for e in events.Scalars("reward_mean")] == [(0, -2.4), (1, -2.1), (2, -1.9)]
+    assert [e.value for e in events.Scalars("rollout_actors/0/images_per_s")] == [6.0, 7.0, 8.0]
+    assert "algorithm" not in events.Tags()["scalars"] and "monitor_reward_mean" not in events.Tags()["scalars"]
+    images = events.Images("samples")
+    assert [i.step for i in images] == [0, 2] and (images[0].width, images[0].height) == (60, 40)
+
+
+def test_resume_purges_the_steps_after_the_checkpoint(tmp_path):
+    first = RunTracker(tmp_path)
+    for epoch in range(4):
+        first.log_epoch(rlcm_row(epoch, -2.0 + 0.1 * epoch))
+    first.close()
+    resumed = RunTracker(tmp_path, start_epoch=2)
+    resumed.log_epoch(rlcm_row(2, -1.0))
+    resumed.close()
+    assert [(e.step, round(e.value, 6)) for e in read_events(tmp_path).Scalars("reward_mean")] == [(0, -2.0), (1, -1.9), (2, -1.0)]
+
+
+def test_bad_grid_and_missing_wandb_are_clear_errors(tmp_path, monkeypatch):
+    tracker = RunTracker(tmp_path)
+    with pytest.raises(ValueError, match=r"uint8 \[H, W, 3\]"):
+        tracker.log_epoch(rlcm_row(0, -2.0), np.zeros((3, 8, 8), dtype=np.float32))
+    tracker.close()
+    monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb -> ImportError
+    with pytest.raises(ImportError, match=r"pip install 'rlcm\[wandb\]'"):
+        RunTracker(tmp_path, tensorboard=False, wandb=True)
