@@ -134,6 +134,8 @@ def test_missing_model_folder_says_where_to_put_weights(tmp_path):
         build_differentiable_reward("clip_score", model=str(tmp_path / "missing"))
     with pytest.raises(FileNotFoundError, match="not in the Hugging Face cache.*model="):
         build_differentiable_reward("clip_score", model="no-such-org/no-such-clip")
+    with pytest.raises(FileNotFoundError, match="does not hold loadable weights.*model="):
+        build_differentiable_reward("clip_score", model=str(tmp_path))
 
 
 def test_non_differentiable_reward_lists_the_differentiable_ones():

@@ -24,8 +24,12 @@ def load_pretrained(loader: Callable[..., Any], path_or_id: str, option: str, **
     try:
         return loader(path_or_id, **kwargs)
     except OSError as exc:
-        looks_local = os.path.isabs(path_or_id) or path_or_id.startswith((".", "~")) or path_or_id.count("/") > 1
-        where = "there is no such local folder" if looks_local else "it is not in the Hugging Face cache and the hub cannot be reached"
+        if os.path.exists(os.path.expanduser(path_or_id)):
+            where = "the local folder does not hold loadable weights"
+        elif os.path.isabs(path_or_id) or path_or_id.startswith((".", "~")) or path_or_id.count("/") > 1:
+            where = "there is no such local folder"
+        else:
+            where = "it is not in the Hugging Face cache and the hub cannot be reached"
         raise FileNotFoundError(
             f"cannot load {path_or_id!r} ({where}): put the weights in the Hugging Face cache "
             f"(`hf download {path_or_id}` where the hub is reachable, then copy ~/.cache/huggingface) "
