@@ -115,6 +115,7 @@ class FaultConfig(Strict):
 
     rollout_crash_after_batches: int | None = Field(None, ge=1, description="rollout actor 0 exits after K batches (once)")
     reward_latency_s: float = Field(0.0, ge=0, description="extra seconds added to every reward call")
+    invalid_reward_epochs: list[int] = Field(default_factory=list, description="every reward of these epochs comes back invalid")
 
 
 class RunConfig(Strict):

@@ -209,6 +209,8 @@ class Trainer:
         for ref in [r for r in ready if r in self.rewards_pending]:
             entry, submitted = self.rewards_pending.pop(ref)
             result: ScoreResult = ray.get(ref, timeout=self.config.reward.timeout_s)
+            if entry.key[0] in self.config.faults.invalid_reward_epochs:
+                result = ScoreResult.failed(len(entry.prompts), "", "injected by faults.invalid_reward_epochs")
             self.schedule.scored(entry, result.rewards, result.valid, result.version)
             self.reward_latency.append(time.perf_counter() - submitted)
         self.pool.pump()

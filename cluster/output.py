@@ -70,6 +70,6 @@ def disk_error(path: Path, error: BaseException) -> OSError | None:
     text = str(error)
     if code == errno.ENOSPC or "No space left" in text or "file write failed" in text or (usage and usage.free < LOW_DISK_BYTES):
         return OSError(errno.ENOSPC, f"the disk holding {path} is full ({free}); free space or choose another --output-dir")
-    if code in (errno.EACCES, errno.EROFS, errno.EPERM):
+    if code in (errno.EACCES, errno.EROFS, errno.EPERM, errno.ENOTDIR, errno.EEXIST):
         return OSError(code, f"cannot write to {path}: {error.strerror or text}; choose a writable --output-dir")
     return None

@@ -211,6 +211,36 @@ def test_partial_accumulation_window_still_steps():
     assert all(p.grad is None for p in learner.params)
 
 
+def test_partial_window_is_weighted_by_its_true_count():
+    """A window of 1 minibatch out of grad_accum_steps=2 must give the same (pre-clip) gradient as
+    grad_accum_steps=1 on that minibatch: the mean over the samples it has, not half of it."""
+    norms = []
+    for accum in (1, 2):
+        learner_spec, _ = _specs(train_batch_size=2, grad_accum_steps=accum, learning_rate=1e-3, max_grad_norm=1e6)
+        learner = PPOLearner(learner_spec)
+        with torch.no_grad():
+            for name, param in learner.pipe.unet.named_parameters():
+                if "lora_B" in name:
+                    param.add_(0.05 * torch.randn(param.shape, generator=torch.Generator().manual_seed(len(name))))
+        traj = sample_trajectory(learner.pipe, PROMPTS[:2], 2, 8.0, torch.Generator().manual_seed(0))
+        metrics = learner.train(traj, np.array([-1.0, 1.0]))
+        assert metrics["optimizer_steps"] == 1.0
+        norms.append(metrics["grad_norm"])
+    assert norms[1] == pytest.approx(norms[0], rel=1e-5)
+
+
+def test_linear_lr_schedule_decays_to_zero_and_resumes():
+    learner_spec, _ = _specs(train_batch_size=2, grad_accum_steps=1, learning_rate=1e-3, lr_schedule="linear")
+    learner_spec.total_optimizer_steps = 4
+    learner = PPOLearner(learner_spec)
+    traj = sample_trajectory(learner.pipe, PROMPTS[:2], 2, 8.0, torch.Generator().manual_seed(0))
+    lrs = [learner.train(traj, np.array([-1.0, 1.0]))["learning_rate"] for _ in range(2)]
+    assert lrs == pytest.approx([1e-3 * 3 / 4, 1e-3 * 2 / 4])
+    restored = PPOLearner(learner_spec)
+    restored.load_state_dict(learner.state_dict())
+    assert restored.optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * 2 / 4)
+
+
 # ---------------------------------------------------------------- PerPromptStatTracker
 
 
