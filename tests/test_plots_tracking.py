@@ -3,12 +3,16 @@ and the plots of a run's metrics.jsonl."""
 
 from __future__ import annotations
 
+import argparse
+import json
 import math
 import sys
 
 import numpy as np
 import pytest
+from PIL import Image
 
+from cluster.plots import add_plot_parser, diagnostic_panels, plot_run, plot_runs, read_metrics, series, wall_clock_s
 from cluster.tracking import RunTracker, scalars
 
 event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
@@ -70,3 +74,50 @@ def test_bad_grid_and_missing_wandb_are_clear_errors(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb -> ImportError
     with pytest.raises(ImportError, match=r"pip install 'rlcm\[wandb\]'"):
         RunTracker(tmp_path, tensorboard=False, wandb=True)
+
+
+def rocm_row(epoch: int, reward: float) -> dict:
+    return {"epoch": epoch, "algorithm": "rocm", "reward_mean": reward, "reward_std": 0.05, "samples_seen": 8 * (epoch + 1), "time_epoch_s": 3.0,
+            "divergence_mean": 0.01 * epoch, "objective": reward - 0.1 * epoch, "grad_norm": 1.0 / (epoch + 1), "monitor_reward_mean": reward - 0.2}
+
+
+def write_run(directory, rows, broken_tail: bool = False):
+    directory.mkdir(parents=True)
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    (directory / "metrics.jsonl").write_text(text + ('{"epoch": 9, "rew' if broken_tail else ""))
+    return directory
+
+
+def test_plot_run_rlcm_and_rocm_nan_safe(tmp_path):
+    rlcm_rows = [rlcm_row(e, -2.4 + 0.05 * e) for e in range(20)]
+    rlcm_rows[3]["reward_mean"] = math.nan  # an epoch without valid rewards
+    del rlcm_rows[5]["approx_kl"]
+    rlcm = write_run(tmp_path / "compression", rlcm_rows, broken_tail=True)
+    rocm = write_run(tmp_path / "rocm-kl", [rocm_row(e, -0.5 + 0.02 * e) for e in range(12)])
+
+    paths = plot_run(rlcm)
+    assert [p.name for p in paths] == ["reward.png", "diagnostics.png"] and all(p.parent == rlcm / "plots" for p in paths)
+    assert [p.name for p in plot_run(rocm)] == ["reward.png", "diagnostics.png"]
+    assert [k for k, _ in diagnostic_panels(read_metrics(rlcm))] == ["approx_kl", "clipfrac"]
+    assert [k for k, _ in diagnostic_panels(read_metrics(rocm))] == ["divergence_mean", "objective", "grad_norm"]
+    assert len(read_metrics(rlcm)) == 20
+    xs, ys = series(read_metrics(rlcm), "approx_kl")
+    assert 5 not in xs and len(xs) == 19
+    np.testing.assert_allclose(wall_clock_s(read_metrics(rlcm)), np.cumsum([5.0 + e for e in range(20)]))
+
+    comparison = plot_runs([rlcm, rocm], tmp_path / "cmp" / "time-to-reward.png")
+    assert Image.open(comparison).size[0] > 600
+
+
+def test_plot_errors_and_cli(tmp_path):
+    with pytest.raises(FileNotFoundError, match="metrics.jsonl"):
+        plot_run(tmp_path)
+    write_run(tmp_path / "empty", [])
+    with pytest.raises(ValueError, match="no metrics rows"):
+        plot_run(tmp_path / "empty")
+    parser = argparse.ArgumentParser()
+    add_plot_parser(parser.add_subparsers(dest="command"))
+    run = write_run(tmp_path / "a", [rlcm_row(e, -2.0) for e in range(3)])
+    args = parser.parse_args(["plot", str(run), "--out", str(tmp_path / "all.png")])
+    assert args.func(args) == 0
+    assert (run / "plots" / "reward.png").is_file() and (tmp_path / "all.png").is_file()
