@@ -14,11 +14,15 @@ import pytest
 
 @pytest.fixture(scope="session")
 def ray_local():
-    """One local Ray instance shared by every test that needs Ray (starting Ray costs ~5 s)."""
+    """One fresh local Ray instance (127.0.0.1) shared by every test that needs Ray (starting Ray costs ~5 s).
+
+    address="local": never a cluster named by RAY_ADDRESS or recorded in /tmp/ray.
+    """
     import ray
 
-    if not ray.is_initialized():
-        ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, ignore_reinit_error=True)
+    from cluster.ray_setup import init_ray
+
+    init_ray("local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     yield ray
     try:
         from ray import serve
