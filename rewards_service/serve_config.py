@@ -34,12 +34,6 @@ class RewardServiceConfig(BaseModel):
     settings: ServiceSettings = Field(default_factory=ServiceSettings)
     rewards: list[RewardDeploymentConfig] = Field(min_length=1)
 
-    def reward(self, name: str) -> RewardDeploymentConfig:
-        for r in self.rewards:
-            if r.name == name:
-                return r
-        raise KeyError(f"no reward {name!r} in the config; configured: {[r.name for r in self.rewards]}")
-
 
 DEFAULT_CONFIG = RewardServiceConfig(rewards=[
     RewardDeploymentConfig(name="jpeg_compressibility", num_cpus=0.5),

@@ -1,4 +1,4 @@
-"""Reward clients: non-blocking submit, timeouts, bounded retries, failed samples invalid; version unification."""
+"""Reward clients: non-blocking submit, timeouts, bounded retries, failed samples invalid."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from rewards_service.client import (HttpRewardClient, InProcessRewardClient, Ret
                                     build_reward_client)
 from rewards_service.scorers import JpegCompressibility, ScoreResult
 from rewards_service.settings import ServiceSettings
-from rewards_service.versions import MixedRewardVersions, batch_version, unify_versions
 
 FAST_RETRY = RetryPolicy(timeout_s=5, max_attempts=3, backoff_s=0.01)
 
@@ -109,11 +108,3 @@ def test_build_reward_client_in_process():
     client = build_reward_client(RewardClientConfig(reward="jpeg_compressibility", options={"version": "5"}))
     assert isinstance(client, InProcessRewardClient) and client.score(_images(), ["a", "b"]).version == "5"
 
-
-def test_unify_versions_rescores_stale_results():
-    results = [ScoreResult([1.0], "1"), ScoreResult([2.0], "2"), ScoreResult.failed(1, "", "x")]
-    with pytest.raises(MixedRewardVersions):
-        batch_version(results)
-    rescored = []
-    unified = unify_versions(results, lambda i: rescored.append(i) or ScoreResult([3.0], "2"))
-    assert rescored == [0] and batch_version(unified) == "2" and unified[0].rewards == [3.0]
