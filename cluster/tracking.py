@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import secrets
 from numbers import Real
 from pathlib import Path
 
@@ -77,7 +78,7 @@ class RunTracker:
         if start_epoch and id_file.is_file():
             run_id = id_file.read_text().strip()
         else:
-            run_id = wandb.util.generate_id()
+            run_id = secrets.token_hex(4)
             id_file.write_text(run_id)
         return wandb.init(project=project, name=name, id=run_id, resume="allow", config=config, dir=str(self.run_dir))
 

@@ -121,3 +121,18 @@ def test_plot_errors_and_cli(tmp_path):
     args = parser.parse_args(["plot", str(run), "--out", str(tmp_path / "all.png")])
     assert args.func(args) == 0
     assert (run / "plots" / "reward.png").is_file() and (tmp_path / "all.png").is_file()
+
+
+def test_wandb_offline_run_keeps_its_id_on_resume(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    tracker = RunTracker(tmp_path, tensorboard=False, wandb=True, config={"run": {"epochs": 2}})
+    tracker.log_epoch(rlcm_row(0, -2.0), np.zeros((8, 8, 3), dtype=np.uint8))
+    tracker.close()
+    run_id = (tmp_path / "wandb_run_id.txt").read_text()
+    resumed = RunTracker(tmp_path, tensorboard=False, wandb=True, start_epoch=1)
+    resumed.log_epoch(rlcm_row(1, -1.0))
+    resumed.close()
+    assert (tmp_path / "wandb_run_id.txt").read_text() == run_id
+    assert len(list((tmp_path / "wandb").glob(f"offline-run-*-{run_id}"))) >= 1
