@@ -123,6 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8000)
     serve.set_defaults(func=_serve)
 
+    from cluster.evaluate import add_eval_parser
+    from cluster.plots import add_plot_parser
+
+    add_eval_parser(commands)
+    add_plot_parser(commands)
+
     sample = commands.add_parser("sample", help="generate an image with a trained LoRA")
     sample.add_argument("--lora", required=True, help="a checkpoints/epoch-NNNN folder")
     sample.add_argument("--prompt", required=True)

@@ -108,6 +108,7 @@ class ScaleOutConfig(Strict):
     rollout_max_task_retries: int = Field(2, ge=-1, description="Ray retries of a batch whose actor crashed")
     learner_backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="torch.distributed backend of the learner group")
     control_poll_s: float = Field(1.0, gt=0, description="how often the driver reads the scale controller")
+    placement_timeout_s: float = Field(600.0, gt=0, description="give up (naming the resources keys) if Ray cannot place the actors by then")
 
 
 class FaultConfig(Strict):

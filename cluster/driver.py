@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +30,7 @@ from cluster.control import start_controller
 from cluster.grid import save_sample_grid
 from cluster.output import OutputDir, disk_error
 from cluster.progress import EpochProgress
+from cluster.ray_setup import ResourceRequest, init_ray, preflight, wait_for_placement_group
 from cluster.prompts import epoch_prompts, load_prompts
 from cluster.rollout_pool import PoolOptions, RolloutPool
 from cluster.schedule import Scheduler, entries_to_rescore, reward_summary, update_inputs
@@ -74,6 +74,22 @@ class Update:
         return not ray.wait(self.refs, num_returns=len(self.refs), timeout=0)[1]
 
 
+def resource_requests(config: TrainConfig) -> list[ResourceRequest]:
+    """What the run asks Ray for, with the config keys that ask for it."""
+    r = config.resources
+    return [
+        ResourceRequest(
+            "rollout actors", r.num_rollout_actors, r.rollout_cpus, r.rollout_gpus,
+            ("resources.num_rollout_actors", "resources.rollout_cpus", "resources.rollout_gpus"),
+        ),
+        ResourceRequest(
+            "learners", r.num_learners, r.learner_cpus, r.learner_gpus,
+            ("resources.num_learners", "resources.learner_cpus", "resources.learner_gpus"), config.scaleout.placement_strategy,
+        ),
+        ResourceRequest("reward scoring", 1, config.reward.num_cpus, 0.0, ("reward.num_cpus",)),
+    ]
+
+
 def holdout_split(prompts: list[str], fraction: float = 0.1) -> tuple[list[str], list[str]]:
     """(train, held-out): the last ⌈fraction·n⌉ prompts are held out for monitoring (all of them if n = 1)."""
     held = max(1, int(np.ceil(fraction * len(prompts))))
@@ -100,6 +116,7 @@ class Trainer:
         if resume:
             self.out.truncate_metrics(self.start_epoch - 1)
 
+        preflight(resource_requests(config))
         prompts = load_prompts(config.prompts.source, config.prompts.limit)
         self.train_prompts, monitor_prompts = holdout_split(prompts) if self.rocm else (prompts, prompts)
         self.learners = self._learner_group()
@@ -143,9 +160,11 @@ class Trainer:
                 total_optimizer_steps=config.run.epochs * config.optimizer_steps_per_epoch, **common,
             )
         scale = config.scaleout
+        keys = ("resources.num_learners", "resources.learner_cpus", "resources.learner_gpus", "scaleout.placement_strategy")
         return LearnerGroup(
             spec, resources.num_learners, resources.learner_cpus, resources.learner_gpus, config.run.torch_threads,
             scale.learner_backend, scale.placement_strategy,
+            functools.partial(wait_for_placement_group, timeout_s=scale.placement_timeout_s, what="learners", keys=keys),
         )
 
     def _rollout_pool(self) -> RolloutPool:
@@ -159,6 +178,7 @@ class Trainer:
             cpus=resources.rollout_cpus, gpus=resources.rollout_gpus, torch_threads=config.run.torch_threads,
             max_inflight=scale.max_inflight_per_actor, max_restarts=scale.rollout_max_restarts, max_task_retries=scale.rollout_max_task_retries,
             strategy=scale.placement_strategy, crash_after_batches=config.faults.rollout_crash_after_batches,
+            placement_timeout_s=scale.placement_timeout_s,
         )
         return RolloutPool(spec, options, resources.num_rollout_actors)
 
@@ -378,11 +398,8 @@ class Trainer:
 
 def train(config: TrainConfig, output_dir: Path, resume: bool = False, verbose: bool = False) -> list[dict]:
     """Run training on the current Ray cluster (a fresh local one unless RAY_ADDRESS names one)."""
-    from cluster.ray_setup import init_ray
-
     OutputDir(output_dir).prepare(resume)
-    if not ray.is_initialized():
-        init_ray(os.environ.get("RAY_ADDRESS"), quiet=not verbose)
+    print(f"rlcm: {init_ray(quiet=not verbose, log_to_driver=verbose)}")
     trainer = Trainer(config, output_dir, resume=resume)
     try:
         return trainer.run()

@@ -15,6 +15,7 @@ import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from cluster.ray_setup import wait_for_placement_group
 from cluster.schedule import Job
 from learner.group import bundle
 from rollout.actor import RolloutActor
@@ -51,6 +52,7 @@ class PoolOptions:
     max_task_retries: int = 2
     strategy: str = "PACK"
     crash_after_batches: int | None = None
+    placement_timeout_s: float = 600.0
 
 
 class RolloutPool:
@@ -64,6 +66,12 @@ class RolloutPool:
         self.next_id = 0
         self.failures = 0
         self.resize(size)
+        for slot in self.slots.values():
+            if slot.pg is not None:
+                wait_for_placement_group(
+                    slot.pg, options.placement_timeout_s, "rollout actors",
+                    ("resources.num_rollout_actors", "resources.rollout_cpus", "resources.rollout_gpus"),
+                )
 
     # ---- membership -------------------------------------------------------
     def _start_actor(self) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import ray
 from ray.util.placement_group import placement_group, remove_placement_group
@@ -21,12 +23,13 @@ class LearnerGroup:
 
     def __init__(
         self, spec: LearnerSpec, num_learners: int, cpus: float, gpus: float, torch_threads: int | None = None,
-        backend: str = "auto", strategy: str = "PACK",
+        backend: str = "auto", strategy: str = "PACK", wait_placed: Callable | None = None,
     ):
+        """`wait_placed(pg)` waits for the placement group (default: forever); the driver passes one with a time limit."""
         resources = bundle(cpus, gpus)
         self.pg = placement_group([resources] * num_learners, strategy=strategy) if resources else None
         if self.pg is not None:
-            ray.get(self.pg.ready())
+            (wait_placed or (lambda pg: ray.get(pg.ready())))(self.pg)
         self.actors = [
             Learner.options(
                 num_cpus=cpus, num_gpus=gpus,
