@@ -3,12 +3,18 @@
 CLI equivalent:
     ray job submit --address http://HEAD:8265 --working-dir . --runtime-env-json '<runtime_env(...)>' \\
         -- rlcm train --config cluster/configs/<task>.yaml --output-dir /shared/runs/<task>
+
+Token auth (Ray's default for a cluster started where ~/.ray/auth_token exists): `job_client` asks the
+dashboard whether the cluster wants a token and sends the one found like Ray's clients find it
+(RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token); `ray job submit` needs RAY_AUTH_MODE=token for that.
 """
 
 from __future__ import annotations
 
 import shlex
 import time
+
+from cluster.ray_setup import find_auth_token
 
 EXCLUDES = [".git", ".venv", "runs", "**/__pycache__", "*.safetensors", "*.pt"]
 
@@ -33,17 +39,54 @@ def train_entrypoint(config: str, output_dir: str, overrides: list[str] | None =
     return shlex.join(words)
 
 
+def dashboard_auth_mode(address: str, timeout_s: float = 10.0) -> str | None:
+    """"token" or "disabled" as the dashboard at `address` reports it; None if it does not say (Ray before token auth)."""
+    import requests
+
+    try:
+        response = requests.get(address.rstrip("/") + "/api/authentication_mode", timeout=timeout_s)
+    except requests.RequestException as error:
+        raise ConnectionError(f"no Ray dashboard answers at {address} ({error}); start the cluster or fix --address") from error
+    return response.json().get("authentication_mode") if response.ok else None
+
+
+def job_client(address: str, auth_token: str | None = None):
+    """A JobSubmissionClient for the dashboard at `address`, sending the auth token when the cluster asks for one.
+
+    auth_token: default the token Ray's clients would find (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token).
+    """
+    from ray.exceptions import AuthenticationError
+    from ray.job_submission import JobSubmissionClient
+
+    if dashboard_auth_mode(address) != "token":
+        return JobSubmissionClient(address)
+    found = (auth_token, "auth_token") if auth_token else find_auth_token()
+    if found is None:
+        raise RuntimeError(
+            f"the Ray cluster at {address} requires token auth and no token was found here: export RAY_AUTH_TOKEN=<token> "
+            "(`ray get-auth-token` on the head prints it) or copy the head's ~/.ray/auth_token to this machine"
+        )
+    try:
+        return JobSubmissionClient(address, headers={"Authorization": f"Bearer {found[0]}"})
+    except AuthenticationError as error:
+        raise RuntimeError(
+            f"the Ray cluster at {address} refused the auth token from {found[1]}; use the head's token "
+            "(`ray get-auth-token` on the head) in RAY_AUTH_TOKEN or ~/.ray/auth_token"
+        ) from error
+
+
 def submit_train_job(
     address: str, config: str, output_dir: str, overrides: list[str] | None = None, runtime: dict | None = None, wait: bool = False,
-    timeout_s: float = 3600.0,
+    timeout_s: float = 3600.0, auth_token: str | None = None,
 ) -> tuple[str, str]:
     """Submit `rlcm train` to the Ray cluster at `address` (the dashboard, e.g. http://127.0.0.1:8265).
 
     Returns (job id, status); with `wait`, blocks until the job ends and returns its final status.
+    auth_token: for a cluster with token auth (default: found as `job_client` says).
     """
-    from ray.job_submission import JobStatus, JobSubmissionClient
+    from ray.job_submission import JobStatus
 
-    client = JobSubmissionClient(address)
+    client = job_client(address, auth_token)
     job_id = _submit_when_agent_ready(client, train_entrypoint(config, output_dir, overrides), runtime or runtime_env())
     status = client.get_job_status(job_id)
     deadline = time.monotonic() + timeout_s
