@@ -194,6 +194,9 @@ def score_model(pipe, label: str, prompts: list[str], clients: dict[str, RewardC
     for name, client in clients.items():
         results = [client.result(f) for f in futures[name]]
         scores[name] = np.array([r if v else np.nan for res in results for r, v in zip(res.rewards, res.valid)], dtype=np.float64)
+        errors = [e for res in results for e in res.details.get("error", []) if e]
+        if errors:
+            tqdm.write(f"rlcm eval: {label}: {int(np.isnan(scores[name]).sum())} of {len(pairs)} samples not scored by {name}: {errors[0]}")
     return scores, kept
 
 
@@ -210,9 +213,9 @@ def markdown_table(report: dict) -> str:
     for name, stats in report["metrics"].items():
         n = min(stats[c]["n"] for c in columns)
         lines.append("| " + " | ".join([name, *[_fmt(stats[c]) for c in columns], str(n)]) + " |")
-    note = (f"\nmean ± half-width of the 95% t-interval over prompts × seeds ({report['num_prompts']} × {report['seeds']}); "
-            f"same noise for base and tuned. Model {report['model']}, LoRA {report['lora']}, {report['steps']} steps, "
-            f"guidance {report['guidance_scale']}.\n")
+    paired = "; tuned − base is paired: same noise per (prompt, seed)" if "difference" in columns else ""
+    note = (f"\nmean ± half-width of the 95% t-interval over prompts × seeds ({report['num_prompts']} × {report['seeds']}){paired}. "
+            f"Model {report['model']}, LoRA {report['lora'] or 'none'}, {report['steps']} steps, guidance {report['guidance_scale']}.\n")
     return "\n".join(lines) + "\n" + note
 
 
