@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import ray
@@ -91,6 +96,30 @@ def test_a_dashboard_url_is_refused_with_what_to_pass_instead(spy_init):
     with pytest.raises(ValueError, match="6379"):
         init_ray("http://127.0.0.1:8265", connect_timeout_s=1.0)
     assert not spy_init
+
+
+@pytest.mark.slow
+def test_a_dead_cluster_recorded_in_the_ray_temp_dir_is_not_joined():
+    """What hung `rlcm train`: a stale /tmp/ray/ray_current_cluster. Here in a temp dir of its own (RAY_TMPDIR)."""
+    temp = Path(f"/tmp/rlcm-rec-{os.getpid()}")  # short: Ray's socket paths have a length limit
+    (temp / "ray").mkdir(parents=True, exist_ok=True)
+    port = closed_port()
+    (temp / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{port}")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"} | {"RAY_TMPDIR": str(temp)}
+    script = (
+        "from ray._private.services import canonicalize_bootstrap_address\n"
+        "print('ray.init() would join', canonicalize_bootstrap_address(None))\n"
+        "from cluster.ray_setup import init_ray\n"
+        "print(init_ray(num_cpus=1, include_dashboard=False))\n"
+    )
+    try:
+        run = subprocess.run([sys.executable, "-c", script], env=env, cwd=Path(__file__).resolve().parents[1],
+                             capture_output=True, text=True, timeout=180)
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+    would_join, result = run.stdout.strip().splitlines()[-2:]
+    assert would_join.endswith(f":{port}"), run.stderr[-2000:]
+    assert result.startswith("started local Ray (1 CPUs, 0 GPUs) on 127.0.0.1, address 127.0.0.1:"), run.stderr[-2000:]
 
 
 def test_the_session_ray_is_local_and_bound_to_loopback(ray_local):
