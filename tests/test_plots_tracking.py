@@ -15,8 +15,6 @@ from PIL import Image
 from cluster.plots import add_plot_parser, diagnostic_panels, plot_run, plot_runs, read_metrics, series, wall_clock_s
 from cluster.tracking import RunTracker, scalars
 
-event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
-
 
 def rlcm_row(epoch: int, reward: float) -> dict:
     """A metrics row shaped like the driver's (RLCM)."""
@@ -29,6 +27,7 @@ def rlcm_row(epoch: int, reward: float) -> dict:
 
 
 def read_events(run_dir):
+    event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
     accumulator = event_accumulator.EventAccumulator(str(run_dir / "tensorboard"), size_guidance={event_accumulator.SCALARS: 0, event_accumulator.IMAGES: 0})
     accumulator.Reload()
     return accumulator
