@@ -142,13 +142,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def explain(error: BaseException) -> str:
-    """One line for an error, also when it was raised inside a Ray actor or task (the root cause's last line)."""
+    """The error's message; for one raised inside a Ray actor or task, the root cause's one line."""
     cause = getattr(error, "cause", None)
     if isinstance(cause, BaseException) and cause is not error:
         return explain(cause)
     text = str(error).strip()
+    if not type(error).__module__.startswith("ray"):
+        return text
     raised = [line.strip() for line in text.splitlines() if re.match(r"^\s*[A-Za-z_][\w.]*(Error|Exception|Exit): ", line)]
-    return raised[-1] if raised and len(text.splitlines()) > 1 else text.splitlines()[0] if text else type(error).__name__
+    return raised[-1] if raised else (text.splitlines() or [type(error).__name__])[0]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -19,7 +19,6 @@ import os
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image, ImageDraw, ImageFont
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm import tqdm
@@ -166,6 +165,8 @@ def noise_seed(prompt_index: int, seed: int) -> int:
 
 def sample_images(pipe, prompts: list[str], pairs: list[tuple[int, int]], settings: EvalSettings) -> np.ndarray:
     """uint8 [len(pairs), H, W, 3] from the stock pipeline call, one CPU generator per (prompt index, seed)."""
+    import torch
+
     generators = [torch.Generator().manual_seed(noise_seed(i, s)) for i, s in pairs]
     output = pipe(
         [prompts[i] for i, _ in pairs],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -49,3 +50,110 @@ def test_sample_writes_the_lora_policy_image(tmp_path):
     np.testing.assert_array_equal(written, np.asarray(expected))
     base = load_pipeline("tiny")("a cat", num_inference_steps=4, guidance_scale=8.0, generator=torch.Generator().manual_seed(3)).images[0]
     assert not np.array_equal(written, np.asarray(base)), "the LoRA must change the image"
+
+
+# ---------------------------------------------------------------- errors before Ray, fast
+
+
+def _run_cli(*args: str) -> tuple[int, str, bool]:
+    """Run `rlcm` in a fresh interpreter; returns (exit code, stderr, whether torch got imported)."""
+    import subprocess
+    import sys
+
+    code = f"import sys; from cluster.cli import main; rc = main({list(args)!r}); print('torch' in sys.modules); sys.exit(rc)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    return done.returncode, done.stderr, done.stdout.strip().endswith("True")
+
+
+def test_bad_set_value_is_reported_from_set_without_heavy_imports(tmp_path):
+    rc, err, imported_torch = _run_cli("train", "--output-dir", str(tmp_path / "r"), "--set", "train.learning_rate=fast")
+    assert rc == 2
+    assert "train.learning_rate" in err and "(from --set train.learning_rate=fast)" in err
+    assert not imported_torch, "a config error must not wait for torch/diffusers imports"
+
+
+def test_unknown_divergence_names_key_and_choices(capsys, tmp_path):
+    assert main(["train", "--output-dir", str(tmp_path / "r"), "--set", "algorithm=rocm", "--set", "rocm.divergence=tv"]) == 2
+    err = capsys.readouterr().err
+    assert "rocm.divergence" in err and "'kl'" in err and "'js'" in err
+
+
+def test_rocm_with_a_non_differentiable_reward_is_a_config_error(capsys, tmp_path):
+    args = ["train", "--output-dir", str(tmp_path / "r"), "--set", "algorithm=rocm", "--set", "reward.name=jpeg_compressibility"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "reward.name" in err and "not differentiable" in err and "smoothness" in err
+
+
+def test_rocm_async_is_rlcm_only(capsys, tmp_path):
+    assert main(["train", "--output-dir", str(tmp_path / "r"), "--set", "algorithm=rocm", "--set", "scaleout.mode=async"]) == 2
+    assert "scaleout.mode: async mode is RLCM-only" in capsys.readouterr().err
+
+
+def test_unknown_reward_and_bad_lora_target_fail_before_ray(capsys, tmp_path, monkeypatch):
+    import cluster.driver
+
+    monkeypatch.setattr(cluster.driver, "train", lambda *a, **k: pytest.fail("must not start training"))
+    assert main(["train", "--output-dir", str(tmp_path / "a"), "--set", "reward.name=jpeg_size"]) == 2
+    assert "reward.name: unknown reward 'jpeg_size'" in capsys.readouterr().err
+    assert main(["train", "--output-dir", str(tmp_path / "b"), "--set", "model.lora.target_modules=[to_qq]"]) == 2
+    assert "model.lora.target_modules: ['to_qq'] match no UNet module" in capsys.readouterr().err
+    assert main(["train", "--output-dir", str(tmp_path / "c"), "--set", "model.name=nobody/no-such-lcm"]) == 2
+    assert "not in the local Hugging Face cache" in capsys.readouterr().err
+
+
+def test_unwritable_output_dir_is_refused_before_ray(capsys, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    assert main(["train", "--output-dir", str(blocker / "run")]) == 2
+    assert f"cannot write to {blocker / 'run'}" in capsys.readouterr().err
+
+
+def test_full_disk_names_the_disk(tmp_path, monkeypatch):
+    import errno
+    import shutil
+
+    from cluster.output import disk_error
+
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=1024))
+    torch_failure = RuntimeError("[enforce fail at inline_container.cc:626] . unexpected pos 64 vs 0")
+    error = disk_error(tmp_path, torch_failure)
+    assert error.errno == errno.ENOSPC and f"the disk holding {tmp_path} is full (0 MiB free" in str(error)
+    assert disk_error(tmp_path, OSError(errno.ENOSPC, "No space left on device")).errno == errno.ENOSPC
+
+
+def test_resume_of_a_finished_run_exits_0_without_starting_actors(capsys, tmp_path, monkeypatch):
+    import cluster.driver
+
+    monkeypatch.setattr(cluster.driver, "train", lambda *a, **k: pytest.fail("must not start training"))
+    checkpoint = tmp_path / "checkpoints" / "epoch-0019"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "driver_state.json").write_text(json.dumps({"epoch": 19, "samples_seen": 320, "policy_version": 20}))
+    (tmp_path / "metrics.jsonl").write_text("")
+    assert main(["train", "--output-dir", str(tmp_path), "--resume"]) == 0
+    assert "is complete (20 of 20 epochs)" in capsys.readouterr().out
+
+
+def test_errors_from_inside_ray_become_one_line(ray_local):
+    from cluster.cli import explain
+
+    @ray_local.remote
+    def load_model():
+        raise FileNotFoundError("model directory '/nope' does not exist; pass an existing diffusers folder")
+
+    with pytest.raises(Exception) as caught:
+        ray_local.get(load_model.remote())
+    assert explain(caught.value) == "model directory '/nope' does not exist; pass an existing diffusers folder"
+
+    @ray_local.remote
+    class Broken:
+        def __init__(self):
+            raise ValueError("LoRA target_modules ['x'] do not fit this UNet")
+
+        def ping(self):
+            return 1
+
+    with pytest.raises(Exception) as caught:
+        ray_local.get(Broken.remote().ping.remote())
+    assert explain(caught.value) == "ValueError: LoRA target_modules ['x'] do not fit this UNet"
