@@ -1,0 +1,227 @@
+"""ROCM (Algorithm 2): first-order reward optimization through the LCM sampling chain, regularized per step.
+
+With the RLCM policy (`rollout.policy`), reparameterized, and the frozen base model (LoRA disabled) as reference:
+
+    x_0        = initial noise
+    denoised_k = f_θ(x_k, τ_k)                                     (c_out·x̂0 + c_skip·x_k, LoRA on)
+    mean_θ,k   = √ᾱ(τ_{k+1})·denoised_k,   σ_k = √(1 − ᾱ(τ_{k+1}))
+    mean_ref,k = √ᾱ(τ_{k+1})·f_ref(x_k, τ_k)                         (LoRA off, same state x_k)
+    x_{k+1}    = mean_θ,k + σ_k·ε_k                                 for k < H−1
+    objective  = r(decode(denoised_{H−1}), prompt) − λ·Σ_{k<H−1} D(N(mean_θ,k, σ_k²) ‖ N(mean_ref,k, σ_k²))
+
+The gradient is the full derivative: through every state x_k (so also through mean_ref,k), the decode
+and the reward. AdamW on the LoRA maximizes the objective.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import numpy as np
+import torch
+from diffusers import LatentConsistencyModelPipeline
+from torch.utils.checkpoint import checkpoint
+
+from learner.divergences import DIVERGENCES, gaussian_divergence
+from learner.settings import ROCMSettings
+from rollout.policy import encode_prompts, guidance_embedding, lcm_timesteps, predict_denoised, transition_mean_std
+
+RewardFn = Callable[[torch.Tensor, list[str]], torch.Tensor]
+
+
+def _denoise(unet, scheduler, x, t, prompt_embeds, w_embedding, use_adapter: bool) -> torch.Tensor:
+    """denoised_k with the LoRA on (policy) or off (frozen base).
+
+    The adapter state is set here, inside what gets checkpointed, so the backward recomputation of a
+    reference call also runs with the LoRA off; adapters are always on again when this returns.
+    """
+    if use_adapter:
+        return predict_denoised(unet, scheduler, x, t, prompt_embeds, w_embedding)
+    unet.disable_adapters()
+    try:
+        return predict_denoised(unet, scheduler, x, t, prompt_embeds, w_embedding)
+    finally:
+        unet.enable_adapters()
+
+
+def decode_images_01(pipe: LatentConsistencyModelPipeline, denoised: torch.Tensor) -> torch.Tensor:
+    """Differentiable `decode_images`: float [B, 3, H, W] images in [0, 1] from the final denoised latents."""
+    image = pipe.vae.decode(denoised.to(pipe.vae.dtype) / pipe.vae.config.scaling_factor, return_dict=False)[0]
+    return (image.float() / 2 + 0.5).clamp(0, 1)
+
+
+def _call(use_checkpoint: bool, fn: Callable, *args):
+    if use_checkpoint and torch.is_grad_enabled():
+        return checkpoint(fn, *args, use_reentrant=False)
+    return fn(*args)
+
+
+def rocm_objective(
+    pipe: LatentConsistencyModelPipeline,
+    prompts: list[str],
+    num_steps: int,
+    guidance_scale: float,
+    generator: torch.Generator | None,
+    reward_fn: RewardFn,
+    divergence: str,
+    lam: float,
+    *,
+    height: int | None = None,
+    width: int | None = None,
+    truncate_steps: int | None = None,
+    js_samples: int = 1,
+    gradient_checkpointing: bool = True,
+    original_inference_steps: int = 50,
+    latents: torch.Tensor | None = None,
+) -> dict[str, torch.Tensor]:
+    """Sample B = len(prompts) reparameterized chains with grad; `objective`, `reward`, `divergence` [B], `images` uint8.
+
+    The noise x_0, ε_0 … ε_{H−2} is drawn from `generator` first, in the order `sample_trajectory` draws
+    it (same seed, same weights: same chain); `latents` replaces x_0 (the draw still happens). `divergence`
+    is Σ_k D_k; with lam == 0 or divergence "none" the reference UNet is not run and it is zero.
+
+    truncate_steps = K: the states x_1 … x_{H−1−K} are detached, so the reward gradient flows through the
+    last K transitions, the final denoising call and the decode only; each D_k still depends on θ through
+    mean_θ,k at its (detached) state. With lam == 0 the calls before x_{H−1−K} run without grad.
+    """
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be at least 1, got {num_steps}")
+    if divergence not in DIVERGENCES:
+        raise ValueError(f"unknown divergence {divergence!r}; choose one of {list(DIVERGENCES)}")
+    if lam < 0:
+        raise ValueError(f"lam must be >= 0, got {lam}")
+    if truncate_steps is not None and truncate_steps < 1:
+        raise ValueError(f"truncate_steps must be >= 1 or None (full gradient), got {truncate_steps}")
+    unet, scheduler = pipe.unet, pipe.scheduler
+    device, batch, scale = unet.device, len(prompts), pipe.vae_scale_factor
+    height = height or unet.config.sample_size * scale
+    width = width or unet.config.sample_size * scale
+    if height % scale or width % scale:
+        raise ValueError(f"height and width must be multiples of {scale}, got {height}x{width}")
+    shape = (batch, unet.config.in_channels, height // scale, width // scale)
+
+    timesteps = lcm_timesteps(scheduler, num_steps, original_inference_steps).to(device)
+    with torch.no_grad():
+        prompt_embeds = encode_prompts(pipe, prompts)
+    w_embedding = guidance_embedding(pipe, guidance_scale, batch).to(device)
+    noise = [torch.randn(shape, generator=generator, device=device, dtype=torch.float32) for _ in range(num_steps)]
+    x = noise[0] * scheduler.init_noise_sigma if latents is None else latents
+    regularize = lam > 0 and divergence != "none"
+    last_detached = num_steps - 1 - truncate_steps if truncate_steps is not None else 0  # x_j, j ≤ this, detached
+
+    total_divergence = torch.zeros(batch, device=device)
+    for k in range(num_steps):
+        if truncate_steps is not None and 1 <= k <= last_detached:
+            x = x.detach()
+        t = timesteps[k].expand(batch)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and (regularize or k >= last_detached)):
+            denoised = _call(gradient_checkpointing, _denoise, unet, scheduler, x, t, prompt_embeds, w_embedding, True)
+            if k == num_steps - 1:
+                break
+            t_next = timesteps[k + 1].expand(batch)
+            mean, std = transition_mean_std(scheduler, denoised, t_next)  # mean_θ,k, σ_k
+            if regularize:
+                denoised_ref = _call(gradient_checkpointing, _denoise, unet, scheduler, x, t, prompt_embeds, w_embedding, False)
+                mean_ref, _ = transition_mean_std(scheduler, denoised_ref, t_next)  # mean_ref,k
+                total_divergence = total_divergence + gaussian_divergence(divergence, mean, mean_ref, std, generator, js_samples)
+            x = mean + std * noise[k + 1]  # x_{k+1}, reparameterized
+
+    images = _call(gradient_checkpointing, decode_images_01, pipe, denoised)
+    reward = reward_fn(images, list(prompts)).float()
+    return {
+        "objective": reward - lam * total_divergence,
+        "reward": reward,
+        "divergence": total_divergence,
+        "images": (images.detach() * 255).round().to(torch.uint8),
+    }
+
+
+def build_rocm_optimizer(params: list[torch.nn.Parameter], settings: ROCMSettings) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(
+        params,
+        lr=settings.learning_rate,
+        betas=(settings.adam_beta1, settings.adam_beta2),
+        weight_decay=settings.adam_weight_decay,
+        eps=settings.adam_epsilon,
+    )
+
+
+def rocm_update(
+    pipe: LatentConsistencyModelPipeline,
+    optimizer: torch.optim.Optimizer,
+    params: list[torch.nn.Parameter],
+    prompt_batches: list[list[str]],
+    settings: ROCMSettings,
+    num_steps: int,
+    guidance_scale: float,
+    generator: torch.Generator | None,
+    reward_fn: RewardFn,
+    *,
+    height: int | None = None,
+    width: int | None = None,
+    original_inference_steps: int = 50,
+    reduce_gradients: Callable[[list[torch.nn.Parameter]], None] | None = None,
+    record_samples: Callable[[list[str], torch.Tensor, torch.Tensor], None] | None = None,
+) -> dict[str, float]:
+    """One AdamW step per `grad_accum_steps` objective calls (one per prompt batch); loss = −objective.mean()/accum.
+
+    `reduce_gradients` averages gradients across data-parallel learners before clipping;
+    `record_samples(prompts, rewards, images)` sees each call's detached samples (for logging).
+    """
+    accum = settings.grad_accum_steps
+    if not prompt_batches or len(prompt_batches) % accum:
+        raise ValueError(f"need a positive multiple of grad_accum_steps={accum} prompt batches, got {len(prompt_batches)}")
+    start = time.perf_counter()
+    rewards, divergences, objectives, grad_norms = [], [], [], []
+    optimizer.zero_grad(set_to_none=True)
+    for index, prompts in enumerate(prompt_batches):
+        out = rocm_objective(
+            pipe,
+            prompts,
+            num_steps,
+            guidance_scale,
+            generator,
+            reward_fn,
+            settings.divergence,
+            settings.lam,
+            height=height,
+            width=width,
+            truncate_steps=settings.truncate_steps,
+            js_samples=settings.js_samples,
+            gradient_checkpointing=settings.gradient_checkpointing,
+            original_inference_steps=original_inference_steps,
+        )
+        (-out["objective"].mean() / accum).backward()
+        rewards.append(out["reward"].detach().cpu())
+        divergences.append(out["divergence"].detach().cpu())
+        objectives.append(out["objective"].detach().cpu())
+        if record_samples is not None:
+            record_samples(list(prompts), rewards[-1], out["images"].cpu())
+        if (index + 1) % accum == 0:
+            grad_norms.append(_optimizer_step(optimizer, params, settings.max_grad_norm, reduce_gradients))
+    reward, divergence = torch.cat(rewards), torch.cat(divergences)
+    return {
+        "reward_mean": float(reward.mean()),
+        "reward_std": float(reward.std()) if len(reward) > 1 else 0.0,
+        "divergence_mean": float(divergence.mean()),
+        f"divergence_{settings.divergence}": float(divergence.mean()),
+        "objective": float(torch.cat(objectives).mean()),
+        "grad_norm": float(np.mean(grad_norms)),
+        "optimizer_steps": float(len(grad_norms)),
+        "time_train_s": time.perf_counter() - start,
+    }
+
+
+def _optimizer_step(
+    optimizer: torch.optim.Optimizer,
+    params: list[torch.nn.Parameter],
+    max_grad_norm: float,
+    reduce_gradients: Callable[[list[torch.nn.Parameter]], None] | None,
+) -> float:
+    if reduce_gradients is not None:
+        reduce_gradients(params)
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(grad_norm)
