@@ -46,16 +46,16 @@ def init_ray(
     """
     if ray.is_initialized():
         return f"using the Ray instance this process already runs on ({ray.get_runtime_context().gcs_address})"
-    source = "--address" if address else "RAY_ADDRESS"
+    source = "RAY_ADDRESS" if address in (None, os.environ.get("RAY_ADDRESS")) else "--address"
     address = address or os.environ.get("RAY_ADDRESS") or "local"
     common = dict(log_to_driver=log_to_driver, namespace=namespace, logging_level=logging.ERROR if quiet else logging.INFO)
     if quiet:
         logging.getLogger("ray").setLevel(logging.ERROR)
     if address != "local":
-        host = wait_reachable(address, connect_timeout_s, source)
+        host, port = wait_reachable(address, connect_timeout_s, source)
         _enable_token_auth_if_available()
         try:
-            with _loopback_node_ip() if host in LOOPBACK else contextlib.nullcontext():
+            with _loopback_node_ip() if _loopback_only(host, port) else contextlib.nullcontext():
                 ray.init(address=address, **common)
         except ConnectionError as error:
             raise ConnectionError(
@@ -69,7 +69,7 @@ def init_ray(
     totals = ray.cluster_resources()
     line = (f"started local Ray ({totals.get('CPU', 0):g} CPUs, {totals.get('GPU', 0):g} GPUs) on {context.address_info['node_ip_address']}, "
             f"address {_STARTED_HERE['gcs']}")
-    return line + (f", dashboard {context.dashboard_url}" if context.dashboard_url else "")
+    return line + (f", dashboard http://{context.dashboard_url}" if context.dashboard_url else "")
 
 
 def started_here() -> bool:
@@ -95,8 +95,8 @@ def gcs_host_port(address: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def wait_reachable(address: str, timeout_s: float, source: str = "RAY_ADDRESS") -> str:
-    """Wait until something listens at the cluster address (returns its host); ConnectionError after `timeout_s`.
+def wait_reachable(address: str, timeout_s: float, source: str = "RAY_ADDRESS") -> tuple[str, int]:
+    """Wait until something listens at the cluster address (returns host, port); ConnectionError after `timeout_s`.
 
     ray.init itself would retry for minutes with GCS warnings.
     """
@@ -108,7 +108,7 @@ def wait_reachable(address: str, timeout_s: float, source: str = "RAY_ADDRESS") 
     while True:
         try:
             with socket.create_connection((host, port), timeout=max(0.1, min(5.0, deadline - time.monotonic()))):
-                return host
+                return host, port
         except OSError as error:
             if time.monotonic() >= deadline:
                 raise ConnectionError(
@@ -116,6 +116,19 @@ def wait_reachable(address: str, timeout_s: float, source: str = "RAY_ADDRESS") 
                     f"(`ray start --head`), fix the address, or unset RAY_ADDRESS and drop --address to run on a fresh local Ray"
                 ) from error
             time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
+
+
+def _loopback_only(host: str, port: int) -> bool:
+    """A cluster at 127.0.0.1:port that does not answer on this machine's routable IP is a loopback-bound one (init_ray's)."""
+    if host not in LOOPBACK:
+        return False
+    from ray._private.services import get_node_ip_address
+
+    try:
+        socket.create_connection((get_node_ip_address(), port), timeout=2.0).close()
+    except OSError:
+        return True
+    return False
 
 
 @contextlib.contextmanager
@@ -245,7 +258,7 @@ def preflight(requests: list[ResourceRequest], capacity: Capacity | None = None)
     problems = shortages(requests, capacity)
     if not problems:
         return
-    message = "this run does not fit on the Ray cluster: " + "; ".join(problems) + " (e.g. --set resources.rollout_gpus=0)"
+    message = "this run does not fit on the Ray cluster: " + "; ".join(problems) + " (with --set key=value)"
     if capacity.can_grow:
         print(f"rlcm: warning: {message}; waiting in case the cluster autoscales", file=sys.stderr)
         return

@@ -59,6 +59,14 @@ def test_ray_job_submit_runs_the_toy_preset(tmp_path):
                     raise
                 time.sleep(2)
         assert dashboard_auth_mode(address) == "token"
+        # a driver joining by address (as `rlcm train --address` does) switches token auth on by itself
+        join_env = {k: v for k, v in env.items() if k != "RAY_AUTH_MODE"}
+        joined = subprocess.run(
+            [sys.executable, "-c", f"from cluster.ray_setup import init_ray; import ray; print(init_ray('127.0.0.1:{gcs}')); "
+             "print(ray.cluster_resources()['CPU'])"], env=join_env, cwd=REPO, capture_output=True, text=True, timeout=120,
+        )
+        assert joined.stdout.split()[-1] == "3.0", joined.stderr[-2000:]
+        assert "joined Ray cluster at" in joined.stdout
         with pytest.raises(RuntimeError, match="refused the auth token from RAY_AUTH_TOKEN"):
             with pytest.MonkeyPatch.context() as env_patch:
                 env_patch.setenv("RAY_AUTH_TOKEN", "not-the-token")
