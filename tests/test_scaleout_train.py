@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ from safetensors.torch import load_file
 
 from cluster.config import load_config
 from cluster.control import scale_rollouts
-from cluster.driver import Trainer
+from cluster.driver import SkippedTooOften, Trainer
 
 FAST = ["sampling.batches_per_epoch=1", "run.sample_grid_every=100", "run.save_every=100", "scaleout.control_poll_s=0.1"]
 
@@ -111,3 +112,23 @@ def test_two_learners_through_the_trainer(ray_local, tmp_path):
     assert all(r["optimizer_steps"] == 2 for r in rows)  # 8 samples per rank in minibatches of 4
     saved = load_file(str(tmp_path / "checkpoints" / "epoch-0001" / "pytorch_lora_weights.safetensors"))
     assert any(k.endswith("lora_B.weight") and v.abs().sum() > 0 for k, v in saved.items())
+
+
+def test_epoch_without_valid_rewards_is_skipped_and_repeats_stop_the_run(ray_local, tmp_path):
+    rows = run(tmp_path / "one", "run.epochs=3", "faults.invalid_reward_epochs=[1]")
+    assert [r["skipped_update"] for r in rows] == [False, True, False]
+    assert rows[1]["num_invalid"] == 8 and rows[1]["reward_version"] == "" and math.isnan(rows[1]["reward_mean"])
+    assert [r["policy_version"] for r in rows] == [1, 1, 2]  # no update, no new adapter
+    assert [r["samples_seen"] for r in rows] == [8, 8, 16]
+    with pytest.raises(SkippedTooOften, match="2 epochs in a row had no valid reward"):
+        run(tmp_path / "two", "run.epochs=4", "faults.invalid_reward_epochs=[1, 2]", "run.max_skipped_updates=2")
+    written = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in written] == [0, 1, 2]
+
+
+def test_resume_without_checkpoint_starts_over_with_clean_metrics(ray_local, tmp_path):
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"epoch": 0}) + "\n" + json.dumps({"epoch": 1}) + "\n")
+    rows = run(tmp_path, "run.epochs=2", resume=True)
+    written = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in written] == [0, 1] == [r["epoch"] for r in rows]
+    assert "reward_mean" in written[0]
