@@ -6,11 +6,18 @@ frozen base from a second pipeline that never had a LoRA, so they share no code 
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import math
+
+import numpy as np
 import pytest
 import torch
 
+from cluster.prompts import epoch_prompts, load_prompts
 from learner.divergences import gaussian_divergence
 from learner.rocm import ROCMSettings, build_rocm_optimizer, rocm_objective, rocm_update
+from learner.rocm_learner import ROCMLearner, ROCMLearnerSpec
 from rewards_service.differentiable import build_differentiable_reward
 from rollout.lora import LoraSettings, add_lora
 from rollout.models import load_pipeline
@@ -255,3 +262,84 @@ def test_bad_inputs_get_clear_errors():
     settings = ROCMSettings(grad_accum_steps=2)
     with pytest.raises(ValueError, match="multiple of grad_accum_steps=2"):
         rocm_update(pipe, build_rocm_optimizer(params, settings), params, [["a cat"]], settings, 2, GUIDANCE, None, reward_fn())
+
+
+# ---- the learner ----------------------------------------------------------------------------------------------
+
+
+def learner_spec(lam=0.1, divergence="kl", batch_size=4, num_steps=4, **rocm) -> ROCMLearnerSpec:
+    """The `rocm-tiny-cpu`-like setting: toy LCM, smoothness reward, LoRA on attention and conv layers, lr 1e-2."""
+    settings = ROCMSettings(
+        divergence=divergence, lam=lam, learning_rate=1e-2, max_grad_norm=5.0, batch_size=batch_size, grad_accum_steps=1, **rocm
+    )
+    return ROCMLearnerSpec(
+        model="tiny", lora=LORA, rocm=settings, num_steps=num_steps, guidance_scale=GUIDANCE,
+        reward_factory=functools.partial(build_differentiable_reward, "smoothness"), device="cpu",
+    )
+
+
+def train_epochs(learner: ROCMLearner, epochs: range) -> list[np.ndarray]:
+    prompts = load_prompts("imagenet_animals", 8)
+    rewards = []
+    for epoch in epochs:
+        metrics = learner.train(epoch_prompts(prompts, 0, epoch, learner.prompts_per_epoch))
+        assert metrics["optimizer_steps"] == learner.spec.rocm.updates_per_epoch and np.isfinite(metrics["objective"])
+        assert learner.version == epoch + 1
+        rewards.append(learner.last_samples.rewards)
+    return rewards
+
+
+def kl_to_base(learner: ROCMLearner) -> float:
+    """Σ_k KL to the base per chain on fixed noise and prompts, whatever the learner was trained with."""
+    with torch.no_grad():
+        out = rocm_objective(
+            learner.pipe, load_prompts("imagenet_animals", 8), learner.spec.num_steps, GUIDANCE, torch.Generator().manual_seed(123),
+            reward_fn(), "kl", 1.0, gradient_checkpointing=False,
+        )
+    return float(out["divergence"].mean())
+
+
+def welch_z(a: np.ndarray, b: np.ndarray) -> float:
+    return float((b.mean() - a.mean()) / math.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b)))
+
+
+@pytest.mark.slow
+def test_learner_improves_smoothness():
+    rewards = train_epochs(ROCMLearner(learner_spec()), range(8))
+    first, last = np.concatenate(rewards[:2]), np.concatenate(rewards[-2:])
+    z = welch_z(first, last)
+    assert z >= 3, ([round(float(r.mean()), 3) for r in rewards], z)
+
+
+@pytest.mark.slow
+def test_large_lam_stays_closer_to_the_base():
+    free, held = ROCMLearner(learner_spec(lam=0.0)), ROCMLearner(learner_spec(lam=10.0))
+    free_rewards, held_rewards = train_epochs(free, range(4)), train_epochs(held, range(4))
+    assert kl_to_base(held) < 0.5 * kl_to_base(free)
+    assert np.concatenate(held_rewards[-2:]).mean() < np.concatenate(free_rewards[-2:]).mean()
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+    spec = learner_spec(batch_size=2, num_steps=2)
+    straight = ROCMLearner(spec)
+    train_epochs(straight, range(3))
+    first = ROCMLearner(spec)
+    train_epochs(first, range(2))
+    torch.save(first.state_dict(), tmp_path / "state.pt")
+    resumed = ROCMLearner(spec)
+    resumed.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))
+    assert resumed.version == 2
+    train_epochs(resumed, range(2, 3))
+    expected, actual = straight.adapter(), resumed.adapter()
+    assert actual.version == expected.version == 3
+    assert expected.state_dict.keys() == actual.state_dict.keys()
+    assert all(torch.equal(expected.state_dict[k], actual.state_dict[k]) for k in expected.state_dict)
+
+
+def test_ranks_share_the_initial_lora_not_the_noise():
+    rank0, rank1 = ROCMLearner(learner_spec()), ROCMLearner(dataclasses.replace(learner_spec(), rank=1))
+    a, b = rank0.adapter().state_dict, rank1.adapter().state_dict
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not torch.equal(rank0.generator.get_state(), rank1.generator.get_state())
+    with pytest.raises(ValueError, match=r"batch_size x grad_accum_steps x updates_per_epoch = 4 x 1 x 1 = 4 prompts per learner, got 3"):
+        rank0.train(["a", "b", "c"])
