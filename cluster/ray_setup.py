@@ -67,8 +67,8 @@ def init_ray(
         context = ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=include_dashboard, **common)
     _STARTED_HERE["gcs"] = context.address_info["gcs_address"]
     totals = ray.cluster_resources()
-    line = (f"started local Ray ({totals.get('CPU', 0):g} CPUs, {totals.get('GPU', 0):g} GPUs) on {context.address_info['node_ip_address']}, "
-            f"address {_STARTED_HERE['gcs']}")
+    line = (f"started local Ray ({totals.get('CPU', 0):g} CPUs, {totals.get('GPU', 0):g} GPUs) "
+            f"on {context.address_info['node_ip_address']}, address {_STARTED_HERE['gcs']}")
     return line + (f", dashboard http://{context.dashboard_url}" if context.dashboard_url else "")
 
 
