@@ -3,6 +3,9 @@
 With H inference steps and LCMScheduler timesteps τ_0 > … > τ_{H-1}:
 
     x̂0_k       = the clean-sample prediction of the UNet at (x_k, τ_k)       (per prediction type)
+    x̂0_k       ← clamp(x̂0_k, −s, s)/s, s = clamp(quantile_ρ(|x̂0_k|), 1, sample_max_value)
+                                     per sample, ρ = dynamic_thresholding_ratio  (if config.thresholding)
+                 or clamp(x̂0_k, −r, r), r = clip_sample_range                  (elif config.clip_sample)
     denoised_k = c_out(τ_k)·x̂0_k + c_skip(τ_k)·x_k                         (boundary condition)
     π(x_{k+1} | x_k) = N(√ᾱ(τ_{k+1})·denoised_k, (1 − ᾱ(τ_{k+1}))·I)      for k < H−1
     output     = denoised_{H−1}                                            (deterministic, no log-prob)
@@ -89,6 +92,19 @@ def guidance_embedding(pipe: LatentConsistencyModelPipeline, guidance_scale: flo
     return pipe.get_guidance_scale_embedding(w, embedding_dim=pipe.unet.config.time_cond_proj_dim)
 
 
+def clip_or_threshold(x0: torch.Tensor, config) -> torch.Tensor:
+    """x̂0 clipped as LCMScheduler.step clips it, per sample: dynamic thresholding (Imagen) if
+    `config.thresholding`, else clamping to ±clip_sample_range if `config.clip_sample`, else unchanged."""
+    if config.thresholding:
+        flat = x0.reshape(x0.shape[0], -1)
+        s = torch.quantile(flat.abs(), config.dynamic_thresholding_ratio, dim=1)  # percentile of |x̂0|
+        s = s.clamp(min=1, max=config.sample_max_value).unsqueeze(1)
+        return (flat.clamp(-s, s) / s).reshape(x0.shape)
+    if config.clip_sample:
+        return x0.clamp(-config.clip_sample_range, config.clip_sample_range)
+    return x0
+
+
 def predict_denoised(
     unet: torch.nn.Module,
     scheduler: LCMScheduler,
@@ -97,7 +113,8 @@ def predict_denoised(
     prompt_embeds: torch.Tensor,
     w_embedding: torch.Tensor,
 ) -> torch.Tensor:
-    """denoised_k = c_out(τ)·x̂0 + c_skip(τ)·x_k, in fp32, for fp32 x [B, C, h, w] and timesteps t [B]."""
+    """denoised_k = c_out(τ)·x̂0 + c_skip(τ)·x_k (x̂0 clipped per the scheduler config), in fp32, for fp32 x [B, C, h, w]
+    and timesteps t [B]."""
     dtype = unet.dtype
     model_output = unet(
         x.to(dtype),
@@ -116,6 +133,7 @@ def predict_denoised(
         x0_pred = alpha_prod_t.sqrt() * x - (1 - alpha_prod_t).sqrt() * model_output
     else:
         raise ValueError(f"unsupported prediction_type {prediction_type!r}")
+    x0_pred = clip_or_threshold(x0_pred, scheduler.config)
     c_skip, c_out = scheduler.get_scalings_for_boundary_condition_discrete(t)
     return c_out.view(-1, 1, 1, 1).float() * x0_pred + c_skip.view(-1, 1, 1, 1).float() * x
 

@@ -15,7 +15,7 @@ import torch
 from diffusers import LCMScheduler
 
 from rollout.models import build_tiny_pipeline
-from rollout.policy import Trajectory, lcm_timesteps, sample_trajectory
+from rollout.policy import Trajectory, clip_or_threshold, guidance_embedding, lcm_timesteps, sample_trajectory, transition_log_prob
 
 H = 8
 PROMPTS = ["a cat", "a dog", "a goldfish"]
@@ -180,6 +180,69 @@ def test_matches_stock_lcm_pipeline_call(pipe, traj):
     stock = torch.tensor((out * 255).round().astype(np.uint8)).permute(0, 3, 1, 2)
     diff = (traj.images.int() - stock.int()).abs()
     assert diff.max() <= 1 and (diff > 0).float().mean() < 1e-3
+
+
+CLIPPING = {
+    # sample prediction: |x̂0| has median ~0.2 on the tiny model, so ±0.3 clips much of it
+    "clip_sample": ("sample", {"clip_sample": True, "clip_sample_range": 0.3}),
+    # epsilon prediction: x̂0 = (x − √(1−ᾱ)·ε)/√ᾱ is large early, so s lands above 1 (true dynamic thresholding)
+    "thresholding": ("epsilon", {"thresholding": True, "dynamic_thresholding_ratio": 0.9, "sample_max_value": 4.0}),
+}
+
+
+def stock_chain(p, seed: int, steps: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Stock `pipe(...)`: the latents after each LCMScheduler.step (x_1 … x_{H-1}, then the output) and the np image."""
+    after_step = []
+
+    def record(pipeline, i, t, kwargs):
+        after_step.append(kwargs["latents"].clone())
+        return kwargs
+
+    denoised = p(prompt=PROMPTS, num_inference_steps=steps, guidance_scale=8.0, generator=torch.Generator().manual_seed(seed),
+                 output_type="latent", callback_on_step_end=record).images
+    with torch.no_grad():
+        image = p.image_processor.postprocess(p.vae.decode(denoised / p.vae.config.scaling_factor, return_dict=False)[0], output_type="np")
+    return after_step, torch.tensor((image * 255).round().astype(np.uint8)).permute(0, 3, 1, 2)
+
+
+@pytest.mark.parametrize("case", sorted(CLIPPING))
+def test_clip_sample_and_thresholding_match_stock_pipeline(case):
+    """With the scheduler's clip_sample / thresholding on, every state and the image equal stock `pipe(...)`."""
+    prediction, options = CLIPPING[case]
+    p = build_tiny_pipeline(seed=0)
+    p.set_progress_bar_config(disable=True)
+    p.scheduler = LCMScheduler.from_config(p.scheduler.config, prediction_type=prediction)
+    steps = 4  # half of H: the same math per step, half the CPU time
+    plain = sample(p, seed=4, steps=steps)
+    p.scheduler = LCMScheduler.from_config(p.scheduler.config, **options)
+    traj = sample(p, seed=4, steps=steps)
+    after_step, stock_image = stock_chain(p, seed=4, steps=steps)
+    torch.testing.assert_close(traj.latents[:, 1:], torch.stack(after_step[:-1], dim=1), atol=1e-5, rtol=1e-5)
+    diff = (traj.images.int() - stock_image.int()).abs()
+    assert diff.max() <= 1 and (diff > 0).float().mean() < 1e-3
+    assert (traj.latents - plain.latents).abs().max() > 1e-2  # the option changes the chain: the test discriminates
+    # log π re-computed for samples at different steps in one batch (as PPO does) equals the sampled one: ratio 1
+    k = torch.tensor([0, 1, steps - 2])
+    rows = torch.arange(len(PROMPTS))
+    with torch.no_grad():
+        again = transition_log_prob(p.unet, p.scheduler, traj.latents[rows, k], traj.timesteps[k], traj.timesteps[k + 1],
+                                    traj.latents[rows, k + 1], traj.prompt_embeds, guidance_embedding(p, 8.0, len(PROMPTS)))
+    torch.testing.assert_close(again, traj.log_probs[rows, k], atol=1e-5, rtol=0)
+
+
+def test_clip_or_threshold_equals_lcm_scheduler_per_sample():
+    """The x̂0 clamp against LCMScheduler's own, on a batch whose samples need different s (1 < s < max and s = max)."""
+    x0 = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(0)) * torch.tensor([0.5, 2.0, 9.0]).view(3, 1, 1, 1)
+    base = build_tiny_pipeline(seed=0).scheduler.config
+    thresholding = LCMScheduler.from_config(base, thresholding=True, dynamic_thresholding_ratio=0.9, sample_max_value=4.0)
+    out = clip_or_threshold(x0, thresholding.config)
+    torch.testing.assert_close(out, thresholding._threshold_sample(x0), atol=0, rtol=0)
+    s = np.quantile(x0.abs().flatten(1).double().numpy(), 0.9, axis=1).clip(1, 4.0)  # by hand: s per sample
+    assert 1 < s[1] < 4 and s[2] == 4.0
+    np.testing.assert_allclose(out.double().numpy(), np.clip(x0.double().numpy(), -s[:, None, None, None], s[:, None, None, None]) / s[:, None, None, None], atol=1e-6)
+    clipping = LCMScheduler.from_config(base, clip_sample=True, clip_sample_range=0.3)
+    torch.testing.assert_close(clip_or_threshold(x0, clipping.config), x0.clamp(-0.3, 0.3), atol=0, rtol=0)
+    assert clip_or_threshold(x0, base) is x0
 
 
 def test_one_unet_call_per_step(pipe):
