@@ -206,7 +206,8 @@ def create_app(scorers: Mapping[str, Any], settings: ServiceSettings | None = No
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type != "application/json":
             raise HTTPException(415, f"content type must be application/json, got {content_type or 'none'!r}")
-        images, prompts = parse_request(await read_body(request, settings), settings)
+        body = await read_body(request, settings)
+        images, prompts = await run_in_threadpool(parse_request, body, settings)  # decoding stays off the event loop
         return JSONResponse(result_to_json(await score_by_size(name, scorers[name], images, prompts)))
 
     return app
