@@ -31,7 +31,7 @@ class RetryPolicy(BaseModel):
 
 
 class PermanentError(Exception):
-    """A failure that retrying cannot fix (the request itself is wrong)."""
+    """A failure that retrying cannot fix (the request itself is wrong); a scorer's ValueError is one too."""
 
 
 @dataclass
@@ -62,8 +62,8 @@ class RewardClient(ABC):
         for attempt in range(1, self.retry.max_attempts + 1):
             try:
                 return self._score_once(images, prompts)
-            except PermanentError as exc:
-                errors.append(str(exc))
+            except (PermanentError, ValueError) as exc:  # the request is wrong: retrying gives the same answer
+                errors.append(f"{type(exc).__name__}: {exc}" if isinstance(exc, ValueError) else str(exc))
                 break
             except Exception as exc:
                 errors.append(f"{type(exc).__name__}: {exc}")

@@ -136,6 +136,12 @@ def test_scorer_errors_map_to_json_statuses(scorer, status, text):
     assert response.status_code == status and text in response.json()["detail"]
 
 
+def test_clients_do_not_retry_a_scorers_value_error():
+    client = InProcessRewardClient(Raising(ValueError("side above 65500")), retry=RetryPolicy(max_attempts=3, backoff_s=0))
+    result = client.score(np.zeros((1, 8, 8, 3), np.uint8), ["a"])
+    assert result.details["attempts"] == [1] and "ValueError: side above 65500" in result.details["error"][0]
+
+
 def test_failed_results_are_recognisable():
     client = InProcessRewardClient(Raising(RuntimeError("down")), retry=RetryPolicy(max_attempts=1))
     failed = client.score(np.zeros((2, 8, 8, 3), np.uint8), ["a", "b"])
