@@ -20,6 +20,15 @@ from rewards_service.client import HttpRewardClient, InProcessRewardClient
 from rewards_service.scorers import JpegCompressibility
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread: on a shared 2-core machine, 2 threads spin against other jobs and run ~10x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def test_t_table_matches_scipy():
     scipy_stats = pytest.importorskip("scipy.stats")
     for df in [*range(1, 31), 31, 40, 60, 120, 1000]:
@@ -71,7 +80,7 @@ def test_prompts_from_file_or_preset(tmp_path):
         read_prompts("no_such_prompts")
 
 
-def test_same_noise_per_prompt_and_seed_whatever_the_batch():
+def test_same_noise_per_prompt_and_seed_whatever_the_batch(one_thread):
     """A (prompt, seed) sample does not depend on which batch it is in: base and tuned see the same noise."""
     from rollout.models import load_pipeline
 
@@ -100,7 +109,6 @@ def train_toy_adapter(directory, epochs: int = 3):
     from rollout.worker import RolloutSpec, RolloutWorker
 
     cfg = load_config("tiny-cpu")
-    torch.set_num_threads(2)
     worker = RolloutWorker(RolloutSpec(model="tiny", lora=cfg.model.lora, num_steps=8, guidance_scale=8.0, device="cpu"))
     learner = PPOLearner(LearnerSpec(model="tiny", lora=cfg.model.lora, ppo=cfg.train, stat_buffer_size=16, stat_min_count=16, device="cpu"))
     scorer, prompts, size = JpegCompressibility(), load_prompts(cfg.prompts.source, cfg.prompts.limit), cfg.sampling.batch_size
@@ -120,7 +128,7 @@ def _strict(constant):
 
 
 @pytest.mark.slow
-def test_trained_adapter_beats_base_on_held_out_prompts(tmp_path):
+def test_trained_adapter_beats_base_on_held_out_prompts(tmp_path, one_thread):
     lora = train_toy_adapter(tmp_path / "ckpt")
     prompts = read_prompts("imagenet_animals", limit=8, offset=8)  # the toy trained on the first 8
     settings = EvalSettings(prompts=prompts, metrics=["jpeg_compressibility", "smoothness"], out=tmp_path / "eval", lora=lora, seeds=2)
