@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import time
 from pathlib import Path
@@ -35,13 +36,13 @@ def shard(n: int, rank: int, world_size: int) -> list[int]:
     return list(range(rank * n // world_size, (rank + 1) * n // world_size))
 
 
-def build_learner(spec, reduce_gradients=None):
-    """`PPOLearner` for a `LearnerSpec`, `ROCMLearner` for a `ROCMLearnerSpec`."""
+def build_learner(spec, rank: int = 0, reduce_gradients=None):
+    """`PPOLearner` for a `LearnerSpec`, `ROCMLearner` (drawing its own noise per rank) for a `ROCMLearnerSpec`."""
     if isinstance(spec, LearnerSpec):
         return PPOLearner(spec, reduce_gradients=reduce_gradients)
     from learner.rocm_learner import ROCMLearner
 
-    return ROCMLearner(spec, reduce_gradients=reduce_gradients)
+    return ROCMLearner(dataclasses.replace(spec, rank=rank), reduce_gradients=reduce_gradients)
 
 
 @ray.remote
@@ -52,7 +53,7 @@ class Learner:
         if torch_threads:
             torch.set_num_threads(torch_threads)
         self.rank, self.world_size = rank, world_size
-        self.learner = build_learner(spec, average_gradients if world_size > 1 else None)
+        self.learner = build_learner(spec, rank, average_gradients if world_size > 1 else None)
 
     def address(self) -> tuple[str, int]:
         """Host and a free port for the process group's rendezvous (called on rank 0)."""

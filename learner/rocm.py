@@ -203,7 +203,7 @@ def rocm_update(
     reward, divergence = torch.cat(rewards), torch.cat(divergences)
     return {
         "reward_mean": float(reward.mean()),
-        "reward_std": float(reward.std()) if len(reward) > 1 else 0.0,
+        "reward_std": float(reward.std(correction=0)),  # population std, as the RLCM rows
         "divergence_mean": float(divergence.mean()),
         f"divergence_{settings.divergence}": float(divergence.mean()),
         "objective": float(torch.cat(objectives).mean()),
