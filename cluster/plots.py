@@ -15,12 +15,18 @@ import math
 from pathlib import Path
 
 import numpy as np
-from matplotlib.figure import Figure
 
 DIAGNOSTICS = {
     "rlcm": (("approx_kl", "approx KL (old → new policy)"), ("clipfrac", "fraction of clipped ratios")),
     "rocm": (("divergence_mean", "divergence to the base (per step, mean)"), ("objective", "objective (reward − λ·divergence)"), ("grad_norm", "gradient norm")),
 }
+
+
+def _figure(width: float, height: float):
+    """A matplotlib Figure on the Agg canvas (imported here: `rlcm --help` stays fast)."""
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), layout="constrained")
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
@@ -104,7 +110,7 @@ def plot_run(run_dir: Path) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     name = f"{run_dir.name} ({algorithm})"
 
-    figure = Figure(figsize=(11, 4), layout="constrained")
+    figure = _figure(11, 4)
     by_epoch, by_time = figure.subplots(1, 2)
     _reward_curve(by_epoch, rows, None)
     seconds, time_label = _time_axis(wall_clock_s(rows))
@@ -120,7 +126,7 @@ def plot_run(run_dir: Path) -> list[Path]:
     panels = diagnostic_panels(rows)
     paths = [reward_png]
     if panels:
-        figure = Figure(figsize=(5.5 * len(panels), 4), layout="constrained")
+        figure = _figure(5.5 * len(panels), 4)
         for ax, (key, title) in zip(np.atleast_1d(figure.subplots(1, len(panels))), panels):
             xs, ys = series(rows, key)
             ax.plot(xs, ys, marker="o" if len(xs) <= 30 else None, markersize=3, label=key)
@@ -143,7 +149,7 @@ def plot_runs(run_dirs: list[Path], out: Path) -> Path:
     runs = [read_metrics(p) for p in run_dirs]
     longest = max(wall_clock_s(rows)[-1] for rows in runs)
     scale, time_label = (60, "wall-clock (minutes)") if longest >= 120 else (1, "wall-clock (seconds)")
-    figure = Figure(figsize=(11, 4.5), layout="constrained")
+    figure = _figure(11, 4.5)
     by_time, by_samples = figure.subplots(1, 2)
     for rows, label in zip(runs, _run_labels(run_dirs)):
         label = f"{label} ({_algorithm(rows)})"
