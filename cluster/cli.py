@@ -48,6 +48,10 @@ def _train(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     from rewards_service.cli import serve_main
 
+    if not args.standalone:
+        from cluster.ray_setup import init_ray
+
+        print(f"rlcm: {init_ray(args.address, quiet=not args.verbose, log_to_driver=args.verbose)}")
     serve_main(args.config, standalone=args.standalone, host=args.host, port=args.port)
     return 0
 
@@ -121,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--standalone", action="store_true", help="run the FastAPI app under uvicorn with scorers in process, no Ray")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--address", help="run Serve on this Ray cluster (default: RAY_ADDRESS if set, else a fresh local Ray)")
     serve.set_defaults(func=_serve)
 
     from cluster.evaluate import add_eval_parser

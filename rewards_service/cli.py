@@ -40,9 +40,12 @@ def serve_main(config_path: str | None, standalone: bool, host: str = "127.0.0.1
         uvicorn.run(create_app(scorers, settings), host=host, port=port, timeout_keep_alive=settings.keep_alive_timeout_s,
                     limit_concurrency=settings.limit_concurrency)
         return
+    import os
+
     import ray
 
     from rewards_service.serve import run_service
 
-    ray.init(ignore_reinit_error=True)  # joins $RAY_ADDRESS when set, else starts a local Ray
+    if not ray.is_initialized():  # join only the cluster RAY_ADDRESS names, never one recorded in /tmp/ray
+        ray.init(address=os.environ.get("RAY_ADDRESS") or "local")
     run_service(config, blocking=True)
