@@ -56,7 +56,9 @@ def table_values(cfg: TrainConfig) -> dict[str, float]:
 
 
 def test_every_preset_loads():
-    assert set(TASKS) | {"tiny-cpu"} == set(PRESETS)
+    rocm = {"rocm-tiny-cpu", "rocm-aesthetic", "rocm-pickscore", "rocm-clip_score", "rocm-hpsv2"}
+    assert set(TASKS) | {"tiny-cpu"} | rocm == set(PRESETS)
+    assert all(load_config(name).algorithm == "rocm" for name in rocm)
     for name in PRESETS:
         cfg = load_config(name)
         assert isinstance(cfg, TrainConfig)
@@ -173,3 +175,12 @@ def test_missing_model_path_names_the_path():
     assert "./does/not/exist" in str(err.value)
     with pytest.raises(FileNotFoundError, match="/tmp/rlcm-no-such-model-dir"):
         load_pipeline("/tmp/rlcm-no-such-model-dir", device="cpu")
+
+
+@pytest.mark.parametrize("name", ["rocm-aesthetic", "rocm-pickscore", "rocm-clip_score", "rocm-hpsv2"])
+def test_rocm_presets_follow_the_paper(name):
+    cfg = load_config(name)
+    assert cfg.reward.name == name.removeprefix("rocm-")
+    assert cfg.sampling.num_steps == 8 and (cfg.model.lora.rank, cfg.model.lora.alpha) == (16, 32)
+    assert cfg.rocm.batch_size == 1 and cfg.resources.learner_gpus == 1  # one prompt per GPU per objective call
+    assert cfg.rocm.divergence == "kl" and cfg.rocm.lam > 0 and cfg.rocm.gradient_checkpointing
