@@ -83,7 +83,7 @@ def main() -> None:
     import ray
 
     cpus = os.cpu_count() or 1
-    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=cpus, include_dashboard=False, log_to_driver=False)
     images = sample_images(args.batch, args.size)
     scorer = JpegCompressibility()
     print(f"device: CPU, {cpus} cores; batch {args.batch} images of {args.size}x{args.size}")

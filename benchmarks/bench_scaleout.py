@@ -84,7 +84,7 @@ def main() -> None:
     parser.add_argument("--cpus", type=int, default=2)
     parser.add_argument("--reward-latency", type=float, default=None, help="seconds per reward call (default: ~ one rollout batch)")
     args = parser.parse_args()
-    ray.init(num_cpus=max(args.cpus, 4), include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=max(args.cpus, 4), include_dashboard=False, log_to_driver=False)
     base = measure("sync, 1 rollout actor", [], args.epochs)
     latency = args.reward_latency if args.reward_latency is not None else base["rollout_s"] / 2  # per batch: 2 batches per epoch
     slow = [f"faults.reward_latency_s={latency:.3f}"]

@@ -29,15 +29,13 @@ def _train(args: argparse.Namespace) -> int:
         print(f"{output_dir} is complete ({state['epoch'] + 1} of {config.run.epochs} epochs); nothing to resume. "
               "Raise run.epochs with --set to train longer.")
         return 0
-    if args.address:
-        os.environ["RAY_ADDRESS"] = args.address
     from cluster.validate import validate_before_ray
 
-    validate_before_ray(config, joining_cluster=bool(os.environ.get("RAY_ADDRESS")))
+    validate_before_ray(config, joining_cluster=bool(args.address or os.environ.get("RAY_ADDRESS")))
 
     from cluster.driver import train
 
-    rows = train(config, output_dir, resume=args.resume, verbose=args.verbose)
+    rows = train(config, output_dir, resume=args.resume, verbose=args.verbose, address=args.address)
     if rows:
         first, last = rows[0], rows[-1]
         print(f"reward_mean {first['reward_mean']:.4f} (epoch {first['epoch']}) -> {last['reward_mean']:.4f} (epoch {last['epoch']})")
@@ -108,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     scale = commands.add_parser("scale", help="change the number of rollout actors of a running `rlcm train`")
     scale.add_argument("--output-dir", required=True, help="the --output-dir of the running run")
     scale.add_argument("--rollout-actors", type=int, required=True)
-    scale.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or auto)")
+    scale.add_argument("--address", help="the run's cluster: host:port (printed by rlcm train) or auto; default RAY_ADDRESS")
     scale.set_defaults(func=_scale)
 
     submit = commands.add_parser("submit", help="submit `rlcm train` as a Ray job")
@@ -170,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:
         if args.verbose:
             traceback.print_exc()
-        known = isinstance(error, (ValueError, OSError, RuntimeError, ConnectionError)) or type(error).__module__.startswith("ray")
+        known = isinstance(error, (ValueError, OSError, RuntimeError, ConnectionError, ImportError)) or type(error).__module__.startswith("ray")
         if not known:
             raise
         hint = "" if args.verbose else " (rerun with --verbose for the full trace)"

@@ -14,6 +14,7 @@ scores them (`monitor_*` metrics), so the actor–learner shape keeps doing real
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import time
@@ -30,7 +31,7 @@ from cluster.control import start_controller
 from cluster.grid import save_sample_grid
 from cluster.output import OutputDir, disk_error
 from cluster.progress import EpochProgress
-from cluster.ray_setup import ResourceRequest, init_ray, preflight, wait_for_placement_group
+from cluster.ray_setup import ResourceRequest, cluster_capacity, init_ray, preflight, wait_for_placement_group
 from cluster.prompts import epoch_prompts, load_prompts
 from cluster.rollout_pool import PoolOptions, RolloutPool
 from cluster.schedule import Scheduler, entries_to_rescore, reward_summary, update_inputs
@@ -116,7 +117,8 @@ class Trainer:
         if resume:
             self.out.truncate_metrics(self.start_epoch - 1)
 
-        preflight(resource_requests(config))
+        requests = resource_requests(config)
+        preflight(requests)
         prompts = load_prompts(config.prompts.source, config.prompts.limit)
         self.train_prompts, monitor_prompts = holdout_split(prompts) if self.rocm else (prompts, prompts)
         self.learners = self._learner_group()
@@ -132,7 +134,9 @@ class Trainer:
         self.reward_latency: list[float] = []
         self.rescored_batches = 0
         self.skipped_in_a_row = 0
-        self.controller = start_controller(output_dir, config.resources.num_rollout_actors)
+        self.controller = start_controller(
+            output_dir, config.resources.num_rollout_actors, dataclasses.replace(requests[0], count=1), tuple(requests[1:]), cluster_capacity()
+        )
         self.last_control = 0.0
         if state:
             self.learners.load(str(self.out.latest_checkpoint()))
@@ -396,10 +400,10 @@ class Trainer:
         ray.kill(self.controller)
 
 
-def train(config: TrainConfig, output_dir: Path, resume: bool = False, verbose: bool = False) -> list[dict]:
-    """Run training on the current Ray cluster (a fresh local one unless RAY_ADDRESS names one)."""
+def train(config: TrainConfig, output_dir: Path, resume: bool = False, verbose: bool = False, address: str | None = None) -> list[dict]:
+    """Run training on the Ray cluster at `address` or RAY_ADDRESS, else on a fresh local one."""
     OutputDir(output_dir).prepare(resume)
-    print(f"rlcm: {init_ray(quiet=not verbose, log_to_driver=verbose)}")
+    print(f"rlcm: {init_ray(address, quiet=not verbose, log_to_driver=verbose)}")
     trainer = Trainer(config, output_dir, resume=resume)
     try:
         return trainer.run()
