@@ -14,10 +14,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import numpy as np
+from ray import serve
 
 from rewards_service.codec import encode_batch
 from rewards_service.scorers import JpegCompressibility
-from rewards_service.serve import reward_handle, run_service
+from rewards_service.serve import run_service
 from rewards_service.serve_config import RewardDeploymentConfig, RewardServiceConfig
 from rewards_service.settings import ServiceSettings
 
@@ -95,11 +96,11 @@ def main() -> None:
         config = RewardServiceConfig(settings=ServiceSettings(port=port, auth_token=None),
                                      rewards=[RewardDeploymentConfig(name="jpeg_compressibility", num_replicas=n, num_cpus=0.5)])
         run_service(config)
-        handle = reward_handle("jpeg_compressibility")
+        handle = serve.get_deployment_handle("jpeg_compressibility", app_name="rewards")
         rate = throughput(lambda im, p, h=handle: h.score.remote(im, p).result(), images, args.seconds, 2 * n)
         print(f"| {n} | {rate:.1f} | {rate / n:.1f} |")
 
-    handle = reward_handle("jpeg_compressibility")
+    handle = serve.get_deployment_handle("jpeg_compressibility", app_name="rewards")
     http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60)
     payload_mb = sum(len(s) for s in encode_batch(images)) / 1e6
     local = latency_ms(scorer.score, images, args.repeats)

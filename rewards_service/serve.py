@@ -19,7 +19,7 @@ from rewards_service.serve_config import RewardDeploymentConfig, RewardServiceCo
 from rewards_service.settings import ServiceSettings
 
 __all__ = ["RewardDeploymentConfig", "RewardServiceConfig", "RewardDeployment", "RewardIngress", "build_app", "app_builder",
-           "run_service", "reward_handle"]
+           "run_service"]
 
 INGRESS = "ingress"
 
@@ -116,8 +116,3 @@ def run_service(config: RewardServiceConfig, blocking: bool = False) -> Deployme
     settings = config.settings
     serve.start(http_options={"host": settings.host, "port": settings.port, "keep_alive_timeout_s": settings.keep_alive_timeout_s})
     return serve.run(build_app(config), name=config.app_name, route_prefix=config.route_prefix, blocking=blocking)
-
-
-def reward_handle(reward: str, app_name: str = "rewards") -> DeploymentHandle:
-    """Handle to one reward deployment; `.score.remote(images, prompts)` returns a ScoreResult."""
-    return serve.get_deployment_handle(reward, app_name=app_name)

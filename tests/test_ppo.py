@@ -10,7 +10,7 @@ import torch
 
 from cluster.config import load_config
 from learner.learner import LearnerSpec, PPOLearner
-from learner.ppo import PPOSettings, TrainBatch, build_optimizer, ppo_loss, ppo_update
+from learner.ppo import ppo_loss
 from learner.stat_tracker import PerPromptStatTracker
 from rollout.policy import guidance_embedding, sample_trajectory, transition_log_prob
 from rollout.worker import RolloutSpec, RolloutWorker

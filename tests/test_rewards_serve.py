@@ -15,7 +15,7 @@ from ray import serve
 from rewards_service.client import HttpRewardClient, RetryPolicy, ServeHandleRewardClient
 from rewards_service.codec import encode_batch, encode_png
 from rewards_service.scorers import JpegCompressibility, ScoreResult, jpeg_size_kb
-from rewards_service.serve import RemoteScorer, RewardDeploymentConfig, RewardServiceConfig, reward_handle, run_service
+from rewards_service.serve import RemoteScorer, RewardDeploymentConfig, RewardServiceConfig, run_service
 from rewards_service.settings import ServiceSettings
 from tests.test_rewards_hardening import b64, check_stalled_uploads_do_not_block, png_bytes
 
@@ -68,7 +68,7 @@ def service(ray_local):
 
 def test_handle_scores_a_batch(service):
     images = _images(4)
-    client = ServeHandleRewardClient(reward_handle("jpeg_compressibility", APP), "jpeg_compressibility")
+    client = ServeHandleRewardClient(serve.get_deployment_handle("jpeg_compressibility", app_name=APP), "jpeg_compressibility")
     result = client.score(images, list("abcd"))
     assert result.rewards == JpegCompressibility().score(images, list("abcd")).rewards and result.version == "1"
 
@@ -108,7 +108,7 @@ def test_stalled_uploads_do_not_block_serve(service):
 
 
 def test_batching_merges_concurrent_requests(service):
-    client = ServeHandleRewardClient(reward_handle("slow", APP), "slow", max_concurrency=4)
+    client = ServeHandleRewardClient(serve.get_deployment_handle("slow", app_name=APP), "slow", max_concurrency=4)
     batches = [_images(n, size=16 + 8 * (n % 2), seed=n) for n in (1, 2, 3, 4)]
     results = [client.result(f) for f in [client.submit(b, ["p"] * len(b)) for b in batches]]
     for batch, result in zip(batches, results):
@@ -117,7 +117,7 @@ def test_batching_merges_concurrent_requests(service):
 
 
 def test_hot_swap_mid_stream(service):
-    client = ServeHandleRewardClient(reward_handle("slow", APP), "slow", max_concurrency=4)
+    client = ServeHandleRewardClient(serve.get_deployment_handle("slow", app_name=APP), "slow", max_concurrency=4)
     before = client.submit(_images(2), ["a", "b"])
     time.sleep(0.5)
     swap_started = time.time()
