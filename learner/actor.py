@@ -17,6 +17,7 @@ from rollout.lora import AdapterVersion
 from rollout.policy import Trajectory
 
 STATE_FILE = "learner_state.pt"
+RANK_RNG_FILE = "learner_rank{rank}_rng.pt"
 
 
 def average_gradients(params: list[torch.nn.Parameter]) -> None:
@@ -102,11 +103,20 @@ class Learner:
         return metrics
 
     def save(self, directory: str) -> str:
+        """Rank 0 writes the LoRA and the shared state; every other rank its own noise generator (ranks differ there)."""
         directory = Path(directory)
-        self.learner.save_lora(directory)
-        torch.save(self.learner.state_dict(), directory / STATE_FILE)
+        state = self.learner.state_dict()
+        if self.rank == 0:
+            self.learner.save_lora(directory)
+            torch.save(state, directory / STATE_FILE)
+        else:
+            torch.save({"generator": state["generator"]}, directory / RANK_RNG_FILE.format(rank=self.rank))
         return str(directory)
 
     def load(self, directory: str) -> int:
-        self.learner.load_state_dict(torch.load(Path(directory) / STATE_FILE, weights_only=True))
+        state = torch.load(Path(directory) / STATE_FILE, weights_only=True)
+        own = Path(directory) / RANK_RNG_FILE.format(rank=self.rank)
+        if self.rank > 0 and own.is_file():
+            state["generator"] = torch.load(own, weights_only=True)["generator"]
+        self.learner.load_state_dict(state)
         return self.learner.version

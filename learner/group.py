@@ -58,7 +58,7 @@ class LearnerGroup:
         return self.rank0.adapter.remote()
 
     def save(self, directory: str) -> None:
-        ray.get(self.rank0.save.remote(directory))
+        ray.get([actor.save.remote(directory) for actor in self.actors])
 
     def load(self, directory: str) -> None:
         ray.get([actor.load.remote(directory) for actor in self.actors])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -10,6 +11,7 @@ import torch
 from diffusers import LatentConsistencyModelPipeline
 from safetensors.torch import load_file
 
+from cluster.cli import main
 from cluster.config import load_config
 from cluster.driver import Trainer
 from rollout.models import build_tiny_pipeline
@@ -58,12 +60,22 @@ def test_rocm_tiny_cpu_learns_and_monitors(ray_local, tmp_path):
     assert isinstance(pipe, LatentConsistencyModelPipeline) and not np.allclose(base, tuned)
 
 
-def test_rocm_resume_matches_uninterrupted(ray_local, tmp_path):
-    full = run(tmp_path / "full", "run.epochs=2")
-    run(tmp_path / "split", "run.epochs=1")
-    resumed = run(tmp_path / "split", "run.epochs=2", resume=True)
-    assert [r["epoch"] for r in resumed] == [1] and resumed[0]["samples_seen"] == full[-1]["samples_seen"]
+def test_rocm_two_learners_resume_through_the_cli_matches_uninterrupted(ray_local, tmp_path):
+    """DDP over 2 ROCM learners (each its own prompts and noise), stopped after 1 epoch and resumed with
+    `rlcm train --resume`, ends with the same adapter as 2 epochs straight."""
+    two = ["resources.num_learners=2"]
+    full = run(tmp_path / "full", "run.epochs=2", *two)
+    assert [r["samples_seen"] for r in full] == [8, 16] and all(r["optimizer_steps"] == 1 for r in full)
+
+    def cli(epochs, *flags):
+        sets = [arg for item in [*FAST, *two, f"run.epochs={epochs}"] for arg in ("--set", item)]
+        return main(["train", "--config", "rocm-tiny-cpu", "--output-dir", str(tmp_path / "split"), *sets, *flags])
+
+    assert cli(1) == 0
+    assert cli(2, "--resume") == 0
+    rows = [json.loads(line) for line in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [0, 1] and rows[-1]["samples_seen"] == full[-1]["samples_seen"]
     a = load_file(tmp_path / "full/checkpoints/epoch-0001/pytorch_lora_weights.safetensors")
     b = load_file(tmp_path / "split/checkpoints/epoch-0001/pytorch_lora_weights.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert resumed[0]["reward_mean"] == pytest.approx(full[-1]["reward_mean"], rel=1e-6)
+    assert rows[-1]["reward_mean"] == pytest.approx(full[-1]["reward_mean"], rel=1e-6)
