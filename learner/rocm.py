@@ -25,7 +25,7 @@ from torch.utils.checkpoint import checkpoint
 
 from learner.divergences import DIVERGENCES, gaussian_divergence
 from learner.settings import ROCMSettings
-from rollout.policy import encode_prompts, guidance_embedding, lcm_timesteps, predict_denoised, transition_mean_std
+from rollout.policy import encode_prompts, guidance_embedding, lcm_timesteps, math_dtype_for, predict_denoised, transition_mean_std
 
 RewardFn = Callable[[torch.Tensor, list[str]], torch.Tensor]
 
@@ -48,7 +48,7 @@ def _denoise(unet, scheduler, x, t, prompt_embeds, w_embedding, use_adapter: boo
 def decode_images_01(pipe: LatentConsistencyModelPipeline, denoised: torch.Tensor) -> torch.Tensor:
     """Differentiable `decode_images`: float [B, 3, H, W] images in [0, 1] from the final denoised latents."""
     image = pipe.vae.decode(denoised.to(pipe.vae.dtype) / pipe.vae.config.scaling_factor, return_dict=False)[0]
-    return (image.float() / 2 + 0.5).clamp(0, 1)
+    return (image.to(math_dtype_for(image.dtype)) / 2 + 0.5).clamp(0, 1)
 
 
 def _call(use_checkpoint: bool, fn: Callable, *args):
@@ -128,7 +128,7 @@ def rocm_objective(
             x = mean + std * noise[k + 1]  # x_{k+1}, reparameterized
 
     images = _call(gradient_checkpointing, decode_images_01, pipe, denoised)
-    reward = reward_fn(images, list(prompts)).float()
+    reward = reward_fn(images, list(prompts)).to(math_dtype_for(images.dtype))
     return {
         "objective": reward - lam * total_divergence,
         "reward": reward,

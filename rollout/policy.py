@@ -116,14 +116,16 @@ def predict_denoised(
     """denoised_k = c_out(τ)·x̂0 + c_skip(τ)·x_k (x̂0 clipped per the scheduler config), in fp32, for fp32 x [B, C, h, w]
     and timesteps t [B]."""
     dtype = unet.dtype
+    math_dtype = math_dtype_for(dtype, x.dtype)
     model_output = unet(
         x.to(dtype),
         t,
         encoder_hidden_states=prompt_embeds.to(dtype),
         timestep_cond=w_embedding.to(dtype),
         return_dict=False,
-    )[0].float()
-    alpha_prod_t = scheduler.alphas_cumprod.to(x.device)[t].view(-1, 1, 1, 1)  # ᾱ(τ)
+    )[0].to(math_dtype)
+    alpha_prod_t = scheduler.alphas_cumprod.to(x.device, math_dtype)[t].view(-1, 1, 1, 1)  # ᾱ(τ)
+    x = x.to(math_dtype)
     prediction_type = scheduler.config.prediction_type
     if prediction_type == "epsilon":
         x0_pred = (x - (1 - alpha_prod_t).sqrt() * model_output) / alpha_prod_t.sqrt()
@@ -135,18 +137,27 @@ def predict_denoised(
         raise ValueError(f"unsupported prediction_type {prediction_type!r}")
     x0_pred = clip_or_threshold(x0_pred, scheduler.config)
     c_skip, c_out = scheduler.get_scalings_for_boundary_condition_discrete(t)
-    return c_out.view(-1, 1, 1, 1).float() * x0_pred + c_skip.view(-1, 1, 1, 1).float() * x
+    return c_out.view(-1, 1, 1, 1).to(math_dtype) * x0_pred + c_skip.view(-1, 1, 1, 1).to(math_dtype) * x
+
+
+def math_dtype_for(*dtypes: torch.dtype) -> torch.dtype:
+    """fp32 for fp32/fp16/bf16 inputs (the contract); fp64 when an input is fp64 (exact gradient checks)."""
+    out = torch.float32
+    for dtype in dtypes:
+        out = torch.promote_types(out, dtype)
+    return out
 
 
 def transition_mean_std(scheduler: LCMScheduler, denoised: torch.Tensor, t_next: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean √ᾱ(τ_{k+1})·denoised_k and std √(1 − ᾱ(τ_{k+1})) of the action x_{k+1}."""
-    alpha_prod_next = scheduler.alphas_cumprod.to(denoised.device)[t_next].view(-1, 1, 1, 1).float()
+    alpha_prod_next = scheduler.alphas_cumprod.to(denoised.device, math_dtype_for(denoised.dtype))[t_next].view(-1, 1, 1, 1)
     return alpha_prod_next.sqrt() * denoised, (1 - alpha_prod_next).sqrt()
 
 
 def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
     """log N(x; mean, std²·I) averaged over all but the batch dim, in fp32."""
-    x, mean, std = x.float(), mean.float(), std.float()
+    dtype = math_dtype_for(x.dtype, mean.dtype)
+    x, mean, std = x.to(dtype), mean.to(dtype), std.to(dtype)
     log_density = -((x - mean) ** 2) / (2 * std**2) - torch.log(std) - 0.5 * math.log(2 * math.pi)
     return log_density.mean(dim=tuple(range(1, x.ndim)))
 

@@ -178,8 +178,7 @@ def test_reference_calls_skipped_without_regularization():
 def test_gradient_matches_finite_difference_fp64():
     """Central difference along a unit direction (half random, half the gradient so the derivative is large).
 
-    The UNet and LoRA run in fp64; the policy math stays fp32 by contract (rollout.policy), which limits
-    the finite difference to about 1e-4 relative.
+    The UNet, LoRA and policy math run in fp64 (rollout.policy computes in fp64 when the model is fp64).
     """
     pipe, params = lora_pipe(dtype=torch.float64)
     grads = lora_grads(params, objective(pipe, seed=1, num_steps=3, lam=0.5, gradient_checkpointing=True))
@@ -200,10 +199,10 @@ def test_gradient_matches_finite_difference_fp64():
                 p.sub_(step * d)
         return value
 
-    step = 1e-2
+    step = 1e-5  # small: the smoothness reward has |·| kinks that a wide step would straddle
     numeric = (value_at(step) - value_at(-step)) / (2 * step)
     assert abs(analytic) > 0.1
-    assert abs(numeric - analytic) < 1e-3 * abs(analytic), (numeric, analytic)
+    assert abs(numeric - analytic) < 1e-4 * abs(analytic), (numeric, analytic)
 
 
 def test_truncation_detaches_states_before_last_k_transitions():
