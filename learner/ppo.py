@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from diffusers import LCMScheduler
 
-from learner.settings import PPOSettings
+from learner.settings import PPOSettings, ROCMSettings
 from rollout.policy import transition_log_prob
 
 
@@ -146,7 +146,8 @@ def build_lr_scheduler(optimizer: torch.optim.Optimizer, schedule: str, total_st
     return get_scheduler(schedule, optimizer, num_warmup_steps=0, num_training_steps=max(total_steps, 1))
 
 
-def build_optimizer(params: list[torch.nn.Parameter], settings: PPOSettings) -> torch.optim.Optimizer:
+def build_optimizer(params: list[torch.nn.Parameter], settings: PPOSettings | ROCMSettings) -> torch.optim.Optimizer:
+    """AdamW on the LoRA parameters with the settings' lr, betas, weight decay and epsilon (PPO and ROCM alike)."""
     return torch.optim.AdamW(
         params,
         lr=settings.learning_rate,

@@ -137,16 +137,6 @@ def rocm_objective(
     }
 
 
-def build_rocm_optimizer(params: list[torch.nn.Parameter], settings: ROCMSettings) -> torch.optim.Optimizer:
-    return torch.optim.AdamW(
-        params,
-        lr=settings.learning_rate,
-        betas=(settings.adam_beta1, settings.adam_beta2),
-        weight_decay=settings.adam_weight_decay,
-        eps=settings.adam_epsilon,
-    )
-
-
 def rocm_update(
     pipe: LatentConsistencyModelPipeline,
     optimizer: torch.optim.Optimizer,

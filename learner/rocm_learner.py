@@ -9,7 +9,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from learner.rocm import build_rocm_optimizer, rocm_update
+from learner.ppo import build_optimizer
+from learner.rocm import rocm_update
 from learner.settings import ROCMSettings
 from rollout.lora import AdapterVersion, LoraSettings, add_lora, export_adapter, import_adapter, save_lora
 from rollout.models import load_pipeline
@@ -56,7 +57,7 @@ class ROCMLearner:
         self.pipe = load_pipeline(spec.model, device=spec.device, dtype=spec.dtype, seed=spec.model_seed)
         torch.manual_seed(spec.seed)
         self.params = add_lora(self.pipe.unet, spec.lora)
-        self.optimizer = build_rocm_optimizer(self.params, spec.rocm)
+        self.optimizer = build_optimizer(self.params, spec.rocm)
         noise_seed = int(np.random.default_rng([spec.seed, spec.rank]).integers(0, 2**62))
         self.generator = torch.Generator(device=self.device).manual_seed(noise_seed)
         self.reward_fn = spec.reward_factory().to(self.device)

@@ -16,7 +16,8 @@ import torch
 
 from cluster.prompts import epoch_prompts, load_prompts
 from learner.divergences import gaussian_divergence
-from learner.rocm import ROCMSettings, build_rocm_optimizer, rocm_objective, rocm_update
+from learner.ppo import build_optimizer
+from learner.rocm import ROCMSettings, rocm_objective, rocm_update
 from learner.rocm_learner import ROCMLearner, ROCMLearnerSpec
 from rewards_service.differentiable import build_differentiable_reward
 from rollout.lora import LoraSettings, add_lora
@@ -239,7 +240,7 @@ def test_update_accumulates_and_reduces_before_clipping():
             acc.sub_(g / 2)
     before = [p.detach().clone() for p in params]
     seen = []
-    optimizer = build_rocm_optimizer(params, settings)
+    optimizer = build_optimizer(params, settings)
     metrics = rocm_update(
         pipe, optimizer, params, [[p] for p in PROMPTS], settings, 2, GUIDANCE, torch.Generator().manual_seed(4), reward_fn(),
         reduce_gradients=lambda ps: seen.append([p.grad.clone() for p in ps]),
@@ -260,7 +261,7 @@ def test_bad_inputs_get_clear_errors():
         objective(pipe, truncate_steps=0)
     settings = ROCMSettings(grad_accum_steps=2)
     with pytest.raises(ValueError, match="multiple of grad_accum_steps=2"):
-        rocm_update(pipe, build_rocm_optimizer(params, settings), params, [["a cat"]], settings, 2, GUIDANCE, None, reward_fn())
+        rocm_update(pipe, build_optimizer(params, settings), params, [["a cat"]], settings, 2, GUIDANCE, None, reward_fn())
 
 
 # ---- the learner ----------------------------------------------------------------------------------------------
