@@ -95,12 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--verbose", "-v", action="store_true", help="full tracebacks, actor logs and library warnings")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    train = commands.add_parser("train", help="train a LoRA with RLCM (default: the toy CPU demo)")
-    train.add_argument("--config", help="YAML file or preset (tiny-cpu, compression, incompression, aesthetic, prompt-alignment)")
+    train = commands.add_parser("train", help="train a LoRA with RLCM or ROCM (default: the toy CPU demo)")
+    train.add_argument("--config", help="YAML file or preset (tiny-cpu, compression, incompression, aesthetic, prompt-alignment, rocm-tiny-cpu, rocm-<reward>)")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value, e.g. train.learning_rate=3e-4")
     train.add_argument("--output-dir", help="run folder (default runs/<config name>)")
     train.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output-dir")
     train.add_argument("--address", help="join this Ray cluster (default: RAY_ADDRESS if set, else a fresh local Ray)")
+    train.add_argument("--verbose", "-v", action="store_true", default=argparse.SUPPRESS, help="as rlcm --verbose")
     train.set_defaults(func=_train)
 
     scale = commands.add_parser("scale", help="change the number of rollout actors of a running `rlcm train`")
@@ -124,6 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--address", help="run Serve on this Ray cluster (default: RAY_ADDRESS if set, else a fresh local Ray)")
+    serve.add_argument("--verbose", "-v", action="store_true", default=argparse.SUPPRESS, help="as rlcm --verbose")
     serve.set_defaults(func=_serve)
 
     from cluster.evaluate import add_eval_parser
