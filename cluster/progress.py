@@ -35,7 +35,8 @@ class EpochProgress:
 
     def __init__(self, root: Path, config: TrainConfig, start_epoch: int):
         self.root, self.total, self.run = root, config.run.epochs, config.run
-        self.bar = tqdm(desc=f"rlcm train ({config.algorithm})", unit="epoch", total=self.total, initial=start_epoch, dynamic_ncols=True)
+        # the bar only on a terminal (disable=None); logs (ray job logs, files) get one line per epoch
+        self.bar = tqdm(desc=f"rlcm train ({config.algorithm})", unit="epoch", total=self.total, initial=start_epoch, dynamic_ncols=True, disable=None)
         self.tracker = None
         if config.run.tensorboard or config.run.wandb:
             from cluster.tracking import RunTracker

@@ -1,0 +1,33 @@
+"""The console of a run: one line per epoch in logs (no bar off a terminal), tracking files written."""
+
+from __future__ import annotations
+
+from cluster.config import load_config
+from cluster.progress import EpochProgress
+
+RLCM_ROW = {"epoch": 0, "algorithm": "rlcm", "reward_mean": -2.1, "reward_std": 0.1, "approx_kl": 0.012, "clipfrac": 0.25,
+            "time_epoch_s": 5.5, "samples_seen": 16, "num_invalid": 0}
+
+
+def test_one_line_per_epoch_with_the_key_numbers(tmp_path, capsys):
+    progress = EpochProgress(tmp_path, load_config(None, ["run.epochs=3", "run.plots=false"]), start_epoch=0)
+    progress.epoch_done(RLCM_ROW, None)
+    progress.epoch_done({**RLCM_ROW, "epoch": 1, "skipped_update": True, "num_invalid": 16}, None)
+    progress.close()
+    out, err = capsys.readouterr()
+    lines = out.splitlines()
+    assert lines[0] == "epoch 1/3  reward -2.1000 ± 0.1000  approx_kl 0.012  clipfrac 0.250  5.5 s/epoch  samples 16"
+    assert lines[1].startswith("epoch 2/3") and "update skipped (no valid reward)" in lines[1] and "16 invalid" in lines[1]
+    assert len(lines) == 2 and "rlcm train" not in err  # stderr is no terminal here: no progress bar in the log
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_rocm_line_shows_divergence_objective_and_monitoring(tmp_path, capsys):
+    progress = EpochProgress(tmp_path, load_config("rocm-tiny-cpu", ["run.tensorboard=false", "run.plots=false"]), start_epoch=4)
+    row = {"epoch": 4, "algorithm": "rocm", "reward_mean": -0.05, "reward_std": 0.001, "divergence_mean": 0.185, "objective": -0.066,
+           "monitor_reward_mean": -1.29, "time_epoch_s": 1.4, "samples_seen": 20, "num_invalid": 0}
+    progress.epoch_done(row, None)
+    progress.close()
+    assert capsys.readouterr().out.strip() == (
+        "epoch 5/20  reward -0.0500 ± 0.0010  divergence 0.185  objective -0.0660  monitor -1.2900  1.4 s/epoch  samples 20"
+    )
