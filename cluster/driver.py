@@ -32,9 +32,9 @@ from cluster.grid import save_sample_grid
 from cluster.output import OutputDir, disk_error
 from cluster.progress import EpochProgress
 from cluster.ray_setup import ResourceRequest, cluster_capacity, init_ray, preflight, wait_for_placement_group
-from cluster.prompts import epoch_prompts, load_prompts
+from cluster.prompts import epoch_prompts, holdout_split, load_prompts
 from cluster.rollout_pool import PoolOptions, RolloutPool
-from cluster.schedule import Scheduler, entries_to_rescore, reward_summary, update_inputs
+from cluster.schedule import Scheduler, entries_to_rescore, mean_over_ranks, reward_summary, update_inputs
 from learner.group import LearnerGroup
 from learner.learner import LearnerSpec
 from rewards_service.client import RewardClient, RewardClientConfig, build_reward_client
@@ -89,17 +89,6 @@ def resource_requests(config: TrainConfig) -> list[ResourceRequest]:
         ),
         ResourceRequest("reward scoring", 1, config.reward.num_cpus, 0.0, ("reward.num_cpus",)),
     ]
-
-
-def holdout_split(prompts: list[str], fraction: float = 0.1) -> tuple[list[str], list[str]]:
-    """(train, held-out): the last ⌈fraction·n⌉ prompts are held out for monitoring (all of them if n = 1)."""
-    held = max(1, int(np.ceil(fraction * len(prompts))))
-    return (prompts[:-held] or prompts), prompts[-held:]
-
-
-def mean_over_ranks(metrics: list[dict]) -> dict:
-    """Average each numeric metric over the learner ranks (ROCM ranks see different prompts)."""
-    return {k: float(np.mean([m[k] for m in metrics])) if isinstance(v, (int, float)) else v for k, v in metrics[0].items()}
 
 
 class Trainer:

@@ -38,3 +38,9 @@ def epoch_prompts(prompts: list[str], seed: int, epoch: int, count: int) -> list
 def batch_seed(seed: int, epoch: int, batch: int) -> int:
     """The sampling-noise seed of one rollout batch (stable across restarts and resubmissions)."""
     return int(np.random.default_rng([seed, epoch, batch, 7]).integers(0, 2**62))
+
+
+def holdout_split(prompts: list[str], fraction: float = 0.1) -> tuple[list[str], list[str]]:
+    """(train, held-out): the last ⌈fraction·n⌉ prompts are held out for monitoring (all of them if n = 1)."""
+    held = max(1, int(np.ceil(fraction * len(prompts))))
+    return (prompts[:-held] or prompts), prompts[-held:]

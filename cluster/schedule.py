@@ -66,6 +66,11 @@ def reward_summary(entries: list[Entry]) -> dict:
     }
 
 
+def mean_over_ranks(metrics: list[dict]) -> dict:
+    """Average each numeric metric over the learner ranks (ROCM ranks see different prompts)."""
+    return {k: float(np.mean([m[k] for m in metrics])) if isinstance(v, (int, float)) else v for k, v in metrics[0].items()}
+
+
 class Scheduler:
     """Decides what to sample next and when an update may take which batches; the Ray loop carries it out."""
 

@@ -86,3 +86,13 @@ def test_reward_summary_counts_invalid_and_ignores_their_values():
     none_valid = land(scheduler("sync"), jobs[0], 0, rewards=(np.nan, np.nan), version="", valid=[False, False])
     assert math.isnan(reward_summary([none_valid])["reward_mean"])
     assert reward_summary([none_valid])["reward_version"] == ""
+
+
+def test_rocm_holds_out_the_last_tenth_of_the_prompts_for_monitoring():
+    from cluster.prompts import holdout_split
+
+    train, held = holdout_split([f"p{i}" for i in range(10)])
+    assert held == ["p9"] and train == [f"p{i}" for i in range(9)]
+    train, held = holdout_split([f"p{i}" for i in range(45)])
+    assert held == [f"p{i}" for i in range(40, 45)] and not set(train) & set(held)
+    assert holdout_split(["only"]) == (["only"], ["only"])  # one prompt: nothing to hold out
