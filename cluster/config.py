@@ -69,11 +69,13 @@ class RewardConfig(Strict):
     num_cpus: float = Field(0.25, ge=0, description="CPUs reserved by each scoring task")
 
     def client_config(self, reward: str | None = None) -> RewardClientConfig:
+        """How to reach `reward` (default: `name`); `options` belong to `name`, another reward gets its defaults."""
         token = os.environ.get(self.token_env) if self.backend == "http" else None
+        reward = reward or self.name
         return RewardClientConfig(
-            reward=reward or self.name,
+            reward=reward,
             backend="in_process" if self.backend == "local" else self.backend,
-            options=self.options,
+            options=self.options if reward == self.name else {},
             app_name=self.app_name,
             url=self.url,
             token=token,

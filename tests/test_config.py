@@ -184,3 +184,10 @@ def test_rocm_presets_follow_the_paper(name):
     assert cfg.sampling.num_steps == 8 and (cfg.model.lora.rank, cfg.model.lora.alpha) == (16, 32)
     assert cfg.rocm.batch_size == 1 and cfg.resources.learner_gpus == 1  # one prompt per GPU per objective call
     assert cfg.rocm.divergence == "kl" and cfg.rocm.lam > 0 and cfg.rocm.gradient_checkpointing
+
+
+def test_reward_options_belong_to_the_trained_reward_not_the_monitor():
+    cfg = load_config("rocm-tiny-cpu", ["reward.options={scale: 3.0}"])
+    assert cfg.reward.client_config().options == {"scale": 3.0}
+    monitor = cfg.reward.client_config(cfg.reward.monitor)
+    assert monitor.reward == "jpeg_compressibility" and monitor.options == {}
