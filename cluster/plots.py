@@ -18,7 +18,7 @@ import numpy as np
 
 DIAGNOSTICS = {
     "rlcm": (("approx_kl", "approx KL (old → new policy)"), ("clipfrac", "fraction of clipped ratios")),
-    "rocm": (("divergence_mean", "divergence to the base (per step, mean)"), ("objective", "objective (reward − λ·divergence)"), ("grad_norm", "gradient norm")),
+    "rocm": (("divergence_mean", "Σ_k divergence to the base per chain (mean)"), ("objective", "objective (reward − λ·divergence)"), ("grad_norm", "gradient norm")),
 }
 
 
