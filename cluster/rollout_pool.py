@@ -12,7 +12,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 import ray
-from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.placement_group import placement_group, placement_group_table, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from cluster.ray_setup import wait_for_placement_group
@@ -40,6 +40,12 @@ class Slot:
     images: int = 0
     busy_s: float = 0.0
     started: float = field(default_factory=time.perf_counter)
+    placed: bool = False
+
+    def is_placed(self) -> bool:
+        """Whether Ray has placed this actor's bundle (remembered once true); batches go only to placed actors."""
+        self.placed = self.placed or self.pg is None or placement_group_table(self.pg)["state"] == "CREATED"
+        return self.placed
 
 
 @dataclass
@@ -137,7 +143,10 @@ class RolloutPool:
     def pump(self) -> None:
         """Dispatch queued jobs to the least-loaded active actors, at most `max_inflight` each."""
         while self.queue:
-            free = {i: s.load for i, s in self.slots.items() if not s.draining and not self._probing(i) and s.load < self.options.max_inflight}
+            free = {
+                i: s.load for i, s in self.slots.items()
+                if not s.draining and not self._probing(i) and s.load < self.options.max_inflight and s.is_placed()
+            }
             if not free:
                 return
             actor_id = min(free, key=free.get)

@@ -131,3 +131,24 @@ def test_resume_without_checkpoint_starts_over_with_clean_metrics(ray_local, tmp
     written = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in written] == [0, 1] == [r["epoch"] for r in rows]
     assert "reward_mean" in written[0]
+
+
+def test_batches_go_only_to_placed_rollout_actors(ray_local):
+    """A scale-up the cluster cannot place yet (here: a bundle of 64 CPUs) must not take batches."""
+    from cluster.rollout_pool import PoolOptions, RolloutPool
+    from cluster.schedule import epoch_jobs
+    from rollout.worker import RolloutSpec
+
+    config = load_config(None)
+    spec = RolloutSpec(model="tiny", lora=config.model.lora, num_steps=2, guidance_scale=8.0)
+    pool = RolloutPool(spec, PoolOptions(cpus=0.5, max_inflight=2), size=1)
+    try:
+        pool.options.cpus = 64.0
+        pool.resize(2)
+        for job in epoch_jobs(["cat", "dog"], 0, 0, 2, 3):
+            pool.submit(job)
+        pool.pump()
+        placed, waiting = sorted(pool.slots)
+        assert pool.slots[placed].load == 2 and pool.slots[waiting].load == 0 and len(pool.queue) == 1
+    finally:
+        pool.shutdown()
