@@ -170,12 +170,12 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:
         if args.verbose:
             traceback.print_exc()
-        known = isinstance(error, (ValueError, OSError, RuntimeError, ConnectionError, ImportError)) or type(error).__module__.startswith("ray")
-        if not known:
-            raise
-        hint = "" if args.verbose else " (rerun with --verbose for the full trace)"
-        print(f"rlcm: error: {explain(error)}{hint if type(error).__module__.startswith('ray') else ''}", file=sys.stderr)
-        return 2
+        expected = isinstance(error, (ValueError, OSError, RuntimeError, ConnectionError, ImportError))
+        from_ray = type(error).__module__.startswith("ray")
+        message = explain(error) if expected or from_ray else f"{type(error).__name__}: {error}"
+        hint = "" if args.verbose or (expected and not from_ray) else " (rerun with --verbose for the full trace)"
+        print(f"rlcm: error: {message}{hint}", file=sys.stderr)
+        return 2 if expected or from_ray else 1
 
 
 def quiet_libraries() -> None:

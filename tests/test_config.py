@@ -191,3 +191,8 @@ def test_reward_options_belong_to_the_trained_reward_not_the_monitor():
     assert cfg.reward.client_config().options == {"scale": 3.0}
     monitor = cfg.reward.client_config(cfg.reward.monitor)
     assert monitor.reward == "jpeg_compressibility" and monitor.options == {}
+
+
+def test_set_value_that_is_not_yaml_is_a_config_error():
+    with pytest.raises(ConfigError, match=r"--set train.learning_rate: the value '\[' is not valid YAML"):
+        load_config(None, ["train.learning_rate=["])
