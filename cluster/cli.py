@@ -90,6 +90,13 @@ def _sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rlcm", description="RL fine-tuning of latent consistency models on Ray")
     parser.add_argument("--verbose", "-v", action="store_true", help="full tracebacks, actor logs and library warnings")
@@ -137,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample = commands.add_parser("sample", help="generate an image with a trained LoRA")
     sample.add_argument("--lora", required=True, help="a checkpoints/epoch-NNNN folder")
     sample.add_argument("--prompt", required=True)
-    sample.add_argument("--steps", type=int, default=8)
+    sample.add_argument("--steps", type=positive_int, default=8)
     sample.add_argument("--guidance-scale", type=float, default=8.0)
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--model", help="base model (default: the one recorded in the checkpoint)")
@@ -151,6 +158,8 @@ def explain(error: BaseException) -> str:
     cause = getattr(error, "cause", None)
     if isinstance(cause, BaseException) and cause is not error:
         return explain(cause)
+    if hasattr(error, "errors") and type(error).__name__ == "ValidationError":  # pydantic: one line, field by field
+        return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'value'}: {e['msg']}" for e in error.errors())
     text = str(error).strip()
     if not type(error).__module__.startswith("ray"):
         return text

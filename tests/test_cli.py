@@ -157,3 +157,11 @@ def test_errors_from_inside_ray_become_one_line(ray_local):
     with pytest.raises(Exception) as caught:
         ray_local.get(Broken.remote().ping.remote())
     assert explain(caught.value) == "ValueError: LoRA target_modules ['x'] do not fit this UNet"
+
+
+def test_bad_numbers_on_other_subcommands_are_one_line(capsys, tmp_path):
+    with pytest.raises(SystemExit) as exit_:
+        main(["sample", "--lora", str(tmp_path), "--prompt", "x", "--steps", "0", "--out", str(tmp_path / "x.png")])
+    assert exit_.value.code == 2 and "--steps: must be at least 1" in capsys.readouterr().err
+    assert main(["eval", "--prompts", "simple_animals", "--metrics", "jpeg_compressibility", "--seeds", "0", "--out", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip() == "rlcm: error: seeds: Input should be greater than or equal to 1"
