@@ -92,7 +92,9 @@ class AestheticModel(nn.Module):
         """CLIP by hub id or local directory plus the shipped LAION head."""
         from transformers import CLIPVisionModelWithProjection
 
-        clip = CLIPVisionModelWithProjection.from_pretrained(clip_model, dtype=dtype)
+        from rewards_service.scorers.clip_score import load_pretrained
+
+        clip = load_pretrained(CLIPVisionModelWithProjection.from_pretrained, clip_model, "clip_model", dtype=dtype)
         return cls(clip, load_aesthetic_head(head_path)).to(device).eval().requires_grad_(False)
 
 
