@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -15,6 +11,7 @@ import pytest
 from rewards_service.cli import load_config
 from rewards_service.codec import encode_batch
 from rewards_service.scorers import jpeg_size_kb
+from tests.servers import standalone_service
 
 SERVE_CONFIGS = sorted((Path(__file__).parents[1] / "cluster" / "serve").glob("*.yaml"))
 
@@ -42,29 +39,10 @@ def test_default_config_and_plain_format(tmp_path):
         load_config(str(plain))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_standalone_server_over_real_http():
-    port = _free_port()
-    code = f"from rewards_service.cli import serve_main; serve_main(None, True, '127.0.0.1', {port})"
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(100):
-            try:
-                if httpx.get(f"{base}/healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
+    with standalone_service() as (base, _):
         images = np.random.default_rng(0).integers(0, 256, (2, 16, 16, 3), dtype=np.uint8)
         body = httpx.post(f"{base}/v1/score/jpeg_incompressibility", json={"prompts": ["a", "b"], "images": encode_batch(images)}).json()
         assert body["rewards"] == [jpeg_size_kb(im) for im in images]
         bad = httpx.post(f"{base}/v1/score/jpeg_incompressibility", content=b"x", headers={"content-type": "text/plain"})
         assert bad.status_code == 415
-    finally:
-        proc.terminate()
-        proc.wait(10)

@@ -5,9 +5,6 @@ from __future__ import annotations
 import base64
 import socket
 import struct
-import subprocess
-import sys
-import time
 import zlib
 
 import httpx
@@ -23,6 +20,7 @@ from rewards_service.codec import encode_png
 from rewards_service.scorers import JpegCompressibility, ScoreResult, jpeg_size_kb
 from rewards_service.scorers.base import FAILED_VERSION, ScorerUnavailable
 from rewards_service.settings import ServiceSettings
+from tests.servers import standalone_service
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
@@ -184,12 +182,6 @@ def test_mixed_sizes_are_scored_per_size_in_request_order():
 # ---------------------------------------------------------------- stalled uploads
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def open_stalled_uploads(port: int, n: int) -> list[socket.socket]:
     """`n` connections that send headers announcing 100 kB and 10 bytes of body, then stall."""
     sockets = []
@@ -250,21 +242,8 @@ def check_stalled_uploads_do_not_block(base: str, port: int, n: int) -> None:
 def standalone(tmp_path_factory):
     config = tmp_path_factory.mktemp("serve") / "rewards.yaml"
     config.write_text("rewards:\n  - name: jpeg_compressibility\nsettings:\n  body_timeout_s: 4\n  limit_concurrency: 64\n  auth_token: null\n")
-    port = free_port()
-    code = f"from rewards_service.cli import serve_main; serve_main({str(config)!r}, True, '127.0.0.1', {port})"
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(150):
-            try:
-                if httpx.get(f"{base}/healthz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
+    with standalone_service(config) as (base, port):
         yield base, port
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def test_standalone_stalled_uploads_get_408(standalone):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -18,6 +17,7 @@ from rewards_service.scorers import JpegCompressibility, ScoreResult, jpeg_size_
 from rewards_service.serve import RemoteScorer, RewardDeploymentConfig, RewardServiceConfig, run_service
 from rewards_service.settings import ServiceSettings
 from tests.test_rewards_hardening import b64, check_stalled_uploads_do_not_block, png_bytes
+from tests.servers import free_port
 
 APP = "rewards_test"
 SLOW = "tests.test_rewards_serve:SlowJpeg"
@@ -40,12 +40,6 @@ class SlowJpeg(JpegCompressibility):
         return result
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _images(n: int, size: int = 16, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8)
 
@@ -60,7 +54,7 @@ def _config(port: int, slow_version: str, delay_s: float) -> RewardServiceConfig
 
 @pytest.fixture(scope="module")
 def service(ray_local):
-    port = _free_port()
+    port = free_port()
     run_service(_config(port, "1", 2.0))
     yield port
     serve.delete(APP)

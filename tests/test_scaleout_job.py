@@ -18,14 +18,9 @@ from pathlib import Path
 import pytest
 
 from cluster.entrypoint import dashboard_auth_mode, job_client
+from tests.servers import free_port
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow
