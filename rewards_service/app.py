@@ -14,11 +14,12 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from starlette.requests import ClientDisconnect
 
-from rewards_service.batching import group_by_size, merge_results
-from rewards_service.codec import ImageError, decode_batch
+from rewards_service.batching import merge_results
+from rewards_service.budget import BudgetBusy, PixelBudget
+from rewards_service.codec import PNG_BASE64_PATTERN, ImageError, ImageHeader, check_png_base64, decode_group, read_headers, size_groups
 from rewards_service.scorers.base import ScorerUnavailable, ScoreResult
 from rewards_service.settings import ServiceSettings
 
@@ -26,12 +27,28 @@ RESERVED_KEYS = ("rewards", "version", "valid")
 logger = logging.getLogger("rewards_service")
 
 
+PNG_ITEM_SCHEMA = {"type": "string", "minLength": 1, "pattern": PNG_BASE64_PATTERN, "contentEncoding": "base64", "contentMediaType": "image/png",
+                   "description": "a PNG file, base64-encoded (standard alphabet, padded): it starts with iVBORw0KGgo"}
+
+
 class ScoreRequest(BaseModel):
-    """A batch to score: `prompts` and `images` have the same length (at least 1), one prompt per image."""
+    """A batch to score: `prompts` and `images` have the same length (at least 1), one prompt per image.
+
+    The service also enforces what JSON Schema cannot say: both arrays have the same length, every image is a
+    decodable PNG, and its size (from its header) and the request's pixel total are within the limits.
+    """
 
     model_config = ConfigDict(extra="forbid")
     prompts: list[str] = Field(min_length=1, description="one prompt per image: the same length as `images`")
-    images: list[str] = Field(min_length=1, description="base64-encoded PNG images (sizes may differ): the same length as `prompts`")
+    images: list[str] = Field(min_length=1, description="base64-encoded PNG images (sizes may differ): the same length as `prompts`",
+                              json_schema_extra={"items": PNG_ITEM_SCHEMA})
+
+    @field_validator("images")
+    @classmethod
+    def _base64_pngs(cls, images: list[str]) -> list[str]:
+        for i, image in enumerate(images):
+            check_png_base64(image, i)
+        return images
 
     @model_validator(mode="after")
     def _one_prompt_per_image(self) -> "ScoreRequest":
@@ -68,11 +85,11 @@ def _error(status: int, text: str) -> dict[str, Any]:
 
 ERRORS = {**_error(401, "missing or wrong bearer token"), **_error(404, "unknown reward"),
           **_error(408, "the request body did not arrive within body_timeout_s"),
-          **_error(413, "body, image count, image side or pixel count above the limits, or a decompression bomb"),
+          **_error(413, "body, image count, image side, pixels of an image or of the request above the limits, or a decompression bomb"),
           **_error(415, "content type is not application/json"),
           **_error(422, "malformed JSON, bad base64, non-PNG image, prompt/image count mismatch, or an image the reward cannot score"),
           **_error(500, "the reward failed on a valid request (a server fault)"),
-          **_error(503, "the reward is unavailable right now; retry")}
+          **_error(503, "the reward is unavailable, or the server's decoded-pixel budget is in use by other requests; retry")}
 
 
 def request_schema(settings: ServiceSettings) -> dict[str, Any]:
@@ -80,6 +97,9 @@ def request_schema(settings: ServiceSettings) -> dict[str, Any]:
     schema = ScoreRequest.model_json_schema()
     for field in ("prompts", "images"):
         schema["properties"][field]["maxItems"] = settings.max_images_per_request
+    schema["description"] += (f" Limits of this service: at most {settings.max_images_per_request} images, each at most {settings.max_image_side} "
+                              f"pixels a side and {settings.max_pixels_per_image} pixels, {settings.max_pixels_per_request} pixels in all, "
+                              f"a body of at most {settings.max_body_bytes} bytes.")
     return schema
 
 
@@ -138,8 +158,8 @@ async def read_body(request: Request, settings: ServiceSettings) -> bytes:
     return b"".join(chunks)
 
 
-def parse_request(body: bytes, settings: ServiceSettings) -> tuple[list[np.ndarray], list[str]]:
-    """Validate a request body and decode its images (sizes may differ); raises HTTPException with a clear detail."""
+def parse_request(body: bytes, settings: ServiceSettings) -> tuple[ScoreRequest, list[ImageHeader]]:
+    """Validate a request body and read every image's size from its PNG header (nothing is decoded yet)."""
     try:
         req = ScoreRequest.model_validate_json(body)
     except ValidationError as exc:
@@ -147,26 +167,43 @@ def parse_request(body: bytes, settings: ServiceSettings) -> tuple[list[np.ndarr
     if len(req.images) > settings.max_images_per_request:
         raise HTTPException(413, f"{len(req.images)} images in one request, above the limit of {settings.max_images_per_request}; split the batch")
     try:
-        return decode_batch(req.images, settings.max_pixels_per_image, settings.max_image_side), req.prompts
+        headers = read_headers(req.images, settings.max_pixels_per_image, settings.max_image_side)
     except ImageError as exc:
         raise HTTPException(exc.status, exc.detail) from None
+    total = sum(h.pixels for h in headers)
+    if total > settings.max_pixels_per_request:
+        raise HTTPException(413, f"the {len(headers)} images hold {total} pixels in all, above the limit of {settings.max_pixels_per_request} "
+                                 "per request; send fewer or smaller images")
+    return req, headers
 
 
-async def score_by_size(name: str, scorer: Any, images: list[np.ndarray], prompts: list[str]) -> ScoreResult:
-    """One scorer call per image size, results in request order; scorer errors -> 422 (the input), 503 (passing), 500."""
+async def score_by_size(name: str, scorer: Any, req: ScoreRequest, headers: list[ImageHeader]) -> ScoreResult:
+    """Decode and score one image size at a time, results in request order.
+
+    Image errors -> 422/413; scorer errors -> 422 (the input), 503 (passing), 500.
+    """
     parts = []
+    for group in size_groups(headers):
+        try:
+            images = await run_in_threadpool(decode_group, req.images, group)  # decoding stays off the event loop
+        except ImageError as exc:
+            raise HTTPException(exc.status, exc.detail) from None
+        indices = [h.index for h in group]
+        try:
+            parts.append((indices, await call_scorer(scorer, images, [req.prompts[i] for i in indices])))
+        except ValueError as exc:
+            raise HTTPException(422, f"reward {name!r} cannot score these images: {exc}") from None
+        except ScorerUnavailable as exc:
+            raise HTTPException(503, f"reward {name!r} is unavailable: {exc}", headers={"Retry-After": "1"}) from None
+        except Exception as exc:
+            logger.exception("reward %r failed on a valid request", name)
+            raise HTTPException(500, f"reward {name!r} failed on the server ({type(exc).__name__}: {str(exc)[:200]}); "
+                                     "the request is valid: retry later or report it") from None
+        del images
     try:
-        for group in group_by_size(images):
-            parts.append((group, await call_scorer(scorer, np.stack([images[i] for i in group]), [prompts[i] for i in group])))
-        return merge_results(parts, len(images))
-    except ValueError as exc:
-        raise HTTPException(422, f"reward {name!r} cannot score these images: {exc}") from None
+        return merge_results(parts, len(headers))
     except ScorerUnavailable as exc:
         raise HTTPException(503, f"reward {name!r} is unavailable: {exc}", headers={"Retry-After": "1"}) from None
-    except Exception as exc:
-        logger.exception("reward %r failed on a valid request", name)
-        raise HTTPException(500, f"reward {name!r} failed on the server ({type(exc).__name__}: {str(exc)[:200]}); "
-                                 "the request is valid: retry later or report it") from None
 
 
 async def internal_error(request: Request, exc: Exception) -> JSONResponse:
@@ -178,6 +215,7 @@ def create_app(scorers: Mapping[str, Any], settings: ServiceSettings | None = No
     """The reward API over `scorers` (name -> Scorer, sync or async `score`)."""
     settings = settings or ServiceSettings()
     scorers = dict(scorers)
+    pixels = PixelBudget(settings.max_pixels_in_flight)
     bearer = HTTPBearer(auto_error=False, description="required when the service has a token configured")
 
     def check_token(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:  # noqa: B008
@@ -207,8 +245,14 @@ def create_app(scorers: Mapping[str, Any], settings: ServiceSettings | None = No
         if content_type != "application/json":
             raise HTTPException(415, f"content type must be application/json, got {content_type or 'none'!r}")
         body = await read_body(request, settings)
-        images, prompts = await run_in_threadpool(parse_request, body, settings)  # decoding stays off the event loop
-        return JSONResponse(result_to_json(await score_by_size(name, scorers[name], images, prompts)))
+        req, headers = await run_in_threadpool(parse_request, body, settings)
+        del body
+        try:
+            async with pixels.reserve(sum(h.pixels for h in headers), settings.pixel_wait_s):
+                result = await score_by_size(name, scorers[name], req, headers)
+        except BudgetBusy as exc:
+            raise HTTPException(503, f"the server is busy decoding other requests ({exc}); retry", headers={"Retry-After": "1"}) from None
+        return JSONResponse(result_to_json(result))
 
     return app
 

@@ -1,17 +1,25 @@
-"""Images on the wire: base64-encoded PNG, decoded with size limits checked from the PNG header before decompression."""
+"""Images on the wire: base64-encoded PNG. Sizes are read from each PNG header before anything is decompressed,
+and images are decoded lazily, one size group at a time, straight into the batch array the scorer gets."""
 
 from __future__ import annotations
 
 import base64
 import binascii
 import io
+import re
 import struct
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 from PIL import Image
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_BASE64_PREFIX = "iVBORw0KGgo"  # base64 of the signature's first 8 bytes
+PNG_BASE64_PATTERN = rf"^{PNG_BASE64_PREFIX}[A-Za-z0-9+/]*={{0,2}}$"
+"""What a base64 PNG looks like: the signature's base64 prefix, then base64 characters (JSON Schema `pattern`)."""
+_BASE64 = re.compile(r"[A-Za-z0-9+/]*={0,2}")  # used with fullmatch: `$` would let a final newline through
+HEADER_CHARS = 32
+"""base64 characters that hold the signature and the IHDR chunk's width and height (24 bytes)."""
 
 
 class ImageError(ValueError):
@@ -55,22 +63,85 @@ def check_size(width: int, height: int, index: int, max_pixels: int, max_side: i
         raise ImageError(413, f"images[{index}] is {width}x{height} = {width * height} pixels, above the limit of {max_pixels}; resize it")
 
 
-def decode_png(data: str, index: int, max_pixels: int, max_side: int) -> np.ndarray:
-    """One base64 PNG -> uint8 HWC RGB; raises ImageError (422 undecodable/non-PNG, 413 too large)."""
+class ImageHeader(NamedTuple):
+    """One image of a request, known from its header only: where it is, and its size."""
+
+    index: int
+    width: int
+    height: int
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+
+def check_png_base64(data: str, index: int) -> None:
+    """ImageError (422) unless `data` is base64 text that starts with the PNG signature (what the request schema says)."""
+    if not data:
+        raise ImageError(422, f"images[{index}] is empty; send base64-encoded PNG bytes")
+    if _BASE64.fullmatch(data) is None:
+        raise ImageError(422, f"images[{index}] is not valid base64 (standard alphabet A-Z a-z 0-9 + /, = padding)")
+    if not data.startswith(PNG_BASE64_PREFIX):
+        raise ImageError(422, f"images[{index}] is not a PNG (send base64-encoded PNG bytes; they start with iVBORw0KGgo)")
+
+
+def read_header(data: str, index: int, max_pixels: int, max_side: int) -> ImageHeader:
+    """The size of one base64 PNG from its first 32 characters; 422 if it is not a PNG, 413 if too large."""
+    try:
+        head = base64.b64decode(data[:HEADER_CHARS], validate=True)
+    except (binascii.Error, ValueError):
+        raise ImageError(422, f"images[{index}] is not valid base64") from None
+    width, height = png_size(head, index)
+    check_size(width, height, index, max_pixels, max_side)
+    return ImageHeader(index, width, height)
+
+
+def read_headers(data: Sequence[str], max_pixels: int, max_side: int) -> list[ImageHeader]:
+    """The headers of every image of a request, in order (nothing is decompressed)."""
+    return [read_header(d, i, max_pixels, max_side) for i, d in enumerate(data)]
+
+
+def _decode_into(out: np.ndarray, data: str, index: int) -> None:
     try:
         raw = base64.b64decode(data, validate=True)
     except (binascii.Error, ValueError):
         raise ImageError(422, f"images[{index}] is not valid base64") from None
-    check_size(*png_size(raw, index), index, max_pixels, max_side)
     try:
         with Image.open(io.BytesIO(raw), formats=["PNG"]) as img:
-            return np.asarray(img.convert("RGB"), dtype=np.uint8)
+            if img.size != (out.shape[1], out.shape[0]):
+                raise ImageError(422, f"images[{index}] is a corrupt PNG: it declares {out.shape[1]}x{out.shape[0]} but decodes to {img.size[0]}x{img.size[1]}")
+            out[...] = np.asarray(img.convert("RGB"), dtype=np.uint8)
     except Image.DecompressionBombError as exc:
         raise ImageError(413, f"images[{index}] is a decompression bomb: {exc}") from None
     except (OSError, SyntaxError, ValueError) as exc:
+        if isinstance(exc, ImageError):
+            raise
         if "too large" in str(exc).lower() or "too much memory" in str(exc).lower():  # PIL's guards on compressed text chunks
             raise ImageError(413, f"images[{index}] decompresses to too much data: {exc}") from None
         raise ImageError(422, f"images[{index}] is a corrupt PNG: {exc}") from None
+
+
+def decode_group(data: Sequence[str], headers: Sequence[ImageHeader]) -> np.ndarray:
+    """Images of one size -> uint8 [N, H, W, 3], each decoded straight into its slot (no list, no stack copy)."""
+    height, width = headers[0].height, headers[0].width
+    batch = np.empty((len(headers), height, width, 3), dtype=np.uint8)
+    for slot, header in zip(batch, headers):
+        _decode_into(slot, data[header.index], header.index)
+    return batch
+
+
+def size_groups(headers: Sequence[ImageHeader]) -> list[list[ImageHeader]]:
+    """Headers grouped by (height, width), groups in order of first appearance."""
+    groups: dict[tuple[int, int], list[ImageHeader]] = {}
+    for header in headers:
+        groups.setdefault((header.height, header.width), []).append(header)
+    return list(groups.values())
+
+
+def decode_png(data: str, index: int, max_pixels: int, max_side: int) -> np.ndarray:
+    """One base64 PNG -> uint8 HWC RGB; raises ImageError (422 undecodable/non-PNG, 413 too large)."""
+    header = read_header(data, index, max_pixels, max_side)
+    return decode_group({index: data}, [header])[0]
 
 
 def decode_batch(data: Sequence[str], max_pixels: int, max_side: int) -> list[np.ndarray]:
