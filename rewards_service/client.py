@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures as cf
+import os
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from rewards_service.scorers.base import FAILED_VERSION, Scorer, ScoreResult, check_batch
+from rewards_service.settings import TOKEN_ENV
 
 
 class RetryPolicy(BaseModel):
@@ -32,6 +34,10 @@ class RetryPolicy(BaseModel):
 
 class PermanentError(Exception):
     """A failure that retrying cannot fix (the request itself is wrong); a scorer's ValueError is one too."""
+
+
+class RewardAuthError(PermissionError):
+    """The reward service refused the bearer token (HTTP 401/403): raised, never turned into invalid samples."""
 
 
 @dataclass
@@ -62,6 +68,8 @@ class RewardClient(ABC):
         for attempt in range(1, self.retry.max_attempts + 1):
             try:
                 return self._score_once(images, prompts)
+            except RewardAuthError:
+                raise
             except (PermanentError, ValueError) as exc:  # the request is wrong: retrying gives the same answer
                 errors.append(f"{type(exc).__name__}: {exc}" if isinstance(exc, ValueError) else str(exc))
                 break
@@ -79,7 +87,10 @@ class RewardClient(ABC):
         return RewardFuture(self._pool.submit(self._score_with_retries, images, list(prompts)), len(prompts))
 
     def result(self, future: RewardFuture, timeout: float | None = None) -> ScoreResult:
-        """Wait for a submitted batch; on timeout every sample is invalid (never 0 or NaN silently)."""
+        """Wait for a submitted batch; on timeout every sample is invalid (never 0 or NaN silently).
+
+        Raises RewardAuthError if the service refused the token: no retry or later batch can succeed.
+        """
         try:
             return future.future.result(timeout=self.retry.timeout_s * self.retry.max_attempts if timeout is None else timeout)
         except cf.TimeoutError:
@@ -127,7 +138,7 @@ class ServeHandleRewardClient(RewardClient):
 
 
 class HttpRewardClient(RewardClient):
-    """Calls the HTTP API with httpx (base64 PNG on the wire)."""
+    """Calls the HTTP API with httpx (base64 PNG on the wire); the token defaults to $RLCM_REWARDS_TOKEN."""
 
     def __init__(self, url: str, reward: str, token: str | None = None, retry: RetryPolicy | None = None,
                  max_concurrency: int = 4, http: Any = None) -> None:
@@ -135,15 +146,24 @@ class HttpRewardClient(RewardClient):
         import httpx
 
         super().__init__(reward, retry, max_concurrency)
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.url = url
+        self.token_source = "the token argument" if token else (f"${TOKEN_ENV}" if os.environ.get(TOKEN_ENV) else None)
+        token = token or os.environ.get(TOKEN_ENV) or None
         self.http = http or httpx.Client(base_url=url.rstrip("/"), timeout=self.retry.timeout_s)
-        self.headers = headers
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+
+    def _auth_error(self, status: int) -> RewardAuthError:
+        sent = f"the token from {self.token_source} was refused" if self.token_source else f"no token was sent (${TOKEN_ENV} is unset)"
+        return RewardAuthError(f"reward service {self.url} answered {status} for {self.reward!r}: {sent}; "
+                               f"set {TOKEN_ENV} (or the client's token) to the service's token")
 
     def _score_once(self, images: np.ndarray, prompts: list[str]) -> ScoreResult:
         from rewards_service.app import response_to_result
         from rewards_service.codec import encode_batch
 
         response = self.http.post(f"/v1/score/{self.reward}", json={"prompts": prompts, "images": encode_batch(images)}, headers=self.headers)
+        if response.status_code in (401, 403):
+            raise self._auth_error(response.status_code)
         if 400 <= response.status_code < 500 and response.status_code not in (408, 429):
             raise PermanentError(f"HTTP {response.status_code}: {response.text}")
         response.raise_for_status()
@@ -163,7 +183,7 @@ class RewardClientConfig(BaseModel):
     options: dict[str, Any] = Field(default_factory=dict, description="scorer options (in_process only)")
     app_name: str = Field("rewards", description="Serve application name (serve only)")
     url: str = Field("http://127.0.0.1:8000", description="base URL (http only)")
-    token: SecretStr | None = Field(None, description="bearer token (http only)")
+    token: SecretStr | None = Field(None, description="bearer token (http only); default $RLCM_REWARDS_TOKEN")
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
     max_concurrency: int = Field(4, ge=1)
 

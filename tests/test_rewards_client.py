@@ -11,7 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from rewards_service.app import create_app
-from rewards_service.client import (HttpRewardClient, InProcessRewardClient, RetryPolicy, RewardClientConfig,
+from rewards_service.client import (HttpRewardClient, InProcessRewardClient, RetryPolicy, RewardAuthError, RewardClientConfig,
                                     build_reward_client)
 from rewards_service.scorers import JpegCompressibility, ScoreResult
 from rewards_service.settings import ServiceSettings
@@ -108,3 +108,29 @@ def test_build_reward_client_in_process():
     client = build_reward_client(RewardClientConfig(reward="jpeg_compressibility", options={"version": "5"}))
     assert isinstance(client, InProcessRewardClient) and client.score(_images(), ["a", "b"]).version == "5"
 
+
+
+def _token_app_client(monkeypatch, env_token: str | None, token: str | None = None) -> HttpRewardClient:
+    if env_token is None:
+        monkeypatch.delenv("RLCM_REWARDS_TOKEN", raising=False)
+    else:
+        monkeypatch.setenv("RLCM_REWARDS_TOKEN", env_token)
+    app = create_app({"jpeg_compressibility": JpegCompressibility()}, ServiceSettings(auth_token="tok"))
+    return HttpRewardClient("http://svc", "jpeg_compressibility", token=token, retry=FAST_RETRY, http=TestClient(app))
+
+
+def test_http_client_reads_the_token_from_the_environment(monkeypatch):
+    assert _token_app_client(monkeypatch, "tok").score(_images(), ["a", "b"]).valid == [True, True]
+
+
+@pytest.mark.parametrize("env_token, token, says", [
+    (None, None, "no token was sent ($RLCM_REWARDS_TOKEN is unset)"),
+    ("wrong", None, "the token from $RLCM_REWARDS_TOKEN was refused"),
+    ("tok", "wrong", "the token from the token argument was refused"),
+], ids=["unset", "wrong-env", "wrong-argument"])
+def test_http_client_raises_on_401_naming_the_token(monkeypatch, env_token, token, says):
+    """A refused token is an error that says what to set, not NaN rewards with valid=False."""
+    client = _token_app_client(monkeypatch, env_token, token)
+    with pytest.raises(RewardAuthError, match="answered 401") as error:
+        client.score(_images(), ["a", "b"])
+    assert says in str(error.value) and "set RLCM_REWARDS_TOKEN" in str(error.value)
