@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import sys
@@ -37,10 +36,16 @@ def _train(args: argparse.Namespace) -> int:
 
     rows = train(config, output_dir, resume=args.resume, verbose=args.verbose, address=args.address)
     if rows:
-        first, last = rows[0], rows[-1]
-        print(f"reward_mean {first['reward_mean']:.4f} (epoch {first['epoch']}) -> {last['reward_mean']:.4f} (epoch {last['epoch']})")
+        print(summary_line(rows, config.run.epochs))
     print(f"outputs in {output_dir}")
     return 0
+
+
+def summary_line(rows: list[dict], total: int) -> str:
+    """First and last reward of a run, epochs counted from 1 as the per-epoch lines count them."""
+    first, last = rows[0], rows[-1]
+    return (f"reward_mean {first['reward_mean']:.4f} (epoch {first['epoch'] + 1}/{total}) -> "
+            f"{last['reward_mean']:.4f} (epoch {last['epoch'] + 1}/{total})")
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -73,17 +78,20 @@ def _submit(args: argparse.Namespace) -> int:
 def _sample(args: argparse.Namespace) -> int:
     import torch
 
+    from cluster.checkpoint_record import read_record, sampling_settings
     from rollout.models import load_pipeline
 
     lora = Path(args.lora)
-    if not (lora / "pytorch_lora_weights.safetensors").is_file():
-        raise FileNotFoundError(f"{lora} holds no pytorch_lora_weights.safetensors; pass a checkpoints/epoch-NNNN folder")
-    recorded = json.loads((lora / "rlcm_model.json").read_text()) if (lora / "rlcm_model.json").is_file() else {}
+    recorded = read_record(lora)
+    sampling, origin = sampling_settings(recorded, args.steps, args.guidance_scale)
+    print(f"rlcm sample: {origin}")
     model = args.model or recorded.get("model", "tiny")
     pipe = load_pipeline(model, seed=recorded.get("model_seed", 0))
     pipe.load_lora_weights(str(lora))
     generator = torch.Generator(device=pipe.device).manual_seed(args.seed)
-    image = pipe(args.prompt, num_inference_steps=args.steps, guidance_scale=args.guidance_scale, generator=generator).images[0]
+    image = pipe(args.prompt, num_inference_steps=sampling.num_steps, guidance_scale=sampling.guidance_scale,
+                 original_inference_steps=sampling.original_inference_steps, height=sampling.height, width=sampling.width,
+                 generator=generator).images[0]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     image.save(args.out)
     print(f"wrote {args.out}")
@@ -103,7 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train a LoRA with RLCM or ROCM (default: the toy CPU demo)")
-    train.add_argument("--config", help="YAML file or preset (tiny-cpu, compression, incompression, aesthetic, prompt-alignment, rocm-tiny-cpu, rocm-<reward>)")
+    from cluster.config import PRESETS
+
+    train.add_argument("--config", help=f"YAML file or preset ({', '.join(PRESETS)}; default tiny-cpu)")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value, e.g. train.learning_rate=3e-4")
     train.add_argument("--output-dir", help="run folder (default runs/<config name>)")
     train.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output-dir")
@@ -136,17 +146,21 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=_serve)
 
     from cluster.evaluate import add_eval_parser
+    from cluster.helpfmt import DefaultsHelpFormatter
     from cluster.plots import add_plot_parser
 
     add_eval_parser(commands)
     add_plot_parser(commands)
 
-    sample = commands.add_parser("sample", help="generate an image with a trained LoRA")
+    sample = commands.add_parser(
+        "sample", help="generate an image with a trained LoRA", formatter_class=DefaultsHelpFormatter,
+        description="Sample one image from a checkpoint with the stock diffusers pipeline. Steps, guidance and size default to "
+                    "what the checkpoint was trained with (its rlcm_model.json; 8 steps, guidance 8 if it records none).")
     sample.add_argument("--lora", required=True, help="a checkpoints/epoch-NNNN folder")
-    sample.add_argument("--prompt", required=True)
-    sample.add_argument("--steps", type=positive_int, default=8)
-    sample.add_argument("--guidance-scale", type=float, default=8.0)
-    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--prompt", required=True, help="the text prompt")
+    sample.add_argument("--steps", type=positive_int, help="inference steps H (default: the checkpoint's)")
+    sample.add_argument("--guidance-scale", type=float, help="LCM guidance scale w (default: the checkpoint's)")
+    sample.add_argument("--seed", type=int, default=0, help="seed of the initial noise")
     sample.add_argument("--model", help="base model (default: the one recorded in the checkpoint)")
     sample.add_argument("--out", required=True, help="output image file (.png)")
     sample.set_defaults(func=_sample)

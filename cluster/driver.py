@@ -28,6 +28,7 @@ import torch
 from cluster.buffer import Entry
 from cluster.config import TrainConfig, dump_config
 from cluster.control import start_controller
+from cluster.checkpoint_record import write_record
 from cluster.grid import save_sample_grid
 from cluster.output import OutputDir, disk_error
 from cluster.progress import EpochProgress
@@ -379,7 +380,7 @@ class Trainer:
         directory = self.out.checkpoint(epoch)
         directory.mkdir(parents=True, exist_ok=True)
         self.learners.save(str(directory))
-        (directory / "rlcm_model.json").write_text(json.dumps({"model": self.config.model.name, "model_seed": self.config.model.seed}))
+        write_record(directory, self.config)  # base model and sampling settings, for rlcm eval / rlcm sample
         (directory / "driver_state.json").write_text(json.dumps({"epoch": epoch, "samples_seen": self.samples_seen, "policy_version": self.version}))
         return directory
 

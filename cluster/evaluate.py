@@ -23,6 +23,7 @@ from PIL import Image, ImageDraw, ImageFont
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm import tqdm
 
+from cluster.checkpoint_record import DEFAULTS, SamplingRecord, read_record, sampling_settings
 from rewards_service.client import HttpRewardClient, InProcessRewardClient, RewardClient
 from rewards_service.scorers import REWARD_NAMES, build_scorer
 
@@ -45,8 +46,8 @@ class EvalSettings(BaseModel):
     include_base: bool = Field(True, description="also sample the base model (LoRA off) with the same noise")
     model: str | None = Field(None, description="base model; default: the one in the checkpoint's rlcm_model.json, else tiny")
     seeds: int = Field(4, ge=1)
-    steps: int = Field(8, ge=1)
-    guidance_scale: float = 8.0
+    steps: int | None = Field(None, ge=1, description="inference steps; default: the checkpoint's (rlcm_model.json), else 8")
+    guidance_scale: float | None = Field(None, description="guidance scale; default: the checkpoint's, else 8.0")
     batch_size: int = Field(8, ge=1)
     grid_columns: int = Field(8, ge=1)
     service_url: str | None = None
@@ -148,13 +149,8 @@ def metric_clients(names: list[str], service_url: str | None = None, token: str 
 
 
 def recorded_model(lora: Path | None) -> dict:
-    """`rlcm_model.json` of a checkpoint (base model and model_seed), checking the LoRA file is there."""
-    if lora is None:
-        return {}
-    if not (lora / "pytorch_lora_weights.safetensors").is_file():
-        raise FileNotFoundError(f"{lora} holds no pytorch_lora_weights.safetensors; pass a checkpoints/epoch-NNNN folder")
-    record = lora / "rlcm_model.json"
-    return json.loads(record.read_text()) if record.is_file() else {}
+    """`rlcm_model.json` of a checkpoint (base model, model_seed, sampling settings), checking the LoRA file is there."""
+    return read_record(lora)
 
 
 # ---- sampling ---------------------------------------------------------------
@@ -163,31 +159,36 @@ def noise_seed(prompt_index: int, seed: int) -> int:
     return int(np.random.default_rng([prompt_index, seed, 11]).integers(0, 2**62))
 
 
-def sample_images(pipe, prompts: list[str], pairs: list[tuple[int, int]], settings: EvalSettings) -> np.ndarray:
+def sample_images(pipe, prompts: list[str], pairs: list[tuple[int, int]], settings: EvalSettings, sampling: SamplingRecord = DEFAULTS) -> np.ndarray:
     """uint8 [len(pairs), H, W, 3] from the stock pipeline call, one CPU generator per (prompt index, seed)."""
     import torch
 
     generators = [torch.Generator().manual_seed(noise_seed(i, s)) for i, s in pairs]
     output = pipe(
         [prompts[i] for i, _ in pairs],
-        num_inference_steps=settings.steps,
-        guidance_scale=settings.guidance_scale,
+        num_inference_steps=settings.steps or sampling.num_steps,
+        guidance_scale=sampling.guidance_scale if settings.guidance_scale is None else settings.guidance_scale,
+        original_inference_steps=sampling.original_inference_steps,
+        height=sampling.height,
+        width=sampling.width,
         generator=generators,
         output_type="np",
     )
     return (np.asarray(output.images) * 255).round().clip(0, 255).astype(np.uint8)
 
 
-def score_model(pipe, label: str, prompts: list[str], clients: dict[str, RewardClient], settings: EvalSettings, grid_pairs: set) -> tuple[dict, dict]:
+def score_model(pipe, label: str, prompts: list[str], clients: dict[str, RewardClient], settings: EvalSettings, grid_pairs: set,
+                sampling: SamplingRecord = DEFAULTS) -> tuple[dict, dict]:
     """Sample every (prompt, seed) pair in batches, score each batch while the next one samples.
 
     Returns ({metric: [n] scores, NaN where unscored}, {pair: image} for the grid pairs).
     """
     pairs = [(i, s) for i in range(len(prompts)) for s in range(settings.seeds)]
     futures, kept = {name: [] for name in clients}, {}
-    for start in tqdm(range(0, len(pairs), settings.batch_size), desc=f"rlcm eval {label}", unit="batch"):
+    # a bar only on a terminal (disable=None): logs and pipes get the final table, not bar redraws
+    for start in tqdm(range(0, len(pairs), settings.batch_size), desc=f"rlcm eval {label}", unit="batch", disable=None):
         batch = pairs[start : start + settings.batch_size]
-        images = sample_images(pipe, prompts, batch, settings)
+        images = sample_images(pipe, prompts, batch, settings, sampling)
         for name, client in clients.items():
             futures[name].append(client.submit(images, [prompts[i] for i, _ in batch]))
         kept.update({pair: image for pair, image in zip(batch, images) if pair in grid_pairs})
@@ -252,6 +253,9 @@ def evaluate(settings: EvalSettings, http=None) -> dict:
     from rollout.models import load_pipeline
 
     record = recorded_model(settings.lora)
+    sampling, origin = sampling_settings(record, settings.steps, settings.guidance_scale)
+    print(f"rlcm eval: {origin}")
+    settings = settings.model_copy(update={"steps": sampling.num_steps, "guidance_scale": sampling.guidance_scale})
     clients = metric_clients(settings.metrics, settings.service_url, settings.service_token, http)
     model = settings.model or record.get("model", "tiny")
     pipe = load_pipeline(model, device=settings.device, seed=record.get("model_seed", 0))
@@ -260,10 +264,10 @@ def evaluate(settings: EvalSettings, http=None) -> dict:
     scores, images = {}, {}
     try:
         if settings.include_base:
-            scores["base"], images["base"] = score_model(pipe, "base", prompts, clients, settings, grid_pairs)
+            scores["base"], images["base"] = score_model(pipe, "base", prompts, clients, settings, grid_pairs, sampling)
         if settings.lora is not None:
             pipe.load_lora_weights(str(settings.lora))
-            scores["tuned"], images["tuned"] = score_model(pipe, "tuned", prompts, clients, settings, grid_pairs)
+            scores["tuned"], images["tuned"] = score_model(pipe, "tuned", prompts, clients, settings, grid_pairs, sampling)
     finally:
         for client in clients.values():
             client.close()
@@ -331,7 +335,12 @@ def _run(args: argparse.Namespace) -> int:
 
 def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     """Register `rlcm eval` on the CLI's subparsers."""
-    parser = subparsers.add_parser("eval", help="compare a tuned LoRA with its base model on held-out prompts")
+    from cluster.helpfmt import DefaultsHelpFormatter
+
+    parser = subparsers.add_parser(
+        "eval", help="compare a tuned LoRA with its base model on held-out prompts", formatter_class=DefaultsHelpFormatter,
+        description="Sample the tuned and/or base model on (prompt, seed) pairs with the same noise, score them, and write "
+                    "eval.json, eval.md and grid.png. Steps, guidance and size default to the checkpoint's (rlcm_model.json).")
     parser.add_argument("--lora", help="a checkpoints/epoch-NNNN folder (the tuned model)")
     parser.add_argument("--base", action="store_true", help="also evaluate the base model (LoRA off), same noise: paired differences")
     parser.add_argument("--model", help="base model (default: the one recorded in the checkpoint, else tiny)")
@@ -340,9 +349,9 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     parser.add_argument("--offset", type=int, default=0, help="skip the first prompts (e.g. the ones trained on)")
     parser.add_argument("--metrics", required=True, help=f"comma-separated reward names; in process: {', '.join(LOCAL_METRICS)}")
     parser.add_argument("--seeds", type=int, default=4, help="samples per prompt (seeds 0..N-1)")
-    parser.add_argument("--steps", type=int, default=8, help="inference steps H")
-    parser.add_argument("--guidance-scale", type=float, default=8.0)
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--steps", type=int, help="inference steps H (default: the checkpoint's, from its rlcm_model.json; else 8)")
+    parser.add_argument("--guidance-scale", type=float, help="LCM guidance scale w (default: the checkpoint's; else 8.0)")
+    parser.add_argument("--batch-size", type=int, default=8, help="images per pipeline call")
     parser.add_argument("--service-url", help="reward service base URL; its rewards are scored over HTTP (token: RLCM_REWARDS_TOKEN)")
     parser.add_argument("--device", help="cuda, cpu, ... (default: cuda if available)")
     parser.add_argument("--out", required=True, help="output folder for eval.json, eval.md, grid.png")

@@ -98,7 +98,7 @@ def test_parser_registers_eval():
     parser = argparse.ArgumentParser()
     ev.add_eval_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["eval", "--lora", "ckpt", "--base", "--prompts", "simple_animals", "--metrics", "a,b", "--seeds", "3", "--out", "o"])
-    assert args.func is ev._run and args.base and args.seeds == 3 and args.steps == 8 and args.metrics == "a,b"
+    assert args.func is ev._run and args.base and args.seeds == 3 and args.steps is None and args.metrics == "a,b"  # steps: the checkpoint's
 
 
 def train_toy_adapter(directory, epochs: int = 3):

@@ -1,0 +1,93 @@
+"""What a new user trips on: help texts, checkpoints that remember how they were sampled, epoch counting, clean logs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cluster.checkpoint_record import read_record, write_record
+from cluster.cli import build_parser, main, summary_line
+from cluster.config import PRESETS, load_config
+from cluster.progress import epoch_line
+from rollout.lora import LoraSettings, add_lora, save_lora
+from rollout.models import load_pipeline
+
+
+def _subparser(name: str) -> argparse.ArgumentParser:
+    subparsers = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return subparsers.choices[name]
+
+
+@pytest.mark.parametrize("command", ["sample", "eval"])
+def test_every_option_has_help_and_defaults_are_shown(command):
+    parser = _subparser(command)
+    bare = [a.option_strings[0] for a in parser._actions if a.option_strings and not a.help]
+    assert not bare, f"rlcm {command} options without help: {bare}"
+    text = parser.format_help()
+    assert parser.description
+    if command == "sample":
+        assert "seed of the initial noise (default: 0)" in " ".join(text.split())
+    else:
+        assert "(default: 4)" in text and "(default: 8)" in text  # --seeds, --batch-size
+    assert "the checkpoint's" in text  # steps and guidance come from the checkpoint unless given
+
+
+def test_train_help_names_the_real_presets():
+    config = next(a for a in _subparser("train")._actions if "--config" in a.option_strings)
+    assert all(name in config.help for name in PRESETS) and "<reward>" not in config.help
+
+
+def test_summary_line_counts_epochs_as_the_progress_lines():
+    rows = [{"epoch": e, "reward_mean": -2.0 + e / 10, "reward_std": 0.1, "time_epoch_s": 1.0, "samples_seen": 16 * (e + 1)} for e in range(20)]
+    assert summary_line(rows, 20) == "reward_mean -2.0000 (epoch 1/20) -> -0.1000 (epoch 20/20)"
+    assert epoch_line(rows[0], 20).startswith("epoch 1/20") and epoch_line(rows[-1], 20).startswith("epoch 20/20")
+
+
+@pytest.fixture(scope="module")
+def rocm_checkpoint(tmp_path_factory):
+    """A LoRA checkpoint whose record says what the rocm-tiny-cpu preset samples with: 4 steps."""
+    directory = tmp_path_factory.mktemp("ckpt")
+    pipe = load_pipeline("tiny")
+    settings = LoraSettings(rank=4, alpha=8, target_modules=["to_q", "to_k", "to_v", "to_out.0", "conv_out"])
+    add_lora(pipe.unet, settings)
+    with torch.no_grad():
+        for name, param in pipe.unet.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.2, generator=torch.Generator().manual_seed(1))
+    save_lora(directory, pipe.unet, settings)
+    write_record(directory, load_config("rocm-tiny-cpu"))
+    return directory, pipe
+
+
+def test_checkpoint_records_its_sampling_settings(rocm_checkpoint):
+    directory, _ = rocm_checkpoint
+    record = read_record(directory)
+    assert record["model"] == "tiny" and record["sampling"]["num_steps"] == 4 and record["sampling"]["guidance_scale"] == 8.0
+    assert {"height", "width", "original_inference_steps"} <= set(record["sampling"])
+
+
+def test_sample_uses_the_checkpoints_steps_and_says_so(rocm_checkpoint, tmp_path, capsys):
+    directory, pipe = rocm_checkpoint
+    out = tmp_path / "cat.png"
+    assert main(["sample", "--lora", str(directory), "--prompt", "a cat", "--seed", "3", "--out", str(out)]) == 0
+    assert "4 steps, guidance 8, the model's default size: from the checkpoint's rlcm_model.json" in capsys.readouterr().out
+    expected = pipe("a cat", num_inference_steps=4, guidance_scale=8.0, generator=torch.Generator().manual_seed(3)).images[0]
+    np.testing.assert_array_equal(np.asarray(Image.open(out)), np.asarray(expected))
+    assert main(["sample", "--lora", str(directory), "--prompt", "a cat", "--steps", "2", "--out", str(out)]) == 0
+    assert "2 steps" in capsys.readouterr().out and "except --steps as given"
+
+
+def test_eval_uses_the_checkpoints_steps_and_draws_no_bar_into_a_log(rocm_checkpoint, tmp_path, capsys):
+    from cluster.evaluate import EvalSettings, evaluate
+
+    directory, _ = rocm_checkpoint
+    report = evaluate(EvalSettings(prompts=["a cat"], metrics=["jpeg_compressibility"], out=tmp_path / "eval", lora=directory, seeds=1))
+    captured = capsys.readouterr()
+    assert report["steps"] == 4 and "4 steps" in captured.out and "from the checkpoint's rlcm_model.json" in captured.out
+    assert "rlcm eval base" not in captured.err and "batch/s" not in captured.err  # stderr is not a terminal here
+    assert json.loads((tmp_path / "eval" / "eval.json").read_text())["steps"] == 4
