@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +48,12 @@ def import_adapter(unet: torch.nn.Module, adapter: AdapterVersion) -> None:
         raise ValueError(f"adapter has weights this UNet's LoRA layout lacks: {unexpected[:5]}")
 
 
+def adapter_metadata(settings: LoraSettings) -> dict:
+    """peft's LoraConfig as a dict, sets as sorted lists: identical runs write byte-identical files
+    (a set of module names is ordered by string hash, which differs from process to process)."""
+    return {k: sorted(v) if isinstance(v, (set, frozenset)) else v for k, v in settings.peft_config().to_dict().items()}
+
+
 def save_lora(directory: str | Path, unet: torch.nn.Module, settings: LoraSettings) -> Path:
     """Write `pytorch_lora_weights.safetensors` for `load_lora_weights`, with metadata so alpha survives.
 
@@ -59,7 +66,25 @@ def save_lora(directory: str | Path, unet: torch.nn.Module, settings: LoraSettin
     LatentConsistencyModelPipeline.save_lora_weights(
         directory,
         unet_lora_layers={k: v.detach().to("cpu", torch.float32).contiguous() for k, v in layers.items()},
-        unet_lora_adapter_metadata=settings.peft_config().to_dict(),
+        unet_lora_adapter_metadata=adapter_metadata(settings),
         safe_serialization=True,
     )
+    sort_safetensors_metadata(directory / LORA_WEIGHTS_NAME)
     return directory / LORA_WEIGHTS_NAME
+
+
+def sort_safetensors_metadata(path: Path) -> None:
+    """Rewrite a safetensors header with its `__metadata__` keys sorted, in place (the file keeps its size).
+
+    safetensors writes the metadata map in hash order, which changes from process to process.
+    """
+    with open(path, "r+b") as f:
+        size = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(size))
+        if "__metadata__" in header:
+            header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+        text = json.dumps(header, separators=(",", ":")).encode()
+        if len(text) > size:  # cannot happen for the same content; leave the file as written
+            return
+        f.seek(8)
+        f.write(text + b" " * (size - len(text)))  # safetensors pads headers with spaces

@@ -91,3 +91,29 @@ def test_eval_uses_the_checkpoints_steps_and_draws_no_bar_into_a_log(rocm_checkp
     assert report["steps"] == 4 and "4 steps" in captured.out and "from the checkpoint's rlcm_model.json" in captured.out
     assert "rlcm eval base" not in captured.err and "batch/s" not in captured.err  # stderr is not a terminal here
     assert json.loads((tmp_path / "eval" / "eval.json").read_text())["steps"] == 4
+
+
+SAVE_LORA = """
+import sys, torch
+from rollout.lora import LoraSettings, add_lora, save_lora
+from rollout.models import load_pipeline
+torch.manual_seed(0)
+pipe = load_pipeline("tiny")
+settings = LoraSettings(rank=4, alpha=8, target_modules=["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2", "conv_out"])
+add_lora(pipe.unet, settings)
+save_lora(sys.argv[1], pipe.unet, settings)
+"""
+
+
+def test_lora_files_of_identical_runs_are_byte_identical(tmp_path):
+    """Two processes with different string hashing (PYTHONHASHSEED) save the same adapter: the same bytes."""
+    import os
+    import subprocess
+    import sys
+
+    files = []
+    for hash_seed in ("1", "2", "3"):
+        out = tmp_path / hash_seed
+        subprocess.run([sys.executable, "-c", SAVE_LORA, str(out)], check=True, env={**os.environ, "PYTHONHASHSEED": hash_seed})
+        files.append((out / "pytorch_lora_weights.safetensors").read_bytes())
+    assert files[0] == files[1] == files[2]
