@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from cluster.config import ConfigError, TrainConfig
 
@@ -41,16 +42,34 @@ def _flops(fn: Callable[[], Any]) -> int:
     return int(counter.get_total_flops())
 
 
-def _peak(modules: list[torch.nn.Module], fn: Callable[[], Any]) -> int:
-    """Peak bytes during `fn` beyond the modules' parameters and buffers (activations, temporaries, grads)."""
-    from torch.distributed._tools.mem_tracker import MemTracker
+class LiveBytes(TorchDispatchMode):
+    """Peak bytes of the storages that ops create and that stay alive (held by Python or by autograd), on any
+    device, meta included: each op's outputs are registered by storage; a storage counts until it is freed."""
 
-    tracker = MemTracker()
-    tracker.track_external(*modules)
-    with tracker:
+    def __init__(self) -> None:
+        super().__init__()
+        self.live: dict[int, tuple[Any, int]] = {}
+        self.peak = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        from torch.multiprocessing.reductions import StorageWeakRef
+        from torch.utils._pytree import tree_leaves
+
+        out = func(*args, **(kwargs or {}))
+        self.live = {k: v for k, v in self.live.items() if not v[0].expired()}
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                storage = t.untyped_storage()
+                self.live.setdefault(storage._cdata, (StorageWeakRef(storage), storage.nbytes()))
+        self.peak = max(self.peak, sum(n for _, n in self.live.values()))
+        return out
+
+
+def _peak(fn: Callable[[], Any]) -> int:
+    """Peak bytes of everything `fn` allocates (activations, temporaries, grads), weights excluded."""
+    with LiveBytes() as tracker:
         fn()
-    peak = tracker.get_tracker_snapshot("peak")
-    return sum(v["Total"] - sum(n for k, n in v.items() if str(getattr(k, "value", k)) in ("Parameter", "Buffer")) for v in peak.values())
+    return tracker.peak
 
 
 def _bmm_attention(module: torch.nn.Module) -> None:
@@ -84,15 +103,13 @@ class Pieces:
 def measure(model: str, resolution: int, dtype: torch.dtype, lora, batch: int = 1) -> Pieces:
     """FLOPs and memory of the UNet and VAE of `random:<model>` at `resolution`, on fake tensors."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from torch._subclasses.fake_tensor import FakeTensorMode
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from rollout.architectures import _config, architecture_dir
-    from rollout.lora import add_lora
 
     folder = architecture_dir(model if model.startswith("random:") else "random:" + model)
     latent = resolution // 8
-    with FakeTensorMode(allow_non_fake_inputs=True):
+    with torch.device("meta"):
         previous = torch.get_default_dtype()
         torch.set_default_dtype(dtype)
         try:
@@ -103,7 +120,8 @@ def measure(model: str, resolution: int, dtype: torch.dtype, lora, batch: int = 
             torch.set_default_dtype(previous)
         unet.requires_grad_(False), vae.requires_grad_(False)
         unet_params = sum(p.numel() for p in unet.parameters())
-        lora_params = sum(p.numel() for p in add_lora(unet, lora))
+        unet.add_adapter(lora.peft_config())  # rollout.lora.add_lora also casts to fp32, which fake tensors cannot swap
+        lora_params = sum(p.numel() for p in unet.parameters() if p.requires_grad)
         cross = unet.config.cross_attention_dim
 
         def inputs(b: int, grad: bool = False):
@@ -126,11 +144,11 @@ def measure(model: str, resolution: int, dtype: torch.dtype, lora, batch: int = 
             if grad:
                 out.float().mean().backward()
 
-        unet_nograd = _peak([unet], lambda: unet_fwd(batch)) // batch
-        unet_train_peak = _peak([unet], lambda: unet_train(batch)) // batch
+        unet_nograd = _peak(lambda: unet_fwd(batch)) // batch
+        unet_train_peak = _peak(lambda: unet_train(batch)) // batch
         saved = _saved_bytes(unet, inputs, batch) // batch
-        vae_nograd = _peak([vae], lambda: vae_fwd(batch)) // batch
-        vae_train = _peak([vae], lambda: vae_fwd(batch, True)) // batch
+        vae_nograd = _peak(lambda: vae_fwd(batch)) // batch
+        vae_train = _peak(lambda: vae_fwd(batch, True)) // batch
         _bmm_attention(unet), _bmm_attention(vae)
         pieces = Pieces(
             resolution=resolution,
@@ -164,12 +182,11 @@ def reward_pieces(reward: str, dtype: str = "float32") -> tuple[int, int, int, i
     """(parameters, forward FLOPs, forward+backward FLOPs, train peak bytes) of a CLIP-based reward, per image."""
     if reward not in REWARD_BACKBONES:
         return 0, 0, 0, 0
-    from torch._subclasses.fake_tensor import FakeTensorMode
     from transformers import CLIPConfig, CLIPModel
 
     from rewards_service.architectures import shipped_config
 
-    with FakeTensorMode(allow_non_fake_inputs=True):
+    with torch.device("meta"):
         torch_dtype = getattr(torch, dtype)
         previous = torch.get_default_dtype()
         torch.set_default_dtype(torch_dtype)
@@ -190,7 +207,7 @@ def reward_pieces(reward: str, dtype: str = "float32") -> tuple[int, int, int, i
         with torch.no_grad():
             forward = _flops(lambda: fwd(False))
         train = _flops(lambda: fwd(True))
-        peak = _peak([clip], lambda: fwd(True))
+        peak = _peak(lambda: fwd(True))
     return params, forward, train, peak
 
 
