@@ -20,6 +20,11 @@ def _train(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, args.set)
     name = Path(args.config).stem if args.config else DEFAULT_PRESET
+    if args.dry_run:
+        from cluster.dryrun import run_dry_run
+
+        run_dry_run(name, config, Path(args.output_dir or DEFAULT_OUTPUT.format(name=name + "-dry-run")), args.dry_run_resolution, args.verbose)
+        return 0
     output_dir = Path(args.output_dir or DEFAULT_OUTPUT.format(name=name))
     out = OutputDir(output_dir)
     out.prepare(args.resume)
@@ -46,6 +51,13 @@ def summary_line(rows: list[dict], total: int) -> str:
     first, last = rows[0], rows[-1]
     return (f"reward_mean {first['reward_mean']:.4f} (epoch {first['epoch'] + 1}/{total}) -> "
             f"{last['reward_mean']:.4f} (epoch {last['epoch'] + 1}/{total})")
+
+
+def _plan(args: argparse.Namespace) -> int:
+    from cluster.config import load_config
+    from cluster.plan import plan_main
+
+    return plan_main(Path(args.config).stem, load_config(args.config, args.set), args.gpu, args.mfu, args.json)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -119,7 +131,17 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output-dir")
     train.add_argument("--address", help="join this Ray cluster (default: RAY_ADDRESS if set, else a fresh local Ray)")
     train.add_argument("--verbose", "-v", action="store_true", default=argparse.SUPPRESS, help="as rlcm --verbose")
+    train.add_argument("--dry-run", action="store_true", help="run the preset end to end at its real architectures with random weights, small images, 2 epochs, on CPU")
+    train.add_argument("--dry-run-resolution", type=positive_int, default=64, metavar="PX", help="image size of --dry-run (default 64)")
     train.set_defaults(func=_train)
+
+    plan = commands.add_parser("plan", help="memory, FLOPs and fit of a preset on a GPU kind, before renting one")
+    plan.add_argument("--config", required=True, help="YAML file or preset")
+    plan.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+    plan.add_argument("--gpu", default="h100-80gb", help="h100-80gb, a100-80gb, a6000-48gb or l4-24gb (default h100-80gb)")
+    plan.add_argument("--mfu", type=float, default=0.35, help="model FLOP utilization assumed for samples/s (default 0.35)")
+    plan.add_argument("--json", action="store_true", help="print JSON")
+    plan.set_defaults(func=_plan)
 
     scale = commands.add_parser("scale", help="change the number of rollout actors of a running `rlcm train`")
     scale.add_argument("--output-dir", required=True, help="the --output-dir of the running run")

@@ -50,6 +50,13 @@ def unet_module_names(model: str, seed: int = 0) -> list[str] | None:
         from rollout.models import build_tiny_pipeline
 
         return [name for name, _ in build_tiny_pipeline(seed=seed).unet.named_modules()]
+    if model.startswith("random:"):
+        from rollout.architectures import meta_unet
+
+        try:
+            return [name for name, _ in meta_unet(model).named_modules()]
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
     folder = model_config_dir(model)
     if folder is None or not (folder / "unet" / "config.json").is_file():
         return None

@@ -21,6 +21,8 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from rollout.architectures import build_random_pipeline, is_random
+
 TINY = "tiny"
 DEFAULT_REAL_MODEL = "SimianLuo/LCM_Dreamshaper_v7"
 
@@ -126,8 +128,9 @@ def load_pipeline(
 ) -> LatentConsistencyModelPipeline:
     """An LCM pipeline with frozen weights, an `LCMScheduler`, no safety checker, progress bars off.
 
-    `model` is `"tiny"` (the toy, built from configs), a local directory in diffusers layout, or a
-    Hugging Face hub id such as `SimianLuo/LCM_Dreamshaper_v7`.
+    `model` is `"tiny"` (the toy, built from configs), a local directory in diffusers layout, a
+    Hugging Face hub id such as `SimianLuo/LCM_Dreamshaper_v7`, or `random:<hub id>` (that model's
+    real architecture with random weights, see `rollout.architectures`).
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = dtype or default_dtype(device)
@@ -135,6 +138,8 @@ def load_pipeline(
         pipe = build_tiny_pipeline(seed=seed)
         if dtype != torch.float32:
             pipe.to(dtype=dtype)
+    elif is_random(model):
+        pipe = build_random_pipeline(model, seed=seed, dtype=dtype)
     else:
         local = Path(model).expanduser()
         if _looks_like_path(model) and not local.is_dir():

@@ -20,7 +20,13 @@ MAX_TEXT_TOKENS = 77
 
 
 def load_pretrained(loader: Callable[..., Any], path_or_id: str, option: str, **kwargs: Any) -> Any:
-    """`loader(path_or_id)` (a `from_pretrained`), turning "not found" into a FileNotFoundError that says what to do."""
+    """`loader(path_or_id)` (a `from_pretrained`), turning "not found" into a FileNotFoundError that says what to do.
+
+    `random:<hub id>` builds that model's architecture with random weights (rewards_service.architectures)."""
+    from rewards_service.architectures import is_random, random_pretrained
+
+    if is_random(path_or_id):
+        return random_pretrained(loader, path_or_id, **kwargs)
     try:
         return loader(path_or_id, **kwargs)
     except OSError as exc:

@@ -91,7 +91,10 @@ class HPSv2(nn.Module):
     def from_pretrained(cls, architecture: str = DEFAULT_HPSV2_ARCHITECTURE, checkpoint: str = DEFAULT_HPSV2_CHECKPOINT,
                         filename: str = DEFAULT_HPSV2_FILE, dtype: str = "float32", device: str = "cpu") -> "HPSv2":
         """open_clip `architecture` with the HPSv2 weights: a local file, or `filename` of the hub repo `checkpoint`."""
+        from rewards_service.architectures import is_random
+
         model, tokenizer = build_open_clip(architecture)
-        state = torch.load(resolve_checkpoint(checkpoint, filename), map_location="cpu", weights_only=True)
-        model.load_state_dict(state.get("state_dict", state))
+        if not is_random(checkpoint):  # random:<repo> keeps open_clip's random init (dry runs)
+            state = torch.load(resolve_checkpoint(checkpoint, filename), map_location="cpu", weights_only=True)
+            model.load_state_dict(state.get("state_dict", state))
         return cls(model.to(device, getattr(torch, dtype)), tokenizer).eval().requires_grad_(False)

@@ -29,10 +29,16 @@ class TransformersLlava:
                  max_new_tokens: int = 64, prompt_template: str = PROMPT_TEMPLATE) -> None:
         from transformers import AutoProcessor, LlavaForConditionalGeneration
 
+        from rewards_service.architectures import is_random, random_llava
+
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.processor = AutoProcessor.from_pretrained(model)
+        if is_random(model):
+            self.model, self.processor = random_llava(model, getattr(torch, dtype))
+        else:
+            self.processor = AutoProcessor.from_pretrained(model)
+            self.model = LlavaForConditionalGeneration.from_pretrained(model, dtype=getattr(torch, dtype))
         self.processor.tokenizer.padding_side = "left"
-        self.model = LlavaForConditionalGeneration.from_pretrained(model, dtype=getattr(torch, dtype)).to(self.device).eval()
+        self.model = self.model.to(self.device).eval()
         self.max_new_tokens = max_new_tokens
         self.prompt_template = prompt_template
 

@@ -32,6 +32,8 @@ class LlavaBertScore:
                  **llava_options: Any) -> None:
         from bert_score import BERTScorer
 
+        from rewards_service.architectures import is_random, random_bertscorer
+
         self.version = version
         self.question = question
         self.reference_template = reference_template
@@ -40,8 +42,11 @@ class LlavaBertScore:
             options = {**llava_options, **({"device": device} if backend == "transformers" else {})}
             answerer = build_answerer(backend, model=model, **options)
         self.answerer = answerer
-        self.bertscore = BERTScorer(model_type=bertscore_model, num_layers=bertscore_num_layers,
-                                    batch_size=bertscore_batch_size, device=device)
+        if is_random(bertscore_model):
+            self.bertscore = random_bertscorer(bertscore_model, bertscore_num_layers, batch_size=bertscore_batch_size, device=device)
+        else:
+            self.bertscore = BERTScorer(model_type=bertscore_model, num_layers=bertscore_num_layers,
+                                        batch_size=bertscore_batch_size, device=device)
 
     def recall(self, answers: Sequence[str], refs: Sequence[str]) -> list[float]:
         """BERTScore recall of each non-empty answer against its reference."""

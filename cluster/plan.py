@@ -1,0 +1,324 @@
+"""`rlcm plan`: what a preset needs on a GPU, per actor, before renting one.
+
+Everything is measured with torch's own instruments on fake tensors (no memory, no weights):
+`FlopCounterMode` counts FLOPs (2 per multiply-add) of one UNet call, one VAE decode, the reward model and
+the training backward passes; `MemTracker` (torch.distributed._tools) records the peak memory of the same
+calls under `FakeTensorMode`. The preset's formulas then assemble them: rollout actor = frozen base (model
+dtype) + LoRA + peak of one no-grad UNet call / VAE decode; PPO learner = base + LoRA, grads and AdamW
+state (fp32) + peak of one UNet forward+backward at train_batch_size; ROCM learner = base + LoRA state +
+reward model + the chain: with gradient checkpointing one recomputed UNet call at a time plus the 2H-1 saved
+call inputs, without it the activations of all 2H-1 UNet calls (H policy + H-1 reference), + VAE decode
+and reward forward+backward.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from cluster.config import ConfigError, TrainConfig
+
+GPUS = {  # usable memory (bytes), dense bf16 peak FLOP/s (vendor data sheets, no sparsity)
+    "h100-80gb": (80 * 2**30, 989e12),
+    "a100-80gb": (80 * 2**30, 312e12),
+    "a6000-48gb": (48 * 2**30, 154.8e12),
+    "l4-24gb": (24 * 2**30, 121e12),
+}
+RESERVED = int(1.5 * 2**30)  # CUDA context, allocator slack, NCCL buffers
+DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+REWARD_BACKBONES = {"aesthetic": "openai/clip-vit-large-patch14", "clip_score": "openai/clip-vit-large-patch14",
+                    "pickscore": "yuvalkirstain/PickScore_v1", "hpsv2": "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"}
+
+
+def _flops(fn: Callable[[], Any]) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+class LiveBytes(TorchDispatchMode):
+    """Peak bytes of the storages that ops create and that stay alive (held by Python or by autograd), on any
+    device, meta included: each op's outputs are registered by storage; a storage counts until it is freed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live: dict[int, tuple[Any, int]] = {}
+        self.peak = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        from torch.multiprocessing.reductions import StorageWeakRef
+        from torch.utils._pytree import tree_leaves
+
+        out = func(*args, **(kwargs or {}))
+        self.live = {k: v for k, v in self.live.items() if not v[0].expired()}
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                storage = t.untyped_storage()
+                self.live.setdefault(storage._cdata, (StorageWeakRef(storage), storage.nbytes()))
+        self.peak = max(self.peak, sum(n for _, n in self.live.values()))
+        return out
+
+
+def _peak(fn: Callable[[], Any]) -> int:
+    """Peak bytes of everything `fn` allocates (activations, temporaries, grads), weights excluded."""
+    with LiveBytes() as tracker:
+        fn()
+    return tracker.peak
+
+
+def _bmm_attention(module: torch.nn.Module) -> None:
+    """Explicit-matmul attention (diffusers' AttnProcessor), so FlopCounterMode counts it on any device."""
+    from diffusers.models.attention_processor import AttnProcessor
+
+    module.set_attn_processor(AttnProcessor())
+
+
+@dataclass
+class Pieces:
+    """Measured per-image figures of one architecture at one resolution and dtype."""
+
+    resolution: int
+    unet_call_flops: int
+    unet_train_flops: int  # forward + backward of one call, LoRA trainable
+    vae_decode_flops: int
+    vae_train_flops: int
+    unet_params: int
+    lora_params: int
+    vae_params: int
+    text_params: int
+    unet_nograd_peak: int  # per image
+    unet_train_peak: int  # fwd+bwd, per image
+    unet_saved: int  # activations one call with grad keeps for backward, per image
+    unet_input: int  # what a checkpointed call keeps (its inputs), per image
+    vae_nograd_peak: int
+    vae_train_peak: int
+
+
+def measure(model: str, resolution: int, dtype: torch.dtype, lora, batch: int = 1) -> Pieces:
+    """FLOPs and memory of the UNet and VAE of `random:<model>` at `resolution`, on fake tensors."""
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from rollout.architectures import _config, architecture_dir
+
+    folder = architecture_dir(model if model.startswith("random:") else "random:" + model)
+    latent = resolution // 8
+    with torch.device("meta"):
+        previous = torch.get_default_dtype()
+        torch.set_default_dtype(dtype)
+        try:
+            unet = UNet2DConditionModel.from_config(_config(folder, "unet")).eval()
+            vae = AutoencoderKL.from_config(_config(folder, "vae")).eval()
+            text = CLIPTextModel(CLIPTextConfig(**_config(folder, "text_encoder")))
+        finally:
+            torch.set_default_dtype(previous)
+        unet.requires_grad_(False), vae.requires_grad_(False)
+        unet_params = sum(p.numel() for p in unet.parameters())
+        unet.add_adapter(lora.peft_config())  # rollout.lora.add_lora also casts to fp32, which fake tensors cannot swap
+        lora_params = sum(p.numel() for p in unet.parameters() if p.requires_grad)
+        cross = unet.config.cross_attention_dim
+
+        def inputs(b: int, grad: bool = False):
+            x = torch.randn(b, 4, latent, latent, dtype=dtype, requires_grad=grad)
+            return x, torch.full((b,), 500), torch.randn(b, 77, cross, dtype=dtype), torch.randn(b, unet.config.time_cond_proj_dim, dtype=dtype)
+
+        def unet_fwd(b: int):
+            x, t, e, w = inputs(b)
+            with torch.no_grad():
+                unet(x, t, e, timestep_cond=w)
+
+        def unet_train(b: int):
+            x, t, e, w = inputs(b, grad=True)
+            unet(x, t, e, timestep_cond=w).sample.float().square().mean().backward()
+
+        def vae_fwd(b: int, grad: bool = False):
+            z = torch.randn(b, 4, latent, latent, dtype=dtype, requires_grad=grad)
+            with torch.set_grad_enabled(grad):
+                out = vae.decode(z / vae.config.scaling_factor).sample
+            if grad:
+                out.float().mean().backward()
+
+        unet_nograd = _peak(lambda: unet_fwd(batch)) // batch
+        unet_train_peak = _peak(lambda: unet_train(batch)) // batch
+        saved = _saved_bytes(unet, inputs, batch) // batch
+        vae_nograd = _peak(lambda: vae_fwd(batch)) // batch
+        vae_train = _peak(lambda: vae_fwd(batch, True)) // batch
+        _bmm_attention(unet), _bmm_attention(vae)
+        pieces = Pieces(
+            resolution=resolution,
+            unet_call_flops=_flops(lambda: unet_fwd(1)), unet_train_flops=_flops(lambda: unet_train(1)),
+            vae_decode_flops=_flops(lambda: vae_fwd(1)), vae_train_flops=_flops(lambda: vae_fwd(1, True)),
+            unet_params=unet_params, lora_params=lora_params, vae_params=sum(p.numel() for p in vae.parameters()),
+            text_params=sum(p.numel() for p in text.parameters()),
+            unet_nograd_peak=unet_nograd, unet_train_peak=unet_train_peak, unet_saved=saved,
+            unet_input=sum(t.numel() * t.element_size() for t in inputs(1)), vae_nograd_peak=vae_nograd, vae_train_peak=vae_train,
+        )
+    return pieces
+
+
+def _saved_bytes(unet: torch.nn.Module, inputs: Callable, batch: int) -> int:
+    """Bytes of the tensors autograd keeps between one UNet forward with grad and its backward."""
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor):
+        if not isinstance(t, torch.nn.Parameter) and not t.requires_grad or t.grad_fn is not None:
+            storage = t.untyped_storage()
+            seen[id(storage) if t.device.type == "meta" else storage.data_ptr() or id(t)] = storage.nbytes()
+        return t
+
+    x, t, e, w = inputs(batch, grad=True)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        unet(x, t, e, timestep_cond=w)
+    return sum(seen.values())
+
+
+def reward_pieces(reward: str, dtype: str = "float32") -> tuple[int, int, int, int]:
+    """(parameters, forward FLOPs, forward+backward FLOPs, train peak bytes) of a CLIP-based reward, per image."""
+    if reward not in REWARD_BACKBONES:
+        return 0, 0, 0, 0
+    from transformers import CLIPConfig, CLIPModel
+
+    from rewards_service.architectures import shipped_config
+
+    with torch.device("meta"):
+        torch_dtype = getattr(torch, dtype)
+        previous = torch.get_default_dtype()
+        torch.set_default_dtype(torch_dtype)
+        try:
+            clip = CLIPModel(CLIPConfig(**shipped_config(REWARD_BACKBONES[reward]))).eval().requires_grad_(False)
+        finally:
+            torch.set_default_dtype(previous)
+        size = clip.config.vision_config.image_size
+        params = sum(p.numel() for p in clip.parameters())
+
+        def fwd(grad: bool):
+            pixels = torch.randn(1, 3, size, size, dtype=torch_dtype, requires_grad=grad)
+            ids = torch.zeros(1, 77, dtype=torch.long)
+            out = clip(input_ids=ids, pixel_values=pixels)
+            if grad:
+                (out.image_embeds.float() * out.text_embeds.float()).sum().backward()
+
+        with torch.no_grad():
+            forward = _flops(lambda: fwd(False))
+        train = _flops(lambda: fwd(True))
+        peak = _peak(lambda: fwd(True))
+    return params, forward, train, peak
+
+
+@dataclass
+class Actor:
+    role: str
+    memory_bytes: int
+    budget_bytes: int
+    parts: dict[str, int]
+
+    @property
+    def fits(self) -> bool:
+        return self.memory_bytes <= self.budget_bytes
+
+
+def plan(config: TrainConfig, gpu: str = "h100-80gb", mfu: float = 0.35) -> dict[str, Any]:
+    """The plan of `config` on `gpu` as a JSON-ready dict."""
+    if gpu not in GPUS:
+        raise ConfigError(f"--gpu: unknown GPU kind {gpu!r}; choose one of {', '.join(GPUS)}")
+    if config.model.name == "tiny":
+        raise ConfigError("rlcm plan is for real models; the tiny toy runs on any CPU (try --config compression)")
+    capacity, peak_flops = GPUS[gpu]
+    s, r = config.sampling, config.resources
+    resolution = s.height or 512
+    dtype_name = "bfloat16" if config.model.dtype == "auto" else config.model.dtype
+    dtype = getattr(torch, dtype_name)
+    p = measure(config.model.name, resolution, dtype, config.model.lora)
+    wbytes = DTYPE_BYTES[dtype_name]
+    base = (p.unet_params + p.vae_params + p.text_params) * wbytes
+    lora_state = p.lora_params * 4 * 4  # fp32 weights, grads, AdamW m and v
+    H = s.num_steps
+    actors: list[Actor] = []
+    rollout_parts = {"base weights": base, "LoRA": p.lora_params * 4,
+                     "activations (max of UNet call / VAE decode, no grad)": s.batch_size * max(p.unet_nograd_peak, p.vae_nograd_peak),
+                     "trajectory (fp32 latents)": s.batch_size * (H + 1) * 4 * (resolution // 8) ** 2 * 4}
+    actors.append(Actor("rollout actor", sum(rollout_parts.values()), int(capacity * min(1.0, r.rollout_gpus or 1.0)) - RESERVED, rollout_parts))
+    rw_params, rw_fwd, rw_train, rw_peak = reward_pieces(config.reward.name, config.reward.options.get("dtype", "float32"))
+    if config.algorithm == "rocm":
+        k = config.rocm
+        calls = 2 * H - 1 if k.lam > 0 and k.divergence != "none" else H
+        chain = (k.batch_size * (calls * p.unet_input + p.unet_train_peak) if k.gradient_checkpointing
+                 else k.batch_size * (calls * p.unet_saved + p.unet_train_peak))
+        parts = {"base weights": base, "LoRA + grads + AdamW (fp32)": lora_state, f"reward model ({config.reward.name})": rw_params * 4,
+                 f"chain of {calls} UNet calls ({'checkpointed' if k.gradient_checkpointing else 'all activations kept'})": chain,
+                 "VAE decode + reward forward/backward": k.batch_size * (p.vae_train_peak + rw_peak)}
+        actors.append(Actor("learner (ROCM)", sum(parts.values()), int(capacity * min(1.0, r.learner_gpus or 1.0)) - RESERVED, parts))
+        recompute = p.unet_call_flops if k.gradient_checkpointing else 0
+        per_sample = calls * (p.unet_train_flops + recompute) + p.vae_train_flops + rw_train
+    else:
+        t = config.train
+        parts = {"base weights": base, "LoRA + grads + AdamW (fp32)": lora_state,
+                 "UNet forward+backward activations": t.train_batch_size * p.unet_train_peak}
+        actors.append(Actor("learner (PPO)", sum(parts.values()), int(capacity * min(1.0, r.learner_gpus or 1.0)) - RESERVED, parts))
+        per_sample = H * p.unet_call_flops + p.vae_decode_flops + rw_fwd + t.inner_epochs * (H - 1) * p.unet_train_flops
+    if config.reward.backend == "serve" and rw_params:
+        actors.append(Actor(f"reward deployment ({config.reward.name})", rw_params * 2 + s.batch_size * rw_peak, capacity - RESERVED,
+                            {"weights (fp16)": rw_params * 2, "activations": s.batch_size * rw_peak}))
+    gpus = r.num_rollout_actors * r.rollout_gpus + r.num_learners * r.learner_gpus
+    samples_per_s = (gpus or 1) * peak_flops * mfu / per_sample
+    return {
+        "preset_algorithm": config.algorithm, "gpu": gpu, "gpu_memory_bytes": capacity, "reserved_bytes": RESERVED,
+        "resolution": resolution, "dtype": dtype_name, "num_steps": H,
+        "parameters": {"unet": p.unet_params, "vae": p.vae_params, "text_encoder": p.text_params, "lora": p.lora_params, "reward": rw_params},
+        "flops": {"unet_call": p.unet_call_flops, "unet_train_call": p.unet_train_flops, "vae_decode": p.vae_decode_flops,
+                  "reward_forward": rw_fwd, "per_sample": per_sample},
+        "activations_per_image": {"unet_call_nograd": p.unet_nograd_peak, "unet_call_train": p.unet_train_peak,
+                                  "unet_call_saved_for_backward": p.unet_saved, "vae_decode_nograd": p.vae_nograd_peak},
+        "actors": [{"role": a.role, "memory_bytes": a.memory_bytes, "budget_bytes": a.budget_bytes, "fits": a.fits, "parts": a.parts} for a in actors],
+        "gpus": gpus, "mfu": mfu, "samples_per_s": samples_per_s, "advice": advice(config, actors, p, gpu),
+    }
+
+
+def advice(config: TrainConfig, actors: list[Actor], p: Pieces, gpu: str) -> list[str]:
+    """What to change for each actor that does not fit."""
+    out = []
+    for a in actors:
+        if a.fits:
+            continue
+        gb = a.memory_bytes / 2**30
+        if a.role.startswith("learner (ROCM)"):
+            k = config.rocm
+            if not k.gradient_checkpointing:
+                out.append(f"rocm.gradient_checkpointing=false needs {gb:.1f} GiB on {gpu}: keep it on (rocm.gradient_checkpointing=true)")
+            elif k.batch_size > 1:
+                out.append(f"learner needs {gb:.1f} GiB on {gpu}: set rocm.batch_size=1 and raise rocm.grad_accum_steps")
+            else:
+                out.append(f"learner needs {gb:.1f} GiB on {gpu}: use a larger GPU or a smaller sampling.height/width")
+        elif a.role.startswith("learner"):
+            out.append(f"learner needs {gb:.1f} GiB on {gpu}: lower train.train_batch_size (raise train.grad_accum_steps) or give it a whole GPU (resources.learner_gpus=1)")
+        elif a.role == "rollout actor":
+            out.append(f"rollout actor needs {gb:.1f} GiB on {gpu}: lower sampling.batch_size or resources.rollout_gpus sharing (set it to 1)")
+        else:
+            out.append(f"{a.role} needs {gb:.1f} GiB on {gpu}: give it its own GPU")
+    return out
+
+
+def format_plan(name: str, result: dict[str, Any]) -> str:
+    gib = lambda n: f"{n / 2**30:.1f} GiB"  # noqa: E731
+    f = result["flops"]
+    lines = [f"plan of {name} on {result['gpu']} ({result['resolution']} px, base in {result['dtype']}, H={result['num_steps']}):",
+             f"  FLOPs: UNet call {f['unet_call'] / 1e9:.1f} G, VAE decode {f['vae_decode'] / 1e9:.1f} G, reward forward {f['reward_forward'] / 1e9:.1f} G, "
+             f"per trained sample {f['per_sample'] / 1e12:.2f} T",
+             f"  predicted {result['samples_per_s']:.2f} samples/s on {result['gpus']:g} GPU(s) at MFU {result['mfu']:.0%}"]
+    for a in result["actors"]:
+        lines.append(f"  {a['role']}: {gib(a['memory_bytes'])} of {gib(a['budget_bytes'])} -> {'fits' if a['fits'] else 'DOES NOT FIT'}")
+        lines.extend(f"      {k}: {gib(v)}" for k, v in a["parts"].items())
+    lines.extend(f"  change: {line}" for line in result["advice"])
+    return "\n".join(lines)
+
+
+def plan_main(name: str, config: TrainConfig, gpu: str, mfu: float, as_json: bool) -> int:
+    result = plan(config, gpu, mfu)
+    print(json.dumps(result, indent=1) if as_json else format_plan(name, result))
+    return 0 if all(a["fits"] for a in result["actors"]) else 3

@@ -1,0 +1,86 @@
+"""Real LCM architectures with random weights, built from configs shipped in the package (no hub files).
+
+`random:<hub id>` as a model name (e.g. `random:SimianLuo/LCM_Dreamshaper_v7`) gives the pipeline of that
+model at its full size with random weights: the SD1.5 UNet with the LCM guidance embedding
+(time_cond_proj_dim=256), the SD1.5 `AutoencoderKL` (scaling 0.18215), the CLIP ViT-L/14 text encoder
+(77 tokens) with the real CLIP BPE tokenizer (open_clip's vocabulary file) and the model's `LCMScheduler`.
+It is what `rlcm train --dry-run` runs: every code path of a real run, nothing learned.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+RANDOM_PREFIX = "random:"
+ARCHITECTURES = {"SimianLuo/LCM_Dreamshaper_v7": "lcm_dreamshaper_v7"}
+
+
+def is_random(model: str) -> bool:
+    return model.startswith(RANDOM_PREFIX)
+
+
+def architecture_dir(model: str) -> Path:
+    """The folder of shipped configs for `random:<hub id>`; a clear error for an architecture we do not ship."""
+    hub_id = model.removeprefix(RANDOM_PREFIX)
+    if hub_id not in ARCHITECTURES:
+        raise ValueError(f"model.name: no shipped architecture for {hub_id!r}; random weights are available for {sorted(ARCHITECTURES)}")
+    return Path(str(resources.files("rollout.architectures") / ARCHITECTURES[hub_id]))
+
+
+def _config(folder: Path, name: str) -> dict:
+    return json.loads((folder / f"{name}.json").read_text())
+
+
+def clip_bpe_tokenizer(model_max_length: int = 77):
+    """The CLIP BPE tokenizer (49408 tokens): vocabulary and merges from open_clip's `bpe_simple_vocab_16e6.txt.gz`,
+    assembled as OpenAI's CLIP does (bytes, bytes + </w>, merges, the two special tokens)."""
+    from transformers import CLIPTokenizer
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    try:
+        import open_clip
+    except ImportError:
+        raise ImportError('random-weight models need the CLIP BPE vocabulary of open_clip: pip install "rlcm[hpsv2]"') from None
+    vocab_file = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
+    merges = gzip.open(vocab_file).read().decode("utf-8").split("\n")[1 : 49152 - 256 - 2 + 1]
+    merges = [tuple(m.split()) for m in merges]
+    chars = list(bytes_to_unicode().values())
+    tokens = chars + [c + "</w>" for c in chars] + ["".join(m) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
+    return CLIPTokenizer(vocab={t: i for i, t in enumerate(tokens)}, merges=merges, model_max_length=model_max_length)
+
+
+def meta_unet(model: str):
+    """The UNet of `random:<hub id>` on the meta device (no memory): for module names and FLOP counts."""
+    from diffusers import UNet2DConditionModel
+
+    with torch.device("meta"):
+        return UNet2DConditionModel.from_config(_config(architecture_dir(model), "unet"))
+
+
+def build_random_pipeline(model: str, seed: int = 0, dtype: torch.dtype = torch.float32):
+    """`LatentConsistencyModelPipeline` of `random:<hub id>` with random weights, built directly in `dtype`."""
+    from diffusers import AutoencoderKL, LatentConsistencyModelPipeline, LCMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    folder = architecture_dir(model)
+    tokenizer = clip_bpe_tokenizer(_config(folder, "tokenizer")["model_max_length"])
+    previous = torch.get_default_dtype()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        torch.set_default_dtype(dtype)
+        try:
+            unet = UNet2DConditionModel.from_config(_config(folder, "unet"))
+            vae = AutoencoderKL.from_config(_config(folder, "vae"))
+            text_encoder = CLIPTextModel(CLIPTextConfig(**_config(folder, "text_encoder")))
+        finally:
+            torch.set_default_dtype(previous)
+    scheduler = LCMScheduler.from_config(_config(folder, "scheduler"))
+    return LatentConsistencyModelPipeline(
+        vae=vae.to(dtype), text_encoder=text_encoder.to(dtype), tokenizer=tokenizer, unet=unet.to(dtype), scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Dry-run every preset (or the ones named) one after another and write the table into README.md
+# between the markers <!-- dry-run-table:start --> and <!-- dry-run-table:end -->.
+#   bash scripts/dry_run_all.sh [--resolution 64] [preset ...]
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 RAY_USAGE_STATS_ENABLED=0 TRANSFORMERS_VERBOSITY=error
+RES=64
+if [ "${1:-}" = "--resolution" ]; then RES=$2; shift 2; fi
+PRESETS=("$@")
+if [ ${#PRESETS[@]} -eq 0 ]; then
+  PRESETS=(compression incompression aesthetic prompt-alignment rocm-aesthetic rocm-pickscore rocm-clip_score rocm-hpsv2 tiny-cpu rocm-tiny-cpu)
+fi
+LOGS=runs/dry-run-logs
+mkdir -p "$LOGS"
+for preset in "${PRESETS[@]}"; do
+  echo "== $preset"
+  .venv/bin/rlcm train --config "$preset" --dry-run --dry-run-resolution "$RES" --output-dir "runs/$preset-dry-run" > "$LOGS/$preset.log" 2>&1
+  echo "exit $?" >> "$LOGS/$preset.log"
+  tail -3 "$LOGS/$preset.log"
+done
+.venv/bin/python -m cluster.dryrun_table "$LOGS" "$RES" README.md
