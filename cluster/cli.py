@@ -16,7 +16,9 @@ DEFAULT_OUTPUT = "runs/{name}"
 
 def _train(args: argparse.Namespace) -> int:
     from cluster.config import DEFAULT_PRESET, load_config
+    from cluster.integrity import prepare_resume, require_run
     from cluster.output import OutputDir
+    from cluster.run_lock import run_lock
 
     config = load_config(args.config, args.set)
     name = Path(args.config).stem if args.config else DEFAULT_PRESET
@@ -26,20 +28,24 @@ def _train(args: argparse.Namespace) -> int:
         run_dry_run(name, config, Path(args.output_dir or DEFAULT_OUTPUT.format(name=name + "-dry-run")), args.dry_run_resolution, args.verbose)
         return 0
     output_dir = Path(args.output_dir or DEFAULT_OUTPUT.format(name=name))
-    out = OutputDir(output_dir)
-    out.prepare(args.resume)
-    state = out.resume_state() if args.resume else None
-    if state and state["epoch"] + 1 >= config.run.epochs:
-        print(f"{output_dir} is complete ({state['epoch'] + 1} of {config.run.epochs} epochs); nothing to resume. "
-              "Raise run.epochs with --set to train longer.")
-        return 0
-    from cluster.validate import validate_before_ray
+    if args.resume:
+        require_run(output_dir)
+    OutputDir(output_dir).prepare(args.resume)
+    with run_lock(output_dir):
+        point, notes = prepare_resume(output_dir, config.run.epochs) if args.resume else (None, [])
+        for note in notes:
+            print(f"rlcm: {note}")
+        if point and point.epoch + 1 >= config.run.epochs:
+            print(f"{output_dir} is complete ({point.epoch + 1} of {config.run.epochs} epochs); nothing to resume. "
+                  "Raise run.epochs with --set to train longer.")
+            return 0
+        from cluster.validate import validate_before_ray
 
-    validate_before_ray(config, joining_cluster=bool(args.address or os.environ.get("RAY_ADDRESS")))
+        validate_before_ray(config, joining_cluster=bool(args.address or os.environ.get("RAY_ADDRESS")))
 
-    from cluster.driver import train
+        from cluster.driver import train
 
-    rows = train(config, output_dir, resume=args.resume, verbose=args.verbose, address=args.address)
+        rows = train(config, output_dir, resume=args.resume, verbose=args.verbose, address=args.address)
     if rows:
         print(summary_line(rows, config.run.epochs))
     print(f"outputs in {output_dir}")

@@ -47,8 +47,13 @@ def start_controller(
     output_dir: str | Path, rollout_actors: int, per_actor: ResourceRequest | None = None, fixed: tuple[ResourceRequest, ...] = (),
     capacity: Capacity | None = None,
 ):
-    """The run's controller. per_actor: one rollout actor's request; fixed: the rest of the run (learners, reward tasks)."""
-    return ScaleController.options(name=controller_name(output_dir), namespace=NAMESPACE, get_if_exists=True).remote(
+    """The run's controller. per_actor: one rollout actor's request; fixed: the rest of the run (learners, reward tasks).
+
+    It lives on the driver's node: a worker node that disappears must not take it along."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    return ScaleController.options(name=controller_name(output_dir), namespace=NAMESPACE, get_if_exists=True, scheduling_strategy=here).remote(
         rollout_actors, per_actor, tuple(fixed), capacity
     )
 

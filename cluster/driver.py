@@ -29,12 +29,15 @@ from cluster.buffer import Entry
 from cluster.config import TrainConfig, dump_config
 from cluster.control import start_controller
 from cluster.checkpoint_record import write_record
+from cluster.durable import atomic_write_text
 from cluster.grid import save_sample_grid
+from cluster.integrity import DRIVER_STATE, write_checkpoint
 from cluster.output import OutputDir, disk_error
 from cluster.progress import EpochProgress
 from cluster.ray_setup import ResourceRequest, cluster_capacity, init_ray, preflight, wait_for_placement_group
 from cluster.prompts import epoch_prompts, holdout_split, load_prompts
 from cluster.rollout_pool import PoolOptions, RolloutPool
+from cluster.run_lock import run_lock
 from cluster.schedule import Scheduler, entries_to_rescore, mean_over_ranks, reward_summary, update_inputs
 from learner.group import LearnerGroup
 from learner.learner import LearnerSpec
@@ -377,12 +380,15 @@ class Trainer:
         return save_sample_grid(self.out.samples / f"epoch-{epoch:04d}.png", images, prompts, rewards)
 
     def save_checkpoint(self, epoch: int) -> Path:
-        directory = self.out.checkpoint(epoch)
-        directory.mkdir(parents=True, exist_ok=True)
-        self.learners.save(str(directory))
-        write_record(directory, self.config)  # base model and sampling settings, for rlcm eval / rlcm sample
-        (directory / "driver_state.json").write_text(json.dumps({"epoch": epoch, "samples_seen": self.samples_seen, "policy_version": self.version}))
-        return directory
+        """Write checkpoints/epoch-NNNN atomically, with a sha256 manifest (cluster.integrity)."""
+        state = {"epoch": epoch, "samples_seen": self.samples_seen, "policy_version": self.version}
+
+        def fill(directory: Path) -> None:
+            self.learners.save(str(directory))
+            write_record(directory, self.config)  # base model and sampling settings, for rlcm eval / rlcm sample
+            atomic_write_text(directory / DRIVER_STATE, json.dumps(state))
+
+        return write_checkpoint(self.out.checkpoint(epoch), fill)
 
     def shutdown(self) -> None:
         self.pool.shutdown()
@@ -393,9 +399,10 @@ class Trainer:
 def train(config: TrainConfig, output_dir: Path, resume: bool = False, verbose: bool = False, address: str | None = None) -> list[dict]:
     """Run training on the Ray cluster at `address` or RAY_ADDRESS, else on a fresh local one."""
     OutputDir(output_dir).prepare(resume)
-    print(f"rlcm: {init_ray(address, quiet=not verbose, log_to_driver=verbose)}")
-    trainer = Trainer(config, output_dir, resume=resume)
-    try:
-        return trainer.run()
-    finally:
-        trainer.shutdown()
+    with run_lock(output_dir):
+        print(f"rlcm: {init_ray(address, quiet=not verbose, log_to_driver=verbose)}")
+        trainer = Trainer(config, output_dir, resume=resume)
+        try:
+            return trainer.run()
+        finally:
+            trainer.shutdown()

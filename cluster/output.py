@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import errno
-import json
 import shutil
 from pathlib import Path
+
+from cluster import integrity
+from cluster.durable import append_json_line, read_json_lines, write_json_lines
 
 LOW_DISK_BYTES = 64 * 2**20
 
@@ -35,28 +37,30 @@ class OutputDir:
         return self.checkpoints / f"epoch-{epoch:04d}"
 
     def latest_checkpoint(self) -> Path | None:
-        done = sorted(p for p in self.checkpoints.glob("epoch-*") if (p / "driver_state.json").is_file())
+        done = integrity.checkpoints(self.root)
         return done[-1] if done else None
 
     def resume_state(self) -> dict | None:
-        """The newest checkpoint's driver state ({epoch, samples_seen, policy_version}), or None."""
-        checkpoint = self.latest_checkpoint()
-        return json.loads((checkpoint / "driver_state.json").read_text()) if checkpoint else None
+        """The newest checkpoint's driver state ({epoch, samples_seen, policy_version}) once it passes its
+        integrity checks (CheckpointError naming the bad file otherwise), or None when there is none."""
+        point = integrity.resume_point(self.root)
+        return point.state() if point else None
 
     def append_metrics(self, row: dict) -> None:
-        with self.metrics.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+        """One strict-JSON line (NaN -> null), written whole and fsynced."""
+        append_json_line(self.metrics, row)
 
-    def truncate_metrics(self, last_epoch: int) -> None:
-        """Keep the rows of epochs ≤ `last_epoch` (−1: none), so a resumed run writes each epoch once."""
-        if self.metrics.is_file():
-            rows = [line for line in self.metrics.read_text().splitlines() if line and json.loads(line)["epoch"] <= last_epoch]
-            self.metrics.write_text("".join(r + "\n" for r in rows))
+    def truncate_metrics(self, last_epoch: int) -> str | None:
+        """Keep the rows of epochs ≤ `last_epoch` (−1: none), so a resumed run writes each epoch once; a torn
+        last line (a crash mid-write) is dropped and returned."""
+        if not self.metrics.is_file():
+            return None
+        found = read_json_lines(self.metrics)
+        write_json_lines(self.metrics, [r for r in found.rows if r.get("epoch", last_epoch + 1) <= last_epoch])
+        return found.torn
 
     def rows(self) -> list[dict]:
-        if not self.metrics.is_file():
-            return []
-        return [json.loads(line) for line in self.metrics.read_text().splitlines() if line]
+        return read_json_lines(self.metrics).rows
 
 
 def disk_error(path: Path, error: BaseException) -> OSError | None:

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 
 import ray
 
+from cluster.ray_reaper import start_reaper
+
 EPS = 1e-9
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 _STARTED_HERE = {"gcs": None}  # GCS address of the local Ray this process started (it cannot grow)
@@ -66,6 +68,7 @@ def init_ray(
     with _loopback_node_ip():
         context = ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=include_dashboard, **common)
     _STARTED_HERE["gcs"] = context.address_info["gcs_address"]
+    start_reaper(context.address_info["session_dir"])  # the local Ray dies with this process, even on SIGKILL
     totals = ray.cluster_resources()
     line = (f"started local Ray ({totals.get('CPU', 0):g} CPUs, {totals.get('GPU', 0):g} GPUs) "
             f"on {context.address_info['node_ip_address']}, address {_STARTED_HERE['gcs']}")

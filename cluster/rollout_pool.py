@@ -7,6 +7,7 @@ its key, so the retry is identical and it is counted once. A dead actor is repla
 
 from __future__ import annotations
 
+import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -20,6 +21,12 @@ from cluster.schedule import Job
 from learner.group import bundle
 from rollout.actor import RolloutActor
 from rollout.worker import RolloutSpec
+
+
+def _reason(error: BaseException) -> str:
+    """The first line of a Ray actor error, e.g. "The actor is temporarily unavailable: ..."."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return (lines[0] if lines else type(error).__name__)[:160]
 
 
 @dataclass
@@ -171,11 +178,14 @@ class RolloutPool:
                 slot.load -= 1
                 try:
                     info = ray.get(ref)
-                except ray.exceptions.RayActorError:
+                except ray.exceptions.RayActorError as error:
                     self.failures += 1
                     self.queue.appendleft(job)
                     if not self._probing(actor_id):
                         self.probes[slot.handle.ping.remote()] = actor_id
+                        serving = sum(not s.draining and not self._probing(i) for i, s in self.slots.items())
+                        print(f"rlcm: rollout actor {actor_id} failed ({_reason(error)}); batch {job.key} is queued again, "
+                              f"{serving} actor(s) serve until it is back or replaced", file=sys.stderr, flush=True)
                     continue
                 slot.images += info["images"]
                 slot.busy_s += info["busy_s"]

@@ -1,0 +1,69 @@
+"""Ctrl-C and SIGTERM as a request to stop, not a crash.
+
+The first SIGINT or SIGTERM sets a flag the driver loop reads between steps: it stops dispatching, finishes
+or drops the epoch in progress, checkpoints the last finished one and raises `Interrupted`, which the CLI
+turns into one line and exit code 130 (SIGINT) or 143 (SIGTERM). A second signal stops at once
+(KeyboardInterrupt). Ray's own processes block SIGINT, so a terminal's Ctrl-C reaches only the driver.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import threading
+from typing import Iterator
+
+EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
+class Interrupted(Exception):
+    """The run stopped on a signal after saving what it had; `line` says where to continue from."""
+
+    def __init__(self, signum: int, line: str):
+        super().__init__(line)
+        self.signum, self.line = signum, line
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_CODES.get(self.signum, 128 + self.signum)
+
+
+class StopRequest:
+    """Set by the first SIGINT/SIGTERM while `installed`; the second one raises KeyboardInterrupt."""
+
+    def __init__(self):
+        self.signum: int | None = None
+
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name if self.signum else ""
+
+    def _handle(self, signum: int, frame) -> None:
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+        print(f"rlcm: {signal.Signals(signum).name} received: stopping after saving the last finished epoch (again to stop now)",
+              file=sys.stderr, flush=True)
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator["StopRequest"]:
+        """Handle SIGINT and SIGTERM for the block (main thread only; elsewhere signals keep their handlers)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        previous = {sig: signal.signal(sig, self._handle) for sig in EXIT_CODES}
+        try:
+            yield self
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def quiet_dropped_tasks(self) -> None:
+        """Tasks dropped by the stop fail with "killed by ray.kill"; that is expected, not an error to report."""
+        os.environ["RAY_IGNORE_UNHANDLED_ERRORS"] = "1"
