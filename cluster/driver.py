@@ -36,6 +36,7 @@ from cluster.prompts import epoch_prompts, holdout_split, load_prompts
 from cluster.rollout_pool import PoolOptions, RolloutPool
 from cluster.schedule import Scheduler, entries_to_rescore, mean_over_ranks, reward_summary, update_inputs
 from learner.group import LearnerGroup
+from learner.lam_controller import controller_for
 from learner.learner import LearnerSpec
 from rewards_service.client import RewardClient, RewardClientConfig, build_reward_client
 from rewards_service.scorers import ScoreResult
@@ -130,6 +131,7 @@ class Trainer:
         if state:
             self.learners.load(str(self.out.latest_checkpoint()))
         self.version = ray.get(self.learners.rank0.version.remote())
+        self.lam = controller_for(config.rocm, state.get("lam") if state else None) if self.rocm else None  # ROCM's λ rule
         self.progress = EpochProgress(self.out.root, config, self.start_epoch)
 
     def _learner_group(self) -> LearnerGroup:
@@ -295,7 +297,8 @@ class Trainer:
         per_epoch = self.config.rocm_prompts_per_epoch
         for epoch in range(self.start_epoch, self.config.run.epochs):
             start = time.perf_counter()
-            update = Update(self.learners.train_rocm(epoch_prompts(self.train_prompts, self.config.run.seed, epoch, per_epoch)), [], start)
+            prompts = epoch_prompts(self.train_prompts, self.config.run.seed, epoch, per_epoch)
+            update = Update(self.learners.train_rocm(prompts, self.lam.lam), [], start)
             entries = None
             while entries is None or not update.done():
                 self.poll(update.refs[:1], timeout=1.0)
@@ -303,6 +306,8 @@ class Trainer:
             self.schedule.update_done()
             train_done = time.perf_counter()
             metrics = mean_over_ranks(ray.get(update.refs))
+            metrics["lam_penalty_ratio"] = self.lam.penalty_ratio(metrics["reward_mean"], metrics["divergence_mean"])
+            self.lam.step(metrics["reward_mean"], metrics["divergence_mean"])
             self.version += 1
             time_sync = self.publish(broadcast=True)
             stats = self.pool.take_stats()
@@ -380,7 +385,10 @@ class Trainer:
         directory.mkdir(parents=True, exist_ok=True)
         self.learners.save(str(directory))
         (directory / "rlcm_model.json").write_text(json.dumps({"model": self.config.model.name, "model_seed": self.config.model.seed}))
-        (directory / "driver_state.json").write_text(json.dumps({"epoch": epoch, "samples_seen": self.samples_seen, "policy_version": self.version}))
+        state = {"epoch": epoch, "samples_seen": self.samples_seen, "policy_version": self.version}
+        if self.lam is not None:
+            state["lam"] = self.lam.lam  # the next epoch's λ (json keeps floats exact)
+        (directory / "driver_state.json").write_text(json.dumps(state))
         return directory
 
     def shutdown(self) -> None:
