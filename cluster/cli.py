@@ -103,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train a LoRA with RLCM or ROCM (default: the toy CPU demo)")
-    train.add_argument("--config", help="YAML file or preset (tiny-cpu, compression, incompression, aesthetic, prompt-alignment, rocm-tiny-cpu, rocm-<reward>)")
+    train.add_argument("--config", help="YAML file or preset (tiny-cpu, compression, incompression, aesthetic, prompt-alignment, rocm-tiny-cpu, rocm-<reward>, rocm-aesthetic-fast)")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value, e.g. train.learning_rate=3e-4")
     train.add_argument("--output-dir", help="run folder (default runs/<config name>)")
     train.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output-dir")
