@@ -56,3 +56,10 @@ def test_controller_for_settings():
         ROCMSettings(lam=-1.0)
     with pytest.raises(ValueError):
         ROCMSettings(lam="automatic")
+
+
+def test_auto_is_resolved_before_the_objective():
+    from learner.rocm import rocm_objective
+
+    with pytest.raises(ValueError, match="lam must be a number >= 0, got 'auto'.*controller"):
+        rocm_objective(None, ["a cat"], 4, 8.0, None, None, "kl", "auto")
