@@ -16,7 +16,7 @@ from rollout.settings import LoraSettings
 
 PRESETS = (
     "tiny-cpu", "compression", "incompression", "aesthetic", "prompt-alignment",
-    "rocm-tiny-cpu", "rocm-aesthetic", "rocm-pickscore", "rocm-clip_score", "rocm-hpsv2",
+    "rocm-tiny-cpu", "rocm-aesthetic", "rocm-pickscore", "rocm-clip_score", "rocm-hpsv2", "rocm-aesthetic-fast",
 )
 DEFAULT_PRESET = "tiny-cpu"
 

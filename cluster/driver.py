@@ -40,6 +40,7 @@ from cluster.rollout_pool import PoolOptions, RolloutPool
 from cluster.run_lock import run_lock
 from cluster.schedule import Scheduler, entries_to_rescore, mean_over_ranks, reward_summary, update_inputs
 from learner.group import LearnerGroup
+from learner.lam_controller import controller_for
 from learner.learner import LearnerSpec
 from rewards_service.client import RewardClient, RewardClientConfig, build_reward_client
 from rewards_service.scorers import ScoreResult
@@ -134,6 +135,7 @@ class Trainer:
         if state:
             self.learners.load(str(self.out.latest_checkpoint()))
         self.version = ray.get(self.learners.rank0.version.remote())
+        self.lam = controller_for(config.rocm, state.get("lam") if state else None) if self.rocm else None  # ROCM's λ rule
         self.progress = EpochProgress(self.out.root, config, self.start_epoch)
 
     def _learner_group(self) -> LearnerGroup:
@@ -299,7 +301,8 @@ class Trainer:
         per_epoch = self.config.rocm_prompts_per_epoch
         for epoch in range(self.start_epoch, self.config.run.epochs):
             start = time.perf_counter()
-            update = Update(self.learners.train_rocm(epoch_prompts(self.train_prompts, self.config.run.seed, epoch, per_epoch)), [], start)
+            prompts = epoch_prompts(self.train_prompts, self.config.run.seed, epoch, per_epoch)
+            update = Update(self.learners.train_rocm(prompts, self.lam.lam), [], start)
             entries = None
             while entries is None or not update.done():
                 self.poll(update.refs[:1], timeout=1.0)
@@ -307,6 +310,8 @@ class Trainer:
             self.schedule.update_done()
             train_done = time.perf_counter()
             metrics = mean_over_ranks(ray.get(update.refs))
+            metrics["lam_penalty_ratio"] = self.lam.penalty_ratio(metrics["reward_mean"], metrics["divergence_mean"])
+            self.lam.step(metrics["reward_mean"], metrics["divergence_mean"])
             self.version += 1
             time_sync = self.publish(broadcast=True)
             stats = self.pool.take_stats()
@@ -382,6 +387,8 @@ class Trainer:
     def save_checkpoint(self, epoch: int) -> Path:
         """Write checkpoints/epoch-NNNN atomically, with a sha256 manifest (cluster.integrity)."""
         state = {"epoch": epoch, "samples_seen": self.samples_seen, "policy_version": self.version}
+        if self.lam is not None:
+            state["lam"] = self.lam.lam  # the next epoch's λ (json keeps floats exact)
 
         def fill(directory: Path) -> None:
             self.learners.save(str(directory))

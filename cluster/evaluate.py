@@ -1,9 +1,11 @@
-"""`rlcm eval`: base vs tuned on held-out prompts with fixed seeds, mean ± 95% CI per metric, paired differences.
+"""`rlcm eval`: the base model and several tuned runs on held-out prompts with fixed seeds, every metric,
+mean ± 95% CI, paired differences to the base, in one table shaped like ROCM's (rows = models, columns = metrics,
+each run's trained metric marked and left out of its off-target summary).
 
 Every (prompt i, seed s) pair gets its own CPU generator seeded by `noise_seed(i, s)`, so the base and
-the tuned model start from the same noise and their scores pair up. Images come from the stock
-`pipe(prompt, num_inference_steps, guidance_scale, generator)` (what users get); the tuned model is the
-same pipeline after `pipe.load_lora_weights(lora_dir)`.
+every tuned model start from the same noise and their scores pair up. Images come from the stock
+`pipe(prompt, num_inference_steps, guidance_scale, generator)` (what users get); a tuned model is the
+same pipeline after `pipe.load_lora_weights(lora_dir)` (unloaded before the next run).
 
 Metrics are reward names: the ones the reward service at `service_url` offers are scored over HTTP,
 the others by the in-process registry (`rewards_service.scorers.build_scorer`). Confidence intervals are
@@ -42,7 +44,9 @@ class EvalSettings(BaseModel):
     prompts: list[str] = Field(min_length=1)
     metrics: list[str] = Field(min_length=1)
     out: Path
-    lora: Path | None = Field(None, description="checkpoint folder with pytorch_lora_weights.safetensors")
+    runs: dict[str, Path] = Field(default_factory=dict, description="run name -> checkpoint folder with pytorch_lora_weights.safetensors")
+    lora: Path | None = Field(None, description="one checkpoint folder, evaluated as the run named 'tuned'")
+    trained: dict[str, str] = Field(default_factory=dict, description="run name -> the metric it trained on (default: reward.name of the run's config.yaml)")
     include_base: bool = Field(True, description="also sample the base model (LoRA off) with the same noise")
     model: str | None = Field(None, description="base model; default: the one in the checkpoint's rlcm_model.json, else tiny")
     seeds: int = Field(4, ge=1)
@@ -89,16 +93,22 @@ def mean_ci(values: np.ndarray) -> dict:
     return {"mean": mean, "ci_low": mean - half, "ci_high": mean + half, "half_width": half, "n": n, "t_source": source}
 
 
-def summarize(base: np.ndarray | None, tuned: np.ndarray | None) -> dict:
-    """Per-model mean ± CI, and the paired difference tuned − base over samples both models scored."""
-    summary = {}
-    if base is not None:
-        summary["base"] = mean_ci(base)
-    if tuned is not None:
-        summary["tuned"] = mean_ci(tuned)
-    if base is not None and tuned is not None:
-        summary["difference"] = mean_ci(tuned - base)
+def summarize(scores: dict[str, np.ndarray]) -> dict:
+    """Per model mean ± CI; with a `base`, each run's paired difference run − base (samples both scored) under "<run> − base"."""
+    summary = {label: mean_ci(values) for label, values in scores.items()}
+    if "base" in scores:
+        summary.update({f"{label} − base": mean_ci(values - scores["base"]) for label, values in scores.items() if label != "base"})
     return summary
+
+
+def off_target_change(metrics: dict[str, dict], run: str, trained: str | None) -> float:
+    """Mean relative change (run − base)/|base| in % over the metrics `run` did not train on (NaN without a base)."""
+    changes = [
+        100 * (stats[run]["mean"] - stats["base"]["mean"]) / abs(stats["base"]["mean"])
+        for name, stats in metrics.items()
+        if name != trained and "base" in stats and run in stats and stats["base"]["mean"] not in (0.0,) and math.isfinite(stats["base"]["mean"])
+    ]
+    return float(np.mean(changes)) if changes else float("nan")
 
 
 # ---- inputs -----------------------------------------------------------------
@@ -153,6 +163,32 @@ def recorded_model(lora: Path | None) -> dict:
     return read_record(lora)
 
 
+def trained_metric(lora: Path) -> str | None:
+    """reward.name of the run that wrote checkpoint `lora` (<run>/checkpoints/epoch-NNNN -> <run>/config.yaml), if recorded."""
+    import yaml
+
+    config = lora.parent.parent / "config.yaml"
+    if not config.is_file():
+        return None
+    reward = (yaml.safe_load(config.read_text()) or {}).get("reward") or {}
+    return reward.get("name") if isinstance(reward, dict) else None
+
+
+def parse_runs(values: list[str]) -> dict[str, Path]:
+    """`--lora NAME=DIR` (repeatable); a bare DIR is named after its run folder (<run>/checkpoints/epoch-NNNN), or 'tuned' alone."""
+    runs: dict[str, Path] = {}
+    for value in values:
+        name, sep, directory = value.partition("=")
+        if not sep:
+            path = Path(value)
+            name = "tuned" if len(values) == 1 else (path.parent.parent.name if path.parent.name == "checkpoints" else path.name)
+            directory = value
+        if not name or name == "base" or name in runs:
+            raise ValueError(f"--lora {value!r}: run names must be unique, non-empty and not 'base'; use --lora NAME=DIR")
+        runs[name] = Path(directory)
+    return runs
+
+
 # ---- sampling ---------------------------------------------------------------
 def noise_seed(prompt_index: int, seed: int) -> int:
     """The generator seed of sample (prompt_index, seed): the same for the base and the tuned model."""
@@ -203,28 +239,46 @@ def score_model(pipe, label: str, prompts: list[str], clients: dict[str, RewardC
 
 
 # ---- outputs ----------------------------------------------------------------
-def _fmt(stats: dict) -> str:
-    return f"{stats['mean']:.4g} ± {stats['half_width']:.2g}" if stats["n"] else "n/a"
+def _fmt(stats: dict | None) -> str:
+    if not stats or not stats["n"] or stats["mean"] is None or not math.isfinite(stats["mean"]):
+        return "n/a"
+    half = stats["half_width"]
+    return f"{stats['mean']:.4g} ± {half:.2g}" if half is not None and math.isfinite(half) else f"{stats['mean']:.4g}"
 
 
 def markdown_table(report: dict) -> str:
-    """The metrics of `report` (as written to eval.json) as a markdown table."""
-    columns = [c for c in ("base", "tuned", "difference") if c in next(iter(report["metrics"].values()))]
-    header = ["metric", *[("tuned − base (paired)" if c == "difference" else c) for c in columns], "n"]
+    """`report` (as written to eval.json) as the paper-shaped table (rows = models, columns = metrics), then the
+    paired differences to the base."""
+    metrics, models, trained = list(report["metrics"]), report["models"], report["trained"]
+    runs = [m for m in models if m != "base"]
+    with_base = "base" in models
+    header = ["model", *metrics] + (["off-target Δ vs base"] if with_base and runs else [])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for name, stats in report["metrics"].items():
-        n = min(stats[c]["n"] for c in columns)
-        lines.append("| " + " | ".join([name, *[_fmt(stats[c]) for c in columns], str(n)]) + " |")
-    paired = "; tuned − base is paired: same noise per (prompt, seed)" if "difference" in columns else ""
-    note = (f"\nmean ± half-width of the 95% t-interval over prompts × seeds ({report['num_prompts']} × {report['seeds']}){paired}. "
-            f"Model {report['model']}, LoRA {report['lora'] or 'none'}, {report['steps']} steps, guidance {report['guidance_scale']}.\n")
-    return "\n".join(lines) + "\n" + note
+    for model in models:
+        cells = [("**" + _fmt(report["metrics"][m].get(model)) + "** †") if trained.get(model) == m else _fmt(report["metrics"][m].get(model)) for m in metrics]
+        if with_base and runs:
+            change = report["off_target"].get(model)
+            cells.append("" if model == "base" else ("n/a" if change is None or not math.isfinite(change) else f"{change:+.1f}%"))
+        lines.append("| " + " | ".join([model, *cells]) + " |")
+    n = min((s["n"] for stats in report["metrics"].values() for s in stats.values()), default=0)
+    note = [
+        "",
+        f"mean ± half-width of the 95% t-interval over prompts × seeds ({report['num_prompts']} × {report['seeds']}, n = {n} where all scored). "
+        f"† = the metric the run trained on (bold); off-target Δ = mean over the other metrics of (run − base)/|base|.",
+        f"Model {report['model']}, {report['steps']} steps, guidance {report['guidance_scale']}; runs: "
+        + (", ".join(f"{name} = {path}" for name, path in report["runs"].items()) or "none") + ".",
+    ]
+    if with_base and runs:
+        note += ["", "Paired differences run − base (same noise per prompt and seed):", "",
+                 "| run | " + " | ".join(metrics) + " |", "|" + "---|" * (len(metrics) + 1)]
+        note += ["| " + " | ".join([run, *[_fmt(report["metrics"][m].get(f"{run} − base")) for m in metrics]]) + " |" for run in runs]
+    return "\n".join(lines + note) + "\n"
 
 
 def save_comparison_grid(path: Path, rows: dict[str, list[np.ndarray]], captions: list[str], title: str = "", cell: int = 128) -> None:
     """One row per model (labelled on the left), one column per (prompt, seed), a title on top, captions below."""
     font = ImageFont.load_default()
-    label_width, title_height, caption_height, gap = 56, 16, 28, 2
+    label_width, title_height, caption_height, gap = max(56, 7 * max(map(len, rows), default=0) + 8), 16, 28, 2
     columns = len(captions)
     top = title_height
     grid = Image.new("RGB", (label_width + columns * (cell + gap), top + len(rows) * (cell + gap) + caption_height), "white")
@@ -248,11 +302,25 @@ def evaluate(settings: EvalSettings, http=None) -> dict:
 
     `http` replaces the httpx client of the reward service (tests pass a FastAPI TestClient).
     """
-    if settings.lora is None and not settings.include_base:
-        raise ValueError("nothing to evaluate: pass --lora DIR and/or --base")
+    runs = dict(settings.runs)
+    if settings.lora is not None:
+        if "tuned" in runs:
+            raise ValueError("pass one LoRA as lora= or name it in runs, not both under 'tuned'")
+        runs["tuned"] = settings.lora
+    if not runs and not settings.include_base:
+        raise ValueError("nothing to evaluate: pass --lora [NAME=]DIR (repeatable) and/or --base")
     from rollout.models import load_pipeline
 
-    record = recorded_model(settings.lora)
+    records = {name: recorded_model(path) for name, path in runs.items()}
+    models_recorded = {(r.get("model"), r.get("model_seed", 0)) for r in records.values() if r}
+    if len(models_recorded) > 1 and settings.model is None:
+        raise ValueError(f"the runs were trained on different base models {sorted(map(str, models_recorded))}; evaluate them separately or pass --model")
+    sampled_with = {json.dumps(r.get("sampling"), sort_keys=True) for r in records.values() if r.get("sampling")}
+    if len(sampled_with) > 1 and (settings.steps is None or settings.guidance_scale is None):
+        raise ValueError(f"the runs were trained with different sampling settings ({'; '.join(sorted(sampled_with))}); "
+                         "pass --steps and --guidance-scale to compare them under one setting")
+    record = next((r for r in records.values() if r), {})
+    trained = {name: settings.trained.get(name) or trained_metric(path) for name, path in runs.items()}
     sampling, origin = sampling_settings(record, settings.steps, settings.guidance_scale)
     print(f"rlcm eval: {origin}")
     settings = settings.model_copy(update={"steps": sampling.num_steps, "guidance_scale": sampling.guidance_scale})
@@ -265,21 +333,28 @@ def evaluate(settings: EvalSettings, http=None) -> dict:
     try:
         if settings.include_base:
             scores["base"], images["base"] = score_model(pipe, "base", prompts, clients, settings, grid_pairs, sampling)
-        if settings.lora is not None:
-            pipe.load_lora_weights(str(settings.lora))
-            scores["tuned"], images["tuned"] = score_model(pipe, "tuned", prompts, clients, settings, grid_pairs, sampling)
+        for name, path in runs.items():
+            pipe.load_lora_weights(str(path))
+            try:
+                scores[name], images[name] = score_model(pipe, name, prompts, clients, settings, grid_pairs, sampling)
+            finally:
+                pipe.unload_lora_weights()
     finally:
         for client in clients.values():
             client.close()
+    metrics = {n: summarize({label: v[n] for label, v in scores.items()}) for n in settings.metrics}
     report = {
         "model": model,
-        "lora": str(settings.lora) if settings.lora else None,
+        "models": list(scores),
+        "runs": {name: str(path) for name, path in runs.items()},
+        "trained": {name: metric for name, metric in trained.items() if metric},
         "num_prompts": len(prompts),
         "seeds": settings.seeds,
         "steps": settings.steps,
         "guidance_scale": settings.guidance_scale,
-        "ci": "95% Student t-interval over prompts x seeds; difference = tuned - base, paired by (prompt, seed)",
-        "metrics": {n: summarize(scores.get("base", {}).get(n), scores.get("tuned", {}).get(n)) for n in settings.metrics},
+        "ci": "95% Student t-interval over prompts x seeds; '<run> − base' is paired by (prompt, seed)",
+        "metrics": metrics,
+        "off_target": {name: off_target_change(metrics, name, trained.get(name)) for name in runs} if settings.include_base else {},
         "samples": [
             {"prompt": p, "prompt_index": i, "seed": s, **{label: {n: _json_float(v[n][i * settings.seeds + s]) for n in settings.metrics} for label, v in scores.items()}}
             for i, p in enumerate(prompts) for s in range(settings.seeds)
@@ -312,12 +387,20 @@ def _finite(value):
 
 # ---- CLI --------------------------------------------------------------------
 def _run(args: argparse.Namespace) -> int:
+    runs = parse_runs(args.lora or [])
+    trained = {}
+    for value in args.trained or []:
+        name, sep, metric = value.partition("=")
+        if not sep or name not in runs:
+            raise ValueError(f"--trained {value!r}: expected RUN=METRIC with RUN one of {sorted(runs)}")
+        trained[name] = metric
     settings = EvalSettings(
         prompts=read_prompts(args.prompts, args.limit, args.offset),
         metrics=[m.strip() for m in args.metrics.split(",") if m.strip()],
         out=Path(args.out),
-        lora=Path(args.lora) if args.lora else None,
-        include_base=args.base or not args.lora,
+        runs=runs,
+        trained=trained,
+        include_base=args.base or not runs,
         model=args.model,
         seeds=args.seeds,
         steps=args.steps,
@@ -338,10 +421,13 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     from cluster.helpfmt import DefaultsHelpFormatter
 
     parser = subparsers.add_parser(
-        "eval", help="compare a tuned LoRA with its base model on held-out prompts", formatter_class=DefaultsHelpFormatter,
+        "eval", help="compare tuned LoRAs with each other and their base model on held-out prompts", formatter_class=DefaultsHelpFormatter,
         description="Sample the tuned and/or base model on (prompt, seed) pairs with the same noise, score them, and write "
                     "eval.json, eval.md and grid.png. Steps, guidance and size default to the checkpoint's (rlcm_model.json).")
-    parser.add_argument("--lora", help="a checkpoints/epoch-NNNN folder (the tuned model)")
+    parser.add_argument("--lora", action="append", metavar="[NAME=]DIR",
+                        help="a checkpoints/epoch-NNNN folder; repeat for several runs (NAME defaults to the run folder, or 'tuned' for one)")
+    parser.add_argument("--trained", action="append", metavar="NAME=METRIC",
+                        help="the metric run NAME trained on (default: reward.name in the run's config.yaml); marked and left out of its off-target mean")
     parser.add_argument("--base", action="store_true", help="also evaluate the base model (LoRA off), same noise: paired differences")
     parser.add_argument("--model", help="base model (default: the one recorded in the checkpoint, else tiny)")
     parser.add_argument("--prompts", required=True, help=f"file with one prompt a line, or a preset: {', '.join(PROMPT_PRESETS)}")

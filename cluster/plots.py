@@ -18,7 +18,8 @@ import numpy as np
 
 DIAGNOSTICS = {
     "rlcm": (("approx_kl", "approx KL (old → new policy)"), ("clipfrac", "fraction of clipped ratios")),
-    "rocm": (("divergence_mean", "Σ_k divergence to the base per chain (mean)"), ("objective", "objective (reward − λ·divergence)"), ("grad_norm", "gradient norm")),
+    "rocm": (("divergence_mean", "Σ_k divergence to the base per chain (mean)"), ("objective", "objective (reward − λ·divergence)"), ("grad_norm", "gradient norm"), ("lam", "λ (per epoch)"),
+             ("lam_penalty_ratio", "λ·divergence / |reward|")),
 }
 
 

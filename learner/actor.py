@@ -94,11 +94,11 @@ class Learner:
         metrics["learner_time_s"] = time.perf_counter() - start
         return metrics
 
-    def train_rocm(self, prompts: list[str]) -> dict[str, float]:
-        """One ROCM epoch on this rank's shard of `prompts` (each rank samples its own chains with grad)."""
+    def train_rocm(self, prompts: list[str], lam: float | None = None) -> dict[str, float]:
+        """One ROCM epoch on this rank's shard of `prompts` (each rank samples its own chains with grad), at λ = `lam` if given."""
         start = time.perf_counter()
         mine = [prompts[i] for i in shard(len(prompts), self.rank, self.world_size)]
-        metrics = self.learner.train(mine)
+        metrics = self.learner.train(mine, lam)
         metrics["learner_time_s"] = time.perf_counter() - start
         return metrics
 

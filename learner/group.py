@@ -50,9 +50,9 @@ class LearnerGroup:
         """Start one update on every rank; returns the ranks' metric refs (rank 0 first)."""
         return [actor.train.remote(rewards, valid, *trajectory_refs) for actor in self.actors]
 
-    def train_rocm(self, prompts: list[str]) -> list:
-        """Start one ROCM epoch on every rank (each takes its shard of `prompts`); metric refs, rank 0 first."""
-        return [actor.train_rocm.remote(prompts) for actor in self.actors]
+    def train_rocm(self, prompts: list[str], lam: float | None = None) -> list:
+        """Start one ROCM epoch on every rank (each takes its shard of `prompts`, λ = `lam` if given); metric refs, rank 0 first."""
+        return [actor.train_rocm.remote(prompts, lam) for actor in self.actors]
 
     def adapter(self) -> ray.ObjectRef:
         return self.rank0.adapter.remote()

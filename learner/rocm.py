@@ -89,8 +89,8 @@ def rocm_objective(
         raise ValueError(f"num_steps must be at least 1, got {num_steps}")
     if divergence not in DIVERGENCES:
         raise ValueError(f"unknown divergence {divergence!r}; choose one of {list(DIVERGENCES)}")
-    if lam < 0:
-        raise ValueError(f"lam must be >= 0, got {lam}")
+    if isinstance(lam, str) or lam < 0:
+        raise ValueError(f"lam must be a number >= 0, got {lam!r} (rocm.lam: auto is resolved per epoch by the driver's λ controller)")
     if truncate_steps is not None and truncate_steps < 1:
         raise ValueError(f"truncate_steps must be >= 1 or None (full gradient), got {truncate_steps}")
     unet, scheduler = pipe.unet, pipe.scheduler

@@ -77,9 +77,16 @@ class ROCMLearner:
     def adapter(self) -> AdapterVersion:
         return export_adapter(self.pipe.unet, self.version)
 
-    def train(self, prompts: list[str]) -> dict[str, float]:
-        """One epoch: `updates_per_epoch` AdamW steps, each over `grad_accum_steps` calls of `batch_size` prompts, in order."""
+    def train(self, prompts: list[str], lam: float | None = None) -> dict[str, float]:
+        """One epoch: `updates_per_epoch` AdamW steps, each over `grad_accum_steps` calls of `batch_size` prompts, in order.
+
+        `lam` overrides `rocm.lam` for this epoch (the driver's λ controller when `rocm.lam` is auto).
+        """
         r = self.spec.rocm
+        if lam is not None:
+            r = r.model_copy(update={"lam": float(lam)})
+        elif r.lam == "auto":
+            raise ValueError("rocm.lam is auto: pass this epoch's λ (the driver's controller holds it)")
         if len(prompts) != self.prompts_per_epoch:
             raise ValueError(
                 f"ROCM epoch needs batch_size x grad_accum_steps x updates_per_epoch = {r.batch_size} x {r.grad_accum_steps} x "
@@ -113,6 +120,7 @@ class ROCMLearner:
             images=torch.cat([images for _, _, images in recorded]),
         )
         self.version += 1
+        metrics["lam"] = float(r.lam)
         return metrics
 
     def save_lora(self, directory: str | Path) -> Path:

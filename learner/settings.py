@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 DIVERGENCES = ("none", "kl", "reverse_kl", "hellinger", "fisher", "js")
 
@@ -30,15 +30,21 @@ class PPOSettings(BaseModel):
 
 
 class ROCMSettings(BaseModel):
-    """ROCM hyperparameters. Defaults follow the paper's SD1.5 runs where we know them (AdamW, one prompt
-    per GPU per objective call, 8 sampling steps set under `sampling`); the values not stated in our
-    reading of the paper (lam, learning rate, weight decay, grad-norm clip, accumulation) are our choices.
+    """ROCM hyperparameters. Defaults follow the paper's SD1.5 runs where it states them (AdamW, batch size 1
+    per GPU, gradient accumulation 1, λ chosen so the divergence term is about 10× smaller than the reward);
+    the values it does not state (learning rate, weight decay, grad-norm clip, λ's controller) are ours.
     """
 
     model_config = ConfigDict(extra="forbid")
 
     divergence: Literal[DIVERGENCES] = Field("kl", description="per-step f-divergence D against the frozen base model")
-    lam: float = Field(0.1, ge=0, description="λ, weight of Σ_k D_k; 0 = unregularized reward maximization (our choice)")
+    lam: float | Literal["auto"] = Field(
+        0.1,
+        description="λ, weight of Σ_k D_k: a number >= 0 (fixed; 0 = unregularized) or auto (paper's rule: λ·D ≈ lam_ratio·|reward|)",
+    )
+    lam_ratio: float = Field(0.1, gt=0, description="auto: target of λ·(mean Σ_k D_k)/|mean reward| (paper: an order of magnitude)")
+    lam_init: float = Field(0.1, gt=0, description="auto: λ of the first epoch (ours)")
+    lam_max_factor: float = Field(2.0, ge=1, description="auto: λ changes by at most this factor per epoch (ours)")
     truncate_steps: int | None = Field(
         None, ge=1, description="opt-in: backprop through the last K transitions + decode only (states before are detached); None = full"
     )
@@ -50,6 +56,13 @@ class ROCMSettings(BaseModel):
     adam_epsilon: float = Field(1e-8, gt=0)
     max_grad_norm: float = Field(1.0, gt=0, description="grad-norm clip before each optimizer step (our choice)")
     batch_size: int = Field(1, ge=1, description="prompts per objective call per learner (paper: 1 per GPU)")
-    grad_accum_steps: int = Field(4, ge=1, description="objective calls per optimizer step (our choice)")
+    grad_accum_steps: int = Field(1, ge=1, description="objective calls per optimizer step (paper: 1)")
     updates_per_epoch: int = Field(1, ge=1, description="optimizer steps per epoch")
     gradient_checkpointing: bool = Field(True, description="recompute each UNet call and the decode in backward (saves memory)")
+
+    @field_validator("lam")
+    @classmethod
+    def _lam_non_negative(cls, value):
+        if value != "auto" and value < 0:
+            raise ValueError("lam must be auto or a number >= 0")
+        return value

@@ -61,6 +61,18 @@ def _hpsv2(**options: Any) -> nn.Module:
     return HPSv2.from_pretrained(**options)
 
 
+def _blip_score(**options: Any) -> nn.Module:
+    from rewards_service.scorers.blip_score import BlipScore
+
+    return BlipScore.from_pretrained(**options)
+
+
+def _image_reward(**options: Any) -> nn.Module:
+    from rewards_service.scorers.image_reward import ImageRewardModel
+
+    return ImageRewardModel.from_pretrained(**options)
+
+
 class PromptFree(nn.Module):
     """Adapts an image-only module `f(images) -> [B]` to the `(images, prompts)` signature."""
 
@@ -78,6 +90,8 @@ DIFFERENTIABLE_FACTORIES: dict[str, Callable[..., nn.Module]] = {
     "clip_score": _clip_score,
     "pickscore": _pickscore,
     "hpsv2": _hpsv2,
+    "blip_score": _blip_score,
+    "image_reward": _image_reward,
 }
 
 

@@ -98,7 +98,26 @@ def test_parser_registers_eval():
     parser = argparse.ArgumentParser()
     ev.add_eval_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["eval", "--lora", "ckpt", "--base", "--prompts", "simple_animals", "--metrics", "a,b", "--seeds", "3", "--out", "o"])
-    assert args.func is ev._run and args.base and args.seeds == 3 and args.steps is None and args.metrics == "a,b"  # steps: the checkpoint's
+    assert args.func is ev._run and args.base and args.seeds == 3 and args.steps is None and args.metrics == "a,b"
+    args = parser.parse_args(["eval", "--lora", "a=x", "--lora", "b=y", "--trained", "a=aesthetic", "--prompts", "p", "--metrics", "m", "--out", "o"])
+    assert args.lora == ["a=x", "b=y"] and args.trained == ["a=aesthetic"]
+
+
+def test_run_names_and_off_target_mean(tmp_path):
+    assert ev.parse_runs(["runs/x/checkpoints/epoch-0003"]) == {"tuned": ev.Path("runs/x/checkpoints/epoch-0003")}
+    assert list(ev.parse_runs(["runs/x/checkpoints/epoch-0003", "b=/c"])) == ["x", "b"]
+    for bad in (["a=1", "a=2"], ["base=1"], ["=1"]):
+        with pytest.raises(ValueError, match="run names must be unique"):
+            ev.parse_runs(bad)
+    stats = lambda mean: {"mean": mean}  # noqa: E731
+    metrics = {"m1": {"base": stats(2.0), "a": stats(3.0)}, "m2": {"base": stats(-4.0), "a": stats(-5.0)}, "m3": {"base": stats(10.0), "a": stats(10.0)}}
+    # trained on m1: off-target = mean of (−5 − −4)/4 = −25% and 0% -> −12.5%
+    assert ev.off_target_change(metrics, "a", "m1") == pytest.approx(-12.5)
+    assert ev.off_target_change(metrics, "a", None) == pytest.approx((50 - 25 + 0) / 3)
+    run = tmp_path / "run"
+    (run / "checkpoints" / "epoch-0001").mkdir(parents=True)
+    (run / "config.yaml").write_text("reward: {name: pickscore}\n")
+    assert ev.trained_metric(run / "checkpoints" / "epoch-0001") == "pickscore" and ev.trained_metric(tmp_path) is None
 
 
 def train_toy_adapter(directory, epochs: int = 3):
@@ -136,15 +155,38 @@ def test_trained_adapter_beats_base_on_held_out_prompts(tmp_path, one_thread):
 
     written = json.loads((tmp_path / "eval" / "eval.json").read_text(), parse_constant=_strict)
     jpeg = written["metrics"]["jpeg_compressibility"]
-    print({k: round(v["mean"], 3) for k, v in jpeg.items()}, jpeg["difference"]["ci_low"], jpeg["difference"]["ci_high"])
-    assert jpeg["base"]["n"] == jpeg["tuned"]["n"] == jpeg["difference"]["n"] == 16
+    difference = jpeg["tuned − base"]
+    print({k: round(v["mean"], 3) for k, v in jpeg.items()}, difference["ci_low"], difference["ci_high"])
+    assert jpeg["base"]["n"] == jpeg["tuned"]["n"] == difference["n"] == 16
     assert jpeg["tuned"]["mean"] > jpeg["base"]["mean"]
-    assert jpeg["difference"]["ci_low"] > 0
+    assert difference["ci_low"] > 0
     pairs = np.array([[s["tuned"]["jpeg_compressibility"], s["base"]["jpeg_compressibility"]] for s in written["samples"]])
-    assert jpeg["difference"]["mean"] == pytest.approx(float((pairs[:, 0] - pairs[:, 1]).mean()))
-    assert report["metrics"]["smoothness"]["difference"]["n"] == 16
+    assert difference["mean"] == pytest.approx(float((pairs[:, 0] - pairs[:, 1]).mean()))
+    assert report["metrics"]["smoothness"]["tuned − base"]["n"] == 16
 
     table = (tmp_path / "eval" / "eval.md").read_text()
-    assert "| jpeg_compressibility |" in table and "tuned − base" in table
+    assert "| model | jpeg_compressibility | smoothness |" in table and "| tuned |" in table and "run − base" in table
     grid = Image.open(tmp_path / "eval" / "grid.png")
     assert grid.width > 8 * 128 and grid.height > 2 * 128
+
+    # several runs in one paper-shaped table: the same adapter as two runs that say they trained on different metrics
+    runs = {}
+    for name, reward in (("jpegrun", "jpeg_compressibility"), ("smoothrun", "smoothness")):
+        folder = tmp_path / name / "checkpoints" / "epoch-0002"
+        __import__("shutil").copytree(lora, folder)
+        (tmp_path / name / "config.yaml").write_text(f"reward: {{name: {reward}}}\n")
+        runs[name] = folder
+    settings = EvalSettings(prompts=prompts[:4], metrics=["jpeg_compressibility", "smoothness"], out=tmp_path / "multi", runs=runs, seeds=1, grid_columns=4)
+    multi = evaluate(settings)
+    assert multi["models"] == ["base", "jpegrun", "smoothrun"]
+    assert multi["trained"] == {"jpegrun": "jpeg_compressibility", "smoothrun": "smoothness"}
+    for metric in settings.metrics:  # the LoRA is unloaded between runs: identical weights give identical samples
+        assert [s["jpegrun"][metric] for s in multi["samples"]] == [s["smoothrun"][metric] for s in multi["samples"]]
+    m = multi["metrics"]
+    change = lambda metric, run: 100 * (m[metric][run]["mean"] - m[metric]["base"]["mean"]) / abs(m[metric]["base"]["mean"])  # noqa: E731
+    assert multi["off_target"]["jpegrun"] == pytest.approx(change("smoothness", "jpegrun"))  # its trained metric left out
+    assert multi["off_target"]["smoothrun"] == pytest.approx(change("jpeg_compressibility", "smoothrun"))
+    table = (tmp_path / "multi" / "eval.md").read_text().splitlines()
+    jpeg_row = next(line for line in table if line.startswith("| jpegrun |"))
+    assert jpeg_row.split(" | ")[1].startswith("**") and jpeg_row.split(" | ")[1].endswith("†") and "†" not in jpeg_row.split(" | ")[2]
+    assert Image.open(tmp_path / "multi" / "grid.png").height > 3 * 128

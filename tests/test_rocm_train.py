@@ -79,3 +79,27 @@ def test_rocm_two_learners_resume_through_the_cli_matches_uninterrupted(ray_loca
     b = load_file(tmp_path / "split/checkpoints/epoch-0001/pytorch_lora_weights.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert rows[-1]["reward_mean"] == pytest.approx(full[-1]["reward_mean"], rel=1e-6)
+
+
+@pytest.mark.slow
+def test_lam_auto_tracks_the_paper_ratio_and_resumes_bitwise(ray_local, tmp_path):
+    """`rocm.lam: auto` on the toy: from epoch 4 on, λ·D/|r| is within a factor 2 of lam_ratio; λ is logged per
+    epoch, follows the bounded update, and a run stopped after 4 epochs and resumed equals 7 epochs straight."""
+    auto = ["rocm.lam=auto", "rocm.lam_ratio=0.1", "rocm.lam_init=0.1", "rocm.lam_max_factor=2"]
+    full = run(tmp_path / "full", "run.epochs=7", *auto)
+    lams = [r["lam"] for r in full]
+    ratios = [r["lam_penalty_ratio"] / 0.1 for r in full]
+    assert lams[0] == 0.1 and all(0.5 <= b / a <= 2 for a, b in zip(lams, lams[1:])), lams
+    for row, next_lam in zip(full, lams[1:]):  # the logged update is the rule's
+        factor = min(max(row["lam"] * row["divergence_mean"] / (0.1 * abs(row["reward_mean"])), 0.5), 2.0)
+        assert next_lam == pytest.approx(row["lam"] * factor, rel=1e-9)
+    assert all(0.5 <= q <= 2 for q in ratios[4:]), ratios
+
+    run(tmp_path / "split", "run.epochs=4", *auto)
+    state = json.loads((tmp_path / "split/checkpoints/epoch-0003/driver_state.json").read_text())
+    assert state["lam"] == lams[4]
+    resumed = run(tmp_path / "split", "run.epochs=7", *auto, resume=True)
+    assert [r["lam"] for r in resumed] == lams[4:]
+    a = load_file(tmp_path / "full/checkpoints/epoch-0006/pytorch_lora_weights.safetensors")
+    b = load_file(tmp_path / "split/checkpoints/epoch-0006/pytorch_lora_weights.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -58,6 +58,8 @@ FACTORIES: dict[str, Callable[..., Scorer]] = {
     "clip_score": _differentiable("clip_score"),
     "pickscore": _differentiable("pickscore"),
     "hpsv2": _differentiable("hpsv2"),
+    "blip_score": _differentiable("blip_score"),
+    "image_reward": _differentiable("image_reward"),
 }
 REWARD_NAMES = tuple(FACTORIES)
 

@@ -1,8 +1,9 @@
-"""CLIP score, differentiable in the pixels: 100 · cos(CLIP image embedding, CLIP text embedding).
+"""CLIP score, differentiable in the pixels: scale · cos(CLIP image embedding, CLIP text embedding).
 
-Convention: the plain scaled cosine, 100 · cos, as ROCM reports it. torchmetrics' CLIPScore clamps it,
-100 · max(cos, 0); the two agree whenever the cosine is positive (natural images and captions under a
-real CLIP), and the plain cosine keeps its gradient where the clamp would zero it.
+Convention: the raw cosine (scale 1, ≈ 0.25–0.27 for SD images and their prompts), as ROCM's CLIP column
+prints it. `scale=100` gives the percentage-style number of torchmetrics' CLIPScore, which also clamps:
+100 · max(cos, 0); the two agree whenever the cosine is positive (natural images and captions under a real
+CLIP), and the plain cosine keeps its gradient where the clamp would zero it.
 """
 
 from __future__ import annotations
@@ -95,11 +96,17 @@ class ClipSimilarity(nn.Module):
 
 
 class ClipScore(ClipSimilarity):
-    """CLIP score = 100 · cos(image, prompt) (see the module docstring for the convention)."""
+    """CLIP score = scale · cos(image, prompt), scale 1 by default (see the module docstring for the convention)."""
+
+    scale: float = 1.0
 
     def forward(self, images: torch.Tensor, prompts: Sequence[str] | None = None) -> torch.Tensor:
-        return 100.0 * self.cosine(images, prompts)
+        return self.scale * self.cosine(images, prompts)
 
     @classmethod
-    def from_pretrained(cls, model: str = DEFAULT_CLIP_SCORE_MODEL, processor: str | None = None, dtype: str = "float32", device: str = "cpu") -> "ClipScore":
-        return cls(*cls.load(model, processor, dtype)).to(device)
+    def from_pretrained(
+        cls, model: str = DEFAULT_CLIP_SCORE_MODEL, processor: str | None = None, scale: float = 1.0, dtype: str = "float32", device: str = "cpu"
+    ) -> "ClipScore":
+        scorer = cls(*cls.load(model, processor, dtype))
+        scorer.scale = float(scale)
+        return scorer.to(device)
