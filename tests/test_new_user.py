@@ -196,3 +196,41 @@ def test_rocm_monitor_batch_shows_distinct_held_out_prompts():
         (job,) = epoch_jobs(held, 0, epoch, config.sampling.batch_size, 1, distinct=True)
         assert sorted(job.prompts) == sorted(held)
     assert holdout_split(["a", "b", "c"], min_held=4) == (["a", "b"], ["c"])  # never more than half
+
+
+def test_gpu_preset_on_a_cpu_machine_fails_before_ray_and_leaves_no_config(tmp_path, capsys, monkeypatch):
+    import ray
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    started = ray.is_initialized()
+    assert main(["train", "--config", "compression", "--output-dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "does not fit on this machine (4 GPUs asked, this machine has 0" in err and "tiny-cpu" in err and len(err) < 400
+    assert not (tmp_path / "run" / "config.yaml").exists() and ray.is_initialized() == started
+
+
+def test_output_dir_under_a_folder_that_cannot_hold_one_is_not_called_a_full_disk(capsys):
+    assert main(["train", "--output-dir", "/proc/rlcm-test-out"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot create /proc/rlcm-test-out: a parent folder is missing" in err and "full" not in err
+
+
+def test_hub_model_is_checked_without_hf_hub_offline(monkeypatch):
+    """With the hub allowed, a model that is neither cached nor fetchable is a config error before Ray (not only offline)."""
+    import huggingface_hub
+
+    from cluster.config import ConfigError
+    from cluster.validate import model_config_dir
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    fetched = []
+
+    def unreachable(repo_id, filename, **kwargs):
+        fetched.append((repo_id, filename))
+        raise ConnectionError("Failed to resolve 'huggingface.co'")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", unreachable)
+    with pytest.raises(ConfigError, match="'someone/no-such-lcm' is not in the local Hugging Face cache and the hub did not give it"):
+        model_config_dir("someone/no-such-lcm")
+    assert fetched == [("someone/no-such-lcm", "model_index.json")]
