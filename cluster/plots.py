@@ -103,9 +103,9 @@ def run_rewards(run_dir: Path) -> tuple[str, str | None]:
 
 
 def reward_label(name: str, key: str = "reward_mean") -> str:
-    """Axis label: the metric, the reward it measures and its unit."""
+    """Axis label: the reward and its unit ("monitor: ..." for ROCM's held-out monitor)."""
     unit = REWARD_UNITS.get(name)
-    return f"{key}: {name}" + (f" ({unit})" if unit else "")
+    return ("monitor: " if key.startswith("monitor") else "") + name + (f" ({unit})" if unit else "")
 
 
 def _reward_curve(ax, rows: list[dict], x: np.ndarray | None, label: str = "reward_mean", band: bool = True, key: str = "reward_mean") -> None:
