@@ -234,3 +234,17 @@ def test_hub_model_is_checked_without_hf_hub_offline(monkeypatch):
     with pytest.raises(ConfigError, match="'someone/no-such-lcm' is not in the local Hugging Face cache and the hub did not give it"):
         model_config_dir("someone/no-such-lcm")
     assert fetched == [("someone/no-such-lcm", "model_index.json")]
+
+
+def test_readme_stands_alone_and_the_contracts_are_in_the_repository():
+    """Users have the repository, not the team's shared folder."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    assert "DESIGN.md" not in readme and "shared folder" not in readme
+    assert "docs/CONTRACTS.md" in readme
+    contracts = (root / "docs" / "CONTRACTS.md").read_text()
+    for needed in ("| `log_probs` |", "| `latents` |", "POST /v1/score/{name}", "metrics.jsonl", "`approx_kl`", "`monitor_reward_mean`",
+                   "rlcm_model.json", "checkpoints/epoch-NNNN/"):
+        assert needed in contracts, needed
