@@ -30,7 +30,7 @@ from cluster.config import TrainConfig, dump_config
 from cluster.control import start_controller
 from cluster.checkpoint_record import write_record
 from cluster.durable import atomic_write_text
-from cluster.grid import save_sample_grid
+from cluster.grid import grid_title, save_sample_grid
 from cluster.integrity import DRIVER_STATE, write_checkpoint
 from cluster.output import OutputDir, disk_error
 from cluster.progress import EpochProgress
@@ -114,14 +114,14 @@ class Trainer:
         requests = resource_requests(config)
         preflight(requests)
         prompts = load_prompts(config.prompts.source, config.prompts.limit)
-        self.train_prompts, monitor_prompts = holdout_split(prompts) if self.rocm else (prompts, prompts)
+        self.train_prompts, monitor_prompts = holdout_split(prompts, min_held=config.sampling.batch_size) if self.rocm else (prompts, prompts)
         self.learners = self._learner_group()
         self.pool = self._rollout_pool()
         scale = config.scaleout
         self.num_batches = config.batches_per_update
         self.schedule = Scheduler(
             monitor_prompts, config.sampling.batch_size, self.num_batches, config.run.seed, scale.mode, scale.max_staleness,
-            scale.buffer_batches or 2 * self.num_batches, self.start_epoch,
+            scale.buffer_batches or 2 * self.num_batches, self.start_epoch, distinct_prompts=self.rocm,
         )
         self.reward_client = config.reward.client_config(config.reward.monitor if self.rocm else None)
         self.rewards_pending: dict = {}  # reward ref -> (entry, submit time)
@@ -382,7 +382,9 @@ class Trainer:
         images = np.concatenate(ray.get([e.images_ref for e in shown]))
         prompts = [p for e in shown for p in e.prompts]
         rewards = np.concatenate([e.rewards for e in shown]).tolist()
-        return save_sample_grid(self.out.samples / f"epoch-{epoch:04d}.png", images, prompts, rewards)
+        reward, what = (self.config.reward.monitor or self.config.reward.name, "held-out monitor") if self.rocm else (self.config.reward.name, "")
+        title = grid_title(epoch, self.config.run.epochs, reward, rewards, what)
+        return save_sample_grid(self.out.samples / f"epoch-{epoch:04d}.png", images, prompts, rewards, title=title)
 
     def save_checkpoint(self, epoch: int) -> Path:
         """Write checkpoints/epoch-NNNN atomically, with a sha256 manifest (cluster.integrity)."""

@@ -64,16 +64,24 @@ class OutputDir:
 
 
 def disk_error(path: Path, error: BaseException) -> OSError | None:
-    """An OSError that names the folder and its disk when `error` looks like a full or unwritable disk, else None."""
+    """An OSError that names the folder and what to do when `error` is a missing/unwritable folder or a full disk, else None.
+
+    The errno decides; free space is only consulted for failures that carry none (torch's "file write failed").
+    """
+    code = getattr(error, "errno", None)
+    text = str(error)
+    if code == errno.ENOENT:
+        return OSError(code, f"cannot create {path}: a parent folder is missing and cannot be made there ({error.strerror or text}); "
+                             "choose an --output-dir under a writable folder")
+    if code in (errno.EACCES, errno.EROFS, errno.EPERM, errno.ENOTDIR, errno.EEXIST):
+        return OSError(code, f"cannot write to {path}: {error.strerror or text}; choose a writable --output-dir")
     try:
         usage = shutil.disk_usage(path if path.exists() else path.parent)
         free = f"{usage.free / 2**20:.0f} MiB free of {usage.total / 2**30:.1f} GiB"
     except OSError:
         usage, free = None, "free space unknown"
-    code = getattr(error, "errno", None)
-    text = str(error)
-    if code == errno.ENOSPC or "No space left" in text or "file write failed" in text or (usage and usage.free < LOW_DISK_BYTES):
+    out_of_space = code == errno.ENOSPC or "No space left" in text
+    write_failed = code is None and ("file write failed" in text or (usage is not None and usage.total > 0 and usage.free < LOW_DISK_BYTES))
+    if out_of_space or write_failed:
         return OSError(errno.ENOSPC, f"the disk holding {path} is full ({free}); free space or choose another --output-dir")
-    if code in (errno.EACCES, errno.EROFS, errno.EPERM, errno.ENOTDIR, errno.EEXIST):
-        return OSError(code, f"cannot write to {path}: {error.strerror or text}; choose a writable --output-dir")
     return None

@@ -1,10 +1,12 @@
 """Plots of a run's `metrics.jsonl` (PNG, matplotlib's Agg canvas; no pyplot, no global state).
 
 - `plot_run(run_dir)`: `plots/reward.png` (reward_mean ± reward_std vs epoch and vs wall-clock, the
-  cumulative `time_epoch_s`) and `plots/diagnostics.png` (RLCM rows: approx_kl, clipfrac; ROCM rows:
-  divergence_mean, objective, grad_norm).
-- `plot_runs(run_dirs, out)`: runs overlaid, reward vs wall-clock and vs samples_seen (time-to-reward).
-Rows missing a key, or holding NaN for it, are left out of that curve only; a half-written last line is ignored.
+  cumulative `time_epoch_s`; ROCM: the held-out monitor reward on its own axes) and `plots/diagnostics.png`
+  (RLCM rows: approx_kl on a log scale, clipfrac; ROCM rows: divergence_mean, objective, grad_norm).
+- `plot_runs(run_dirs, out)`: runs overlaid, reward vs wall-clock and vs samples_seen (time-to-reward); runs
+  of different rewards never share an axis: one row of panels per reward.
+Reward axes name the reward and its unit (from the run's config.yaml). Rows missing a key, or holding NaN
+for it, are left out of that curve only; a half-written last line is ignored.
 """
 
 from __future__ import annotations
@@ -15,6 +17,20 @@ import math
 from pathlib import Path
 
 import numpy as np
+import yaml
+
+REWARD_UNITS = {
+    "jpeg_compressibility": "−JPEG size, kB",
+    "jpeg_incompressibility": "JPEG size, kB",
+    "smoothness": "−10 · mean |∇image|",
+    "aesthetic": "LAION aesthetic score, 1–10",
+    "clip_score": "CLIP image–text cosine × 100",
+    "pickscore": "PickScore",
+    "hpsv2": "HPSv2 score",
+    "llava_bertscore": "BERTScore recall, 0–1",
+}
+LOG_SCALE = ("approx_kl",)
+"""Diagnostics whose values span decades (1e-2 … 1e-8): a linear axis would show most epochs as zero."""
 
 DIAGNOSTICS = {
     "rlcm": (("approx_kl", "approx KL (old → new policy)"), ("clipfrac", "fraction of clipped ratios")),
@@ -74,14 +90,33 @@ def _time_axis(seconds: np.ndarray) -> tuple[np.ndarray, str]:
     return (seconds / 60, "wall-clock (minutes)") if seconds.size and seconds.max() >= 120 else (seconds, "wall-clock (seconds)")
 
 
-def _reward_curve(ax, rows: list[dict], x: np.ndarray | None, label: str = "reward_mean", band: bool = True) -> None:
+def run_rewards(run_dir: Path) -> tuple[str, str | None]:
+    """(trained reward, ROCM's held-out monitor reward or None) from the run's config.yaml ("reward" if it is missing)."""
+    path = Path(run_dir) / "config.yaml"
+    try:
+        config = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError):
+        return "reward", None
+    reward = config.get("reward") or {}
+    name = str(reward.get("name", "jpeg_compressibility"))
+    monitor = str(reward.get("monitor") or name) if config.get("algorithm") == "rocm" else None
+    return name, monitor
+
+
+def reward_label(name: str, key: str = "reward_mean") -> str:
+    """Axis label: the reward and its unit ("monitor: ..." for ROCM's held-out monitor)."""
+    unit = REWARD_UNITS.get(name)
+    return ("monitor: " if key.startswith("monitor") else "") + name + (f" ({unit})" if unit else "")
+
+
+def _reward_curve(ax, rows: list[dict], x: np.ndarray | None, label: str = "reward_mean", band: bool = True, key: str = "reward_mean") -> None:
     xs = column(rows, "epoch") if x is None else np.asarray(x, dtype=float)
-    mean, std = column(rows, "reward_mean"), column(rows, "reward_std")
+    mean, std = column(rows, key), column(rows, key.replace("_mean", "_std"))
     keep = np.isfinite(xs) & np.isfinite(mean)
     line = ax.plot(xs[keep], mean[keep], marker="o" if keep.sum() <= 30 else None, markersize=3, label=label)[0]
     both = keep & np.isfinite(std)
     if band and both.any():
-        ax.fill_between(xs[both], (mean - std)[both], (mean + std)[both], color=line.get_color(), alpha=0.2, label="± reward_std")
+        ax.fill_between(xs[both], (mean - std)[both], (mean + std)[both], color=line.get_color(), alpha=0.2, label=f"± {key.replace('_mean', '_std')}")
 
 
 def _label(ax, title: str, xlabel: str, ylabel: str) -> None:
@@ -106,38 +141,53 @@ def diagnostic_panels(rows: list[dict]) -> list[tuple[str, str]]:
     return [(key, title) for key, title in DIAGNOSTICS.get(_algorithm(rows), DIAGNOSTICS["rlcm"]) if len(series(rows, key)[0])]
 
 
+def reward_figure(rows: list[dict], name: str, trained: str, monitor: str | None):
+    """Reward per epoch and vs wall-clock; a ROCM run's held-out monitor reward gets its own axes (another reward, unit)."""
+    algorithm = _algorithm(rows)
+    monitored = monitor is not None and len(series(rows, "monitor_reward_mean")[0]) > 0
+    figure = _figure(16 if monitored else 11, 4)
+    axes = figure.subplots(1, 3 if monitored else 2)
+    by_epoch, by_time = axes[0], axes[-1]
+    what = "trained reward" if algorithm == "rocm" else "reward"
+    _reward_curve(by_epoch, rows, None)
+    seconds, time_label = _time_axis(wall_clock_s(rows))
+    _reward_curve(by_time, rows, seconds)
+    _label(by_epoch, f"{name}: {what} per epoch", "epoch", reward_label(trained))
+    _label(by_time, f"{name}: {what} vs time", time_label, reward_label(trained))
+    if monitored:
+        _reward_curve(axes[1], rows, None, label="monitor_reward_mean", key="monitor_reward_mean")
+        _label(axes[1], f"{name}: held-out monitor", "epoch", reward_label(monitor, "monitor_reward_mean"))
+    return figure
+
+
+def diagnostics_figure(rows: list[dict], name: str):
+    """The algorithm's diagnostics, one panel each (approx_kl on a log scale), or None if the rows hold none."""
+    panels = diagnostic_panels(rows)
+    if not panels:
+        return None
+    figure = _figure(5.5 * len(panels), 4)
+    for ax, (key, title) in zip(np.atleast_1d(figure.subplots(1, len(panels))), panels):
+        xs, ys = series(rows, key)
+        ax.plot(xs, ys, marker="o" if len(xs) <= 30 else None, markersize=3, label=key)
+        if key in LOG_SCALE:
+            ax.set_yscale("log" if (ys > 0).all() else "symlog", **({} if (ys > 0).all() else {"linthresh": 1e-9}))
+        _label(ax, f"{name}: {title}", "epoch", key + (" (log scale)" if key in LOG_SCALE else ""))
+    return figure
+
+
 def plot_run(run_dir: Path) -> list[Path]:
     """Write `plots/reward.png` and `plots/diagnostics.png` for one run; returns their paths."""
     run_dir = Path(run_dir)
     rows = read_metrics(run_dir)
-    algorithm = _algorithm(rows)
     out = run_dir / "plots"
     out.mkdir(parents=True, exist_ok=True)
-    name = f"{run_dir.name} ({algorithm})"
-
-    figure = _figure(11, 4)
-    by_epoch, by_time = figure.subplots(1, 2)
-    _reward_curve(by_epoch, rows, None)
-    seconds, time_label = _time_axis(wall_clock_s(rows))
-    _reward_curve(by_time, rows, seconds)
-    xs, ys = series(rows, "monitor_reward_mean")
-    if len(xs):
-        by_epoch.plot(xs, ys, linestyle="--", label="monitor_reward_mean (monitoring rollouts)")
-    _label(by_epoch, f"{name}: reward per epoch", "epoch", "reward_mean")
-    _label(by_time, f"{name}: reward vs time", time_label, "reward_mean")
-    reward_png = out / "reward.png"
-    figure.savefig(reward_png, dpi=100)
-
-    panels = diagnostic_panels(rows)
-    paths = [reward_png]
-    if panels:
-        figure = _figure(5.5 * len(panels), 4)
-        for ax, (key, title) in zip(np.atleast_1d(figure.subplots(1, len(panels))), panels):
-            xs, ys = series(rows, key)
-            ax.plot(xs, ys, marker="o" if len(xs) <= 30 else None, markersize=3, label=key)
-            _label(ax, f"{name}: {title}", "epoch", key)
+    name = f"{run_dir.name} ({_algorithm(rows)})"
+    paths = [out / "reward.png"]
+    reward_figure(rows, name, *run_rewards(run_dir)).savefig(paths[0], dpi=100)
+    diagnostics = diagnostics_figure(rows, name)
+    if diagnostics is not None:
         paths.append(out / "diagnostics.png")
-        figure.savefig(paths[-1], dpi=100)
+        diagnostics.savefig(paths[-1], dpi=100)
     return paths
 
 
@@ -146,22 +196,36 @@ def _run_labels(run_dirs: list[Path]) -> list[str]:
     return [f"{p.parent.name}/{p.name}" if names.count(p.name) > 1 else p.name for p in run_dirs]
 
 
+def comparison_figure(run_dirs: list[Path]):
+    """(figure, warning or None): reward vs wall-clock and vs samples_seen, one row of panels per trained reward."""
+    runs = [(read_metrics(p), run_rewards(p)[0], label) for p, label in zip(run_dirs, _run_labels(run_dirs))]
+    rewards = list(dict.fromkeys(reward for _, reward, _ in runs))
+    longest = max(wall_clock_s(rows)[-1] for rows, _, _ in runs)
+    scale, time_label = (60, "wall-clock (minutes)") if longest >= 120 else (1, "wall-clock (seconds)")
+    figure = _figure(11, 4.5 * len(rewards))
+    grid = np.atleast_2d(figure.subplots(len(rewards), 2))
+    for (by_time, by_samples), reward in zip(grid, rewards):
+        for rows, _, label in (r for r in runs if r[1] == reward):
+            label = f"{label} ({_algorithm(rows)})"
+            _reward_curve(by_time, rows, wall_clock_s(rows) / scale, label, band=False)
+            _reward_curve(by_samples, rows, column(rows, "samples_seen"), label, band=False)
+        _label(by_time, f"{reward}: reward vs wall-clock", time_label, reward_label(reward))
+        _label(by_samples, f"{reward}: reward vs samples seen", "samples_seen", reward_label(reward))
+    warning = None
+    if len(rewards) > 1:
+        warning = f"the runs train different rewards ({', '.join(rewards)}): one row of panels per reward, not comparable with each other"
+        figure.suptitle(warning, fontsize="small", color="darkred")
+    return figure, warning
+
+
 def plot_runs(run_dirs: list[Path], out: Path) -> Path:
     """Overlay runs: reward_mean vs wall-clock and vs samples_seen (the time-to-reward comparison)."""
     run_dirs = [Path(p) for p in run_dirs]
     if not run_dirs:
         raise ValueError("plot_runs needs at least one run folder")
-    runs = [read_metrics(p) for p in run_dirs]
-    longest = max(wall_clock_s(rows)[-1] for rows in runs)
-    scale, time_label = (60, "wall-clock (minutes)") if longest >= 120 else (1, "wall-clock (seconds)")
-    figure = _figure(11, 4.5)
-    by_time, by_samples = figure.subplots(1, 2)
-    for rows, label in zip(runs, _run_labels(run_dirs)):
-        label = f"{label} ({_algorithm(rows)})"
-        _reward_curve(by_time, rows, wall_clock_s(rows) / scale, label, band=False)
-        _reward_curve(by_samples, rows, column(rows, "samples_seen"), label, band=False)
-    _label(by_time, "reward vs wall-clock", time_label, "reward_mean")
-    _label(by_samples, "reward vs samples seen", "samples_seen", "reward_mean")
+    figure, warning = comparison_figure(run_dirs)
+    if warning:
+        print(f"rlcm plot: warning: {warning}")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out, dpi=100)

@@ -29,9 +29,13 @@ def load_prompts(source: str, limit: int | None = None) -> list[str]:
     return prompts[:limit] if limit else prompts
 
 
-def epoch_prompts(prompts: list[str], seed: int, epoch: int, count: int) -> list[str]:
-    """`count` prompts drawn with replacement; a pure function of (seed, epoch) so a resumed run draws the same."""
+def epoch_prompts(prompts: list[str], seed: int, epoch: int, count: int, distinct: bool = False) -> list[str]:
+    """`count` prompts drawn with replacement, or `distinct`: without (each prompt once before any repeats);
+    a pure function of (seed, epoch) so a resumed run draws the same."""
     rng = np.random.default_rng([seed, epoch])
+    if distinct:
+        rounds = -(-count // len(prompts))
+        return [prompts[i] for i in np.concatenate([rng.permutation(len(prompts)) for _ in range(rounds)])[:count]]
     return [prompts[i] for i in rng.integers(0, len(prompts), size=count)]
 
 
@@ -40,7 +44,8 @@ def batch_seed(seed: int, epoch: int, batch: int) -> int:
     return int(np.random.default_rng([seed, epoch, batch, 7]).integers(0, 2**62))
 
 
-def holdout_split(prompts: list[str], fraction: float = 0.1) -> tuple[list[str], list[str]]:
-    """(train, held-out): the last ⌈fraction·n⌉ prompts are held out for monitoring (all of them if n = 1)."""
-    held = max(1, int(np.ceil(fraction * len(prompts))))
+def holdout_split(prompts: list[str], fraction: float = 0.1, min_held: int = 1) -> tuple[list[str], list[str]]:
+    """(train, held-out): the last max(⌈fraction·n⌉, min_held) prompts, at most half of them, are held out for
+    monitoring (all of them if n = 1). min_held = the monitor batch size gives a batch of distinct prompts."""
+    held = min(max(1, min_held, int(np.ceil(fraction * len(prompts)))), max(1, len(prompts) // 2))
     return (prompts[:-held] or prompts), prompts[-held:]

@@ -29,9 +29,9 @@ class Job:
     seed: int
 
 
-def epoch_jobs(prompts: list[str], seed: int, epoch: int, batch_size: int, num_batches: int) -> list[Job]:
+def epoch_jobs(prompts: list[str], seed: int, epoch: int, batch_size: int, num_batches: int, distinct: bool = False) -> list[Job]:
     """The rollout batches of one epoch; identical on every call, so a resumed or retried batch is the same."""
-    drawn = epoch_prompts(prompts, seed, epoch, num_batches * batch_size)
+    drawn = epoch_prompts(prompts, seed, epoch, num_batches * batch_size, distinct)
     return [Job((epoch, b), drawn[b * batch_size : (b + 1) * batch_size], batch_seed(seed, epoch, b)) for b in range(num_batches)]
 
 
@@ -76,9 +76,10 @@ class Scheduler:
 
     def __init__(
         self, prompts: list[str], batch_size: int, num_batches: int, seed: int, mode: Literal["sync", "async"],
-        max_staleness: int, capacity: int, start_epoch: int = 0,
+        max_staleness: int, capacity: int, start_epoch: int = 0, distinct_prompts: bool = False,
     ):
         self.prompts, self.batch_size, self.num_batches, self.seed = prompts, batch_size, num_batches, seed
+        self.distinct_prompts = distinct_prompts  # ROCM's monitor batches: each held-out prompt once
         self.mode, self.max_staleness = mode, max_staleness
         self.buffer = TrajectoryBuffer(max(capacity, num_batches))
         self.updating = False
@@ -87,7 +88,7 @@ class Scheduler:
 
     def _jobs_from(self, epoch: int) -> Iterator[Job]:
         while True:
-            yield from epoch_jobs(self.prompts, self.seed, epoch, self.batch_size, self.num_batches)
+            yield from epoch_jobs(self.prompts, self.seed, epoch, self.batch_size, self.num_batches, self.distinct_prompts)
             epoch += 1
 
     def to_submit(self) -> list[Job]:

@@ -37,7 +37,23 @@ def model_config_dir(model: str) -> Path | None:
             f"model.name: {model!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set; download it first "
             f"(`huggingface-cli download {model}`) or pass a local folder with --set model.name=/path/to/model"
         )
-    return None
+    return fetch_model_index(model)
+
+
+def fetch_model_index(model: str) -> Path:
+    """Not cached and the hub may be used: fetch `model_index.json` (a few hundred bytes), so a wrong id or an
+    unreachable hub fails here, not in the actors after Ray started."""
+    from huggingface_hub import hf_hub_download
+
+    try:
+        return Path(hf_hub_download(model, "model_index.json")).parent
+    except Exception as error:  # noqa: BLE001 - any hub failure (no such repo, no network, gated) means the same to the user
+        first = (str(error).strip().splitlines() or [""])[0][:160]
+        raise ConfigError(
+            f"model.name: {model!r} is not in the local Hugging Face cache and the hub did not give it ({type(error).__name__}: {first}); "
+            f"check the id, or download it where the hub is reachable (`huggingface-cli download {model}`), "
+            "or pass a local folder with --set model.name=/path/to/model"
+        ) from None
 
 
 def unet_module_names(model: str, seed: int = 0) -> list[str] | None:
@@ -92,9 +108,26 @@ def check_reward(config: TrainConfig) -> None:
         raise ConfigError(f"{key}: unknown reward {served!r}; choose one of {sorted(REWARD_NAMES)} or a 'package.module:Class' path")
 
 
+def check_local_resources(config: TrainConfig) -> None:
+    """A local run (a fresh Ray on this machine) must fit this machine: a GPU preset on a CPU-only machine fails here."""
+    import torch
+
+    from cluster.driver import resource_requests
+
+    have = {"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}
+    requests = resource_requests(config)
+    asked = {k: sum(r.asks(k) for r in requests) for k in have}
+    short = [f"{asked[k]:g} {k}s asked, this machine has {have[k]:g}" for k in ("GPU", "CPU") if asked[k] > have[k] + 1e-9]
+    if short:
+        raise ConfigError(f"this run does not fit on this machine ({'; '.join(short)}): run it on a cluster (--address or RAY_ADDRESS), "
+                          "choose a CPU preset (tiny-cpu, rocm-tiny-cpu), or lower resources.* with --set")
+
+
 def validate_before_ray(config: TrainConfig, joining_cluster: bool) -> None:
-    """All cheap checks; model files are only checked on this machine when the run is local."""
+    """All cheap checks; resources and model files are only checked on this machine when the run is local."""
     check_reward(config)
+    if not joining_cluster:
+        check_local_resources(config)
     if config.model.name == "tiny" or not joining_cluster:
         names = unet_module_names(config.model.name, config.model.seed)
         if names is not None:

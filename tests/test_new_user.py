@@ -117,3 +117,134 @@ def test_lora_files_of_identical_runs_are_byte_identical(tmp_path):
         subprocess.run([sys.executable, "-c", SAVE_LORA, str(out)], check=True, env={**os.environ, "PYTHONHASHSEED": hash_seed})
         files.append((out / "pytorch_lora_weights.safetensors").read_bytes())
     assert files[0] == files[1] == files[2]
+
+
+def _run(directory, rows, reward: str, algorithm: str = "rlcm", monitor: str | None = None):
+    directory.mkdir(parents=True)
+    (directory / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (directory / "config.yaml").write_text(json.dumps({"algorithm": algorithm, "reward": {"name": reward, "monitor": monitor}}))
+    return directory
+
+
+def _rows(n: int, algorithm: str = "rlcm", start: float = -2.4, kl: float = 1e-3) -> list[dict]:
+    return [{"epoch": e, "algorithm": algorithm, "reward_mean": start + 0.05 * e, "reward_std": 0.1, "samples_seen": 16 * (e + 1),
+             "time_epoch_s": 5.0, "approx_kl": kl * 10.0 ** -e, "clipfrac": 0.01, "monitor_reward_mean": -2.5 + 0.08 * e,
+             "monitor_reward_std": 0.05, "divergence_mean": 0.01, "objective": 0.0, "grad_norm": 1.0} for e in range(n)]
+
+
+def _curves(ax) -> set[str]:
+    return {line.get_label() for line in ax.get_lines()}
+
+
+def test_runs_of_different_rewards_never_share_an_axis(tmp_path):
+    from cluster.plots import comparison_figure
+
+    rlcm = _run(tmp_path / "tiny-cpu", _rows(5), "jpeg_compressibility")
+    rocm = _run(tmp_path / "rocm", _rows(5, "rocm", start=-0.3), "smoothness", "rocm", monitor="jpeg_compressibility")
+    figure, warning = comparison_figure([rlcm, rocm])
+    assert warning and "different rewards" in warning and "jpeg_compressibility" in warning and "smoothness" in warning
+    for ax in figure.axes:
+        assert len(_curves(ax)) == 1, _curves(ax)  # one run per axis here: each trains its own reward
+        reward = "smoothness" if "rocm" in next(iter(_curves(ax))) else "jpeg_compressibility"
+        assert reward in ax.get_ylabel()
+    same, no_warning = comparison_figure([rlcm, _run(tmp_path / "again", _rows(5), "jpeg_compressibility")])
+    assert no_warning is None and len(same.axes) == 2 and all(len(_curves(ax)) == 2 for ax in same.axes)
+
+
+def test_rocm_reward_plot_keeps_the_monitor_on_its_own_axes_with_units(tmp_path):
+    from cluster.plots import reward_figure
+
+    figure = reward_figure(_rows(10, "rocm", start=-0.3), "rocm (rocm)", "smoothness", "jpeg_compressibility")
+    monitor_axes = [ax for ax in figure.axes if "monitor_reward_mean" in _curves(ax)]
+    assert len(monitor_axes) == 1 and "reward_mean" not in _curves(monitor_axes[0])
+    assert "jpeg_compressibility (−JPEG size, kB)" in monitor_axes[0].get_ylabel()
+    trained = [ax for ax in figure.axes if "reward_mean" in _curves(ax)]
+    assert trained and all("smoothness (−10 · mean |∇image|)" in ax.get_ylabel() for ax in trained)
+    rlcm = reward_figure(_rows(10), "tiny (rlcm)", "jpeg_compressibility", None)
+    assert all("jpeg_compressibility (−JPEG size, kB)" in ax.get_ylabel() for ax in rlcm.axes)
+
+
+def test_approx_kl_is_drawn_on_a_log_axis():
+    from cluster.plots import diagnostics_figure
+
+    figure = diagnostics_figure(_rows(8), "tiny (rlcm)")
+    kl = next(ax for ax in figure.axes if "approx_kl" in _curves(ax))
+    assert kl.get_yscale() == "log"
+
+
+def test_sample_grid_has_a_title_with_epoch_and_reward(tmp_path):
+    from cluster.grid import grid_title, save_sample_grid
+
+    images = np.full((4, 16, 16, 3), 128, np.uint8)
+    title = grid_title(4, 20, "jpeg_compressibility", [-1.5, -1.7, float("nan"), -1.6], "held-out monitor")
+    assert title == "epoch 5/20 · held-out monitor jpeg_compressibility · mean -1.600 over 3 shown"
+    plain = save_sample_grid(tmp_path / "a.png", images, ["p"] * 4, [0.0] * 4)
+    titled = save_sample_grid(tmp_path / "b.png", images, ["p"] * 4, [0.0] * 4, title=title)
+    assert titled.shape[0] > plain.shape[0] and (titled[:12] < 100).any()  # dark title text above the images
+
+
+def test_rocm_monitor_batch_shows_distinct_held_out_prompts():
+    """rocm-tiny-cpu: 10 prompts, monitor batches of 4. Holding out 10% (one prompt) drew it 4 times per grid."""
+    from cluster.prompts import holdout_split, load_prompts
+    from cluster.schedule import epoch_jobs
+
+    config = load_config("rocm-tiny-cpu")
+    prompts = load_prompts(config.prompts.source, config.prompts.limit)
+    train, held = holdout_split(prompts, min_held=config.sampling.batch_size)
+    assert len(held) == 4 and not set(train) & set(held) and len(train) == 6
+    for epoch in range(5):
+        (job,) = epoch_jobs(held, 0, epoch, config.sampling.batch_size, 1, distinct=True)
+        assert sorted(job.prompts) == sorted(held)
+    assert holdout_split(["a", "b", "c"], min_held=4) == (["a", "b"], ["c"])  # never more than half
+
+
+def test_gpu_preset_on_a_cpu_machine_fails_before_ray_and_leaves_no_config(tmp_path, capsys, monkeypatch):
+    import ray
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    started = ray.is_initialized()
+    assert main(["train", "--config", "compression", "--output-dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "does not fit on this machine (4 GPUs asked, this machine has 0" in err and "tiny-cpu" in err and len(err) < 400
+    assert not (tmp_path / "run" / "config.yaml").exists() and ray.is_initialized() == started
+
+
+def test_output_dir_under_a_folder_that_cannot_hold_one_is_not_called_a_full_disk(capsys):
+    assert main(["train", "--output-dir", "/proc/rlcm-test-out"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot create /proc/rlcm-test-out: a parent folder is missing" in err and "full" not in err
+
+
+def test_hub_model_is_checked_without_hf_hub_offline(monkeypatch):
+    """With the hub allowed, a model that is neither cached nor fetchable is a config error before Ray (not only offline)."""
+    import huggingface_hub
+
+    from cluster.config import ConfigError
+    from cluster.validate import model_config_dir
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    fetched = []
+
+    def unreachable(repo_id, filename, **kwargs):
+        fetched.append((repo_id, filename))
+        raise ConnectionError("Failed to resolve 'huggingface.co'")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", unreachable)
+    with pytest.raises(ConfigError, match="'someone/no-such-lcm' is not in the local Hugging Face cache and the hub did not give it"):
+        model_config_dir("someone/no-such-lcm")
+    assert fetched == [("someone/no-such-lcm", "model_index.json")]
+
+
+def test_readme_stands_alone_and_the_contracts_are_in_the_repository():
+    """Users have the repository, not the team's shared folder."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    assert "DESIGN.md" not in readme and "shared folder" not in readme
+    assert "docs/CONTRACTS.md" in readme
+    contracts = (root / "docs" / "CONTRACTS.md").read_text()
+    for needed in ("| `log_probs` |", "| `latents` |", "POST /v1/score/{name}", "metrics.jsonl", "`approx_kl`", "`monitor_reward_mean`",
+                   "rlcm_model.json", "checkpoints/epoch-NNNN/"):
+        assert needed in contracts, needed

@@ -179,3 +179,21 @@ def test_openapi_documents_the_api(client):
     assert "same length" in body_schema["description"]
     assert {"200", "401", "404", "408", "413", "415", "422", "500", "503"} <= set(score["responses"])
     assert {"/healthz", "/v1/rewards"} <= set(schema["paths"])
+
+
+def test_openapi_schema_rejects_what_the_service_rejects(client):
+    """The request schema says images are non-empty base64 PNGs; bodies it accepts or rejects get the same from the service."""
+    import jsonschema
+
+    schema = client.get("/openapi.json").json()["paths"]["/v1/score/{name}"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    item = schema["properties"]["images"]["items"]
+    assert item["minLength"] == 1 and item["pattern"].startswith("^iVBORw0KGgo") and item["contentMediaType"] == "image/png"
+    assert "same length" in schema["description"] and "pixels in all" in schema["description"]
+    good = {"prompts": ["a"], "images": [encode_png(_images(1)[0])]}
+    jsonschema.validate(good, schema)
+    assert client.post("/v1/score/jpeg_compressibility", json=good).status_code == 200
+    for bad in ({"images": [""], "prompts": [""]}, {"images": ["aGVsbG8="], "prompts": ["a"]}, {"images": ["iVBORw0KGgo!!"], "prompts": ["a"]}):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(bad, schema)
+        response = client.post("/v1/score/jpeg_compressibility", json=bad)
+        assert response.status_code == 422 and "images[0]" in response.json()["detail"], response.text
