@@ -106,8 +106,8 @@ def plan_dry_run(config: TrainConfig, resolution: int = 64) -> DryRunPlan:
         changes.append(f"train: train_batch_size {t['train_batch_size']}, grad_accum_steps {t['grad_accum_steps']}, inner_epochs 1 (one PPO step per epoch)")
     else:
         k = data["rocm"]
-        k.update(batch_size=1, grad_accum_steps=min(k["grad_accum_steps"], 2), updates_per_epoch=1)
-        changes.append(f"rocm: batch_size 1, grad_accum_steps {k['grad_accum_steps']}, updates_per_epoch 1 "
+        k.update(batch_size=1, grad_accum_steps=1, updates_per_epoch=1)
+        changes.append("rocm: batch_size 1, grad_accum_steps 1, updates_per_epoch 1 (one prompt per epoch) "
                        f"(divergence {k['divergence']}, gradient_checkpointing {k['gradient_checkpointing']} kept)")
     data["run"].update(epochs=2, save_every=1, sample_grid_every=1, wandb=False)
     data["scaleout"]["placement_timeout_s"] = 120.0

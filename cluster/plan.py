@@ -13,6 +13,7 @@ and reward forward+backward.
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -46,10 +47,12 @@ class LiveBytes(TorchDispatchMode):
     """Peak bytes of the storages that ops create and that stay alive (held by Python or by autograd), on any
     device, meta included: each op's outputs are registered by storage; a storage counts until it is freed."""
 
-    def __init__(self) -> None:
+    def __init__(self, modules: tuple[torch.nn.Module, ...] = ()) -> None:
         super().__init__()
         self.live: dict[int, tuple[Any, int]] = {}
         self.peak = 0
+        # weights are not activations: views of them (the transposes inside linear layers) are not counted
+        self.weights = {t.untyped_storage()._cdata for m in modules for t in [*m.parameters(), *m.buffers()]}
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         from torch.multiprocessing.reductions import StorageWeakRef
@@ -60,14 +63,15 @@ class LiveBytes(TorchDispatchMode):
         for t in tree_leaves(out):
             if isinstance(t, torch.Tensor):
                 storage = t.untyped_storage()
-                self.live.setdefault(storage._cdata, (StorageWeakRef(storage), storage.nbytes()))
+                if storage._cdata not in self.weights:
+                    self.live.setdefault(storage._cdata, (StorageWeakRef(storage), storage.nbytes()))
         self.peak = max(self.peak, sum(n for _, n in self.live.values()))
         return out
 
 
-def _peak(fn: Callable[[], Any]) -> int:
-    """Peak bytes of everything `fn` allocates (activations, temporaries, grads), weights excluded."""
-    with LiveBytes() as tracker:
+def _peak(module: torch.nn.Module, fn: Callable[[], Any]) -> int:
+    """Peak bytes of everything `fn` allocates (activations, temporaries, grads), `module`'s weights excluded."""
+    with LiveBytes((module,)) as tracker:
         fn()
     return tracker.peak
 
@@ -144,11 +148,11 @@ def measure(model: str, resolution: int, dtype: torch.dtype, lora, batch: int = 
             if grad:
                 out.float().mean().backward()
 
-        unet_nograd = _peak(lambda: unet_fwd(batch)) // batch
-        unet_train_peak = _peak(lambda: unet_train(batch)) // batch
+        unet_nograd = _peak(unet, lambda: unet_fwd(batch)) // batch
+        unet_train_peak = _peak(unet, lambda: unet_train(batch)) // batch
         saved = _saved_bytes(unet, inputs, batch) // batch
-        vae_nograd = _peak(lambda: vae_fwd(batch)) // batch
-        vae_train = _peak(lambda: vae_fwd(batch, True)) // batch
+        vae_nograd = _peak(vae, lambda: vae_fwd(batch)) // batch
+        vae_train = _peak(vae, lambda: vae_fwd(batch, True)) // batch
         _bmm_attention(unet), _bmm_attention(vae)
         pieces = Pieces(
             resolution=resolution,
@@ -160,6 +164,13 @@ def measure(model: str, resolution: int, dtype: torch.dtype, lora, batch: int = 
             unet_input=sum(t.numel() * t.element_size() for t in inputs(1)), vae_nograd_peak=vae_nograd, vae_train_peak=vae_train,
         )
     return pieces
+
+
+@functools.lru_cache(maxsize=8)
+def _measured(model: str, resolution: int, dtype: str, lora_json: str) -> Pieces:
+    from rollout.settings import LoraSettings
+
+    return measure(model, resolution, getattr(torch, dtype), LoraSettings.model_validate_json(lora_json))
 
 
 def _saved_bytes(unet: torch.nn.Module, inputs: Callable, batch: int) -> int:
@@ -178,6 +189,7 @@ def _saved_bytes(unet: torch.nn.Module, inputs: Callable, batch: int) -> int:
     return sum(seen.values())
 
 
+@functools.lru_cache(maxsize=8)
 def reward_pieces(reward: str, dtype: str = "float32") -> tuple[int, int, int, int]:
     """(parameters, forward FLOPs, forward+backward FLOPs, train peak bytes) of a CLIP-based reward, per image."""
     if reward not in REWARD_BACKBONES:
@@ -207,7 +219,7 @@ def reward_pieces(reward: str, dtype: str = "float32") -> tuple[int, int, int, i
         with torch.no_grad():
             forward = _flops(lambda: fwd(False))
         train = _flops(lambda: fwd(True))
-        peak = _peak(lambda: fwd(True))
+        peak = _peak(clip, lambda: fwd(True))
     return params, forward, train, peak
 
 
@@ -233,8 +245,7 @@ def plan(config: TrainConfig, gpu: str = "h100-80gb", mfu: float = 0.35) -> dict
     s, r = config.sampling, config.resources
     resolution = s.height or 512
     dtype_name = "bfloat16" if config.model.dtype == "auto" else config.model.dtype
-    dtype = getattr(torch, dtype_name)
-    p = measure(config.model.name, resolution, dtype, config.model.lora)
+    p = _measured(config.model.name, resolution, dtype_name, config.model.lora.model_dump_json())
     wbytes = DTYPE_BYTES[dtype_name]
     base = (p.unet_params + p.vae_params + p.text_params) * wbytes
     lora_state = p.lora_params * 4 * 4  # fp32 weights, grads, AdamW m and v

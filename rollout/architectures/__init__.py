@@ -81,6 +81,6 @@ def build_random_pipeline(model: str, seed: int = 0, dtype: torch.dtype = torch.
             torch.set_default_dtype(previous)
     scheduler = LCMScheduler.from_config(_config(folder, "scheduler"))
     return LatentConsistencyModelPipeline(
-        vae=vae.to(dtype), text_encoder=text_encoder.to(dtype), tokenizer=tokenizer, unet=unet.to(dtype), scheduler=scheduler,
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )

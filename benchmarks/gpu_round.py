@@ -1,0 +1,161 @@
+"""One benchmark round on a GPU at the real architectures (random weights), compared with `rlcm plan`.
+
+Measures at 512 px (default): rollout images/s (`sample_trajectory`), its overhead vs the stock `pipe(...)`,
+PPO samples/s (one learner update), ROCM samples/s and peak memory with and without gradient checkpointing
+(aesthetic reward on a random CLIP ViT-L/14), the time to move a rank-16 LoRA adapter through the Ray
+object store to another process, achieved TFLOP/s and MFU vs the device's bf16 peak. Writes
+benchmarks/RESULTS_gpu.md. `--smoke` runs the same code at 32 px, 2 steps, batch 1 (CPU: checks it runs).
+
+    bash benchmarks/gpu_round.sh            # GPU, < 8 min
+    .venv/bin/python benchmarks/gpu_round.py --smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+MODEL = "random:SimianLuo/LCM_Dreamshaper_v7"
+PEAKS = {"H100": 989e12, "A100": 312e12, "A6000": 154.8e12, "L4": 121e12, "L40S": 362e12, "H200": 989e12}
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(device: torch.device, fn, repeats: int = 1) -> float:
+    fn()  # warm-up
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    sync(device)
+    return (time.perf_counter() - start) / repeats
+
+
+def peak_memory(device: torch.device, fn) -> tuple[float, int | None]:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    seconds = timed(device, fn)
+    return seconds, torch.cuda.max_memory_allocated() if device.type == "cuda" else None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--smoke", action="store_true", help="32 px, 2 steps, batch 1: checks the script runs (CPU)")
+    parser.add_argument("--out", default="benchmarks/RESULTS_gpu.md")
+    args = parser.parse_args()
+    res, steps, batch = (32, 2, 1) if args.smoke else (512, 8, 4)
+
+    from cluster.config import load_config
+    from cluster.plan import plan
+    from learner.learner import LearnerSpec, PPOLearner
+    from learner.ppo import build_optimizer
+    from learner.rocm import rocm_objective
+    from learner.settings import PPOSettings, ROCMSettings
+    from rewards_service.differentiable import build_differentiable_reward
+    from rollout.lora import add_lora, export_adapter
+    from rollout.models import load_pipeline
+    from rollout.policy import sample_trajectory
+    from rollout.settings import LoraSettings
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    name = torch.cuda.get_device_name() if device.type == "cuda" else "CPU"
+    peak = next((v for k, v in PEAKS.items() if k in name), None)
+    lora = LoraSettings(rank=16, alpha=32)
+    dtype = torch.bfloat16
+    rows: list[tuple[str, str]] = []
+    prompts = ["a photo of a cat", "a dog running", "a bird on a branch", "a horse in a field"][:batch]
+    gen = lambda: torch.Generator(device=device).manual_seed(0)  # noqa: E731
+
+    config = load_config("rocm-aesthetic", [f"sampling.height={res}", f"sampling.width={res}", f"sampling.num_steps={steps}"])
+    planned = plan(config, "h100-80gb")
+    unet_flops, vae_flops = planned["flops"]["unet_call"], planned["flops"]["vae_decode"]
+
+    # rollout
+    pipe = load_pipeline(MODEL, device=device, dtype=dtype)
+    add_lora(pipe.unet, lora)
+    pipe.unet.requires_grad_(False)
+    rollout_s, rollout_mem = peak_memory(device, lambda: sample_trajectory(pipe, prompts, steps, 8.0, gen(), height=res, width=res))
+    stock_s = timed(device, lambda: pipe(prompts, num_inference_steps=steps, guidance_scale=8.0, height=res, width=res, output_type="pt", generator=gen()))
+    rollout_tflops = batch * (steps * unet_flops + vae_flops) / rollout_s / 1e12
+    rows += [("rollout images/s", f"{batch / rollout_s:.2f} (batch {batch}, {steps} steps, {res} px)"),
+             ("sample_trajectory vs stock pipe(...)", f"{rollout_s:.2f} s vs {stock_s:.2f} s ({100 * (rollout_s / stock_s - 1):+.0f}%)"),
+             ("rollout achieved TFLOP/s", f"{rollout_tflops:.1f}" + (f" (MFU {rollout_tflops * 1e12 / peak:.0%})" if peak else ""))]
+    trajectory = sample_trajectory(pipe, prompts, steps, 8.0, gen(), height=res, width=res)
+
+    # adapter broadcast
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    adapter = export_adapter(pipe.unet, 1)
+
+    @ray.remote
+    def receive(refs):
+        return sum(v.numel() for v in ray.get(refs[0]).state_dict.values())
+
+    start = time.perf_counter()
+    numel = ray.get(receive.remote([ray.put(adapter)]))
+    rows.append(("rank-16 LoRA broadcast (put + get in another process)", f"{1e3 * (time.perf_counter() - start):.0f} ms for {numel * 4 / 1e6:.1f} MB"))
+    ray.shutdown()
+    del pipe
+
+    # PPO
+    ppo = PPOSettings(train_batch_size=batch, grad_accum_steps=1, clip_range=1e-4)
+    learner = PPOLearner(LearnerSpec(model=MODEL, lora=lora, ppo=ppo, stat_buffer_size=16, stat_min_count=1, device=str(device), dtype=dtype))
+    advantages = np.linspace(-1, 1, batch).astype(np.float32)
+    ppo_s, ppo_mem = peak_memory(device, lambda: learner.train(trajectory, advantages))
+    ppo_tflops = batch * (steps - 1) * planned["flops"]["unet_train_call"] / ppo_s / 1e12
+    rows += [("PPO samples/s", f"{batch / ppo_s:.2f} ({steps - 1} timesteps each, train batch {batch})"),
+             ("PPO achieved TFLOP/s", f"{ppo_tflops:.1f}" + (f" (MFU {ppo_tflops * 1e12 / peak:.0%})" if peak else ""))]
+    plan_ppo = plan(load_config("compression", [f"sampling.height={res}", f"sampling.width={res}", f"train.train_batch_size={batch}"]), "h100-80gb")
+    rows.append(("PPO learner peak memory: measured vs plan", _vs(ppo_mem, next(a for a in plan_ppo["actors"] if a["role"].startswith("learner"))["memory_bytes"])))
+    pipe = learner.pipe
+    params = learner.params
+    del learner
+
+    # ROCM
+    reward = build_differentiable_reward("aesthetic", clip_model="random:openai/clip-vit-large-patch14").to(device)
+    optimizer = build_optimizer(params, ROCMSettings())
+    for checkpointing in (True, False):
+        def step():
+            out = rocm_objective(pipe, prompts[:1], steps, 8.0, gen(), reward, "kl", 0.1, height=res, width=res, gradient_checkpointing=checkpointing)
+            (-out["objective"].mean()).backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        seconds, mem = peak_memory(device, step)
+        cfg = load_config("rocm-aesthetic", [f"sampling.height={res}", f"sampling.width={res}", f"sampling.num_steps={steps}",
+                                             f"rocm.gradient_checkpointing={str(checkpointing).lower()}"])
+        predicted = next(a for a in plan(cfg, "h100-80gb")["actors"] if a["role"].startswith("learner"))["memory_bytes"]
+        label = "on" if checkpointing else "off"
+        rows += [(f"ROCM samples/s, checkpointing {label}", f"{1 / seconds:.3f}"),
+                 (f"ROCM learner peak memory, checkpointing {label}: measured vs plan", _vs(mem, predicted))]
+    rows.append(("rollout peak memory: measured vs plan", _vs(rollout_mem, planned["actors"][0]["memory_bytes"])))
+    write(Path(args.out), name, peak, res, steps, batch, rows, args.smoke)
+
+
+def _vs(measured: int | None, predicted: int) -> str:
+    if measured is None:
+        return f"n/a on CPU vs {predicted / 2**30:.2f} GiB"
+    return f"{measured / 2**30:.2f} GiB vs {predicted / 2**30:.2f} GiB ({100 * (predicted / measured - 1):+.0f}%)"
+
+
+def write(path: Path, device: str, peak: float | None, res: int, steps: int, batch: int, rows, smoke: bool) -> None:
+    lines = [f"# GPU round: {device}", "",
+             f"`bash benchmarks/gpu_round.sh` ({'--smoke, ' if smoke else ''}{res} px, {steps} steps, batch {batch}, random weights at the real "
+             f"architectures, bf16 base; device bf16 peak {peak / 1e12:.0f} TFLOP/s)" if peak else
+             f"`benchmarks/gpu_round.py` ({'--smoke, ' if smoke else ''}{res} px, {steps} steps, batch {batch}; no GPU: figures say nothing about GPU speed)",
+             "", "| measure | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
+    path.write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
