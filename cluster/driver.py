@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,6 +135,7 @@ class Trainer:
             self.learners.load(str(self.out.latest_checkpoint()))
         self.version = ray.get(self.learners.rank0.version.remote())
         self.progress = EpochProgress(self.out.root, config, self.start_epoch)
+        self.rows: list[dict] = []  # the rows written by this trainer
 
     def _learner_group(self) -> LearnerGroup:
         config, resources = self.config, self.config.resources
@@ -247,7 +249,7 @@ class Trainer:
             self.progress.close()
 
     def _run_rlcm(self) -> list[dict]:
-        rows, epoch, update = [], self.start_epoch, None
+        rows, epoch, update = self.rows, self.start_epoch, None
         sync = self.config.scaleout.mode == "sync"
         window_start, rollout_done, queue_depth = time.perf_counter(), None, 0
         while epoch < self.config.run.epochs:
@@ -294,7 +296,7 @@ class Trainer:
         return times
 
     def _run_rocm(self) -> list[dict]:
-        rows = []
+        rows = self.rows
         per_epoch = self.config.rocm_prompts_per_epoch
         for epoch in range(self.start_epoch, self.config.run.epochs):
             start = time.perf_counter()
@@ -401,8 +403,34 @@ def train(config: TrainConfig, output_dir: Path, resume: bool = False, verbose: 
     OutputDir(output_dir).prepare(resume)
     with run_lock(output_dir):
         print(f"rlcm: {init_ray(address, quiet=not verbose, log_to_driver=verbose)}")
-        trainer = Trainer(config, output_dir, resume=resume)
+        return run_with_restarts(config, output_dir, resume)
+
+
+def run_with_restarts(config: TrainConfig, output_dir: Path, resume: bool = False) -> list[dict]:
+    """Train; when a learner dies (its node lost, OOM), rebuild everything from the newest checkpoint and go on,
+    at most `scaleout.learner_max_restarts` times. Returns the rows of the epochs trained by this call."""
+    rows: list[dict] = []
+    for attempt in range(config.scaleout.learner_max_restarts + 1):
+        trainer = Trainer(config, output_dir, resume=resume or attempt > 0)
+        rows = [r for r in rows if r["epoch"] < trainer.start_epoch]
         try:
-            return trainer.run()
+            return rows + trainer.run()
+        except ray.exceptions.RayActorError as error:
+            rows += trainer.rows
+            if attempt == config.scaleout.learner_max_restarts:
+                raise RuntimeError(
+                    f"a learner died {attempt + 1} time(s), the last: {_first_line(error)}; raise scaleout.learner_max_restarts "
+                    "or check the learner nodes, then continue with --resume"
+                ) from error
+            checkpoint = trainer.out.latest_checkpoint()
+            print(f"rlcm: a learner died ({_first_line(error)}); rebuilding the learners from "
+                  f"{checkpoint.name if checkpoint else 'scratch (no checkpoint yet)'} "
+                  f"(restart {attempt + 1} of scaleout.learner_max_restarts={config.scaleout.learner_max_restarts})", file=sys.stderr, flush=True)
         finally:
             trainer.shutdown()
+    return rows
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return (lines[0] if lines else type(error).__name__)[:200]
