@@ -112,6 +112,7 @@ class ScaleOutConfig(Strict):
     learner_backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="torch.distributed backend of the learner group")
     control_poll_s: float = Field(1.0, gt=0, description="how often the driver reads the scale controller")
     placement_timeout_s: float = Field(600.0, gt=0, description="give up (naming the resources keys) if Ray cannot place the actors by then")
+    call_timeout_s: float = Field(3600.0, gt=0, description="give up (naming the keys and the free resources) on a rollout batch or learner update that has not returned by then")
 
 
 class FaultConfig(Strict):

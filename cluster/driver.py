@@ -34,10 +34,11 @@ from cluster.grid import save_sample_grid
 from cluster.integrity import DRIVER_STATE, write_checkpoint
 from cluster.output import OutputDir, disk_error
 from cluster.progress import EpochProgress
-from cluster.ray_setup import ResourceRequest, cluster_capacity, init_ray, preflight, wait_for_placement_group
+from cluster.ray_setup import ResourceRequest, cluster_capacity, free_resources, init_ray, preflight, wait_for_placement_group
 from cluster.prompts import epoch_prompts, holdout_split, load_prompts
 from cluster.rollout_pool import PoolOptions, RolloutPool
 from cluster.run_lock import run_lock
+from cluster.watchdog import Watchdog, bounded_get
 from cluster.schedule import Scheduler, entries_to_rescore, mean_over_ranks, reward_summary, update_inputs
 from learner.group import LearnerGroup
 from learner.learner import LearnerSpec
@@ -124,6 +125,7 @@ class Trainer:
         )
         self.reward_client = config.reward.client_config(config.reward.monitor if self.rocm else None)
         self.rewards_pending: dict = {}  # reward ref -> (entry, submit time)
+        self.watchdog = Watchdog(free_resources)  # every ref the loop waits on has a deadline
         self.reward_latency: list[float] = []
         self.rescored_batches = 0
         self.skipped_in_a_row = 0
@@ -193,7 +195,11 @@ class Trainer:
             stale = entries_to_rescore(entries)
             if not stale:
                 return
-            results = ray.get([self.score_batch(e.images_ref, e.prompts) for e in stale], timeout=self.config.reward.timeout_s)
+            reward = self.config.reward
+            results = bounded_get(
+                [self.score_batch(e.images_ref, e.prompts) for e in stale], reward.timeout_s, f"re-scoring {len(stale)} batch(es)",
+                "reward.timeout_s", ("reward.num_cpus",), free_resources,
+            )
             for entry, result in zip(stale, results):
                 self.schedule.scored(entry, result.rewards, result.valid, result.version)
             self.rescored_batches += len(stale)
@@ -216,22 +222,44 @@ class Trainer:
             self.pool.submit(job)
         self.pool.pump()
         refs = [*self.pool.wait_refs(), *self.rewards_pending, *extra]
+        self._watch(extra)
         ready, _ = ray.wait(refs, num_returns=1, timeout=timeout)
         if ready:
             ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+        for ref in ready:
+            self.watchdog.done(ref)
+        reward = self.config.reward
         for done in self.pool.collect(ready):
             entry = Entry(done.job.key, done.job.prompts, done.trajectory_ref, done.images_ref, done.info["policy_version"])
             entry.reward_ref = self.score_batch(done.images_ref, done.job.prompts)
             self.schedule.landed(entry)
             self.rewards_pending[entry.reward_ref] = (entry, time.perf_counter())
+            what = f"reward scoring of batch {entry.key} ({reward.num_cpus:g} CPU)"
+            self.watchdog.start(entry.reward_ref, what, reward.timeout_s, "reward.timeout_s", ("reward.num_cpus",))
         for ref in [r for r in ready if r in self.rewards_pending]:
             entry, submitted = self.rewards_pending.pop(ref)
-            result: ScoreResult = ray.get(ref, timeout=self.config.reward.timeout_s)
+            result: ScoreResult = ray.get(ref, timeout=reward.timeout_s)
             if entry.key[0] in self.config.faults.invalid_reward_epochs:
                 result = ScoreResult.failed(len(entry.prompts), "", "injected by faults.invalid_reward_epochs")
             self.schedule.scored(entry, result.rewards, result.valid, result.version)
             self.reward_latency.append(time.perf_counter() - submitted)
         self.pool.pump()
+        self.watchdog.check()
+
+    def _watch(self, extra: list) -> None:
+        """Deadlines for the rollout batches in flight and the learner update (`extra`); rewards get theirs when submitted."""
+        limit, r = self.config.scaleout.call_timeout_s, self.config.resources
+        for ref in [k for k, d in self.watchdog.deadlines.items() if d.limit_key == "scaleout.call_timeout_s"]:
+            if ref not in self.pool.inflight and ref not in extra:  # a batch queued again, an update finished
+                self.watchdog.done(ref)
+        for ref, (job, actor_id, *_) in self.pool.inflight.items():
+            if ref not in self.watchdog.deadlines:
+                what = f"rollout batch {job.key} on rollout actor {actor_id} ({r.rollout_cpus:g} CPU, {r.rollout_gpus:g} GPU)"
+                self.watchdog.start(ref, what, limit, "scaleout.call_timeout_s", ("resources.rollout_cpus", "resources.rollout_gpus"))
+        for ref in extra:
+            if ref not in self.watchdog.deadlines:
+                what = f"the learner update ({r.num_learners} × {r.learner_cpus:g} CPU, {r.learner_gpus:g} GPU)"
+                self.watchdog.start(ref, what, limit, "scaleout.call_timeout_s", ("resources.learner_cpus", "resources.learner_gpus"))
 
     def _control(self) -> None:
         now = time.perf_counter()
