@@ -26,7 +26,7 @@ import numpy as np
 import ray
 import torch
 
-from cluster.buffer import Entry
+from cluster.buffer import Entry, error_text
 from cluster.config import TrainConfig, dump_config
 from cluster.control import start_controller
 from cluster.durable import atomic_write_text
@@ -201,7 +201,7 @@ class Trainer:
                 "reward.timeout_s", ("reward.num_cpus",), free_resources,
             )
             for entry, result in zip(stale, results):
-                self.schedule.scored(entry, result.rewards, result.valid, result.version)
+                self.schedule.scored(entry, result.rewards, result.valid, result.version, error_text(result.details))
             self.rescored_batches += len(stale)
         raise RuntimeError(f"reward versions kept changing while re-scoring: {sorted({e.reward_version for e in entries})}")
 
@@ -241,7 +241,7 @@ class Trainer:
             result: ScoreResult = ray.get(ref, timeout=reward.timeout_s)
             if entry.key[0] in self.config.faults.invalid_reward_epochs:
                 result = ScoreResult.failed(len(entry.prompts), "", "injected by faults.invalid_reward_epochs")
-            self.schedule.scored(entry, result.rewards, result.valid, result.version)
+            self.schedule.scored(entry, result.rewards, result.valid, result.version, error_text(result.details))
             self.reward_latency.append(time.perf_counter() - submitted)
         self.pool.pump()
         self.watchdog.check()
