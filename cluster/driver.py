@@ -32,6 +32,7 @@ from cluster.control import start_controller
 from cluster.durable import atomic_write_text
 from cluster.grid import save_sample_grid
 from cluster.integrity import DRIVER_STATE, write_checkpoint
+from cluster.interrupts import Interrupted, StopRequest
 from cluster.output import OutputDir, disk_error
 from cluster.progress import EpochProgress
 from cluster.ray_setup import ResourceRequest, cluster_capacity, free_resources, init_ray, preflight, wait_for_placement_group
@@ -99,8 +100,9 @@ def resource_requests(config: TrainConfig) -> list[ResourceRequest]:
 class Trainer:
     """Owns the pool, the scheduler and the learners; `run()` trains `config.run.epochs` epochs into `output_dir`."""
 
-    def __init__(self, config: TrainConfig, output_dir: Path, resume: bool = False):
+    def __init__(self, config: TrainConfig, output_dir: Path, resume: bool = False, stop: StopRequest | None = None):
         self.config = config
+        self.stop = stop or StopRequest()  # set by SIGINT/SIGTERM when `train` installed it
         self.rocm = config.algorithm == "rocm"
         self.out = OutputDir(output_dir)
         self.out.prepare(resume)
@@ -218,7 +220,7 @@ class Trainer:
     def poll(self, extra: list, timeout: float) -> None:
         """Submit what the scheduler releases, dispatch, wait for any batch, reward or `extra` ref, file what landed."""
         self._control()
-        for job in self.schedule.to_submit():
+        for job in [] if self.stop.requested else self.schedule.to_submit():
             self.pool.submit(job)
         self.pool.pump()
         refs = [*self.pool.wait_refs(), *self.rewards_pending, *extra]
@@ -272,15 +274,31 @@ class Trainer:
         """Train the remaining epochs; returns the metrics rows written this call."""
         self.publish(broadcast=True)
         try:
-            return self._run_rocm() if self.rocm else self._run_rlcm()
+            rows = self._run_rocm() if self.rocm else self._run_rlcm()
         finally:
             self.progress.close()
+        if self.stop.requested and (not rows or rows[-1]["epoch"] < self.config.run.epochs - 1):
+            self._interrupted()
+        return rows
+
+    def _interrupted(self) -> None:
+        """After a stop request: checkpoint the last finished epoch (the learners hold exactly its state) and say so."""
+        total, last = self.config.run.epochs, self.rows[-1]["epoch"] if self.rows else self.start_epoch - 1
+        if last < 0:
+            raise Interrupted(self.stop.signum, f"interrupted during epoch 1/{total}, before any epoch finished; nothing to checkpoint; "
+                                                "continue with --resume (it starts over)")
+        checkpoint = self.out.checkpoint(last)
+        if not checkpoint.is_dir():
+            self.save_checkpoint(last)
+        raise Interrupted(self.stop.signum, f"interrupted after epoch {last + 1}/{total}; checkpoint {checkpoint.name}; continue with --resume")
 
     def _run_rlcm(self) -> list[dict]:
         rows, epoch, update = self.rows, self.start_epoch, None
         sync = self.config.scaleout.mode == "sync"
         window_start, rollout_done, queue_depth = time.perf_counter(), None, 0
         while epoch < self.config.run.epochs:
+            if self.stop.requested and update is None:  # drop the epoch being sampled; an update in flight finishes
+                break
             self.poll(update.refs[:1] if update else [], timeout=1.0)
             if rollout_done is None and self.pool.pending == 0 and self.schedule.buffer.reserved == 0:
                 rollout_done = time.perf_counter()
@@ -327,6 +345,8 @@ class Trainer:
         rows = self.rows
         per_epoch = self.config.rocm_prompts_per_epoch
         for epoch in range(self.start_epoch, self.config.run.epochs):
+            if self.stop.requested:
+                break
             start = time.perf_counter()
             update = Update(self.learners.train_rocm(epoch_prompts(self.train_prompts, self.config.run.seed, epoch, per_epoch)), [], start)
             entries = None
@@ -421,6 +441,8 @@ class Trainer:
         return write_checkpoint(self.out.checkpoint(epoch), fill)
 
     def shutdown(self) -> None:
+        if self.stop.requested:
+            self.stop.quiet_dropped_tasks()
         self.pool.shutdown()
         self.learners.shutdown()
         ray.kill(self.controller)
@@ -429,17 +451,19 @@ class Trainer:
 def train(config: TrainConfig, output_dir: Path, resume: bool = False, verbose: bool = False, address: str | None = None) -> list[dict]:
     """Run training on the Ray cluster at `address` or RAY_ADDRESS, else on a fresh local one."""
     OutputDir(output_dir).prepare(resume)
+    stop = StopRequest()
     with run_lock(output_dir):
         print(f"rlcm: {init_ray(address, quiet=not verbose, log_to_driver=verbose)}")
-        return run_with_restarts(config, output_dir, resume)
+        with stop.installed():  # after ray.init: a Ray it starts replaces SIGTERM's handler with one that exits at once
+            return run_with_restarts(config, output_dir, resume, stop)
 
 
-def run_with_restarts(config: TrainConfig, output_dir: Path, resume: bool = False) -> list[dict]:
+def run_with_restarts(config: TrainConfig, output_dir: Path, resume: bool = False, stop: StopRequest | None = None) -> list[dict]:
     """Train; when a learner dies (its node lost, OOM), rebuild everything from the newest checkpoint and go on,
     at most `scaleout.learner_max_restarts` times. Returns the rows of the epochs trained by this call."""
     rows: list[dict] = []
     for attempt in range(config.scaleout.learner_max_restarts + 1):
-        trainer = Trainer(config, output_dir, resume=resume or attempt > 0)
+        trainer = Trainer(config, output_dir, resume=resume or attempt > 0, stop=stop)
         rows = [r for r in rows if r["epoch"] < trainer.start_epoch]
         try:
             return rows + trainer.run()
