@@ -27,6 +27,7 @@ class Entry:
     valid: np.ndarray | None = None
     reward_version: str | None = None
     scored_seq: int = 0  # arrival order of the reward, to tell the newest reward version
+    reward_error: str | None = None  # why samples of this batch have no reward (the scorer's or client's error text)
 
 
 def staleness(learner_version: int, policy_version: int) -> int:
@@ -34,11 +35,17 @@ def staleness(learner_version: int, policy_version: int) -> int:
     return learner_version - policy_version
 
 
-def join_reward(entry: Entry, rewards: list[float], valid: list[bool] | None, version: str) -> None:
+def join_reward(entry: Entry, rewards: list[float], valid: list[bool] | None, version: str, error: str | None = None) -> None:
     """Attach a ScoreResult's fields; non-finite rewards are invalid, never read as scores."""
     values = np.asarray(rewards, dtype=np.float64)
     mask = np.asarray(valid if valid else [True] * len(values), dtype=bool) & np.isfinite(values)
-    entry.rewards, entry.valid, entry.reward_version = values, mask, version
+    entry.rewards, entry.valid, entry.reward_version, entry.reward_error = values, mask, version, error
+
+
+def error_text(details: dict) -> str | None:
+    """The distinct error messages in a ScoreResult's per-sample `details["error"]`, joined; None if there are none."""
+    errors = list(dict.fromkeys(str(e) for e in details.get("error", []) if e))
+    return "; ".join(errors) if errors else None
 
 
 @dataclass

@@ -213,8 +213,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not args.verbose:
         quiet_libraries()
+    from cluster.interrupts import Interrupted
+
     try:
         return args.func(args)
+    except Interrupted as stop:
+        print(f"rlcm: {stop.line}", file=sys.stderr)
+        return stop.exit_code
     except KeyboardInterrupt:
         print("rlcm: interrupted", file=sys.stderr)
         return 130

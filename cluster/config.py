@@ -108,9 +108,11 @@ class ScaleOutConfig(Strict):
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     rollout_max_restarts: int = Field(3, ge=-1, description="Ray restarts of a crashed rollout actor (-1: unlimited)")
     rollout_max_task_retries: int = Field(2, ge=-1, description="Ray retries of a batch whose actor crashed")
+    learner_max_restarts: int = Field(2, ge=0, description="rebuild the learner group from the newest checkpoint this many times when a learner dies (e.g. its node is lost)")
     learner_backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="torch.distributed backend of the learner group")
     control_poll_s: float = Field(1.0, gt=0, description="how often the driver reads the scale controller")
     placement_timeout_s: float = Field(600.0, gt=0, description="give up (naming the resources keys) if Ray cannot place the actors by then")
+    call_timeout_s: float = Field(3600.0, gt=0, description="give up (naming the keys and the free resources) on a rollout batch or learner update that has not returned by then")
 
 
 class FaultConfig(Strict):

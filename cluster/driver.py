@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,19 +26,21 @@ import numpy as np
 import ray
 import torch
 
-from cluster.buffer import Entry
+from cluster.buffer import Entry, error_text
 from cluster.config import TrainConfig, dump_config
 from cluster.control import start_controller
 from cluster.checkpoint_record import write_record
 from cluster.durable import atomic_write_text
 from cluster.grid import grid_title, save_sample_grid
 from cluster.integrity import DRIVER_STATE, write_checkpoint
+from cluster.interrupts import Interrupted, StopRequest
 from cluster.output import OutputDir, disk_error
 from cluster.progress import EpochProgress
-from cluster.ray_setup import ResourceRequest, cluster_capacity, init_ray, preflight, wait_for_placement_group
+from cluster.ray_setup import ResourceRequest, cluster_capacity, free_resources, init_ray, preflight, wait_for_placement_group
 from cluster.prompts import epoch_prompts, holdout_split, load_prompts
 from cluster.rollout_pool import PoolOptions, RolloutPool
 from cluster.run_lock import run_lock
+from cluster.watchdog import Watchdog, bounded_get
 from cluster.schedule import Scheduler, entries_to_rescore, mean_over_ranks, reward_summary, update_inputs
 from learner.group import LearnerGroup
 from learner.lam_controller import controller_for
@@ -99,8 +102,9 @@ def resource_requests(config: TrainConfig) -> list[ResourceRequest]:
 class Trainer:
     """Owns the pool, the scheduler and the learners; `run()` trains `config.run.epochs` epochs into `output_dir`."""
 
-    def __init__(self, config: TrainConfig, output_dir: Path, resume: bool = False):
+    def __init__(self, config: TrainConfig, output_dir: Path, resume: bool = False, stop: StopRequest | None = None):
         self.config = config
+        self.stop = stop or StopRequest()  # set by SIGINT/SIGTERM when `train` installed it
         self.rocm = config.algorithm == "rocm"
         self.out = OutputDir(output_dir)
         self.out.prepare(resume)
@@ -125,6 +129,7 @@ class Trainer:
         )
         self.reward_client = config.reward.client_config(config.reward.monitor if self.rocm else None)
         self.rewards_pending: dict = {}  # reward ref -> (entry, submit time)
+        self.watchdog = Watchdog(free_resources)  # every ref the loop waits on has a deadline
         self.reward_latency: list[float] = []
         self.rescored_batches = 0
         self.skipped_in_a_row = 0
@@ -137,6 +142,7 @@ class Trainer:
         self.version = ray.get(self.learners.rank0.version.remote())
         self.lam = controller_for(config.rocm, state.get("lam") if state else None) if self.rocm else None  # ROCM's λ rule
         self.progress = EpochProgress(self.out.root, config, self.start_epoch)
+        self.rows: list[dict] = []  # the rows written by this trainer
 
     def _learner_group(self) -> LearnerGroup:
         config, resources = self.config, self.config.resources
@@ -194,9 +200,13 @@ class Trainer:
             stale = entries_to_rescore(entries)
             if not stale:
                 return
-            results = ray.get([self.score_batch(e.images_ref, e.prompts) for e in stale], timeout=self.config.reward.timeout_s)
+            reward = self.config.reward
+            results = bounded_get(
+                [self.score_batch(e.images_ref, e.prompts) for e in stale], reward.timeout_s, f"re-scoring {len(stale)} batch(es)",
+                "reward.timeout_s", ("reward.num_cpus",), free_resources,
+            )
             for entry, result in zip(stale, results):
-                self.schedule.scored(entry, result.rewards, result.valid, result.version)
+                self.schedule.scored(entry, result.rewards, result.valid, result.version, error_text(result.details))
             self.rescored_batches += len(stale)
         raise RuntimeError(f"reward versions kept changing while re-scoring: {sorted({e.reward_version for e in entries})}")
 
@@ -213,26 +223,48 @@ class Trainer:
     def poll(self, extra: list, timeout: float) -> None:
         """Submit what the scheduler releases, dispatch, wait for any batch, reward or `extra` ref, file what landed."""
         self._control()
-        for job in self.schedule.to_submit():
+        for job in [] if self.stop.requested else self.schedule.to_submit():
             self.pool.submit(job)
         self.pool.pump()
         refs = [*self.pool.wait_refs(), *self.rewards_pending, *extra]
+        self._watch(extra)
         ready, _ = ray.wait(refs, num_returns=1, timeout=timeout)
         if ready:
             ready, _ = ray.wait(refs, num_returns=len(refs), timeout=0)
+        for ref in ready:
+            self.watchdog.done(ref)
+        reward = self.config.reward
         for done in self.pool.collect(ready):
             entry = Entry(done.job.key, done.job.prompts, done.trajectory_ref, done.images_ref, done.info["policy_version"])
             entry.reward_ref = self.score_batch(done.images_ref, done.job.prompts)
             self.schedule.landed(entry)
             self.rewards_pending[entry.reward_ref] = (entry, time.perf_counter())
+            what = f"reward scoring of batch {entry.key} ({reward.num_cpus:g} CPU)"
+            self.watchdog.start(entry.reward_ref, what, reward.timeout_s, "reward.timeout_s", ("reward.num_cpus",))
         for ref in [r for r in ready if r in self.rewards_pending]:
             entry, submitted = self.rewards_pending.pop(ref)
-            result: ScoreResult = ray.get(ref, timeout=self.config.reward.timeout_s)
+            result: ScoreResult = ray.get(ref, timeout=reward.timeout_s)
             if entry.key[0] in self.config.faults.invalid_reward_epochs:
                 result = ScoreResult.failed(len(entry.prompts), "", "injected by faults.invalid_reward_epochs")
-            self.schedule.scored(entry, result.rewards, result.valid, result.version)
+            self.schedule.scored(entry, result.rewards, result.valid, result.version, error_text(result.details))
             self.reward_latency.append(time.perf_counter() - submitted)
         self.pool.pump()
+        self.watchdog.check()
+
+    def _watch(self, extra: list) -> None:
+        """Deadlines for the rollout batches in flight and the learner update (`extra`); rewards get theirs when submitted."""
+        limit, r = self.config.scaleout.call_timeout_s, self.config.resources
+        for ref in [k for k, d in self.watchdog.deadlines.items() if d.limit_key == "scaleout.call_timeout_s"]:
+            if ref not in self.pool.inflight and ref not in extra:  # a batch queued again, an update finished
+                self.watchdog.done(ref)
+        for ref, (job, actor_id, *_) in self.pool.inflight.items():
+            if ref not in self.watchdog.deadlines:
+                what = f"rollout batch {job.key} on rollout actor {actor_id} ({r.rollout_cpus:g} CPU, {r.rollout_gpus:g} GPU)"
+                self.watchdog.start(ref, what, limit, "scaleout.call_timeout_s", ("resources.rollout_cpus", "resources.rollout_gpus"))
+        for ref in extra:
+            if ref not in self.watchdog.deadlines:
+                what = f"the learner update ({r.num_learners} × {r.learner_cpus:g} CPU, {r.learner_gpus:g} GPU)"
+                self.watchdog.start(ref, what, limit, "scaleout.call_timeout_s", ("resources.learner_cpus", "resources.learner_gpus"))
 
     def _control(self) -> None:
         now = time.perf_counter()
@@ -245,15 +277,31 @@ class Trainer:
         """Train the remaining epochs; returns the metrics rows written this call."""
         self.publish(broadcast=True)
         try:
-            return self._run_rocm() if self.rocm else self._run_rlcm()
+            rows = self._run_rocm() if self.rocm else self._run_rlcm()
         finally:
             self.progress.close()
+        if self.stop.requested and (not rows or rows[-1]["epoch"] < self.config.run.epochs - 1):
+            self._interrupted()
+        return rows
+
+    def _interrupted(self) -> None:
+        """After a stop request: checkpoint the last finished epoch (the learners hold exactly its state) and say so."""
+        total, last = self.config.run.epochs, self.rows[-1]["epoch"] if self.rows else self.start_epoch - 1
+        if last < 0:
+            raise Interrupted(self.stop.signum, f"interrupted during epoch 1/{total}, before any epoch finished; nothing to checkpoint; "
+                                                "continue with --resume (it starts over)")
+        checkpoint = self.out.checkpoint(last)
+        if not checkpoint.is_dir():
+            self.save_checkpoint(last)
+        raise Interrupted(self.stop.signum, f"interrupted after epoch {last + 1}/{total}; checkpoint {checkpoint.name}; continue with --resume")
 
     def _run_rlcm(self) -> list[dict]:
-        rows, epoch, update = [], self.start_epoch, None
+        rows, epoch, update = self.rows, self.start_epoch, None
         sync = self.config.scaleout.mode == "sync"
         window_start, rollout_done, queue_depth = time.perf_counter(), None, 0
         while epoch < self.config.run.epochs:
+            if self.stop.requested and update is None:  # drop the epoch being sampled; an update in flight finishes
+                break
             self.poll(update.refs[:1] if update else [], timeout=1.0)
             if rollout_done is None and self.pool.pending == 0 and self.schedule.buffer.reserved == 0:
                 rollout_done = time.perf_counter()
@@ -297,9 +345,11 @@ class Trainer:
         return times
 
     def _run_rocm(self) -> list[dict]:
-        rows = []
+        rows = self.rows
         per_epoch = self.config.rocm_prompts_per_epoch
         for epoch in range(self.start_epoch, self.config.run.epochs):
+            if self.stop.requested:
+                break
             start = time.perf_counter()
             prompts = epoch_prompts(self.train_prompts, self.config.run.seed, epoch, per_epoch)
             update = Update(self.learners.train_rocm(prompts, self.lam.lam), [], start)
@@ -400,6 +450,8 @@ class Trainer:
         return write_checkpoint(self.out.checkpoint(epoch), fill)
 
     def shutdown(self) -> None:
+        if self.stop.requested:
+            self.stop.quiet_dropped_tasks()
         self.pool.shutdown()
         self.learners.shutdown()
         ray.kill(self.controller)
@@ -408,10 +460,38 @@ class Trainer:
 def train(config: TrainConfig, output_dir: Path, resume: bool = False, verbose: bool = False, address: str | None = None) -> list[dict]:
     """Run training on the Ray cluster at `address` or RAY_ADDRESS, else on a fresh local one."""
     OutputDir(output_dir).prepare(resume)
+    stop = StopRequest()
     with run_lock(output_dir):
         print(f"rlcm: {init_ray(address, quiet=not verbose, log_to_driver=verbose)}")
-        trainer = Trainer(config, output_dir, resume=resume)
+        with stop.installed():  # after ray.init: a Ray it starts replaces SIGTERM's handler with one that exits at once
+            return run_with_restarts(config, output_dir, resume, stop)
+
+
+def run_with_restarts(config: TrainConfig, output_dir: Path, resume: bool = False, stop: StopRequest | None = None) -> list[dict]:
+    """Train; when a learner dies (its node lost, OOM), rebuild everything from the newest checkpoint and go on,
+    at most `scaleout.learner_max_restarts` times. Returns the rows of the epochs trained by this call."""
+    rows: list[dict] = []
+    for attempt in range(config.scaleout.learner_max_restarts + 1):
+        trainer = Trainer(config, output_dir, resume=resume or attempt > 0, stop=stop)
+        rows = [r for r in rows if r["epoch"] < trainer.start_epoch]
         try:
-            return trainer.run()
+            return rows + trainer.run()
+        except ray.exceptions.RayActorError as error:
+            rows += trainer.rows
+            if attempt == config.scaleout.learner_max_restarts:
+                raise RuntimeError(
+                    f"a learner died {attempt + 1} time(s), the last: {_first_line(error)}; raise scaleout.learner_max_restarts "
+                    "or check the learner nodes, then continue with --resume"
+                ) from error
+            checkpoint = trainer.out.latest_checkpoint()
+            print(f"rlcm: a learner died ({_first_line(error)}); rebuilding the learners from "
+                  f"{checkpoint.name if checkpoint else 'scratch (no checkpoint yet)'} "
+                  f"(restart {attempt + 1} of scaleout.learner_max_restarts={config.scaleout.learner_max_restarts})", file=sys.stderr, flush=True)
         finally:
             trainer.shutdown()
+    return rows
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return (lines[0] if lines else type(error).__name__)[:200]

@@ -46,6 +46,7 @@ class StopRequest:
 
     def _handle(self, signum: int, frame) -> None:
         if self.signum is not None:
+            self.quiet_dropped_tasks()
             raise KeyboardInterrupt
         self.signum = signum
         print(f"rlcm: {signal.Signals(signum).name} received: stopping after saving the last finished epoch (again to stop now)",

@@ -27,6 +27,8 @@ def epoch_line(row: dict, total: int) -> str:
         parts.append(f"clipfrac {row.get('clipfrac', math.nan):.3f}")
     parts.append(f"{row['time_epoch_s']:.1f} s/epoch")
     parts.append(f"samples {row['samples_seen']}" + (f", {row['num_invalid']} invalid" if row.get("num_invalid") else ""))
+    if row.get("reward_error"):
+        parts.append(f"reward error: {row['reward_error']}")
     return "  ".join(parts)
 
 

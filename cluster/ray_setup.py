@@ -273,18 +273,19 @@ def wait_for_placement_group(pg, timeout_s: float, what: str, keys: tuple[str, .
     if pg.wait(min(warn_after_s, timeout_s)):
         return
     bundles = ", ".join("{" + ", ".join(f"{k} {v:g}" for k, v in b.items()) + "}" for b in pg.bundle_specs)
-    print(f"rlcm: waiting for Ray to place {what} ({bundles}); free now: {_free()}; giving up after {timeout_s:g} s", file=sys.stderr)
+    print(f"rlcm: waiting for Ray to place {what} ({bundles}); free now: {free_resources()}; giving up after {timeout_s:g} s", file=sys.stderr)
     if timeout_s > warn_after_s and pg.wait(timeout_s - warn_after_s):
         return
     from ray.util.placement_group import remove_placement_group
 
     remove_placement_group(pg)
     raise ResourceError(
-        f"Ray could not place {what} ({bundles}) within {timeout_s:g} s; free now: {_free()}; "
+        f"Ray could not place {what} ({bundles}) within {timeout_s:g} s; free now: {free_resources()}; "
         f"change {', '.join(keys) or 'the resources section'}, free the cluster, or give it more nodes"
     )
 
 
-def _free() -> str:
+def free_resources() -> str:
+    """What the cluster has free now, e.g. \"CPU 0.75, GPU 0\"."""
     available = ray.available_resources()
     return f"CPU {available.get('CPU', 0):g}, GPU {available.get('GPU', 0):g}"

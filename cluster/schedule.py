@@ -55,14 +55,17 @@ def update_inputs(entries: list[Entry]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def reward_summary(entries: list[Entry]) -> dict:
-    """reward_mean / reward_std over valid samples, num_invalid, and the reward version(s) that scored them."""
+    """reward_mean / reward_std over valid samples, num_invalid, the reward version(s) that scored them, and
+    `reward_error`: the distinct errors that left samples without a reward (None if none did)."""
     rewards, valid = update_inputs(entries)
     good = rewards[valid]
+    errors = list(dict.fromkeys(e.reward_error for e in entries if e.reward_error and not e.valid.all()))
     return {
         "reward_mean": float(good.mean()) if len(good) else math.nan,
         "reward_std": float(good.std()) if len(good) else math.nan,
         "num_invalid": int((~valid).sum()),
         "reward_version": ",".join(scored_versions(entries)),
+        "reward_error": "; ".join(errors) if errors else None,
     }
 
 
@@ -107,9 +110,9 @@ class Scheduler:
         """A sampled batch arrived (its reward is still pending)."""
         self.buffer.add(entry)
 
-    def scored(self, entry: Entry, rewards: list[float], valid: list[bool] | None, version: str) -> None:
+    def scored(self, entry: Entry, rewards: list[float], valid: list[bool] | None, version: str, error: str | None = None) -> None:
         """A reward arrived for `entry` (also after a re-score); arrival order decides the newest version."""
-        join_reward(entry, rewards, valid, version)
+        join_reward(entry, rewards, valid, version, error)
         self._scored += 1
         entry.scored_seq = self._scored
 

@@ -47,6 +47,17 @@ class Watchdog:
             raise StalledError(stalled_message(min(expired, key=lambda d: d.started), now, self.free()))
 
 
+def bounded_get(refs, timeout_s: float, what: str, limit_key: str, keys: tuple[str, ...], free: Callable[[], str]):
+    """`ray.get(refs)` that raises StalledError (naming `limit_key`, `keys` and the free resources) after `timeout_s`."""
+    import ray
+
+    started = time.monotonic()
+    try:
+        return ray.get(refs, timeout=timeout_s)
+    except ray.exceptions.GetTimeoutError:
+        raise StalledError(stalled_message(Deadline(what, started, timeout_s, limit_key, keys), time.monotonic(), free())) from None
+
+
 def stalled_message(deadline: Deadline, now: float, free: str) -> str:
     """One line: what stalled, for how long, the keys to change, the cluster's free resources."""
     keys = ", ".join(dict.fromkeys((deadline.limit_key, *deadline.keys)))

@@ -175,3 +175,25 @@ def test_resume_into_a_running_run_is_refused_and_a_dead_holder_does_not_block(t
     assert (tmp_path / ".rlcm.lock").is_file()  # left by the killed holder: stale, must not block
     code, out = resume_cli(tmp_path, capsys, monkeypatch)
     assert code == 0 and "resuming from" in out.out
+
+
+def test_the_scorers_error_text_reaches_the_row_and_the_console_line():
+    """Before, a failing scorer left only "no valid reward"; the error said nowhere what failed."""
+    from cluster.buffer import Entry, error_text
+    from cluster.progress import epoch_line
+    from cluster.schedule import Scheduler, reward_summary
+    from rewards_service.scorers import ScoreResult
+
+    schedule = Scheduler(["a cat"], 2, 2, 0, "sync", 1, 4)
+    failed = ScoreResult.failed(2, "", "HTTP 503 from http://127.0.0.1:8000/v1/score/aesthetic: replica overloaded")
+    good = ScoreResult([0.5, 0.7], "jpeg-v1")
+    entries = [Entry((0, b), ["a cat"] * 2, None, None, 0) for b in range(2)]
+    for entry, result in zip(entries, [failed, good]):
+        schedule.scored(entry, result.rewards, result.valid, result.version, error_text(result.details))
+    summary = reward_summary(entries)
+    assert summary["reward_error"] == "HTTP 503 from http://127.0.0.1:8000/v1/score/aesthetic: replica overloaded"
+    assert summary["num_invalid"] == 2 and summary["reward_mean"] == pytest.approx(0.6)
+    row = {"epoch": 0, **summary, "samples_seen": 2, "time_epoch_s": 1.0, "approx_kl": 0.0, "clipfrac": 0.0}
+    assert epoch_line(row, 3).endswith("samples 2, 2 invalid  reward error: HTTP 503 from http://127.0.0.1:8000/v1/score/aesthetic: replica overloaded")
+    assert json.loads(strict_json(row))["reward_error"].startswith("HTTP 503")
+    assert reward_summary(entries[1:])["reward_error"] is None

@@ -23,28 +23,30 @@ FAST = ["sampling.batches_per_epoch=2", "run.sample_grid_every=100", "scaleout.c
 
 @pytest.fixture
 def nodes():
-    """A head without CPUs (the driver's node), a learner node (1 CPU) and two rollout nodes (1 CPU each)."""
+    """A head without CPUs (the driver's node) and three worker nodes of 1 CPU (a learner, two rollout actors); a fourth
+    is the spare a lost node's work moves to (nodes cannot be added from the thread that removes one)."""
     import ray
     from ray.cluster_utils import Cluster
 
     if ray.is_initialized():
         pytest.skip("this process already runs on another Ray instance")
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
-    named = {"learner": cluster.add_node(num_cpus=1), "rollout1": cluster.add_node(num_cpus=1), "rollout2": cluster.add_node(num_cpus=1)}
+    for _ in range(4):
+        cluster.add_node(num_cpus=1)
     ray.init(address=cluster.address, log_to_driver=False, logging_level="ERROR")
-    yield cluster, named
+    yield cluster
     ray.shutdown()
     cluster.shutdown()
 
 
 def remove_when(cluster, node, ready, log: list) -> threading.Thread:
-    """Remove `node` (as a crash would: no graceful drain) once `ready()` holds."""
+    """Remove `node` (or the node `node()` names then) as a crash would, without a graceful drain, once `ready()` holds."""
 
     def remove():
         while not ready():
             time.sleep(0.05)
         log.append(time.monotonic())
-        cluster.remove_node(node, allow_graceful=False)
+        cluster.remove_node(node() if callable(node) else node, allow_graceful=False)
 
     thread = threading.Thread(target=remove, daemon=True)
     thread.start()
@@ -55,12 +57,13 @@ def test_rollout_node_lost_mid_epoch_run_completes_with_exact_counts(nodes, tmp_
     from cluster.config import load_config
     from cluster.driver import Trainer
 
-    cluster, named = nodes
+    cluster = nodes
     config = load_config(None, [*FAST, "run.epochs=3", "resources.num_rollout_actors=2", "run.save_every=1"])
     trainer = Trainer(config, tmp_path)
     removed: list[float] = []
     # during epoch 2's sampling: after epoch 1's row, once batches are in flight again
-    remove_when(cluster, named["rollout1"], lambda: len(trainer.out.rows()) == 1 and len(trainer.pool.inflight) > 0, removed)
+    ready = lambda: len(trainer.out.rows()) == 1 and len(trainer.pool.inflight) > 0  # noqa: E731
+    remove_when(cluster, lambda: node_of("RolloutActor", cluster, besides="Learner"), ready, removed)
     try:
         rows = trainer.run()
     finally:
@@ -69,3 +72,49 @@ def test_rollout_node_lost_mid_epoch_run_completes_with_exact_counts(nodes, tmp_
     assert [r["epoch"] for r in rows] == [0, 1, 2]
     assert [r["samples_seen"] for r in rows] == [32, 64, 96] and all(r["num_invalid"] == 0 for r in rows)
     assert rows[-1]["rollout_failures"] >= 1
+
+
+def nodes_of(actor_class: str, cluster) -> list:
+    """The cluster nodes on which live actors of `actor_class` run."""
+    from ray._private.state import actors
+
+    node_ids = {a["Address"]["NodeID"] for a in actors().values() if a["ActorClassName"] == actor_class and a["State"] == "ALIVE"}
+    return [n for n in cluster.list_all_nodes() if n.node_id in node_ids]
+
+
+def node_of(actor_class: str, cluster, besides: str | None = None):
+    """A node running `actor_class` (and no `besides` actor)."""
+    taken = {n.node_id for n in nodes_of(besides, cluster)} if besides else set()
+    found = [n for n in nodes_of(actor_class, cluster) if n.node_id not in taken]
+    assert found, f"no node runs only a {actor_class}"
+    return found[0]
+
+
+def lora(path):
+    from safetensors.torch import load_file
+
+    return load_file(str(path / "pytorch_lora_weights.safetensors"))
+
+
+def test_learner_node_lost_group_rebuilt_from_checkpoint_and_final_lora_equal(nodes, tmp_path, capsys):
+    """Sync mode: the learner's node disappears after epoch 0's checkpoint; the driver rebuilds the learners from it on the
+    spare node and the final LoRA equals an uninterrupted run's, bit for bit."""
+    import torch
+
+    from cluster.config import load_config
+    from cluster.driver import run_with_restarts
+
+    cluster = nodes
+    config = load_config(None, [*FAST, "run.epochs=3", "resources.num_rollout_actors=2", "run.save_every=1"])
+    straight = run_with_restarts(config, tmp_path / "straight")
+    removed: list[float] = []
+    first = tmp_path / "lost" / "checkpoints" / "epoch-0000"
+    thread = remove_when(cluster, lambda: node_of("Learner", cluster), first.is_dir, removed)
+    rows = run_with_restarts(config, tmp_path / "lost")
+    thread.join()
+    assert removed, "the node was never removed"
+    assert "rlcm: a learner died" in capsys.readouterr().err
+    assert [r["epoch"] for r in rows] == [0, 1, 2]
+    assert [r["samples_seen"] for r in rows] == [r["samples_seen"] for r in straight] == [32, 64, 96]
+    a, b = lora(tmp_path / "straight/checkpoints/epoch-0002"), lora(tmp_path / "lost/checkpoints/epoch-0002")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

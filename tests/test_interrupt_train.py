@@ -1,0 +1,45 @@
+"""Ctrl-C (SIGINT to the process group, as a terminal sends it) and SIGTERM (as `timeout`, Slurm and Kubernetes send it)
+stop `rlcm train` after checkpointing the last finished epoch, with one line and no traceback."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from cluster.integrity import problem
+from cluster.output import OutputDir
+
+SETS = ["run.epochs=20", "sampling.batches_per_epoch=1", "run.save_every=100", "run.sample_grid_every=100",
+        "run.tensorboard=false", "run.plots=false"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig, code, group", [(signal.SIGINT, 130, True), (signal.SIGTERM, 143, False)], ids=["ctrl-c", "sigterm"])
+def test_signal_checkpoints_the_last_finished_epoch_and_exits_quietly(tmp_path, sig, code, group):
+    command = [sys.executable, "-m", "cluster.cli", "train", "--output-dir", str(tmp_path), *[a for s in SETS for a in ("--set", s)]]
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1"}
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while len(OutputDir(tmp_path).rows()) < 2:  # two epochs finished, none checkpointed (save_every=100)
+            assert child.poll() is None and time.monotonic() < deadline, child.stderr.read() if child.poll() is not None else "too slow"
+            time.sleep(0.2)
+        (os.killpg if group else os.kill)(child.pid, sig)
+        out, err = child.communicate(timeout=180)
+    finally:
+        if child.poll() is None:
+            os.killpg(child.pid, signal.SIGKILL)
+    assert child.returncode == code, err
+    last = err.strip().splitlines()[-1]
+    match = re.fullmatch(r"rlcm: interrupted after epoch (\d+)/20; checkpoint (epoch-\d{4}); continue with --resume", last)
+    assert match, err
+    finished = len(OutputDir(tmp_path).rows())
+    assert int(match.group(1)) == finished >= 2 and match.group(2) == f"epoch-{finished - 1:04d}"
+    assert problem(tmp_path / "checkpoints" / match.group(2)) is None  # whole, with its manifest
+    assert "Traceback" not in err and "failed" not in err.lower() and "error" not in err.lower(), err
