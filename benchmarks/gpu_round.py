@@ -98,7 +98,7 @@ def main() -> None:
     # adapter broadcast
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
     adapter = export_adapter(pipe.unet, 1)
 
     @ray.remote
