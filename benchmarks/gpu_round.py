@@ -71,6 +71,11 @@ def main() -> None:
     lora = LoraSettings(rank=16, alpha=32)
     dtype = torch.bfloat16
     rows: list[tuple[str, str]] = []
+
+    def add(*items: tuple[str, str]) -> None:
+        rows.extend(items)
+        for k, v in items:
+            print(f"{k}: {v}", flush=True)
     prompts = ["a photo of a cat", "a dog running", "a bird on a branch", "a horse in a field"][:batch]
     gen = lambda: torch.Generator(device=device).manual_seed(0)  # noqa: E731
 
@@ -85,15 +90,15 @@ def main() -> None:
     rollout_s, rollout_mem = peak_memory(device, lambda: sample_trajectory(pipe, prompts, steps, 8.0, gen(), height=res, width=res))
     stock_s = timed(device, lambda: pipe(prompts, num_inference_steps=steps, guidance_scale=8.0, height=res, width=res, output_type="pt", generator=gen()))
     rollout_tflops = batch * (steps * unet_flops + vae_flops) / rollout_s / 1e12
-    rows += [("rollout images/s", f"{batch / rollout_s:.2f} (batch {batch}, {steps} steps, {res} px)"),
+    add(*[("rollout images/s", f"{batch / rollout_s:.2f} (batch {batch}, {steps} steps, {res} px)"),
              ("sample_trajectory vs stock pipe(...)", f"{rollout_s:.2f} s vs {stock_s:.2f} s ({100 * (rollout_s / stock_s - 1):+.0f}%)"),
-             ("rollout achieved TFLOP/s", f"{rollout_tflops:.1f}" + (f" (MFU {rollout_tflops * 1e12 / peak:.0%})" if peak else ""))]
+             ("rollout achieved TFLOP/s", f"{rollout_tflops:.1f}" + (f" (MFU {rollout_tflops * 1e12 / peak:.0%})" if peak else ""))])
     trajectory = sample_trajectory(pipe, prompts, steps, 8.0, gen(), height=res, width=res)
 
     # adapter broadcast
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR")
     adapter = export_adapter(pipe.unet, 1)
 
     @ray.remote
@@ -102,7 +107,7 @@ def main() -> None:
 
     start = time.perf_counter()
     numel = ray.get(receive.remote([ray.put(adapter)]))
-    rows.append(("rank-16 LoRA broadcast (put + get in another process)", f"{1e3 * (time.perf_counter() - start):.0f} ms for {numel * 4 / 1e6:.1f} MB"))
+    add(("rank-16 LoRA broadcast (put + get in another process)", f"{1e3 * (time.perf_counter() - start):.0f} ms for {numel * 4 / 1e6:.1f} MB"))
     ray.shutdown()
     del pipe
 
@@ -112,10 +117,10 @@ def main() -> None:
     advantages = np.linspace(-1, 1, batch).astype(np.float32)
     ppo_s, ppo_mem = peak_memory(device, lambda: learner.train(trajectory, advantages))
     ppo_tflops = batch * (steps - 1) * planned["flops"]["unet_train_call"] / ppo_s / 1e12
-    rows += [("PPO samples/s", f"{batch / ppo_s:.2f} ({steps - 1} timesteps each, train batch {batch})"),
-             ("PPO achieved TFLOP/s", f"{ppo_tflops:.1f}" + (f" (MFU {ppo_tflops * 1e12 / peak:.0%})" if peak else ""))]
+    add(*[("PPO samples/s", f"{batch / ppo_s:.2f} ({steps - 1} timesteps each, train batch {batch})"),
+             ("PPO achieved TFLOP/s", f"{ppo_tflops:.1f}" + (f" (MFU {ppo_tflops * 1e12 / peak:.0%})" if peak else ""))])
     plan_ppo = plan(load_config("compression", [f"sampling.height={res}", f"sampling.width={res}", f"train.train_batch_size={batch}"]), "h100-80gb")
-    rows.append(("PPO learner peak memory: measured vs plan", _vs(ppo_mem, next(a for a in plan_ppo["actors"] if a["role"].startswith("learner"))["memory_bytes"])))
+    add(("PPO learner peak memory: measured vs plan", _vs(ppo_mem, next(a for a in plan_ppo["actors"] if a["role"].startswith("learner"))["memory_bytes"])))
     pipe = learner.pipe
     params = learner.params
     del learner
@@ -135,9 +140,9 @@ def main() -> None:
                                              f"rocm.gradient_checkpointing={str(checkpointing).lower()}"])
         predicted = next(a for a in plan(cfg, "h100-80gb")["actors"] if a["role"].startswith("learner"))["memory_bytes"]
         label = "on" if checkpointing else "off"
-        rows += [(f"ROCM samples/s, checkpointing {label}", f"{1 / seconds:.3f}"),
-                 (f"ROCM learner peak memory, checkpointing {label}: measured vs plan", _vs(mem, predicted))]
-    rows.append(("rollout peak memory: measured vs plan", _vs(rollout_mem, planned["actors"][0]["memory_bytes"])))
+        add(*[(f"ROCM samples/s, checkpointing {label}", f"{1 / seconds:.3f}"),
+                 (f"ROCM learner peak memory, checkpointing {label}: measured vs plan", _vs(mem, predicted))])
+    add(("rollout peak memory: measured vs plan", _vs(rollout_mem, planned["actors"][0]["memory_bytes"])))
     write(Path(args.out), name, peak, res, steps, batch, rows, args.smoke)
 
 

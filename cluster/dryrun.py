@@ -119,6 +119,9 @@ def plan_dry_run(config: TrainConfig, resolution: int = 64) -> DryRunPlan:
         raise ConfigError("reward.backend: http needs a running reward service; the dry run supports local and serve")
     else:
         reward["options"] = randomize(reward["options"], reward["name"], changes)
+        if config.algorithm == "rocm" and reward["name"] in REWARD_MODEL_OPTIONS and "dtype" not in reward["options"]:
+            reward["options"]["dtype"] = "bfloat16"
+            changes.append(f"reward {reward['name']}: float32 -> bfloat16 (two copies, learner and monitor scorer, must fit next to the UNets here)")
     return DryRunPlan(TrainConfig.model_validate(data), serve, changes)
 
 

@@ -70,10 +70,35 @@ class LiveBytes(TorchDispatchMode):
 
 
 def _peak(module: torch.nn.Module, fn: Callable[[], Any]) -> int:
-    """Peak bytes of everything `fn` allocates (activations, temporaries, grads), `module`'s weights excluded."""
-    with LiveBytes((module,)) as tracker:
+    """Peak bytes of everything `fn` allocates (activations, temporaries, grads), `module`'s weights excluded;
+    attention as a fused kernel allocates (`_FusedAttention`)."""
+    from unittest import mock
+
+    with mock.patch.object(torch.nn.functional, "scaled_dot_product_attention", _fused_sdpa), LiveBytes((module,)) as tracker:
         fn()
     return tracker.peak
+
+
+class _FusedAttention(torch.autograd.Function):
+    """Memory stand-in for a fused attention kernel (flash / memory-efficient, as on GPU and in torch's CPU kernel):
+    it keeps q, k, v, the output and the row log-sum-exp, never the N×N scores. On meta tensors torch would
+    otherwise decompose attention into explicit matmuls and a materialized fp32 score matrix."""
+
+    @staticmethod
+    def forward(ctx, q, k, v):
+        out = torch.empty_like(q)
+        lse = q.new_empty(q.shape[:-1], dtype=torch.float32)
+        ctx.save_for_backward(q, k, v, out, lse)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad):
+        q, k, v, _, _ = ctx.saved_tensors
+        return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _fused_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **_):
+    return _FusedAttention.apply(query, key, value)
 
 
 def _bmm_attention(module: torch.nn.Module) -> None:
@@ -174,17 +199,21 @@ def _measured(model: str, resolution: int, dtype: str, lora_json: str) -> Pieces
 
 
 def _saved_bytes(unet: torch.nn.Module, inputs: Callable, batch: int) -> int:
-    """Bytes of the tensors autograd keeps between one UNet forward with grad and its backward."""
+    """Bytes of the tensors autograd keeps between one UNet forward with grad and its backward (weights excluded)."""
+    from unittest import mock
+
+    weights = {t.untyped_storage()._cdata for t in [*unet.parameters(), *unet.buffers()]}
     seen: dict[int, int] = {}
 
     def pack(t: torch.Tensor):
-        if not isinstance(t, torch.nn.Parameter) and not t.requires_grad or t.grad_fn is not None:
-            storage = t.untyped_storage()
-            seen[id(storage) if t.device.type == "meta" else storage.data_ptr() or id(t)] = storage.nbytes()
+        storage = t.untyped_storage()
+        if storage._cdata not in weights:
+            seen[storage._cdata] = storage.nbytes()
         return t
 
     x, t, e, w = inputs(batch, grad=True)
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with mock.patch.object(torch.nn.functional, "scaled_dot_product_attention", _fused_sdpa), \
+            torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         unet(x, t, e, timestep_cond=w)
     return sum(seen.values())
 
@@ -221,6 +250,20 @@ def reward_pieces(reward: str, dtype: str = "float32") -> tuple[int, int, int, i
         train = _flops(lambda: fwd(True))
         peak = _peak(clip, lambda: fwd(True))
     return params, forward, train, peak
+
+
+@functools.lru_cache(maxsize=1)
+def llava_bertscore_params() -> tuple[int, int]:
+    """Parameters of the full LLaVA-1.5-7B (all 32 layers) and of the DeBERTa-xlarge BERTScore encoder, counted on meta."""
+    from transformers import DebertaConfig, DebertaModel, LlavaConfig, LlavaForConditionalGeneration
+
+    from rewards_service.architectures import shipped_config
+
+    with torch.device("meta"):
+        llava = LlavaForConditionalGeneration(LlavaConfig(**shipped_config("llava-hf/llava-1.5-7b-hf")))
+        deberta = shipped_config("microsoft/deberta-xlarge-mnli")
+        bert = DebertaModel(DebertaConfig(**{k: v for k, v in deberta.items() if k != "model_type"}))
+    return sum(p.numel() for p in llava.parameters()), sum(p.numel() for p in bert.parameters())
 
 
 @dataclass
@@ -276,6 +319,11 @@ def plan(config: TrainConfig, gpu: str = "h100-80gb", mfu: float = 0.35) -> dict
     if config.reward.backend == "serve" and rw_params:
         actors.append(Actor(f"reward deployment ({config.reward.name})", rw_params * 2 + s.batch_size * rw_peak, capacity - RESERVED,
                             {"weights (fp16)": rw_params * 2, "activations": s.batch_size * rw_peak}))
+    if config.reward.name == "llava_bertscore" and config.reward.backend == "serve":
+        llava, bert = llava_bertscore_params()
+        parts = {"LLaVA-1.5-7B weights (fp16)": llava * 2, "DeBERTa-xlarge BERTScore (fp32)": bert * 4}
+        actors.append(Actor("reward deployment (llava_bertscore, own GPU; vLLM also takes gpu_memory_utilization for its KV cache)",
+                            sum(parts.values()), capacity - RESERVED, parts))
     gpus = r.num_rollout_actors * r.rollout_gpus + r.num_learners * r.learner_gpus
     samples_per_s = (gpus or 1) * peak_flops * mfu / per_sample
     return {
