@@ -79,7 +79,10 @@ class Update:
     started: float
 
     def done(self) -> bool:
-        return not ray.wait(self.refs, num_returns=len(self.refs), timeout=0)[1]
+        ready, pending = ray.wait(self.refs, num_returns=len(self.refs), timeout=0)
+        if ready and pending:  # a rank that died (e.g. its node was lost) raises now; the others would wait in all-reduce
+            ray.get(ready)
+        return not pending
 
 
 def resource_requests(config: TrainConfig) -> list[ResourceRequest]:
