@@ -121,6 +121,7 @@ class FaultConfig(Strict):
     rollout_crash_after_batches: int | None = Field(None, ge=1, description="rollout actor 0 exits after K batches (once)")
     reward_latency_s: float = Field(0.0, ge=0, description="extra seconds added to every reward call")
     invalid_reward_epochs: list[int] = Field(default_factory=list, description="every reward of these epochs comes back invalid")
+    nan_loss_epochs: list[int] = Field(default_factory=list, description="RLCM: the learner's loss is NaN in these epochs (its advantages are poisoned)")
 
 
 class RunConfig(Strict):
@@ -130,6 +131,7 @@ class RunConfig(Strict):
     sample_grid_every: int = Field(5, ge=1)
     torch_threads: int | None = Field(None, ge=1)
     max_skipped_updates: int = Field(3, ge=1, description="stop after this many consecutive epochs without a valid reward")
+    max_nonfinite_updates: int = Field(3, ge=1, description="stop after this many consecutive updates whose every optimizer step had a non-finite loss or gradient (each is skipped)")
     tensorboard: bool = Field(True, description="write TensorBoard event files (scalars, sample grids) to <output>/tensorboard")
     wandb: bool = Field(False, description="also log to Weights & Biases (pip install 'rlcm[wandb]')")
     wandb_project: str = "rlcm"

@@ -43,6 +43,7 @@ from cluster.run_lock import run_lock
 from cluster.watchdog import Watchdog, bounded_get
 from cluster.schedule import Scheduler, entries_to_rescore, mean_over_ranks, reward_summary, update_inputs
 from learner.group import LearnerGroup
+from learner.guards import SkipStreak
 from learner.lam_controller import controller_for
 from learner.learner import LearnerSpec
 from rewards_service.client import RewardClient, RewardClientConfig, build_reward_client
@@ -80,7 +81,10 @@ class Update:
     started: float
 
     def done(self) -> bool:
-        return not ray.wait(self.refs, num_returns=len(self.refs), timeout=0)[1]
+        ready, pending = ray.wait(self.refs, num_returns=len(self.refs), timeout=0)
+        if ready and pending:  # a rank that died (e.g. its node was lost) raises now; the others would wait in all-reduce
+            ray.get(ready)
+        return not pending
 
 
 def resource_requests(config: TrainConfig) -> list[ResourceRequest]:
@@ -133,6 +137,7 @@ class Trainer:
         self.reward_latency: list[float] = []
         self.rescored_batches = 0
         self.skipped_in_a_row = 0
+        self.nonfinite = SkipStreak(config.run.max_nonfinite_updates, "updates", "run.max_nonfinite_updates")
         self.controller = start_controller(
             output_dir, config.resources.num_rollout_actors, dataclasses.replace(requests[0], count=1), tuple(requests[1:]), cluster_capacity()
         )
@@ -162,7 +167,8 @@ class Trainer:
         else:
             spec = LearnerSpec(
                 ppo=config.train, stat_buffer_size=config.stat_tracking.buffer_size, stat_min_count=config.stat_tracking.min_count,
-                total_optimizer_steps=config.run.epochs * config.optimizer_steps_per_epoch, **common,
+                total_optimizer_steps=config.run.epochs * config.optimizer_steps_per_epoch,
+                nan_loss_versions=tuple(config.faults.nan_loss_epochs), **common,
             )
         scale = config.scaleout
         keys = ("resources.num_learners", "resources.learner_cpus", "resources.learner_gpus", "scaleout.placement_strategy")
@@ -420,12 +426,21 @@ class Trainer:
         except (OSError, RuntimeError) as error:  # incl. a learner's failed torch.save (RayTaskError)
             raise disk_error(self.out.root, error) or error
         self.progress.epoch_done(row, grid)
+        self._check_finite(epoch, row)
         if self.skipped_in_a_row >= config.run.max_skipped_updates:
             raise SkippedTooOften(
                 f"{self.skipped_in_a_row} epochs in a row had no valid reward (last: epoch {epoch}); the reward service is failing "
                 f"or rejecting every image: check it (e.g. `curl <url>/healthz`), then continue with --resume"
             )
         return row
+
+    def _check_finite(self, epoch: int, row: dict) -> None:
+        """Say which optimizer steps were skipped for non-finite numbers; stop after too many fully skipped updates."""
+        skipped, steps = int(row.get("nonfinite_steps") or 0), int(row.get("optimizer_steps") or 0)
+        if skipped:
+            print(f"rlcm: epoch {epoch + 1}: {skipped} of {steps} optimizer steps skipped (non-finite loss or gradients; "
+                  "not applied)", file=sys.stderr, flush=True)
+        self.nonfinite.record(f"epoch {epoch + 1}: all {steps} steps non-finite" if steps and skipped == steps else None)
 
     def _save_grid(self, epoch: int, entries: list[Entry]) -> np.ndarray:
         shown = entries[:2]

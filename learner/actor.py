@@ -12,6 +12,7 @@ import ray
 import torch
 import torch.distributed as dist
 
+from learner.guards import check_adapter
 from learner.learner import LearnerSpec, PPOLearner
 from rollout.lora import AdapterVersion
 from rollout.policy import Trajectory
@@ -68,7 +69,10 @@ class Learner:
         return self.rank
 
     def adapter(self) -> AdapterVersion:
-        return self.learner.adapter()
+        """The current adapter, for publishing; NonFiniteError instead of an adapter with a NaN/Inf weight."""
+        adapter = self.learner.adapter()
+        check_adapter(adapter.state_dict, "publish")
+        return adapter
 
     def version(self) -> int:
         return self.learner.version
@@ -87,6 +91,8 @@ class Learner:
             raise ValueError("no valid reward in this batch; the driver skips such updates")
         advantages = np.zeros(len(batch))
         advantages[keep] = self.learner.advantages([batch.prompts[i] for i in keep], np.asarray(rewards, dtype=np.float64)[keep])
+        if self.learner.version in getattr(self.learner.spec, "nan_loss_versions", ()):
+            advantages[:] = np.nan  # fault injection (faults.nan_loss_epochs): every loss of this update is NaN
         rows = keep.tolist() if self.world_size == 1 else shard(len(batch), self.rank, self.world_size)
         if len(rows) < len(batch):
             batch, advantages = batch.select(rows), advantages[rows]
@@ -106,6 +112,7 @@ class Learner:
         """Rank 0 writes the LoRA and the shared state; every other rank its own noise generator (ranks differ there)."""
         directory = Path(directory)
         state = self.learner.state_dict()
+        check_adapter(state["adapter"], "save")
         if self.rank == 0:
             self.learner.save_lora(directory)
             torch.save(state, directory / STATE_FILE)

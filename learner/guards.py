@@ -34,6 +34,23 @@ def step_problem(loss: torch.Tensor | float, params: Iterable[torch.nn.Parameter
     return f"{bad} of {len(params)} gradients are non-finite" if bad else None
 
 
+def step_if_finite(optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter], grad_norm: torch.Tensor | float) -> bool:
+    """Apply `optimizer.step()` only when the gradients (their norm, after any all-reduce) are finite; zero them either
+    way. Returns whether the step was applied. A NaN/Inf loss gives non-finite gradients, so it is skipped too; every
+    data-parallel rank sees the same all-reduced norm, so all ranks skip together."""
+    applied = is_finite(grad_norm) and nonfinite_grads(params) == 0
+    if applied:
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return applied
+
+
+def grad_norm_metrics(grad_norms: list[float]) -> dict[str, float]:
+    """`grad_norm`: mean over the applied (finite) steps; `nonfinite_steps`: how many steps were skipped."""
+    finite = [g for g in grad_norms if math.isfinite(g)]
+    return {"grad_norm": sum(finite) / len(finite) if finite else math.nan, "nonfinite_steps": float(len(grad_norms) - len(finite))}
+
+
 def nonfinite_tensors(tensors: Mapping[str, torch.Tensor]) -> list[str]:
     """Names of the tensors holding a non-finite entry, in the mapping's order."""
     return [name for name, tensor in tensors.items() if not is_finite(tensor)]
@@ -51,12 +68,13 @@ def check_adapter(tensors: Mapping[str, torch.Tensor], what: str) -> None:
 
 
 class SkipStreak:
-    """Counts optimizer steps skipped in a row; the `limit`-th raises NonFiniteError (a finite step resets it)."""
+    """Counts skipped optimizer steps (or whole updates: `what`) in a row; the `limit`-th raises NonFiniteError
+    (one that is applied resets the count)."""
 
-    def __init__(self, limit: int):
+    def __init__(self, limit: int, what: str = "optimizer steps", key: str | None = None):
         if limit < 1:
             raise ValueError(f"limit must be at least 1, got {limit}")
-        self.limit, self.in_a_row, self.total = limit, 0, 0
+        self.limit, self.what, self.key, self.in_a_row, self.total = limit, what, key, 0, 0
 
     def record(self, problem: str | None) -> bool:
         """Record one step's outcome (`step_problem`'s answer); True if the step may be applied."""
@@ -66,8 +84,9 @@ class SkipStreak:
         self.in_a_row += 1
         self.total += 1
         if self.in_a_row >= self.limit:
+            limit = f" ({self.key}={self.limit})" if self.key else ""
             raise NonFiniteError(
-                f"{self.in_a_row} optimizer steps in a row were skipped ({problem}); the run is diverging: "
+                f"{self.in_a_row} {self.what} in a row were skipped{limit} ({problem}); the run is diverging: "
                 "resume from the last checkpoint with a lower learning rate or a tighter gradient clip"
             )
         return False

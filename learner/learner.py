@@ -30,6 +30,7 @@ class LearnerSpec:
     device: str | None = None
     dtype: torch.dtype | None = None
     total_optimizer_steps: int = 1  # over the whole run, for `ppo.lr_schedule: linear`
+    nan_loss_versions: tuple[int, ...] = ()  # fault injection: updates from these versions get NaN advantages
 
 
 class PPOLearner:

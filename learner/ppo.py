@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from diffusers import LCMScheduler
 
+from learner.guards import grad_norm_metrics, step_if_finite
 from learner.settings import PPOSettings, ROCMSettings
 from rollout.policy import transition_log_prob
 
@@ -116,7 +117,7 @@ def ppo_update(
     metrics = {key: float(np.mean([s[key] for s in step_infos])) for key in ("loss", "approx_kl", "clipfrac")}
     metrics["ratio_min"] = min(s["ratio_min"] for s in step_infos)
     metrics["ratio_max"] = max(s["ratio_max"] for s in step_infos)
-    metrics["grad_norm"] = float(np.mean(grad_norms))
+    metrics.update(grad_norm_metrics(grad_norms))
     metrics["optimizer_steps"] = float(len(grad_norms))
     metrics["learning_rate"] = float(optimizer.param_groups[0]["lr"])
     return metrics
@@ -132,8 +133,7 @@ def _optimizer_step(
     if reduce_gradients is not None:
         reduce_gradients(params)
     grad_norm = torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    step_if_finite(optimizer, params, grad_norm)  # a NaN/Inf loss or gradient: skipped, counted in nonfinite_steps
     if lr_scheduler is not None:
         lr_scheduler.step()
     return float(grad_norm)

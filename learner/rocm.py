@@ -18,12 +18,12 @@ from __future__ import annotations
 import time
 from typing import Callable
 
-import numpy as np
 import torch
 from diffusers import LatentConsistencyModelPipeline
 from torch.utils.checkpoint import checkpoint
 
 from learner.divergences import DIVERGENCES, gaussian_divergence
+from learner.guards import grad_norm_metrics, step_if_finite
 from learner.settings import ROCMSettings
 from rollout.policy import encode_prompts, guidance_embedding, lcm_timesteps, math_dtype_for, predict_denoised, transition_mean_std
 
@@ -197,7 +197,7 @@ def rocm_update(
         "divergence_mean": float(divergence.mean()),
         f"divergence_{settings.divergence}": float(divergence.mean()),
         "objective": float(torch.cat(objectives).mean()),
-        "grad_norm": float(np.mean(grad_norms)),
+        **grad_norm_metrics(grad_norms),
         "optimizer_steps": float(len(grad_norms)),
         "time_train_s": time.perf_counter() - start,
     }
@@ -212,6 +212,5 @@ def _optimizer_step(
     if reduce_gradients is not None:
         reduce_gradients(params)
     grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
+    step_if_finite(optimizer, params, grad_norm)  # a NaN/Inf objective or gradient: skipped, counted in nonfinite_steps
     return float(grad_norm)

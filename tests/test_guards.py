@@ -7,7 +7,9 @@ import math
 import pytest
 import torch
 
-from learner.guards import NonFiniteError, SkipStreak, check_adapter, nonfinite_grads, nonfinite_tensors, step_problem
+from learner.guards import (
+    NonFiniteError, SkipStreak, check_adapter, grad_norm_metrics, nonfinite_grads, nonfinite_tensors, step_if_finite, step_problem,
+)
 
 
 def params_with_grads(*grads):
@@ -46,3 +48,17 @@ def test_skip_streak_resets_on_a_finite_step_and_stops_at_the_limit():
     streak.record("loss is nan")
     with pytest.raises(NonFiniteError, match="3 optimizer steps in a row were skipped \\(1 of 98 gradients are non-finite\\)"):
         streak.record("1 of 98 gradients are non-finite")
+
+
+def test_a_step_with_non_finite_gradients_is_not_applied():
+    w = torch.nn.Parameter(torch.ones(3))
+    optimizer = torch.optim.AdamW([w], lr=0.1)
+    (w * torch.tensor([1.0, math.nan, 1.0])).sum().backward()
+    norm = torch.nn.utils.clip_grad_norm_([w], 1.0)
+    assert step_if_finite(optimizer, [w], norm) is False
+    assert torch.equal(w.detach(), torch.ones(3)) and w.grad is None and not optimizer.state  # untouched, Adam state too
+    (w * 2).sum().backward()
+    assert step_if_finite(optimizer, [w], torch.nn.utils.clip_grad_norm_([w], 1.0)) is True
+    assert (w.detach() < 1).all()
+    assert grad_norm_metrics([1.0, math.nan, 3.0]) == {"grad_norm": 2.0, "nonfinite_steps": 1.0}
+    assert math.isnan(grad_norm_metrics([math.inf])["grad_norm"])
