@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 from cluster.config import ConfigError, TrainConfig
@@ -126,7 +127,8 @@ def check_local_resources(config: TrainConfig) -> None:
 def validate_before_ray(config: TrainConfig, joining_cluster: bool) -> None:
     """All cheap checks; resources and model files are only checked on this machine when the run is local."""
     check_reward(config)
-    if not joining_cluster:
+    ray = sys.modules.get("ray")
+    if not joining_cluster and not (ray is not None and ray.is_initialized()):  # a Ray this process runs on is checked by preflight
         check_local_resources(config)
     if config.model.name == "tiny" or not joining_cluster:
         names = unet_module_names(config.model.name, config.model.seed)
