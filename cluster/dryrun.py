@@ -99,15 +99,16 @@ def plan_dry_run(config: TrainConfig, resolution: int = 64) -> DryRunPlan:
     changes.append(f"resources: {r['num_rollout_actors']} rollout actor(s) x {r['rollout_gpus']} GPU, {r['num_learners']} learner(s) x "
                    f"{r['learner_gpus']} GPU -> 1 rollout actor + 1 learner on CPU (GPU requests mapped to CPU)")
     r.update(num_rollout_actors=1, num_learners=1, rollout_gpus=0.0, learner_gpus=0.0, rollout_cpus=0.5, learner_cpus=0.5)
-    if config.algorithm == "rlcm":
-        t = data["train"]
+    section = config.algo.section
+    if config.algo.samples_from == "rollouts":
+        t = data[section]
         t["train_batch_size"] = min(t["train_batch_size"], s["batch_size"])
         t["grad_accum_steps"], t["inner_epochs"] = s["batch_size"] // t["train_batch_size"], 1
-        changes.append(f"train: train_batch_size {t['train_batch_size']}, grad_accum_steps {t['grad_accum_steps']}, inner_epochs 1 (one PPO step per epoch)")
+        changes.append(f"{section}: train_batch_size {t['train_batch_size']}, grad_accum_steps {t['grad_accum_steps']}, inner_epochs 1 (one PPO step per epoch)")
     else:
-        k = data["rocm"]
+        k = data[section]
         k.update(batch_size=1, grad_accum_steps=1, updates_per_epoch=1)
-        changes.append("rocm: batch_size 1, grad_accum_steps 1, updates_per_epoch 1 (one prompt per epoch) "
+        changes.append(f"{section}: batch_size 1, grad_accum_steps 1, updates_per_epoch 1 (one prompt per epoch) "
                        f"(divergence {k['divergence']}, gradient_checkpointing {k['gradient_checkpointing']} kept)")
     data["run"].update(epochs=2, save_every=1, sample_grid_every=1, wandb=False)
     data["scaleout"]["placement_timeout_s"] = 120.0
@@ -119,7 +120,7 @@ def plan_dry_run(config: TrainConfig, resolution: int = 64) -> DryRunPlan:
         raise ConfigError("reward.backend: http needs a running reward service; the dry run supports local and serve")
     else:
         reward["options"] = randomize(reward["options"], reward["name"], changes)
-        if config.algorithm == "rocm" and reward["name"] in REWARD_MODEL_OPTIONS and "dtype" not in reward["options"]:
+        if config.algo.samples_from == "learners" and reward["name"] in REWARD_MODEL_OPTIONS and "dtype" not in reward["options"]:
             reward["options"]["dtype"] = "bfloat16"
             changes.append(f"reward {reward['name']}: float32 -> bfloat16 (two copies, learner and monitor scorer, must fit next to the UNets here)")
     return DryRunPlan(TrainConfig.model_validate(data), serve, changes)

@@ -299,8 +299,8 @@ def plan(config: TrainConfig, gpu: str = "h100-80gb", mfu: float = 0.35) -> dict
                      "trajectory (fp32 latents)": s.batch_size * (H + 1) * 4 * (resolution // 8) ** 2 * 4}
     actors.append(Actor("rollout actor", sum(rollout_parts.values()), int(capacity * min(1.0, r.rollout_gpus or 1.0)) - RESERVED, rollout_parts))
     rw_params, rw_fwd, rw_train, rw_peak = reward_pieces(config.reward.name, config.reward.options.get("dtype", "float32"))
-    if config.algorithm == "rocm":
-        k = config.rocm
+    if config.algo.samples_from == "learners":  # first-order: the learner backpropagates through its own chains
+        k = config.settings
         calls = 2 * H - 1 if k.lam > 0 and k.divergence != "none" else H
         chain = (k.batch_size * (calls * p.unet_input + p.unet_train_peak) if k.gradient_checkpointing
                  else k.batch_size * (calls * p.unet_saved + p.unet_train_peak))
@@ -311,7 +311,7 @@ def plan(config: TrainConfig, gpu: str = "h100-80gb", mfu: float = 0.35) -> dict
         recompute = p.unet_call_flops if k.gradient_checkpointing else 0
         per_sample = calls * (p.unet_train_flops + recompute) + p.vae_train_flops + rw_train
     else:
-        t = config.train
+        t = config.settings
         parts = {"base weights": base, "LoRA + grads + AdamW (fp32)": lora_state,
                  "UNet forward+backward activations": t.train_batch_size * p.unet_train_peak}
         actors.append(Actor("learner (PPO)", sum(parts.values()), int(capacity * min(1.0, r.learner_gpus or 1.0)) - RESERVED, parts))
@@ -347,7 +347,7 @@ def advice(config: TrainConfig, actors: list[Actor], p: Pieces, gpu: str) -> lis
             continue
         gb = a.memory_bytes / 2**30
         if a.role.startswith("learner (ROCM)"):
-            k = config.rocm
+            k = config.settings
             if not k.gradient_checkpointing:
                 out.append(f"rocm.gradient_checkpointing=false needs {gb:.1f} GiB on {gpu}: keep it on (rocm.gradient_checkpointing=true)")
             elif k.batch_size > 1:

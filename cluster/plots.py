@@ -32,11 +32,6 @@ REWARD_UNITS = {
 LOG_SCALE = ("approx_kl",)
 """Diagnostics whose values span decades (1e-2 … 1e-8): a linear axis would show most epochs as zero."""
 
-DIAGNOSTICS = {
-    "rlcm": (("approx_kl", "approx KL (old → new policy)"), ("clipfrac", "fraction of clipped ratios")),
-    "rocm": (("divergence_mean", "Σ_k divergence to the base per chain (mean)"), ("objective", "objective (reward − λ·divergence)"), ("grad_norm", "gradient norm"), ("lam", "λ (per epoch)"),
-             ("lam_penalty_ratio", "λ·divergence / |reward|")),
-}
 
 
 def _figure(width: float, height: float):
@@ -99,7 +94,7 @@ def run_rewards(run_dir: Path) -> tuple[str, str | None]:
         return "reward", None
     reward = config.get("reward") or {}
     name = str(reward.get("name", "jpeg_compressibility"))
-    monitor = str(reward.get("monitor") or name) if config.get("algorithm") == "rocm" else None
+    monitor = str(reward.get("monitor") or name) if _samples_from(config.get("algorithm")) == "learners" else None
     return name, monitor
 
 
@@ -138,7 +133,17 @@ def _algorithm(rows: list[dict]) -> str:
 
 def diagnostic_panels(rows: list[dict]) -> list[tuple[str, str]]:
     """(key, title) of the diagnostics the rows' algorithm logs and that hold at least one number."""
-    return [(key, title) for key, title in DIAGNOSTICS.get(_algorithm(rows), DIAGNOSTICS["rlcm"]) if len(series(rows, key)[0])]
+    from learner.algorithms import ALGORITHMS
+
+    algorithm = ALGORITHMS.get(_algorithm(rows), ALGORITHMS["rlcm"])
+    return [(key, title) for key, title in algorithm.diagnostics if len(series(rows, key)[0])]
+
+
+def _samples_from(algorithm: str | None) -> str:
+    """Where the algorithm's training samples come from (`rollouts` or `learners`); rollouts for an unknown name."""
+    from learner.algorithms import ALGORITHMS
+
+    return ALGORITHMS[algorithm].samples_from if algorithm in ALGORITHMS else "rollouts"
 
 
 def reward_figure(rows: list[dict], name: str, trained: str, monitor: str | None):
@@ -148,7 +153,7 @@ def reward_figure(rows: list[dict], name: str, trained: str, monitor: str | None
     figure = _figure(16 if monitored else 11, 4)
     axes = figure.subplots(1, 3 if monitored else 2)
     by_epoch, by_time = axes[0], axes[-1]
-    what = "trained reward" if algorithm == "rocm" else "reward"
+    what = "trained reward" if _samples_from(algorithm) == "learners" else "reward"
     _reward_curve(by_epoch, rows, None)
     seconds, time_label = _time_axis(wall_clock_s(rows))
     _reward_curve(by_time, rows, seconds)

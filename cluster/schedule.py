@@ -29,9 +29,13 @@ class Job:
     seed: int
 
 
-def epoch_jobs(prompts: list[str], seed: int, epoch: int, batch_size: int, num_batches: int, distinct: bool = False) -> list[Job]:
-    """The rollout batches of one epoch; identical on every call, so a resumed or retried batch is the same."""
-    drawn = epoch_prompts(prompts, seed, epoch, num_batches * batch_size, distinct)
+def epoch_jobs(prompts: list[str], seed: int, epoch: int, batch_size: int, num_batches: int, distinct: bool = False,
+               group_size: int = 1) -> list[Job]:
+    """The rollout batches of one epoch; identical on every call, so a resumed or retried batch is the same.
+
+    With `group_size` G, each drawn prompt fills G consecutive samples (a group never straddles batches: G divides batch_size).
+    """
+    drawn = [p for p in epoch_prompts(prompts, seed, epoch, num_batches * batch_size // group_size, distinct) for _ in range(group_size)]
     return [Job((epoch, b), drawn[b * batch_size : (b + 1) * batch_size], batch_seed(seed, epoch, b)) for b in range(num_batches)]
 
 
@@ -70,7 +74,7 @@ def reward_summary(entries: list[Entry]) -> dict:
 
 
 def mean_over_ranks(metrics: list[dict]) -> dict:
-    """Average each numeric metric over the learner ranks (ROCM ranks see different prompts)."""
+    """Average each numeric metric over the learner ranks (each rank trains on its own shard)."""
     return {k: float(np.mean([m[k] for m in metrics])) if isinstance(v, (int, float)) else v for k, v in metrics[0].items()}
 
 
@@ -79,10 +83,11 @@ class Scheduler:
 
     def __init__(
         self, prompts: list[str], batch_size: int, num_batches: int, seed: int, mode: Literal["sync", "async"],
-        max_staleness: int, capacity: int, start_epoch: int = 0, distinct_prompts: bool = False,
+        max_staleness: int, capacity: int, start_epoch: int = 0, distinct_prompts: bool = False, group_size: int = 1,
     ):
         self.prompts, self.batch_size, self.num_batches, self.seed = prompts, batch_size, num_batches, seed
         self.distinct_prompts = distinct_prompts  # ROCM's monitor batches: each held-out prompt once
+        self.group_size = group_size
         self.mode, self.max_staleness = mode, max_staleness
         self.buffer = TrajectoryBuffer(max(capacity, num_batches))
         self.updating = False
@@ -91,7 +96,7 @@ class Scheduler:
 
     def _jobs_from(self, epoch: int) -> Iterator[Job]:
         while True:
-            yield from epoch_jobs(self.prompts, self.seed, epoch, self.batch_size, self.num_batches, self.distinct_prompts)
+            yield from epoch_jobs(self.prompts, self.seed, epoch, self.batch_size, self.num_batches, self.distinct_prompts, self.group_size)
             epoch += 1
 
     def to_submit(self) -> list[Job]:
