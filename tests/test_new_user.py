@@ -79,7 +79,8 @@ def test_sample_uses_the_checkpoints_steps_and_says_so(rocm_checkpoint, tmp_path
     expected = pipe("a cat", num_inference_steps=4, guidance_scale=8.0, generator=torch.Generator().manual_seed(3)).images[0]
     np.testing.assert_array_equal(np.asarray(Image.open(out)), np.asarray(expected))
     assert main(["sample", "--lora", str(directory), "--prompt", "a cat", "--steps", "2", "--out", str(out)]) == 0
-    assert "2 steps" in capsys.readouterr().out and "except --steps as given"
+    said = capsys.readouterr().out
+    assert "2 steps" in said and "except --steps as given" in said
 
 
 def test_eval_uses_the_checkpoints_steps_and_draws_no_bar_into_a_log(rocm_checkpoint, tmp_path, capsys):
