@@ -113,11 +113,11 @@ def test_lora_files_of_identical_runs_are_byte_identical(tmp_path):
     import sys
 
     files = []
-    for hash_seed in ("1", "2", "3"):
+    for hash_seed in ("1", "2"):
         out = tmp_path / hash_seed
         subprocess.run([sys.executable, "-c", SAVE_LORA, str(out)], check=True, env={**os.environ, "PYTHONHASHSEED": hash_seed})
         files.append((out / "pytorch_lora_weights.safetensors").read_bytes())
-    assert files[0] == files[1] == files[2]
+    assert files[0] == files[1]
 
 
 def _run(directory, rows, reward: str, algorithm: str = "rlcm", monitor: str | None = None):
