@@ -20,14 +20,6 @@ def split_result(result: ScoreResult, sizes: Sequence[int]) -> list[ScoreResult]
     return out
 
 
-def group_by_size(images: Sequence[np.ndarray]) -> list[list[int]]:
-    """Indices of the images of each shape, shapes in order of first appearance."""
-    groups: dict[tuple[int, ...], list[int]] = defaultdict(list)
-    for i, image in enumerate(images):
-        groups[image.shape].append(i)
-    return list(groups.values())
-
-
 def merge_results(parts: Sequence[tuple[Sequence[int], ScoreResult]], n: int) -> ScoreResult:
     """One result of `n` samples from results of index groups; a detail a part lacks is None there.
 

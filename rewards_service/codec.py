@@ -136,14 +136,3 @@ def size_groups(headers: Sequence[ImageHeader]) -> list[list[ImageHeader]]:
     for header in headers:
         groups.setdefault((header.height, header.width), []).append(header)
     return list(groups.values())
-
-
-def decode_png(data: str, index: int, max_pixels: int, max_side: int) -> np.ndarray:
-    """One base64 PNG -> uint8 HWC RGB; raises ImageError (422 undecodable/non-PNG, 413 too large)."""
-    header = read_header(data, index, max_pixels, max_side)
-    return decode_group({index: data}, [header])[0]
-
-
-def decode_batch(data: Sequence[str], max_pixels: int, max_side: int) -> list[np.ndarray]:
-    """Base64 PNGs -> uint8 HWC RGB arrays, in order; sizes may differ."""
-    return [decode_png(d, i, max_pixels, max_side) for i, d in enumerate(data)]

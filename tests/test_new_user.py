@@ -79,7 +79,8 @@ def test_sample_uses_the_checkpoints_steps_and_says_so(rocm_checkpoint, tmp_path
     expected = pipe("a cat", num_inference_steps=4, guidance_scale=8.0, generator=torch.Generator().manual_seed(3)).images[0]
     np.testing.assert_array_equal(np.asarray(Image.open(out)), np.asarray(expected))
     assert main(["sample", "--lora", str(directory), "--prompt", "a cat", "--steps", "2", "--out", str(out)]) == 0
-    assert "2 steps" in capsys.readouterr().out and "except --steps as given"
+    said = capsys.readouterr().out
+    assert "2 steps" in said and "except --steps as given" in said
 
 
 def test_eval_uses_the_checkpoints_steps_and_draws_no_bar_into_a_log(rocm_checkpoint, tmp_path, capsys):
@@ -112,11 +113,11 @@ def test_lora_files_of_identical_runs_are_byte_identical(tmp_path):
     import sys
 
     files = []
-    for hash_seed in ("1", "2", "3"):
+    for hash_seed in ("1", "2"):
         out = tmp_path / hash_seed
         subprocess.run([sys.executable, "-c", SAVE_LORA, str(out)], check=True, env={**os.environ, "PYTHONHASHSEED": hash_seed})
         files.append((out / "pytorch_lora_weights.safetensors").read_bytes())
-    assert files[0] == files[1] == files[2]
+    assert files[0] == files[1]
 
 
 def _run(directory, rows, reward: str, algorithm: str = "rlcm", monitor: str | None = None):
