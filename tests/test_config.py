@@ -59,6 +59,7 @@ def table_values(cfg: TrainConfig) -> dict[str, float]:
 OTHER_ALGORITHMS = {
     **{name: "rocm" for name in ("rocm-tiny-cpu", "rocm-aesthetic", "rocm-pickscore", "rocm-clip_score", "rocm-hpsv2", "rocm-aesthetic-fast")},
     "grpo-tiny-cpu": "grpo", "grpo-compression": "grpo",
+    "draft-tiny-cpu": "draft", "draft-aesthetic": "draft", "alignprop-tiny-cpu": "alignprop", "alignprop-aesthetic": "alignprop",
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from learner.algorithms.base import Algorithm
+from learner.algorithms.draft import AlignProp, DRaFT
 from learner.algorithms.grpo import GRPO
 from learner.algorithms.rlcm import RLCM
 from learner.algorithms.rocm import ROCM
@@ -11,4 +12,6 @@ ALGORITHMS: dict[str, type[Algorithm]] = {
     "rlcm": RLCM,
     "grpo": GRPO,
     "rocm": ROCM,
+    "draft": DRaFT,
+    "alignprop": AlignProp,
 }
