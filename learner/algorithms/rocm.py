@@ -17,6 +17,8 @@ class ROCM(FirstOrderAlgorithm):
         ("divergence_mean", "Σ_k divergence to the base per chain (mean)"),
         ("objective", "objective (reward − λ·divergence)"),
         ("grad_norm", "gradient norm"),
+        ("lam", "λ (per epoch)"),
+        ("lam_penalty_ratio", "λ·divergence / |reward|"),
     )
     optimizes = "r(x) − λ·Σ_k D(π_θ ‖ π_base) by backprop through the whole chain (or the last K steps)"
     paper = "Reward fine-tuning of consistency models, ROCM (2025)"
