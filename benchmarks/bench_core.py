@@ -116,7 +116,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     import numpy as np
 
-    from learner.ppo import PPOSettings, TrainBatch, build_optimizer, ppo_update
+    from learner.optim import build_optimizer
+    from learner.ppo import PPOSettings, TrainBatch, ppo_update
     from rollout.lora import LoraSettings, add_lora
     from rollout.models import default_dtype, load_pipeline
     from rollout.policy import guidance_embedding, sample_trajectory

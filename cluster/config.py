@@ -8,16 +8,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, model_validator
 
-from learner.settings import PPOSettings, ROCMSettings
+from learner.algorithms import ALGORITHMS
+from learner.algorithms.base import Algorithm
 from rewards_service.client import RetryPolicy, RewardClientConfig
 from rollout.settings import LoraSettings
 
-PRESETS = (
-    "tiny-cpu", "compression", "incompression", "aesthetic", "prompt-alignment",
-    "rocm-tiny-cpu", "rocm-aesthetic", "rocm-pickscore", "rocm-clip_score", "rocm-hpsv2",
-)
+PRESETS = tuple(sorted(path.name.removesuffix(".yaml") for path in (resources.files("cluster") / "configs").iterdir() if path.name.endswith(".yaml")))
 DEFAULT_PRESET = "tiny-cpu"
 
 
@@ -138,62 +136,77 @@ class RunConfig(Strict):
     plots: bool = Field(True, description="redraw <output>/plots/*.png after every epoch")
 
 
-class TrainConfig(Strict):
-    """The whole run; every section is typed and unknown keys are errors."""
+class _TrainConfig(Strict):
+    """The whole run; every section is typed and unknown keys are errors. The algorithm's own section
+    (`train` for rlcm, `rocm` for rocm, ...) is added per registered algorithm below; another algorithm's
+    section is an error."""
 
-    algorithm: Literal["rlcm", "rocm"] = Field("rlcm", description="rlcm: clipped PPO on rollouts; rocm: first-order reward optimization")
+    algorithm: Literal[tuple(ALGORITHMS)] = Field(
+        "rlcm", description="; ".join(f"{name}: {algorithm.optimizes}" for name, algorithm in ALGORITHMS.items())
+    )
     model: ModelConfig = Field(default_factory=ModelConfig)
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     prompts: PromptConfig = Field(default_factory=PromptConfig)
     reward: RewardConfig = Field(default_factory=RewardConfig)
-    train: PPOSettings = Field(default_factory=PPOSettings)
-    rocm: ROCMSettings = Field(default_factory=ROCMSettings)
     stat_tracking: StatTrackingConfig = Field(default_factory=StatTrackingConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     scaleout: ScaleOutConfig = Field(default_factory=ScaleOutConfig)
     faults: FaultConfig = Field(default_factory=FaultConfig)
     run: RunConfig = Field(default_factory=RunConfig)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _own_section_only(cls, data: Any) -> Any:
+        """Another algorithm's options are an error naming the key; the algorithm's own section defaults to {}."""
+        if not isinstance(data, dict) or data.get("algorithm", "rlcm") not in ALGORITHMS:
+            return data
+        algorithm = ALGORITHMS[data.get("algorithm", "rlcm")]
+        for other in ALGORITHMS.values():
+            value = data.get(other.section)
+            if other.section != algorithm.section and value not in (None, {}):
+                key = f"{other.section}.{next(iter(value))}" if isinstance(value, dict) else other.section
+                raise ValueError(
+                    f"{key}: an option of algorithm {other.name}, but algorithm is {algorithm.name} (its options live under "
+                    f"{algorithm.section}.*); remove it or set algorithm={other.name}"
+                )
+        return {**data, algorithm.section: data.get(algorithm.section) or {}}
+
     @model_validator(mode="after")
-    def _check_batches(self) -> "TrainConfig":
-        if self.algorithm == "rocm":
-            if self.scaleout.mode == "async":
-                raise ValueError("scaleout.mode: async mode is RLCM-only (ROCM trains on its own samples); use scaleout.mode=sync")
-            return self
-        samples = self.samples_per_epoch
-        per_learner, rest = divmod(samples, self.resources.num_learners)
-        minibatches, partial = divmod(per_learner, self.train.train_batch_size)
-        if rest or partial or (minibatches * self.train.inner_epochs) % self.train.grad_accum_steps:
-            raise ValueError(
-                f"samples per epoch ({samples} = sampling.batch_size × sampling.batches_per_epoch × "
-                f"resources.num_rollout_actors) split over {self.resources.num_learners} learner(s) must fill whole "
-                f"minibatches of train.train_batch_size={self.train.train_batch_size}, and minibatches × "
-                f"train.inner_epochs must be a multiple of train.grad_accum_steps={self.train.grad_accum_steps}"
-            )
+    def _check_algorithm(self) -> "_TrainConfig":
+        self.algo.check(self)
         return self
+
+    @property
+    def algo(self) -> type[Algorithm]:
+        """The declaration of the configured algorithm (`learner.algorithms.ALGORITHMS`)."""
+        return ALGORITHMS[self.algorithm]
+
+    @property
+    def settings(self) -> BaseModel:
+        """The configured algorithm's settings section."""
+        return getattr(self, self.algo.section)
 
     @property
     def samples_per_epoch(self) -> int:
         return self.sampling.batch_size * self.batches_per_update
 
     @property
-    def rocm_prompts_per_epoch(self) -> int:
-        """Prompts all ROCM learners together sample with grad in one epoch."""
-        r = self.rocm
-        return r.batch_size * r.grad_accum_steps * r.updates_per_epoch * self.resources.num_learners
-
-    @property
     def optimizer_steps_per_epoch(self) -> int:
         """Optimizer steps of one learner per epoch (for the linear learning-rate schedule)."""
-        if self.algorithm == "rocm":
-            return self.rocm.updates_per_epoch
-        minibatches = self.samples_per_epoch // self.resources.num_learners // self.train.train_batch_size
-        return max(1, minibatches * self.train.inner_epochs // self.train.grad_accum_steps)
+        return self.algo.optimizer_steps_per_epoch(self)
 
     @property
     def batches_per_update(self) -> int:
-        """Rollout batches per PPO update; fixed by the configured actor count, even when actors are added later."""
+        """Rollout batches per update; fixed by the configured actor count, even when actors are added later."""
         return self.sampling.batches_per_epoch * self.resources.num_rollout_actors
+
+
+TrainConfig = create_model(
+    "TrainConfig",
+    __base__=_TrainConfig,
+    __doc__=_TrainConfig.__doc__,
+    **{a.section: (a.settings | None, Field(None, description=f"settings of algorithm {a.name}")) for a in ALGORITHMS.values()},
+)
 
 
 class ConfigError(ValueError):
@@ -266,4 +279,6 @@ def load_config(config: str | Path | None = None, overrides: list[str] | None = 
 
 
 def dump_config(config: TrainConfig) -> str:
-    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+    """The resolved configuration as YAML, with the configured algorithm's section only."""
+    others = {a.section for a in ALGORITHMS.values()} - {config.algo.section}
+    return yaml.safe_dump(config.model_dump(mode="json", exclude=others), sort_keys=False)

@@ -1,15 +1,14 @@
 """The training driver: the Ray loop that carries out `cluster.schedule.Scheduler`'s decisions.
 
-RLCM (Algorithm 1), one loop for both modes (the mode is the scheduler's policy):
+One loop for every algorithm (the algorithm's declaration says where an epoch's samples come from):
   1. submit the batches the scheduler releases (a pure function of seed, epoch and batch);
   2. the rollout pool sends them to the least-loaded actor, at most `max_inflight_per_actor` each;
   3. as each batch lands, its images go to the reward scorer while sampling goes on;
-  4. when the scheduler hands out an update's batches, the learners compute advantages and run PPO
-     (an epoch without a single valid reward is skipped and logged);
+  4. an update starts: `rollouts` algorithms (RLCM, GRPO) train on the scheduler's scored batches (an epoch
+     without a single valid reward is skipped and logged); `learners` algorithms (ROCM, DRaFT, AlignProp)
+     sample their own chains with grad from the training prompts, while the rollout actors sample held-out
+     prompts with the current adapter and the reward client scores them (`monitor_*` metrics);
   5. rank 0's new adapter goes to the object store once; sync mode pushes it to every actor.
-ROCM (Algorithm 2): the learners sample their own chains with grad and ascend reward − λ·divergence;
-meanwhile the rollout actors sample held-out prompts with the current adapter and the reward client
-scores them (`monitor_*` metrics), so the actor–learner shape keeps doing real work.
 """
 
 from __future__ import annotations
@@ -39,11 +38,10 @@ from cluster.ray_setup import ResourceRequest, cluster_capacity, free_resources,
 from cluster.prompts import epoch_prompts, holdout_split, load_prompts
 from cluster.rollout_pool import PoolOptions, RolloutPool
 from cluster.run_lock import run_lock
-from cluster.watchdog import Watchdog, bounded_get
 from cluster.schedule import Scheduler, entries_to_rescore, mean_over_ranks, reward_summary, update_inputs
+from cluster.watchdog import Watchdog, bounded_get
 from learner.group import LearnerGroup
 from learner.guards import SkipStreak
-from learner.learner import LearnerSpec
 from rewards_service.client import RewardClient, RewardClientConfig, build_reward_client
 from rewards_service.scorers import ScoreResult
 from rollout.worker import RolloutSpec
@@ -72,13 +70,15 @@ class SkippedTooOften(RuntimeError):
 
 @dataclass
 class Update:
-    """A running learner update: the ranks' metric refs and what it trains on."""
+    """A running learner update: the ranks' metric refs and the epoch's scored batches (None until taken)."""
 
     refs: list
-    entries: list[Entry]
+    entries: list[Entry] | None
     started: float
 
     def done(self) -> bool:
+        if not self.refs:
+            return True
         ready, pending = ray.wait(self.refs, num_returns=len(self.refs), timeout=0)
         if ready and pending:  # a rank that died (e.g. its node was lost) raises now; the others would wait in all-reduce
             ray.get(ready)
@@ -107,7 +107,8 @@ class Trainer:
     def __init__(self, config: TrainConfig, output_dir: Path, resume: bool = False, stop: StopRequest | None = None):
         self.config = config
         self.stop = stop or StopRequest()  # set by SIGINT/SIGTERM when `train` installed it
-        self.rocm = config.algorithm == "rocm"
+        self.algo = config.algo
+        self.own_samples = self.algo.samples_from == "learners"  # else: trains on the rollout actors' samples
         self.out = OutputDir(output_dir)
         self.out.prepare(resume)
         (self.out.root / "config.yaml").write_text(dump_config(config))
@@ -120,16 +121,16 @@ class Trainer:
         requests = resource_requests(config)
         preflight(requests)
         prompts = load_prompts(config.prompts.source, config.prompts.limit)
-        self.train_prompts, monitor_prompts = holdout_split(prompts) if self.rocm else (prompts, prompts)
+        self.train_prompts, rollout_prompts = holdout_split(prompts) if self.own_samples else (prompts, prompts)
         self.learners = self._learner_group()
         self.pool = self._rollout_pool()
         scale = config.scaleout
         self.num_batches = config.batches_per_update
         self.schedule = Scheduler(
-            monitor_prompts, config.sampling.batch_size, self.num_batches, config.run.seed, scale.mode, scale.max_staleness,
-            scale.buffer_batches or 2 * self.num_batches, self.start_epoch,
+            rollout_prompts, config.sampling.batch_size, self.num_batches, config.run.seed, scale.mode, scale.max_staleness,
+            scale.buffer_batches or 2 * self.num_batches, self.start_epoch, self.algo.group_size(config),
         )
-        self.reward_client = config.reward.client_config(config.reward.monitor if self.rocm else None)
+        self.reward_client = config.reward.client_config(config.reward.monitor if self.own_samples else None)
         self.rewards_pending: dict = {}  # reward ref -> (entry, submit time)
         self.watchdog = Watchdog(free_resources)  # every ref the loop waits on has a deadline
         self.reward_latency: list[float] = []
@@ -151,22 +152,9 @@ class Trainer:
         common = dict(
             model=config.model.name, lora=config.model.lora, seed=config.run.seed, model_seed=config.model.seed, dtype=DTYPES[config.model.dtype]
         )
-        if self.rocm:
-            from learner.rocm_learner import ROCMLearnerSpec
-            from rewards_service.differentiable import build_differentiable_reward
-
-            s = config.sampling
-            spec = ROCMLearnerSpec(
-                rocm=config.rocm, num_steps=s.num_steps, guidance_scale=s.guidance_scale, height=s.height, width=s.width,
-                original_inference_steps=s.original_inference_steps,
-                reward_factory=functools.partial(build_differentiable_reward, config.reward.name, **config.reward.options), **common,
-            )
-        else:
-            spec = LearnerSpec(
-                ppo=config.train, stat_buffer_size=config.stat_tracking.buffer_size, stat_min_count=config.stat_tracking.min_count,
-                total_optimizer_steps=config.run.epochs * config.optimizer_steps_per_epoch,
-                nan_loss_versions=tuple(config.faults.nan_loss_epochs), **common,
-            )
+        spec = self.algo.learner_spec(config, common)
+        if config.faults.nan_loss_epochs and hasattr(spec, "nan_loss_versions"):
+            spec = dataclasses.replace(spec, nan_loss_versions=tuple(config.faults.nan_loss_epochs))
         scale = config.scaleout
         keys = ("resources.num_learners", "resources.learner_cpus", "resources.learner_gpus", "scaleout.placement_strategy")
         return LearnerGroup(
@@ -180,7 +168,7 @@ class Trainer:
         spec = RolloutSpec(
             model=config.model.name, lora=config.model.lora, num_steps=config.sampling.num_steps, guidance_scale=config.sampling.guidance_scale,
             height=config.sampling.height, width=config.sampling.width, original_inference_steps=config.sampling.original_inference_steps,
-            model_seed=config.model.seed, dtype=DTYPES[config.model.dtype],
+            model_seed=config.model.seed, dtype=DTYPES[config.model.dtype], noise_group_size=self.algo.noise_group_size(config),
         )
         options = PoolOptions(
             cpus=resources.rollout_cpus, gpus=resources.rollout_gpus, torch_threads=config.run.torch_threads,
@@ -226,7 +214,8 @@ class Trainer:
     def poll(self, extra: list, timeout: float) -> None:
         """Submit what the scheduler releases, dispatch, wait for any batch, reward or `extra` ref, file what landed."""
         self._control()
-        for job in [] if self.stop.requested else self.schedule.to_submit():
+        stopping = self.stop.requested and not self.own_samples  # (an own-samples update still needs its monitoring batches)
+        for job in [] if stopping else self.schedule.to_submit():
             self.pool.submit(job)
         self.pool.pump()
         refs = [*self.pool.wait_refs(), *self.rewards_pending, *extra]
@@ -275,12 +264,12 @@ class Trainer:
             self.last_control = now
             self.pool.resize(ray.get(self.controller.rollout_actors.remote()))
 
-    # ---- the loops ----------------------------------------------------------
+    # ---- the loop -----------------------------------------------------------
     def run(self) -> list[dict]:
         """Train the remaining epochs; returns the metrics rows written this call."""
         self.publish(broadcast=True)
         try:
-            rows = self._run_rocm() if self.rocm else self._run_rlcm()
+            rows = self._loop()
         finally:
             self.progress.close()
         if self.stop.requested and (not rows or rows[-1]["epoch"] < self.config.run.epochs - 1):
@@ -298,42 +287,60 @@ class Trainer:
             self.save_checkpoint(last)
         raise Interrupted(self.stop.signum, f"interrupted after epoch {last + 1}/{total}; checkpoint {checkpoint.name}; continue with --resume")
 
-    def _run_rlcm(self) -> list[dict]:
+    def _loop(self) -> list[dict]:
         rows, epoch, update = self.rows, self.start_epoch, None
-        sync = self.config.scaleout.mode == "sync"
+        broadcast = self.config.scaleout.mode == "sync"
         window_start, rollout_done, queue_depth = time.perf_counter(), None, 0
         while epoch < self.config.run.epochs:
             if self.stop.requested and update is None:  # drop the epoch being sampled; an update in flight finishes
                 break
-            self.poll(update.refs[:1] if update else [], timeout=1.0)
-            if rollout_done is None and self.pool.pending == 0 and self.schedule.buffer.reserved == 0:
-                rollout_done = time.perf_counter()
-            if update and update.done():
-                metrics = ray.get(update.refs)[0]
-                train_done = time.perf_counter()
-                self.version += 1
-                time_sync = self.publish(broadcast=sync)
-                times = self._times(window_start, rollout_done, update.started, train_done, time_sync, queue_depth)
-                rows.append(self._finish(epoch, update.entries, metrics, times, self.pool.take_stats(), window_start))
-                self.schedule.update_done()
-                epoch, update, window_start, rollout_done = epoch + 1, None, time.perf_counter(), None
-            if update is None and epoch < self.config.run.epochs:
+            if update is None:
                 queue_depth = len(self.schedule.buffer.ready())
-                entries = self.schedule.take_update(self.version)
-                if entries is None:
-                    continue
-                self.rescore_stale(entries)
-                rewards, valid = update_inputs(entries)
-                if valid.any():
-                    update = Update(self.learners.train(rewards, valid, [e.trajectory_ref for e in entries]), entries, time.perf_counter())
-                    continue
-                times = self._times(window_start, rollout_done, time.perf_counter(), time.perf_counter(), 0.0, queue_depth)
-                rows.append(self._finish(epoch, entries, {"skipped_update": True}, times, self.pool.take_stats(), window_start))
-                self.schedule.update_done()
-                epoch, window_start, rollout_done = epoch + 1, time.perf_counter(), None
+                update = self._start_update(epoch)
+            if update is not None and update.entries is None:  # learners sample their own: the epoch's monitoring batches
+                update.entries = self.schedule.take_update(self.version)
+            if update is None or update.entries is None or not update.done():
+                self.poll(update.refs[:1] if update else [], timeout=1.0)
+                if rollout_done is None and self.pool.pending == 0 and self.schedule.buffer.reserved == 0:
+                    rollout_done = time.perf_counter()
+                continue
+            metrics = mean_over_ranks(ray.get(update.refs)) if update.refs else {"skipped_update": True}
+            train_done, time_sync = time.perf_counter(), 0.0
+            if not metrics.get("skipped_update"):
+                self.version += 1
+                time_sync = self.publish(broadcast=broadcast)
+            stats = self.pool.take_stats()
+            times = self._times(window_start, rollout_done, update.started, train_done, time_sync, queue_depth, stats)
+            rows.append(self._finish(epoch, update.entries, metrics, times, stats, window_start))
+            self.schedule.update_done()
+            epoch, update, window_start, rollout_done = epoch + 1, None, time.perf_counter(), None
         return rows
 
-    def _times(self, window_start, rollout_done, train_start, train_done, time_sync, queue_depth) -> dict:
+    def _start_update(self, epoch: int) -> Update | None:
+        """Start the epoch's update on the learners, or None while its batches are not all scored yet.
+
+        A rollouts epoch without a single valid reward gets an update with no refs (skipped)."""
+        if self.own_samples:
+            prompts = epoch_prompts(self.train_prompts, self.config.run.seed, epoch, self.algo.prompts_per_epoch(self.config))
+            return Update(self.learners.train(prompts), None, time.perf_counter())
+        entries = self.schedule.take_update(self.version)
+        if entries is None:
+            return None
+        self.rescore_stale(entries)
+        rewards, valid = update_inputs(entries)
+        refs = self.learners.train(rewards, valid, *[e.trajectory_ref for e in entries]) if valid.any() else []
+        return Update(refs, entries, time.perf_counter())
+
+    def _times(self, window_start, rollout_done, train_start, train_done, time_sync, queue_depth, stats) -> dict:
+        if self.own_samples:  # rollouts only monitor, beside the learners: their busy time and the reward latency
+            times = {
+                "time_rollout_s": float(np.mean([s["busy_s"] for s in stats.values()])) if stats else 0.0,
+                "time_reward_s": float(np.mean(self.reward_latency)) if self.reward_latency else 0.0,
+                "time_train_s": train_done - train_start,
+                "time_sync_s": time_sync,
+            }
+            self.reward_latency.clear()
+            return times
         rollout_done = rollout_done or train_start
         times = {
             "time_rollout_s": rollout_done - window_start,
@@ -347,47 +354,19 @@ class Trainer:
             times["queue_depth"] = queue_depth
         return times
 
-    def _run_rocm(self) -> list[dict]:
-        rows = self.rows
-        per_epoch = self.config.rocm_prompts_per_epoch
-        for epoch in range(self.start_epoch, self.config.run.epochs):
-            if self.stop.requested:
-                break
-            start = time.perf_counter()
-            update = Update(self.learners.train_rocm(epoch_prompts(self.train_prompts, self.config.run.seed, epoch, per_epoch)), [], start)
-            entries = None
-            while entries is None or not update.done():
-                self.poll(update.refs[:1], timeout=1.0)
-                entries = entries or self.schedule.take_update(self.version)
-            self.schedule.update_done()
-            train_done = time.perf_counter()
-            metrics = mean_over_ranks(ray.get(update.refs))
-            self.version += 1
-            time_sync = self.publish(broadcast=True)
-            stats = self.pool.take_stats()
-            times = {
-                "time_rollout_s": float(np.mean([s["busy_s"] for s in stats.values()])) if stats else 0.0,
-                "time_reward_s": float(np.mean(self.reward_latency)) if self.reward_latency else 0.0,
-                "time_train_s": train_done - start,
-                "time_sync_s": time_sync,
-            }
-            self.reward_latency.clear()
-            rows.append(self._finish(epoch, entries, metrics, times, stats, start))
-        return rows
-
     # ---- bookkeeping --------------------------------------------------------
     def _finish(self, epoch: int, entries: list[Entry], metrics: dict, times: dict, stats: dict, epoch_start: float) -> dict:
         """Write the epoch's metrics row, sample grid, tracking and checkpoint."""
         config = self.config
         summary = reward_summary(entries)
         skipped = bool(metrics.pop("skipped_update", False))
-        if self.rocm:
-            self.samples_seen += config.rocm_prompts_per_epoch
+        if self.own_samples:  # the learners' own chains are the reward; the rollout actors' held-out samples monitor
+            self.samples_seen += self.algo.prompts_per_epoch(config)
             rewards = {"reward_mean": metrics.pop("reward_mean"), "reward_std": metrics.pop("reward_std", float("nan"))}
             rewards.update({f"monitor_{k}": v for k, v in summary.items()})
             rewards["num_invalid"] = summary["num_invalid"]
         else:
-            self.samples_seen += 0 if skipped else int(update_inputs(entries)[1].sum())
+            self.samples_seen += 0 if skipped else int(metrics.pop("samples_trained", update_inputs(entries)[1].sum()))
             rewards = summary
         self.skipped_in_a_row = self.skipped_in_a_row + 1 if skipped else 0
         row = {

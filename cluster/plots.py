@@ -16,10 +16,6 @@ from pathlib import Path
 
 import numpy as np
 
-DIAGNOSTICS = {
-    "rlcm": (("approx_kl", "approx KL (old → new policy)"), ("clipfrac", "fraction of clipped ratios")),
-    "rocm": (("divergence_mean", "Σ_k divergence to the base per chain (mean)"), ("objective", "objective (reward − λ·divergence)"), ("grad_norm", "gradient norm")),
-}
 
 
 def _figure(width: float, height: float):
@@ -102,7 +98,10 @@ def _algorithm(rows: list[dict]) -> str:
 
 def diagnostic_panels(rows: list[dict]) -> list[tuple[str, str]]:
     """(key, title) of the diagnostics the rows' algorithm logs and that hold at least one number."""
-    return [(key, title) for key, title in DIAGNOSTICS.get(_algorithm(rows), DIAGNOSTICS["rlcm"]) if len(series(rows, key)[0])]
+    from learner.algorithms import ALGORITHMS
+
+    algorithm = ALGORITHMS.get(_algorithm(rows), ALGORITHMS["rlcm"])
+    return [(key, title) for key, title in algorithm.diagnostics if len(series(rows, key)[0])]
 
 
 def plot_run(run_dir: Path) -> list[Path]:

@@ -10,6 +10,12 @@ import numpy as np
 from tqdm import tqdm
 
 from cluster.config import TrainConfig
+from learner.algorithms import ALGORITHMS
+from learner.algorithms.base import Algorithm
+
+
+def _algorithm(row: dict) -> type[Algorithm]:
+    return ALGORITHMS.get(row.get("algorithm", "rlcm"), ALGORITHMS["rlcm"])
 
 
 def epoch_line(row: dict, total: int) -> str:
@@ -17,14 +23,10 @@ def epoch_line(row: dict, total: int) -> str:
     parts = [f"epoch {row['epoch'] + 1}/{total}", f"reward {row['reward_mean']:.4f} ± {row.get('reward_std', math.nan):.4f}"]
     if row.get("skipped_update"):
         parts.append("update skipped (no valid reward)")
-    elif row.get("algorithm") == "rocm":
-        parts.append(f"divergence {row.get('divergence_mean', math.nan):.4g}")
-        parts.append(f"objective {row.get('objective', math.nan):.4f}")
+    else:
+        parts.extend(f"{label} {row.get(key, math.nan):{spec}}" for key, label, spec in _algorithm(row).summary)
         if "monitor_reward_mean" in row:
             parts.append(f"monitor {row['monitor_reward_mean']:.4f}")
-    else:
-        parts.append(f"approx_kl {row.get('approx_kl', math.nan):.3g}")
-        parts.append(f"clipfrac {row.get('clipfrac', math.nan):.3f}")
     parts.append(f"{row['time_epoch_s']:.1f} s/epoch")
     parts.append(f"samples {row['samples_seen']}" + (f", {row['num_invalid']} invalid" if row.get("num_invalid") else ""))
     if row.get("reward_error"):
@@ -50,10 +52,10 @@ class EpochProgress:
 
     def epoch_done(self, row: dict, grid: np.ndarray | None) -> None:
         self.bar.update(1)
-        second = ("divergence", row.get("divergence_mean")) if row.get("algorithm") == "rocm" else ("approx_kl", row.get("approx_kl"))
         postfix = {"reward_mean": f"{row['reward_mean']:.4f}", "s/epoch": f"{row['time_epoch_s']:.1f}"}
-        if second[1] is not None:
-            postfix[second[0]] = f"{second[1]:.3g}"
+        key, label, _ = (_algorithm(row).summary or ((None, None, None),))[0]
+        if row.get(key) is not None:
+            postfix[label] = f"{row[key]:.3g}"
         self.bar.set_postfix(postfix, refresh=False)
         self.bar.write(epoch_line(row, self.total))
         if self.tracker is not None:

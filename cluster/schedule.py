@@ -29,9 +29,12 @@ class Job:
     seed: int
 
 
-def epoch_jobs(prompts: list[str], seed: int, epoch: int, batch_size: int, num_batches: int) -> list[Job]:
-    """The rollout batches of one epoch; identical on every call, so a resumed or retried batch is the same."""
-    drawn = epoch_prompts(prompts, seed, epoch, num_batches * batch_size)
+def epoch_jobs(prompts: list[str], seed: int, epoch: int, batch_size: int, num_batches: int, group_size: int = 1) -> list[Job]:
+    """The rollout batches of one epoch; identical on every call, so a resumed or retried batch is the same.
+
+    With `group_size` G, each drawn prompt fills G consecutive samples (a group never straddles batches: G divides batch_size).
+    """
+    drawn = [p for p in epoch_prompts(prompts, seed, epoch, num_batches * batch_size // group_size) for _ in range(group_size)]
     return [Job((epoch, b), drawn[b * batch_size : (b + 1) * batch_size], batch_seed(seed, epoch, b)) for b in range(num_batches)]
 
 
@@ -70,7 +73,7 @@ def reward_summary(entries: list[Entry]) -> dict:
 
 
 def mean_over_ranks(metrics: list[dict]) -> dict:
-    """Average each numeric metric over the learner ranks (ROCM ranks see different prompts)."""
+    """Average each numeric metric over the learner ranks (each rank trains on its own shard)."""
     return {k: float(np.mean([m[k] for m in metrics])) if isinstance(v, (int, float)) else v for k, v in metrics[0].items()}
 
 
@@ -79,9 +82,10 @@ class Scheduler:
 
     def __init__(
         self, prompts: list[str], batch_size: int, num_batches: int, seed: int, mode: Literal["sync", "async"],
-        max_staleness: int, capacity: int, start_epoch: int = 0,
+        max_staleness: int, capacity: int, start_epoch: int = 0, group_size: int = 1,
     ):
         self.prompts, self.batch_size, self.num_batches, self.seed = prompts, batch_size, num_batches, seed
+        self.group_size = group_size
         self.mode, self.max_staleness = mode, max_staleness
         self.buffer = TrajectoryBuffer(max(capacity, num_batches))
         self.updating = False
@@ -90,7 +94,7 @@ class Scheduler:
 
     def _jobs_from(self, epoch: int) -> Iterator[Job]:
         while True:
-            yield from epoch_jobs(self.prompts, self.seed, epoch, self.batch_size, self.num_batches)
+            yield from epoch_jobs(self.prompts, self.seed, epoch, self.batch_size, self.num_batches, self.group_size)
             epoch += 1
 
     def to_submit(self) -> list[Job]:

@@ -1,7 +1,7 @@
 """Checks made before Ray starts, so a mistake costs seconds and one clear line, not actor tracebacks.
 
 - the model: `tiny`, an existing diffusers folder, or a hub id that is in the local cache (or downloadable);
-- the reward: a registered name for the local backend; a differentiable one for ROCM;
+- the reward: a registered name for the local backend; a differentiable one for first-order algorithms;
 - the LoRA target modules: each must match a module of the UNet (built on the meta device, no weights).
 """
 
@@ -70,17 +70,17 @@ def check_lora_targets(targets: list[str], module_names: list[str]) -> None:
 
 
 def check_reward(config: TrainConfig) -> None:
-    from rewards_service.scorers import REWARD_NAMES
+    """`reward.name` is registered (and differentiable when the algorithm backpropagates through it); so is the
+    reward the rollout actors' samples are scored with (`reward.monitor` when the learners sample their own)."""
+    from rewards_service.scorers import REWARD_NAMES, differentiable_reward_names
 
-    reward = config.reward
-    if config.algorithm == "rocm":
-        from rewards_service.differentiable import differentiable_reward_names
-
+    reward, algorithm = config.reward, config.algo
+    if algorithm.differentiable_reward():
         names = differentiable_reward_names()
         if reward.name not in names:
-            raise ConfigError(f"reward.name: {reward.name!r} is not differentiable, which ROCM needs; choose one of {names}")
-    served = (reward.monitor or reward.name) if config.algorithm == "rocm" else reward.name
-    key = "reward.monitor" if config.algorithm == "rocm" and reward.monitor else "reward.name"
+            raise ConfigError(f"reward.name: {reward.name!r} is not differentiable, which {algorithm.name} needs; choose one of {names}")
+    monitored = algorithm.samples_from == "learners" and reward.monitor
+    served, key = (reward.monitor, "reward.monitor") if monitored else (reward.name, "reward.name")
     if reward.backend == "local" and ":" not in served and served not in REWARD_NAMES:
         raise ConfigError(f"{key}: unknown reward {served!r}; choose one of {sorted(REWARD_NAMES)} or a 'package.module:Class' path")
 

@@ -1,4 +1,4 @@
-"""`Learner`: a thin Ray actor around `PPOLearner` (RLCM) or `ROCMLearner` (ROCM): one data-parallel rank."""
+"""`Learner`: a thin Ray actor around an algorithm's learner (a `BaseLearner` subclass): one data-parallel rank."""
 
 from __future__ import annotations
 
@@ -7,15 +7,12 @@ import socket
 import time
 from pathlib import Path
 
-import numpy as np
 import ray
 import torch
 import torch.distributed as dist
 
 from learner.guards import check_adapter
-from learner.learner import LearnerSpec, PPOLearner
 from rollout.lora import AdapterVersion
-from rollout.policy import Trajectory
 
 STATE_FILE = "learner_state.pt"
 RANK_RNG_FILE = "learner_rank{rank}_rng.pt"
@@ -33,18 +30,9 @@ def average_gradients(params: list[torch.nn.Parameter]) -> None:
         offset += g.numel()
 
 
-def shard(n: int, rank: int, world_size: int) -> list[int]:
-    """The contiguous sample indices of `rank` when n samples are split over `world_size` learners."""
-    return list(range(rank * n // world_size, (rank + 1) * n // world_size))
-
-
 def build_learner(spec, rank: int = 0, reduce_gradients=None):
-    """`PPOLearner` for a `LearnerSpec`, `ROCMLearner` (drawing its own noise per rank) for a `ROCMLearnerSpec`."""
-    if isinstance(spec, LearnerSpec):
-        return PPOLearner(spec, reduce_gradients=reduce_gradients)
-    from learner.rocm_learner import ROCMLearner
-
-    return ROCMLearner(dataclasses.replace(spec, rank=rank), reduce_gradients=reduce_gradients)
+    """The algorithm's learner for `spec` (every spec knows its learner class), as data-parallel rank `rank`."""
+    return dataclasses.replace(spec, rank=rank).build(reduce_gradients)
 
 
 @ray.remote
@@ -77,34 +65,10 @@ class Learner:
     def version(self) -> int:
         return self.learner.version
 
-    def train(self, rewards: np.ndarray, valid: np.ndarray, *trajectories: Trajectory) -> dict[str, float]:
-        """Advantages from the valid samples' rewards (all ranks alike), one PPO update on this rank's shard.
-
-        With one learner invalid samples are dropped; with several they stay with advantage 0, so
-        every rank takes the same number of optimizer steps.
-        """
+    def train(self, *inputs) -> dict[str, float]:
+        """One epoch's update on this rank from what the algorithm's sample source delivers (ObjectRefs resolved by Ray)."""
         start = time.perf_counter()
-        batch = Trajectory.concat(list(trajectories))
-        valid = np.asarray(valid, dtype=bool)
-        keep = np.flatnonzero(valid)
-        if len(keep) == 0:
-            raise ValueError("no valid reward in this batch; the driver skips such updates")
-        advantages = np.zeros(len(batch))
-        advantages[keep] = self.learner.advantages([batch.prompts[i] for i in keep], np.asarray(rewards, dtype=np.float64)[keep])
-        if self.learner.version in getattr(self.learner.spec, "nan_loss_versions", ()):
-            advantages[:] = np.nan  # fault injection (faults.nan_loss_epochs): every loss of this update is NaN
-        rows = keep.tolist() if self.world_size == 1 else shard(len(batch), self.rank, self.world_size)
-        if len(rows) < len(batch):
-            batch, advantages = batch.select(rows), advantages[rows]
-        metrics = self.learner.train(batch, advantages)
-        metrics["learner_time_s"] = time.perf_counter() - start
-        return metrics
-
-    def train_rocm(self, prompts: list[str]) -> dict[str, float]:
-        """One ROCM epoch on this rank's shard of `prompts` (each rank samples its own chains with grad)."""
-        start = time.perf_counter()
-        mine = [prompts[i] for i in shard(len(prompts), self.rank, self.world_size)]
-        metrics = self.learner.train(mine)
+        metrics = self.learner.train_epoch(*inputs, world_size=self.world_size)
         metrics["learner_time_s"] = time.perf_counter() - start
         return metrics
 

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from typing import Callable
 
-import numpy as np
 import ray
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from learner.actor import Learner
-from learner.learner import LearnerSpec
 
 
 def bundle(cpus: float, gpus: float) -> dict[str, float]:
@@ -22,10 +20,10 @@ class LearnerGroup:
     """Creates M learners in one placement group, joins them into a process group, trains them in lockstep."""
 
     def __init__(
-        self, spec: LearnerSpec, num_learners: int, cpus: float, gpus: float, torch_threads: int | None = None,
+        self, spec, num_learners: int, cpus: float, gpus: float, torch_threads: int | None = None,
         backend: str = "auto", strategy: str = "PACK", wait_placed: Callable | None = None,
     ):
-        """`wait_placed(pg)` waits for the placement group (default: forever); the driver passes one with a time limit."""
+        """`spec`: an algorithm's learner spec (it builds the learner); `wait_placed(pg)` waits for the placement group (default: forever); the driver passes one with a time limit."""
         resources = bundle(cpus, gpus)
         self.pg = placement_group([resources] * num_learners, strategy=strategy) if resources else None
         if self.pg is not None:
@@ -46,13 +44,9 @@ class LearnerGroup:
     def rank0(self):
         return self.actors[0]
 
-    def train(self, rewards: np.ndarray, valid: np.ndarray, trajectory_refs: list) -> list:
-        """Start one update on every rank; returns the ranks' metric refs (rank 0 first)."""
-        return [actor.train.remote(rewards, valid, *trajectory_refs) for actor in self.actors]
-
-    def train_rocm(self, prompts: list[str]) -> list:
-        """Start one ROCM epoch on every rank (each takes its shard of `prompts`); metric refs, rank 0 first."""
-        return [actor.train_rocm.remote(prompts) for actor in self.actors]
+    def train(self, *inputs) -> list:
+        """Start one epoch's update on every rank with the algorithm's inputs; returns the ranks' metric refs (rank 0 first)."""
+        return [actor.train.remote(*inputs) for actor in self.actors]
 
     def adapter(self) -> ray.ObjectRef:
         return self.rank0.adapter.remote()

@@ -1,24 +1,22 @@
-"""The learner role: per-prompt advantages, clipped PPO on the UNet's LoRA, versioned adapters, state for resume."""
+"""The RLCM learner: per-prompt advantages, clipped PPO on the UNet's LoRA over the rollout actors' trajectories."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
 
-from rollout.lora import AdapterVersion, LoraSettings, add_lora, export_adapter, import_adapter, save_lora
-from learner.ppo import PPOSettings, TrainBatch, build_lr_scheduler, build_optimizer, ppo_update
+from learner.base import BaseLearner, shard
+from learner.ppo import PPOSettings, TrainBatch, ppo_update
 from learner.stat_tracker import PerPromptStatTracker
-from rollout.models import load_pipeline
+from rollout.lora import LoraSettings
 from rollout.policy import Trajectory, guidance_embedding
 
 
 @dataclass
 class LearnerSpec:
-    """Everything a learner needs to build itself: typed settings, no strings to parse."""
+    """Everything a PPO learner needs to build itself: typed settings, no strings to parse."""
 
     model: str
     lora: LoraSettings
@@ -30,33 +28,74 @@ class LearnerSpec:
     device: str | None = None
     dtype: torch.dtype | None = None
     total_optimizer_steps: int = 1  # over the whole run, for `ppo.lr_schedule: linear`
-    nan_loss_versions: tuple[int, ...] = ()  # fault injection: updates from these versions get NaN advantages
+    rank: int = 0
+    nan_loss_versions: tuple[int, ...] = ()  # fault injection (faults.nan_loss_epochs): updates from these versions get NaN advantages
+
+    def build(self, reduce_gradients=None) -> "PPOLearner":
+        return PPOLearner(self, reduce_gradients)
 
 
-class PPOLearner:
-    """Holds the policy's LoRA, its optimizer and the stat tracker; `train` turns trajectories into version v+1."""
+class PPOLearner(BaseLearner):
+    """Clipped PPO (RLCM Algorithm 1) with per-prompt stat tracking; `train` turns trajectories into version v+1.
 
-    def __init__(self, spec: LearnerSpec, reduce_gradients: Callable[[list[torch.nn.Parameter]], None] | None = None):
-        self.spec = spec
-        self.pipe = load_pipeline(spec.model, device=spec.device, dtype=spec.dtype, seed=spec.model_seed)
-        torch.manual_seed(spec.seed)
-        self.params = add_lora(self.pipe.unet, spec.lora)
-        self.optimizer = build_optimizer(self.params, spec.ppo)
-        self.lr_scheduler = build_lr_scheduler(self.optimizer, spec.ppo.lr_schedule, spec.total_optimizer_steps)
+    The shuffling generator is seeded with `seed` alone: every rank shuffles its shard the same way.
+    """
+
+    def __init__(self, spec: LearnerSpec, reduce_gradients=None):
+        super().__init__(spec, reduce_gradients)
         self.tracker = PerPromptStatTracker(spec.stat_buffer_size, spec.stat_min_count)
-        self.generator = torch.Generator().manual_seed(spec.seed)
-        self.reduce_gradients = reduce_gradients
-        self.version = 0
 
     @property
-    def device(self) -> torch.device:
-        return self.pipe.unet.device
+    def settings(self) -> PPOSettings:
+        return self.spec.ppo
 
-    def adapter(self) -> AdapterVersion:
-        return export_adapter(self.pipe.unet, self.version)
+    @property
+    def lr_schedule(self) -> str:
+        return self.spec.ppo.lr_schedule
+
+    @property
+    def total_optimizer_steps(self) -> int:
+        return self.spec.total_optimizer_steps
+
+    @property
+    def generator_device(self) -> str:
+        return "cpu"
+
+    def generator_seed(self) -> int:
+        return self.spec.seed
+
+    @property
+    def kl_coef(self) -> float:
+        """β of the per-step KL to the LoRA-free base added to the PPO loss (RLCM: none)."""
+        return 0.0
 
     def advantages(self, prompts: list[str], rewards: np.ndarray) -> np.ndarray:
         return self.tracker.update(prompts, rewards)
+
+    def epoch_advantages(self, prompts: list[str], rewards: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
+        """Advantages of the valid samples (others 0), which samples stay valid, and extra metrics."""
+        keep = np.flatnonzero(valid)
+        advantages = np.zeros(len(prompts))
+        advantages[keep] = self.advantages([prompts[i] for i in keep], rewards[keep])
+        return advantages, valid, {}
+
+    def train_epoch(self, rewards: np.ndarray, valid: np.ndarray, *trajectories: Trajectory, world_size: int = 1) -> dict[str, float]:
+        """Advantages from the valid samples' rewards (all ranks alike), one PPO update on this rank's shard.
+
+        With one learner invalid samples are dropped; with several they stay with advantage 0, so
+        every rank takes the same number of optimizer steps.
+        """
+        batch = Trajectory.concat(list(trajectories))
+        advantages, valid, info = self.epoch_advantages(batch.prompts, np.asarray(rewards, dtype=np.float64), np.asarray(valid, dtype=bool))
+        keep = np.flatnonzero(valid)
+        if len(keep) == 0:
+            return {"skipped_update": True, **info}
+        rows = keep.tolist() if world_size == 1 else shard(len(batch), self.rank, world_size)
+        if len(rows) < len(batch):
+            batch, advantages = batch.select(rows), advantages[rows]
+        if self.version in self.spec.nan_loss_versions:
+            advantages = np.full_like(advantages, np.nan)  # every loss of this update is NaN
+        return {**self.train(batch, advantages), **info}
 
     def train(self, trajectory: Trajectory, advantages: np.ndarray) -> dict[str, float]:
         """One PPO update on a batch whose advantages are already computed; bumps the version."""
@@ -70,30 +109,15 @@ class PPOLearner:
             w_embedding=guidance_embedding(self.pipe, trajectory.guidance_scale, len(trajectory)).to(self.device),
         )
         metrics = ppo_update(
-            self.pipe.unet, self.pipe.scheduler, self.optimizer, self.params, batch, self.spec.ppo, self.generator,
-            self.reduce_gradients, self.lr_scheduler,
+            self.pipe.unet, self.pipe.scheduler, self.optimizer, self.params, batch, self.settings, self.generator,
+            self.reduce_gradients, self.lr_scheduler, kl_coef=self.kl_coef,
         )
         metrics.update({f"stat_tracker_{k}": v for k, v in self.tracker.stats().items()})
         self.version += 1
         return metrics
 
-    def save_lora(self, directory: str | Path) -> Path:
-        return save_lora(directory, self.pipe.unet, self.spec.lora)
+    def extra_state(self) -> dict:
+        return {"tracker": self.tracker.state_dict()}
 
-    def state_dict(self) -> dict:
-        return {
-            "adapter": self.adapter().state_dict,
-            "optimizer": self.optimizer.state_dict(),
-            "lr_scheduler": self.lr_scheduler.state_dict(),
-            "tracker": self.tracker.state_dict(),
-            "generator": self.generator.get_state(),
-            "version": self.version,
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        import_adapter(self.pipe.unet, AdapterVersion(state["version"], state["adapter"]))
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+    def load_extra_state(self, state: dict) -> None:
         self.tracker.load_state_dict(state["tracker"])
-        self.generator.set_state(state["generator"])
-        self.version = state["version"]

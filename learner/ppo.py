@@ -2,7 +2,7 @@
 
 For each sample i and step k < H−1, with ρ = exp(log π_θ(x_{k+1}|x_k) − log π_old(x_{k+1}|x_k)):
 
-    loss = mean_{i,k} max(−A_i·ρ, −A_i·clip(ρ, 1−ε, 1+ε))
+    loss = mean_{i,k} max(−A_i·ρ, −A_i·clip(ρ, 1−ε, 1+ε))  [+ β·KL(π_θ ‖ π_base) at x_k, optional]
 
 Timesteps are shuffled per sample; the optimizer steps once per `grad_accum_steps` minibatches × (H−1)
 steps, after the gradient norm is clipped.
@@ -17,9 +17,11 @@ import numpy as np
 import torch
 from diffusers import LCMScheduler
 
-from learner.guards import grad_norm_metrics, step_if_finite
-from learner.settings import PPOSettings, ROCMSettings
-from rollout.policy import transition_log_prob
+from learner.guards import grad_norm_metrics
+from learner.optim import optimizer_step
+from learner.settings import PPOSettings
+from learner.divergences import gaussian_divergence
+from rollout.policy import gaussian_log_prob, transition_gaussian
 
 
 @dataclass
@@ -55,6 +57,16 @@ def ppo_loss(
     return loss, info
 
 
+@torch.no_grad()
+def base_mean(unet: torch.nn.Module, scheduler: LCMScheduler, x, t, t_next, prompt_embeds, w_embedding) -> torch.Tensor:
+    """Mean of the frozen base policy (LoRA disabled) at the same state."""
+    unet.disable_adapters()
+    try:
+        return transition_gaussian(unet, scheduler, x, t, t_next, prompt_embeds, w_embedding)[0]
+    finally:
+        unet.enable_adapters()
+
+
 def ppo_update(
     unet: torch.nn.Module,
     scheduler: LCMScheduler,
@@ -65,11 +77,13 @@ def ppo_update(
     generator: torch.Generator,
     reduce_gradients: Callable[[list[torch.nn.Parameter]], None] | None = None,
     lr_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    kl_coef: float = 0.0,
 ) -> dict[str, float]:
     """Run `inner_epochs` passes of clipped PPO over `batch`; returns averaged diagnostics.
 
     `reduce_gradients` averages gradients across data-parallel learners before clipping;
-    `lr_scheduler` steps once per optimizer step.
+    `lr_scheduler` steps once per optimizer step; `kl_coef` β > 0 adds β·KL(π_θ ‖ π_base) per step at the
+    recorded state (the same UNet with its LoRA disabled, as Flow-GRPO does), logged as `kl_to_base`.
     """
     num_samples, num_transitions = len(batch), batch.old_log_probs.shape[1]
     if num_transitions < 1:
@@ -92,66 +106,35 @@ def ppo_update(
             for j in range(num_transitions):
                 k = step_order[idx, j]
                 idx_d, k_d = idx.to(device), k.to(device)
-                log_prob = transition_log_prob(
-                    unet,
-                    scheduler,
+                state = (
                     batch.latents[idx_d, k_d],
                     batch.timesteps.to(device)[k_d],
                     batch.timesteps.to(device)[k_d + 1],
-                    batch.latents[idx_d, k_d + 1],
                     batch.prompt_embeds[idx_d],
                     batch.w_embedding[idx_d],
                 )
+                x, t, t_next, prompt_embeds, w_embedding = state
+                mean, std = transition_gaussian(unet, scheduler, x, t, t_next, prompt_embeds, w_embedding)
+                log_prob = gaussian_log_prob(batch.latents[idx_d, k_d + 1], mean, std)
                 loss, info = ppo_loss(log_prob, batch.old_log_probs[idx_d, k_d], advantages[idx_d], settings.clip_range)
+                if kl_coef > 0:
+                    kl = gaussian_divergence("kl", mean, base_mean(unet, scheduler, *state), std).mean()
+                    loss, info["kl_to_base"] = loss + kl_coef * kl, kl.detach()
                 (loss / backward_per_step).backward()
                 backward_count += 1
                 step_infos.append({"loss": loss.item(), **{key: value.item() for key, value in info.items()}})
                 if backward_count % backward_per_step == 0:
-                    grad_norms.append(_optimizer_step(optimizer, params, settings, reduce_gradients, lr_scheduler))
+                    grad_norms.append(optimizer_step(optimizer, params, settings.max_grad_norm, reduce_gradients, lr_scheduler))
     if partial := backward_count % backward_per_step:  # a partial window (e.g. invalid samples were dropped)
         for p in params:  # each loss was divided by the full window; weight by the true count instead
             if p.grad is not None:
                 p.grad.mul_(backward_per_step / partial)
-        grad_norms.append(_optimizer_step(optimizer, params, settings, reduce_gradients, lr_scheduler))
+        grad_norms.append(optimizer_step(optimizer, params, settings.max_grad_norm, reduce_gradients, lr_scheduler))
     unet.eval()
-    metrics = {key: float(np.mean([s[key] for s in step_infos])) for key in ("loss", "approx_kl", "clipfrac")}
+    metrics = {key: float(np.mean([s[key] for s in step_infos])) for key in ("loss", "approx_kl", "clipfrac", "kl_to_base") if key in step_infos[0]}
     metrics["ratio_min"] = min(s["ratio_min"] for s in step_infos)
     metrics["ratio_max"] = max(s["ratio_max"] for s in step_infos)
     metrics.update(grad_norm_metrics(grad_norms))
     metrics["optimizer_steps"] = float(len(grad_norms))
     metrics["learning_rate"] = float(optimizer.param_groups[0]["lr"])
     return metrics
-
-
-def _optimizer_step(
-    optimizer: torch.optim.Optimizer,
-    params: list[torch.nn.Parameter],
-    settings: PPOSettings,
-    reduce_gradients: Callable[[list[torch.nn.Parameter]], None] | None,
-    lr_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
-) -> float:
-    if reduce_gradients is not None:
-        reduce_gradients(params)
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, settings.max_grad_norm)
-    step_if_finite(optimizer, params, grad_norm)  # a NaN/Inf loss or gradient: skipped, counted in nonfinite_steps
-    if lr_scheduler is not None:
-        lr_scheduler.step()
-    return float(grad_norm)
-
-
-def build_lr_scheduler(optimizer: torch.optim.Optimizer, schedule: str, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
-    """`constant`, or `linear` decay to 0 over `total_steps` optimizer steps (diffusers' schedules)."""
-    from diffusers.optimization import get_scheduler
-
-    return get_scheduler(schedule, optimizer, num_warmup_steps=0, num_training_steps=max(total_steps, 1))
-
-
-def build_optimizer(params: list[torch.nn.Parameter], settings: PPOSettings | ROCMSettings) -> torch.optim.Optimizer:
-    """AdamW on the LoRA parameters with the settings' lr, betas, weight decay and epsilon (PPO and ROCM alike)."""
-    return torch.optim.AdamW(
-        params,
-        lr=settings.learning_rate,
-        betas=(settings.adam_beta1, settings.adam_beta2),
-        weight_decay=settings.adam_weight_decay,
-        eps=settings.adam_epsilon,
-    )

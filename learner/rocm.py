@@ -18,14 +18,19 @@ from __future__ import annotations
 import time
 from typing import Callable
 
+import numpy as np
 import torch
 from diffusers import LatentConsistencyModelPipeline
 from torch.utils.checkpoint import checkpoint
 
 from learner.divergences import DIVERGENCES, gaussian_divergence
-from learner.guards import grad_norm_metrics, step_if_finite
+from learner.guards import grad_norm_metrics
+from learner.optim import optimizer_step
 from learner.settings import ROCMSettings
-from rollout.policy import encode_prompts, guidance_embedding, lcm_timesteps, math_dtype_for, predict_denoised, transition_mean_std
+from rollout.policy import (
+    draw_noise, encode_prompts, guidance_embedding, latent_shape, lcm_chain, lcm_timesteps, math_dtype_for, predict_denoised,
+    transition_mean_std,
+)
 
 RewardFn = Callable[[torch.Tensor, list[str]], torch.Tensor]
 
@@ -77,8 +82,8 @@ def rocm_objective(
 ) -> dict[str, torch.Tensor]:
     """Sample B = len(prompts) reparameterized chains with grad; `objective`, `reward`, `divergence` [B], `images` uint8.
 
-    The noise x_0, ε_0 … ε_{H−2} is drawn from `generator` first, in the order `sample_trajectory` draws
-    it (same seed, same weights: same chain); `latents` replaces x_0 (the draw still happens). `divergence`
+    The chain is `rollout.policy.lcm_chain` and its noise x_0, ε_0 … ε_{H−2} comes from `draw_noise` first,
+    as for `sample_trajectory` (same seed, same weights: same chain); `latents` replaces x_0 (the draw still happens). `divergence`
     is Σ_k D_k; with lam == 0 or divergence "none" the reference UNet is not run and it is zero.
 
     truncate_steps = K: the states x_1 … x_{H−1−K} are detached, so the reward gradient flows through the
@@ -94,38 +99,37 @@ def rocm_objective(
     if truncate_steps is not None and truncate_steps < 1:
         raise ValueError(f"truncate_steps must be >= 1 or None (full gradient), got {truncate_steps}")
     unet, scheduler = pipe.unet, pipe.scheduler
-    device, batch, scale = unet.device, len(prompts), pipe.vae_scale_factor
-    height = height or unet.config.sample_size * scale
-    width = width or unet.config.sample_size * scale
-    if height % scale or width % scale:
-        raise ValueError(f"height and width must be multiples of {scale}, got {height}x{width}")
-    shape = (batch, unet.config.in_channels, height // scale, width // scale)
-
+    device, batch = unet.device, len(prompts)
+    shape = latent_shape(pipe, batch, height, width)
     timesteps = lcm_timesteps(scheduler, num_steps, original_inference_steps).to(device)
     with torch.no_grad():
         prompt_embeds = encode_prompts(pipe, prompts)
     w_embedding = guidance_embedding(pipe, guidance_scale, batch).to(device)
-    noise = [torch.randn(shape, generator=generator, device=device, dtype=torch.float32) for _ in range(num_steps)]
-    x = noise[0] * scheduler.init_noise_sigma if latents is None else latents
+    x0, noise = draw_noise(generator, shape, num_steps, device)  # before any divergence draws from `generator`
+    x0 = x0 * scheduler.init_noise_sigma if latents is None else latents
     regularize = lam > 0 and divergence != "none"
     last_detached = num_steps - 1 - truncate_steps if truncate_steps is not None else 0  # x_j, j ≤ this, detached
+    grad = torch.is_grad_enabled()
+
+    def with_grad(k: int) -> bool:
+        return grad and (regularize or k >= last_detached)
+
+    def prepare(k: int, x: torch.Tensor) -> torch.Tensor:
+        return x.detach() if truncate_steps is not None and 1 <= k <= last_detached else x
+
+    def denoise(k: int, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        with torch.set_grad_enabled(with_grad(k)):
+            return _call(gradient_checkpointing, _denoise, unet, scheduler, x, t, prompt_embeds, w_embedding, True)
 
     total_divergence = torch.zeros(batch, device=device)
-    for k in range(num_steps):
-        if truncate_steps is not None and 1 <= k <= last_detached:
-            x = x.detach()
-        t = timesteps[k].expand(batch)
-        with torch.set_grad_enabled(torch.is_grad_enabled() and (regularize or k >= last_detached)):
-            denoised = _call(gradient_checkpointing, _denoise, unet, scheduler, x, t, prompt_embeds, w_embedding, True)
-            if k == num_steps - 1:
-                break
-            t_next = timesteps[k + 1].expand(batch)
-            mean, std = transition_mean_std(scheduler, denoised, t_next)  # mean_θ,k, σ_k
-            if regularize:
-                denoised_ref = _call(gradient_checkpointing, _denoise, unet, scheduler, x, t, prompt_embeds, w_embedding, False)
-                mean_ref, _ = transition_mean_std(scheduler, denoised_ref, t_next)  # mean_ref,k
-                total_divergence = total_divergence + gaussian_divergence(divergence, mean, mean_ref, std, generator, js_samples)
-            x = mean + std * noise[k + 1]  # x_{k+1}, reparameterized
+    for step in lcm_chain(scheduler, timesteps, x0, noise, denoise, prepare):
+        denoised = step.denoised
+        if step.mean is None or not regularize:
+            continue
+        with torch.set_grad_enabled(with_grad(step.k)):
+            denoised_ref = _call(gradient_checkpointing, _denoise, unet, scheduler, step.x, step.t, prompt_embeds, w_embedding, False)
+            mean_ref = transition_mean_std(scheduler, denoised_ref, timesteps[step.k + 1].expand(batch))[0]  # mean_ref,k
+            total_divergence = total_divergence + gaussian_divergence(divergence, step.mean, mean_ref, step.std, generator, js_samples)
 
     images = _call(gradient_checkpointing, decode_images_01, pipe, denoised)
     reward = reward_fn(images, list(prompts)).to(math_dtype_for(images.dtype))
@@ -153,19 +157,23 @@ def rocm_update(
     original_inference_steps: int = 50,
     reduce_gradients: Callable[[list[torch.nn.Parameter]], None] | None = None,
     record_samples: Callable[[list[str], torch.Tensor, torch.Tensor], None] | None = None,
+    truncation: Callable[[], int | None] | None = None,
 ) -> dict[str, float]:
     """One AdamW step per `grad_accum_steps` objective calls (one per prompt batch); loss = −objective.mean()/accum.
 
     `reduce_gradients` averages gradients across data-parallel learners before clipping;
-    `record_samples(prompts, rewards, images)` sees each call's detached samples (for logging).
+    `record_samples(prompts, rewards, images)` sees each call's detached samples (for logging);
+    `truncation()` gives each call's truncate_steps (default: `settings.truncate_steps`; AlignProp draws it).
     """
     accum = settings.grad_accum_steps
     if not prompt_batches or len(prompt_batches) % accum:
         raise ValueError(f"need a positive multiple of grad_accum_steps={accum} prompt batches, got {len(prompt_batches)}")
     start = time.perf_counter()
-    rewards, divergences, objectives, grad_norms = [], [], [], []
+    rewards, divergences, objectives, grad_norms, truncated = [], [], [], [], []
     optimizer.zero_grad(set_to_none=True)
     for index, prompts in enumerate(prompt_batches):
+        truncate_steps = truncation() if truncation is not None else settings.truncate_steps
+        truncated.append(num_steps - 1 if truncate_steps is None else min(truncate_steps, num_steps - 1))
         out = rocm_objective(
             pipe,
             prompts,
@@ -177,7 +185,7 @@ def rocm_update(
             settings.lam,
             height=height,
             width=width,
-            truncate_steps=settings.truncate_steps,
+            truncate_steps=truncate_steps,
             js_samples=settings.js_samples,
             gradient_checkpointing=settings.gradient_checkpointing,
             original_inference_steps=original_inference_steps,
@@ -189,7 +197,7 @@ def rocm_update(
         if record_samples is not None:
             record_samples(list(prompts), rewards[-1], out["images"].cpu())
         if (index + 1) % accum == 0:
-            grad_norms.append(_optimizer_step(optimizer, params, settings.max_grad_norm, reduce_gradients))
+            grad_norms.append(optimizer_step(optimizer, params, settings.max_grad_norm, reduce_gradients))
     reward, divergence = torch.cat(rewards), torch.cat(divergences)
     return {
         "reward_mean": float(reward.mean()),
@@ -199,18 +207,6 @@ def rocm_update(
         "objective": float(torch.cat(objectives).mean()),
         **grad_norm_metrics(grad_norms),
         "optimizer_steps": float(len(grad_norms)),
+        "truncate_steps": float(np.mean(truncated)),
         "time_train_s": time.perf_counter() - start,
     }
-
-
-def _optimizer_step(
-    optimizer: torch.optim.Optimizer,
-    params: list[torch.nn.Parameter],
-    max_grad_norm: float,
-    reduce_gradients: Callable[[list[torch.nn.Parameter]], None] | None,
-) -> float:
-    if reduce_gradients is not None:
-        reduce_gradients(params)
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
-    step_if_finite(optimizer, params, grad_norm)  # a NaN/Inf objective or gradient: skipped, counted in nonfinite_steps
-    return float(grad_norm)

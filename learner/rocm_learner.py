@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
-from learner.ppo import build_optimizer
+from learner.base import BaseLearner, shard
 from learner.rocm import rocm_update
 from learner.settings import ROCMSettings
-from rollout.lora import AdapterVersion, LoraSettings, add_lora, export_adapter, import_adapter, save_lora
-from rollout.models import load_pipeline
+from rollout.lora import LoraSettings
 
 
 @dataclass
@@ -35,6 +33,9 @@ class ROCMLearnerSpec:
     dtype: torch.dtype | None = None
     rank: int = 0
 
+    def build(self, reduce_gradients=None) -> "ROCMLearner":
+        return ROCMLearner(self, reduce_gradients)
+
 
 @dataclass
 class EpochSamples:
@@ -45,41 +46,38 @@ class EpochSamples:
     images: torch.Tensor  # uint8 [N, 3, H, W]
 
 
-class ROCMLearner:
-    """Holds the LoRA, its AdamW optimizer and the noise generator; `train(prompts)` turns version v into v+1.
+class ROCMLearner(BaseLearner):
+    """Samples its own chains with grad and ascends reward − λ·divergence; `train(prompts)` turns version v into v+1.
 
-    Every rank starts from the same LoRA (torch seeded with `seed` before `add_lora`); the noise comes
-    from a generator seeded with (seed, rank), so data-parallel ranks draw different chains.
+    The noise comes from the base's per-rank generator (seeded with (seed, rank)), so data-parallel ranks
+    draw different chains.
     """
 
     def __init__(self, spec: ROCMLearnerSpec, reduce_gradients: Callable[[list[torch.nn.Parameter]], None] | None = None):
-        self.spec = spec
-        self.pipe = load_pipeline(spec.model, device=spec.device, dtype=spec.dtype, seed=spec.model_seed)
-        torch.manual_seed(spec.seed)
-        self.params = add_lora(self.pipe.unet, spec.lora)
-        self.optimizer = build_optimizer(self.params, spec.rocm)
-        noise_seed = int(np.random.default_rng([spec.seed, spec.rank]).integers(0, 2**62))
-        self.generator = torch.Generator(device=self.device).manual_seed(noise_seed)
+        super().__init__(spec, reduce_gradients)
         self.reward_fn = spec.reward_factory().to(self.device)
-        self.reduce_gradients = reduce_gradients
-        self.version = 0
         self.last_samples: EpochSamples | None = None
 
     @property
-    def device(self) -> torch.device:
-        return self.pipe.unet.device
+    def settings(self) -> ROCMSettings:
+        return self.spec.rocm
 
     @property
     def prompts_per_epoch(self) -> int:
-        r = self.spec.rocm
+        r = self.settings
         return r.batch_size * r.grad_accum_steps * r.updates_per_epoch
 
-    def adapter(self) -> AdapterVersion:
-        return export_adapter(self.pipe.unet, self.version)
+    def truncate_steps(self) -> int | None:
+        """K of the next objective call (gradient through the last K transitions); None = the full chain."""
+        return self.settings.truncate_steps
+
+    def train_epoch(self, prompts: list[str], world_size: int = 1) -> dict[str, float]:
+        """One epoch on this rank's shard of `prompts` (each rank samples its own chains with grad)."""
+        return self.train([prompts[i] for i in shard(len(prompts), self.rank, world_size)])
 
     def train(self, prompts: list[str]) -> dict[str, float]:
         """One epoch: `updates_per_epoch` AdamW steps, each over `grad_accum_steps` calls of `batch_size` prompts, in order."""
-        r = self.spec.rocm
+        r = self.settings
         if len(prompts) != self.prompts_per_epoch:
             raise ValueError(
                 f"ROCM epoch needs batch_size x grad_accum_steps x updates_per_epoch = {r.batch_size} x {r.grad_accum_steps} x "
@@ -104,6 +102,7 @@ class ROCMLearner:
                 original_inference_steps=self.spec.original_inference_steps,
                 reduce_gradients=self.reduce_gradients,
                 record_samples=lambda p, rewards, images: recorded.append((p, rewards, images)),
+                truncation=self.truncate_steps,
             )
         finally:
             self.pipe.unet.eval()
@@ -114,21 +113,3 @@ class ROCMLearner:
         )
         self.version += 1
         return metrics
-
-    def save_lora(self, directory: str | Path) -> Path:
-        return save_lora(directory, self.pipe.unet, self.spec.lora)
-
-    def state_dict(self) -> dict:
-        """Adapter, optimizer, noise generator and version: tensors and plain types only (`torch.load(weights_only=True)`)."""
-        return {
-            "adapter": self.adapter().state_dict,
-            "optimizer": self.optimizer.state_dict(),
-            "generator": self.generator.get_state(),  # uint8 tensor
-            "version": self.version,
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        import_adapter(self.pipe.unet, AdapterVersion(state["version"], state["adapter"]))
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.generator.set_state(state["generator"])
-        self.version = state["version"]

@@ -7,7 +7,8 @@ through `DifferentiableScorer`, so the number the learner climbs is the number t
 
 from __future__ import annotations
 
-from typing import Any, Callable, Sequence
+import importlib
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -32,30 +33,30 @@ class Smoothness(nn.Module):
         return -self.scale * (dx + dy)
 
 
-def _smoothness(**options: Any) -> nn.Module:
+def smoothness_module(**options: Any) -> nn.Module:
     return Smoothness(**options)
 
 
-def _aesthetic(clip_model: str | None = None, head_path: str | None = None, dtype: str = "float32", device: str = "cpu") -> nn.Module:
+def aesthetic_module(clip_model: str | None = None, head_path: str | None = None, dtype: str = "float32", device: str = "cpu") -> nn.Module:
     from rewards_service.scorers.aesthetic import DEFAULT_CLIP, AestheticModel
 
     model = AestheticModel.from_pretrained(clip_model or DEFAULT_CLIP, head_path, getattr(torch, dtype), device)
     return PromptFree(model)
 
 
-def _clip_score(**options: Any) -> nn.Module:
+def clip_score_module(**options: Any) -> nn.Module:
     from rewards_service.scorers.clip_score import ClipScore
 
     return ClipScore.from_pretrained(**options)
 
 
-def _pickscore(**options: Any) -> nn.Module:
+def pickscore_module(**options: Any) -> nn.Module:
     from rewards_service.scorers.pickscore import PickScore
 
     return PickScore.from_pretrained(**options)
 
 
-def _hpsv2(**options: Any) -> nn.Module:
+def hpsv2_module(**options: Any) -> nn.Module:
     from rewards_service.scorers.hpsv2 import HPSv2
 
     return HPSv2.from_pretrained(**options)
@@ -72,24 +73,15 @@ class PromptFree(nn.Module):
         return self.model(images)
 
 
-DIFFERENTIABLE_FACTORIES: dict[str, Callable[..., nn.Module]] = {
-    "smoothness": _smoothness,
-    "aesthetic": _aesthetic,
-    "clip_score": _clip_score,
-    "pickscore": _pickscore,
-    "hpsv2": _hpsv2,
-}
-
-
-def differentiable_reward_names() -> list[str]:
-    return sorted(DIFFERENTIABLE_FACTORIES)
-
-
 def build_differentiable_reward(name: str, **options: Any) -> nn.Module:
     """The frozen differentiable reward module registered under `name` (eval mode, no trainable weights)."""
-    if name not in DIFFERENTIABLE_FACTORIES:
+    from rewards_service.scorers import REWARDS, differentiable_reward_names
+
+    entry = REWARDS.get(name)
+    if entry is None or not entry.differentiable:
         raise ValueError(f"reward {name!r} is not differentiable; differentiable rewards: {differentiable_reward_names()}")
-    module = DIFFERENTIABLE_FACTORIES[name](**options)
+    path, _, factory = entry.module.partition(":")
+    module = getattr(importlib.import_module(path), factory)(**options)
     return module.eval().requires_grad_(False)
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from typing import Callable, Iterator
 
 import torch
 from diffusers import LatentConsistencyModelPipeline, LCMScheduler
@@ -162,6 +163,20 @@ def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) ->
     return log_density.mean(dim=tuple(range(1, x.ndim)))
 
 
+def transition_gaussian(
+    unet: torch.nn.Module,
+    scheduler: LCMScheduler,
+    x: torch.Tensor,
+    t: torch.Tensor,
+    t_next: torch.Tensor,
+    prompt_embeds: torch.Tensor,
+    w_embedding: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std of π_θ(x_{k+1} | x_k) for a batch whose samples may sit at different steps k (t, t_next: [B])."""
+    denoised = predict_denoised(unet, scheduler, x, t, prompt_embeds, w_embedding)
+    return transition_mean_std(scheduler, denoised, t_next)
+
+
 def transition_log_prob(
     unet: torch.nn.Module,
     scheduler: LCMScheduler,
@@ -173,8 +188,7 @@ def transition_log_prob(
     w_embedding: torch.Tensor,
 ) -> torch.Tensor:
     """log π_θ(x_{k+1} | x_k) for a batch whose samples may sit at different steps k (t, t_next: [B])."""
-    denoised = predict_denoised(unet, scheduler, x, t, prompt_embeds, w_embedding)
-    mean, std = transition_mean_std(scheduler, denoised, t_next)
+    mean, std = transition_gaussian(unet, scheduler, x, t, t_next, prompt_embeds, w_embedding)
     return gaussian_log_prob(x_next, mean, std)
 
 
@@ -190,6 +204,77 @@ def encode_prompts(pipe: LatentConsistencyModelPipeline, prompts: list[str]) -> 
     return prompt_embeds
 
 
+def draw_noise(
+    generator: torch.Generator | None, shape: tuple[int, ...], num_steps: int, device, noise_group_size: int = 1
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The chain's noise, in the one order every sampler draws it: x_0 [B, C, h, w], then ε_0 … ε_{H−2}.
+
+    With `noise_group_size` G > 1, x_0 is drawn for B/G samples and shared by each run of G consecutive ones
+    (GRPO's same-initial-noise groups); the ε stay per sample.
+    """
+    batch = shape[0]
+    if batch % noise_group_size:
+        raise ValueError(f"noise_group_size {noise_group_size} does not divide the batch of {batch}")
+    x0 = torch.randn((batch // noise_group_size, *shape[1:]), generator=generator, device=device, dtype=torch.float32)
+    x0 = x0.repeat_interleave(noise_group_size, dim=0) if noise_group_size > 1 else x0
+    return x0, [torch.randn(shape, generator=generator, device=device, dtype=torch.float32) for _ in range(num_steps - 1)]
+
+
+@dataclass
+class Step:
+    """One step k of the chain: its input x_k, the denoised prediction and (k < H−1) the action's Gaussian."""
+
+    k: int
+    x: torch.Tensor  # x_k, the input of the UNet call
+    t: torch.Tensor  # τ_k per sample [B]
+    denoised: torch.Tensor  # denoised_k
+    mean: torch.Tensor | None = None  # √ᾱ(τ_{k+1})·denoised_k; None at the last step
+    std: torch.Tensor | None = None  # √(1 − ᾱ(τ_{k+1}))
+    x_next: torch.Tensor | None = None  # x_{k+1} = mean + std·ε_k
+
+
+Denoise = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def lcm_chain(
+    scheduler: LCMScheduler,
+    timesteps: torch.Tensor,
+    x0: torch.Tensor,
+    noise: list[torch.Tensor],
+    denoise: Denoise,
+    prepare: Callable[[int, torch.Tensor], torch.Tensor] | None = None,
+) -> Iterator[Step]:
+    """The LCM sampling chain, written once: rollouts (no grad) and first-order objectives (with grad) walk it.
+
+    `denoise(k, x_k, t)` returns denoised_k (the caller decides LoRA, grad and checkpointing);
+    `prepare(k, x_k)` may replace the state before its UNet call (e.g. detach it for truncated backprop).
+    """
+    num_steps, batch = len(timesteps), x0.shape[0]
+    x = x0
+    for k in range(num_steps):
+        if prepare is not None:
+            x = prepare(k, x)
+        t = timesteps[k].expand(batch)
+        denoised = denoise(k, x, t)
+        if k == num_steps - 1:
+            yield Step(k, x, t, denoised)
+            return
+        mean, std = transition_mean_std(scheduler, denoised, timesteps[k + 1].expand(batch))
+        x_next = mean + std * noise[k]
+        yield Step(k, x, t, denoised, mean, std, x_next)
+        x = x_next
+
+
+def latent_shape(pipe: LatentConsistencyModelPipeline, batch: int, height: int | None, width: int | None) -> tuple[int, int, int, int]:
+    """[B, C, h, w] of the latents for images of height × width (default: the UNet's sample size)."""
+    scale = pipe.vae_scale_factor
+    height = height or pipe.unet.config.sample_size * scale
+    width = width or pipe.unet.config.sample_size * scale
+    if height % scale or width % scale:
+        raise ValueError(f"height and width must be multiples of {scale}, got {height}x{width}")
+    return (batch, pipe.unet.config.in_channels, height // scale, width // scale)
+
+
 @torch.no_grad()
 def sample_trajectory(
     pipe: LatentConsistencyModelPipeline,
@@ -201,34 +286,27 @@ def sample_trajectory(
     width: int | None = None,
     policy_version: int = 0,
     original_inference_steps: int = 50,
+    noise_group_size: int = 1,
 ) -> Trajectory:
     """Sample B = len(prompts) chains of H = num_steps LCM steps, recording states and log π."""
     if num_steps < 1:
         raise ValueError(f"num_steps must be at least 1, got {num_steps}")
     device = pipe.unet.device
-    scale = pipe.vae_scale_factor
-    height = height or pipe.unet.config.sample_size * scale
-    width = width or pipe.unet.config.sample_size * scale
-    if height % scale or width % scale:
-        raise ValueError(f"height and width must be multiples of {scale}, got {height}x{width}")
     batch = len(prompts)
-    shape = (batch, pipe.unet.config.in_channels, height // scale, width // scale)
-
+    shape = latent_shape(pipe, batch, height, width)
     timesteps = lcm_timesteps(pipe.scheduler, num_steps, original_inference_steps).to(device)
     prompt_embeds = encode_prompts(pipe, prompts)
     w_embedding = guidance_embedding(pipe, guidance_scale, batch).to(device)
+    x0, noise = draw_noise(generator, shape, num_steps, device, noise_group_size)
 
-    x = torch.randn(shape, generator=generator, device=device, dtype=torch.float32) * pipe.scheduler.init_noise_sigma
+    def denoise(k: int, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return predict_denoised(pipe.unet, pipe.scheduler, x, t, prompt_embeds, w_embedding)
+
     states, log_probs = [], []
-    for k in range(num_steps):
-        states.append(x)
-        t = timesteps[k].expand(batch)
-        denoised = predict_denoised(pipe.unet, pipe.scheduler, x, t, prompt_embeds, w_embedding)
-        if k == num_steps - 1:
-            break
-        mean, std = transition_mean_std(pipe.scheduler, denoised, timesteps[k + 1].expand(batch))
-        x = mean + std * torch.randn(shape, generator=generator, device=device, dtype=torch.float32)
-        log_probs.append(gaussian_log_prob(x, mean, std))
+    for step in lcm_chain(pipe.scheduler, timesteps, x0 * pipe.scheduler.init_noise_sigma, noise, denoise):
+        states.append(step.x)
+        if step.x_next is not None:
+            log_probs.append(gaussian_log_prob(step.x_next, step.mean, step.std))
 
     return Trajectory(
         prompts=list(prompts),
@@ -236,7 +314,7 @@ def sample_trajectory(
         timesteps=timesteps.cpu(),
         latents=torch.stack(states, dim=1),
         log_probs=torch.stack(log_probs, dim=1) if log_probs else torch.zeros(batch, 0),
-        images=decode_images(pipe, denoised),
+        images=decode_images(pipe, step.denoised),
         guidance_scale=float(guidance_scale),
         policy_version=policy_version,
     )

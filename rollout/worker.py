@@ -25,6 +25,7 @@ class RolloutSpec:
     model_seed: int = 0
     device: str | None = None
     dtype: torch.dtype | None = None
+    noise_group_size: int = 1  # consecutive samples sharing x_0 (GRPO's same-noise groups)
 
 
 class RolloutWorker:
@@ -58,4 +59,5 @@ class RolloutWorker:
             width=self.spec.width,
             policy_version=self.version,
             original_inference_steps=self.spec.original_inference_steps,
+            noise_group_size=self.spec.noise_group_size,
         )

@@ -73,21 +73,30 @@ def test_bad_set_value_is_reported_from_set_without_heavy_imports(tmp_path):
 
 
 def test_unknown_divergence_names_key_and_choices(capsys, tmp_path):
-    assert main(["train", "--output-dir", str(tmp_path / "r"), "--set", "algorithm=rocm", "--set", "rocm.divergence=tv"]) == 2
+    assert main(["train", "--config", "rocm-tiny-cpu", "--output-dir", str(tmp_path / "r"), "--set", "rocm.divergence=tv"]) == 2
     err = capsys.readouterr().err
     assert "rocm.divergence" in err and "'kl'" in err and "'js'" in err
 
 
 def test_rocm_with_a_non_differentiable_reward_is_a_config_error(capsys, tmp_path):
-    args = ["train", "--output-dir", str(tmp_path / "r"), "--set", "algorithm=rocm", "--set", "reward.name=jpeg_compressibility"]
+    args = ["train", "--config", "rocm-tiny-cpu", "--output-dir", str(tmp_path / "r"), "--set", "reward.name=jpeg_compressibility"]
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "reward.name" in err and "not differentiable" in err and "smoothness" in err
 
 
-def test_rocm_async_is_rlcm_only(capsys, tmp_path):
-    assert main(["train", "--output-dir", str(tmp_path / "r"), "--set", "algorithm=rocm", "--set", "scaleout.mode=async"]) == 2
-    assert "scaleout.mode: async mode is RLCM-only" in capsys.readouterr().err
+def test_async_needs_an_algorithm_that_learns_from_rollouts(capsys, tmp_path):
+    assert main(["train", "--config", "rocm-tiny-cpu", "--output-dir", str(tmp_path / "r"), "--set", "scaleout.mode=async"]) == 2
+    assert "scaleout.mode: async mode needs an algorithm that learns from rollouts; rocm trains on its own samples" in capsys.readouterr().err
+
+
+def test_an_option_of_another_algorithm_is_a_one_line_config_error(capsys, tmp_path):
+    """`train.*` (RLCM's PPO section) under ROCM, or `rocm.*` under RLCM, names the key instead of being ignored."""
+    assert main(["train", "--config", "rocm-tiny-cpu", "--output-dir", str(tmp_path / "a"), "--set", "train.learning_rate=1e-3"]) == 2
+    err = capsys.readouterr().err
+    assert "train.learning_rate: an option of algorithm rlcm, but algorithm is rocm (its options live under rocm.*)" in err
+    assert main(["train", "--output-dir", str(tmp_path / "b"), "--set", "rocm.lam=1"]) == 2
+    assert "rocm.lam: an option of algorithm rocm, but algorithm is rlcm (its options live under train.*)" in capsys.readouterr().err
 
 
 def test_unknown_reward_and_bad_lora_target_fail_before_ray(capsys, tmp_path, monkeypatch):

@@ -55,10 +55,17 @@ def table_values(cfg: TrainConfig) -> dict[str, float]:
     }
 
 
+# presets of the algorithms beside RLCM: preset -> algorithm
+OTHER_ALGORITHMS = {
+    **{name: "rocm" for name in ("rocm-tiny-cpu", "rocm-aesthetic", "rocm-pickscore", "rocm-clip_score", "rocm-hpsv2")},
+    "grpo-tiny-cpu": "grpo", "grpo-compression": "grpo",
+    "draft-tiny-cpu": "draft", "draft-aesthetic": "draft", "alignprop-tiny-cpu": "alignprop", "alignprop-aesthetic": "alignprop",
+}
+
+
 def test_every_preset_loads():
-    rocm = {"rocm-tiny-cpu", "rocm-aesthetic", "rocm-pickscore", "rocm-clip_score", "rocm-hpsv2"}
-    assert set(TASKS) | {"tiny-cpu"} | rocm == set(PRESETS)
-    assert all(load_config(name).algorithm == "rocm" for name in rocm)
+    assert set(TASKS) | {"tiny-cpu"} | set(OTHER_ALGORITHMS) == set(PRESETS)
+    assert all(load_config(name).algorithm == algorithm for name, algorithm in OTHER_ALGORITHMS.items())
     for name in PRESETS:
         cfg = load_config(name)
         assert isinstance(cfg, TrainConfig)

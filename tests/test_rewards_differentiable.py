@@ -13,7 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from rewards_service.differentiable import DifferentiableScorer, build_differentiable_reward, differentiable_reward_names
+from rewards_service.differentiable import DifferentiableScorer, build_differentiable_reward
+from rewards_service.scorers import differentiable_reward_names
 from rewards_service.scorers import build_scorer
 
 PROMPTS = ["a cat on a mat", "two dogs"]

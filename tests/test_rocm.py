@@ -16,7 +16,7 @@ import torch
 
 from cluster.prompts import epoch_prompts, load_prompts
 from learner.divergences import gaussian_divergence
-from learner.ppo import build_optimizer
+from learner.optim import build_optimizer
 from learner.rocm import ROCMSettings, rocm_objective, rocm_update
 from learner.rocm_learner import ROCMLearner, ROCMLearnerSpec
 from rewards_service.differentiable import build_differentiable_reward

@@ -37,7 +37,7 @@ def test_two_learners_equal_one_on_the_concatenated_batch(ray_local):
     for spec, m in [(spec1, 1), (spec2, 2)]:
         group = LearnerGroup(spec, m, cpus=0.5, gpus=0.0, torch_threads=1)
         try:
-            ray.get(group.train(rewards, valid, refs))
+            ray.get(group.train(rewards, valid, *refs))
             adapters.append(ray.get(group.adapter()).state_dict)
         finally:
             group.shutdown()

@@ -1,8 +1,9 @@
-"""Pure reward scorers: uint8 images [B, H, W, 3] and prompts in, floats out."""
+"""Pure reward scorers: uint8 images [B, H, W, 3] and prompts in, floats out; `REWARDS` is the one reward registry."""
 
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from rewards_service.scorers.base import Scorer, ScoreResult, check_batch
@@ -19,6 +20,9 @@ __all__ = [
     "jpeg_size_kb",
     "build_scorer",
     "REWARD_NAMES",
+    "REWARDS",
+    "RewardEntry",
+    "differentiable_reward_names",
 ]
 
 
@@ -34,7 +38,30 @@ def _llava_bertscore(**options: Any) -> Scorer:
     return LlavaBertScore(**options)
 
 
-def _differentiable(name: str) -> Callable[..., Scorer]:
+def _composite(weights: dict[str, float], parts: dict[str, dict[str, Any]] | None = None) -> Scorer:
+    parts = parts or {}
+    return CompositeScorer({n: build_scorer(n, **parts.get(n, {})) for n in weights}, weights)
+
+
+@dataclass(frozen=True)
+class RewardEntry:
+    """One registered reward: its scorer (uint8 arrays in, floats out) and, if differentiable, its torch module.
+
+    `module` is the "package.module:factory" path of a factory returning an `nn.Module` with
+    `forward(images float [B, 3, H, W] in [0, 1], prompts) -> [B]` (imported only when needed: torch).
+    """
+
+    scorer: Callable[..., Scorer]
+    module: str | None = None
+
+    @property
+    def differentiable(self) -> bool:
+        return self.module is not None
+
+
+def _served_module(name: str) -> Callable[..., Scorer]:
+    """The scorer of a differentiable reward: its torch module run without grad (the number the learner climbs)."""
+
     def factory(**options: Any) -> Scorer:
         from rewards_service.differentiable import DifferentiableScorer
 
@@ -43,23 +70,26 @@ def _differentiable(name: str) -> Callable[..., Scorer]:
     return factory
 
 
-def _composite(weights: dict[str, float], parts: dict[str, dict[str, Any]] | None = None) -> Scorer:
-    parts = parts or {}
-    return CompositeScorer({n: build_scorer(n, **parts.get(n, {})) for n in weights}, weights)
+def _differentiable(name: str, scorer: Callable[..., Scorer] | None = None) -> RewardEntry:
+    return RewardEntry(scorer or _served_module(name), f"rewards_service.differentiable:{name}_module")
 
 
-FACTORIES: dict[str, Callable[..., Scorer]] = {
-    "jpeg_compressibility": JpegCompressibility,
-    "jpeg_incompressibility": JpegIncompressibility,
-    "aesthetic": _aesthetic,
-    "llava_bertscore": _llava_bertscore,
-    "composite": _composite,
+REWARDS: dict[str, RewardEntry] = {
+    "jpeg_compressibility": RewardEntry(JpegCompressibility),
+    "jpeg_incompressibility": RewardEntry(JpegIncompressibility),
+    "aesthetic": _differentiable("aesthetic", _aesthetic),
+    "llava_bertscore": RewardEntry(_llava_bertscore),
+    "composite": RewardEntry(_composite),
     "smoothness": _differentiable("smoothness"),
     "clip_score": _differentiable("clip_score"),
     "pickscore": _differentiable("pickscore"),
     "hpsv2": _differentiable("hpsv2"),
 }
-REWARD_NAMES = tuple(FACTORIES)
+REWARD_NAMES = tuple(REWARDS)
+
+
+def differentiable_reward_names() -> list[str]:
+    return sorted(name for name, entry in REWARDS.items() if entry.differentiable)
 
 
 def _import(path: str) -> Callable[..., Scorer]:
@@ -74,10 +104,10 @@ def build_scorer(name: str, version: str | None = None, **options: Any) -> Score
     """Construct the scorer registered under `name` (or a 'module:Class' import path); `version` overrides its version."""
     if ":" in name:
         factory = _import(name)
-    elif name in FACTORIES:
-        factory = FACTORIES[name]
+    elif name in REWARDS:
+        factory = REWARDS[name].scorer
     else:
-        raise ValueError(f"unknown reward {name!r}; known rewards: {sorted(FACTORIES)} or a 'module:Class' path")
+        raise ValueError(f"unknown reward {name!r}; known rewards: {sorted(REWARDS)} or a 'module:Class' path")
     scorer = factory(**options)
     if version is not None:
         scorer.version = version

@@ -1,0 +1,108 @@
+"""What an algorithm declares to the rest of the system (importable without torch: config checks stay fast).
+
+An algorithm is one module (or folder) in `learner/algorithms/` and one line in `learner.algorithms.ALGORITHMS`.
+It names its settings section (a pydantic model; keys of another algorithm's section are config errors), where
+an epoch's samples come from (`rollouts`: the rollout actors' trajectories, scored by the reward service;
+`learners`: chains the learners sample themselves with grad, while the rollout actors sample held-out prompts
+for monitoring), how to build its learner, what its epoch line shows and which series its diagnostics plot draws.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+from pydantic import BaseModel
+
+if TYPE_CHECKING:
+    from cluster.config import TrainConfig
+
+
+class Algorithm:
+    """A training algorithm's declaration; the driver, config, validation and progress ask it, never its name."""
+
+    name: ClassVar[str]
+    section: ClassVar[str]  # the config section holding `settings`
+    settings: ClassVar[type[BaseModel]]
+    samples_from: ClassVar[Literal["rollouts", "learners"]]
+    summary: ClassVar[tuple[tuple[str, str, str], ...]] = ()  # (metric, label, format) shown after the reward in the epoch line
+    diagnostics: ClassVar[tuple[tuple[str, str], ...]] = ()  # (metric, plot title) of `plots/diagnostics.png`
+    optimizes: ClassVar[str] = ""  # one line for the README table
+    paper: ClassVar[str] = ""
+
+    @classmethod
+    def check(cls, config: "TrainConfig") -> None:
+        """Cross-field checks; raise ValueError("dotted.key: what to fix")."""
+
+    @classmethod
+    def learner_spec(cls, config: "TrainConfig", common: dict[str, Any]):
+        """The learner's spec (a dataclass with `build(reduce_gradients)`); `common`: model, lora, seeds, dtype."""
+        raise NotImplementedError
+
+    @classmethod
+    def optimizer_steps_per_epoch(cls, config: "TrainConfig") -> int:
+        raise NotImplementedError
+
+    @classmethod
+    def group_size(cls, config: "TrainConfig") -> int:
+        """Consecutive samples of a rollout batch that share a prompt (GRPO's groups; 1 = every sample its own prompt)."""
+        return 1
+
+    @classmethod
+    def noise_group_size(cls, config: "TrainConfig") -> int:
+        """Consecutive samples of a rollout batch that share their initial noise x_0 (1 = each its own)."""
+        return 1
+
+    @classmethod
+    def differentiable_reward(cls) -> bool:
+        """Whether the learner backpropagates through `reward.name` (then it must be a differentiable reward)."""
+        return cls.samples_from == "learners"
+
+
+class RolloutAlgorithm(Algorithm):
+    """Learns from the rollout actors' trajectories: PPO-style settings (train_batch_size, grad_accum_steps, inner_epochs)."""
+
+    samples_from = "rollouts"
+
+    @classmethod
+    def check(cls, config: "TrainConfig") -> None:
+        s, key = config.settings, cls.section
+        samples = config.samples_per_epoch
+        per_learner, rest = divmod(samples, config.resources.num_learners)
+        minibatches, partial = divmod(per_learner, s.train_batch_size)
+        if rest or partial or (minibatches * s.inner_epochs) % s.grad_accum_steps:
+            raise ValueError(
+                f"samples per epoch ({samples} = sampling.batch_size × sampling.batches_per_epoch × "
+                f"resources.num_rollout_actors) split over {config.resources.num_learners} learner(s) must fill whole "
+                f"minibatches of {key}.train_batch_size={s.train_batch_size}, and minibatches × "
+                f"{key}.inner_epochs must be a multiple of {key}.grad_accum_steps={s.grad_accum_steps}"
+            )
+
+    @classmethod
+    def optimizer_steps_per_epoch(cls, config: "TrainConfig") -> int:
+        s = config.settings
+        minibatches = config.samples_per_epoch // config.resources.num_learners // s.train_batch_size
+        return max(1, minibatches * s.inner_epochs // s.grad_accum_steps)
+
+
+class FirstOrderAlgorithm(Algorithm):
+    """Learners sample chains with grad from training prompts; settings carry batch_size, grad_accum_steps, updates_per_epoch."""
+
+    samples_from = "learners"
+
+    @classmethod
+    def check(cls, config: "TrainConfig") -> None:
+        if config.scaleout.mode == "async":
+            raise ValueError(
+                f"scaleout.mode: async mode needs an algorithm that learns from rollouts; {cls.name} trains on its own samples, "
+                f"use scaleout.mode=sync"
+            )
+
+    @classmethod
+    def optimizer_steps_per_epoch(cls, config: "TrainConfig") -> int:
+        return config.settings.updates_per_epoch
+
+    @classmethod
+    def prompts_per_epoch(cls, config: "TrainConfig") -> int:
+        """Prompts all learners together sample with grad in one epoch."""
+        s = config.settings
+        return s.batch_size * s.grad_accum_steps * s.updates_per_epoch * config.resources.num_learners

@@ -1,0 +1,109 @@
+"""`BaseLearner`: what every algorithm's learner shares (RLlib style: one base, one subclass per algorithm).
+
+The pipeline with a LoRA on its UNet (base weights frozen, adapter fp32), AdamW on the adapter and an
+optional learning-rate schedule, one optimizer step (all-reduce across ranks, grad-norm clip), a noise
+generator per rank, the versioned adapter, resume state (tensors and plain types: `torch.load(weights_only=True)`)
+and the diffusers-format LoRA save. A subclass sets `settings`, and implements `train_epoch`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from learner.optim import ReduceGradients, build_lr_scheduler, build_optimizer, optimizer_step
+from rollout.lora import AdapterVersion, add_lora, export_adapter, import_adapter, save_lora
+from rollout.models import load_pipeline
+
+
+class BaseLearner:
+    """One data-parallel rank's policy: `train_epoch(...)` turns adapter version v into v+1.
+
+    Every rank starts from the same LoRA (torch seeded with `spec.seed` before `add_lora`); `generator`
+    is seeded by `generator_seed()` (default: (seed, rank), so ranks draw different noise).
+    """
+
+    lr_schedule: str = "constant"
+
+    def __init__(self, spec, reduce_gradients: ReduceGradients | None = None):
+        self.spec = spec
+        self.pipe = load_pipeline(spec.model, device=spec.device, dtype=spec.dtype, seed=spec.model_seed)
+        torch.manual_seed(spec.seed)
+        self.params = add_lora(self.pipe.unet, spec.lora)
+        self.optimizer = build_optimizer(self.params, self.settings)
+        self.lr_scheduler = build_lr_scheduler(self.optimizer, self.lr_schedule, self.total_optimizer_steps)
+        self.generator = torch.Generator(device=self.generator_device).manual_seed(self.generator_seed())
+        self.reduce_gradients = reduce_gradients
+        self.version = 0
+
+    # ---- what a subclass declares ---------------------------------------------
+    @property
+    def settings(self):
+        """The algorithm's settings section (learning rate, Adam, max_grad_norm, ...)."""
+        raise NotImplementedError
+
+    @property
+    def total_optimizer_steps(self) -> int:
+        return 1
+
+    def train_epoch(self, *inputs, world_size: int = 1) -> dict[str, float]:
+        """One epoch's update from what the algorithm's sample source delivers; bumps the version."""
+        raise NotImplementedError
+
+    def extra_state(self) -> dict:
+        """The subclass's own resume state (tensors and plain types)."""
+        return {}
+
+    def load_extra_state(self, state: dict) -> None:
+        pass
+
+    # ---- shared ---------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.pipe.unet.device
+
+    @property
+    def rank(self) -> int:
+        return getattr(self.spec, "rank", 0)
+
+    @property
+    def generator_device(self) -> torch.device | str:
+        return self.device
+
+    def generator_seed(self) -> int:
+        return int(np.random.default_rng([self.spec.seed, self.rank]).integers(0, 2**62))
+
+    def optimizer_step(self) -> float:
+        return optimizer_step(self.optimizer, self.params, self.settings.max_grad_norm, self.reduce_gradients, self.lr_scheduler)
+
+    def adapter(self) -> AdapterVersion:
+        return export_adapter(self.pipe.unet, self.version)
+
+    def save_lora(self, directory: str | Path) -> Path:
+        return save_lora(directory, self.pipe.unet, self.spec.lora)
+
+    def state_dict(self) -> dict:
+        return {
+            "adapter": self.adapter().state_dict,
+            "optimizer": self.optimizer.state_dict(),
+            "lr_scheduler": self.lr_scheduler.state_dict(),
+            "generator": self.generator.get_state(),  # uint8 tensor
+            "version": self.version,
+            **self.extra_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        import_adapter(self.pipe.unet, AdapterVersion(state["version"], state["adapter"]))
+        self.optimizer.load_state_dict(state["optimizer"])
+        if "lr_scheduler" in state:
+            self.lr_scheduler.load_state_dict(state["lr_scheduler"])
+        self.generator.set_state(state["generator"])
+        self.version = state["version"]
+        self.load_extra_state(state)
+
+
+def shard(n: int, rank: int, world_size: int) -> list[int]:
+    """The contiguous sample indices of `rank` when n samples are split over `world_size` learners."""
+    return list(range(rank * n // world_size, (rank + 1) * n // world_size))

@@ -1,0 +1,107 @@
+"""GRPO on the LCM policy: group-relative advantages, same-noise groups, config errors, learning and resume through `rlcm train`."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from diffusers import LatentConsistencyModelPipeline
+from safetensors.torch import load_file
+
+from cluster.cli import main
+from cluster.config import ConfigError, load_config
+from learner.algorithms.grpo.learner import group_advantages
+from rollout.models import build_tiny_pipeline
+from rollout.policy import sample_trajectory
+
+FAST = ["run.sample_grid_every=100", "run.save_every=100", "scaleout.control_poll_s=0.1", "run.plots=false", "run.tensorboard=false"]
+
+
+def test_group_advantages_equal_a_hand_computation_and_invalid_groups_drop_whole():
+    rewards = np.array([1.0, 2.0, 3.0, 6.0, 5.0, 5.0, 5.0, 5.0, 0.0, np.nan, 1.0, 2.0])
+    valid = np.array([True] * 9 + [False] + [True] * 2)
+    advantages, kept, dropped = group_advantages(rewards, valid, 4, 1e-4)
+    # group 0: mean 3, population std √3.5; group 1: all equal -> 0; group 2 has an invalid reward -> dropped
+    expected0 = (np.array([1.0, 2.0, 3.0, 6.0]) - 3.0) / (math.sqrt(3.5) + 1e-4)
+    np.testing.assert_allclose(advantages[:4], expected0, rtol=1e-12)
+    assert np.all(advantages[4:] == 0.0) and dropped == 1
+    assert kept.tolist() == [True] * 8 + [False] * 4
+
+
+def test_same_noise_groups_share_x0_only():
+    pipe = build_tiny_pipeline()
+    traj = sample_trajectory(pipe, ["a cat"] * 2 + ["a dog"] * 2, 3, 8.0, torch.Generator().manual_seed(0), noise_group_size=2)
+    x0 = traj.latents[:, 0]
+    assert torch.equal(x0[0], x0[1]) and torch.equal(x0[2], x0[3]) and not torch.equal(x0[0], x0[2])
+    assert not torch.equal(traj.latents[0, 1], traj.latents[1, 1])  # the transitions' noise stays per sample
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["grpo.group_size=3"], "grpo.group_size: 3 does not divide sampling.batch_size=8"),
+        (["train.learning_rate=1e-3"], "train.learning_rate: an option of algorithm rlcm, but algorithm is grpo"),
+        (["rocm.lam=1"], "rocm.lam: an option of algorithm rocm, but algorithm is grpo"),
+    ],
+)
+def test_bad_grpo_config_is_one_line(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config("grpo-tiny-cpu", overrides)
+
+
+def test_grpo_config_error_from_the_cli_before_ray(capsys, tmp_path):
+    assert main(["train", "--config", "grpo-tiny-cpu", "--output-dir", str(tmp_path / "r"), "--set", "grpo.group_size=3"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert any("grpo.group_size: 3 does not divide sampling.batch_size=8" in line for line in err)
+
+
+def rows_of(path) -> list[dict]:
+    return [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
+
+
+def cli(tmp_path, name, *sets, resume=False):
+    args = ["train", "--config", "grpo-tiny-cpu", "--output-dir", str(tmp_path / name)]
+    args += [a for s in [*FAST, *sets] for a in ("--set", s)]
+    return main(args + (["--resume"] if resume else []))
+
+
+@pytest.mark.slow
+def test_grpo_learns_jpeg_compressibility_through_rlcm_train(ray_local, tmp_path):
+    """First vs last quarter of 12 epochs × 16 samples: z ≥ 3; the groups are real (4 per epoch); the LoRA loads in diffusers."""
+    assert cli(tmp_path, "run", "run.epochs=12", "run.save_every=12") == 0
+    rows = rows_of(tmp_path / "run")
+    assert len(rows) == 12 and all(r["algorithm"] == "grpo" and r["groups_dropped"] == 0 for r in rows)
+    quarter = len(rows) // 4
+    first, last = rows[:quarter], rows[-quarter:]
+
+    def pooled(part):
+        means = np.array([r["reward_mean"] for r in part])
+        second = np.mean([r["reward_std"] ** 2 + r["reward_mean"] ** 2 for r in part])
+        n = 16 * len(part)
+        return means.mean(), (second - means.mean() ** 2) * n / (n - 1), n
+
+    (m1, v1, n1), (m2, v2, n2) = pooled(first), pooled(last)
+    z = (m2 - m1) / math.sqrt(v1 / n1 + v2 / n2)
+    assert z >= 3, ([round(r["reward_mean"], 3) for r in rows], z)
+
+    pipe = build_tiny_pipeline()
+    base = pipe("a cat", num_inference_steps=4, generator=torch.Generator().manual_seed(0), output_type="np").images
+    pipe.load_lora_weights(str(tmp_path / "run" / "checkpoints" / "epoch-0011"))
+    tuned = pipe("a cat", num_inference_steps=4, generator=torch.Generator().manual_seed(0), output_type="np").images
+    assert isinstance(pipe, LatentConsistencyModelPipeline) and not np.allclose(base, tuned)
+
+
+def test_grpo_with_kl_and_same_noise_resumes_bitwise_equal(ray_local, tmp_path):
+    sets = ["run.epochs=2", "sampling.num_steps=3", "grpo.kl_coef=0.5", "grpo.same_noise=true"]
+    assert cli(tmp_path, "full", *sets) == 0
+    assert cli(tmp_path, "split", *sets[1:], "run.epochs=1", "run.save_every=1") == 0
+    assert cli(tmp_path, "split", *sets, resume=True) == 0
+    full, split = rows_of(tmp_path / "full"), rows_of(tmp_path / "split")
+    assert [r["epoch"] for r in split] == [0, 1] and split[-1]["samples_seen"] == full[-1]["samples_seen"] == 32
+    assert all(r["kl_to_base"] > 0 and math.isfinite(r["kl_to_base"]) for r in full)  # β·KL to the base is in the loss
+    a = load_file(tmp_path / "full/checkpoints/epoch-0001/pytorch_lora_weights.safetensors")
+    b = load_file(tmp_path / "split/checkpoints/epoch-0001/pytorch_lora_weights.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
