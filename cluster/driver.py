@@ -39,8 +39,8 @@ from cluster.ray_setup import ResourceRequest, cluster_capacity, free_resources,
 from cluster.prompts import epoch_prompts, holdout_split, load_prompts
 from cluster.rollout_pool import PoolOptions, RolloutPool
 from cluster.run_lock import run_lock
-from cluster.watchdog import Watchdog, bounded_get
 from cluster.schedule import Scheduler, entries_to_rescore, mean_over_ranks, reward_summary, update_inputs
+from cluster.watchdog import Watchdog, bounded_get
 from learner.group import LearnerGroup
 from learner.guards import SkipStreak
 from learner.lam_controller import controller_for
@@ -158,6 +158,8 @@ class Trainer:
             model=config.model.name, lora=config.model.lora, seed=config.run.seed, model_seed=config.model.seed, dtype=DTYPES[config.model.dtype]
         )
         spec = self.algo.learner_spec(config, common)
+        if config.faults.nan_loss_epochs and hasattr(spec, "nan_loss_versions"):
+            spec = dataclasses.replace(spec, nan_loss_versions=tuple(config.faults.nan_loss_epochs))
         scale = config.scaleout
         keys = ("resources.num_learners", "resources.learner_cpus", "resources.learner_gpus", "scaleout.placement_strategy")
         return LearnerGroup(
@@ -217,7 +219,8 @@ class Trainer:
     def poll(self, extra: list, timeout: float) -> None:
         """Submit what the scheduler releases, dispatch, wait for any batch, reward or `extra` ref, file what landed."""
         self._control()
-        for job in [] if self.stop.requested else self.schedule.to_submit():
+        stopping = self.stop.requested and not self.own_samples  # (an own-samples update still needs its monitoring batches)
+        for job in [] if stopping else self.schedule.to_submit():
             self.pool.submit(job)
         self.pool.pump()
         refs = [*self.pool.wait_refs(), *self.rewards_pending, *extra]

@@ -28,8 +28,8 @@ class LearnerSpec:
     device: str | None = None
     dtype: torch.dtype | None = None
     total_optimizer_steps: int = 1  # over the whole run, for `ppo.lr_schedule: linear`
-    nan_loss_versions: tuple[int, ...] = ()  # fault injection: updates from these versions get NaN advantages
     rank: int = 0
+    nan_loss_versions: tuple[int, ...] = ()  # fault injection (faults.nan_loss_epochs): updates from these versions get NaN advantages
 
     def build(self, reduce_gradients=None) -> "PPOLearner":
         return PPOLearner(self, reduce_gradients)
@@ -77,8 +77,6 @@ class PPOLearner(BaseLearner):
         keep = np.flatnonzero(valid)
         advantages = np.zeros(len(prompts))
         advantages[keep] = self.advantages([prompts[i] for i in keep], rewards[keep])
-        if self.version in self.spec.nan_loss_versions:
-            advantages[:] = np.nan  # fault injection (faults.nan_loss_epochs): every loss of this update is NaN
         return advantages, valid, {}
 
     def train_epoch(self, rewards: np.ndarray, valid: np.ndarray, *trajectories: Trajectory, world_size: int = 1) -> dict[str, float]:
@@ -95,6 +93,8 @@ class PPOLearner(BaseLearner):
         rows = keep.tolist() if world_size == 1 else shard(len(batch), self.rank, world_size)
         if len(rows) < len(batch):
             batch, advantages = batch.select(rows), advantages[rows]
+        if self.version in self.spec.nan_loss_versions:
+            advantages = np.full_like(advantages, np.nan)  # every loss of this update is NaN
         return {**self.train(batch, advantages), **info}
 
     def train(self, trajectory: Trajectory, advantages: np.ndarray) -> dict[str, float]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 from typing import Callable
 
+import numpy as np
 import torch
 from diffusers import LatentConsistencyModelPipeline
 from torch.utils.checkpoint import checkpoint

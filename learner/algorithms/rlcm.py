@@ -21,6 +21,5 @@ class RLCM(RolloutAlgorithm):
 
         return LearnerSpec(
             ppo=config.train, stat_buffer_size=config.stat_tracking.buffer_size, stat_min_count=config.stat_tracking.min_count,
-            total_optimizer_steps=config.run.epochs * config.optimizer_steps_per_epoch,
-            nan_loss_versions=tuple(config.faults.nan_loss_epochs), **common,
+            total_optimizer_steps=config.run.epochs * config.optimizer_steps_per_epoch, **common,
         )
