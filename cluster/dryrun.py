@@ -236,7 +236,8 @@ def run_dry_run(name: str, config: TrainConfig, output_dir: Path, resolution: in
     figures = {"preset": name, "resolution": resolution, "total_s": time.perf_counter() - start, "setup_s": setup_s,
                "epochs": rows, "peak_bytes": watch.by_role(), "total_peak_bytes": watch.total_peak}
     print_report(figures)
-    print(f"dry run OK: {name} ran end to end at full architecture (random weights, {resolution} px)")
+    what = "full architecture" if plan.config.model.name.startswith(RANDOM) else f"its model {plan.config.model.name!r}"
+    print(f"dry run OK: {name} ran end to end at {what} (random weights, {resolution} px)")
     return figures
 
 

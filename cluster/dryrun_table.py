@@ -22,7 +22,7 @@ def row(log: Path) -> str:
 
 def table(logs: Path, resolution: str) -> str:
     lines = [f"Dry runs at {resolution} px (CPU, 2 cores, shared machine; `bash scripts/dry_run_all.sh`):", "",
-             "| preset | time | peak memory per actor (RSS) | all processes | result |", "|---|---|---|---|---|"]
+             "| preset | time | peak memory per actor (RSS high-water mark) | all processes incl. Ray's own (sampled) | result |", "|---|---|---|---|---|"]
     return "\n".join(lines + [row(log) for log in sorted(logs.glob("*.log"))])
 
 

@@ -135,6 +135,7 @@ def measure(model: str, resolution: int, dtype: torch.dtype, lora, batch: int = 
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from rollout.architectures import _config, architecture_dir
+    from rollout.lora import add_lora
 
     folder = architecture_dir(model if model.startswith("random:") else "random:" + model)
     latent = resolution // 8
@@ -149,8 +150,7 @@ def measure(model: str, resolution: int, dtype: torch.dtype, lora, batch: int = 
             torch.set_default_dtype(previous)
         unet.requires_grad_(False), vae.requires_grad_(False)
         unet_params = sum(p.numel() for p in unet.parameters())
-        unet.add_adapter(lora.peft_config())  # rollout.lora.add_lora also casts to fp32, which fake tensors cannot swap
-        lora_params = sum(p.numel() for p in unet.parameters() if p.requires_grad)
+        lora_params = sum(p.numel() for p in add_lora(unet, lora))  # fp32 adapter, as training runs it
         cross = unet.config.cross_attention_dim
 
         def inputs(b: int, grad: bool = False):

@@ -98,14 +98,16 @@ def test_plan_and_dry_run_reject_what_they_cannot_do_in_one_line():
         plan_dry_run(load_config("compression"), resolution=30)
 
 
-def test_plan_json_from_the_cli():
-    out = subprocess.run([sys.executable, "-m", "cluster.cli", "plan", "--config", "compression", "--gpu", "a100-80gb", "--json"],
-                         capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    assert out.returncode == 0, out.stderr
-    data = json.loads(out.stdout)
+def test_plan_json_from_the_cli(capsys):
+    from cluster.cli import main
+
+    assert main(["plan", "--config", "compression", "--gpu", "a100-80gb", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
     assert set(data["flops"]) >= {"unet_call", "vae_decode", "per_sample"}
     assert all(set(a) >= {"role", "memory_bytes", "fits"} for a in data["actors"])
     assert data["gpu_memory_bytes"] == GPUS["a100-80gb"][0]
+    assert main(["plan", "--config", "compression", "--gpu", "tpu"]) == 2  # one-line error, not a trace
+    assert "unknown GPU kind 'tpu'" in capsys.readouterr().err
 
 
 def test_dry_run_keeps_the_algorithm_and_maps_gpus_to_cpu():

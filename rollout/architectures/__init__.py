@@ -29,7 +29,7 @@ def architecture_dir(model: str) -> Path:
     hub_id = model.removeprefix(RANDOM_PREFIX)
     if hub_id not in ARCHITECTURES:
         raise ValueError(f"model.name: no shipped architecture for {hub_id!r}; random weights are available for {sorted(ARCHITECTURES)}")
-    return Path(str(resources.files("rollout.architectures") / ARCHITECTURES[hub_id]))
+    return Path(str(resources.files(f"rollout.architectures.{ARCHITECTURES[hub_id]}")))
 
 
 def _config(folder: Path, name: str) -> dict:
