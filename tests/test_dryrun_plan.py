@@ -144,3 +144,13 @@ def test_dry_run_of_a_rocm_preset_at_full_architecture():
     stdout = _dry_run("rocm-clip_score")
     assert "dry run OK: rocm-clip_score ran end to end at full architecture (random weights, 32 px)" in stdout
     assert "reward clip_score: model=random:openai/clip-vit-large-patch14" in stdout
+
+
+def test_shipped_clip_tokenizer_gives_openai_clip_ids():
+    """The shipped BPE vocabulary builds CLIP's real tokenizer: OpenAI CLIP's ids for a known prompt, 77-token padding."""
+    from rollout.architectures import clip_bpe_tokenizer
+
+    tokenizer = clip_bpe_tokenizer()
+    assert len(tokenizer) == 49408
+    assert tokenizer("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]
+    assert len(tokenizer("a photo of a cat", padding="max_length").input_ids) == 77

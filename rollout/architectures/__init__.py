@@ -37,16 +37,13 @@ def _config(folder: Path, name: str) -> dict:
 
 
 def clip_bpe_tokenizer(model_max_length: int = 77):
-    """The CLIP BPE tokenizer (49408 tokens): vocabulary and merges from open_clip's `bpe_simple_vocab_16e6.txt.gz`,
-    assembled as OpenAI's CLIP does (bytes, bytes + </w>, merges, the two special tokens)."""
+    """The CLIP BPE tokenizer (49408 tokens): vocabulary and merges from `bpe_simple_vocab_16e6.txt.gz` (OpenAI CLIP's
+    file, MIT license, shipped here as open_clip ships it), assembled as OpenAI's CLIP does (bytes, bytes + </w>,
+    merges, the two special tokens)."""
     from transformers import CLIPTokenizer
     from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-    try:
-        import open_clip
-    except ImportError:
-        raise ImportError('random-weight models need the CLIP BPE vocabulary of open_clip: pip install "rlcm[hpsv2]"') from None
-    vocab_file = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
+    vocab_file = Path(__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
     merges = gzip.open(vocab_file).read().decode("utf-8").split("\n")[1 : 49152 - 256 - 2 + 1]
     merges = [tuple(m.split()) for m in merges]
     chars = list(bytes_to_unicode().values())
