@@ -9,7 +9,7 @@ RES=64
 if [ "${1:-}" = "--resolution" ]; then RES=$2; shift 2; fi
 PRESETS=("$@")
 if [ ${#PRESETS[@]} -eq 0 ]; then
-  PRESETS=(compression incompression aesthetic prompt-alignment rocm-aesthetic rocm-pickscore rocm-clip_score rocm-hpsv2 tiny-cpu rocm-tiny-cpu)
+  PRESETS=($(ls cluster/configs/*.yaml | xargs -n1 basename | sed 's/\.yaml$//'))
 fi
 LOGS=runs/dry-run-logs
 mkdir -p "$LOGS"
