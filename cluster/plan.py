@@ -301,7 +301,8 @@ def plan(config: TrainConfig, gpu: str = "h100-80gb", mfu: float = 0.35) -> dict
     rw_params, rw_fwd, rw_train, rw_peak = reward_pieces(config.reward.name, config.reward.options.get("dtype", "float32"))
     if config.algo.samples_from == "learners":  # first-order: the learner backpropagates through its own chains
         k = config.settings
-        calls = 2 * H - 1 if k.lam > 0 and k.divergence != "none" else H
+        regularized = k.divergence != "none" and (k.lam == "auto" or k.lam > 0)  # the base UNet runs beside the policy
+        calls = 2 * H - 1 if regularized else H
         chain = (k.batch_size * (calls * p.unet_input + p.unet_train_peak) if k.gradient_checkpointing
                  else k.batch_size * (calls * p.unet_saved + p.unet_train_peak))
         parts = {"base weights": base, "LoRA + grads + AdamW (fp32)": lora_state, f"reward model ({config.reward.name})": rw_params * 4,
