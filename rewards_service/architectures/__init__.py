@@ -3,7 +3,7 @@
 A model option `random:<hub id>` (e.g. `clip_model: random:openai/clip-vit-large-patch14`) builds that
 model's architecture with random weights; `rlcm train --dry-run` uses it to run every reward path.
 LLaVA-1.5 keeps its real vision tower, projector, embedding and width but only `LLAVA_LAYERS` of its 32
-language-model layers. Tokenizers: the CLIP BPE vocabulary (open_clip's file) where CLIP uses it; for
+language-model layers. Tokenizers: the CLIP BPE vocabulary (shipped here) where CLIP uses it; for
 LLaVA (LLaMA, 32064 tokens) and DeBERTa (50265) a word-level tokenizer of the same size and special tokens.
 """
 
@@ -51,14 +51,14 @@ def default_dtype(dtype: torch.dtype | None):
         torch.set_default_dtype(previous)
 
 
+VOCAB_FILE = Path(__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
+"""OpenAI CLIP's BPE vocabulary (MIT license), shipped here as open_clip ships it: no package pulls it in."""
+
+
 def _bpe_vocab() -> tuple[list[str], list[str]]:
     from transformers.convert_slow_tokenizer import bytes_to_unicode
 
-    try:
-        import open_clip
-    except ImportError:
-        raise ImportError('random-weight reward models need the CLIP BPE vocabulary of open_clip: pip install "rlcm[hpsv2]"') from None
-    lines = gzip.open(Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz").read().decode("utf-8").split("\n")
+    lines = gzip.open(VOCAB_FILE).read().decode("utf-8").split("\n")
     merges = lines[1 : 49152 - 256 - 2 + 1]
     chars = list(bytes_to_unicode().values())
     tokens = chars + [c + "</w>" for c in chars] + [m.replace(" ", "") for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
@@ -66,7 +66,7 @@ def _bpe_vocab() -> tuple[list[str], list[str]]:
 
 
 def clip_tokenizer(model_max_length: int = 77):
-    """The CLIP BPE tokenizer (49408 tokens), assembled as OpenAI's CLIP does from open_clip's vocabulary file."""
+    """The CLIP BPE tokenizer (49408 tokens), assembled as OpenAI's CLIP does (bytes, bytes + </w>, merges, two specials)."""
     from transformers import CLIPTokenizer
 
     tokens, merges = _bpe_vocab()

@@ -3,13 +3,12 @@
 `random:<hub id>` as a model name (e.g. `random:SimianLuo/LCM_Dreamshaper_v7`) gives the pipeline of that
 model at its full size with random weights: the SD1.5 UNet with the LCM guidance embedding
 (time_cond_proj_dim=256), the SD1.5 `AutoencoderKL` (scaling 0.18215), the CLIP ViT-L/14 text encoder
-(77 tokens) with the real CLIP BPE tokenizer (open_clip's vocabulary file) and the model's `LCMScheduler`.
+(77 tokens) with the real CLIP BPE tokenizer (OpenAI CLIP's vocabulary, shipped in rewards_service/architectures) and the model's `LCMScheduler`.
 It is what `rlcm train --dry-run` runs: every code path of a real run, nothing learned.
 """
 
 from __future__ import annotations
 
-import gzip
 import json
 from importlib import resources
 from pathlib import Path
@@ -37,18 +36,11 @@ def _config(folder: Path, name: str) -> dict:
 
 
 def clip_bpe_tokenizer(model_max_length: int = 77):
-    """The CLIP BPE tokenizer (49408 tokens): vocabulary and merges from `bpe_simple_vocab_16e6.txt.gz` (OpenAI CLIP's
-    file, MIT license, shipped here as open_clip ships it), assembled as OpenAI's CLIP does (bytes, bytes + </w>,
-    merges, the two special tokens)."""
-    from transformers import CLIPTokenizer
-    from transformers.convert_slow_tokenizer import bytes_to_unicode
+    """The CLIP BPE tokenizer (49408 tokens) of the text encoder: the same builder and shipped vocabulary as the CLIP
+    reward backbones use (`rewards_service.architectures`, data only: it imports nothing of rollout)."""
+    from rewards_service.architectures import clip_tokenizer
 
-    vocab_file = Path(__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
-    merges = gzip.open(vocab_file).read().decode("utf-8").split("\n")[1 : 49152 - 256 - 2 + 1]
-    merges = [tuple(m.split()) for m in merges]
-    chars = list(bytes_to_unicode().values())
-    tokens = chars + [c + "</w>" for c in chars] + ["".join(m) for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
-    return CLIPTokenizer(vocab={t: i for i, t in enumerate(tokens)}, merges=merges, model_max_length=model_max_length)
+    return clip_tokenizer(model_max_length)
 
 
 def meta_unet(model: str):
