@@ -180,9 +180,10 @@ class ResumePoint:
     epoch: int  # the last finished epoch (0-based, as in the folder name)
     samples_seen: int
     policy_version: int
+    extra: tuple[tuple[str, object], ...] = ()  # the driver state's other keys (e.g. ROCM's next λ), as written
 
     def state(self) -> dict:
-        return {"epoch": self.epoch, "samples_seen": self.samples_seen, "policy_version": self.policy_version}
+        return {**dict(self.extra), "epoch": self.epoch, "samples_seen": self.samples_seen, "policy_version": self.policy_version}
 
 
 def holds_run(root: Path) -> bool:
@@ -216,7 +217,8 @@ def resume_point(root: Path) -> ResumePoint | None:
         )
         raise CheckpointError(f"cannot resume from {newest.name}: {bad}; {offer}")
     state = json.loads((newest / DRIVER_STATE).read_text())
-    return ResumePoint(newest, state["epoch"], state["samples_seen"], state["policy_version"])
+    extra = tuple((k, v) for k, v in sorted(state.items()) if k not in STATE_KEYS)
+    return ResumePoint(newest, state["epoch"], state["samples_seen"], state["policy_version"], extra)
 
 
 def prepare_resume(root: Path, total_epochs: int) -> tuple[ResumePoint | None, list[str]]:

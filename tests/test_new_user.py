@@ -205,7 +205,9 @@ def test_gpu_preset_on_a_cpu_machine_fails_before_ray_and_leaves_no_config(tmp_p
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     started = ray.is_initialized()
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # as in a fresh `rlcm train` process (the suite shares one Ray)
     assert main(["train", "--config", "compression", "--output-dir", str(tmp_path / "run")]) == 2
+    monkeypatch.undo()
     err = capsys.readouterr().err
     assert "does not fit on this machine (4 GPUs asked, this machine has 0" in err and "tiny-cpu" in err and len(err) < 400
     assert not (tmp_path / "run" / "config.yaml").exists() and ray.is_initialized() == started
