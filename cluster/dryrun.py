@@ -92,9 +92,10 @@ def plan_dry_run(config: TrainConfig, resolution: int = 64) -> DryRunPlan:
         model["dtype"] = "bfloat16"
         changes.append("model.dtype: auto -> bfloat16 (what the frozen base gets on a bf16 GPU); LoRA and optimizer stay fp32")
     s = data["sampling"]
-    changes.append(f"sampling: {s['height'] or 'default'} px -> {resolution} px, batch_size {s['batch_size']} -> {min(s['batch_size'], 2)}, "
+    batch = max(min(s["batch_size"], 2), config.algo.group_size(config))  # a GRPO group stays within one batch
+    changes.append(f"sampling: {s['height'] or 'default'} px -> {resolution} px, batch_size {s['batch_size']} -> {batch}, "
                    f"batches_per_epoch {s['batches_per_epoch']} -> 1 (num_steps {s['num_steps']} kept)")
-    s.update(height=resolution, width=resolution, batch_size=min(s["batch_size"], 2), batches_per_epoch=1)
+    s.update(height=resolution, width=resolution, batch_size=batch, batches_per_epoch=1)
     r = data["resources"]
     changes.append(f"resources: {r['num_rollout_actors']} rollout actor(s) x {r['rollout_gpus']} GPU, {r['num_learners']} learner(s) x "
                    f"{r['learner_gpus']} GPU -> 1 rollout actor + 1 learner on CPU (GPU requests mapped to CPU)")
