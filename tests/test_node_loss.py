@@ -118,3 +118,50 @@ def test_learner_node_lost_group_rebuilt_from_checkpoint_and_final_lora_equal(no
     assert [r["samples_seen"] for r in rows] == [r["samples_seen"] for r in straight] == [32, 64, 96]
     a, b = lora(tmp_path / "straight/checkpoints/epoch-0002"), lora(tmp_path / "lost/checkpoints/epoch-0002")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def replica_nodes(deployment: str, cluster) -> list:
+    """The cluster nodes on which live Serve replicas of `deployment` run."""
+    from ray._private.state import actors
+
+    node_ids = {a["Address"]["NodeID"] for a in actors().values() if a["ActorClassName"].endswith(f":{deployment}") and a["State"] == "ALIVE"}
+    return [n for n in cluster.list_all_nodes() if n.node_id in node_ids]
+
+
+def test_reward_replica_node_lost_scoring_retried_on_replacement(nodes, tmp_path):
+    """The node of the only reward replica (Serve backend) disappears while it scores a batch: Serve starts a replacement on
+    the nodes left, the lost call is retried on it, and every sample of every epoch enters the loss with its reward."""
+    from ray import serve
+
+    from cluster.config import load_config
+    from cluster.driver import Trainer
+    from rewards_service.serve import RewardDeploymentConfig, RewardServiceConfig, run_service
+    from rewards_service.settings import ServiceSettings
+    from tests.servers import free_port
+
+    cluster = nodes
+    # a scorer that takes a second per batch, so the node goes while a call is in flight
+    service = RewardServiceConfig(app_name="rewards_node_loss", settings=ServiceSettings(port=free_port(), auth_token=None),
+                                  rewards=[RewardDeploymentConfig(name="slow", scorer="tests.test_rewards_serve:SlowJpeg",
+                                                                  options={"delay_s": 1.0}, num_cpus=0.5)])
+    run_service(service)
+    try:
+        config = load_config(None, [*FAST, "run.epochs=3", "resources.num_rollout_actors=1", "run.save_every=1", "reward.backend=serve",
+                                    "reward.name=slow", "reward.app_name=rewards_node_loss", "reward.timeout_s=120"])
+        trainer = Trainer(config, tmp_path)
+        before = replica_nodes("slow", cluster)
+        removed: list[float] = []
+        # during epoch 2: once a batch's scoring call has been in flight for a moment
+        ready = lambda: len(trainer.out.rows()) == 1 and len(trainer.rewards_pending) > 0  # noqa: E731
+        remove_when(cluster, lambda: replica_nodes("slow", cluster)[0], ready, removed)
+        try:
+            rows = trainer.run()
+        finally:
+            trainer.shutdown()
+        after = replica_nodes("slow", cluster)
+    finally:
+        serve.delete(service.app_name)
+    assert removed, "the node was never removed"
+    assert len(before) == len(after) == 1 and before[0].node_id != after[0].node_id, "Serve did not replace the replica elsewhere"
+    assert [r["epoch"] for r in rows] == [0, 1, 2]
+    assert [r["samples_seen"] for r in rows] == [32, 64, 96] and all(r["num_invalid"] == 0 for r in rows)
