@@ -1,4 +1,5 @@
-"""Objects lost with a node are sampled again, never silently dropped (single-node Ray: the loss is made by hand)."""
+"""Objects lost with a node are sampled again, never silently dropped; a reward replica that never comes back is one clear
+line (single-node Ray: the losses are made by hand)."""
 
 from __future__ import annotations
 
@@ -58,3 +59,25 @@ def test_batch_whose_images_were_lost_is_sampled_again(ray_local, tmp_path, caps
     assert "rlcm: the images of batch (0, 1) were lost (OwnerDiedError" in capsys.readouterr().err
     assert [r["samples_seen"] for r in rows] == [16] and rows[0]["num_invalid"] == 0
     assert rows[0]["resampled_batches"] == 1 and rows[0]["rollout_failures"] == 0
+
+
+def test_no_live_reward_replica_within_reward_timeout_is_one_clear_line(ray_local):
+    """The Serve client gave up waiting for a replacement replica: the driver stops with one line naming the batch, the
+    deployment, reward.timeout_s and the free resources, not a traceback or invalid samples."""
+    from types import SimpleNamespace
+
+    import pytest
+    from ray.exceptions import RayTaskError
+
+    from cluster.buffer import Entry
+    from cluster.watchdog import StalledError
+    from rewards_service.client import RewardUnavailable
+
+    cause = RewardUnavailable("no live replica of Serve deployment 'aesthetic' answered within 600 s (reward.timeout_s); last: "
+                              "ActorDiedError: The actor died unexpectedly before finishing this task.")
+    error = RayTaskError("score_images", "Traceback ...", cause).as_instanceof_cause()
+    with pytest.raises(StalledError) as raised:
+        Trainer._scoring_failed(SimpleNamespace(), Entry((3, 1), ["a"], None, None, 0), error)
+    message = str(raised.value)
+    assert message.startswith("reward scoring of batch (3, 1): no live replica of Serve deployment 'aesthetic' answered within 600 s")
+    assert "free on the cluster now: CPU" in message and "\n" not in message
