@@ -246,6 +246,8 @@ class Trainer:
             self.schedule.landed(entry)
             self.rewards_pending[entry.reward_ref] = (entry, time.perf_counter())
             what = f"reward scoring of batch {entry.key} ({reward.num_cpus:g} CPU)"
+            if reward.backend == "serve":
+                what += f" through Serve deployment {self.reward_client.reward!r} of app {reward.app_name!r}"
             self.watchdog.start(entry.reward_ref, what, reward.timeout_s, "reward.timeout_s", ("reward.num_cpus",))
         for ref in [r for r in ready if r in self.rewards_pending]:
             entry, submitted = self.rewards_pending.pop(ref)

@@ -13,6 +13,7 @@ import threading
 import time
 
 import pytest
+import ray
 
 pytestmark = [
     pytest.mark.slow,
@@ -162,9 +163,9 @@ def test_reward_replica_node_lost_scoring_retried_on_replacement(nodes, tmp_path
                                                                   options={"delay_s": 1.0}, num_cpus=0.5)])
     run_service(service)
     try:
-        config = load_config(None, [*FAST, "run.epochs=3", "resources.num_rollout_actors=1", "run.save_every=1", "reward.backend=serve",
-                                    "reward.name=slow", "reward.app_name=rewards_node_loss", "reward.timeout_s=120"])
-        trainer = Trainer(config, tmp_path)
+        serve_backend = [*FAST, "resources.num_rollout_actors=1", "run.save_every=1", "reward.backend=serve", "reward.name=slow",
+                         "reward.app_name=rewards_node_loss"]
+        trainer = Trainer(load_config(None, [*serve_backend, "run.epochs=3", "reward.timeout_s=120"]), tmp_path / "lost")
         before = replica_nodes("slow", cluster)
         removed: list[float] = []
         # during epoch 2: once a batch's scoring call has been in flight for a moment
@@ -175,6 +176,7 @@ def test_reward_replica_node_lost_scoring_retried_on_replacement(nodes, tmp_path
         finally:
             trainer.shutdown()
         after = replica_nodes("slow", cluster)
+        stalled, waited = replica_never_back(cluster, load_config(None, [*serve_backend, "reward.timeout_s=15"]), tmp_path / "never")
     finally:
         serve.delete(service.app_name)
     assert removed, "the node was never removed"
@@ -182,4 +184,44 @@ def test_reward_replica_node_lost_scoring_retried_on_replacement(nodes, tmp_path
     assert [r["epoch"] for r in rows] == [0, 1, 2]
     assert [r["samples_seen"] for r in rows] == [16, 32, 48] and all(r["num_invalid"] == 0 for r in rows)
     assert rows[0]["reward_retries"] == 0 and rows[-1]["reward_retries"] >= 1  # the lost call was sent again
-    figures(rows)
+    figures(rows, f" (reward node; no room for a replacement: stopped after {waited:.0f} s)")
+    print(f"node-loss stop line: {stalled}", file=sys.__stdout__, flush=True)
+    # then no node has room for another replacement: one line naming the deployment and reward.timeout_s, soon after it
+    assert "Serve deployment 'slow'" in stalled and "reward.timeout_s" in stalled and "\n" not in stalled
+    assert waited < 15 + 30
+
+
+def replica_never_back(cluster, config, output_dir) -> tuple[str, float]:
+    """A new run starts, every CPU left elsewhere is taken, and the replica's node goes too: Serve has nowhere to put a
+    replacement, so the run must stop with one clear line after reward.timeout_s (15 s). Returns it and the wait."""
+    from cluster.driver import Trainer
+    from cluster.watchdog import StalledError
+
+    trainer = Trainer(config, output_dir)
+    ballast = hold_free_cpus(besides=replica_nodes("slow", cluster)[0].node_id)
+    removed: list[float] = []
+    remove_when(cluster, lambda: replica_nodes("slow", cluster)[0], lambda: len(trainer.rewards_pending) > 0, removed)
+    try:
+        with pytest.raises(StalledError) as raised:
+            trainer.run()
+    finally:
+        trainer.shutdown()
+        for actor in ballast:
+            ray.kill(actor)
+    assert removed, "the node was never removed"
+    return str(raised.value), time.monotonic() - removed[0]
+
+
+def hold_free_cpus(besides: str) -> list:
+    """Actors that take every free CPU of every node but `besides`, so that a replica lost there has nowhere to go."""
+    from ray._private.state import available_resources_per_node
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    @ray.remote
+    class Ballast:
+        pass
+
+    held = [Ballast.options(num_cpus=free["CPU"], scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote()
+            for node, free in available_resources_per_node().items() if node != besides and free.get("CPU", 0) > 0]
+    ray.get([actor.__ray_ready__.remote() for actor in held])
+    return held
