@@ -269,7 +269,9 @@ class Trainer:
         reward replica within reward.timeout_s: stop with one line. Anything else is raised as it is."""
         cause = getattr(error, "cause", None)
         if isinstance(error, ray.exceptions.ObjectLostError) or isinstance(cause, ray.exceptions.ObjectLostError):
-            job = self.landed_jobs.pop(entry.key)
+            job = self.landed_jobs.pop(entry.key, None)
+            if job is None or entry.key not in self.schedule.buffer.entries:  # async: already dropped as stale
+                return
             self.schedule.buffer.resample(entry.key)
             self.pool.requeue(job)
             print(f"rlcm: the images of batch {entry.key} were lost ({type(cause or error).__name__}: their node is gone); "
