@@ -68,6 +68,11 @@ class TrajectoryBuffer:
         self.reserved -= 1
         self.entries[entry.key] = entry
 
+    def resample(self, key: Key) -> Entry:
+        """Remove an entry whose objects were lost (their node is gone); its slot stays reserved until it lands again."""
+        self.reserved += 1
+        return self.entries.pop(key)
+
     def ready(self) -> list[Entry]:
         """Scored entries, oldest key first."""
         return sorted((e for e in self.entries.values() if e.rewards is not None), key=lambda e: e.key)

@@ -79,6 +79,8 @@ class RewardConfig(Strict):
             token=token,
             retry=self.retry,
             max_concurrency=1,
+            replica_wait_s=self.timeout_s,  # serve: a lost replica's call waits for Serve's replacement this long
+            replica_wait_key="reward.timeout_s",
         )
 
 

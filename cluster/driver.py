@@ -40,11 +40,11 @@ from cluster.prompts import epoch_prompts, holdout_split, load_prompts
 from cluster.rollout_pool import PoolOptions, RolloutPool
 from cluster.run_lock import run_lock
 from cluster.schedule import Scheduler, entries_to_rescore, mean_over_ranks, reward_summary, update_inputs
-from cluster.watchdog import Watchdog, bounded_get
+from cluster.watchdog import StalledError, Watchdog, bounded_get
 from learner.group import LearnerGroup
 from learner.guards import SkipStreak
 from learner.lam_controller import controller_for
-from rewards_service.client import RewardClient, RewardClientConfig, build_reward_client
+from rewards_service.client import RewardClient, RewardClientConfig, RewardUnavailable, build_reward_client
 from rewards_service.scorers import ScoreResult
 from rollout.worker import RolloutSpec
 
@@ -64,6 +64,12 @@ def score_images(client_config: RewardClientConfig, images: np.ndarray, prompts:
     if key not in _CLIENTS:
         _CLIENTS[key] = build_reward_client(client_config)
     return _CLIENTS[key].score(images, prompts)
+
+
+def reward_retries(result: ScoreResult) -> int:
+    """How many times a batch's scoring call was sent again: failed attempts and calls resent after their replica was lost."""
+    details = result.details
+    return max(details.get("attempts") or [1]) - 1 + max(details.get("replica_resends") or [0])
 
 
 class SkippedTooOften(RuntimeError):
@@ -138,6 +144,8 @@ class Trainer:
         self.watchdog = Watchdog(free_resources)  # every ref the loop waits on has a deadline
         self.reward_latency: list[float] = []
         self.rescored_batches = 0
+        self.reward_retries = 0  # scoring calls sent again (a failed attempt, a replica lost mid-call)
+        self.landed_jobs: dict = {}  # key -> Job of each batch in the buffer, to sample it again if its objects are lost
         self.skipped_in_a_row = 0
         self.nonfinite = SkipStreak(config.run.max_nonfinite_updates, "updates", "run.max_nonfinite_updates")
         self.controller = start_controller(
@@ -233,6 +241,7 @@ class Trainer:
         reward = self.config.reward
         for done in self.pool.collect(ready):
             entry = Entry(done.job.key, done.job.prompts, done.trajectory_ref, done.images_ref, done.info["policy_version"])
+            self.landed_jobs[entry.key] = done.job
             entry.reward_ref = self.score_batch(done.images_ref, done.job.prompts)
             self.schedule.landed(entry)
             self.rewards_pending[entry.reward_ref] = (entry, time.perf_counter())
@@ -240,13 +249,33 @@ class Trainer:
             self.watchdog.start(entry.reward_ref, what, reward.timeout_s, "reward.timeout_s", ("reward.num_cpus",))
         for ref in [r for r in ready if r in self.rewards_pending]:
             entry, submitted = self.rewards_pending.pop(ref)
-            result: ScoreResult = ray.get(ref, timeout=reward.timeout_s)
+            try:
+                result: ScoreResult = ray.get(ref, timeout=reward.timeout_s)
+            except ray.exceptions.RayError as error:
+                self._scoring_failed(entry, error)
+                continue
+            self.reward_retries += reward_retries(result)
             if entry.key[0] in self.config.faults.invalid_reward_epochs:
                 result = ScoreResult.failed(len(entry.prompts), "", "injected by faults.invalid_reward_epochs")
             self.schedule.scored(entry, result.rewards, result.valid, result.version, error_text(result.details))
             self.reward_latency.append(time.perf_counter() - submitted)
         self.pool.pump()
         self.watchdog.check()
+
+    def _scoring_failed(self, entry: Entry, error: ray.exceptions.RayError) -> None:
+        """A batch's images were lost with their node (and Ray could not rebuild them): sample the batch again. No live
+        reward replica within reward.timeout_s: stop with one line. Anything else is raised as it is."""
+        cause = getattr(error, "cause", None)
+        if isinstance(error, ray.exceptions.ObjectLostError) or isinstance(cause, ray.exceptions.ObjectLostError):
+            job = self.landed_jobs.pop(entry.key)
+            self.schedule.buffer.resample(entry.key)
+            self.pool.requeue(job)
+            print(f"rlcm: the images of batch {entry.key} were lost ({type(cause or error).__name__}: their node is gone); "
+                  "sampling the batch again", file=sys.stderr, flush=True)
+            return
+        if isinstance(cause, RewardUnavailable):
+            raise StalledError(f"reward scoring of batch {entry.key}: {cause}; free on the cluster now: {free_resources()}") from None
+        raise error
 
     def _watch(self, extra: list) -> None:
         """Deadlines for the rollout batches in flight and the learner update (`extra`); rewards get theirs when submitted."""
@@ -367,6 +396,8 @@ class Trainer:
     def _finish(self, epoch: int, entries: list[Entry], metrics: dict, times: dict, stats: dict, epoch_start: float) -> dict:
         """Write the epoch's metrics row, sample grid, tracking and checkpoint."""
         config = self.config
+        for e in entries:
+            self.landed_jobs.pop(e.key, None)
         summary = reward_summary(entries)
         skipped = bool(metrics.pop("skipped_update", False))
         if self.own_samples:  # the learners' own chains are the reward; the rollout actors' held-out samples monitor
@@ -396,6 +427,8 @@ class Trainer:
             "rollout_idle_ratio": float(np.mean([s["idle_ratio"] for s in stats.values()])) if stats else 0.0,
             "rollout_failures": self.pool.failures,
             "rescored_batches": self.rescored_batches,
+            "resampled_batches": self.pool.requeued,
+            "reward_retries": self.reward_retries,
         }
         row["time_epoch_s"] = time.perf_counter() - epoch_start
         grid = None
@@ -473,20 +506,33 @@ def run_with_restarts(config: TrainConfig, output_dir: Path, resume: bool = Fals
         rows = [r for r in rows if r["epoch"] < trainer.start_epoch]
         try:
             return rows + trainer.run()
-        except ray.exceptions.RayActorError as error:
+        except ray.exceptions.RayError as error:
+            what = _learner_loss(error)
+            if what is None:
+                raise
             rows += trainer.rows
             if attempt == config.scaleout.learner_max_restarts:
                 raise RuntimeError(
-                    f"a learner died {attempt + 1} time(s), the last: {_first_line(error)}; raise scaleout.learner_max_restarts "
+                    f"{what} {attempt + 1} time(s), the last: {_first_line(error)}; raise scaleout.learner_max_restarts "
                     "or check the learner nodes, then continue with --resume"
                 ) from error
             checkpoint = trainer.out.latest_checkpoint()
-            print(f"rlcm: a learner died ({_first_line(error)}); rebuilding the learners from "
+            print(f"rlcm: {what} ({_first_line(error)}); rebuilding the learners from "
                   f"{checkpoint.name if checkpoint else 'scratch (no checkpoint yet)'} "
                   f"(restart {attempt + 1} of scaleout.learner_max_restarts={config.scaleout.learner_max_restarts})", file=sys.stderr, flush=True)
         finally:
             trainer.shutdown()
     return rows
+
+
+def _learner_loss(error: BaseException) -> str | None:
+    """What a learner update lost: the learner itself, or its trajectories (lost with their node, not rebuilt by Ray), which
+    the newest checkpoint's epoch samples again; None for any other error."""
+    if isinstance(error, ray.exceptions.RayActorError):
+        return "a learner died"
+    if isinstance(error, ray.exceptions.ObjectLostError) or isinstance(getattr(error, "cause", None), ray.exceptions.ObjectLostError):
+        return "an update's trajectories were lost with their node"
+    return None
 
 
 def _first_line(error: BaseException) -> str:

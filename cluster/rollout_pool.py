@@ -78,6 +78,7 @@ class RolloutPool:
         self.adapter: tuple[int, list] = (-1, [None])
         self.next_id = 0
         self.failures = 0
+        self.requeued = 0  # batches sent again: their actor failed while sampling them, or their objects were lost
         self.resize(size)
         for slot in self.slots.values():
             if slot.pg is not None:
@@ -163,6 +164,11 @@ class RolloutPool:
             self.inflight[info_ref] = (job, actor_id, trajectory_ref, images_ref)
             self.slots[actor_id].load += 1
 
+    def requeue(self, job: Job) -> None:
+        """Sample `job` again, before anything queued (same key, prompts and seed: the same batch, counted once)."""
+        self.requeued += 1
+        self.queue.appendleft(job)
+
     def wait_refs(self) -> list:
         return [*self.inflight, *self.probes]
 
@@ -180,7 +186,7 @@ class RolloutPool:
                     info = ray.get(ref)
                 except ray.exceptions.RayActorError as error:
                     self.failures += 1
-                    self.queue.appendleft(job)
+                    self.requeue(job)
                     if not self._probing(actor_id):
                         self.probes[slot.handle.ping.remote()] = actor_id
                         serving = sum(not s.draining and not self._probing(i) for i, s in self.slots.items())
@@ -201,7 +207,7 @@ class RolloutPool:
         except ray.exceptions.RayActorError:
             draining = self.slots[actor_id].draining
             for job_ref in [r for r, v in self.inflight.items() if v[1] == actor_id]:
-                self.queue.appendleft(self.inflight.pop(job_ref)[0])
+                self.requeue(self.inflight.pop(job_ref)[0])
             self._stop_actor(actor_id)
             if not draining:
                 self._start_actor()

@@ -36,6 +36,10 @@ class PermanentError(Exception):
     """A failure that retrying cannot fix (the request itself is wrong); a scorer's ValueError is one too."""
 
 
+class RewardUnavailable(RuntimeError):
+    """No live Serve replica answered within the client's `replica_wait_s`: raised, never turned into invalid samples."""
+
+
 class RewardAuthError(PermissionError):
     """The reward service refused the bearer token (HTTP 401/403): raised, never turned into invalid samples."""
 
@@ -67,8 +71,10 @@ class RewardClient(ABC):
         errors = []
         for attempt in range(1, self.retry.max_attempts + 1):
             try:
-                return self._score_once(images, prompts)
-            except RewardAuthError:
+                result = self._score_once(images, prompts)
+                result.details["attempts"] = [attempt] * len(prompts)
+                return result
+            except (RewardAuthError, RewardUnavailable):
                 raise
             except (PermanentError, ValueError) as exc:  # the request is wrong: retrying gives the same answer
                 errors.append(f"{type(exc).__name__}: {exc}" if isinstance(exc, ValueError) else str(exc))
@@ -122,9 +128,13 @@ class InProcessRewardClient(RewardClient):
 class ServeHandleRewardClient(RewardClient):
     """Calls a reward deployment through a Serve DeploymentHandle (inside Ray: no HTTP)."""
 
-    def __init__(self, handle: Any, reward: str, retry: RetryPolicy | None = None, max_concurrency: int = 4) -> None:
+    def __init__(self, handle: Any, reward: str, retry: RetryPolicy | None = None, max_concurrency: int = 4,
+                 replica_wait_s: float | None = None, wait_key: str = "retry.timeout_s") -> None:
+        """`replica_wait_s` (default: retry.timeout_s) bounds how long one attempt waits for a live replica; `wait_key` names
+        the setting in the error that ends the wait."""
         super().__init__(reward, retry, max_concurrency)
         self.handle = handle
+        self.replica_wait_s, self.wait_key = replica_wait_s or self.retry.timeout_s, wait_key
 
     @classmethod
     def connect(cls, reward: str, app_name: str = "rewards", **kwargs: Any) -> "ServeHandleRewardClient":
@@ -134,7 +144,36 @@ class ServeHandleRewardClient(RewardClient):
         return cls(serve.get_deployment_handle(reward, app_name=app_name), reward, **kwargs)
 
     def _score_once(self, images: np.ndarray, prompts: list[str]) -> ScoreResult:
-        return self.handle.score.remote(images, prompts).result(timeout_s=self.retry.timeout_s)
+        """One attempt, which outlasts a lost replica: a call whose replica died (its node lost, OOM) or that found none is
+        sent again, to a replacement once Serve has started one, until `replica_wait_s` have passed; then RewardUnavailable."""
+        from ray.exceptions import GetTimeoutError, RayActorError
+        from ray.serve.exceptions import DeploymentUnavailableError, ReplicaUnavailableError
+
+        deadline, resent = time.monotonic() + self.replica_wait_s, 0
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                result = self.handle.score.remote(images, prompts).result(timeout_s=max(0.1, min(self.retry.timeout_s, left)))
+                if resent:
+                    result.details["replica_resends"] = [resent] * len(prompts)
+                return result
+            except (RayActorError, DeploymentUnavailableError, ReplicaUnavailableError, GetTimeoutError, TimeoutError) as exc:
+                lost = not isinstance(exc, (GetTimeoutError, TimeoutError))
+                if time.monotonic() >= deadline:
+                    raise RewardUnavailable(
+                        f"no live replica of Serve deployment {self.reward!r} answered within {self.replica_wait_s:g} s "
+                        f"({self.wait_key}); last: {type(exc).__name__}: {first_line(exc)}; check `serve status` and the nodes "
+                        "that can host the deployment"
+                    ) from None
+                if not lost:
+                    raise  # a live replica that is just slow: an ordinary failed attempt
+                resent += 1
+                time.sleep(min(self.retry.max_backoff_s, self.retry.delay(resent), max(0.0, deadline - time.monotonic())))
+
+
+def first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return (lines[0] if lines else "")[:200]
 
 
 class HttpRewardClient(RewardClient):
@@ -186,6 +225,8 @@ class RewardClientConfig(BaseModel):
     token: SecretStr | None = Field(None, description="bearer token (http only); default $RLCM_REWARDS_TOKEN")
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
     max_concurrency: int = Field(4, ge=1)
+    replica_wait_s: float | None = Field(None, gt=0, description="serve: how long a call waits for a live replica (default: retry.timeout_s)")
+    replica_wait_key: str = Field("retry.timeout_s", description="serve: the setting named when that wait runs out")
 
 
 def build_reward_client(config: RewardClientConfig) -> RewardClient:
@@ -196,6 +237,7 @@ def build_reward_client(config: RewardClientConfig) -> RewardClient:
 
         return InProcessRewardClient(build_scorer(config.reward, **config.options), **common)
     if config.backend == "serve":
-        return ServeHandleRewardClient.connect(config.reward, config.app_name, **common)
+        return ServeHandleRewardClient.connect(config.reward, config.app_name, replica_wait_s=config.replica_wait_s,
+                                               wait_key=config.replica_wait_key, **common)
     token = config.token.get_secret_value() if config.token else None
     return HttpRewardClient(config.url, config.reward, token, **common)

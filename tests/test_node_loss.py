@@ -1,5 +1,6 @@
 """Nodes lost while a run goes on, on a multi-node Ray cluster on one machine (`ray.cluster_utils.Cluster`).
 
+Scenarios: a rollout actor's node, a learner's node (RLCM and ROCM) and a reward replica's node (Serve backend) disappear.
 Expensive (each scenario starts 4 Ray nodes and trains on them), so not part of the default suite:
 `bash scripts/node_loss.sh` runs them (RLCM_NODE_LOSS=1).
 """
@@ -7,6 +8,7 @@ Expensive (each scenario starts 4 Ray nodes and trains on them), so not part of 
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 
@@ -71,7 +73,17 @@ def test_rollout_node_lost_mid_epoch_run_completes_with_exact_counts(nodes, tmp_
     assert removed, "the node was never removed"
     assert [r["epoch"] for r in rows] == [0, 1, 2]
     assert [r["samples_seen"] for r in rows] == [32, 64, 96] and all(r["num_invalid"] == 0 for r in rows)
-    assert rows[-1]["rollout_failures"] >= 1
+    # every batch whose actor failed while sampling it was sampled again (those that had landed, Ray rebuilt from lineage)
+    assert rows[-1]["resampled_batches"] >= rows[-1]["rollout_failures"] >= 1
+    figures(rows)
+
+
+def figures(rows: list[dict], extra: str = "") -> None:
+    """The counters the README's table quotes."""
+    last = rows[-1]
+    print(f"\nnode-loss figures{extra}: epochs {len(rows)}, samples_seen {[r['samples_seen'] for r in rows]}, rollout_failures "
+          f"{last['rollout_failures']}, resampled_batches {last['resampled_batches']}, reward_retries {last['reward_retries']}, "
+          f"epoch s {[round(r['time_epoch_s'], 1) for r in rows]}", file=sys.__stdout__, flush=True)
 
 
 def nodes_of(actor_class: str, cluster) -> list:
@@ -96,16 +108,17 @@ def lora(path):
     return load_file(str(path / "pytorch_lora_weights.safetensors"))
 
 
-def test_learner_node_lost_group_rebuilt_from_checkpoint_and_final_lora_equal(nodes, tmp_path, capsys):
+@pytest.mark.parametrize("preset", [None, "rocm-tiny-cpu"], ids=["rlcm", "rocm"])
+def test_learner_node_lost_group_rebuilt_from_checkpoint_and_final_lora_equal(nodes, tmp_path, capsys, preset):
     """Sync mode: the learner's node disappears after epoch 0's checkpoint; the driver rebuilds the learners from it on the
-    spare node and the final LoRA equals an uninterrupted run's, bit for bit."""
+    spare node and the final LoRA equals an uninterrupted run's, bit for bit (RLCM and ROCM)."""
     import torch
 
     from cluster.config import load_config
     from cluster.driver import run_with_restarts
 
     cluster = nodes
-    config = load_config(None, [*FAST, "run.epochs=3", "resources.num_rollout_actors=2", "run.save_every=1"])
+    config = load_config(preset, [*FAST, "run.epochs=3", "resources.num_rollout_actors=2", "run.save_every=1"])
     straight = run_with_restarts(config, tmp_path / "straight")
     removed: list[float] = []
     first = tmp_path / "lost" / "checkpoints" / "epoch-0000"
@@ -113,8 +126,60 @@ def test_learner_node_lost_group_rebuilt_from_checkpoint_and_final_lora_equal(no
     rows = run_with_restarts(config, tmp_path / "lost")
     thread.join()
     assert removed, "the node was never removed"
-    assert "rlcm: a learner died" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "rlcm: a learner died" in err
     assert [r["epoch"] for r in rows] == [0, 1, 2]
-    assert [r["samples_seen"] for r in rows] == [r["samples_seen"] for r in straight] == [32, 64, 96]
+    per_epoch = straight[0]["samples_seen"]
+    assert [r["samples_seen"] for r in rows] == [r["samples_seen"] for r in straight] == [per_epoch * k for k in (1, 2, 3)]
     a, b = lora(tmp_path / "straight/checkpoints/epoch-0002"), lora(tmp_path / "lost/checkpoints/epoch-0002")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    figures(rows, f" ({preset or 'rlcm'}; learner restarts {err.count('rlcm: a learner died')})")
+
+
+def replica_nodes(deployment: str, cluster) -> list:
+    """The cluster nodes on which live Serve replicas of `deployment` run."""
+    from ray._private.state import actors
+
+    node_ids = {a["Address"]["NodeID"] for a in actors().values() if a["ActorClassName"].endswith(f":{deployment}") and a["State"] == "ALIVE"}
+    return [n for n in cluster.list_all_nodes() if n.node_id in node_ids]
+
+
+def test_reward_replica_node_lost_scoring_retried_on_replacement(nodes, tmp_path):
+    """The node of the only reward replica (Serve backend) disappears while it scores a batch: Serve starts a replacement on
+    the nodes left, the lost call is retried on it, and every sample of every epoch enters the loss with its reward."""
+    from ray import serve
+
+    from cluster.config import load_config
+    from cluster.driver import Trainer
+    from rewards_service.serve import RewardDeploymentConfig, RewardServiceConfig, run_service
+    from rewards_service.settings import ServiceSettings
+    from tests.servers import free_port
+
+    cluster = nodes
+    # a scorer that takes a second per batch, so the node goes while a call is in flight
+    service = RewardServiceConfig(app_name="rewards_node_loss", settings=ServiceSettings(port=free_port(), auth_token=None),
+                                  rewards=[RewardDeploymentConfig(name="slow", scorer="tests.test_rewards_serve:SlowJpeg",
+                                                                  options={"delay_s": 1.0}, num_cpus=0.5)])
+    run_service(service)
+    try:
+        config = load_config(None, [*FAST, "run.epochs=3", "resources.num_rollout_actors=1", "run.save_every=1", "reward.backend=serve",
+                                    "reward.name=slow", "reward.app_name=rewards_node_loss", "reward.timeout_s=120"])
+        trainer = Trainer(config, tmp_path)
+        before = replica_nodes("slow", cluster)
+        removed: list[float] = []
+        # during epoch 2: once a batch's scoring call has been in flight for a moment
+        ready = lambda: len(trainer.out.rows()) == 1 and len(trainer.rewards_pending) > 0  # noqa: E731
+        remove_when(cluster, lambda: replica_nodes("slow", cluster)[0], ready, removed)
+        try:
+            rows = trainer.run()
+        finally:
+            trainer.shutdown()
+        after = replica_nodes("slow", cluster)
+    finally:
+        serve.delete(service.app_name)
+    assert removed, "the node was never removed"
+    assert len(before) == len(after) == 1 and before[0].node_id != after[0].node_id, "Serve did not replace the replica elsewhere"
+    assert [r["epoch"] for r in rows] == [0, 1, 2]
+    assert [r["samples_seen"] for r in rows] == [16, 32, 48] and all(r["num_invalid"] == 0 for r in rows)
+    assert rows[0]["reward_retries"] == 0 and rows[-1]["reward_retries"] >= 1  # the lost call was sent again
+    figures(rows)

@@ -134,3 +134,47 @@ def test_http_client_raises_on_401_naming_the_token(monkeypatch, env_token, toke
     with pytest.raises(RewardAuthError, match="answered 401") as error:
         client.score(_images(), ["a", "b"])
     assert says in str(error.value) and "set RLCM_REWARDS_TOKEN" in str(error.value)
+
+
+class LostReplicaHandle:
+    """A Serve DeploymentHandle whose first `lost` calls fail as a call to a replica lost with its node does."""
+
+    def __init__(self, lost: int) -> None:
+        self.lost, self.calls = lost, 0
+        self.score = self
+
+    def remote(self, images, prompts):
+        self.calls += 1
+        return self
+
+    def result(self, timeout_s: float):
+        from ray.exceptions import ActorDiedError
+
+        if self.calls <= self.lost:
+            raise ActorDiedError()
+        return ScoreResult([1.0, 1.0], "1")
+
+
+def test_serve_call_whose_replica_was_lost_is_resent_to_the_replacement():
+    """Two calls land on a dead replica; the third reaches the replacement: valid rewards within one attempt, resends counted."""
+    from rewards_service.client import ServeHandleRewardClient
+
+    handle = LostReplicaHandle(lost=2)
+    client = ServeHandleRewardClient(handle, "jpeg", RetryPolicy(max_attempts=1, backoff_s=0.01), replica_wait_s=30)
+    result = client.score(_images(), ["a", "b"])
+    assert result.valid == [True, True] and result.rewards == [1.0, 1.0] and handle.calls == 3
+    assert result.details["replica_resends"] == [2, 2] and result.details["attempts"] == [1, 1]
+
+
+def test_serve_replica_that_never_comes_back_ends_in_one_clear_error():
+    from rewards_service.client import RewardUnavailable, ServeHandleRewardClient
+
+    client = ServeHandleRewardClient(LostReplicaHandle(lost=10**9), "jpeg", RetryPolicy(max_attempts=3, backoff_s=0.05),
+                                     replica_wait_s=0.3, wait_key="reward.timeout_s")
+    started = time.monotonic()
+    with pytest.raises(RewardUnavailable) as raised:
+        client.score(_images(), ["a", "b"])
+    assert time.monotonic() - started < 5
+    message = str(raised.value)
+    assert "no live replica of Serve deployment 'jpeg' answered within 0.3 s (reward.timeout_s)" in message
+    assert "ActorDiedError: The actor died unexpectedly" in message and "\n" not in message
