@@ -1,7 +1,7 @@
 """Core throughput of RLCM: rollout images/s, PPO samples/s, and the cost of recording log-probs.
 
     python benchmarks/bench_core.py                 # the toy LCM (64 px), CPU unless CUDA is there
-    python benchmarks/bench_core.py --full-size     # random-init SD1.5-architecture LCM UNet, 512 px, bf16 on CUDA
+    python benchmarks/bench_core.py --full-size     # LCM_Dreamshaper_v7 architecture, random weights, 512 px, bf16 on CUDA
 
 What is timed (median over --repeats, after --warmup rounds):
 - rollout: `rollout.policy.sample_trajectory` (H UNet calls, log π per step, decode to uint8) → images/s;
@@ -22,60 +22,6 @@ import statistics
 import time
 
 import torch
-
-
-def build_full_size_pipeline(device: torch.device, dtype: torch.dtype, resolution: int):
-    """An LCM pipeline with an SD1.5-architecture UNet (random init, LCM guidance embedding), a small random
-    CLIP text encoder (hidden size 768 to match cross-attention) and a random SD AutoencoderKL."""
-    from diffusers import AutoencoderKL, LatentConsistencyModelPipeline, LCMScheduler, UNet2DConditionModel
-
-    from rollout.models import char_level_clip_tokenizer, random_clip_text_encoder
-
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        sample_size=resolution // 8,
-        in_channels=4,
-        out_channels=4,
-        block_out_channels=(320, 640, 1280, 1280),
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
-        up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        layers_per_block=2,
-        cross_attention_dim=768,
-        attention_head_dim=8,
-        time_cond_proj_dim=256,
-    )
-    tokenizer = char_level_clip_tokenizer(model_max_length=77)
-    text_encoder = random_clip_text_encoder(tokenizer, hidden_size=768, intermediate_size=1024, num_heads=12)
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(128, 256, 512, 512),
-        layers_per_block=2,
-        latent_channels=4,
-        sample_size=resolution,
-        scaling_factor=0.18215,
-    )
-    scheduler = LCMScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", prediction_type="epsilon", original_inference_steps=50
-    )
-    pipe = LatentConsistencyModelPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
-    pipe.to(device=device, dtype=dtype)
-    for part in (pipe.unet, pipe.vae, pipe.text_encoder):
-        part.requires_grad_(False)
-        part.eval()
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 def sync(device: torch.device) -> None:
@@ -100,7 +46,7 @@ def device_name(device: torch.device) -> str:
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tiny", help="'tiny' (toy LCM) or a hub id / local folder of a real LCM")
-    parser.add_argument("--full-size", action="store_true", help="random-init SD1.5-architecture LCM UNet + random VAE")
+    parser.add_argument("--full-size", action="store_true", help="LCM_Dreamshaper_v7 at full size with random weights (random:<hub id>)")
     parser.add_argument("--resolution", type=int, default=None, help="image size in px (default: 64 toy, 512 full size)")
     parser.add_argument("--batch", type=int, default=None, help="images per rollout call (default: 8 toy, 4 full size)")
     parser.add_argument("--steps", type=int, default=8, help="H, LCM inference steps")
@@ -119,8 +65,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     from learner.optim import build_optimizer
     from learner.ppo import PPOSettings, TrainBatch, ppo_update
     from rollout.lora import LoraSettings, add_lora
-    from rollout.models import default_dtype, load_pipeline
-    from rollout.policy import guidance_embedding, sample_trajectory
+    from rollout.models import DEFAULT_REAL_MODEL, default_dtype, load_pipeline
+    from rollout.policies import policy_for
+    from rollout.policy import sample_trajectory
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -131,8 +78,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     train_batch = args.train_batch or (4 if toy else 2)
     if args.full_size:
         resolution = args.resolution or 512
-        pipe = build_full_size_pipeline(device, dtype, resolution)
-        label = f"SD1.5-architecture LCM UNet (random init, {sum(p.numel() for p in pipe.unet.parameters()) / 1e6:.0f}M params)"
+        pipe = load_pipeline(f"random:{DEFAULT_REAL_MODEL}", device=device, dtype=dtype)
+        label = f"LCM_Dreamshaper_v7 architecture (random weights, {sum(p.numel() for p in pipe.unet.parameters()) / 1e6:.0f}M UNet params)"
     else:
         pipe = load_pipeline(args.model, device=device, dtype=dtype)
         resolution = args.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
@@ -187,16 +134,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         optimizer = build_optimizer(params, settings)
         traj = rollout(7).to(device)
         adv = torch.as_tensor(np.linspace(-1, 1, batch), dtype=torch.float32, device=device)
-        train_batch_data = TrainBatch(
-            prompt_embeds=traj.prompt_embeds,
-            timesteps=traj.timesteps,
-            latents=traj.latents,
-            old_log_probs=traj.log_probs,
-            advantages=adv,
-            w_embedding=guidance_embedding(pipe, args.guidance, batch).to(device),
-        )
+        train_batch_data = TrainBatch(transitions=policy_for(pipe).transitions(pipe, traj), old_log_probs=traj.log_probs, advantages=adv)
         torch_gen = torch.Generator().manual_seed(0)
-        update = lambda: ppo_update(pipe.unet, pipe.scheduler, optimizer, params, train_batch_data, settings, torch_gen)  # noqa: E731
+        update = lambda: ppo_update(pipe.unet, optimizer, params, train_batch_data, settings, torch_gen)  # noqa: E731
         for _ in range(args.warmup):
             first = update()
         t_ppo = [timed(update, device) for _ in range(max(1, args.repeats // 2))]

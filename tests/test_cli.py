@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 
 from cluster.cli import main
-from rollout.lora import LoraSettings, add_lora, save_lora
 from rollout.models import load_pipeline
+from tests.toys import toy_pipe_with_saved_lora
 
 
 def test_train_with_unknown_key_is_a_clear_error(capsys, tmp_path):
@@ -32,14 +32,7 @@ def test_sample_without_lora_file(capsys, tmp_path):
 
 
 def test_sample_writes_the_lora_policy_image(tmp_path):
-    pipe = load_pipeline("tiny")
-    settings = LoraSettings(rank=4, alpha=8, target_modules=["to_q", "to_k", "to_v", "to_out.0", "conv_out"])
-    add_lora(pipe.unet, settings)
-    with torch.no_grad():
-        for name, param in pipe.unet.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0, 0.2, generator=torch.Generator().manual_seed(1))
-    save_lora(tmp_path, pipe.unet, settings)
+    pipe = toy_pipe_with_saved_lora(tmp_path)
     (tmp_path / "rlcm_model.json").write_text(json.dumps({"model": "tiny", "model_seed": 0}))
     out = tmp_path / "cat.png"
     assert main(["sample", "--lora", str(tmp_path), "--prompt", "a cat", "--steps", "4", "--seed", "3", "--out", str(out)]) == 0

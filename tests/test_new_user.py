@@ -14,8 +14,7 @@ from cluster.checkpoint_record import read_record, write_record
 from cluster.cli import build_parser, main, summary_line
 from cluster.config import PRESETS, load_config
 from cluster.progress import epoch_line
-from rollout.lora import LoraSettings, add_lora, save_lora
-from rollout.models import load_pipeline
+from tests.toys import toy_pipe_with_saved_lora
 
 
 def _subparser(name: str) -> argparse.ArgumentParser:
@@ -52,14 +51,7 @@ def test_summary_line_counts_epochs_as_the_progress_lines():
 def rocm_checkpoint(tmp_path_factory):
     """A LoRA checkpoint whose record says what the rocm-tiny-cpu preset samples with: 4 steps."""
     directory = tmp_path_factory.mktemp("ckpt")
-    pipe = load_pipeline("tiny")
-    settings = LoraSettings(rank=4, alpha=8, target_modules=["to_q", "to_k", "to_v", "to_out.0", "conv_out"])
-    add_lora(pipe.unet, settings)
-    with torch.no_grad():
-        for name, param in pipe.unet.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0, 0.2, generator=torch.Generator().manual_seed(1))
-    save_lora(directory, pipe.unet, settings)
+    pipe = toy_pipe_with_saved_lora(directory)
     write_record(directory, load_config("rocm-tiny-cpu"))
     return directory, pipe
 
