@@ -63,7 +63,7 @@ class RewardConfig(Strict):
     url: str = Field("http://127.0.0.1:8000", description="service URL (http backend)")
     token_env: str = Field("RLCM_REWARDS_TOKEN", description="environment variable holding the bearer token (http backend)")
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
-    timeout_s: float = Field(600.0, gt=0, description="how long the driver waits for one batch's score, retries included")
+    timeout_s: float = Field(600.0, gt=0, description="how long the driver waits for one batch's score, retries included (serve: also for a lost replica's replacement)")
     num_cpus: float = Field(0.25, ge=0, description="CPUs reserved by each scoring task")
 
     def client_config(self, reward: str | None = None) -> RewardClientConfig:
