@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import StableDiffusionPipeline
+from PIL import Image
 from safetensors.torch import load_file
 
 from cluster.cli import main
@@ -187,7 +188,7 @@ def test_ddpo_learns_jpeg_compressibility_through_rlcm_train(ray_local, tmp_path
     assert isinstance(pipe, StableDiffusionPipeline) and not np.allclose(base, tuned)
 
 
-def test_ddpo_resumes_bitwise_equal(ray_local, tmp_path):
+def test_ddpo_resumes_bitwise_equal_and_samples_with_its_eta(ray_local, tmp_path):
     sets = ["run.epochs=2", "sampling.num_steps=3", "ddpo.timestep_fraction=0.67"]
     assert cli(tmp_path, "full", *sets) == 0
     assert cli(tmp_path, "split", *sets[1:], "run.epochs=1", "run.save_every=1") == 0
@@ -197,3 +198,12 @@ def test_ddpo_resumes_bitwise_equal(ray_local, tmp_path):
     a = load_file(tmp_path / "full/checkpoints/epoch-0001/pytorch_lora_weights.safetensors")
     b = load_file(tmp_path / "split/checkpoints/epoch-0001/pytorch_lora_weights.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    checkpoint = tmp_path / "full/checkpoints/epoch-0001"
+    assert json.loads((checkpoint / "rlcm_model.json").read_text())["sampling"]["eta"] == 1.0
+    out = tmp_path / "cat.png"
+    assert main(["sample", "--lora", str(checkpoint), "--prompt", "a cat", "--seed", "3", "--out", str(out)]) == 0
+    pipe = build_tiny_ddim_pipeline()
+    pipe.load_lora_weights(str(checkpoint))
+    expected = pipe("a cat", num_inference_steps=3, guidance_scale=W, eta=1.0, generator=torch.Generator().manual_seed(3)).images[0]
+    np.testing.assert_array_equal(np.asarray(Image.open(out)), np.asarray(expected))  # `rlcm sample` uses the recorded η
