@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import threading
 
-
 from cluster.config import load_config
 from cluster.driver import Trainer
 from cluster.watchdog import StalledError
