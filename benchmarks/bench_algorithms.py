@@ -1,0 +1,357 @@
+"""Every registered algorithm on the toy, on equal wall-clock budgets, through the real `rlcm train` code path.
+
+    python benchmarks/bench_algorithms.py                          # 3 seeds, 40 s per run
+    python benchmarks/bench_algorithms.py --budget-s 10 --seeds 1  # smoke run
+    python benchmarks/bench_algorithms.py --report-only benchmarks/algorithms_runs.json
+
+Driven from the registry: every name in `learner.algorithms.ALGORITHMS` whose toy preset (a
+`cluster/configs/*tiny-cpu.yaml` whose `algorithm` is that name; RLCM's is `tiny-cpu`) exists is run. Two tasks:
+- `jpeg`: JPEG compressibility, for the algorithms that learn from rollouts (a black-box reward);
+- `smoothness`: the differentiable smoothness reward (−total variation), for every algorithm.
+Each (task, algorithm, seed) is one `cluster.driver.Trainer` on one local Ray, with the preset's settings, `run.seed`
+= the seed and `reward.name` = the task's reward, stopped after `--budget-s` seconds of training (the epoch being
+sampled is dropped, an update in flight finishes; actor start-up is not counted). Runs are interleaved (seed by seed,
+the algorithm order rotated per seed) so drift in the machine's load hits every algorithm alike.
+
+Per epoch (metrics.jsonl): the mean reward of the epoch's training samples, samples seen (an image that trained
+the policy; first-order methods: a chain sampled with grad) and training seconds (Σ time_epoch_s). After the
+budget, the final adapter is evaluated with the preset's sampler on fixed prompts and noise (4 prompts × 4 noises):
+both rewards, Σ_k KL(π_θ‖π_base) per chain and diversity (`learner.policy_measures`), beside the base model.
+Outputs: benchmarks/RESULTS_algorithms.md, benchmarks/algorithms.png, benchmarks/algorithms_runs.json (raw).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import ray
+import torch
+
+from cluster.config import PRESETS, TrainConfig, load_config
+from cluster.driver import DTYPES, Trainer
+from cluster.interrupts import Interrupted, StopRequest
+from cluster.prompts import load_prompts
+from cluster.ray_setup import init_ray
+from learner.algorithms import ALGORITHMS
+from learner.policy_measures import kl_to_base, pairwise_diversity
+from rewards_service.scorers import build_scorer
+from rollout.worker import RolloutSpec, RolloutWorker
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+HERE = Path(__file__).parent
+TASKS = {"jpeg": "jpeg_compressibility", "smoothness": "smoothness"}
+EVAL_PROMPTS, EVAL_NOISES, EVAL_SEED = 4, 4, 1234
+FINAL_EPOCHS = 3  # "final training reward" = mean of the last 3 epochs (one epoch is 4–16 samples: noisy)
+QUIET = ["run.epochs=1000000", "run.save_every=1000000", "run.sample_grid_every=1000000", "run.tensorboard=false", "run.plots=false"]
+
+
+class Deadline(StopRequest):
+    """A stop request that fires `seconds` after `start()`: the driver stops as on Ctrl-C, after a finished epoch."""
+
+    def __init__(self, seconds: float):
+        super().__init__()
+        self.seconds, self.started = seconds, None
+
+    def start(self) -> None:
+        self.started = time.perf_counter()
+
+    @property
+    def requested(self) -> bool:
+        return self.started is not None and time.perf_counter() - self.started >= self.seconds
+
+
+def toy_presets() -> tuple[dict[str, str], list[str]]:
+    """algorithm name -> its toy preset, and the registered algorithms that have none."""
+    found = {}
+    for preset in (p for p in PRESETS if p.endswith("tiny-cpu")):
+        found.setdefault(load_config(preset).algorithm, preset)
+    return {name: found[name] for name in ALGORITHMS if name in found}, [name for name in ALGORITHMS if name not in found]
+
+
+def cases(presets: dict[str, str]) -> list[tuple[str, str]]:
+    """(task, algorithm) pairs: jpeg for the rollout learners, smoothness for all."""
+    black_box = [name for name in presets if not ALGORITHMS[name].differentiable_reward()]
+    return [("jpeg", name) for name in black_box] + [("smoothness", name) for name in presets]
+
+
+def run_config(preset: str, task: str, seed: int) -> TrainConfig:
+    return load_config(preset, [*QUIET, f"run.seed={seed}", f"reward.name={TASKS[task]}"])
+
+
+def rollout_spec(config: TrainConfig) -> RolloutSpec:
+    """The sampler the run's rollout actors use (as `Trainer._rollout_pool` builds it), for evaluation."""
+    s = config.sampling
+    return RolloutSpec(
+        model=config.model.name, lora=config.model.lora, num_steps=s.num_steps, guidance_scale=s.guidance_scale, height=s.height,
+        width=s.width, original_inference_steps=s.original_inference_steps, model_seed=config.model.seed, dtype=DTYPES[config.model.dtype],
+    )
+
+
+class Evaluator:
+    """Final policies (and the base) on fixed prompts and noise: both rewards, Σ_k KL to the base, diversity."""
+
+    def __init__(self):
+        self.workers: dict[str, RolloutWorker] = {}
+        self.scorers = {task: build_scorer(reward) for task, reward in TASKS.items()}
+
+    def __call__(self, config: TrainConfig, adapter=None) -> dict:
+        spec = rollout_spec(config)
+        key = repr(spec)
+        if key not in self.workers:
+            self.workers[key] = RolloutWorker(spec)
+        worker = self.workers[key]
+        prompts = load_prompts(config.prompts.source, config.prompts.limit)[:EVAL_PROMPTS]
+        batch = [p for p in prompts for _ in range(EVAL_NOISES)]
+        unet = worker.pipe.unet
+        if adapter is None:
+            unet.disable_adapters()
+        else:
+            worker.set_adapter(adapter)
+        try:
+            trajectory = worker.sample(batch, EVAL_SEED)
+            kl = kl_to_base(worker.pipe, trajectory) if adapter is not None else torch.zeros(len(batch))
+        finally:
+            unet.enable_adapters()
+        images = trajectory.images.permute(0, 2, 3, 1).numpy()
+        result = {f"eval_{task}": float(np.mean(scorer.score(images, batch).rewards)) for task, scorer in self.scorers.items()}
+        result["kl_to_base"] = float(kl.mean())
+        result["diversity"] = pairwise_diversity(trajectory.images, EVAL_NOISES)
+        return result
+
+
+def train_one(task: str, name: str, preset: str, seed: int, budget_s: float, evaluate: Evaluator) -> dict:
+    """One budgeted run through the Trainer; its curve (from metrics.jsonl) and the evaluation of its final adapter."""
+    config = run_config(preset, task, seed)
+    deadline = Deadline(budget_s)
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = Trainer(config, Path(tmp) / "run", stop=deadline)
+        try:
+            deadline.start()
+            try:
+                trainer.run()
+            except Interrupted:  # the budget ran out (the normal end)
+                pass
+            adapter = ray.get(trainer.learners.adapter())
+        finally:
+            trainer.shutdown()
+        rows = trainer.out.rows()
+    seconds = np.cumsum([r["time_epoch_s"] for r in rows]).tolist()
+    run = {
+        "task": task, "algorithm": name, "preset": preset, "seed": seed, "model": config.model.name,
+        "rewards": [r["reward_mean"] for r in rows], "samples": [r["samples_seen"] for r in rows], "seconds": seconds,
+        **evaluate(config, adapter),
+    }
+    final = np.mean(run["rewards"][-FINAL_EPOCHS:]) if rows else float("nan")
+    print(f"{task:10s} {name:10s} seed {seed}: {len(rows)} epochs, {run['samples'][-1] if rows else 0} samples, "
+          f"{seconds[-1] if rows else 0:.1f} s, reward {run['rewards'][0] if rows else float('nan'):.4f} -> {final:.4f}, "
+          f"eval {run[f'eval_{task}']:.4f}, KL {run['kl_to_base']:.4g}, diversity {run['diversity']:.4f}", flush=True)
+    return run
+
+
+def run_all(args: argparse.Namespace) -> dict:
+    presets, missing = toy_presets()
+    plan = cases(presets)
+    evaluate = Evaluator()
+    print(init_ray("local"), flush=True)
+    base = {}
+    for task, name in plan:  # the base model per (task, sampler): the untuned row of each comparison
+        config = run_config(presets[name], task, 0)
+        key = f"{task}|{config.model.name}|{config.sampling.num_steps}|{config.sampling.guidance_scale}"
+        if key not in base:
+            base[key] = {"task": task, "model": config.model.name, "num_steps": config.sampling.num_steps, "algorithms": [], **evaluate(config)}
+        base[key]["algorithms"].append(name)
+    runs, start = [], time.perf_counter()
+    for i, seed in enumerate(range(args.seeds)):
+        shift = i * max(1, len(plan) // args.seeds) % len(plan)
+        for task, name in plan[shift:] + plan[:shift]:
+            runs.append(train_one(task, name, presets[name], seed, args.budget_s, evaluate))
+    ray.shutdown()
+    return {
+        "budget_s": args.budget_s, "seeds": args.seeds, "total_s": time.perf_counter() - start, "missing_presets": missing,
+        "command": " ".join(["python benchmarks/bench_algorithms.py", *sys.argv[1:]]), "torch": torch.__version__,
+        "machine": platform.processor() or platform.machine(), "base": list(base.values()), "runs": runs,
+    }
+
+
+# ---- aggregation ------------------------------------------------------------------------------------------
+def group_runs(results: dict) -> dict[tuple[str, str], list[dict]]:
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for run in results["runs"]:
+        groups.setdefault((run["task"], run["algorithm"]), []).append(run)
+    return groups
+
+
+def mean_curve(runs: list[dict], x_key: str, points: int = 60) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Seed-mean and std of the reward on a common grid of `x_key`, where every seed has data (linear interpolation)."""
+    curves = [(np.asarray(r[x_key], float), np.asarray(r["rewards"], float)) for r in runs if r["rewards"]]
+    if not curves:
+        return np.array([]), np.array([]), np.array([])
+    low, high = max(x[0] for x, _ in curves), min(x[-1] for x, _ in curves)
+    grid = np.linspace(low, high, points) if high > low else np.array([low])
+    values = np.stack([np.interp(grid, x, y) for x, y in curves])
+    return grid, values.mean(axis=0), values.std(axis=0)
+
+
+def final_reward(run: dict) -> float:
+    return float(np.mean(run["rewards"][-FINAL_EPOCHS:])) if run["rewards"] else float("nan")
+
+
+def time_to_reach(run: dict, target: float) -> float | None:
+    """Training seconds until the reward, averaged over `FINAL_EPOCHS` consecutive epochs, first reaches `target`."""
+    rewards = np.asarray(run["rewards"], float)
+    for end in range(FINAL_EPOCHS, len(rewards) + 1):
+        if rewards[end - FINAL_EPOCHS : end].mean() >= target:
+            return run["seconds"][end - 1]
+    return None
+
+
+def headline(results: dict) -> list[str]:
+    """The RLCM paper's comparison in small: RLCM's time to reach DDPO's final JPEG reward."""
+    groups = group_runs(results)
+    if ("jpeg", "ddpo") not in groups:
+        return ["DDPO is not in `learner.algorithms.ALGORITHMS` with a `ddpo-tiny-cpu` preset on this checkout, so RLCM's time "
+                "to reach DDPO's final reward is not measured."]
+    if ("jpeg", "rlcm") not in groups:
+        return ["RLCM has no JPEG runs: no time-to-reach figure."]
+    ddpo, rlcm = groups[("jpeg", "ddpo")], groups[("jpeg", "rlcm")]
+    target = float(np.mean([final_reward(r) for r in ddpo]))
+    gain = float(np.mean([final_reward(r) - r["rewards"][0] for r in ddpo if r["rewards"]]))
+    start = float(np.mean([r["rewards"][0] for r in rlcm if r["rewards"]]))
+    lines = [f"DDPO's final JPEG reward (mean of its last {FINAL_EPOCHS} epochs, {len(ddpo)} seeds, {results['budget_s']:g} s each): "
+             f"{target:.4f} (a gain of {gain:+.4f} over its first epoch)."]
+    for label, level, per in (("the same reward", target, lambda r: target), ("the same gain over its first epoch", start + gain,
+                                                                              lambda r: r["rewards"][0] + gain)):
+        times = [time_to_reach(r, per(r)) for r in rlcm if r["rewards"]]
+        reached = [t for t in times if t is not None]
+        text = ", ".join("not reached" if t is None else f"{t:.1f} s" for t in times)
+        mean = f"; mean over the seeds that reached it {np.mean(reached):.1f} s" if reached else ""
+        lines.append(f"- RLCM to reach {label} ({level:.4f}): {text} (per seed){mean}, against DDPO's {results['budget_s']:g} s.")
+    return lines
+
+
+# ---- report -----------------------------------------------------------------------------------------------
+def fmt(values: list[float], spec: str = ".4f") -> str:
+    values = [v for v in values if np.isfinite(v)]
+    if not values:
+        return "–"
+    return f"{np.mean(values):{spec}} ± {np.std(values):{spec}}" if len(values) > 1 else f"{values[0]:{spec}}"
+
+
+def table(results: dict) -> list[str]:
+    lines = [
+        "| task | algorithm | preset | epochs | samples | train reward, first epoch → final | eval jpeg | eval smoothness | Σ_k KL to base | diversity |",
+        "|---|---|---|---:|---:|---|---:|---:|---:|---:|",
+    ]
+    for base in results["base"]:
+        lines.append(f"| {base['task']} | base ({base['model']}, {base['num_steps']} steps) | – | 0 | 0 | – | {base['eval_jpeg']:.4f} | "
+                     f"{base['eval_smoothness']:.4f} | 0 | {base['diversity']:.4f} |")
+    for (task, name), runs in group_runs(results).items():
+        first = fmt([r["rewards"][0] for r in runs if r["rewards"]])
+        lines.append(
+            f"| {task} | {name} | {runs[0]['preset']} | {fmt([len(r['rewards']) for r in runs], '.1f')} | "
+            f"{fmt([r['samples'][-1] for r in runs if r['samples']], '.0f')} | {first} → {fmt([final_reward(r) for r in runs])} | "
+            f"{fmt([r['eval_jpeg'] for r in runs])} | {fmt([r['eval_smoothness'] for r in runs])} | "
+            f"{fmt([r['kl_to_base'] for r in runs], '.4g')} | {fmt([r['diversity'] for r in runs])} |"
+        )
+    return lines
+
+
+def plot(results: dict, path: Path) -> None:
+    groups = group_runs(results)
+    tasks = [t for t in TASKS if any(task == t for task, _ in groups)]
+    colors = {name: f"C{i}" for i, name in enumerate(ALGORITHMS)}
+    fig, axes = plt.subplots(len(tasks), 3, figsize=(17, 4.6 * len(tasks)), squeeze=False)
+    for row, task in zip(axes, tasks):
+        for (t, name), runs in groups.items():
+            if t != task:
+                continue
+            for ax, x_key in zip(row[:2], ("samples", "seconds")):
+                grid, mean, std = mean_curve(runs, x_key)
+                ax.plot(grid, mean, color=colors.get(name), label=name)
+                ax.fill_between(grid, mean - std, mean + std, color=colors.get(name), alpha=0.2)
+            kl, reward = [r["kl_to_base"] for r in runs], [r[f"eval_{task}"] for r in runs]
+            row[2].errorbar(np.mean(kl), np.mean(reward), xerr=np.std(kl), yerr=np.std(reward), fmt="o", color=colors.get(name),
+                            markersize=4 + 60 * np.mean([r["diversity"] for r in runs]), label=name)
+        for base in results["base"]:
+            if base["task"] == task:
+                row[2].scatter(0, base[f"eval_{task}"], marker="s", color="gray")
+                row[2].annotate(f"base {base['model']} ({base['num_steps']} steps)", (0, base[f"eval_{task}"]), fontsize=7,
+                                xytext=(4, 2), textcoords="offset points")
+        for ax, xlabel in zip(row[:2], ("training samples", "training wall-clock (s)")):
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(f"{TASKS[task]} reward of the epoch's samples")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+        row[2].set_xscale("symlog", linthresh=0.01)
+        row[2].set_xlabel("Σ_k KL(π_θ ‖ π_base) per chain (eval, symlog)")
+        row[2].set_ylabel(f"eval {TASKS[task]} reward")
+        row[2].set_title("final policies (marker size = diversity)", fontsize=9)
+        row[2].grid(alpha=0.3)
+    fig.suptitle(f"toy models, {results['seeds']} seed(s), {results['budget_s']:g} s of training per run: mean ± std over seeds")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def write_results(results: dict, path: Path, figure: str) -> None:
+    missing = results["missing_presets"]
+    lines = [
+        "# Every algorithm on the toy, equal wall-clock budgets",
+        "",
+        f"`{results['command']}` — {results['machine']}, torch {results['torch']}, CPU, 2 cores, shared with other jobs; "
+        f"{results['seeds']} seed(s), {results['budget_s']:g} s of training per run, total {results['total_s'] / 60:.1f} min "
+        "(seconds are indicative).",
+        "",
+        "Each run is `rlcm train` with the algorithm's toy preset (its own sampler, batch sizes and step sizes), the task's",
+        "reward and `run.seed`, stopped after the budget. Train reward: the mean reward of an epoch's training samples",
+        f"(first epoch → mean of the last {FINAL_EPOCHS}); samples: images that trained the policy (first-order methods: chains",
+        f"sampled with grad). Eval: the final policy on {EVAL_PROMPTS} prompts × {EVAL_NOISES} noises, the same for every run of",
+        "a sampler; Σ_k KL(π_θ‖π_base) per chain at the states the policy visits (`learner.policy_measures`); diversity =",
+        "mean pairwise RMS pixel distance between the images of one prompt. Mean ± std over seeds.",
+        "",
+        *table(results),
+        "",
+        "## RLCM vs DDPO, in small",
+        "",
+        *headline(results),
+        "",
+    ]
+    if missing:
+        lines += [f"Registered but without a toy preset (not run): {', '.join(missing)}.", ""]
+    lines += [f"![algorithms]({figure})", ""]
+    path.write_text("\n".join(lines))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--budget-s", type=float, default=40.0, help="training seconds per run (default 40)")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--out-dir", type=Path, default=HERE)
+    parser.add_argument("--report-only", type=Path, help="rebuild the report and plot from a saved algorithms_runs.json")
+    args = parser.parse_args()
+    if args.budget_s <= 0 or args.seeds < 1:
+        parser.error("--budget-s must be > 0 and --seeds >= 1")
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    if args.report_only:
+        results = json.loads(args.report_only.read_text())
+    else:
+        results = run_all(args)
+        (args.out_dir / "algorithms_runs.json").write_text(json.dumps(results, indent=1))
+    plot(results, args.out_dir / "algorithms.png")
+    write_results(results, args.out_dir / "RESULTS_algorithms.md", "algorithms.png")
+    print("\n".join(table(results) + [""] + headline(results)))
+    print(f"wrote {args.out_dir}/RESULTS_algorithms.md, algorithms.png, algorithms_runs.json")
+
+
+if __name__ == "__main__":
+    main()
