@@ -1,4 +1,4 @@
-"""Every registered algorithm on the toy, on equal wall-clock budgets, through the real `rlcm train` code path.
+"""Every registered algorithm on the toy, on equal wall-clock budgets, on the same rewards.
 
     python benchmarks/bench_algorithms.py                          # 3 seeds, 40 s per run
     python benchmarks/bench_algorithms.py --budget-s 10 --seeds 1  # smoke run
@@ -8,13 +8,15 @@ Driven from the registry: every name in `learner.algorithms.ALGORITHMS` whose to
 `cluster/configs/*tiny-cpu.yaml` whose `algorithm` is that name; RLCM's is `tiny-cpu`) exists is run. Two tasks:
 - `jpeg`: JPEG compressibility, for the algorithms that learn from rollouts (a black-box reward);
 - `smoothness`: the differentiable smoothness reward (−total variation), for every algorithm.
-Each (task, algorithm, seed) is one `cluster.driver.Trainer` on one local Ray, with the preset's settings, `run.seed`
-= the seed and `reward.name` = the task's reward, stopped after `--budget-s` seconds of training (the epoch being
-sampled is dropped, an update in flight finishes; actor start-up is not counted). Runs are interleaved (seed by seed,
-the algorithm order rotated per seed) so drift in the machine's load hits every algorithm alike.
+Each (task, algorithm, seed) run has the preset's settings (sampler, batch sizes, step sizes), `run.seed` = the seed
+and `reward.name` = the task's reward, and trains for `--budget-s` seconds with the driver's sync epoch loop in
+this process: the algorithm's learner (built from its spec, as the learner actors build it), a rollout worker and
+the task's scorer (rollout algorithms), one torch thread, no Ray (a Trainer's actor start-up would cost more than
+a run). Runs are interleaved (seed by seed, the algorithm order rotated per seed) so drift in the machine's load
+hits every algorithm alike.
 
-Per epoch (metrics.jsonl): the mean reward of the epoch's training samples, samples seen (an image that trained
-the policy; first-order methods: a chain sampled with grad) and training seconds (Σ time_epoch_s). After the
+Per epoch: the mean reward of the epoch's training samples, samples seen (an image that trained
+the policy; first-order methods: a chain sampled with grad) and training seconds (sampling, scoring and update). After the
 budget, the final adapter is evaluated with the preset's sampler on fixed prompts and noise (4 prompts × 4 noises):
 both rewards, Σ_k KL(π_θ‖π_base) per chain and diversity (`learner.policy_measures`), beside the base model.
 Outputs: benchmarks/RESULTS_algorithms.md, benchmarks/algorithms.png, benchmarks/algorithms_runs.json (raw).
@@ -26,23 +28,23 @@ import argparse
 import json
 import platform
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import matplotlib
 import numpy as np
-import ray
 import torch
 
 from cluster.config import PRESETS, TrainConfig, load_config
-from cluster.driver import DTYPES, Trainer
-from cluster.interrupts import Interrupted, StopRequest
-from cluster.prompts import load_prompts
-from cluster.ray_setup import init_ray
+from cluster.driver import DTYPES
+from cluster.prompts import epoch_prompts, holdout_split, load_prompts
+from cluster.schedule import epoch_jobs
+from learner.actor import build_learner
 from learner.algorithms import ALGORITHMS
+from learner.lam_controller import controller_for
 from learner.policy_measures import kl_to_base, pairwise_diversity
 from rewards_service.scorers import build_scorer
+from rollout.lora import import_adapter
 from rollout.worker import RolloutSpec, RolloutWorker
 
 matplotlib.use("Agg")
@@ -52,22 +54,6 @@ HERE = Path(__file__).parent
 TASKS = {"jpeg": "jpeg_compressibility", "smoothness": "smoothness"}
 EVAL_PROMPTS, EVAL_NOISES, EVAL_SEED = 4, 4, 1234
 FINAL_EPOCHS = 3  # "final training reward" = mean of the last 3 epochs (one epoch is 4–16 samples: noisy)
-QUIET = ["run.epochs=1000000", "run.save_every=1000000", "run.sample_grid_every=1000000", "run.tensorboard=false", "run.plots=false"]
-
-
-class Deadline(StopRequest):
-    """A stop request that fires `seconds` after `start()`: the driver stops as on Ctrl-C, after a finished epoch."""
-
-    def __init__(self, seconds: float):
-        super().__init__()
-        self.seconds, self.started = seconds, None
-
-    def start(self) -> None:
-        self.started = time.perf_counter()
-
-    @property
-    def requested(self) -> bool:
-        return self.started is not None and time.perf_counter() - self.started >= self.seconds
 
 
 def toy_presets() -> tuple[dict[str, str], list[str]]:
@@ -85,38 +71,49 @@ def cases(presets: dict[str, str]) -> list[tuple[str, str]]:
 
 
 def run_config(preset: str, task: str, seed: int) -> TrainConfig:
-    return load_config(preset, [*QUIET, f"run.seed={seed}", f"reward.name={TASKS[task]}"])
+    return load_config(preset, [f"run.seed={seed}", f"reward.name={TASKS[task]}"])
 
 
-def rollout_spec(config: TrainConfig) -> RolloutSpec:
-    """The sampler the run's rollout actors use (as `Trainer._rollout_pool` builds it), for evaluation."""
+def rollout_spec(config: TrainConfig, noise_group_size: int = 1) -> RolloutSpec:
+    """The sampler of the run's rollout actors, as `Trainer._rollout_pool` builds it."""
     s = config.sampling
     return RolloutSpec(
         model=config.model.name, lora=config.model.lora, num_steps=s.num_steps, guidance_scale=s.guidance_scale, height=s.height,
         width=s.width, original_inference_steps=s.original_inference_steps, model_seed=config.model.seed, dtype=DTYPES[config.model.dtype],
+        noise_group_size=noise_group_size,
     )
 
 
+def load_adapter(worker: RolloutWorker, adapter) -> None:
+    """Give a (shared) rollout worker this adapter even if it held another run's adapter of the same version."""
+    import_adapter(worker.pipe.unet, adapter)
+    worker.version = adapter.version
+
+
 class Evaluator:
-    """Final policies (and the base) on fixed prompts and noise: both rewards, Σ_k KL to the base, diversity."""
+    """Final policies (and the base) on fixed prompts and noise: both rewards, Σ_k KL to the base, diversity.
+
+    Holds one rollout worker per sampler, shared with the runs (building a pipeline per run is slow on a busy CPU).
+    """
 
     def __init__(self):
         self.workers: dict[str, RolloutWorker] = {}
         self.scorers = {task: build_scorer(reward) for task, reward in TASKS.items()}
 
+    def worker(self, spec: RolloutSpec) -> RolloutWorker:
+        if repr(spec) not in self.workers:
+            self.workers[repr(spec)] = RolloutWorker(spec)
+        return self.workers[repr(spec)]
+
     def __call__(self, config: TrainConfig, adapter=None) -> dict:
-        spec = rollout_spec(config)
-        key = repr(spec)
-        if key not in self.workers:
-            self.workers[key] = RolloutWorker(spec)
-        worker = self.workers[key]
+        worker = self.worker(rollout_spec(config))
         prompts = load_prompts(config.prompts.source, config.prompts.limit)[:EVAL_PROMPTS]
         batch = [p for p in prompts for _ in range(EVAL_NOISES)]
         unet = worker.pipe.unet
         if adapter is None:
             unet.disable_adapters()
         else:
-            worker.set_adapter(adapter)
+            load_adapter(worker, adapter)
         try:
             trajectory = worker.sample(batch, EVAL_SEED)
             kl = kl_to_base(worker.pipe, trajectory) if adapter is not None else torch.zeros(len(batch))
@@ -130,55 +127,82 @@ class Evaluator:
 
 
 def train_one(task: str, name: str, preset: str, seed: int, budget_s: float, evaluate: Evaluator) -> dict:
-    """One budgeted run through the Trainer; its curve (from metrics.jsonl) and the evaluation of its final adapter."""
-    config = run_config(preset, task, seed)
-    deadline = Deadline(budget_s)
-    with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(config, Path(tmp) / "run", stop=deadline)
-        try:
-            deadline.start()
-            try:
-                trainer.run()
-            except Interrupted:  # the budget ran out (the normal end)
-                pass
-            adapter = ray.get(trainer.learners.adapter())
-        finally:
-            trainer.shutdown()
-        rows = trainer.out.rows()
-    seconds = np.cumsum([r["time_epoch_s"] for r in rows]).tolist()
+    """One run on the algorithm's own sample source for `budget_s` seconds; its curve and the evaluation of its final adapter.
+
+    The epoch loop of `cluster.driver.Trainer` in sync mode, in this process: `rollouts` algorithms train on the
+    epoch's rollout batches (`epoch_jobs`: prompts, groups and noise seeds as the scheduler picks them) scored by the
+    task's reward; `learners` algorithms sample their own chains from the training prompts (λ by the driver's controller).
+    An epoch starts only if the last one's duration still fits in the budget.
+    """
+    setup_start, config = time.perf_counter(), run_config(preset, task, seed)
+    algo, s = config.algo, config.sampling
+    common = dict(model=config.model.name, lora=config.model.lora, seed=seed, model_seed=config.model.seed, dtype=DTYPES[config.model.dtype])
+    learner = build_learner(algo.learner_spec(config, common))
+    prompts = load_prompts(config.prompts.source, config.prompts.limit)
+    if algo.samples_from == "rollouts":
+        worker = evaluate.worker(rollout_spec(config, algo.noise_group_size(config)))
+        scorer = evaluate.scorers[task]
+    else:
+        train_prompts = holdout_split(prompts, min_held=s.batch_size)[0]
+        lam = controller_for(config.settings) if hasattr(config.settings, "lam") else None
+    setup_s, rewards, samples, seconds, last = time.perf_counter() - setup_start, [], [0], [0.0], 0.0
+    while seconds[-1] + last <= budget_s or not rewards:
+        start, epoch = time.perf_counter(), len(rewards)
+        if algo.samples_from == "rollouts":
+            load_adapter(worker, learner.adapter())
+            jobs = epoch_jobs(prompts, seed, epoch, s.batch_size, config.batches_per_update, group_size=algo.group_size(config))
+            trajectories = [worker.sample(job.prompts, job.seed) for job in jobs]
+            scores = [scorer.score(t.images.permute(0, 2, 3, 1).numpy(), t.prompts) for t in trajectories]
+            reward, valid = np.concatenate([r.rewards for r in scores]), np.concatenate([r.valid for r in scores])
+            metrics = learner.train_epoch(reward, valid, *trajectories)
+            rewards.append(float(reward[valid].mean()))
+            samples.append(samples[-1] + int(metrics.get("samples_trained", valid.sum())))
+        else:
+            chosen = epoch_prompts(train_prompts, seed, epoch, algo.prompts_per_epoch(config))
+            metrics = learner.train_epoch(chosen, *(() if lam is None else (lam.lam,)))
+            if lam is not None:
+                lam.step(metrics["reward_mean"], metrics["divergence_mean"])
+            rewards.append(metrics["reward_mean"])
+            samples.append(samples[-1] + algo.prompts_per_epoch(config))
+        last = time.perf_counter() - start
+        seconds.append(seconds[-1] + last)
+    eval_start = time.perf_counter()
     run = {
         "task": task, "algorithm": name, "preset": preset, "seed": seed, "model": config.model.name,
-        "rewards": [r["reward_mean"] for r in rows], "samples": [r["samples_seen"] for r in rows], "seconds": seconds,
-        **evaluate(config, adapter),
+        "rewards": rewards, "samples": samples[1:], "seconds": seconds[1:], **evaluate(config, learner.adapter()),
+        "setup_s": setup_s, "eval_s": time.perf_counter() - eval_start,
     }
-    final = np.mean(run["rewards"][-FINAL_EPOCHS:]) if rows else float("nan")
-    print(f"{task:10s} {name:10s} seed {seed}: {len(rows)} epochs, {run['samples'][-1] if rows else 0} samples, "
-          f"{seconds[-1] if rows else 0:.1f} s, reward {run['rewards'][0] if rows else float('nan'):.4f} -> {final:.4f}, "
-          f"eval {run[f'eval_{task}']:.4f}, KL {run['kl_to_base']:.4g}, diversity {run['diversity']:.4f}", flush=True)
+    print(f"{task:10s} {name:10s} seed {seed}: {len(rewards)} epochs, {samples[-1]} samples, {seconds[-1]:.1f} s, "
+          f"reward {rewards[0]:.4f} -> {final_reward(run):.4f}, eval {run[f'eval_{task}']:.4f}, KL {run['kl_to_base']:.4g}, "
+          f"diversity {run['diversity']:.4f} (setup {setup_s:.0f} s, eval {run['eval_s']:.0f} s)", flush=True)
     return run
 
 
 def run_all(args: argparse.Namespace) -> dict:
     presets, missing = toy_presets()
+    if args.algorithms:
+        unknown = sorted(set(args.algorithms) - set(presets))
+        if unknown:
+            raise SystemExit(f"--algorithms: {', '.join(unknown)} not registered with a toy preset; choose from {', '.join(presets)}")
+        presets = {name: preset for name, preset in presets.items() if name in args.algorithms}
     plan = cases(presets)
     evaluate = Evaluator()
-    print(init_ray("local"), flush=True)
     base = {}
-    for task, name in plan:  # the base model per (task, sampler): the untuned row of each comparison
+    for task, name in plan:  # the base model per sampler: the untuned row of the comparisons run with it
         config = run_config(presets[name], task, 0)
-        key = f"{task}|{config.model.name}|{config.sampling.num_steps}|{config.sampling.guidance_scale}"
+        key = (config.model.name, config.sampling.num_steps, config.sampling.guidance_scale)
         if key not in base:
-            base[key] = {"task": task, "model": config.model.name, "num_steps": config.sampling.num_steps, "algorithms": [], **evaluate(config)}
-        base[key]["algorithms"].append(name)
+            base[key] = {"model": config.model.name, "num_steps": config.sampling.num_steps, "tasks": [], "algorithms": [], **evaluate(config)}
+        base[key]["tasks"] += [task] if task not in base[key]["tasks"] else []
+        base[key]["algorithms"] += [name] if name not in base[key]["algorithms"] else []
     runs, start = [], time.perf_counter()
     for i, seed in enumerate(range(args.seeds)):
         shift = i * max(1, len(plan) // args.seeds) % len(plan)
         for task, name in plan[shift:] + plan[:shift]:
             runs.append(train_one(task, name, presets[name], seed, args.budget_s, evaluate))
-    ray.shutdown()
     return {
         "budget_s": args.budget_s, "seeds": args.seeds, "total_s": time.perf_counter() - start, "missing_presets": missing,
-        "command": " ".join(["python benchmarks/bench_algorithms.py", *sys.argv[1:]]), "torch": torch.__version__,
+        "threads": args.threads, "command": " ".join(["python benchmarks/bench_algorithms.py", *sys.argv[1:]]), "torch": torch.__version__,
         "machine": platform.processor() or platform.machine(), "base": list(base.values()), "runs": runs,
     }
 
@@ -249,17 +273,18 @@ def fmt(values: list[float], spec: str = ".4f") -> str:
 
 def table(results: dict) -> list[str]:
     lines = [
-        "| task | algorithm | preset | epochs | samples | train reward, first epoch → final | eval jpeg | eval smoothness | Σ_k KL to base | diversity |",
-        "|---|---|---|---:|---:|---|---:|---:|---:|---:|",
+        "| task | algorithm | preset | epochs | samples | train s | train reward, first epoch → final | eval jpeg | eval smoothness | Σ_k KL to base | diversity |",
+        "|---|---|---|---:|---:|---:|---|---:|---:|---:|---:|",
     ]
     for base in results["base"]:
-        lines.append(f"| {base['task']} | base ({base['model']}, {base['num_steps']} steps) | – | 0 | 0 | – | {base['eval_jpeg']:.4f} | "
+        lines.append(f"| {', '.join(base['tasks'])} | base ({base['model']}, {base['num_steps']} steps: {', '.join(base['algorithms'])}) | – | 0 | 0 | – | "
+                     f"– | {base['eval_jpeg']:.4f} | "
                      f"{base['eval_smoothness']:.4f} | 0 | {base['diversity']:.4f} |")
     for (task, name), runs in group_runs(results).items():
         first = fmt([r["rewards"][0] for r in runs if r["rewards"]])
         lines.append(
             f"| {task} | {name} | {runs[0]['preset']} | {fmt([len(r['rewards']) for r in runs], '.1f')} | "
-            f"{fmt([r['samples'][-1] for r in runs if r['samples']], '.0f')} | {first} → {fmt([final_reward(r) for r in runs])} | "
+            f"{fmt([r['samples'][-1] for r in runs if r['samples']], '.0f')} | {fmt([r['seconds'][-1] for r in runs if r['seconds']], '.1f')} | {first} → {fmt([final_reward(r) for r in runs])} | "
             f"{fmt([r['eval_jpeg'] for r in runs])} | {fmt([r['eval_smoothness'] for r in runs])} | "
             f"{fmt([r['kl_to_base'] for r in runs], '.4g')} | {fmt([r['diversity'] for r in runs])} |"
         )
@@ -277,13 +302,13 @@ def plot(results: dict, path: Path) -> None:
                 continue
             for ax, x_key in zip(row[:2], ("samples", "seconds")):
                 grid, mean, std = mean_curve(runs, x_key)
-                ax.plot(grid, mean, color=colors.get(name), label=name)
+                ax.plot(grid, mean, color=colors.get(name), label=name, marker="o" if len(grid) == 1 else None)
                 ax.fill_between(grid, mean - std, mean + std, color=colors.get(name), alpha=0.2)
             kl, reward = [r["kl_to_base"] for r in runs], [r[f"eval_{task}"] for r in runs]
             row[2].errorbar(np.mean(kl), np.mean(reward), xerr=np.std(kl), yerr=np.std(reward), fmt="o", color=colors.get(name),
                             markersize=4 + 60 * np.mean([r["diversity"] for r in runs]), label=name)
         for base in results["base"]:
-            if base["task"] == task:
+            if task in base["tasks"]:
                 row[2].scatter(0, base[f"eval_{task}"], marker="s", color="gray")
                 row[2].annotate(f"base {base['model']} ({base['num_steps']} steps)", (0, base[f"eval_{task}"]), fontsize=7,
                                 xytext=(4, 2), textcoords="offset points")
@@ -336,12 +361,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--budget-s", type=float, default=40.0, help="training seconds per run (default 40)")
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--algorithms", nargs="+", help="only these registered algorithms (default: all with a toy preset)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (more than the free cores slows torch many-fold)")
     parser.add_argument("--out-dir", type=Path, default=HERE)
     parser.add_argument("--report-only", type=Path, help="rebuild the report and plot from a saved algorithms_runs.json")
     args = parser.parse_args()
     if args.budget_s <= 0 or args.seeds < 1:
         parser.error("--budget-s must be > 0 and --seeds >= 1")
     args.out_dir.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(args.threads)
     if args.report_only:
         results = json.loads(args.report_only.read_text())
     else:
