@@ -132,7 +132,7 @@ def train_one(task: str, name: str, preset: str, seed: int, budget_s: float, eva
     The epoch loop of `cluster.driver.Trainer` in sync mode, in this process: `rollouts` algorithms train on the
     epoch's rollout batches (`epoch_jobs`: prompts, groups and noise seeds as the scheduler picks them) scored by the
     task's reward; `learners` algorithms sample their own chains from the training prompts (λ by the driver's controller).
-    An epoch starts only if the last one's duration still fits in the budget.
+    Another epoch starts while ending after it (if it lasts as long as the last one) is nearer the budget than stopping now.
     """
     setup_start, config = time.perf_counter(), run_config(preset, task, seed)
     algo, s = config.algo, config.sampling
@@ -146,7 +146,7 @@ def train_one(task: str, name: str, preset: str, seed: int, budget_s: float, eva
         train_prompts = holdout_split(prompts, min_held=s.batch_size)[0]
         lam = controller_for(config.settings) if hasattr(config.settings, "lam") else None
     setup_s, rewards, samples, seconds, last = time.perf_counter() - setup_start, [], [0], [0.0], 0.0
-    while seconds[-1] + last <= budget_s or not rewards:
+    while seconds[-1] + last / 2 <= budget_s or not rewards:  # stop at the epoch end nearest the budget
         start, epoch = time.perf_counter(), len(rewards)
         if algo.samples_from == "rollouts":
             load_adapter(worker, learner.adapter())
@@ -337,10 +337,11 @@ def write_results(results: dict, path: Path, figure: str) -> None:
         f"{results['seeds']} seed(s), {results['budget_s']:g} s of training per run, total {results['total_s'] / 60:.1f} min "
         "(seconds are indicative).",
         "",
-        "Each run is `rlcm train` with the algorithm's toy preset (its own sampler, batch sizes and step sizes), the task's",
-        "reward and `run.seed`, stopped after the budget. Train reward: the mean reward of an epoch's training samples",
-        f"(first epoch → mean of the last {FINAL_EPOCHS}); samples: images that trained the policy (first-order methods: chains",
-        f"sampled with grad). Eval: the final policy on {EVAL_PROMPTS} prompts × {EVAL_NOISES} noises, the same for every run of",
+        "Each run trains the algorithm's learner with its toy preset (its own sampler, batch sizes and step sizes), the task's",
+        "reward and `run.seed`, in the driver's sync epoch loop in one process (one torch thread, no Ray), until the epoch end",
+        f"nearest the budget. Train reward: the mean reward of an epoch's training samples (first epoch → mean of the last",
+        f"{FINAL_EPOCHS}); samples: images that trained the policy (first-order methods: chains sampled with grad); train s: the",
+        f"training seconds used. Eval: the final policy on {EVAL_PROMPTS} prompts × {EVAL_NOISES} noises, the same for every run of",
         "a sampler; Σ_k KL(π_θ‖π_base) per chain at the states the policy visits (`learner.policy_measures`); diversity =",
         "mean pairwise RMS pixel distance between the images of one prompt. Mean ± std over seeds.",
         "",
