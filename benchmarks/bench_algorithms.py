@@ -339,7 +339,7 @@ def write_results(results: dict, path: Path, figure: str) -> None:
         "",
         "Each run trains the algorithm's learner with its toy preset (its own sampler, batch sizes and step sizes), the task's",
         "reward and `run.seed`, in the driver's sync epoch loop in one process (one torch thread, no Ray), until the epoch end",
-        f"nearest the budget. Train reward: the mean reward of an epoch's training samples (first epoch → mean of the last",
+        "nearest the budget. Train reward: the mean reward of an epoch's training samples (first epoch → mean of the last",
         f"{FINAL_EPOCHS}); samples: images that trained the policy (first-order methods: chains sampled with grad); train s: the",
         f"training seconds used. Eval: the final policy on {EVAL_PROMPTS} prompts × {EVAL_NOISES} noises, the same for every run of",
         "a sampler; Σ_k KL(π_θ‖π_base) per chain at the states the policy visits (`learner.policy_measures`); diversity =",
