@@ -120,7 +120,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     from learner.ppo import PPOSettings, TrainBatch, ppo_update
     from rollout.lora import LoraSettings, add_lora
     from rollout.models import default_dtype, load_pipeline
-    from rollout.policy import guidance_embedding, sample_trajectory
+    from rollout.policies import policy_for
+    from rollout.policy import sample_trajectory
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -187,16 +188,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         optimizer = build_optimizer(params, settings)
         traj = rollout(7).to(device)
         adv = torch.as_tensor(np.linspace(-1, 1, batch), dtype=torch.float32, device=device)
-        train_batch_data = TrainBatch(
-            prompt_embeds=traj.prompt_embeds,
-            timesteps=traj.timesteps,
-            latents=traj.latents,
-            old_log_probs=traj.log_probs,
-            advantages=adv,
-            w_embedding=guidance_embedding(pipe, args.guidance, batch).to(device),
-        )
+        train_batch_data = TrainBatch(transitions=policy_for(pipe).transitions(pipe, traj), old_log_probs=traj.log_probs, advantages=adv)
         torch_gen = torch.Generator().manual_seed(0)
-        update = lambda: ppo_update(pipe.unet, pipe.scheduler, optimizer, params, train_batch_data, settings, torch_gen)  # noqa: E731
+        update = lambda: ppo_update(pipe.unet, optimizer, params, train_batch_data, settings, torch_gen)  # noqa: E731
         for _ in range(args.warmup):
             first = update()
         t_ppo = [timed(update, device) for _ in range(max(1, args.repeats // 2))]

@@ -24,7 +24,7 @@ class Strict(BaseModel):
 
 
 class ModelConfig(Strict):
-    name: str = Field("tiny", description="'tiny' (toy, built from configs), a hub id, or a local diffusers folder")
+    name: str = Field("tiny", description="'tiny' / 'tiny-ddim' (toys built from configs: LCM / Stable Diffusion), a hub id, or a local diffusers folder")
     seed: int = Field(0, description="seed of the toy model's random weights")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     lora: LoraSettings = Field(default_factory=LoraSettings)
@@ -173,6 +173,7 @@ class _TrainConfig(Strict):
 
     @model_validator(mode="after")
     def _check_algorithm(self) -> "_TrainConfig":
+        self.algo.check_model(self)
         self.algo.check(self)
         return self
 

@@ -174,6 +174,7 @@ class Trainer:
             model=config.model.name, lora=config.model.lora, num_steps=config.sampling.num_steps, guidance_scale=config.sampling.guidance_scale,
             height=config.sampling.height, width=config.sampling.width, original_inference_steps=config.sampling.original_inference_steps,
             model_seed=config.model.seed, dtype=DTYPES[config.model.dtype], noise_group_size=self.algo.noise_group_size(config),
+            eta=self.algo.eta(config),
         )
         options = PoolOptions(
             cpus=resources.rollout_cpus, gpus=resources.rollout_gpus, torch_threads=config.run.torch_threads,

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from cluster.config import ConfigError, TrainConfig
+from rollout.samplers import is_toy
 
 RANDOM = "random:"
 # Options of each reward that name a model: the dry run points them at random weights of that architecture.
@@ -78,7 +79,7 @@ def plan_dry_run(config: TrainConfig, resolution: int = 64) -> DryRunPlan:
     changes: list[str] = []
     data = config.model_dump(mode="json")
     model = data["model"]
-    if model["name"] != "tiny":
+    if not is_toy(model["name"]):
         from rollout.architectures import architecture_dir
 
         if not model["name"].startswith(RANDOM):
@@ -88,7 +89,7 @@ def plan_dry_run(config: TrainConfig, resolution: int = 64) -> DryRunPlan:
                 raise ConfigError(str(error)) from None
             model["name"] = RANDOM + model["name"]
         changes.append(f"model: {model['name']} (real architecture, random weights)")
-    if model["dtype"] == "auto" and model["name"] != "tiny":
+    if model["dtype"] == "auto" and not is_toy(model["name"]):
         model["dtype"] = "bfloat16"
         changes.append("model.dtype: auto -> bfloat16 (what the frozen base gets on a bf16 GPU); LoRA and optimizer stay fp32")
     s = data["sampling"]

@@ -5,7 +5,8 @@ Everything is measured with torch's own instruments on fake tensors (no memory, 
 the training backward passes; `MemTracker` (torch.distributed._tools) records the peak memory of the same
 calls under `FakeTensorMode`. The preset's formulas then assemble them: rollout actor = frozen base (model
 dtype) + LoRA + peak of one no-grad UNet call / VAE decode; PPO learner = base + LoRA, grads and AdamW
-state (fp32) + peak of one UNet forward+backward at train_batch_size; ROCM learner = base + LoRA state +
+state (fp32) + peak of one UNet forward+backward at train_batch_size (DDPO's DDIM policy: every UNet batch doubled by
+classifier-free guidance, H actions per chain instead of H−1, × timestep_fraction); ROCM learner = base + LoRA state +
 reward model + the chain: with gradient checkpointing one recomputed UNet call at a time plus the 2H-1 saved
 call inputs, without it the activations of all 2H-1 UNet calls (H policy + H-1 reference), + VAE decode
 and reward forward+backward.
@@ -22,6 +23,9 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from cluster.config import ConfigError, TrainConfig
+from learner.ppo import steps_trained
+from rollout.policies import POLICIES
+from rollout.samplers import is_toy
 
 GPUS = {  # usable memory (bytes), dense bf16 peak FLOP/s (vendor data sheets, no sparsity)
     "h100-80gb": (80 * 2**30, 989e12),
@@ -155,7 +159,8 @@ def measure(model: str, resolution: int, dtype: torch.dtype, lora, batch: int = 
 
         def inputs(b: int, grad: bool = False):
             x = torch.randn(b, 4, latent, latent, dtype=dtype, requires_grad=grad)
-            return x, torch.full((b,), 500), torch.randn(b, 77, cross, dtype=dtype), torch.randn(b, unet.config.time_cond_proj_dim, dtype=dtype)
+            cond = unet.config.time_cond_proj_dim  # the LCM guidance embedding; None for Stable Diffusion (DDPO)
+            return x, torch.full((b,), 500), torch.randn(b, 77, cross, dtype=dtype), torch.randn(b, cond, dtype=dtype) if cond else None
 
         def unet_fwd(b: int):
             x, t, e, w = inputs(b)
@@ -186,7 +191,7 @@ def measure(model: str, resolution: int, dtype: torch.dtype, lora, batch: int = 
             unet_params=unet_params, lora_params=lora_params, vae_params=sum(p.numel() for p in vae.parameters()),
             text_params=sum(p.numel() for p in text.parameters()),
             unet_nograd_peak=unet_nograd, unet_train_peak=unet_train_peak, unet_saved=saved,
-            unet_input=sum(t.numel() * t.element_size() for t in inputs(1)), vae_nograd_peak=vae_nograd, vae_train_peak=vae_train,
+            unet_input=sum(t.numel() * t.element_size() for t in inputs(1) if t is not None), vae_nograd_peak=vae_nograd, vae_train_peak=vae_train,
         )
     return pieces
 
@@ -282,8 +287,8 @@ def plan(config: TrainConfig, gpu: str = "h100-80gb", mfu: float = 0.35) -> dict
     """The plan of `config` on `gpu` as a JSON-ready dict."""
     if gpu not in GPUS:
         raise ConfigError(f"--gpu: unknown GPU kind {gpu!r}; choose one of {', '.join(GPUS)}")
-    if config.model.name == "tiny":
-        raise ConfigError("rlcm plan is for real models; the tiny toy runs on any CPU (try --config compression)")
+    if is_toy(config.model.name):
+        raise ConfigError(f"rlcm plan is for real models; the tiny toy {config.model.name!r} runs on any CPU (try --config compression)")
     capacity, peak_flops = GPUS[gpu]
     s, r = config.sampling, config.resources
     resolution = s.height or 512
@@ -293,9 +298,11 @@ def plan(config: TrainConfig, gpu: str = "h100-80gb", mfu: float = 0.35) -> dict
     base = (p.unet_params + p.vae_params + p.text_params) * wbytes
     lora_state = p.lora_params * 4 * 4  # fp32 weights, grads, AdamW m and v
     H = s.num_steps
+    sampler = POLICIES[config.algo.sampler]
+    cfg = sampler.unet_images_per_step(s.guidance_scale)  # classifier-free guidance doubles the UNet batch (DDIM)
     actors: list[Actor] = []
     rollout_parts = {"base weights": base, "LoRA": p.lora_params * 4,
-                     "activations (max of UNet call / VAE decode, no grad)": s.batch_size * max(p.unet_nograd_peak, p.vae_nograd_peak),
+                     "activations (max of UNet call / VAE decode, no grad)": s.batch_size * max(cfg * p.unet_nograd_peak, p.vae_nograd_peak),
                      "trajectory (fp32 latents)": s.batch_size * (H + 1) * 4 * (resolution // 8) ** 2 * 4}
     actors.append(Actor("rollout actor", sum(rollout_parts.values()), int(capacity * min(1.0, r.rollout_gpus or 1.0)) - RESERVED, rollout_parts))
     rw_params, rw_fwd, rw_train, rw_peak = reward_pieces(config.reward.name, config.reward.options.get("dtype", "float32"))
@@ -314,9 +321,10 @@ def plan(config: TrainConfig, gpu: str = "h100-80gb", mfu: float = 0.35) -> dict
     else:
         t = config.settings
         parts = {"base weights": base, "LoRA + grads + AdamW (fp32)": lora_state,
-                 "UNet forward+backward activations": t.train_batch_size * p.unet_train_peak}
+                 "UNet forward+backward activations": t.train_batch_size * cfg * p.unet_train_peak}
         actors.append(Actor("learner (PPO)", sum(parts.values()), int(capacity * min(1.0, r.learner_gpus or 1.0)) - RESERVED, parts))
-        per_sample = H * p.unet_call_flops + p.vae_decode_flops + rw_fwd + t.inner_epochs * (H - 1) * p.unet_train_flops
+        trained = steps_trained(sampler.num_actions(H), getattr(t, "timestep_fraction", 1.0))
+        per_sample = cfg * (H * p.unet_call_flops + t.inner_epochs * trained * p.unet_train_flops) + p.vae_decode_flops + rw_fwd
     if config.reward.backend == "serve" and rw_params:
         actors.append(Actor(f"reward deployment ({config.reward.name})", rw_params * 2 + s.batch_size * rw_peak, capacity - RESERVED,
                             {"weights (fp16)": rw_params * 2, "activations": s.batch_size * rw_peak}))

@@ -1,6 +1,6 @@
 """Checks made before Ray starts, so a mistake costs seconds and one clear line, not actor tracebacks.
 
-- the model: `tiny`, an existing diffusers folder, or a hub id that is in the local cache (or downloadable);
+- the model: a toy (`tiny`, `tiny-ddim`), an existing diffusers folder, or a hub id that is in the local cache (or downloadable);
 - the reward: a registered name for the local backend; a differentiable one for first-order algorithms;
 - the LoRA target modules: each must match a module of the UNet (built on the meta device, no weights).
 """
@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from cluster.config import ConfigError, TrainConfig
+from rollout.samplers import is_toy
 
 
 def _hub_offline() -> bool:
@@ -27,7 +28,7 @@ def model_config_dir(model: str) -> Path | None:
             raise ConfigError(f"model.name: {model} is a folder without model_index.json; pass a diffusers pipeline folder")
         return local
     if model.startswith((".", "/", "~")) or model.count("/") != 1:
-        raise ConfigError(f"model.name: {model!r} is neither 'tiny', an existing folder, nor a hub id like 'SimianLuo/LCM_Dreamshaper_v7'")
+        raise ConfigError(f"model.name: {model!r} is neither a toy ('tiny', 'tiny-ddim'), an existing folder, nor a hub id like 'SimianLuo/LCM_Dreamshaper_v7'")
     from huggingface_hub import try_to_load_from_cache
 
     cached = try_to_load_from_cache(model, "model_index.json")
@@ -63,10 +64,10 @@ def unet_module_names(model: str, seed: int = 0) -> list[str] | None:
     from accelerate import init_empty_weights
     from diffusers import UNet2DConditionModel
 
-    if model == "tiny":
-        from rollout.models import build_tiny_pipeline
+    if is_toy(model):
+        from rollout.models import TOY_BUILDERS
 
-        return [name for name, _ in build_tiny_pipeline(seed=seed).unet.named_modules()]
+        return [name for name, _ in TOY_BUILDERS[model](seed=seed).unet.named_modules()]
     if model.startswith("random:"):
         from rollout.architectures import meta_unet
 
@@ -130,7 +131,7 @@ def validate_before_ray(config: TrainConfig, joining_cluster: bool) -> None:
     ray = sys.modules.get("ray")
     if not joining_cluster and not (ray is not None and ray.is_initialized()):  # a Ray this process runs on is checked by preflight
         check_local_resources(config)
-    if config.model.name == "tiny" or not joining_cluster:
+    if is_toy(config.model.name) or not joining_cluster:
         names = unet_module_names(config.model.name, config.model.seed)
         if names is not None:
             check_lora_targets(config.model.lora.target_modules, names)

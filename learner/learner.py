@@ -11,7 +11,8 @@ from learner.base import BaseLearner, shard
 from learner.ppo import PPOSettings, TrainBatch, ppo_update
 from learner.stat_tracker import PerPromptStatTracker
 from rollout.lora import LoraSettings
-from rollout.policy import Trajectory, guidance_embedding
+from rollout.policies import policy_for
+from rollout.policy import Trajectory
 
 
 @dataclass
@@ -69,6 +70,11 @@ class PPOLearner(BaseLearner):
         """β of the per-step KL to the LoRA-free base added to the PPO loss (RLCM: none)."""
         return 0.0
 
+    @property
+    def timestep_fraction(self) -> float:
+        """Share of a sample's action steps one PPO pass trains on (RLCM: all)."""
+        return 1.0
+
     def advantages(self, prompts: list[str], rewards: np.ndarray) -> np.ndarray:
         return self.tracker.update(prompts, rewards)
 
@@ -101,16 +107,13 @@ class PPOLearner(BaseLearner):
         """One PPO update on a batch whose advantages are already computed; bumps the version."""
         trajectory = trajectory.to(self.device)
         batch = TrainBatch(
-            prompt_embeds=trajectory.prompt_embeds,
-            timesteps=trajectory.timesteps,
-            latents=trajectory.latents,
+            transitions=policy_for(self.pipe).transitions(self.pipe, trajectory),
             old_log_probs=trajectory.log_probs,
             advantages=torch.as_tensor(advantages, dtype=torch.float32, device=self.device),
-            w_embedding=guidance_embedding(self.pipe, trajectory.guidance_scale, len(trajectory)).to(self.device),
         )
         metrics = ppo_update(
-            self.pipe.unet, self.pipe.scheduler, self.optimizer, self.params, batch, self.settings, self.generator,
-            self.reduce_gradients, self.lr_scheduler, kl_coef=self.kl_coef,
+            self.pipe.unet, self.optimizer, self.params, batch, self.settings, self.generator,
+            self.reduce_gradients, self.lr_scheduler, kl_coef=self.kl_coef, timestep_fraction=self.timestep_fraction,
         )
         metrics.update({f"stat_tracker_{k}": v for k, v in self.tracker.stats().items()})
         self.version += 1

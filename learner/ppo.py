@@ -1,11 +1,12 @@
-"""Clipped PPO over the LCM chain (RLCM Algorithm 1), readable top to bottom.
+"""Clipped PPO over a sampler chain (RLCM Algorithm 1; DDPO's update), readable top to bottom.
 
-For each sample i and step k < H−1, with ρ = exp(log π_θ(x_{k+1}|x_k) − log π_old(x_{k+1}|x_k)):
+For each sample i and action step k (LCM: k < H−1; DDIM: k < H), with ρ = exp(log π_θ(x_{k+1}|x_k) − log π_old(x_{k+1}|x_k)):
 
     loss = mean_{i,k} max(−A_i·ρ, −A_i·clip(ρ, 1−ε, 1+ε))  [+ β·KL(π_θ ‖ π_base) at x_k, optional]
 
-Timesteps are shuffled per sample; the optimizer steps once per `grad_accum_steps` minibatches × (H−1)
-steps, after the gradient norm is clipped.
+Timesteps are shuffled per sample, and a sample trains on the first ⌊fraction·steps⌋ of its order (DDPO's
+`timestep_fraction`; 1 = all); the optimizer steps once per `grad_accum_steps` minibatches × those steps, after
+the gradient norm is clipped. log π_θ is recomputed by the policy's own functions (`rollout.policies`).
 """
 
 from __future__ import annotations
@@ -15,28 +16,25 @@ from typing import Callable
 
 import numpy as np
 import torch
-from diffusers import LCMScheduler
 
 from learner.guards import grad_norm_metrics
 from learner.optim import optimizer_step
 from learner.settings import PPOSettings
 from learner.divergences import gaussian_divergence
-from rollout.policy import gaussian_log_prob, transition_gaussian
+from rollout.policies import Transitions
+from rollout.policy import gaussian_log_prob
 
 
 @dataclass
 class TrainBatch:
-    """What PPO needs from trajectories: states, actions, behaviour log-probs, advantages."""
+    """What PPO needs from trajectories: the recorded chains bound to their policy, behaviour log-probs, advantages."""
 
-    prompt_embeds: torch.Tensor  # [B, L, D]
-    timesteps: torch.Tensor  # [H]
-    latents: torch.Tensor  # [B, H, C, h, w]
-    old_log_probs: torch.Tensor  # [B, H-1]
+    transitions: Transitions  # states x_k = latents[:, k], actions latents[:, k+1], and π_θ's Gaussian of each
+    old_log_probs: torch.Tensor  # [B, actions per chain]
     advantages: torch.Tensor  # [B]
-    w_embedding: torch.Tensor  # [B, E]
 
     def __len__(self) -> int:
-        return self.latents.shape[0]
+        return self.old_log_probs.shape[0]
 
 
 def ppo_loss(
@@ -58,18 +56,22 @@ def ppo_loss(
 
 
 @torch.no_grad()
-def base_mean(unet: torch.nn.Module, scheduler: LCMScheduler, x, t, t_next, prompt_embeds, w_embedding) -> torch.Tensor:
+def base_mean(unet: torch.nn.Module, transitions: Transitions, rows: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     """Mean of the frozen base policy (LoRA disabled) at the same state."""
     unet.disable_adapters()
     try:
-        return transition_gaussian(unet, scheduler, x, t, t_next, prompt_embeds, w_embedding)[0]
+        return transitions.gaussian(unet, rows, k)[0]
     finally:
         unet.enable_adapters()
 
 
+def steps_trained(num_transitions: int, timestep_fraction: float) -> int:
+    """How many of a sample's action steps one pass trains on (DDPO: int(H·fraction), at least 1)."""
+    return max(1, int(num_transitions * timestep_fraction))
+
+
 def ppo_update(
     unet: torch.nn.Module,
-    scheduler: LCMScheduler,
     optimizer: torch.optim.Optimizer,
     params: list[torch.nn.Parameter],
     batch: TrainBatch,
@@ -78,9 +80,11 @@ def ppo_update(
     reduce_gradients: Callable[[list[torch.nn.Parameter]], None] | None = None,
     lr_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     kl_coef: float = 0.0,
+    timestep_fraction: float = 1.0,
 ) -> dict[str, float]:
     """Run `inner_epochs` passes of clipped PPO over `batch`; returns averaged diagnostics.
 
+    `timestep_fraction` < 1 trains each sample on a random subset of its steps (the first of its shuffled order);
     `reduce_gradients` averages gradients across data-parallel learners before clipping;
     `lr_scheduler` steps once per optimizer step; `kl_coef` β > 0 adds β·KL(π_θ ‖ π_base) per step at the
     recorded state (the same UNet with its LoRA disabled, as Flow-GRPO does), logged as `kl_to_base`.
@@ -88,9 +92,11 @@ def ppo_update(
     num_samples, num_transitions = len(batch), batch.old_log_probs.shape[1]
     if num_transitions < 1:
         raise ValueError("PPO needs at least 2 inference steps (H >= 2): the last step has no log-prob")
-    device = batch.latents.device
+    latents = batch.transitions.latents
+    device = latents.device
     advantages = batch.advantages.clamp(-settings.adv_clip_max, settings.adv_clip_max)
-    backward_per_step = settings.grad_accum_steps * num_transitions
+    trained = steps_trained(num_transitions, timestep_fraction)
+    backward_per_step = settings.grad_accum_steps * trained
     step_infos: list[dict[str, float]] = []
     grad_norms: list[float] = []
     backward_count = 0
@@ -103,22 +109,14 @@ def ppo_update(
             step_order = torch.arange(num_transitions).expand(num_samples, -1)
         for start in range(0, num_samples, settings.train_batch_size):
             idx = order[start : start + settings.train_batch_size]
-            for j in range(num_transitions):
+            for j in range(trained):
                 k = step_order[idx, j]
                 idx_d, k_d = idx.to(device), k.to(device)
-                state = (
-                    batch.latents[idx_d, k_d],
-                    batch.timesteps.to(device)[k_d],
-                    batch.timesteps.to(device)[k_d + 1],
-                    batch.prompt_embeds[idx_d],
-                    batch.w_embedding[idx_d],
-                )
-                x, t, t_next, prompt_embeds, w_embedding = state
-                mean, std = transition_gaussian(unet, scheduler, x, t, t_next, prompt_embeds, w_embedding)
-                log_prob = gaussian_log_prob(batch.latents[idx_d, k_d + 1], mean, std)
+                mean, std = batch.transitions.gaussian(unet, idx_d, k_d)
+                log_prob = gaussian_log_prob(latents[idx_d, k_d + 1], mean, std)
                 loss, info = ppo_loss(log_prob, batch.old_log_probs[idx_d, k_d], advantages[idx_d], settings.clip_range)
                 if kl_coef > 0:
-                    kl = gaussian_divergence("kl", mean, base_mean(unet, scheduler, *state), std).mean()
+                    kl = gaussian_divergence("kl", mean, base_mean(unet, batch.transitions, idx_d, k_d), std).mean()
                     loss, info["kl_to_base"] = loss + kl_coef * kl, kl.detach()
                 (loss / backward_per_step).backward()
                 backward_count += 1

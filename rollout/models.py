@@ -1,4 +1,4 @@
-"""Loading LCM pipelines: a hub id, a local directory, or `"tiny"`, a toy LCM built from configs.
+"""Loading pipelines: a hub id, a local directory, or a toy built from configs (`"tiny"` LCM, `"tiny-ddim"` Stable Diffusion).
 
 The toy is a real `LatentConsistencyModelPipeline` (stock diffusers class) whose parts are small:
 a random 2-level `UNet2DConditionModel` with the LCM guidance embedding (sample prediction), a
@@ -7,6 +7,10 @@ random 2-layer CLIP text encoder with a character-level CLIP tokenizer, and a pi
 it exists so that every code path used with real models runs on a laptop CPU, and so that PPO has
 something to climb: with a random VAE, JPEG size hardly depends on the latents, with this decoder
 it does.
+
+`"tiny-ddim"` is the same toy as a `StableDiffusionPipeline` for DDPO: a UNet without the guidance embedding
+(epsilon prediction, classifier-free guidance), the same text encoder and decoder, a `DDIMScheduler` with SD1.5's
+schedule (and x̂0 clipped to ±1, which keeps the random toy's chain bounded).
 """
 
 from __future__ import annotations
@@ -16,14 +20,15 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from diffusers import LatentConsistencyModelPipeline, LCMScheduler, UNet2DConditionModel
+from diffusers import DDIMScheduler, LatentConsistencyModelPipeline, LCMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from rollout.architectures import build_random_pipeline, is_random
+from rollout.samplers import DDIM, EXAMPLES, LCM, sampler_of
 
-TINY = "tiny"
+TINY, TINY_DDIM = "tiny", "tiny-ddim"
 DEFAULT_REAL_MODEL = "SimianLuo/LCM_Dreamshaper_v7"
 
 
@@ -40,7 +45,8 @@ class ToyPixelDecoder(ModelMixin, ConfigMixin):
     def upscale(self) -> int:
         return 2 ** (len(self.config.block_out_channels) - 1)
 
-    def decode(self, z: torch.Tensor, return_dict: bool = False):
+    def decode(self, z: torch.Tensor, return_dict: bool = False, generator: torch.Generator | None = None):
+        """`generator` is accepted as `AutoencoderKL.decode` takes it (StableDiffusionPipeline passes it); it is unused."""
         image = F.interpolate(torch.tanh(self.to_rgb(z)), scale_factor=self.upscale, mode="nearest")
         return (image,)
 
@@ -73,8 +79,7 @@ def random_clip_text_encoder(
     )
 
 
-def build_tiny_pipeline(seed: int = 0, sample_size: int = 16) -> LatentConsistencyModelPipeline:
-    """The toy LCM: deterministic for `seed`, 4x`sample_size` pixel images, no downloads."""
+def _tiny_parts(seed: int, sample_size: int, time_cond_proj_dim: int | None):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         tokenizer = char_level_clip_tokenizer(model_max_length=32)
@@ -90,23 +95,34 @@ def build_tiny_pipeline(seed: int = 0, sample_size: int = 16) -> LatentConsisten
             cross_attention_dim=32,
             attention_head_dim=8,
             norm_num_groups=8,
-            time_cond_proj_dim=32,
+            time_cond_proj_dim=time_cond_proj_dim,
         )
         vae = ToyPixelDecoder()
+    return dict(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, safety_checker=None, feature_extractor=None,
+                requires_safety_checker=False)
+
+
+def build_tiny_pipeline(seed: int = 0, sample_size: int = 16) -> LatentConsistencyModelPipeline:
+    """The toy LCM: deterministic for `seed`, 4x`sample_size` pixel images, no downloads."""
     scheduler = LCMScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", prediction_type="sample", original_inference_steps=50
     )
-    pipe = LatentConsistencyModelPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
+    return LatentConsistencyModelPipeline(scheduler=scheduler, **_tiny_parts(seed, sample_size, time_cond_proj_dim=32))
+
+
+def build_tiny_ddim_pipeline(seed: int = 0, sample_size: int = 16) -> StableDiffusionPipeline:
+    """The toy Stable Diffusion pipeline for DDPO: epsilon prediction, no guidance embedding, a DDIMScheduler."""
+    scheduler = DDIMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", prediction_type="epsilon", set_alpha_to_one=False,
+        steps_offset=1, clip_sample=True, clip_sample_range=1.0,
     )
+    placeholder = DDIMScheduler.from_config(scheduler.config, clip_sample=False)
+    pipe = StableDiffusionPipeline(scheduler=placeholder, image_encoder=None, **_tiny_parts(seed, sample_size, time_cond_proj_dim=None))
+    pipe.scheduler = scheduler  # set after construction: the pipeline's constructor rewrites clip_sample=True to False
     return pipe
+
+
+TOY_BUILDERS = {TINY: build_tiny_pipeline, TINY_DDIM: build_tiny_ddim_pipeline}
 
 
 def default_dtype(device: torch.device) -> torch.dtype:
@@ -125,44 +141,52 @@ def load_pipeline(
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
     seed: int = 0,
-) -> LatentConsistencyModelPipeline:
-    """An LCM pipeline with frozen weights, an `LCMScheduler`, no safety checker, progress bars off.
+) -> LatentConsistencyModelPipeline | StableDiffusionPipeline:
+    """A pipeline with frozen weights, no safety checker, progress bars off: an LCM with an `LCMScheduler`, or a
+    Stable Diffusion model (DDPO's) with a `DDIMScheduler`.
 
-    `model` is `"tiny"` (the toy, built from configs), a local directory in diffusers layout, a
-    Hugging Face hub id such as `SimianLuo/LCM_Dreamshaper_v7`, or `random:<hub id>` (that model's
-    real architecture with random weights, see `rollout.architectures`).
+    `model` is a toy (`"tiny"`, `"tiny-ddim"`: built from configs), a local directory in diffusers layout, a
+    Hugging Face hub id such as `SimianLuo/LCM_Dreamshaper_v7` or `runwayml/stable-diffusion-v1-5`, or
+    `random:<hub id>` (that model's real architecture with random weights, see `rollout.architectures`).
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = dtype or default_dtype(device)
-    if model == TINY:
-        pipe = build_tiny_pipeline(seed=seed)
+    if model in TOY_BUILDERS:
+        pipe = TOY_BUILDERS[model](seed=seed)
         if dtype != torch.float32:
             pipe.to(dtype=dtype)
     elif is_random(model):
         pipe = build_random_pipeline(model, seed=seed, dtype=dtype)
     else:
-        local = Path(model).expanduser()
-        if _looks_like_path(model) and not local.is_dir():
-            raise FileNotFoundError(
-                f"model directory {model!r} does not exist; pass an existing diffusers folder, a hub id "
-                f"such as {DEFAULT_REAL_MODEL!r}, or 'tiny' for the toy model"
-            )
-        try:
-            pipe = LatentConsistencyModelPipeline.from_pretrained(
-                str(local) if local.is_dir() else model,
-                dtype=dtype,
-                safety_checker=None,
-                requires_safety_checker=False,
-            )
-        except (OSError, ValueError) as error:
-            raise FileNotFoundError(
-                f"could not load LCM {model!r}: {error}. Check the hub id or folder; offline machines need the "
-                "weights in the local Hugging Face cache or a local folder"
-            ) from error
-        pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config)
+        pipe = _load_pretrained(model, dtype)
     pipe.to(device)
     for component in (pipe.unet, pipe.vae, pipe.text_encoder):
         component.requires_grad_(False)
         component.eval()
     pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _load_pretrained(model: str, dtype: torch.dtype):
+    """An LCM, or a Stable Diffusion pipeline with its scheduler replaced by a DDIMScheduler of the same config."""
+    local = Path(model).expanduser()
+    if _looks_like_path(model) and not local.is_dir():
+        raise FileNotFoundError(
+            f"model directory {model!r} does not exist; pass an existing diffusers folder, a hub id "
+            f"such as {DEFAULT_REAL_MODEL!r}, or 'tiny' for the toy model"
+        )
+    sampler = sampler_of(model) or LCM
+    pipeline_class, scheduler_class, kind = (
+        (StableDiffusionPipeline, DDIMScheduler, "Stable Diffusion model") if sampler == DDIM else (LatentConsistencyModelPipeline, LCMScheduler, "LCM")
+    )
+    try:
+        pipe = pipeline_class.from_pretrained(
+            str(local) if local.is_dir() else model, dtype=dtype, safety_checker=None, requires_safety_checker=False,
+        )
+    except (OSError, ValueError) as error:
+        raise FileNotFoundError(
+            f"could not load {kind} {model!r}: {error}. Check the hub id or folder; offline machines need the "
+            f"weights in the local Hugging Face cache or a local folder ({EXAMPLES[sampler]} are the kind this loads)"
+        ) from error
+    pipe.scheduler = scheduler_class.from_config(pipe.scheduler.config)
     return pipe

@@ -36,6 +36,8 @@ class Trajectory:
     images: torch.Tensor  # uint8 [B, 3, height, width]
     guidance_scale: float
     policy_version: int
+    negative_prompt_embeds: torch.Tensor | None = None  # [B, L, D]: the DDIM policy's unconditional embeds (None for LCM)
+    eta: float | None = None  # the DDIM policy's η (None for LCM)
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -48,6 +50,7 @@ class Trajectory:
             latents=self.latents.to(device),
             log_probs=self.log_probs.to(device),
             images=self.images.to(device),
+            negative_prompt_embeds=None if self.negative_prompt_embeds is None else self.negative_prompt_embeds.to(device),
         )
 
     def select(self, index: list[int]) -> "Trajectory":
@@ -60,15 +63,16 @@ class Trajectory:
             latents=self.latents[rows],
             log_probs=self.log_probs[rows],
             images=self.images[rows],
+            negative_prompt_embeds=None if self.negative_prompt_embeds is None else self.negative_prompt_embeds[rows],
         )
 
     @staticmethod
     def concat(trajectories: list["Trajectory"]) -> "Trajectory":
-        """Join batches sampled with the same timesteps and guidance into one."""
+        """Join batches sampled with the same timesteps, guidance and η into one."""
         first = trajectories[0]
         for other in trajectories[1:]:
-            if not torch.equal(other.timesteps, first.timesteps) or other.guidance_scale != first.guidance_scale:
-                raise ValueError("cannot concatenate trajectories with different timesteps or guidance scales")
+            if not torch.equal(other.timesteps, first.timesteps) or (other.guidance_scale, other.eta) != (first.guidance_scale, first.eta):
+                raise ValueError("cannot concatenate trajectories with different timesteps, guidance scales or η")
         return Trajectory(
             prompts=[p for t in trajectories for p in t.prompts],
             prompt_embeds=torch.cat([t.prompt_embeds for t in trajectories]),
@@ -78,6 +82,8 @@ class Trajectory:
             images=torch.cat([t.images for t in trajectories]),
             guidance_scale=first.guidance_scale,
             policy_version=min(t.policy_version for t in trajectories),
+            negative_prompt_embeds=None if first.negative_prompt_embeds is None else torch.cat([t.negative_prompt_embeds for t in trajectories]),
+            eta=first.eta,
         )
 
 
@@ -275,8 +281,32 @@ def latent_shape(pipe: LatentConsistencyModelPipeline, batch: int, height: int |
     return (batch, pipe.unet.config.in_channels, height // scale, width // scale)
 
 
+@dataclass
+class LCMTransitions:
+    """Recorded LCM chains and how π_θ scores their actions (PPO's recomputation)."""
+
+    scheduler: LCMScheduler
+    timesteps: torch.Tensor  # [H]
+    latents: torch.Tensor  # [B, H, C, h, w]
+    prompt_embeds: torch.Tensor
+    w_embedding: torch.Tensor  # [B, E]
+
+    def gaussian(self, unet: torch.nn.Module, rows: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and std of the action of step k[i] of chain rows[i]."""
+        return transition_gaussian(
+            unet, self.scheduler, self.latents[rows, k], self.timesteps[k], self.timesteps[k + 1], self.prompt_embeds[rows], self.w_embedding[rows]
+        )
+
+
+def sample_trajectory(pipe, prompts: list[str], num_steps: int, guidance_scale: float, generator: torch.Generator | None = None, **options) -> Trajectory:
+    """Sample a batch with the policy of `pipe` (LCM or DDIM, see `rollout.policies`); `options` as that policy's sampler takes them."""
+    from rollout.policies import policy_for
+
+    return policy_for(pipe).sample(pipe, prompts, num_steps, guidance_scale, generator, **options)
+
+
 @torch.no_grad()
-def sample_trajectory(
+def sample_lcm_trajectory(
     pipe: LatentConsistencyModelPipeline,
     prompts: list[str],
     num_steps: int,

@@ -1,4 +1,4 @@
-"""The rollout role: an LCM pipeline carrying the current LoRA, sampling trajectories on request."""
+"""The rollout role: a pipeline (LCM or DDIM, see rollout.policies) carrying the current LoRA, sampling trajectories on request."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ class RolloutSpec:
     device: str | None = None
     dtype: torch.dtype | None = None
     noise_group_size: int = 1  # consecutive samples sharing x_0 (GRPO's same-noise groups)
+    eta: float | None = None  # η of a DDIM sampler (DDPO); LCM sampling has none
 
 
 class RolloutWorker:
@@ -60,4 +61,5 @@ class RolloutWorker:
             policy_version=self.version,
             original_inference_steps=self.spec.original_inference_steps,
             noise_group_size=self.spec.noise_group_size,
+            eta=self.spec.eta,
         )

@@ -60,6 +60,7 @@ OTHER_ALGORITHMS = {
     **{name: "rocm" for name in ("rocm-tiny-cpu", "rocm-aesthetic", "rocm-pickscore", "rocm-clip_score", "rocm-hpsv2", "rocm-aesthetic-fast")},
     "grpo-tiny-cpu": "grpo", "grpo-compression": "grpo",
     "draft-tiny-cpu": "draft", "draft-aesthetic": "draft", "alignprop-tiny-cpu": "alignprop", "alignprop-aesthetic": "alignprop",
+    "ddpo-tiny-cpu": "ddpo", "ddpo-compression": "ddpo", "ddpo-aesthetic": "ddpo",
 }
 
 

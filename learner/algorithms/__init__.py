@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from learner.algorithms.base import Algorithm
+from learner.algorithms.ddpo import DDPO
 from learner.algorithms.draft import AlignProp, DRaFT
 from learner.algorithms.grpo import GRPO
 from learner.algorithms.rlcm import RLCM
@@ -14,4 +15,5 @@ ALGORITHMS: dict[str, type[Algorithm]] = {
     "rocm": ROCM,
     "draft": DRaFT,
     "alignprop": AlignProp,
+    "ddpo": DDPO,
 }

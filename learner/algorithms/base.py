@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from pydantic import BaseModel
 
+from rollout.samplers import EXAMPLES, LCM, sampler_of
+
 if TYPE_CHECKING:
     from cluster.config import TrainConfig
 
@@ -24,6 +26,7 @@ class Algorithm:
     section: ClassVar[str]  # the config section holding `settings`
     settings: ClassVar[type[BaseModel]]
     samples_from: ClassVar[Literal["rollouts", "learners"]]
+    sampler: ClassVar[str] = LCM  # the policy it trains (`rollout.samplers`): lcm or ddim; the model must be of that kind
     summary: ClassVar[tuple[tuple[str, str, str], ...]] = ()  # (metric, label, format) shown after the reward in the epoch line
     diagnostics: ClassVar[tuple[tuple[str, str], ...]] = ()  # (metric, plot title) of `plots/diagnostics.png`
     optimizes: ClassVar[str] = ""  # one line for the README table
@@ -32,6 +35,22 @@ class Algorithm:
     @classmethod
     def check(cls, config: "TrainConfig") -> None:
         """Cross-field checks; raise ValueError("dotted.key: what to fix")."""
+
+    @classmethod
+    def check_model(cls, config: "TrainConfig") -> None:
+        """The model must be one the algorithm's sampler runs (an LCM for lcm, a Stable Diffusion model for ddim)."""
+        model = config.model.name
+        kind = sampler_of(model)
+        if kind is not None and kind != cls.sampler:
+            raise ValueError(
+                f"model.name: {model!r} is a {kind.upper()} model but algorithm {cls.name} trains the {cls.sampler.upper()} sampler; "
+                f"use a {cls.sampler.upper()} model (e.g. {EXAMPLES[cls.sampler]}) or an algorithm for {kind.upper()} models"
+            )
+
+    @classmethod
+    def eta(cls, config: "TrainConfig") -> float | None:
+        """η of the DDIM sampler the rollout actors use (None: the sampler has none)."""
+        return None
 
     @classmethod
     def learner_spec(cls, config: "TrainConfig", common: dict[str, Any]):

@@ -1,9 +1,11 @@
-"""Real LCM architectures with random weights, built from configs shipped in the package (no hub files).
+"""Real architectures with random weights, built from configs shipped in the package (no hub files).
 
 `random:<hub id>` as a model name (e.g. `random:SimianLuo/LCM_Dreamshaper_v7`) gives the pipeline of that
 model at its full size with random weights: the SD1.5 UNet with the LCM guidance embedding
 (time_cond_proj_dim=256), the SD1.5 `AutoencoderKL` (scaling 0.18215), the CLIP ViT-L/14 text encoder
 (77 tokens) with the real CLIP BPE tokenizer (OpenAI CLIP's vocabulary, shipped in rewards_service/architectures) and the model's `LCMScheduler`.
+`random:runwayml/stable-diffusion-v1-5` (DDPO's model) is SD1.5: the same UNet without the guidance embedding, the
+same VAE and text encoder, and its scheduler config (PNDM in the hub repo) loaded as a `DDIMScheduler`.
 It is what `rlcm train --dry-run` runs: every code path of a real run, nothing learned.
 """
 
@@ -16,7 +18,7 @@ from pathlib import Path
 import torch
 
 RANDOM_PREFIX = "random:"
-ARCHITECTURES = {"SimianLuo/LCM_Dreamshaper_v7": "lcm_dreamshaper_v7"}
+ARCHITECTURES = {"SimianLuo/LCM_Dreamshaper_v7": "lcm_dreamshaper_v7", "runwayml/stable-diffusion-v1-5": "stable_diffusion_v1_5"}
 
 
 def is_random(model: str) -> bool:
@@ -52,8 +54,11 @@ def meta_unet(model: str):
 
 
 def build_random_pipeline(model: str, seed: int = 0, dtype: torch.dtype = torch.float32):
-    """`LatentConsistencyModelPipeline` of `random:<hub id>` with random weights, built directly in `dtype`."""
-    from diffusers import AutoencoderKL, LatentConsistencyModelPipeline, LCMScheduler, UNet2DConditionModel
+    """The pipeline of `random:<hub id>` with random weights, built directly in `dtype`: a `LatentConsistencyModelPipeline`
+    with an `LCMScheduler`, or a `StableDiffusionPipeline` with a `DDIMScheduler` (for a DDIM model)."""
+    from diffusers import AutoencoderKL, DDIMScheduler, LatentConsistencyModelPipeline, LCMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+
+    from rollout.samplers import DDIM, sampler_of
     from transformers import CLIPTextConfig, CLIPTextModel
 
     folder = architecture_dir(model)
@@ -68,8 +73,8 @@ def build_random_pipeline(model: str, seed: int = 0, dtype: torch.dtype = torch.
             text_encoder = CLIPTextModel(CLIPTextConfig(**_config(folder, "text_encoder")))
         finally:
             torch.set_default_dtype(previous)
-    scheduler = LCMScheduler.from_config(_config(folder, "scheduler"))
-    return LatentConsistencyModelPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    )
+    parts = dict(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, safety_checker=None, feature_extractor=None,
+                 requires_safety_checker=False)
+    if sampler_of(model) == DDIM:
+        return StableDiffusionPipeline(scheduler=DDIMScheduler.from_config(_config(folder, "scheduler")), image_encoder=None, **parts)
+    return LatentConsistencyModelPipeline(scheduler=LCMScheduler.from_config(_config(folder, "scheduler")), **parts)
