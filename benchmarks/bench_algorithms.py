@@ -80,7 +80,7 @@ def rollout_spec(config: TrainConfig, noise_group_size: int = 1) -> RolloutSpec:
     return RolloutSpec(
         model=config.model.name, lora=config.model.lora, num_steps=s.num_steps, guidance_scale=s.guidance_scale, height=s.height,
         width=s.width, original_inference_steps=s.original_inference_steps, model_seed=config.model.seed, dtype=DTYPES[config.model.dtype],
-        noise_group_size=noise_group_size,
+        noise_group_size=noise_group_size, eta=config.algo.eta(config),
     )
 
 

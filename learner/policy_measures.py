@@ -3,7 +3,7 @@
     Σ_k KL(π_θ ‖ π_base) per chain: along a chain x_0 … sampled by π_θ (the recorded trajectory), at each state x_k
         both policies are Gaussians with the same std σ_k, so KL_k = Δ_k²/(2σ_k²) per latent dim with
         Δ_k = mean_θ,k − mean_base,k (the UNet with its LoRA on, then off), averaged over dims
-        (`learner.divergences.gaussian_divergence`), summed over the chain's stochastic transitions.
+        (`learner.divergences.gaussian_divergence`), summed over the chain's actions (LCM: H−1, DDIM: H).
     diversity: for each prompt, the mean pairwise RMS distance between its images (pixels in [0, 1]) drawn
         from different noise; averaged over prompts. 0 = the policy gives one image per prompt whatever the noise.
 """
@@ -15,24 +15,23 @@ import itertools
 import torch
 
 from learner.divergences import gaussian_divergence
-from rollout.policy import Trajectory, guidance_embedding, transition_gaussian
+from rollout.policies import policy_for
+from rollout.policy import Trajectory
 
 
 @torch.no_grad()
 def kl_to_base(pipe, trajectory: Trajectory) -> torch.Tensor:
-    """Σ_k KL(π_θ(·|x_k) ‖ π_base(·|x_k)) per chain [B] at the trajectory's recorded states (LCM policy)."""
-    unet, scheduler = pipe.unet, pipe.scheduler
-    batch, device = len(trajectory), unet.device
-    latents, timesteps = trajectory.latents.to(device), trajectory.timesteps.to(device)
-    embeds = trajectory.prompt_embeds.to(device)
-    w_embedding = guidance_embedding(pipe, trajectory.guidance_scale, batch).to(device)
-    total = torch.zeros(batch, dtype=torch.float64)
+    """Σ_k KL(π_θ(·|x_k) ‖ π_base(·|x_k)) per chain [B] at the trajectory's recorded states, for the policy of `pipe`
+    (LCM or DDIM: `rollout.policies`, the functions PPO recomputes log π with)."""
+    unet, batch = pipe.unet, len(trajectory)
+    transitions = policy_for(pipe).transitions(pipe, trajectory.to(unet.device))
+    rows, total = torch.arange(batch, device=unet.device), torch.zeros(batch, dtype=torch.float64)
     for k in range(trajectory.log_probs.shape[1]):
-        state = (latents[:, k], timesteps[k].expand(batch), timesteps[k + 1].expand(batch), embeds, w_embedding)
-        mean, std = transition_gaussian(unet, scheduler, *state)
+        step = torch.full((batch,), k, device=unet.device)
+        mean, std = transitions.gaussian(unet, rows, step)
         unet.disable_adapters()
         try:
-            mean_base, _ = transition_gaussian(unet, scheduler, *state)
+            mean_base, _ = transitions.gaussian(unet, rows, step)
         finally:
             unet.enable_adapters()
         total += gaussian_divergence("kl", mean, mean_base, std).double().cpu()
