@@ -1,6 +1,6 @@
 """Every registered algorithm on the toy, on equal wall-clock budgets, on the same rewards.
 
-    python benchmarks/bench_algorithms.py                          # 3 seeds, 40 s per run
+    python benchmarks/bench_algorithms.py                          # 3 seeds, 45 s per run
     python benchmarks/bench_algorithms.py --budget-s 10 --seeds 1  # smoke run
     python benchmarks/bench_algorithms.py --report-only benchmarks/algorithms_runs.json
 
@@ -360,7 +360,7 @@ def write_results(results: dict, path: Path, figure: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--budget-s", type=float, default=40.0, help="training seconds per run (default 40)")
+    parser.add_argument("--budget-s", type=float, default=45.0, help="training seconds per run (default 45)")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--algorithms", nargs="+", help="only these registered algorithms (default: all with a toy preset)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (more than the free cores slows torch many-fold)")
