@@ -23,6 +23,11 @@ class SamplingRecord(BaseModel):
     original_inference_steps: int = Field(50, ge=1)
     height: int | None = None
     width: int | None = None
+    eta: float | None = Field(None, description="η of a DDIM sampler (DDPO); None for LCM")
+
+    def sampler_options(self) -> dict:
+        """The keyword arguments of `pipe(...)` that depend on the sampler: LCM's original steps, DDIM's η when recorded."""
+        return {"original_inference_steps": self.original_inference_steps, **({"eta": self.eta} if self.eta is not None else {})}
 
 
 DEFAULTS = SamplingRecord()
@@ -35,7 +40,7 @@ def checkpoint_record(config: Any) -> dict:
     return {"model": config.model.name, "model_seed": config.model.seed,
             "sampling": SamplingRecord(num_steps=sampling.num_steps, guidance_scale=sampling.guidance_scale,
                                        original_inference_steps=sampling.original_inference_steps,
-                                       height=sampling.height, width=sampling.width).model_dump()}
+                                       height=sampling.height, width=sampling.width, eta=config.algo.eta(config)).model_dump()}
 
 
 def write_record(directory: Path, config: Any) -> None:

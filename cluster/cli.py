@@ -108,7 +108,7 @@ def _sample(args: argparse.Namespace) -> int:
     pipe.load_lora_weights(str(lora))
     generator = torch.Generator(device=pipe.device).manual_seed(args.seed)
     image = pipe(args.prompt, num_inference_steps=sampling.num_steps, guidance_scale=sampling.guidance_scale,
-                 original_inference_steps=sampling.original_inference_steps, height=sampling.height, width=sampling.width,
+                 height=sampling.height, width=sampling.width, **sampling.sampler_options(),
                  generator=generator).images[0]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     image.save(args.out)

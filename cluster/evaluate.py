@@ -204,7 +204,7 @@ def sample_images(pipe, prompts: list[str], pairs: list[tuple[int, int]], settin
         [prompts[i] for i, _ in pairs],
         num_inference_steps=settings.steps or sampling.num_steps,
         guidance_scale=sampling.guidance_scale if settings.guidance_scale is None else settings.guidance_scale,
-        original_inference_steps=sampling.original_inference_steps,
+        **sampling.sampler_options(),
         height=sampling.height,
         width=sampling.width,
         generator=generators,

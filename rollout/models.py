@@ -79,7 +79,9 @@ def random_clip_text_encoder(
     )
 
 
-def _tiny_parts(seed: int, sample_size: int, time_cond_proj_dim: int | None):
+def _tiny_parts(seed: int, sample_size: int, time_cond_proj_dim: int | None) -> dict:
+    """The toys' shared parts (tokenizer, text encoder, UNet, decoder), deterministic for `seed`; `time_cond_proj_dim`:
+    the LCM guidance embedding's width, None for Stable Diffusion."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         tokenizer = char_level_clip_tokenizer(model_max_length=32)

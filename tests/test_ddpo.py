@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import StableDiffusionPipeline
+from PIL import Image
 from safetensors.torch import load_file
 
 from cluster.cli import main
@@ -81,9 +82,10 @@ def test_chain_equals_the_stock_pipeline_with_the_same_noise(pipe_and_traj):
     assert not torch.allclose(other_eta.latents[:, -1], traj.latents[:, -1])  # η reaches the chain
 
 
-def _learner(**ppo):
+def _learner(seed: int = 0, **ppo):
     cfg = load_config("ddpo-tiny-cpu", [f"ddpo.{k}={v}" for k, v in ppo.items()])
-    spec = DDPOLearnerSpec(model="tiny-ddim", lora=LoraSettings(rank=4, alpha=4), ppo=cfg.ddpo, stat_buffer_size=16, stat_min_count=16)
+    spec = DDPOLearnerSpec(model="tiny-ddim", lora=LoraSettings(rank=4, alpha=4), ppo=cfg.ddpo, stat_buffer_size=16, stat_min_count=16,
+                           seed=seed)
     return spec.build()
 
 
@@ -97,16 +99,15 @@ def test_first_update_ratio_is_one_and_timestep_fraction_draws_a_seeded_subset(p
         return gaussian(self, unet, rows, k)
 
     monkeypatch.setattr(DDIMTransitions, "gaussian", spy)
-    steps = []
-    for _ in range(2):
+    steps = {}
+    for run, seed in (("a", 0), ("b", 0), ("other seed", 3)):
         calls.clear()
-        learner = _learner(timestep_fraction=0.5, train_batch_size=2, learning_rate=1e-3)
-        metrics = learner.train(traj, np.array([1.0, -1.0]))
-        steps.append([tuple(c) for c in calls])
-    assert abs(metrics["ratio_min"] - 1) < 1e-5 and abs(metrics["ratio_max"] - 1) < 1e-5  # same weights, same math
-    assert len(steps[0]) == 2  # ⌊0.5·4⌋ steps per sample, each a minibatch call over both samples
-    assert steps[0] == steps[1]  # the subset is drawn from the seeded generator
-    assert len({k for call in steps[0] for k in call}) > 1 or steps[0][0][0] != steps[0][0][1]  # random steps, not 0, 1 for all
+        metrics = _learner(seed, timestep_fraction=0.5, train_batch_size=2, learning_rate=1e-3).train(traj, np.array([1.0, -1.0]))
+        assert abs(metrics["ratio_min"] - 1) < 1e-5 and abs(metrics["ratio_max"] - 1) < 1e-5  # same weights, same math
+        steps[run] = [tuple(c) for c in calls]
+    assert len(steps["a"]) == 2  # ⌊0.5·4⌋ steps per sample, each call a minibatch of both samples
+    assert all(len({call[i] for call in steps["a"]}) == 2 for i in range(2))  # distinct steps within a sample
+    assert steps["a"] == steps["b"] and steps["a"] != steps["other seed"]  # the subset comes from the seeded generator
 
 
 @pytest.mark.parametrize("preset, accum, updates, buffer", [("ddpo-compression", 2, 4, 16), ("ddpo-aesthetic", 4, 2, 32)])
@@ -187,7 +188,7 @@ def test_ddpo_learns_jpeg_compressibility_through_rlcm_train(ray_local, tmp_path
     assert isinstance(pipe, StableDiffusionPipeline) and not np.allclose(base, tuned)
 
 
-def test_ddpo_resumes_bitwise_equal(ray_local, tmp_path):
+def test_ddpo_resumes_bitwise_equal_and_samples_with_its_eta(ray_local, tmp_path):
     sets = ["run.epochs=2", "sampling.num_steps=3", "ddpo.timestep_fraction=0.67"]
     assert cli(tmp_path, "full", *sets) == 0
     assert cli(tmp_path, "split", *sets[1:], "run.epochs=1", "run.save_every=1") == 0
@@ -197,3 +198,12 @@ def test_ddpo_resumes_bitwise_equal(ray_local, tmp_path):
     a = load_file(tmp_path / "full/checkpoints/epoch-0001/pytorch_lora_weights.safetensors")
     b = load_file(tmp_path / "split/checkpoints/epoch-0001/pytorch_lora_weights.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+    checkpoint = tmp_path / "full/checkpoints/epoch-0001"
+    assert json.loads((checkpoint / "rlcm_model.json").read_text())["sampling"]["eta"] == 1.0
+    out = tmp_path / "cat.png"
+    assert main(["sample", "--lora", str(checkpoint), "--prompt", "a cat", "--seed", "3", "--out", str(out)]) == 0
+    pipe = build_tiny_ddim_pipeline()
+    pipe.load_lora_weights(str(checkpoint))
+    expected = pipe("a cat", num_inference_steps=3, guidance_scale=W, eta=1.0, generator=torch.Generator().manual_seed(3)).images[0]
+    np.testing.assert_array_equal(np.asarray(Image.open(out)), np.asarray(expected))  # `rlcm sample` uses the recorded η

@@ -4,7 +4,8 @@ An algorithm is one module (or folder) in `learner/algorithms/` and one line in 
 It names its settings section (a pydantic model; keys of another algorithm's section are config errors), where
 an epoch's samples come from (`rollouts`: the rollout actors' trajectories, scored by the reward service;
 `learners`: chains the learners sample themselves with grad, while the rollout actors sample held-out prompts
-for monitoring), how to build its learner, what its epoch line shows and which series its diagnostics plot draws.
+for monitoring), which sampler it trains (`sampler`: the LCM policy, or DDIM for DDPO; the model must be of that kind),
+how to build its learner, what its epoch line shows and which series its diagnostics plot draws.
 """
 
 from __future__ import annotations
