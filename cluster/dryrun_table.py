@@ -1,4 +1,6 @@
-"""Rewrite the dry-run table in README.md from the logs of scripts/dry_run_all.sh (one log per preset)."""
+"""Write rows of the dry-run table in README.md from the logs of scripts/dry_run_all.sh (one log per preset).
+
+Rows of presets without a log here are kept, so a run of a few presets updates only their rows."""
 
 from __future__ import annotations
 
@@ -7,6 +9,8 @@ import sys
 from pathlib import Path
 
 START, END = "<!-- dry-run-table:start -->", "<!-- dry-run-table:end -->"
+HEADER = ["| preset | time | peak memory per actor (RSS high-water mark) | all processes incl. Ray's own (sampled) | result |",
+          "|---|---|---|---|---|"]
 
 
 def row(log: Path) -> str:
@@ -20,21 +24,35 @@ def row(log: Path) -> str:
     return f"| {log.stem} | {total.group(1) + ' s' if total else ''} | {actors} | {together} | {'OK' if ok else 'FAILED: ' + error} |"
 
 
-def table(logs: Path, resolution: str) -> str:
-    lines = [f"Dry runs at {resolution} px (CPU, 2 cores, shared machine; `bash scripts/dry_run_all.sh`):", "",
-             "| preset | time | peak memory per actor (RSS high-water mark) | all processes incl. Ray's own (sampled) | result |", "|---|---|---|---|---|"]
-    return "\n".join(lines + [row(log) for log in sorted(logs.glob("*.log"))])
+def existing_rows(block: str) -> dict[str, str]:
+    """{preset: row} of the table already in the README block."""
+    return {line.split("|")[1].strip(): line for line in block.splitlines()
+            if line.startswith("| ") and line not in HEADER}
 
 
-def main(logs: str, resolution: str, readme: str) -> None:
+def table(rows: dict[str, str], resolution: str) -> str:
+    lines = [f"Dry runs at {resolution} px (CPU, 2 cores, shared machine; `bash scripts/dry_run_all.sh`):", "", *HEADER]
+    return "\n".join(lines + [rows[name] for name in sorted(rows)])
+
+
+def main(logs: str, resolution: str, readme: str, *presets: str) -> None:
+    """Rewrite the rows of `presets` (all logs in `logs` when none are named) and keep the others."""
     path = Path(readme)
     text = path.read_text()
     if START not in text or END not in text:
         raise SystemExit(f"{readme} has no {START} ... {END} block")
     head, rest = text.split(START, 1)
-    path.write_text(head + START + "\n" + table(Path(logs), resolution) + "\n" + END + rest.split(END, 1)[1])
-    print(f"wrote the dry-run table into {readme}")
+    block, tail = rest.split(END, 1)
+    files = [Path(logs) / f"{name}.log" for name in presets] if presets else sorted(Path(logs).glob("*.log"))
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise SystemExit(f"no dry-run log {', '.join(missing)}: run scripts/dry_run_all.sh for those presets first")
+    rows = existing_rows(block) | {f.stem: row(f) for f in files}
+    path.write_text(head + START + "\n" + table(rows, resolution) + "\n" + END + tail)
+    print(f"wrote {len(files)} row(s) of the dry-run table into {readme}")
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:4])
+    if len(sys.argv) < 4:
+        raise SystemExit("usage: python -m cluster.dryrun_table LOG_DIR RESOLUTION README.md [PRESET ...]")
+    main(*sys.argv[1:])

@@ -196,6 +196,15 @@ def measure(model: str, resolution: int, dtype: torch.dtype, lora, batch: int = 
     return pieces
 
 
+def chain_bytes(p: Pieces, calls: int, checkpointed: bool) -> int:
+    """Peak activation bytes per image of a chain of `calls` UNet calls with grad, then its backward.
+    Checkpointed: every call keeps only its inputs; backward recomputes one call at a time (one call's train peak).
+    Not checkpointed: the calls before the last keep their saved activations while the last runs forward+backward."""
+    if checkpointed:
+        return calls * p.unet_input + p.unet_train_peak
+    return (calls - 1) * p.unet_saved + p.unet_train_peak
+
+
 @functools.lru_cache(maxsize=8)
 def _measured(model: str, resolution: int, dtype: str, lora_json: str) -> Pieces:
     from rollout.settings import LoraSettings
@@ -310,8 +319,7 @@ def plan(config: TrainConfig, gpu: str = "h100-80gb", mfu: float = 0.35) -> dict
         k = config.settings
         regularized = k.divergence != "none" and (k.lam == "auto" or k.lam > 0)  # the base UNet runs beside the policy
         calls = 2 * H - 1 if regularized else H
-        chain = (k.batch_size * (calls * p.unet_input + p.unet_train_peak) if k.gradient_checkpointing
-                 else k.batch_size * (calls * p.unet_saved + p.unet_train_peak))
+        chain = k.batch_size * chain_bytes(p, calls, k.gradient_checkpointing)
         parts = {"base weights": base, "LoRA + grads + AdamW (fp32)": lora_state, f"reward model ({config.reward.name})": rw_params * 4,
                  f"chain of {calls} UNet calls ({'checkpointed' if k.gradient_checkpointing else 'all activations kept'})": chain,
                  "VAE decode + reward forward/backward": k.batch_size * (p.vae_train_peak + rw_peak)}

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Dry-run every preset (or the ones named) one after another and write the table into README.md
-# between the markers <!-- dry-run-table:start --> and <!-- dry-run-table:end -->.
+# Dry-run every preset (or the ones named) one after another and write their rows of the table into README.md
+# between the markers <!-- dry-run-table:start --> and <!-- dry-run-table:end --> (rows of other presets are kept).
 #   bash scripts/dry_run_all.sh [--resolution 64] [preset ...]
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -11,6 +11,9 @@ PRESETS=("$@")
 if [ ${#PRESETS[@]} -eq 0 ]; then
   PRESETS=($(ls cluster/configs/*.yaml | xargs -n1 basename | sed 's/\.yaml$//'))
 fi
+for preset in "${PRESETS[@]}"; do
+  [ -f "cluster/configs/$preset.yaml" ] || { echo "unknown preset $preset: choose from $(ls cluster/configs | sed 's/\.yaml$//' | tr '\n' ' ')" >&2; exit 2; }
+done
 LOGS=runs/dry-run-logs
 mkdir -p "$LOGS"
 for preset in "${PRESETS[@]}"; do
@@ -19,4 +22,4 @@ for preset in "${PRESETS[@]}"; do
   echo "exit $?" >> "$LOGS/$preset.log"
   tail -3 "$LOGS/$preset.log"
 done
-.venv/bin/python -m cluster.dryrun_table "$LOGS" "$RES" README.md
+.venv/bin/python -m cluster.dryrun_table "$LOGS" "$RES" README.md "${PRESETS[@]}"
