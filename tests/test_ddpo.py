@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 
@@ -10,7 +11,6 @@ import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 from PIL import Image
-from safetensors.torch import load_file
 
 from cluster.cli import main
 from cluster.config import ConfigError, load_config
@@ -19,10 +19,10 @@ from rollout.ddim_policy import DDIMTransitions
 from rollout.lora import LoraSettings
 from rollout.models import build_tiny_ddim_pipeline, load_pipeline
 from rollout.policy import sample_trajectory
+from tests.toys import assert_same_lora, lora_changes_stock_images, pooled_z, rows_of, train_cli
 
 PROMPTS = ["a cat", "a red fox"]
 H, W = 4, 5.0
-FAST = ["run.sample_grid_every=100", "run.save_every=100", "scaleout.control_poll_s=0.1", "run.plots=false", "run.tensorboard=false"]
 
 
 @pytest.fixture(scope="module")
@@ -151,14 +151,7 @@ def test_config_error_from_the_cli_before_ray_and_missing_hub_model(capsys, tmp_
         load_pipeline("runwayml/stable-diffusion-v1-5", device="cpu")
 
 
-def rows_of(path) -> list[dict]:
-    return [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
-
-
-def cli(tmp_path, name, *sets, resume=False):
-    args = ["train", "--config", "ddpo-tiny-cpu", "--output-dir", str(tmp_path / name)]
-    args += [a for s in [*FAST, *sets] for a in ("--set", s)]
-    return main(args + (["--resume"] if resume else []))
+cli = functools.partial(train_cli, "ddpo-tiny-cpu")
 
 
 @pytest.mark.slow
@@ -167,25 +160,12 @@ def test_ddpo_learns_jpeg_compressibility_through_rlcm_train(ray_local, tmp_path
     assert cli(tmp_path, "run", "run.epochs=12", "run.save_every=12") == 0
     rows = rows_of(tmp_path / "run")
     assert len(rows) == 12 and all(r["algorithm"] == "ddpo" for r in rows)
-    quarter = len(rows) // 4
-    first, last = rows[:quarter], rows[-quarter:]
-
-    def pooled(part):
-        means = np.array([r["reward_mean"] for r in part])
-        second = np.mean([r["reward_std"] ** 2 + r["reward_mean"] ** 2 for r in part])
-        n = 16 * len(part)
-        return means.mean(), (second - means.mean() ** 2) * n / (n - 1), n
-
-    (m1, v1, n1), (m2, v2, n2) = pooled(first), pooled(last)
-    z = (m2 - m1) / math.sqrt(v1 / n1 + v2 / n2)
+    z = pooled_z(rows, 16)
     assert z >= 3, ([round(r["reward_mean"], 3) for r in rows], z)
 
     pipe = build_tiny_ddim_pipeline()
-    call = dict(num_inference_steps=4, guidance_scale=W, eta=1.0, output_type="np")
-    base = pipe("a cat", generator=torch.Generator().manual_seed(0), **call).images
-    pipe.load_lora_weights(str(tmp_path / "run" / "checkpoints" / "epoch-0011"))
-    tuned = pipe("a cat", generator=torch.Generator().manual_seed(0), **call).images
-    assert isinstance(pipe, StableDiffusionPipeline) and not np.allclose(base, tuned)
+    assert isinstance(pipe, StableDiffusionPipeline)
+    assert lora_changes_stock_images(pipe, tmp_path / "run/checkpoints/epoch-0011", num_inference_steps=4, guidance_scale=W, eta=1.0)
 
 
 def test_ddpo_resumes_bitwise_equal_and_samples_with_its_eta(ray_local, tmp_path):
@@ -195,9 +175,7 @@ def test_ddpo_resumes_bitwise_equal_and_samples_with_its_eta(ray_local, tmp_path
     assert cli(tmp_path, "split", *sets, resume=True) == 0
     full, split = rows_of(tmp_path / "full"), rows_of(tmp_path / "split")
     assert [r["epoch"] for r in split] == [0, 1] and split[-1]["samples_seen"] == full[-1]["samples_seen"] == 32
-    a = load_file(tmp_path / "full/checkpoints/epoch-0001/pytorch_lora_weights.safetensors")
-    b = load_file(tmp_path / "split/checkpoints/epoch-0001/pytorch_lora_weights.safetensors")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert_same_lora(tmp_path / "full", tmp_path / "split")
 
     checkpoint = tmp_path / "full/checkpoints/epoch-0001"
     assert json.loads((checkpoint / "rlcm_model.json").read_text())["sampling"]["eta"] == 1.0

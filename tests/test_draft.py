@@ -4,14 +4,11 @@ config errors, and learning + resume through `rlcm train` on the toy."""
 from __future__ import annotations
 
 import functools
-import json
 import math
 
-import numpy as np
 import pytest
 import torch
 from diffusers import LatentConsistencyModelPipeline
-from safetensors.torch import load_file
 
 from cluster.cli import main
 from cluster.config import ConfigError, load_config
@@ -20,8 +17,7 @@ from learner.algorithms.draft.learner import AlignPropLearner, AlignPropLearnerS
 from rewards_service.differentiable import build_differentiable_reward
 from rollout.models import build_tiny_pipeline
 from rollout.settings import LoraSettings
-
-FAST = ["run.sample_grid_every=100", "run.save_every=100", "scaleout.control_poll_s=0.1", "run.plots=false", "run.tensorboard=false"]
+from tests.toys import assert_same_lora, lora_changes_stock_images, pooled_z, rows_of, train_cli
 
 
 def alignprop(num_steps=5, **settings) -> AlignPropLearner:
@@ -75,33 +71,10 @@ def test_a_non_differentiable_reward_is_a_config_error_before_ray(capsys, tmp_pa
     assert "reward.name: 'jpeg_compressibility' is not differentiable, which draft needs" in capsys.readouterr().err
 
 
-def rows_of(path) -> list[dict]:
-    return [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
-
-
-def cli(tmp_path, preset, name, *sets, resume=False):
-    args = ["train", "--config", preset, "--output-dir", str(tmp_path / name), *[a for s in [*FAST, *sets] for a in ("--set", s)]]
-    return main(args + (["--resume"] if resume else []))
-
-
-def pooled_z(rows: list[dict], per_epoch: int) -> float:
-    """z of last vs first quarter, pooled from each epoch's mean and population std."""
-    quarter = len(rows) // 4
-
-    def pooled(part):
-        means = np.array([r["reward_mean"] for r in part])
-        second = np.mean([r["reward_std"] ** 2 + r["reward_mean"] ** 2 for r in part])
-        n = per_epoch * len(part)
-        return means.mean(), (second - means.mean() ** 2) * n / (n - 1), n
-
-    (m1, v1, n1), (m2, v2, n2) = pooled(rows[:quarter]), pooled(rows[-quarter:])
-    return float((m2 - m1) / math.sqrt(v1 / n1 + v2 / n2))
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("preset", ["draft-tiny-cpu", "alignprop-tiny-cpu"])
 def test_learns_smoothness_through_rlcm_train_and_the_lora_loads(ray_local, tmp_path, preset):
-    assert cli(tmp_path, preset, "run", "run.epochs=12", "run.save_every=12") == 0
+    assert train_cli(preset, tmp_path, "run", "run.epochs=12", "run.save_every=12") == 0
     rows = rows_of(tmp_path / "run")
     algorithm = preset.removesuffix("-tiny-cpu")
     assert len(rows) == 12 and all(r["algorithm"] == algorithm and math.isfinite(r["monitor_reward_mean"]) for r in rows)
@@ -112,19 +85,15 @@ def test_learns_smoothness_through_rlcm_train_and_the_lora_loads(ray_local, tmp_
     z = pooled_z(rows, 4)
     assert z >= 3, ([round(r["reward_mean"], 4) for r in rows], z)
     pipe = build_tiny_pipeline()
-    base = pipe("a cat", num_inference_steps=4, generator=torch.Generator().manual_seed(0), output_type="np").images
-    pipe.load_lora_weights(str(tmp_path / "run" / "checkpoints" / "epoch-0011"))
-    tuned = pipe("a cat", num_inference_steps=4, generator=torch.Generator().manual_seed(0), output_type="np").images
-    assert isinstance(pipe, LatentConsistencyModelPipeline) and not np.allclose(base, tuned)
+    assert isinstance(pipe, LatentConsistencyModelPipeline)
+    assert lora_changes_stock_images(pipe, tmp_path / "run/checkpoints/epoch-0011", num_inference_steps=4)
 
 
 @pytest.mark.parametrize("preset", ["draft-tiny-cpu", "alignprop-tiny-cpu"])
 def test_resume_through_the_cli_is_bitwise_equal(ray_local, tmp_path, preset):
     sets = ["sampling.num_steps=3", "draft.batch_size=2" if preset.startswith("draft") else "alignprop.batch_size=2"]
-    assert cli(tmp_path, preset, "full", "run.epochs=2", *sets) == 0
-    assert cli(tmp_path, preset, "split", "run.epochs=1", "run.save_every=1", *sets) == 0
-    assert cli(tmp_path, preset, "split", "run.epochs=2", *sets, resume=True) == 0
+    assert train_cli(preset, tmp_path, "full", "run.epochs=2", *sets) == 0
+    assert train_cli(preset, tmp_path, "split", "run.epochs=1", "run.save_every=1", *sets) == 0
+    assert train_cli(preset, tmp_path, "split", "run.epochs=2", *sets, resume=True) == 0
     assert [r["epoch"] for r in rows_of(tmp_path / "split")] == [0, 1]
-    a = load_file(tmp_path / "full/checkpoints/epoch-0001/pytorch_lora_weights.safetensors")
-    b = load_file(tmp_path / "split/checkpoints/epoch-0001/pytorch_lora_weights.safetensors")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert_same_lora(tmp_path / "full", tmp_path / "split")

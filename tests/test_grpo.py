@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-import json
+import functools
 import math
 
 import numpy as np
 import pytest
 import torch
 from diffusers import LatentConsistencyModelPipeline
-from safetensors.torch import load_file
 
 from cluster.cli import main
 from cluster.config import ConfigError, load_config
 from learner.algorithms.grpo.learner import group_advantages
 from rollout.models import build_tiny_pipeline
 from rollout.policy import sample_trajectory
-
-FAST = ["run.sample_grid_every=100", "run.save_every=100", "scaleout.control_poll_s=0.1", "run.plots=false", "run.tensorboard=false"]
+from tests.toys import assert_same_lora, lora_changes_stock_images, pooled_z, rows_of, train_cli
 
 
 def test_group_advantages_equal_a_hand_computation_and_invalid_groups_drop_whole():
@@ -58,14 +56,7 @@ def test_grpo_config_error_from_the_cli_before_ray(capsys, tmp_path):
     assert any("grpo.group_size: 3 does not divide sampling.batch_size=8" in line for line in err)
 
 
-def rows_of(path) -> list[dict]:
-    return [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
-
-
-def cli(tmp_path, name, *sets, resume=False):
-    args = ["train", "--config", "grpo-tiny-cpu", "--output-dir", str(tmp_path / name)]
-    args += [a for s in [*FAST, *sets] for a in ("--set", s)]
-    return main(args + (["--resume"] if resume else []))
+cli = functools.partial(train_cli, "grpo-tiny-cpu")
 
 
 @pytest.mark.slow
@@ -74,24 +65,12 @@ def test_grpo_learns_jpeg_compressibility_through_rlcm_train(ray_local, tmp_path
     assert cli(tmp_path, "run", "run.epochs=12", "run.save_every=12") == 0
     rows = rows_of(tmp_path / "run")
     assert len(rows) == 12 and all(r["algorithm"] == "grpo" and r["groups_dropped"] == 0 for r in rows)
-    quarter = len(rows) // 4
-    first, last = rows[:quarter], rows[-quarter:]
-
-    def pooled(part):
-        means = np.array([r["reward_mean"] for r in part])
-        second = np.mean([r["reward_std"] ** 2 + r["reward_mean"] ** 2 for r in part])
-        n = 16 * len(part)
-        return means.mean(), (second - means.mean() ** 2) * n / (n - 1), n
-
-    (m1, v1, n1), (m2, v2, n2) = pooled(first), pooled(last)
-    z = (m2 - m1) / math.sqrt(v1 / n1 + v2 / n2)
+    z = pooled_z(rows, 16)
     assert z >= 3, ([round(r["reward_mean"], 3) for r in rows], z)
 
     pipe = build_tiny_pipeline()
-    base = pipe("a cat", num_inference_steps=4, generator=torch.Generator().manual_seed(0), output_type="np").images
-    pipe.load_lora_weights(str(tmp_path / "run" / "checkpoints" / "epoch-0011"))
-    tuned = pipe("a cat", num_inference_steps=4, generator=torch.Generator().manual_seed(0), output_type="np").images
-    assert isinstance(pipe, LatentConsistencyModelPipeline) and not np.allclose(base, tuned)
+    assert isinstance(pipe, LatentConsistencyModelPipeline)
+    assert lora_changes_stock_images(pipe, tmp_path / "run/checkpoints/epoch-0011", num_inference_steps=4)
 
 
 def test_grpo_with_kl_and_same_noise_resumes_bitwise_equal(ray_local, tmp_path):
@@ -102,6 +81,4 @@ def test_grpo_with_kl_and_same_noise_resumes_bitwise_equal(ray_local, tmp_path):
     full, split = rows_of(tmp_path / "full"), rows_of(tmp_path / "split")
     assert [r["epoch"] for r in split] == [0, 1] and split[-1]["samples_seen"] == full[-1]["samples_seen"] == 32
     assert all(r["kl_to_base"] > 0 and math.isfinite(r["kl_to_base"]) for r in full)  # β·KL to the base is in the loss
-    a = load_file(tmp_path / "full/checkpoints/epoch-0001/pytorch_lora_weights.safetensors")
-    b = load_file(tmp_path / "split/checkpoints/epoch-0001/pytorch_lora_weights.safetensors")
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert_same_lora(tmp_path / "full", tmp_path / "split")
