@@ -56,7 +56,7 @@ def main() -> None:
     from cluster.config import load_config
     from cluster.plan import plan
     from learner.learner import LearnerSpec, PPOLearner
-    from learner.ppo import build_optimizer
+    from learner.optim import build_optimizer
     from learner.rocm import rocm_objective
     from learner.settings import PPOSettings, ROCMSettings
     from rewards_service.differentiable import build_differentiable_reward

@@ -71,8 +71,8 @@ def test_plan_memory_agrees_with_the_live_tensors_torch_profiler_measures():
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
     from benchmarks.validate_plan_memory import main
 
-    rows = main([32], modes=("nograd", "train", "chain3-ckpt"))
-    assert [r["mode"] for r in rows] == ["nograd", "train", "chain3-ckpt"]
+    rows = main([32], modes=("nograd", "train"))  # the chains: benchmarks/validate_plan_memory.py (too slow here)
+    assert [r["mode"] for r in rows] == ["nograd", "train"]
     for r in rows:
         assert abs(r["error"]) <= 0.2, r
         assert r["allocator_peak_mb"] >= r["measured_mb"]  # scratch comes on top of the live tensors
