@@ -13,6 +13,7 @@ benchmarks/RESULTS_gpu.md. `--smoke` runs the same code at 32 px, 2 steps, batch
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 from pathlib import Path
 
@@ -113,17 +114,17 @@ def main() -> None:
 
     # PPO
     ppo = PPOSettings(train_batch_size=batch, grad_accum_steps=1, clip_range=1e-4)
-    learner = PPOLearner(LearnerSpec(model=MODEL, lora=lora, ppo=ppo, stat_buffer_size=16, stat_min_count=1, device=str(device), dtype=dtype))
+    ppo_learner = PPOLearner(LearnerSpec(model=MODEL, lora=lora, ppo=ppo, stat_buffer_size=16, stat_min_count=1, device=str(device), dtype=dtype))
     advantages = np.linspace(-1, 1, batch).astype(np.float32)
-    ppo_s, ppo_mem = peak_memory(device, lambda: learner.train(trajectory, advantages))
+    ppo_s, ppo_mem = peak_memory(device, functools.partial(ppo_learner.train, trajectory, advantages))
     ppo_tflops = batch * (steps - 1) * planned["flops"]["unet_train_call"] / ppo_s / 1e12
     add(*[("PPO samples/s", f"{batch / ppo_s:.2f} ({steps - 1} timesteps each, train batch {batch})"),
              ("PPO achieved TFLOP/s", f"{ppo_tflops:.1f}" + (f" (MFU {ppo_tflops * 1e12 / peak:.0%})" if peak else ""))])
     plan_ppo = plan(load_config("compression", [f"sampling.height={res}", f"sampling.width={res}", f"train.train_batch_size={batch}"]), "h100-80gb")
     add(("PPO learner peak memory: measured vs plan", _vs(ppo_mem, next(a for a in plan_ppo["actors"] if a["role"].startswith("learner"))["memory_bytes"])))
-    pipe = learner.pipe
-    params = learner.params
-    del learner
+    pipe = ppo_learner.pipe
+    params = ppo_learner.params
+    del ppo_learner
 
     # ROCM
     reward = build_differentiable_reward("aesthetic", clip_model="random:openai/clip-vit-large-patch14").to(device)
