@@ -144,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan = commands.add_parser("plan", help="memory, FLOPs and fit of a preset on a GPU kind, before renting one")
     plan.add_argument("--config", required=True, help="YAML file or preset")
     plan.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
-    plan.add_argument("--gpu", default="h100-80gb", help="h100-80gb, a100-80gb, a6000-48gb or l4-24gb (default h100-80gb)")
+    plan.add_argument("--gpu", default="h100-80gb", help="GPU kind as usually written: A10G, L4, RTX 4090, A6000, L40S, A100-40GB, A100 (80GB), H100, H200, B200 (default h100-80gb)")
     plan.add_argument("--mfu", type=float, default=0.35, help="model FLOP utilization assumed for samples/s (default 0.35)")
     plan.add_argument("--json", action="store_true", help="print JSON")
     plan.set_defaults(func=_plan)

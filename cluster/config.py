@@ -281,6 +281,17 @@ def load_config(config: str | Path | None = None, overrides: list[str] | None = 
         raise ConfigError(_format_validation_error(error, path, applied)) from None
 
 
+def with_overrides(config: TrainConfig, overrides: list[str]) -> TrainConfig:
+    """`config` with `key=value` overrides applied and validated as `load_config` does (its errors, as ConfigError)."""
+    data = yaml.safe_load(dump_config(config))
+    for assignment in overrides:
+        _apply_override(data, assignment)
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as error:
+        raise ConfigError(_format_validation_error(error, Path("the configuration"), dict(o.split("=", 1) for o in overrides))) from None
+
+
 def dump_config(config: TrainConfig) -> str:
     """The resolved configuration as YAML, with the configured algorithm's section only."""
     others = {a.section for a in ALGORITHMS.values()} - {config.algo.section}

@@ -24,6 +24,7 @@ class Algorithm:
     """A training algorithm's declaration; the driver, config, validation and progress ask it, never its name."""
 
     name: ClassVar[str]
+    title: ClassVar[str]  # as its paper writes it ("DRaFT"): labels in `rlcm plan`
     section: ClassVar[str]  # the config section holding `settings`
     settings: ClassVar[type[BaseModel]]
     samples_from: ClassVar[Literal["rollouts", "learners"]]
@@ -73,6 +74,12 @@ class Algorithm:
         return 1
 
     @classmethod
+    def memory_settings(cls, config: "TrainConfig") -> list[list[str]]:
+        """`--set KEY=VALUE` lists that lower the learner's memory without changing what one optimizer step
+        averages over, most preferred first; `rlcm plan` advises the first that the config accepts and that fits."""
+        return []
+
+    @classmethod
     def differentiable_reward(cls) -> bool:
         """Whether the learner backpropagates through `reward.name` (then it must be a differentiable reward)."""
         return cls.samples_from == "learners"
@@ -98,6 +105,20 @@ class RolloutAlgorithm(Algorithm):
             )
 
     @classmethod
+    def memory_settings(cls, config: "TrainConfig") -> list[list[str]]:
+        """Smaller minibatches (train_batch_size dividing the learner's samples), grad_accum_steps raised to keep
+        train_batch_size × grad_accum_steps where the batch arithmetic allows, else the nearest valid value."""
+        s, key = config.settings, cls.section
+        per_learner = config.samples_per_epoch // config.resources.num_learners
+        out = []
+        for batch in (b for b in range(s.train_batch_size - 1, 0, -1) if per_learner % b == 0):
+            steps = per_learner // batch * s.inner_epochs  # minibatches per epoch; grad_accum_steps must divide it
+            target = s.train_batch_size * s.grad_accum_steps / batch
+            accum = min((a for a in range(1, steps + 1) if steps % a == 0), key=lambda a: (abs(a - target), a))
+            out.append([f"{key}.train_batch_size={batch}"] + ([f"{key}.grad_accum_steps={accum}"] if accum != s.grad_accum_steps else []))
+        return out
+
+    @classmethod
     def optimizer_steps_per_epoch(cls, config: "TrainConfig") -> int:
         s = config.settings
         minibatches = config.samples_per_epoch // config.resources.num_learners // s.train_batch_size
@@ -120,6 +141,16 @@ class FirstOrderAlgorithm(Algorithm):
     @classmethod
     def optimizer_steps_per_epoch(cls, config: "TrainConfig") -> int:
         return config.settings.updates_per_epoch
+
+    @classmethod
+    def memory_settings(cls, config: "TrainConfig") -> list[list[str]]:
+        """Gradient checkpointing on, then fewer prompts per objective call with grad_accum_steps keeping
+        batch_size × grad_accum_steps (the prompts one optimizer step averages)."""
+        s, key = config.settings, cls.section
+        checkpoint = [] if s.gradient_checkpointing else [f"{key}.gradient_checkpointing=true"]
+        prompts = s.batch_size * s.grad_accum_steps
+        smaller = [[f"{key}.batch_size={b}", f"{key}.grad_accum_steps={prompts // b}"] for b in range(s.batch_size - 1, 0, -1) if prompts % b == 0]
+        return ([checkpoint] if checkpoint else []) + [checkpoint + change for change in smaller]
 
     @classmethod
     def prompts_per_epoch(cls, config: "TrainConfig") -> int:

@@ -8,6 +8,7 @@ from learner.settings import PPOSettings
 
 class RLCM(RolloutAlgorithm):
     name = "rlcm"
+    title = "RLCM"
     section = "train"
     settings = PPOSettings
     summary = (("approx_kl", "approx_kl", ".3g"), ("clipfrac", "clipfrac", ".3f"))

@@ -10,6 +10,7 @@ from learner.settings import ROCMSettings
 
 class ROCM(FirstOrderAlgorithm):
     name = "rocm"
+    title = "ROCM"
     section = "rocm"
     settings = ROCMSettings
     summary = (("divergence_mean", "divergence", ".4g"), ("objective", "objective", ".4f"))
@@ -22,6 +23,21 @@ class ROCM(FirstOrderAlgorithm):
     )
     optimizes = "r(x) − λ·Σ_k D(π_θ ‖ π_base) by backprop through the whole chain (or the last K steps)"
     paper = "Reward fine-tuning of consistency models, ROCM (2025)"
+
+    @classmethod
+    def largest_truncation(cls, config) -> int | None:
+        """The largest K the chain backpropagates through (None: the whole chain)."""
+        return config.settings.truncate_steps
+
+    @classmethod
+    def grad_calls(cls, config) -> int:
+        """UNet calls per chain that run with grad (`learner.rocm.chain_objective`): with the divergence penalty all H
+        policy and H−1 reference calls; without it the last K+1 policy calls under truncation K, else all H."""
+        s, steps = config.settings, config.sampling.num_steps
+        if s.divergence != "none" and (s.lam == "auto" or s.lam > 0):
+            return 2 * steps - 1
+        k = cls.largest_truncation(config)
+        return steps if k is None else min(k + 1, steps)
 
     @classmethod
     def spec_class(cls) -> type:

@@ -38,6 +38,7 @@ class DDPOSettings(PPOSettings):
 
 class DDPO(RolloutAlgorithm):
     name = "ddpo"
+    title = "DDPO"
     section = "ddpo"
     settings = DDPOSettings
     sampler = DDIM

@@ -36,6 +36,7 @@ class AlignPropSettings(ROCMSettings):
 
 class DRaFT(ROCM):
     name = "draft"
+    title = "DRaFT"
     section = "draft"
     settings = DRaFTSettings
     summary = (("truncate_steps", "K", ".3g"), *ROCM.summary)
@@ -52,6 +53,7 @@ class DRaFT(ROCM):
 
 class AlignProp(ROCM):
     name = "alignprop"
+    title = "AlignProp"
     section = "alignprop"
     settings = AlignPropSettings
     summary = (("truncate_steps", "K (mean)", ".3g"), *ROCM.summary)
@@ -65,6 +67,10 @@ class AlignProp(ROCM):
         if max(s.k_min, s.k_max or 0) > transitions:
             raise ValueError(f"alignprop.k_max: K may be at most the H−1={transitions} transitions of sampling.num_steps")
         super().check(config)
+
+    @classmethod
+    def largest_truncation(cls, config) -> int:
+        return config.settings.k_max or config.sampling.num_steps - 1
 
     @classmethod
     def spec_class(cls) -> type:

@@ -24,6 +24,7 @@ class GRPOSettings(PPOSettings):
 
 class GRPO(RolloutAlgorithm):
     name = "grpo"
+    title = "GRPO"
     section = "grpo"
     settings = GRPOSettings
     summary = (("approx_kl", "approx_kl", ".3g"), ("clipfrac", "clipfrac", ".3f"), ("groups_dropped", "groups dropped", ".0f"))
