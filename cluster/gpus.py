@@ -1,9 +1,14 @@
-"""The GPU kinds `rlcm plan` knows: memory and dense bf16 peak FLOP/s, and the names people write for them."""
+"""The GPU kinds `rlcm plan` knows (memory, dense bf16 peak FLOP/s, the names people write for them) and the GPU
+share a reward deployment asks in the shipped Serve configs."""
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
+from importlib import resources
+
+import yaml
 
 from cluster.config import ConfigError
 
@@ -57,3 +62,16 @@ def resolve_gpu(name: str) -> tuple[GPU, str | None]:
     others = [g.kind for g in GPUS.values() if g.model == gpu.model and g.kind != kind]
     note = f"{name} read as {kind} (also: {', '.join(others)})" if others and _squash(name) == _squash(gpu.model) else None
     return gpu, note
+
+
+@functools.lru_cache(maxsize=8)
+def serve_share(reward: str) -> tuple[float, int, str]:
+    """(GPUs per replica, replicas, where it says so) of `reward`'s deployment in the shipped Serve configs."""
+    folder = resources.files("cluster") / "serve"
+    for path in sorted(folder.iterdir(), key=lambda f: f.name):
+        if path.name.endswith(".yaml"):
+            for app in (yaml.safe_load(path.read_text()) or {}).get("applications", []):
+                for entry in app.get("args", {}).get("rewards", []):
+                    if entry.get("name") == reward:
+                        return float(entry.get("num_gpus", 0.0)), int(entry.get("num_replicas", 1)), f"cluster/serve/{path.name}"
+    return 1.0, 1, "no shipped Serve config names it: one GPU assumed"

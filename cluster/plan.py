@@ -18,16 +18,14 @@ from __future__ import annotations
 
 import functools
 import json
-from importlib import resources
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
-import yaml
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from cluster.config import ConfigError, TrainConfig
-from cluster.gpus import GPU, resolve_gpu
+from cluster.gpus import GPU, resolve_gpu, serve_share
 from learner.ppo import steps_trained
 from rollout.policies import POLICIES
 from rollout.samplers import is_toy
@@ -297,19 +295,6 @@ def _actor(role: str, parts: dict[str, int], gpu: GPU, fraction: float) -> Actor
     return Actor(role, sum(parts.values()), int(gpu.memory_bytes * fraction) - RESERVED, fraction, parts)
 
 
-@functools.lru_cache(maxsize=8)
-def serve_share(reward: str) -> tuple[float, int, str]:
-    """(GPUs per replica, replicas, where it says so) of `reward`'s deployment in the shipped Serve configs."""
-    folder = resources.files("cluster") / "serve"
-    for path in sorted(folder.iterdir(), key=lambda f: f.name):
-        if path.name.endswith(".yaml"):
-            for app in (yaml.safe_load(path.read_text()) or {}).get("applications", []):
-                for entry in app.get("args", {}).get("rewards", []):
-                    if entry.get("name") == reward:
-                        return float(entry.get("num_gpus", 0.0)), int(entry.get("num_replicas", 1)), f"cluster/serve/{path.name}"
-    return 1.0, 1, "no shipped Serve config names it: one GPU assumed"
-
-
 @dataclass
 class Assembly:
     """The actors of `config` on one GPU kind, and the figures the plan prints beside them."""
@@ -408,7 +393,7 @@ def format_plan(name: str, result: dict[str, Any]) -> str:
         lines.append(f"  {a['role']}: {gib(a['memory_bytes'])} of {gib(a['budget_bytes'])}{share} -> {'fits' if a['fits'] else 'DOES NOT FIT'}")
         lines.extend(f"      {k}: {gib(v)}" for k, v in a["parts"].items())
     if result["reward_serve_config"]:
-        lines.append(f"  reward deployment GPU share from {result['reward_serve_config']}")
+        lines.append(f"  reward deployment GPU share: {result['reward_serve_config']}")
     lines.extend(f"  change: {item['text']}" for item in result["advice"])
     return "\n".join(lines)
 

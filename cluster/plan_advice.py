@@ -12,8 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 from cluster.config import ConfigError, TrainConfig, with_overrides
-from cluster.gpus import GPU, GPUS
-from cluster.plan import RESERVED, Actor, assemble, serve_share
+from cluster.gpus import GPU, GPUS, serve_share
+from cluster.plan import RESERVED, Actor, assemble
 
 SERVE_FRACTIONS = (0.25, 0.5, 0.75, 1.0)
 
