@@ -64,7 +64,7 @@ class UploadSlots:
                 upload.timer = timer
                 self.active.add(upload)
                 if len(self.active) > self.max_uploads:
-                    self._cut_off_furthest_behind(f"{len(self.active)} uploads were in progress, above max_uploads ({self.max_uploads})")
+                    self._cut_off_furthest_behind(f"{len(self.active)} uploads were in progress, above the {self.max_uploads} that upload_share allows")
                 yield upload
         finally:
             self._remove(upload)
