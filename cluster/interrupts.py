@@ -2,8 +2,10 @@
 
 The first SIGINT or SIGTERM sets a flag the driver loop reads between steps: it stops dispatching, finishes
 or drops the epoch in progress, checkpoints the last finished one and raises `Interrupted`, which the CLI
-turns into one line and exit code 130 (SIGINT) or 143 (SIGTERM). A second signal stops at once
-(KeyboardInterrupt). Ray's own processes block SIGINT, so a terminal's Ctrl-C reaches only the driver.
+turns into one line and exit code 130 (SIGINT) or 143 (SIGTERM). A second signal stops at once: one line,
+then the process exits with the same code without saving or shutting Ray down (`os._exit`; the local Ray
+processes it started share its fate and exit with it). Ray's own processes block SIGINT, so a terminal's Ctrl-C
+reaches only the driver.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ class Interrupted(Exception):
 
 
 class StopRequest:
-    """Set by the first SIGINT/SIGTERM while `installed`; the second one raises KeyboardInterrupt."""
+    """Set by the first SIGINT/SIGTERM while `installed`; the second one exits the process at once."""
 
     def __init__(self):
         self.signum: int | None = None
@@ -46,8 +48,9 @@ class StopRequest:
 
     def _handle(self, signum: int, frame) -> None:
         if self.signum is not None:
-            self.quiet_dropped_tasks()
-            raise KeyboardInterrupt
+            print(f"rlcm: {signal.Signals(signum).name} received again: stopping now, without saving", file=sys.stderr, flush=True)
+            sys.stdout.flush()
+            os._exit(EXIT_CODES.get(signum, 128 + signum))
         self.signum = signum
         print(f"rlcm: {signal.Signals(signum).name} received: stopping after saving the last finished epoch (again to stop now)",
               file=sys.stderr, flush=True)
