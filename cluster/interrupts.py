@@ -46,7 +46,7 @@ class StopRequest:
     def name(self) -> str:
         return signal.Signals(self.signum).name if self.signum else ""
 
-    def _handle(self, signum: int, frame) -> None:
+    def _on_signal(self, signum: int) -> None:
         if self.signum is not None:
             print(f"rlcm: {signal.Signals(signum).name} received again: stopping now, without saving", file=sys.stderr, flush=True)
             sys.stdout.flush()
@@ -55,18 +55,35 @@ class StopRequest:
         print(f"rlcm: {signal.Signals(signum).name} received: stopping after saving the last finished epoch (again to stop now)",
               file=sys.stderr, flush=True)
 
+    def _watch(self, wakeup: int) -> None:
+        """Act on each signal as it arrives: CPython writes its number to `wakeup` from its C handler, so this runs
+        even while the main thread is blocked in a Ray or torch call (where Python handlers wait for it)."""
+        while data := os.read(wakeup, 64):
+            for signum in data:
+                if signum in EXIT_CODES:
+                    self._on_signal(signum)
+
     @contextlib.contextmanager
     def installed(self) -> Iterator["StopRequest"]:
         """Handle SIGINT and SIGTERM for the block (main thread only; elsewhere signals keep their handlers)."""
         if threading.current_thread() is not threading.main_thread():
             yield self
             return
-        previous = {sig: signal.signal(sig, self._handle) for sig in EXIT_CODES}
+        read_end, write_end = os.pipe()
+        os.set_blocking(write_end, False)
+        previous = {sig: signal.signal(sig, lambda signum, frame: None) for sig in EXIT_CODES}  # _watch acts on them
+        previous_wakeup = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+        watcher = threading.Thread(target=self._watch, args=(read_end,), name="rlcm-signals", daemon=True)
+        watcher.start()
         try:
             yield self
         finally:
+            signal.set_wakeup_fd(previous_wakeup)
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            os.close(write_end)
+            watcher.join(5)
+            os.close(read_end)
 
     def quiet_dropped_tasks(self) -> None:
         """Tasks dropped by the stop fail with "killed by ray.kill"; that is expected, not an error to report."""

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -18,6 +19,9 @@ def test_first_signal_requests_a_stop_and_handlers_are_restored(sig, code, capsy
     stop = StopRequest()
     with stop.installed():
         os.kill(os.getpid(), sig)
+        deadline = time.monotonic() + 10  # a watcher thread acts on it
+        while not stop.requested and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert stop.requested and stop.name == sig.name
     assert signal.getsignal(sig) is before
     assert f"rlcm: {sig.name} received: stopping after saving the last finished epoch" in capsys.readouterr().err
@@ -25,13 +29,16 @@ def test_first_signal_requests_a_stop_and_handlers_are_restored(sig, code, capsy
 
 
 SECOND_SIGNAL = """
-import os, signal, sys
+import os, signal, sys, threading
 from cluster.interrupts import StopRequest
 sig = signal.Signals[sys.argv[1]]
-with StopRequest().installed():
+with StopRequest().installed() as stop:
     os.kill(os.getpid(), sig)
+    while not stop.requested:
+        pass
     try:
         os.kill(os.getpid(), sig)
+        threading.Event().wait(60)  # the main thread blocked, as in ray.get: the exit must not wait for it
     finally:
         print("a finally block ran", file=sys.stderr)
 print("still running", file=sys.stderr)
