@@ -449,7 +449,7 @@ class Trainer:
         self._check_finite(epoch, row)
         if self.skipped_in_a_row >= config.run.max_skipped_updates:
             raise SkippedTooOften(
-                f"{self.skipped_in_a_row} epochs in a row had no valid reward (last: epoch {epoch}); the reward service is failing "
+                f"{self.skipped_in_a_row} epochs in a row had no valid reward (last: epoch {epoch + 1}/{config.run.epochs}); the reward service is failing "
                 f"or rejecting every image: check it (e.g. `curl <url>/healthz`), then continue with --resume"
             )
         return row

@@ -119,10 +119,13 @@ def check_local_resources(config: TrainConfig) -> None:
     have = {"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}
     requests = resource_requests(config)
     asked = {k: sum(r.asks(k) for r in requests) for k in have}
-    short = [f"{asked[k]:g} {k}s asked, this machine has {have[k]:g}" for k in ("GPU", "CPU") if asked[k] > have[k] + 1e-9]
+    short = [k for k in ("GPU", "CPU") if asked[k] > have[k] + 1e-9]
     if short:
-        raise ConfigError(f"this run does not fit on this machine ({'; '.join(short)}): run it on a cluster (--address or RAY_ADDRESS), "
-                          "choose a CPU preset (tiny-cpu, rocm-tiny-cpu), or lower resources.* with --set")
+        first = short[0]  # GPUs when they are short: then CPUs matter less
+        askers = sorted(((r.asks(first), first, " x ".join(r.keys_for(first))) for r in requests if r.asks(first) > 0), reverse=True)
+        raise ConfigError(f"this run does not fit on this machine ({'; '.join(f'{asked[k]:g} {k}s asked, this machine has {have[k]:g}' for k in short)}): "
+                          "run it on a cluster (--address or RAY_ADDRESS), choose a CPU preset (tiny-cpu, rocm-tiny-cpu), or lower with --set "
+                          + ", ".join(f"{keys} ({n:g} {k}s)" for n, k, keys in askers))
 
 
 def validate_before_ray(config: TrainConfig, joining_cluster: bool) -> None:

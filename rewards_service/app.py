@@ -22,6 +22,7 @@ from rewards_service.budget import BudgetBusy, PixelBudget
 from rewards_service.codec import PNG_BASE64_PATTERN, ImageError, ImageHeader, check_png_base64, decode_group, read_headers, size_groups
 from rewards_service.scorers.base import ScorerUnavailable, ScoreResult
 from rewards_service.settings import ServiceSettings
+from rewards_service.uploads import UploadSlots
 
 RESERVED_KEYS = ("rewards", "version", "valid")
 logger = logging.getLogger("rewards_service")
@@ -84,12 +85,14 @@ def _error(status: int, text: str) -> dict[str, Any]:
 
 
 ERRORS = {**_error(401, "missing or wrong bearer token"), **_error(404, "unknown reward"),
-          **_error(408, "the request body did not arrive within body_timeout_s"),
+          **_error(408, "the request body did not arrive within body_timeout_s, came slower than min_upload_bytes_per_s after upload_grace_s, "
+                             "or was cut off to make room for others (the upload furthest behind that rate goes first)"),
           **_error(413, "body, image count, image side, pixels of an image or of the request above the limits, or a decompression bomb"),
           **_error(415, "content type is not application/json"),
           **_error(422, "malformed JSON, bad base64, non-PNG image, prompt/image count mismatch, or an image the reward cannot score"),
           **_error(500, "the reward failed on a valid request (a server fault)"),
-          **_error(503, "the reward is unavailable, or the server's decoded-pixel budget is in use by other requests; retry")}
+          **_error(503, "the reward is unavailable, the server's decoded-pixel budget is in use by other requests, or more than "
+                             "limit_concurrency requests are in progress; retry")}
 
 
 def request_schema(settings: ServiceSettings) -> dict[str, Any]:
@@ -136,23 +139,23 @@ def _validation_detail(exc: ValidationError) -> str:
     return "invalid request body: " + "; ".join(parts)
 
 
-async def read_body(request: Request, settings: ServiceSettings) -> bytes:
-    """The request body: 413 above max_body_bytes, 408 (connection closed) if it takes over body_timeout_s."""
+async def read_body(request: Request, settings: ServiceSettings, uploads: UploadSlots) -> bytes:
+    """The request body: 413 above max_body_bytes; 408 (connection closed) if it comes too slowly or is cut off for room."""
     limit = settings.max_body_bytes
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) > limit:
         raise HTTPException(413, f"request body is {length} bytes, above the limit of {limit}; send fewer or smaller images")
     chunks, size = [], 0
     try:
-        async with asyncio.timeout(settings.body_timeout_s):
+        async with uploads.receiving() as upload:
             async for chunk in request.stream():
                 size += len(chunk)
                 if size > limit:
                     raise HTTPException(413, f"request body is above the limit of {limit} bytes; send fewer or smaller images")
                 chunks.append(chunk)
+                uploads.received(upload, len(chunk))
     except TimeoutError:
-        raise HTTPException(408, f"the request body did not arrive within {settings.body_timeout_s} s ({size} bytes came); send it faster or in smaller requests",
-                            headers={"Connection": "close"}) from None
+        raise HTTPException(408, upload.why_stopped(asyncio.get_running_loop().time()), headers={"Connection": "close"}) from None
     except ClientDisconnect:
         raise HTTPException(400, "the client disconnected before sending the whole body") from None
     return b"".join(chunks)
@@ -211,11 +214,17 @@ async def internal_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": f"internal server error ({type(exc).__name__}); the request may be valid: retry later or report it"}, status_code=500)
 
 
-def create_app(scorers: Mapping[str, Any], settings: ServiceSettings | None = None) -> FastAPI:
-    """The reward API over `scorers` (name -> Scorer, sync or async `score`)."""
+def create_app(scorers: Mapping[str, Any], settings: ServiceSettings | None = None, requests_at_once: int | None = None) -> FastAPI:
+    """The reward API over `scorers` (name -> Scorer, sync or async `score`).
+
+    `requests_at_once`: how many requests its server hands it at once (default settings.limit_concurrency);
+    uploads in progress may take settings.upload_share of them.
+    """
     settings = settings or ServiceSettings()
     scorers = dict(scorers)
     pixels = PixelBudget(settings.max_pixels_in_flight)
+    uploads = UploadSlots(settings.max_uploads(requests_at_once or settings.limit_concurrency), settings.max_upload_bytes,
+                          settings.upload_grace_s, settings.min_upload_bytes_per_s, settings.body_timeout_s)
     bearer = HTTPBearer(auto_error=False, description="required when the service has a token configured")
 
     def check_token(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:  # noqa: B008
@@ -228,7 +237,7 @@ def create_app(scorers: Mapping[str, Any], settings: ServiceSettings | None = No
     app = FastAPI(title="rlcm reward service", version="1", description="Rewards for RL fine-tuning of consistency models. Images travel as base64 PNG; no pickle.")
     app.add_exception_handler(Exception, internal_error)
 
-    @app.get("/healthz", response_model=Health, summary="Liveness")
+    @app.api_route("/healthz", methods=["GET", "HEAD"], response_model=Health, summary="Liveness")
     async def healthz() -> Health:
         return Health()
 
@@ -244,7 +253,7 @@ def create_app(scorers: Mapping[str, Any], settings: ServiceSettings | None = No
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if content_type != "application/json":
             raise HTTPException(415, f"content type must be application/json, got {content_type or 'none'!r}")
-        body = await read_body(request, settings)
+        body = await read_body(request, settings, uploads)
         req, headers = await run_in_threadpool(parse_request, body, settings)
         del body
         try:

@@ -39,7 +39,7 @@ def serve_main(config_path: str | None, standalone: bool, host: str = "127.0.0.1
         scorers = {r.name: build_scorer(r.scorer or r.name, version=r.version, **r.options) for r in config.rewards}
         settings = config.settings
         uvicorn.run(create_app(scorers, settings), host=host, port=port, http=guarded_protocol(settings),
-                    timeout_keep_alive=settings.keep_alive_timeout_s, limit_concurrency=settings.limit_concurrency)
+                    timeout_keep_alive=settings.keep_alive_timeout_s)
         return
     import os
 

@@ -9,15 +9,24 @@ connection that has not sent a complete request. `GuardedH11Protocol` adds:
   connections closes that address's oldest idle one (no request in progress); if all of them are busy the
   new connection is refused (closed);
 - room under `limit_concurrency`: a new connection that would reach it closes the oldest idle connection
-  of any client, so idle sockets never turn requests into 503s.
+  of any client, so idle sockets never turn requests into 503s;
+- JSON errors from the server layer too: more than `limit_concurrency` requests in progress -> 503, and an
+  unparsable request (bad request line, header or Content-Length) -> 400, each with a `detail` like the app's.
+
+Stalled and slow uploads are the app's to bound (rewards_service.uploads): they hold at most `upload_share` of
+`limit_concurrency`, so the rest stays free for requests whose body has arrived.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
+from typing import Any
 
-from uvicorn.protocols.http.h11_impl import H11Protocol
+import h11
+from starlette.responses import JSONResponse
+from uvicorn.protocols.http.h11_impl import STATUS_PHRASES, H11Protocol
 
 from rewards_service.settings import ServiceSettings
 
@@ -28,6 +37,29 @@ class GuardedH11Protocol(H11Protocol):
     header_timeout_s: float = 10.0
     max_connections_per_client: int = 32
     max_connections: int = 256
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.limit_concurrency = None  # uvicorn's own limit answers a plain-text 503; _admit answers a JSON one
+        self.inner_app, self.app = self.app, self._admit
+
+    async def _admit(self, scope: Any, receive: Any, send: Any) -> None:
+        """The app, unless more than max_connections requests are in progress (this one included): then a JSON 503."""
+        busy = sum(1 for c in self.connections if isinstance(c, GuardedH11Protocol) and not c.idle())
+        if scope["type"] == "http" and max(busy, len(self.tasks)) > self.max_connections:
+            detail = f"the server is at its limit of {self.max_connections} requests in progress (limit_concurrency); retry"
+            await JSONResponse({"detail": detail}, 503, headers={"Retry-After": "1", "Connection": "close"})(scope, receive, send)
+            return
+        await self.inner_app(scope, receive, send)
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to a request it cannot parse, with a JSON `detail` instead of plain text."""
+        detail = "invalid HTTP request: a malformed request line, header or Content-Length; send a valid HTTP/1.1 request"
+        body = json.dumps({"detail": detail}).encode()
+        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), (b"connection", b"close")]
+        for event in (h11.Response(status_code=400, headers=headers, reason=STATUS_PHRASES[400]), h11.Data(data=body), h11.EndOfMessage()):
+            self.transport.write(self.conn.send(event))
+        self.transport.close()
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)

@@ -128,8 +128,9 @@ class RemoteScorer:
 class RewardIngress:
     """FastAPI ingress: the HTTP API of rewards_service.app, routing by reward name to the deployments.
 
-    It takes up to settings.max_ongoing_requests requests at once (stalled uploads hold a slot until
-    body_timeout_s answers them 408), so a few slow clients cannot block /healthz or anyone else.
+    It takes up to settings.max_ongoing_requests requests at once, of which uploads in progress may hold
+    settings.upload_share (the upload furthest behind min_upload_bytes_per_s is cut off first), so slow or
+    stalled clients cannot block /healthz or anyone else.
     """
 
     def __init__(self, settings: dict[str, Any], handles: dict[str, DeploymentHandle]) -> None:
@@ -138,7 +139,7 @@ class RewardIngress:
         self.scorers = {name: RemoteScorer(name, h) for name, h in handles.items()}
 
     def __serve_build_asgi_app__(self):
-        return create_app(self.scorers, self.settings)
+        return create_app(self.scorers, self.settings, requests_at_once=self.settings.max_ongoing_requests)
 
 
 def build_app(config: RewardServiceConfig):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 import numpy as np
 import pytest
@@ -243,3 +244,16 @@ def test_readme_stands_alone_and_the_contracts_are_in_the_repository():
     for needed in ("| `log_probs` |", "| `latents` |", "POST /v1/score/{name}", "metrics.jsonl", "`approx_kl`", "`monitor_reward_mean`",
                    "rlcm_model.json", "checkpoints/epoch-NNNN/"):
         assert needed in contracts, needed
+
+
+def test_a_local_run_too_big_for_this_machine_names_the_keys_that_ask(monkeypatch):
+    """Issue 28: `--set reward.num_cpus=4` on 2 cores was refused with advice to lower resources.*."""
+    from cluster.config import ConfigError
+    from cluster.validate import check_local_resources
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    with pytest.raises(ConfigError) as refused:
+        check_local_resources(load_config("tiny-cpu", ["reward.num_cpus=4"]))
+    assert "CPUs asked, this machine has 2)" in str(refused.value)
+    assert "or lower with --set reward.num_cpus (4 CPUs), " in str(refused.value)
