@@ -54,6 +54,16 @@ class Slot:
         self.placed = self.placed or self.pg is None or placement_group_table(self.pg)["state"] == "CREATED"
         return self.placed
 
+    def stats(self, now: float) -> dict[str, float]:
+        """Images, busy seconds, images/s and idle ratio since `started`."""
+        wall = max(now - self.started, 1e-9)
+        return {
+            "images": self.images,
+            "busy_s": round(self.busy_s, 4),
+            "images_per_s": self.images / self.busy_s if self.busy_s else 0.0,
+            "idle_ratio": max(0.0, 1.0 - self.busy_s / wall),
+        }
+
 
 @dataclass
 class PoolOptions:
@@ -72,6 +82,7 @@ class RolloutPool:
     def __init__(self, spec: RolloutSpec, options: PoolOptions, size: int):
         self.spec, self.options = spec, options
         self.slots: dict[int, Slot] = {}
+        self.retired: dict[str, dict[str, float]] = {}  # stats of actors stopped since the last take_stats, that sampled
         self.queue: deque[Job] = deque()
         self.inflight: dict = {}  # info ref -> (job, actor id, trajectory ref, images ref)
         self.probes: dict = {}  # ping ref -> actor id (actors whose batch failed)
@@ -102,6 +113,8 @@ class RolloutPool:
 
     def _stop_actor(self, actor_id: int) -> None:
         slot = self.slots.pop(actor_id)
+        if slot.images:  # it sampled since the last take_stats: the epoch's row still counts it
+            self.retired[str(actor_id)] = slot.stats(time.perf_counter())
         ray.kill(slot.handle)
         if slot.pg is not None:
             remove_placement_group(slot.pg)
@@ -217,20 +230,19 @@ class RolloutPool:
         ray.kill(self.slots[sorted(self.slots)[index]].handle, no_restart=True)
 
     def take_stats(self) -> dict[str, dict[str, float]]:
-        """Per-actor images, busy seconds and images/s since the last call; counters reset."""
-        stats = {}
-        now = time.perf_counter()
+        """Per-actor images, busy seconds, images/s and idle ratio since the last call, for every actor in the pool now
+        and every actor stopped since (scaled down, or dead and replaced) that sampled in that time; counters reset."""
+        stats, now = self.retired, time.perf_counter()
+        self.retired = {}
         for actor_id, slot in self.slots.items():
-            wall = max(now - slot.started, 1e-9)
-            stats[str(actor_id)] = {
-                "images": slot.images,
-                "busy_s": round(slot.busy_s, 4),
-                "images_per_s": slot.images / slot.busy_s if slot.busy_s else 0.0,
-                "idle_ratio": max(0.0, 1.0 - slot.busy_s / wall),
-            }
+            stats[str(actor_id)] = slot.stats(now)
             slot.images, slot.busy_s, slot.started = 0, 0.0, now
-        return stats
+        return dict(sorted(stats.items(), key=lambda item: int(item[0])))
 
     def shutdown(self) -> None:
+        """Stop every actor. Batches still in flight are cancelled first: their results are dropped, and a task killed
+        with its actor would be reported by Ray on the console as failed and retried."""
+        for ref in [*self.inflight, *self.probes]:
+            ray.cancel(ref)
         for actor_id in list(self.slots):
             self._stop_actor(actor_id)

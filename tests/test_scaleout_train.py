@@ -86,10 +86,32 @@ def test_injected_crash_and_external_kill(ray_local, tmp_path):
 
 
 def test_scale_rollout_actors_while_running(ray_local, tmp_path):
-    rows = run(tmp_path, "run.epochs=3", hook=lambda trainer, epoch: epoch == 0 and scale_rollouts(tmp_path, 2))
-    assert_exact_counts(rows, 8)
-    assert rows[0]["num_rollout_actors"] == 1 and rows[-1]["num_rollout_actors"] == 2
-    assert len(rows[-1]["rollout_actors"]) == 2
+    """1 → 2 actors after epoch 0; 2 → 1 in epoch 2 as soon as actor 1's batch has landed (the driver acts on it at once
+    here, not at its next control poll). Epoch 2's row still counts actor 1's images (issue 28: it lost them)."""
+    scaled_down = []
+
+    def scale(trainer, epoch):
+        if epoch == 0:
+            scale_rollouts(tmp_path, 2)
+        if epoch == 1:
+            collect = trainer.pool.collect
+
+            def collect_then_scale_down(ready):
+                done = collect(ready)
+                if not scaled_down and any(d.actor_id == 1 for d in done):
+                    scaled_down.append(scale_rollouts(tmp_path, 1))
+                    trainer.last_control = 0.0
+                    trainer._control()
+                return done
+
+            trainer.pool.collect = collect_then_scale_down
+
+    rows = run(tmp_path, "run.epochs=3", "sampling.batches_per_epoch=2", hook=scale)
+    assert_exact_counts(rows, 16)
+    assert scaled_down and [r["num_rollout_actors"] for r in rows] == [1, 2, 1]
+    assert sorted(rows[1]["rollout_actors"]) == ["0", "1"]
+    last = rows[2]["rollout_actors"]
+    assert sorted(last) == ["0", "1"] and last["1"]["images"] == 8 and sum(a["images"] for a in last.values()) == 16
 
 
 def test_resume_matches_uninterrupted(ray_local, tmp_path):
