@@ -346,8 +346,7 @@ class Trainer:
             metrics = mean_over_ranks(ray.get(update.refs)) if update.refs else {"skipped_update": True}
             train_done, time_sync = time.perf_counter(), 0.0
             if self.lam is not None and "divergence_mean" in metrics:
-                metrics["lam_penalty_ratio"] = self.lam.penalty_ratio(metrics["reward_mean"], metrics["divergence_mean"])
-                self.lam.step(metrics["reward_mean"], metrics["divergence_mean"])
+                metrics.update(self.lam.step(metrics["divergence_mean"]))
             if not metrics.get("skipped_update"):
                 self.version += 1
                 time_sync = self.publish(broadcast=broadcast)
