@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import ray
-import torch
 
 from cluster.buffer import Entry, error_text
 from cluster.config import TrainConfig, dump_config
@@ -46,9 +45,9 @@ from learner.guards import SkipStreak
 from learner.lam_controller import controller_for
 from rewards_service.client import RewardClient, RewardClientConfig, RewardUnavailable, build_reward_client
 from rewards_service.scorers import ScoreResult
+from rollout.precision import DTYPES
 from rollout.worker import RolloutSpec
 
-DTYPES = {"auto": None, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _CLIENTS: dict[str, RewardClient] = {}
 
 
