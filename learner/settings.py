@@ -46,7 +46,7 @@ class ROCMSettings(BaseModel):
         0.1, gt=0, description="auto: divergence budget δ, the mean Σ_k D_k per chain λ steers to (docs/rocm_lambda.md; ours)"
     )
     lam_init: float = Field(0.1, gt=0, description="auto: λ of the first epoch (ours)")
-    lam_max_factor: float = Field(1.5, ge=1, description="auto: λ changes by at most this factor per epoch (PPO's adaptive KL: 1.5)")
+    lam_max_factor: float = Field(1.5, ge=1, description="auto: λ changes by at most this factor per epoch (ours)")
     lam_min: float = Field(1e-4, gt=0, description="auto: λ never goes below this (ours)")
     lam_max: float = Field(1e3, gt=0, description="auto: λ never goes above this (ours)")
     truncate_steps: int | None = Field(
