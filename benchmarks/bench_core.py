@@ -65,14 +65,15 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     from learner.optim import build_optimizer
     from learner.ppo import PPOSettings, TrainBatch, ppo_update
     from rollout.lora import LoraSettings, add_lora
-    from rollout.models import DEFAULT_REAL_MODEL, default_dtype, load_pipeline
+    from rollout.models import DEFAULT_REAL_MODEL, load_pipeline
     from rollout.policies import policy_for
     from rollout.policy import sample_trajectory
+    from rollout.precision import dtypes_for
 
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype = default_dtype(device) if args.dtype == "auto" else getattr(torch, args.dtype)
+    dtype = dtypes_for(args.dtype, device).base
     toy = args.model == "tiny" and not args.full_size
     batch = args.batch or (8 if toy else 4)
     train_batch = args.train_batch or (4 if toy else 2)

@@ -7,7 +7,8 @@ Every run uses the `rocm-tiny-cpu` settings (toy LCM, 4 steps, 4 chains with gra
 the same prompts and seeds; only the divergence and λ change. Each final policy is evaluated on the same 8
 held-out prompts and noise (as benchmarks/bench_rocm_vs_rlcm.py): the trained reward (smoothness), and the
 off-target measures JPEG size (kB, quality 95), diversity (per-pixel std across the 8 images) and Σ_k KL to the
-base per chain. `auto` runs start at λ = 0.1 with lam_ratio 0.1 and are plotted at their mean λ.
+base per chain. `auto` runs (docs/rocm_lambda.md) start at λ = 0.1 and steer mean Σ_k D_k per chain to lam_target 0.1
+(at most ×/÷1.5 per epoch); they are plotted at their mean λ.
 Outputs: benchmarks/lambda_sweep.png (Fig. 4-shaped: each measure against λ), benchmarks/RESULTS_lambda.md.
 """
 
@@ -39,18 +40,17 @@ MEASURES = (("reward", "trained reward (smoothness) ↑"), ("jpeg_kb", "JPEG siz
 
 def run(divergence: str, lam: float | str, epochs: int, prompts: list[str], eval_prompts: list[str]) -> dict:
     learner = ROCMLearner(rocm_spec(divergence, 0.0 if lam == "auto" else lam))
-    controller = LamController(0.1, ratio=0.1, max_factor=2.0, fixed=lam != "auto")
-    if lam != "auto":
-        controller.lam = float(lam)
-    lams, start = [], time.perf_counter()
+    controller = LamController(0.1 if lam == "auto" else float(lam), target=0.1, max_factor=1.5, fixed=lam != "auto")
+    lams, divergences, start = [], [], time.perf_counter()
     for epoch in range(epochs):
         lams.append(controller.lam)
         metrics = learner.train(epoch_prompts(prompts, learner.spec.seed, epoch, learner.prompts_per_epoch), controller.lam)
-        controller.step(metrics["reward_mean"], metrics["divergence_mean"])
+        controller.step(metrics["divergence_mean"])
+        divergences.append(metrics["divergence_mean"])
     seconds = time.perf_counter() - start
     final = evaluate(learner.pipe, eval_prompts, learner.spec.num_steps, learner.spec.guidance_scale)
     return {
-        "divergence": divergence, "setting": str(lam), "lam": float(np.mean(lams)), "lams": lams, "seconds": seconds,
+        "divergence": divergence, "setting": str(lam), "lam": float(np.mean(lams)), "lams": lams, "divergences": divergences, "seconds": seconds,
         "reward": final["reward"], "kl_to_base": final["kl_to_base"], "diversity": final["diversity"],
         "jpeg_kb": float(np.mean([jpeg_size_kb(image) for image in final["images"]])),
     }
@@ -113,7 +113,10 @@ def main() -> None:
         f"{r['diversity']:.4f} | {r['kl_to_base']:.4g} | {r['seconds']:.0f} |"
         for r in results
     ]
-    lines += ["", "auto λ per epoch: " + "; ".join(f"{r['divergence']}: " + ", ".join(f"{v:.3g}" for v in r["lams"]) for r in results if r["setting"] == "auto")]
+    autos = [r for r in results if r["setting"] == "auto"]
+    lines += ["", "auto λ per epoch: " + "; ".join(f"{r['divergence']}: " + ", ".join(f"{v:.3g}" for v in r["lams"]) for r in autos)]
+    lines += ["", "auto D̄ (mean Σ_k D_k of the epoch's chains; target 0.1) per epoch: "
+              + "; ".join(f"{r['divergence']}: " + ", ".join(f"{v:.3g}" for v in r["divergences"]) for r in autos)]
     (HERE / "RESULTS_lambda.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     print(f"wrote {HERE / 'lambda_sweep.png'} and {HERE / 'RESULTS_lambda.md'}")

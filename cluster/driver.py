@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import ray
-import torch
 
 from cluster.buffer import Entry, error_text
 from cluster.config import TrainConfig, dump_config
@@ -46,9 +45,9 @@ from learner.guards import SkipStreak
 from learner.lam_controller import controller_for
 from rewards_service.client import RewardClient, RewardClientConfig, RewardUnavailable, build_reward_client
 from rewards_service.scorers import ScoreResult
+from rollout.precision import DTYPES
 from rollout.worker import RolloutSpec
 
-DTYPES = {"auto": None, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 _CLIENTS: dict[str, RewardClient] = {}
 
 
@@ -346,8 +345,7 @@ class Trainer:
             metrics = mean_over_ranks(ray.get(update.refs)) if update.refs else {"skipped_update": True}
             train_done, time_sync = time.perf_counter(), 0.0
             if self.lam is not None and "divergence_mean" in metrics:
-                metrics["lam_penalty_ratio"] = self.lam.penalty_ratio(metrics["reward_mean"], metrics["divergence_mean"])
-                self.lam.step(metrics["reward_mean"], metrics["divergence_mean"])
+                metrics.update(self.lam.step(metrics["divergence_mean"]))
             if not metrics.get("skipped_update"):
                 self.version += 1
                 time_sync = self.publish(broadcast=broadcast)

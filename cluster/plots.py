@@ -31,6 +31,8 @@ REWARD_UNITS = {
 }
 LOG_SCALE = ("approx_kl",)
 """Diagnostics whose values span decades (1e-2 … 1e-8): a linear axis would show most epochs as zero."""
+TARGETS = {"divergence_mean": "lam_divergence_target"}
+"""Diagnostics drawn with their target (dashed) where the rows log one: ROCM's `lam: auto` steers D̄ to it."""
 
 
 
@@ -174,6 +176,9 @@ def diagnostics_figure(rows: list[dict], name: str):
     for ax, (key, title) in zip(np.atleast_1d(figure.subplots(1, len(panels))), panels):
         xs, ys = series(rows, key)
         ax.plot(xs, ys, marker="o" if len(xs) <= 30 else None, markersize=3, label=key)
+        target_xs, target_ys = series(rows, TARGETS.get(key, ""))
+        if len(target_xs):
+            ax.plot(target_xs, target_ys, linestyle="--", color="gray", label=TARGETS[key])
         if key in LOG_SCALE:
             ax.set_yscale("log" if (ys > 0).all() else "symlog", **({} if (ys > 0).all() else {"linthresh": 1e-9}))
         _label(ax, f"{name}: {title}", "epoch", key + (" (log scale)" if key in LOG_SCALE else ""))

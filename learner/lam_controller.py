@@ -1,16 +1,15 @@
-"""ROCM's λ rule: keep the divergence term about `ratio` times the reward (paper: "one order of magnitude smaller").
+"""ROCM's λ rule: λ is the multiplier of a divergence budget δ per chain, as PPO's adaptive KL coefficient.
 
-Controlled quantity (per epoch, means over every learner's chains):
+Per epoch, over every learner's chains (docs/rocm_lambda.md argues the choice against the paper's text):
 
-    q = λ·D̄ / (ratio·|r̄|)        D̄ = mean Σ_k D_k,  r̄ = mean reward;  target q = 1
+    D̄ = mean Σ_k D_k                       (the controlled quantity; target δ = rocm.lam_target)
+    λ ← clamp(λ · clip(√(D̄/δ), 1/c, c), λ_min, λ_max)
 
-Update, bounded by c per epoch (as PPO's adaptive KL coefficient, which also grows when the penalty is too big):
-
-    λ ← λ · clip(q, 1/c, c)
-
-Direction: at the regularized optimum D̄ falls as λ grows (quadratic model r = g·θ, D = θ²/2: D̄ = g²/(2λ²),
-so λ·D̄ = g²/(2λ)), hence q too large calls for a larger λ. The fixed-D̄ "solve" λ ← ratio·|r̄|/D̄ moves λ the
-other way and runs away (from D̄ = 0 at the LoRA's zero init it would grow λ without end).
+No reward enters the rule, so adding a constant to every reward (which changes no gradient) cannot change λ's
+trajectory. D̄ falls as λ grows, both while the policy moves and at the regularized optimum (quadratic model
+r = g·θ, D = θ²/2: D̄ = g²/(2λ²)), so the loop is stable; a rule on λ·D̄ is not (at a fixed D̄ it grows with λ).
+The square root: at the optimum D̄ ∝ λ⁻², so √(D̄/δ) is the exact factor to the budget (one step, then still),
+where D̄/δ itself would overshoot into the 2-cycle λ, g²/(2δλ), λ, …
 """
 
 from __future__ import annotations
@@ -19,18 +18,16 @@ import math
 from dataclasses import dataclass
 
 
-def lam_update(lam: float, reward_mean: float, divergence_mean: float, ratio: float, max_factor: float) -> float:
-    """The next λ after an epoch with mean reward `reward_mean` and mean Σ_k D_k `divergence_mean`."""
-    if lam <= 0 or ratio <= 0 or max_factor < 1:
-        raise ValueError(f"need lam > 0, ratio > 0 and max_factor >= 1, got {lam}, {ratio}, {max_factor}")
-    if not (math.isfinite(reward_mean) and math.isfinite(divergence_mean)):
-        return lam  # an epoch without numbers leaves λ as it is
-    penalty, target = lam * max(divergence_mean, 0.0), ratio * abs(reward_mean)
-    if target == 0:
-        factor = max_factor if penalty > 0 else 1.0
-    else:
-        factor = min(max(penalty / target, 1.0 / max_factor), max_factor)
-    return lam * factor
+def lam_update(lam: float, divergence_mean: float, target: float, max_factor: float, lam_min: float, lam_max: float) -> float:
+    """The next λ: λ·clip(√(D̄/δ), 1/c, c) clamped to [lam_min, lam_max]; a non-finite D̄ leaves λ."""
+    if lam <= 0 or target <= 0 or max_factor < 1 or not 0 < lam_min <= lam_max:
+        raise ValueError(
+            f"need lam > 0, target > 0, max_factor >= 1 and 0 < lam_min <= lam_max, got {lam}, {target}, {max_factor}, {lam_min}, {lam_max}"
+        )
+    if not math.isfinite(divergence_mean):
+        return lam
+    factor = min(max(math.sqrt(max(divergence_mean, 0.0) / target), 1.0 / max_factor), max_factor)
+    return min(max(lam * factor, lam_min), lam_max)
 
 
 @dataclass
@@ -38,24 +35,23 @@ class LamController:
     """λ of the next epoch; `fixed` controllers never move (rocm.lam: <number>)."""
 
     lam: float
-    ratio: float = 0.1
-    max_factor: float = 2.0
+    target: float = 0.1
+    max_factor: float = 1.5
+    lam_min: float = 1e-4
+    lam_max: float = 1e3
     fixed: bool = False
 
-    def penalty_ratio(self, reward_mean: float, divergence_mean: float) -> float:
-        """λ·D̄/|r̄| of an epoch run with the current λ (the quantity the rule keeps near `ratio`)."""
-        return self.lam * divergence_mean / abs(reward_mean) if reward_mean else math.inf
-
-    def step(self, reward_mean: float, divergence_mean: float) -> float:
-        """Update λ from one epoch's means; returns the new λ."""
-        if not self.fixed:
-            self.lam = lam_update(self.lam, reward_mean, divergence_mean, self.ratio, self.max_factor)
-        return self.lam
+    def step(self, divergence_mean: float) -> dict[str, float]:
+        """Update λ from one epoch run at the current λ; returns that epoch's controlled quantity and target (none if fixed)."""
+        if self.fixed:
+            return {}
+        self.lam = lam_update(self.lam, divergence_mean, self.target, self.max_factor, self.lam_min, self.lam_max)
+        return {"lam_divergence": divergence_mean, "lam_divergence_target": self.target}
 
 
 def controller_for(settings, resumed_lam: float | None = None) -> LamController:
     """The controller of `ROCMSettings` (`lam` a number: fixed); `resumed_lam` (from a checkpoint) replaces λ_init."""
     if settings.lam == "auto":
         lam = settings.lam_init if resumed_lam is None else resumed_lam
-        return LamController(lam, settings.lam_ratio, settings.lam_max_factor)
-    return LamController(float(settings.lam), fixed=True)
+        return LamController(lam, settings.lam_target, settings.lam_max_factor, settings.lam_min, settings.lam_max)
+    return LamController(float(settings.lam), settings.lam_target, fixed=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 DIVERGENCES = ("none", "kl", "reverse_kl", "hellinger", "fisher", "js")
 
@@ -40,11 +40,15 @@ class ROCMSettings(BaseModel):
     divergence: Literal[DIVERGENCES] = Field("kl", description="per-step f-divergence D against the frozen base model")
     lam: float | Literal["auto"] = Field(
         0.1,
-        description="λ, weight of Σ_k D_k: a number >= 0 (fixed; 0 = unregularized) or auto (paper's rule: λ·D ≈ lam_ratio·|reward|)",
+        description="λ, weight of Σ_k D_k: a number >= 0 (fixed; 0 = unregularized) or auto (λ adapts so that mean Σ_k D_k ≈ lam_target)",
     )
-    lam_ratio: float = Field(0.1, gt=0, description="auto: target of λ·(mean Σ_k D_k)/|mean reward| (paper: an order of magnitude)")
+    lam_target: float = Field(
+        0.1, gt=0, description="auto: divergence budget δ, the mean Σ_k D_k per chain λ steers to (docs/rocm_lambda.md; ours)"
+    )
     lam_init: float = Field(0.1, gt=0, description="auto: λ of the first epoch (ours)")
-    lam_max_factor: float = Field(2.0, ge=1, description="auto: λ changes by at most this factor per epoch (ours)")
+    lam_max_factor: float = Field(1.5, ge=1, description="auto: λ changes by at most this factor per epoch (ours)")
+    lam_min: float = Field(1e-4, gt=0, description="auto: λ never goes below this (ours)")
+    lam_max: float = Field(1e3, gt=0, description="auto: λ never goes above this (ours)")
     truncate_steps: int | None = Field(
         None, ge=1, description="opt-in: backprop through the last K transitions + decode only (states before are detached); None = full"
     )
@@ -66,3 +70,9 @@ class ROCMSettings(BaseModel):
         if value != "auto" and value < 0:
             raise ValueError("lam must be auto or a number >= 0")
         return value
+
+    @model_validator(mode="after")
+    def _lam_range(self):
+        if self.lam == "auto" and not self.lam_min <= self.lam_init <= self.lam_max:
+            raise ValueError(f"rocm.lam: auto needs lam_min <= lam_init <= lam_max, got {self.lam_min}, {self.lam_init}, {self.lam_max}")
+        return self

@@ -11,6 +11,7 @@ from diffusers import LatentConsistencyModelPipeline
 from diffusers.training_utils import cast_training_params
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 
+from rollout.precision import TRAINABLE_DTYPE
 from rollout.settings import LoraSettings
 
 LORA_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
@@ -30,7 +31,7 @@ def add_lora(unet: torch.nn.Module, settings: LoraSettings) -> list[torch.nn.Par
         unet.add_adapter(settings.peft_config())
     except ValueError as error:
         raise ValueError(f"LoRA target_modules {settings.target_modules} do not fit this UNet: {error}") from error
-    cast_training_params(unet, dtype=torch.float32)
+    cast_training_params(unet, dtype=TRAINABLE_DTYPE)
     return [p for p in unet.parameters() if p.requires_grad]
 
 

@@ -26,6 +26,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from rollout.architectures import build_random_pipeline, is_random
+from rollout.precision import dtypes_for
 from rollout.samplers import DDIM, EXAMPLES, LCM, sampler_of
 
 TINY, TINY_DDIM = "tiny", "tiny-ddim"
@@ -127,13 +128,6 @@ def build_tiny_ddim_pipeline(seed: int = 0, sample_size: int = 16) -> StableDiff
 TOY_BUILDERS = {TINY: build_tiny_pipeline, TINY_DDIM: build_tiny_ddim_pipeline}
 
 
-def default_dtype(device: torch.device) -> torch.dtype:
-    """Half precision for the frozen base on GPU (bf16 where supported), fp32 on CPU."""
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.float32
-
-
 def _looks_like_path(model: str) -> bool:
     return model.startswith((".", "/", "~")) or os.sep in model.rstrip(os.sep).split(os.sep, 1)[-1] or Path(model).exists()
 
@@ -152,7 +146,7 @@ def load_pipeline(
     `random:<hub id>` (that model's real architecture with random weights, see `rollout.architectures`).
     """
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype = dtype or default_dtype(device)
+    dtype = dtypes_for(dtype, device).base
     if model in TOY_BUILDERS:
         pipe = TOY_BUILDERS[model](seed=seed)
         if dtype != torch.float32:

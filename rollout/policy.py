@@ -23,6 +23,8 @@ from typing import Callable, Iterator
 import torch
 from diffusers import LatentConsistencyModelPipeline, LCMScheduler
 
+from rollout.precision import math_dtype_for
+
 
 @dataclass
 class Trajectory:
@@ -145,14 +147,6 @@ def predict_denoised(
     x0_pred = clip_or_threshold(x0_pred, scheduler.config)
     c_skip, c_out = scheduler.get_scalings_for_boundary_condition_discrete(t)
     return c_out.view(-1, 1, 1, 1).to(math_dtype) * x0_pred + c_skip.view(-1, 1, 1, 1).to(math_dtype) * x
-
-
-def math_dtype_for(*dtypes: torch.dtype) -> torch.dtype:
-    """fp32 for fp32/fp16/bf16 inputs (the contract); fp64 when an input is fp64 (exact gradient checks)."""
-    out = torch.float32
-    for dtype in dtypes:
-        out = torch.promote_types(out, dtype)
-    return out
 
 
 def transition_mean_std(scheduler: LCMScheduler, denoised: torch.Tensor, t_next: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

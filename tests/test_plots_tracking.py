@@ -135,3 +135,13 @@ def test_wandb_offline_run_keeps_its_id_on_resume(tmp_path, monkeypatch):
     resumed.close()
     assert (tmp_path / "wandb_run_id.txt").read_text() == run_id
     assert len(list((tmp_path / "wandb").glob(f"offline-run-*-{run_id}"))) >= 1
+
+
+def test_rocm_lam_auto_draws_the_divergence_target():
+    from cluster.plots import diagnostics_figure
+
+    rows = [{**rocm_row(e, -0.5 + 0.02 * e), "lam": 0.1, "lam_divergence_target": 0.1} for e in range(6)]
+    panel = diagnostics_figure(rows, "rocm").axes[0]
+    target = [line for line in panel.get_lines() if line.get_label() == "lam_divergence_target"]
+    assert len(target) == 1 and list(target[0].get_ydata()) == [0.1] * 6 and target[0].get_linestyle() == "--"
+    assert not [line for line in diagnostics_figure([rocm_row(0, -0.5)], "rocm").axes[0].get_lines() if line.get_label() != "divergence_mean"]

@@ -15,11 +15,10 @@ class ROCM(FirstOrderAlgorithm):
     settings = ROCMSettings
     summary = (("divergence_mean", "divergence", ".4g"), ("objective", "objective", ".4f"))
     diagnostics = (
-        ("divergence_mean", "Σ_k divergence to the base per chain (mean)"),
+        ("divergence_mean", "Σ_k divergence to the base per chain (mean; λ's target dashed)"),
         ("objective", "objective (reward − λ·divergence)"),
         ("grad_norm", "gradient norm"),
         ("lam", "λ (per epoch)"),
-        ("lam_penalty_ratio", "λ·divergence / |reward|"),
     )
     optimizes = "r(x) − λ·Σ_k D(π_θ ‖ π_base) by backprop through the whole chain (or the last K steps)"
     paper = "Reward fine-tuning of consistency models, ROCM (2025)"
