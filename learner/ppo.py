@@ -124,10 +124,10 @@ def ppo_update(
             idx_d, k_d = idx.to(device), k.to(device)
             log_prob, mean, std = call_log_prob(unet, batch.transitions, idx_d, k_d)
             loss, info = ppo_loss(log_prob, old_log_probs[idx_d, k_d], advantages[idx_d], settings.clip_range)
-            if not grad_norms and not recompute_old:  # before the first optimizer step: the same weights as the rollout's
-                learner_log_probs[idx_d, k_d] = torch.where(on_policy[idx_d], log_prob.detach().float(), float("nan"))
-            if backward_count < trained:  # the first minibatch, before any optimizer step
+            if not grad_norms:  # before the first optimizer step: the weights the rollout sampled with
                 info["ratio_first_pass_max_dev"] = (torch.exp(log_prob - old_log_probs[idx_d, k_d]) - 1).abs().max()
+                if not recompute_old:
+                    learner_log_probs[idx_d, k_d] = torch.where(on_policy[idx_d], log_prob.detach().float(), float("nan"))
             if kl_coef > 0:
                 kl = gaussian_divergence("kl", mean, base_mean(unet, batch.transitions, idx_d, k_d), std).mean()
                 loss, info["kl_to_base"] = loss + kl_coef * kl, kl.detach()
@@ -145,7 +145,7 @@ def ppo_update(
     metrics = {key: float(np.mean([s[key] for s in step_infos])) for key in ("loss", "approx_kl", "clipfrac", "kl_to_base") if key in step_infos[0]}
     metrics["ratio_min"] = min(s["ratio_min"] for s in step_infos)
     metrics["ratio_max"] = max(s["ratio_max"] for s in step_infos)
-    metrics["ratio_first_pass_max_dev"] = max(s["ratio_first_pass_max_dev"] for s in step_infos[:trained])
+    metrics["ratio_first_pass_max_dev"] = max(s["ratio_first_pass_max_dev"] for s in step_infos if "ratio_first_pass_max_dev" in s)
     metrics["old_logprob_recomputed"] = recompute_old
     metrics.update(gap_metrics(behaviour, learner_log_probs))
     metrics.update(grad_norm_metrics(grad_norms))
