@@ -36,7 +36,7 @@ def test_rocm_line_shows_divergence_objective_and_monitoring(tmp_path, capsys):
 
 
 def test_log_prob_gap_above_the_clip_range_is_reported_once(tmp_path, caplog):
-    progress = EpochProgress(tmp_path, load_config("grpo-tiny-cpu", ["run.tensorboard=false", "run.plots=false"]), start_epoch=0)
+    progress = EpochProgress(tmp_path, load_config("grpo-tiny-cpu", ["run.tensorboard=false", "run.plots=false", "grpo.clip_range=1e-4"]), start_epoch=0)
     row = {**RLCM_ROW, "algorithm": "grpo", "old_logprob_gap_max": 6e-4, "old_logprob_gap_median": 3e-5, "old_logprob_recomputed": False}
     with caplog.at_level(logging.WARNING):
         progress.epoch_done(row, None)
