@@ -63,6 +63,7 @@ def main() -> None:
 
     columns = {}
     for train_batch in train_batches:
+        learner.load_state_dict(copy.deepcopy(initial))  # the weights the rollout sampled with
         # without recomputation: the learner's log π at the rollout's weights, with the calls of a first PPO pass
         order = draw_pass_orders(torch.Generator().manual_seed(0), args.batch, args.steps - 1, 1, True)[0]
         learner.pipe.unet.train()
@@ -71,7 +72,6 @@ def main() -> None:
         delta = (learner_lp - trajectory.log_probs.to(device)).flatten().cpu().numpy()
         gap = np.abs(delta)
         # with recomputation: one PPO update; every call before its optimizer step (grad_accum_steps = batch / train batch)
-        learner.load_state_dict(copy.deepcopy(initial))
         learner.spec.ppo = settings.model_copy(update={"train_batch_size": train_batch, "grad_accum_steps": args.batch // train_batch})
         metrics = learner.train(trajectory, np.linspace(-1, 1, args.batch))
         columns[train_batch] = [
