@@ -1,7 +1,8 @@
 """One benchmark round on a GPU at the real architectures (random weights), compared with `rlcm plan`.
 
 Measures at 512 px (default): rollout images/s (`sample_trajectory`), its overhead vs the stock `pipe(...)`,
-PPO samples/s (one learner update), ROCM samples/s and peak memory with and without gradient checkpointing
+PPO samples/s (one learner update), the rollout/learner log-prob gap and the first PPO pass's ratio without and with
+π_old recomputation at the aesthetic preset's batch shapes, ROCM samples/s and peak memory with and without gradient checkpointing
 (aesthetic reward on a random CLIP ViT-L/14), the time to move a rank-16 LoRA adapter through the Ray
 object store to another process, achieved TFLOP/s and MFU vs the device's bf16 peak. Writes
 benchmarks/RESULTS_gpu.md. `--smoke` runs the same code at 32 px, 2 steps, batch 1 (CPU: checks it runs).
@@ -122,6 +123,7 @@ def main() -> None:
              ("PPO achieved TFLOP/s", f"{ppo_tflops:.1f}" + (f" (MFU {ppo_tflops * 1e12 / peak:.0%})" if peak else ""))])
     plan_ppo = plan(load_config("compression", [f"sampling.height={res}", f"sampling.width={res}", f"train.train_batch_size={batch}"]), "h100-80gb")
     add(("PPO learner peak memory: measured vs plan", _vs(ppo_mem, next(a for a in plan_ppo["actors"] if a["role"].startswith("learner"))["memory_bytes"])))
+    add(*old_log_prob_rows(ppo_learner, prompts, steps, res, gen, args.smoke))
     pipe = ppo_learner.pipe
     params = ppo_learner.params
     del ppo_learner
@@ -145,6 +147,37 @@ def main() -> None:
                  (f"ROCM learner peak memory, checkpointing {label}: measured vs plan", _vs(mem, predicted))])
     add(("rollout peak memory: measured vs plan", _vs(rollout_mem, planned["actors"][0]["memory_bytes"])))
     write(Path(args.out), name, peak, res, steps, batch, rows, args.smoke)
+
+
+def old_log_prob_rows(learner, prompts: list[str], steps: int, res: int, gen, smoke: bool) -> list[tuple[str, str]]:
+    """The aesthetic preset's PPO shapes (rollout batch sampling.batch_size, train_batch_size, clip_range) at the
+    same weights: the rollout/learner log-prob gap and the first pass's max |ratio − 1| without and with recomputation."""
+    import copy
+
+    from cluster.config import load_config
+    from rollout.policy import sample_trajectory
+
+    preset = load_config("aesthetic")
+    train_batch = preset.train.train_batch_size
+    rollout_batch = 2 * train_batch if smoke else preset.sampling.batch_size
+    trajectory = sample_trajectory(learner.pipe, (prompts * rollout_batch)[:rollout_batch], steps, 8.0, gen(), height=res, width=res,
+                                   policy_version=learner.version)
+    initial = copy.deepcopy(learner.state_dict())
+    found = {}
+    for recompute in (False, True):
+        learner.load_state_dict(copy.deepcopy(initial))  # both updates start at the weights the rollout sampled with
+        # one optimizer step after all minibatches: every (sample, step) is scored at the rollout's weights
+        learner.spec.ppo = preset.train.model_copy(update={"recompute_old_log_probs": recompute, "grad_accum_steps": rollout_batch // train_batch})
+        found[recompute] = learner.train(trajectory, np.linspace(-1, 1, rollout_batch))
+    off, on = found[False], found[True]
+    per_step = ", ".join(f"{v:.2g}" for _, v in sorted(off["old_logprob_gap_step"].items(), key=lambda kv: int(kv[0])))
+    what = f"aesthetic preset: rollout batch {rollout_batch}, train batch {train_batch}, clip_range {preset.train.clip_range:g}"
+    return [
+        (f"old_logprob_gap_median / old_logprob_gap_max ({what})", f"{off['old_logprob_gap_median']:.3g} / {off['old_logprob_gap_max']:.3g}"),
+        ("old_logprob_gap_step (median per step k = 0, 1, …)", per_step),
+        ("ratio_first_pass_max_dev, recompute_old_log_probs false / true", f"{off['ratio_first_pass_max_dev']:.3g} / {on['ratio_first_pass_max_dev']:.3g}"),
+        ("clipfrac of that update, recompute false / true", f"{off['clipfrac']:.3f} / {on['clipfrac']:.3f}"),
+    ]
 
 
 def _vs(measured: int | None, predicted: int) -> str:

@@ -2,7 +2,8 @@
 
 - `plot_run(run_dir)`: `plots/reward.png` (reward_mean ± reward_std vs epoch and vs wall-clock, the
   cumulative `time_epoch_s`; ROCM: the held-out monitor reward on its own axes) and `plots/diagnostics.png`
-  (RLCM rows: approx_kl on a log scale, clipfrac; ROCM rows: divergence_mean, objective, grad_norm).
+  (RLCM rows: approx_kl on a log scale, clipfrac, the rollout/learner log-prob gap per denoising step,
+  ratio_first_pass_max_dev; ROCM rows: divergence_mean, objective, grad_norm).
 - `plot_runs(run_dirs, out)`: runs overlaid, reward vs wall-clock and vs samples_seen (time-to-reward); runs
   of different rewards never share an axis: one row of panels per reward.
 Reward axes name the reward and its unit (from the run's config.yaml). Rows missing a key, or holding NaN
@@ -29,7 +30,7 @@ REWARD_UNITS = {
     "hpsv2": "HPSv2 score",
     "llava_bertscore": "BERTScore recall, 0–1",
 }
-LOG_SCALE = ("approx_kl",)
+LOG_SCALE = ("approx_kl", "old_logprob_gap_step", "ratio_first_pass_max_dev")
 """Diagnostics whose values span decades (1e-2 … 1e-8): a linear axis would show most epochs as zero."""
 TARGETS = {"divergence_mean": "lam_divergence_target"}
 """Diagnostics drawn with their target (dashed) where the rows log one: ROCM's `lam: auto` steers D̄ to it."""
@@ -81,6 +82,17 @@ def series(rows: list[dict], key: str, x: np.ndarray | None = None) -> tuple[np.
     ys = column(rows, key)
     keep = np.isfinite(ys) & np.isfinite(xs)
     return xs[keep], ys[keep]
+
+
+def step_series(rows: list[dict], key: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{label: (x, y)}: one series per sub-key of a dict-valued metric (`old_logprob_gap_step`: {"k": value}),
+    sorted by sub-key, labelled "key[k]"; a plain metric is one series labelled `key`."""
+    subkeys = {k for r in rows if isinstance(r.get(key), dict) for k in r[key]}
+    if not subkeys:
+        return {key: series(rows, key)}
+    flat = [{**(r.get(key) or {}), "epoch": r.get("epoch")} for r in rows]
+    ordered = sorted(subkeys, key=lambda k: (not k.isdigit(), int(k) if k.isdigit() else 0, k))
+    return {f"{key}[{k}]": series(flat, k) for k in ordered}
 
 
 def _time_axis(seconds: np.ndarray) -> tuple[np.ndarray, str]:
@@ -138,7 +150,7 @@ def diagnostic_panels(rows: list[dict]) -> list[tuple[str, str]]:
     from learner.algorithms import ALGORITHMS
 
     algorithm = ALGORITHMS.get(_algorithm(rows), ALGORITHMS["rlcm"])
-    return [(key, title) for key, title in algorithm.diagnostics if len(series(rows, key)[0])]
+    return [(key, title) for key, title in algorithm.diagnostics if any(len(xs) for xs, _ in step_series(rows, key).values())]
 
 
 def _samples_from(algorithm: str | None) -> str:
@@ -168,14 +180,17 @@ def reward_figure(rows: list[dict], name: str, trained: str, monitor: str | None
 
 
 def diagnostics_figure(rows: list[dict], name: str):
-    """The algorithm's diagnostics, one panel each (approx_kl on a log scale), or None if the rows hold none."""
+    """The algorithm's diagnostics, one panel each (approx_kl and the log-prob gaps on a log scale; a dict-valued
+    metric such as the per-step gap as one curve per step), or None if the rows hold none."""
     panels = diagnostic_panels(rows)
     if not panels:
         return None
     figure = _figure(5.5 * len(panels), 4)
     for ax, (key, title) in zip(np.atleast_1d(figure.subplots(1, len(panels))), panels):
-        xs, ys = series(rows, key)
-        ax.plot(xs, ys, marker="o" if len(xs) <= 30 else None, markersize=3, label=key)
+        curves = step_series(rows, key)
+        for label, (xs, ys) in curves.items():
+            ax.plot(xs, ys, marker="o" if len(xs) <= 30 else None, markersize=3, label=label)
+        ys = np.concatenate([ys for _, ys in curves.values()])
         target_xs, target_ys = series(rows, TARGETS.get(key, ""))
         if len(target_xs):
             ax.plot(target_xs, target_ys, linestyle="--", color="gray", label=TARGETS[key])

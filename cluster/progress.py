@@ -3,6 +3,7 @@ TensorBoard (and optionally W&B) scalars and sample grids, and plots in the run 
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 
@@ -12,6 +13,8 @@ from tqdm import tqdm
 from cluster.config import TrainConfig
 from learner.algorithms import ALGORITHMS
 from learner.algorithms.base import Algorithm
+
+logger = logging.getLogger(__name__)
 
 
 def _algorithm(row: dict) -> type[Algorithm]:
@@ -34,11 +37,26 @@ def epoch_line(row: dict, total: int) -> str:
     return "  ".join(parts)
 
 
+def gap_warning(row: dict, clip_range: float, section: str = "train") -> str | None:
+    """The warning for a metrics row whose rollout/learner gap exceeds the clip range, or None."""
+    gap = row.get("old_logprob_gap_max")
+    if not isinstance(gap, (int, float)) or not gap > clip_range:
+        return None
+    fix = (f"; π_old is the learner's own ({section}.recompute_old_log_probs), so the first PPO pass starts at ratio 1"
+           if row.get("old_logprob_recomputed") else f"; PPO clips on this noise: set {section}.recompute_old_log_probs=true")
+    return (
+        f"rollout and learner log-probs differ by up to {gap:.3g} (median {row.get('old_logprob_gap_median', float('nan')):.3g}) "
+        f"at the same weights, more than the clip range {clip_range:g}: numerical noise of the model dtype{fix}"
+    )
+
+
 class EpochProgress:
     """Progress bar (postfix: reward_mean, approx_kl or divergence, s/epoch), log lines, tracking, plots."""
 
     def __init__(self, root: Path, config: TrainConfig, start_epoch: int):
         self.root, self.total, self.run = root, config.run.epochs, config.run
+        self.clip_range, self.section = getattr(config.settings, "clip_range", None), config.algo.section
+        self.gap_warned = False  # the rollout/learner log-prob gap is reported once per run
         # the bar only on a terminal (disable=None); logs (ray job logs, files) get one line per epoch
         self.bar = tqdm(desc=f"rlcm train ({config.algorithm})", unit="epoch", total=self.total, initial=start_epoch, dynamic_ncols=True, disable=None)
         self.tracker = None
@@ -58,6 +76,9 @@ class EpochProgress:
             postfix[label] = f"{row[key]:.3g}"
         self.bar.set_postfix(postfix, refresh=False)
         self.bar.write(epoch_line(row, self.total))
+        if not self.gap_warned and self.clip_range is not None and (warning := gap_warning(row, self.clip_range, self.section)):
+            logger.warning("rlcm: warning: %s", warning)
+            self.gap_warned = True
         if self.tracker is not None:
             self.tracker.log_epoch(row, grid)
         if self.run.plots and (grid is not None or row["epoch"] == self.total - 1):

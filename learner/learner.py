@@ -92,28 +92,36 @@ class PPOLearner(BaseLearner):
         every rank takes the same number of optimizer steps.
         """
         batch = Trajectory.concat(list(trajectories))
+        versions = np.concatenate([np.full(len(t), t.policy_version) for t in trajectories])
         advantages, valid, info = self.epoch_advantages(batch.prompts, np.asarray(rewards, dtype=np.float64), np.asarray(valid, dtype=bool))
         keep = np.flatnonzero(valid)
         if len(keep) == 0:
             return {"skipped_update": True, **info}
         rows = keep.tolist() if world_size == 1 else shard(len(batch), self.rank, world_size)
         if len(rows) < len(batch):
-            batch, advantages = batch.select(rows), advantages[rows]
+            batch, advantages, versions = batch.select(rows), advantages[rows], versions[rows]
         if self.version in self.spec.nan_loss_versions:
             advantages = np.full_like(advantages, np.nan)  # every loss of this update is NaN
-        return {**self.train(batch, advantages), **info}
+        return {**self.train(batch, advantages, on_policy=versions == self.version), **info}
 
-    def train(self, trajectory: Trajectory, advantages: np.ndarray) -> dict[str, float]:
-        """One PPO update on a batch whose advantages are already computed; bumps the version."""
+    def train(self, trajectory: Trajectory, advantages: np.ndarray, on_policy: np.ndarray | None = None) -> dict[str, float]:
+        """One PPO update on a batch whose advantages are already computed; bumps the version.
+
+        `on_policy` [B]: the samples drawn at this learner's weights (default: all if the trajectory's version is
+        the learner's); π_old is recomputed for those only (`recompute_old_log_probs`)."""
+        if on_policy is None:
+            on_policy = np.full(len(trajectory), trajectory.policy_version == self.version)
         trajectory = trajectory.to(self.device)
         batch = TrainBatch(
             transitions=policy_for(self.pipe).transitions(self.pipe, trajectory),
-            old_log_probs=trajectory.log_probs,
+            old_log_probs=trajectory.log_probs,  # the behaviour policy's; PPO may recompute π_old (recompute_old_log_probs)
             advantages=torch.as_tensor(advantages, dtype=torch.float32, device=self.device),
+            on_policy=torch.as_tensor(on_policy, dtype=torch.bool, device=self.device),
         )
         metrics = ppo_update(
             self.pipe.unet, self.optimizer, self.params, batch, self.settings, self.generator,
             self.reduce_gradients, self.lr_scheduler, kl_coef=self.kl_coef, timestep_fraction=self.timestep_fraction,
+            recompute_old=self.settings.recomputes_old_log_probs(self.pipe.unet.dtype),
         )
         metrics.update({f"stat_tracker_{k}": v for k, v in self.tracker.stats().items()})
         self.version += 1

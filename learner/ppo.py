@@ -6,7 +6,8 @@ For each sample i and action step k (LCM: k < H−1; DDIM: k < H), with ρ = exp
 
 Timesteps are shuffled per sample, and a sample trains on the first ⌊fraction·steps⌋ of its order (DDPO's
 `timestep_fraction`; 1 = all); the optimizer steps once per `grad_accum_steps` minibatches × those steps, after
-the gradient norm is clipped. log π_θ is recomputed by the policy's own functions (`rollout.policies`).
+the gradient norm is clipped. log π_θ is recomputed by the policy's own functions (`rollout.policies`). π_old is
+the rollout's log π, or (`recompute_old_log_probs`) the learner's own recomputation (`learner.old_log_probs`).
 """
 
 from __future__ import annotations
@@ -21,8 +22,8 @@ from learner.guards import grad_norm_metrics
 from learner.optim import optimizer_step
 from learner.settings import PPOSettings
 from learner.divergences import gaussian_divergence
+from learner.old_log_probs import call_log_prob, draw_pass_orders, gap_metrics, pass_calls, recompute_log_probs
 from rollout.policies import Transitions
-from rollout.policy import gaussian_log_prob
 
 
 @dataclass
@@ -32,6 +33,7 @@ class TrainBatch:
     transitions: Transitions  # states x_k = latents[:, k], actions latents[:, k+1], and π_θ's Gaussian of each
     old_log_probs: torch.Tensor  # [B, actions per chain]
     advantages: torch.Tensor  # [B]
+    on_policy: torch.Tensor | None = None  # bool [B]: sampled at the learner's weights (None: all); π_old is recomputed for these only
 
     def __len__(self) -> int:
         return self.old_log_probs.shape[0]
@@ -81,6 +83,7 @@ def ppo_update(
     lr_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
     kl_coef: float = 0.0,
     timestep_fraction: float = 1.0,
+    recompute_old: bool = False,
 ) -> dict[str, float]:
     """Run `inner_epochs` passes of clipped PPO over `batch`; returns averaged diagnostics.
 
@@ -88,6 +91,10 @@ def ppo_update(
     `reduce_gradients` averages gradients across data-parallel learners before clipping;
     `lr_scheduler` steps once per optimizer step; `kl_coef` β > 0 adds β·KL(π_θ ‖ π_base) per step at the
     recorded state (the same UNet with its LoRA disabled, as Flow-GRPO does), logged as `kl_to_base`.
+    `recompute_old`: for the on-policy samples π_old is log π_θ recomputed before the first step with the first
+    pass's own calls (`learner.old_log_probs`), not the behaviour log-probs `batch.old_log_probs` (stale samples
+    keep those: the ratio corrects for the policy lag); either way the metrics report the gap between the two on
+    the on-policy samples (without recomputation: over the calls made before the first optimizer step).
     """
     num_samples, num_transitions = len(batch), batch.old_log_probs.shape[1]
     if num_transitions < 1:
@@ -97,32 +104,38 @@ def ppo_update(
     advantages = batch.advantages.clamp(-settings.adv_clip_max, settings.adv_clip_max)
     trained = steps_trained(num_transitions, timestep_fraction)
     backward_per_step = settings.grad_accum_steps * trained
+    orders = draw_pass_orders(generator, num_samples, num_transitions, settings.inner_epochs, settings.shuffle_timesteps)
     step_infos: list[dict[str, float]] = []
     grad_norms: list[float] = []
     backward_count = 0
     unet.train()
-    for _ in range(settings.inner_epochs):
-        order = torch.randperm(num_samples, generator=generator)
-        if settings.shuffle_timesteps:
-            step_order = torch.stack([torch.randperm(num_transitions, generator=generator) for _ in range(num_samples)])
-        else:
-            step_order = torch.arange(num_transitions).expand(num_samples, -1)
-        for start in range(0, num_samples, settings.train_batch_size):
-            idx = order[start : start + settings.train_batch_size]
-            for j in range(trained):
-                k = step_order[idx, j]
-                idx_d, k_d = idx.to(device), k.to(device)
-                mean, std = batch.transitions.gaussian(unet, idx_d, k_d)
-                log_prob = gaussian_log_prob(latents[idx_d, k_d + 1], mean, std)
-                loss, info = ppo_loss(log_prob, batch.old_log_probs[idx_d, k_d], advantages[idx_d], settings.clip_range)
-                if kl_coef > 0:
-                    kl = gaussian_divergence("kl", mean, base_mean(unet, batch.transitions, idx_d, k_d), std).mean()
-                    loss, info["kl_to_base"] = loss + kl_coef * kl, kl.detach()
-                (loss / backward_per_step).backward()
-                backward_count += 1
-                step_infos.append({"loss": loss.item(), **{key: value.item() for key, value in info.items()}})
-                if backward_count % backward_per_step == 0:
-                    grad_norms.append(optimizer_step(optimizer, params, settings.max_grad_norm, reduce_gradients, lr_scheduler))
+    behaviour = batch.old_log_probs.float()
+    on_policy = torch.ones(num_samples, dtype=torch.bool, device=device) if batch.on_policy is None else batch.on_policy.to(device)
+    learner_log_probs = torch.full_like(behaviour, float("nan"))  # log π_θ at the rollout's weights
+    old_log_probs = behaviour
+    if recompute_old and on_policy.any():
+        # later epochs may visit steps outside the first pass's subset: recompute every step, first pass's calls first
+        steps = trained if settings.inner_epochs == 1 else num_transitions
+        learner_log_probs = recompute_log_probs(unet, batch.transitions, pass_calls(orders[0], settings.train_batch_size, steps), behaviour.shape)
+        learner_log_probs[~on_policy] = float("nan")
+        old_log_probs = torch.where(torch.isnan(learner_log_probs), behaviour, learner_log_probs)
+    for order in orders:
+        for idx, k in pass_calls(order, settings.train_batch_size, trained):
+            idx_d, k_d = idx.to(device), k.to(device)
+            log_prob, mean, std = call_log_prob(unet, batch.transitions, idx_d, k_d)
+            loss, info = ppo_loss(log_prob, old_log_probs[idx_d, k_d], advantages[idx_d], settings.clip_range)
+            if not grad_norms:  # before the first optimizer step: the weights the rollout sampled with
+                info["ratio_first_pass_max_dev"] = (torch.exp(log_prob - old_log_probs[idx_d, k_d]) - 1).abs().max()
+                if not recompute_old:
+                    learner_log_probs[idx_d, k_d] = torch.where(on_policy[idx_d], log_prob.detach().float(), float("nan"))
+            if kl_coef > 0:
+                kl = gaussian_divergence("kl", mean, base_mean(unet, batch.transitions, idx_d, k_d), std).mean()
+                loss, info["kl_to_base"] = loss + kl_coef * kl, kl.detach()
+            (loss / backward_per_step).backward()
+            backward_count += 1
+            step_infos.append({"loss": loss.item(), **{key: value.item() for key, value in info.items()}})
+            if backward_count % backward_per_step == 0:
+                grad_norms.append(optimizer_step(optimizer, params, settings.max_grad_norm, reduce_gradients, lr_scheduler))
     if partial := backward_count % backward_per_step:  # a partial window (e.g. invalid samples were dropped)
         for p in params:  # each loss was divided by the full window; weight by the true count instead
             if p.grad is not None:
@@ -132,6 +145,9 @@ def ppo_update(
     metrics = {key: float(np.mean([s[key] for s in step_infos])) for key in ("loss", "approx_kl", "clipfrac", "kl_to_base") if key in step_infos[0]}
     metrics["ratio_min"] = min(s["ratio_min"] for s in step_infos)
     metrics["ratio_max"] = max(s["ratio_max"] for s in step_infos)
+    metrics["ratio_first_pass_max_dev"] = max(s["ratio_first_pass_max_dev"] for s in step_infos if "ratio_first_pass_max_dev" in s)
+    metrics["old_logprob_recomputed"] = recompute_old
+    metrics.update(gap_metrics(behaviour, learner_log_probs))
     metrics.update(grad_norm_metrics(grad_norms))
     metrics["optimizer_steps"] = float(len(grad_norms))
     metrics["learning_rate"] = float(optimizer.param_groups[0]["lr"])

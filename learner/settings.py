@@ -27,6 +27,24 @@ class PPOSettings(BaseModel):
     inner_epochs: int = Field(1, ge=1)
     shuffle_timesteps: bool = True
     lr_schedule: Literal["constant", "linear"] = Field("constant", description="linear: decay to 0 over the run's optimizer steps")
+    recompute_old_log_probs: bool | Literal["auto"] = Field(
+        "auto",
+        description="π_old = the learner's own log π at the update's start (same calls as its first pass, no grad) instead of "
+        "the rollout's; auto: on unless the policy runs in float32 (in bf16/fp16 the two differ by more than clip_range)",
+    )
+
+    @field_validator("recompute_old_log_probs", mode="before")
+    @classmethod
+    def _auto_or_bool(cls, value):
+        if value != "auto" and not isinstance(value, bool):
+            raise ValueError(f"recompute_old_log_probs must be auto, true or false, got {value!r}")
+        return value
+
+    def recomputes_old_log_probs(self, dtype) -> bool:
+        """Whether π_old is recomputed for a policy whose UNet runs in `dtype` (auto: unless float32 or float64)."""
+        if self.recompute_old_log_probs == "auto":
+            return str(dtype) not in ("torch.float32", "torch.float64")
+        return self.recompute_old_log_probs
 
 
 class ROCMSettings(BaseModel):

@@ -135,6 +135,17 @@ def test_wrong_type_names_the_key():
         load_config("tiny-cpu", ["model.lora.rank=[1, 2]"])
 
 
+def test_recompute_old_log_probs_values():
+    """auto, true or false in every PPO section; anything else names the key and the allowed values."""
+    assert load_config("tiny-cpu").train.recompute_old_log_probs == "auto"
+    assert load_config("grpo-tiny-cpu", ["grpo.recompute_old_log_probs=false"]).settings.recompute_old_log_probs is False
+    assert load_config("ddpo-tiny-cpu", ["ddpo.recompute_old_log_probs=true"]).settings.recompute_old_log_probs is True
+    for bad in ("maybe", "1", "[true]"):
+        with pytest.raises(ConfigError) as err:
+            load_config("tiny-cpu", [f"train.recompute_old_log_probs={bad}"])
+        assert "train.recompute_old_log_probs" in str(err.value) and "auto, true or false" in str(err.value)
+
+
 @pytest.mark.parametrize("h", [1, 0, -3])
 def test_horizon_below_two_rejected(h):
     with pytest.raises(ConfigError) as err:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cluster.plots import add_plot_parser, diagnostic_panels, plot_run, plot_runs, read_metrics, series, wall_clock_s
+from cluster.plots import add_plot_parser, diagnostic_panels, diagnostics_figure, plot_run, plot_runs, read_metrics, series, step_series, wall_clock_s
 from cluster.tracking import RunTracker, scalars
 
 
@@ -106,6 +106,22 @@ def test_plot_run_rlcm_and_rocm_nan_safe(tmp_path):
 
     comparison = plot_runs([rlcm, rocm], tmp_path / "cmp" / "time-to-reward.png")
     assert Image.open(comparison).size[0] > 600
+
+
+def test_per_step_gap_is_a_series_per_step(tmp_path):
+    """`old_logprob_gap_step` ({"k": gap}) is one curve per step k in diagnostics.png and one TensorBoard scalar per step."""
+    rows = [{**rlcm_row(e, -2.0), "old_logprob_gap_step": {"0": 1e-5 * (e + 1), "1": 2e-5, "10": 0.0}, "ratio_first_pass_max_dev": 0.0}
+            for e in range(3)]
+    del rows[1]["old_logprob_gap_step"]["1"]
+    curves = step_series(rows, "old_logprob_gap_step")
+    assert list(curves) == ["old_logprob_gap_step[0]", "old_logprob_gap_step[1]", "old_logprob_gap_step[10]"]
+    np.testing.assert_allclose(curves["old_logprob_gap_step[0]"][1], [1e-5, 2e-5, 3e-5])
+    assert list(curves["old_logprob_gap_step[1]"][0]) == [0.0, 2.0]
+    panels = [k for k, _ in diagnostic_panels(rows)]
+    assert panels == ["approx_kl", "clipfrac", "old_logprob_gap_step", "ratio_first_pass_max_dev"]
+    figure = diagnostics_figure(rows, "run")
+    assert len(figure.axes[2].get_lines()) == 3
+    assert {"old_logprob_gap_step/0", "old_logprob_gap_step/10"} <= set(scalars(rows[0]))
 
 
 def test_plot_errors_and_cli(tmp_path):

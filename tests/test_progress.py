@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+
 from cluster.config import load_config
-from cluster.progress import EpochProgress
+from cluster.progress import EpochProgress, gap_warning
 
 RLCM_ROW = {"epoch": 0, "algorithm": "rlcm", "reward_mean": -2.1, "reward_std": 0.1, "approx_kl": 0.012, "clipfrac": 0.25,
             "time_epoch_s": 5.5, "samples_seen": 16, "num_invalid": 0}
@@ -31,3 +33,16 @@ def test_rocm_line_shows_divergence_objective_and_monitoring(tmp_path, capsys):
     assert capsys.readouterr().out.strip() == (
         "epoch 5/20  reward -0.0500 ± 0.0010  divergence 0.185  objective -0.0660  monitor -1.2900  1.4 s/epoch  samples 20"
     )
+
+
+def test_log_prob_gap_above_the_clip_range_is_reported_once(tmp_path, caplog):
+    progress = EpochProgress(tmp_path, load_config("grpo-tiny-cpu", ["run.tensorboard=false", "run.plots=false", "grpo.clip_range=1e-4"]), start_epoch=0)
+    row = {**RLCM_ROW, "algorithm": "grpo", "old_logprob_gap_max": 6e-4, "old_logprob_gap_median": 3e-5, "old_logprob_recomputed": False}
+    with caplog.at_level(logging.WARNING):
+        progress.epoch_done(row, None)
+        progress.epoch_done({**row, "epoch": 1}, None)
+    progress.close()
+    warnings = [r.getMessage() for r in caplog.records if "log-probs differ" in r.getMessage()]
+    assert len(warnings) == 1 and "up to 0.0006" in warnings[0] and "grpo.recompute_old_log_probs=true" in warnings[0]
+    assert gap_warning({**row, "old_logprob_gap_max": 5e-5}, 1e-4) is None
+    assert "first PPO pass starts at ratio 1" in gap_warning({**row, "old_logprob_recomputed": True}, 1e-4)

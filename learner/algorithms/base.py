@@ -85,6 +85,13 @@ class Algorithm:
         return cls.samples_from == "learners"
 
 
+OLD_LOG_PROB_DIAGNOSTICS = (
+    ("old_logprob_gap_step", "|log π rollout − learner| per step k (median)"),
+    ("ratio_first_pass_max_dev", "max |ratio − 1| before the first step"),
+)
+"""The rollout/learner trust panels of every PPO algorithm (`learner.old_log_probs`)."""
+
+
 class RolloutAlgorithm(Algorithm):
     """Learns from the rollout actors' trajectories: PPO-style settings (train_batch_size, grad_accum_steps, inner_epochs)."""
 

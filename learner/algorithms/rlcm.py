@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from learner.algorithms.base import RolloutAlgorithm
+from learner.algorithms.base import OLD_LOG_PROB_DIAGNOSTICS, RolloutAlgorithm
 from learner.settings import PPOSettings
 
 
@@ -12,7 +12,7 @@ class RLCM(RolloutAlgorithm):
     section = "train"
     settings = PPOSettings
     summary = (("approx_kl", "approx_kl", ".3g"), ("clipfrac", "clipfrac", ".3f"))
-    diagnostics = (("approx_kl", "approx KL (old → new policy)"), ("clipfrac", "fraction of clipped ratios"))
+    diagnostics = (("approx_kl", "approx KL (old → new policy)"), ("clipfrac", "fraction of clipped ratios"), *OLD_LOG_PROB_DIAGNOSTICS)
     optimizes = "clipped PPO on a black-box reward, per-prompt normalized advantages"
     paper = "Oertell et al., RL for Consistency Models (2024)"
 

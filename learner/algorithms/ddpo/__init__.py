@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
-from learner.algorithms.base import RolloutAlgorithm
+from learner.algorithms.base import OLD_LOG_PROB_DIAGNOSTICS, RolloutAlgorithm
 from learner.settings import PPOSettings
 from rollout.samplers import DDIM
 
@@ -43,7 +43,7 @@ class DDPO(RolloutAlgorithm):
     settings = DDPOSettings
     sampler = DDIM
     summary = (("approx_kl", "approx_kl", ".3g"), ("clipfrac", "clipfrac", ".3f"))
-    diagnostics = (("approx_kl", "approx KL (old → new policy)"), ("clipfrac", "fraction of clipped ratios"))
+    diagnostics = (("approx_kl", "approx KL (old → new policy)"), ("clipfrac", "fraction of clipped ratios"), *OLD_LOG_PROB_DIAGNOSTICS)
     optimizes = "clipped PPO over every DDIM step (CFG, η) of Stable Diffusion, per-prompt normalized advantages"
     paper = "Black et al., Training Diffusion Models with Reinforcement Learning (DDPO, 2023)"
 

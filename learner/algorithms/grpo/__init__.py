@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from learner.algorithms.base import RolloutAlgorithm
+from learner.algorithms.base import OLD_LOG_PROB_DIAGNOSTICS, RolloutAlgorithm
 from learner.settings import PPOSettings
 
 
@@ -33,6 +33,7 @@ class GRPO(RolloutAlgorithm):
         ("clipfrac", "fraction of clipped ratios"),
         ("kl_to_base", "KL to the base per step (mean)"),
         ("group_reward_std", "reward std within a group (mean)"),
+        *OLD_LOG_PROB_DIAGNOSTICS,
     )
     optimizes = "clipped PPO with group-relative advantages (G samples per prompt), optional β·KL to the base"
     paper = "Shao et al., DeepSeekMath (GRPO, 2024); Liu et al., Flow-GRPO (2025)"
