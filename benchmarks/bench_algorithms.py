@@ -15,6 +15,11 @@ the task's scorer (rollout algorithms), one torch thread, no Ray (a Trainer's ac
 a run). Runs are interleaved (seed by seed, the algorithm order rotated per seed) so drift in the machine's load
 hits every algorithm alike.
 
+Every rollout algorithm also runs a random-reward control per (task, seed): the same run with the learner seeing a
+random number per sample, independent of the image (`cluster.sign_test`); the table reports each algorithm's eval
+gain over its control (what it learned from its reward, not a drift any reward would produce), ± its standard error
+over seeds (benchmarks/bench_sign_test.py is the full sign test).
+
 Per epoch: the mean reward of the epoch's training samples, samples seen (an image that trained
 the policy; first-order methods: a chain sampled with grad) and training seconds (sampling, scoring and update). After the
 budget, the final adapter is evaluated with the preset's sampler on fixed prompts and noise (4 prompts × 4 noises):
@@ -39,6 +44,7 @@ from cluster.config import PRESETS, TrainConfig, load_config
 from cluster.driver import DTYPES
 from cluster.prompts import epoch_prompts, holdout_split, load_prompts
 from cluster.schedule import epoch_jobs
+from cluster.sign_test import gain, learner_rewards
 from learner.actor import build_learner
 from learner.algorithms import ALGORITHMS
 from learner.lam_controller import controller_for
@@ -64,10 +70,12 @@ def toy_presets() -> tuple[dict[str, str], list[str]]:
     return {name: found[name] for name in ALGORITHMS if name in found}, [name for name in ALGORITHMS if name not in found]
 
 
-def cases(presets: dict[str, str]) -> list[tuple[str, str]]:
-    """(task, algorithm) pairs: jpeg for the rollout learners, smoothness for all."""
+def cases(presets: dict[str, str]) -> list[tuple[str, str, str]]:
+    """(task, algorithm, reward mode) triples: jpeg for the rollout learners, smoothness for all; the rollout learners
+    also with the random control (mode `random`) of each task."""
     black_box = [name for name in presets if not ALGORITHMS[name].differentiable_reward()]
-    return [("jpeg", name) for name in black_box] + [("smoothness", name) for name in presets]
+    plan = [("jpeg", name) for name in black_box] + [("smoothness", name) for name in presets]
+    return [(task, name, "r") for task, name in plan] + [(task, name, "random") for task, name in plan if name in black_box]
 
 
 def run_config(preset: str, task: str, seed: int) -> TrainConfig:
@@ -126,12 +134,12 @@ class Evaluator:
         return result
 
 
-def train_one(task: str, name: str, preset: str, seed: int, budget_s: float, evaluate: Evaluator) -> dict:
+def train_one(task: str, name: str, preset: str, seed: int, budget_s: float, evaluate: Evaluator, mode: str = "r") -> dict:
     """One run on the algorithm's own sample source for `budget_s` seconds; its curve and the evaluation of its final adapter.
 
     The epoch loop of `cluster.driver.Trainer` in sync mode, in this process: `rollouts` algorithms train on the
     epoch's rollout batches (`epoch_jobs`: prompts, groups and noise seeds as the scheduler picks them) scored by the
-    task's reward; `learners` algorithms sample their own chains from the training prompts (λ by the driver's controller).
+    task's reward (the learner sees `mode`'s reward: r, or the random control); `learners` algorithms sample their own chains from the training prompts (λ by the driver's controller).
     Another epoch starts while ending after it (if it lasts as long as the last one) is nearer the budget than stopping now.
     """
     setup_start, config = time.perf_counter(), run_config(preset, task, seed)
@@ -154,25 +162,26 @@ def train_one(task: str, name: str, preset: str, seed: int, budget_s: float, eva
             trajectories = [worker.sample(job.prompts, job.seed) for job in jobs]
             scores = [scorer.score(t.images.permute(0, 2, 3, 1).numpy(), t.prompts) for t in trajectories]
             reward, valid = np.concatenate([r.rewards for r in scores]), np.concatenate([r.valid for r in scores])
-            metrics = learner.train_epoch(reward, valid, *trajectories)
+            seen = np.where(valid, learner_rewards(mode, np.where(valid, reward, 0.0), seed, epoch), np.nan)
+            metrics = learner.train_epoch(seen, valid, *trajectories)
             rewards.append(float(reward[valid].mean()))
             samples.append(samples[-1] + int(metrics.get("samples_trained", valid.sum())))
         else:
             chosen = epoch_prompts(train_prompts, seed, epoch, algo.prompts_per_epoch(config))
             metrics = learner.train_epoch(chosen, *(() if lam is None else (lam.lam,)))
             if lam is not None:
-                lam.step(metrics["divergence_mean"])
+                lam.step(metrics["reward_mean"], metrics["divergence_mean"])
             rewards.append(metrics["reward_mean"])
             samples.append(samples[-1] + algo.prompts_per_epoch(config))
         last = time.perf_counter() - start
         seconds.append(seconds[-1] + last)
     eval_start = time.perf_counter()
     run = {
-        "task": task, "algorithm": name, "preset": preset, "seed": seed, "model": config.model.name,
+        "task": task, "algorithm": name, "mode": mode, "preset": preset, "seed": seed, "model": config.model.name,
         "rewards": rewards, "samples": samples[1:], "seconds": seconds[1:], **evaluate(config, learner.adapter()),
         "setup_s": setup_s, "eval_s": time.perf_counter() - eval_start,
     }
-    print(f"{task:10s} {name:10s} seed {seed}: {len(rewards)} epochs, {samples[-1]} samples, {seconds[-1]:.1f} s, "
+    print(f"{task:10s} {name:10s} {mode:6s} seed {seed}: {len(rewards)} epochs, {samples[-1]} samples, {seconds[-1]:.1f} s, "
           f"reward {rewards[0]:.4f} -> {final_reward(run):.4f}, eval {run[f'eval_{task}']:.4f}, KL {run['kl_to_base']:.4g}, "
           f"diversity {run['diversity']:.4f} (setup {setup_s:.0f} s, eval {run['eval_s']:.0f} s)", flush=True)
     return run
@@ -188,7 +197,7 @@ def run_all(args: argparse.Namespace) -> dict:
     plan = cases(presets)
     evaluate = Evaluator()
     base = {}
-    for task, name in plan:  # the base model per sampler: the untuned row of the comparisons run with it
+    for task, name, _ in plan:  # the base model per sampler: the untuned row of the comparisons run with it
         config = run_config(presets[name], task, 0)
         key = (config.model.name, config.sampling.num_steps, config.sampling.guidance_scale)
         if key not in base:
@@ -198,8 +207,8 @@ def run_all(args: argparse.Namespace) -> dict:
     runs, start = [], time.perf_counter()
     for i, seed in enumerate(range(args.seeds)):
         shift = i * max(1, len(plan) // args.seeds) % len(plan)
-        for task, name in plan[shift:] + plan[:shift]:
-            runs.append(train_one(task, name, presets[name], seed, args.budget_s, evaluate))
+        for task, name, mode in plan[shift:] + plan[:shift]:
+            runs.append(train_one(task, name, presets[name], seed, args.budget_s, evaluate, mode))
     return {
         "budget_s": args.budget_s, "seeds": args.seeds, "total_s": time.perf_counter() - start, "missing_presets": missing,
         "threads": args.threads, "command": " ".join(["python benchmarks/bench_algorithms.py", *sys.argv[1:]]), "torch": torch.__version__,
@@ -208,11 +217,21 @@ def run_all(args: argparse.Namespace) -> dict:
 
 
 # ---- aggregation ------------------------------------------------------------------------------------------
-def group_runs(results: dict) -> dict[tuple[str, str], list[dict]]:
+def group_runs(results: dict, mode: str = "r") -> dict[tuple[str, str], list[dict]]:
+    """(task, algorithm) -> its runs with the learner seeing `mode`'s reward (r: the task's; random: the control)."""
     groups: dict[tuple[str, str], list[dict]] = {}
     for run in results["runs"]:
-        groups.setdefault((run["task"], run["algorithm"]), []).append(run)
+        if run.get("mode", "r") == mode:
+            groups.setdefault((run["task"], run["algorithm"]), []).append(run)
     return groups
+
+
+def gain_over_control(runs: list[dict], controls: list[dict], task: str) -> str:
+    """Eval reward of the runs minus that of their random-reward controls, ± SE over seeds."""
+    if len(runs) < 2 or len(controls) < 2:
+        return "–" if not controls else f"{np.mean([r[f'eval_{task}'] for r in runs]) - np.mean([r[f'eval_{task}'] for r in controls]):+.4f}"
+    g = gain([r[f"eval_{task}"] for r in runs], [r[f"eval_{task}"] for r in controls])
+    return f"{g.delta:+.4f} ± {g.se:.4f} ({g.z:+.1f} SE)"
 
 
 def mean_curve(runs: list[dict], x_key: str, points: int = 60) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -276,20 +295,21 @@ def fmt(values: list[float], spec: str = ".4f") -> str:
 
 def table(results: dict) -> list[str]:
     lines = [
-        "| task | algorithm | preset | epochs | samples | train s | train reward, first epoch → final | eval jpeg | eval smoothness | Σ_k KL to base | diversity |",
-        "|---|---|---|---:|---:|---:|---|---:|---:|---:|---:|",
+        "| task | algorithm | preset | epochs | samples | train s | train reward, first epoch → final | eval jpeg | eval smoothness | eval gain over random control | Σ_k KL to base | diversity |",
+        "|---|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|",
     ]
     for base in results["base"]:
         lines.append(f"| {', '.join(base['tasks'])} | base ({base['model']}, {base['num_steps']} steps: {', '.join(base['algorithms'])}) | – | 0 | 0 | – | "
                      f"– | {base['eval_jpeg']:.4f} | "
-                     f"{base['eval_smoothness']:.4f} | 0 | {base['diversity']:.4f} |")
+                     f"{base['eval_smoothness']:.4f} | – | 0 | {base['diversity']:.4f} |")
+    controls = group_runs(results, "random")
     for (task, name), runs in group_runs(results).items():
         first = fmt([r["rewards"][0] for r in runs if r["rewards"]])
         lines.append(
             f"| {task} | {name} | {runs[0]['preset']} | {fmt([len(r['rewards']) for r in runs], '.1f')} | "
             f"{fmt([r['samples'][-1] for r in runs if r['samples']], '.0f')} | {fmt([r['seconds'][-1] for r in runs if r['seconds']], '.1f')} | {first} → {fmt([final_reward(r) for r in runs])} | "
             f"{fmt([r['eval_jpeg'] for r in runs])} | {fmt([r['eval_smoothness'] for r in runs])} | "
-            f"{fmt([r['kl_to_base'] for r in runs], '.4g')} | {fmt([r['diversity'] for r in runs])} |"
+            f"{gain_over_control(runs, controls.get((task, name), []), task)} | {fmt([r['kl_to_base'] for r in runs], '.4g')} | {fmt([r['diversity'] for r in runs])} |"
         )
     return lines
 
@@ -345,7 +365,9 @@ def write_results(results: dict, path: Path, figure: str) -> None:
         "nearest the budget. Train reward: the mean reward of an epoch's training samples (first epoch → mean of the last",
         f"{FINAL_EPOCHS}); samples: images that trained the policy (first-order methods: chains sampled with grad); train s: the",
         f"training seconds used. Eval: the final policy on {EVAL_PROMPTS} prompts × {EVAL_NOISES} noises, the same for every run of",
-        "a sampler; Σ_k KL(π_θ‖π_base) per chain at the states the policy visits (`learner.policy_measures`); diversity =",
+        "a sampler. Eval gain over random control: the run's eval reward of its task minus that of the same algorithm, seeds and",
+        "budget trained on a random number per sample (independent of the image), ± SE over seeds (rollout algorithms only).",
+        "Σ_k KL(π_θ‖π_base) per chain at the states the policy visits (`learner.policy_measures`); diversity =",
         "mean pairwise RMS pixel distance between the images of one prompt. Mean ± std over seeds. Σ_k KL compares runs",
         "of one sampler: the LCM chains (4 or 8 steps) and the DDIM chain (8 actions, the last ones with a tiny σ_t) are",
         "different policies, and the toy DDIM model (`tiny-ddim`) starts from other rewards than the toy LCM (`tiny`).",

@@ -19,7 +19,7 @@ from rollout.ddim_policy import DDIMTransitions
 from rollout.lora import LoraSettings
 from rollout.models import build_tiny_ddim_pipeline, load_pipeline
 from rollout.policy import sample_trajectory
-from tests.toys import assert_same_lora, lora_changes_stock_images, pooled_z, rows_of, train_cli
+from tests.toys import assert_same_lora, lora_changes_stock_images, rows_of, train_cli
 
 PROMPTS = ["a cat", "a red fox"]
 H, W = 4, 5.0
@@ -154,18 +154,16 @@ def test_config_error_from_the_cli_before_ray_and_missing_hub_model(capsys, tmp_
 cli = functools.partial(train_cli, "ddpo-tiny-cpu")
 
 
-@pytest.mark.slow
-def test_ddpo_learns_jpeg_compressibility_through_rlcm_train(ray_local, tmp_path):
-    """First vs last quarter of 12 epochs × 16 samples: z ≥ 3; the LoRA loads in a stock StableDiffusionPipeline."""
-    assert cli(tmp_path, "run", "run.epochs=12", "run.save_every=12") == 0
+def test_ddpo_trains_through_rlcm_train_and_the_lora_loads(ray_local, tmp_path):
+    """2 epochs through `rlcm train`; the LoRA loads in a stock StableDiffusionPipeline and changes its images.
+    Whether DDPO learns from its reward beyond a random-reward control is benchmarks/bench_sign_test.py's question."""
+    assert cli(tmp_path, "run", "run.epochs=2", "run.save_every=2") == 0
     rows = rows_of(tmp_path / "run")
-    assert len(rows) == 12 and all(r["algorithm"] == "ddpo" for r in rows)
-    z = pooled_z(rows, 16)
-    assert z >= 3, ([round(r["reward_mean"], 3) for r in rows], z)
+    assert len(rows) == 2 and all(r["algorithm"] == "ddpo" for r in rows)
 
     pipe = build_tiny_ddim_pipeline()
     assert isinstance(pipe, StableDiffusionPipeline)
-    assert lora_changes_stock_images(pipe, tmp_path / "run/checkpoints/epoch-0011", num_inference_steps=4, guidance_scale=W, eta=1.0)
+    assert lora_changes_stock_images(pipe, tmp_path / "run/checkpoints/epoch-0001", num_inference_steps=4, guidance_scale=W, eta=1.0)
 
 
 def test_ddpo_resumes_bitwise_equal_and_samples_with_its_eta(ray_local, tmp_path):

@@ -15,7 +15,7 @@ from cluster.config import ConfigError, load_config
 from learner.algorithms.grpo.learner import group_advantages
 from rollout.models import build_tiny_pipeline
 from rollout.policy import sample_trajectory
-from tests.toys import assert_same_lora, lora_changes_stock_images, pooled_z, rows_of, train_cli
+from tests.toys import assert_same_lora, lora_changes_stock_images, rows_of, train_cli
 
 
 def test_group_advantages_equal_a_hand_computation_and_invalid_groups_drop_whole():
@@ -59,18 +59,16 @@ def test_grpo_config_error_from_the_cli_before_ray(capsys, tmp_path):
 cli = functools.partial(train_cli, "grpo-tiny-cpu")
 
 
-@pytest.mark.slow
-def test_grpo_learns_jpeg_compressibility_through_rlcm_train(ray_local, tmp_path):
-    """First vs last quarter of 12 epochs × 16 samples: z ≥ 3; the groups are real (4 per epoch); the LoRA loads in diffusers."""
-    assert cli(tmp_path, "run", "run.epochs=12", "run.save_every=12") == 0
+def test_grpo_trains_through_rlcm_train_and_the_lora_loads(ray_local, tmp_path):
+    """2 epochs through `rlcm train`: the groups are real (4 per epoch), the LoRA loads in diffusers and changes its images.
+    Whether GRPO learns from its reward beyond a random-reward control is benchmarks/bench_sign_test.py's question."""
+    assert cli(tmp_path, "run", "run.epochs=2", "run.save_every=2") == 0
     rows = rows_of(tmp_path / "run")
-    assert len(rows) == 12 and all(r["algorithm"] == "grpo" and r["groups_dropped"] == 0 for r in rows)
-    z = pooled_z(rows, 16)
-    assert z >= 3, ([round(r["reward_mean"], 3) for r in rows], z)
+    assert len(rows) == 2 and all(r["algorithm"] == "grpo" and r["groups_dropped"] == 0 for r in rows)
 
     pipe = build_tiny_pipeline()
     assert isinstance(pipe, LatentConsistencyModelPipeline)
-    assert lora_changes_stock_images(pipe, tmp_path / "run/checkpoints/epoch-0011", num_inference_steps=4)
+    assert lora_changes_stock_images(pipe, tmp_path / "run/checkpoints/epoch-0001", num_inference_steps=4)
 
 
 def test_grpo_with_kl_and_same_noise_resumes_bitwise_equal(ray_local, tmp_path):

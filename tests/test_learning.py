@@ -1,7 +1,9 @@
-"""The toy LCM learns JPEG compressibility under RLCM (no Ray): RolloutWorker + PPOLearner + JpegCompressibility.
+"""The toy's JPEG reward moves under RLCM (no Ray): RolloutWorker + PPOLearner + JpegCompressibility.
 
 Uses the `tiny-cpu` preset's settings (lr 1e-2, clip 0.2, 16 samples per epoch, LoRA on attention and
-conv layers). The improvement must be statistically clear: last 3 epochs' samples vs the first epoch's.
+conv layers). The change must be statistically clear: last 3 epochs' samples vs the first epoch's. This does not
+show that the reward causes it: on this toy a random reward moves the images as far (docs/results/toy_drift.md);
+`benchmarks/bench_sign_test.py` compares against that control.
 """
 
 from __future__ import annotations
