@@ -42,7 +42,7 @@ ADAM = dict(learning_rate=1e-3, adam_weight_decay=0.05, adam_epsilon=1e-6)  # ε
 @pytest.fixture(autouse=True)
 def _two_threads():
     before = torch.get_num_threads()
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
 
@@ -117,10 +117,10 @@ def assert_same_update(learner, theta0, reference):
 # ---- PPO family: RLCM, GRPO (β > 0), DDPO (guidance) ---------------------------------------------------------
 
 SIZE = 32  # pixels: 8×8 latents keep the toy UNet calls cheap
-PROMPTS = ["a cat", "a cat", "a dog", "a dog"]  # 2 groups of 2 (GRPO); RLCM's tracker uses the batch's statistics (2 < min_count)
-REWARDS = np.array([0.3, 1.1, -0.4, 2.0])
+PROMPTS = ["a cat", "a cat", "a dog", "a dog", "a fox", "a fox"]  # 3 groups of 2 (GRPO); RLCM's tracker: the batch's statistics (2 < min_count)
+REWARDS = np.array([0.3, 1.1, -0.4, 2.0, 0.9, 0.6])
 PPO = dict(
-    train_batch_size=2, grad_accum_steps=2, inner_epochs=2,  # 2 minibatches a pass, 4 in all: 2 optimizer steps
+    train_batch_size=2, grad_accum_steps=2, inner_epochs=2,  # 3 minibatches a pass, 6 in all: 3 optimizer steps, one spanning both passes
     clip_range=0.1, adv_clip_max=0.9, max_grad_norm=1e-3, **ADAM,
 )
 
@@ -197,7 +197,7 @@ def check_ppo(spec_class, model, settings, num_steps, advantages, kl_coef=0.0, t
     reference, norms, clipfrac = reference_ppo(model, traj, advantages, settings, generator_state, theta0, kl_coef, timestep_fraction)
     assert min(norms) > 10 * settings.max_grad_norm  # the clip is active at every step
     assert 0 < clipfrac < 1  # some ratios clipped, some not
-    assert metrics["optimizer_steps"] == len(norms) == 2
+    assert metrics["optimizer_steps"] == len(norms) == 3
     assert abs(metrics["grad_norm"] - np.mean(norms)) < 1e-6 * np.mean(norms)
     assert_same_update(learner, theta0, reference)
     return metrics
