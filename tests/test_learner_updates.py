@@ -11,6 +11,8 @@ the update, so the reference draws the same shuffles, noise and truncations.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -36,7 +38,7 @@ from rollout.policy import (
 F64 = torch.float64
 LORA = LoraSettings(rank=2, alpha=4, target_modules=["to_q", "to_v", "conv_out"])
 GUIDANCE = {"tiny": 8.0, "tiny-ddim": 5.0}  # DDIM: w > 1, classifier-free guidance on
-ADAM = dict(learning_rate=1e-3, adam_weight_decay=0.05, adam_epsilon=1e-6)  # ε near the clipped gradients: the step sees their size
+ADAM = dict(learning_rate=1e-3, adam_weight_decay=0.05, adam_epsilon=1e-5)  # ε near the clipped gradients (~2e-5 each): the step sees their size
 
 
 @pytest.fixture(autouse=True)
@@ -226,3 +228,87 @@ def test_ddpo_update_with_guidance_and_timestep_subset_equals_written_out_ppo():
     """DDIM with CFG (w = 5, η = 1), a random 1 of 2 steps per sample (timestep_fraction 0.5), batch statistics."""
     settings = DDPOSettings(**PPO, timestep_fraction=0.5, per_prompt_stat_tracking=False)
     check_ppo(DDPOLearnerSpec, "tiny-ddim", settings, 2, population_z(REWARDS, 1e-8), timestep_fraction=0.5)
+
+
+# ---- first-order family: ROCM, DRaFT, AlignProp ----------------------------------------------------------------
+
+FIRST_ORDER_PROMPTS = ["a cat", "a dog", "a fox", "a red fox"]
+FIRST_ORDER = dict(batch_size=1, grad_accum_steps=2, updates_per_epoch=2, max_grad_norm=1e-3, **ADAM)  # 4 objective calls, 2 steps
+
+
+def reference_objective(pipe, base, prompts, generator, num_steps: int, lam: float, truncate: int | None) -> torch.Tensor:
+    """r(decode(denoised_{H−1})) − λ·Σ_k KL_k per chain, the LCM chain written out; x_1 … x_{H−1−K} detached under truncation K."""
+    batch, scheduler = len(prompts), pipe.scheduler
+    timesteps = lcm_timesteps(scheduler, num_steps)
+    with torch.no_grad():
+        embeds = encode_prompts(pipe, prompts)
+    w = guidance_embedding(pipe, GUIDANCE["tiny"], batch)
+    shape = (batch, 4, SIZE // 4, SIZE // 4)
+    x = torch.randn(shape, generator=generator) * scheduler.init_noise_sigma  # x_0, then ε_0 … ε_{H−2}, as every sampler draws them
+    noise = [torch.randn(shape, generator=generator) for _ in range(num_steps - 1)]
+    divergence = torch.zeros(batch, dtype=F64)
+    for k in range(num_steps):
+        if truncate is not None and 1 <= k <= num_steps - 1 - truncate:
+            x = x.detach()
+        t = timesteps[k].expand(batch)
+        denoised = predict_denoised(pipe.unet, scheduler, x, t, embeds, w)
+        if k == num_steps - 1:
+            break
+        t_next = timesteps[k + 1].expand(batch)
+        mean, std = transition_mean_std(scheduler, denoised, t_next)
+        if lam:
+            mean_base, _ = transition_mean_std(base.scheduler, predict_denoised(base.unet, base.scheduler, x, t, embeds, w), t_next)
+            divergence = divergence + kl_per_step(mean, mean_base, std)
+        x = mean + std * noise[k]
+    image = (pipe.vae.decode(denoised / pipe.vae.config.scaling_factor, return_dict=False)[0] / 2 + 0.5).clamp(0, 1)
+    return build_differentiable_reward("smoothness")(image, prompts) - lam * divergence
+
+
+def check_first_order(spec_class, settings, num_steps: int, lam: float, truncation):
+    """One epoch of the learner against −mean objective / accum summed per window, clipped, AdamW; `truncation(generator)`: K per call."""
+    spec = spec_class(model="tiny", lora=LORA, rocm=settings, num_steps=num_steps, guidance_scale=GUIDANCE["tiny"],
+                      reward_factory=functools.partial(build_differentiable_reward, "smoothness"), height=SIZE, width=SIZE, seed=3,
+                      dtype=F64, device="cpu")
+    learner = spec.build()
+    theta0 = randomize_lora(learner, 0.05)
+    generator = torch.Generator().manual_seed(0)
+    generator.set_state(learner.generator.get_state())
+    metrics = learner.train(FIRST_ORDER_PROMPTS)
+    pipe, params, base = reference_pipes("tiny", theta0)
+    state, norms, accum = {}, [], settings.grad_accum_steps
+    calls = [FIRST_ORDER_PROMPTS[i : i + settings.batch_size] for i in range(0, len(FIRST_ORDER_PROMPTS), settings.batch_size)]
+    for w in range(0, len(calls), accum):
+        loss = 0.0
+        for prompts in calls[w : w + accum]:
+            k = truncation(generator)
+            loss = loss - reference_objective(pipe, base, prompts, generator, num_steps, lam, k).mean() / accum
+        norms.append(step_adamw(params, loss, state, settings))
+    assert min(norms) > 10 * settings.max_grad_norm  # the clip is active at every step
+    assert metrics["optimizer_steps"] == len(norms) == 2
+    assert abs(metrics["grad_norm"] - np.mean(norms)) < 1e-6 * np.mean(norms)
+    assert_same_update(learner, theta0, [p.detach().clone() for p in params])
+    return metrics
+
+
+def test_rocm_update_equals_written_out_objective():
+    settings = ROCMSettings(divergence="kl", lam=0.5, **FIRST_ORDER)
+    metrics = check_first_order(ROCMLearnerSpec, settings, 3, 0.5, lambda generator: None)
+    assert metrics["divergence_mean"] > 0
+
+
+def test_draft_update_backpropagates_through_the_last_k_transitions():
+    settings = DRaFTSettings(truncate_steps=1, **FIRST_ORDER)
+    check_first_order(ROCMLearnerSpec, settings, 4, 0.0, lambda generator: 1)
+
+
+def test_alignprop_update_draws_k_per_call_from_the_learner_generator():
+    """K ~ U{1, …, 3} per objective call, drawn from the learner's generator before that call's noise; λ = 0.2."""
+    settings = AlignPropSettings(k_min=1, k_max=3, lam=0.2, divergence="kl", **FIRST_ORDER)
+    drawn = []
+
+    def truncation(generator):
+        drawn.append(int(torch.randint(1, 4, (1,), generator=generator)))
+        return drawn[-1]
+
+    metrics = check_first_order(AlignPropLearnerSpec, settings, 4, 0.2, truncation)
+    assert metrics["truncate_steps"] == np.mean(drawn) and len(set(drawn)) > 1
