@@ -199,9 +199,9 @@ def check_ppo(spec_class, model, settings, num_steps, advantages, kl_coef=0.0, t
     reference, norms, clipfrac = reference_ppo(model, traj, advantages, settings, generator_state, theta0, kl_coef, timestep_fraction)
     assert min(norms) > 10 * settings.max_grad_norm  # the clip is active at every step
     assert 0 < clipfrac < 1  # some ratios clipped, some not
+    assert_same_update(learner, theta0, reference)
     assert metrics["optimizer_steps"] == len(norms) == 3
     assert abs(metrics["grad_norm"] - np.mean(norms)) < 1e-6 * np.mean(norms)
-    assert_same_update(learner, theta0, reference)
     return metrics
 
 
@@ -284,9 +284,9 @@ def check_first_order(spec_class, settings, num_steps: int, lam: float, truncati
             loss = loss - reference_objective(pipe, base, prompts, generator, num_steps, lam, k).mean() / accum
         norms.append(step_adamw(params, loss, state, settings))
     assert min(norms) > 10 * settings.max_grad_norm  # the clip is active at every step
+    assert_same_update(learner, theta0, [p.detach().clone() for p in params])
     assert metrics["optimizer_steps"] == len(norms) == 2
     assert abs(metrics["grad_norm"] - np.mean(norms)) < 1e-6 * np.mean(norms)
-    assert_same_update(learner, theta0, [p.detach().clone() for p in params])
     return metrics
 
 
