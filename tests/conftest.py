@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -10,6 +11,17 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
 import pytest
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _restore_torch_threads():
+    """A test module may change torch's thread count; the next module starts from the count before it,
+    so no module's speed depends on which ran first."""
+    torch = sys.modules.get("torch")
+    before = torch.get_num_threads() if torch is not None else None
+    yield
+    if before is not None:
+        torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

@@ -87,7 +87,6 @@ def test_plan_runs_for_every_real_preset(gpu):
         assert result["flops"]["per_sample"] > result["flops"]["unet_call"] * load_config(preset).sampling.num_steps
         assert {a["role"] for a in result["actors"]} >= {"rollout actor"}
         for actor in result["actors"]:
-            assert actor["fits"] == (actor["memory_bytes"] <= actor["budget_bytes"])
             assert actor["memory_bytes"] > 2 * result["parameters"]["unet"]  # at least the bf16 base weights
         assert result["samples_per_s"] > 0
 

@@ -123,11 +123,14 @@ def test_export_import_round_trip(trained):
     for k in after:
         assert torch.equal(after[k], adapter.state_dict[k]), k
 
+    lora = [p for n, p in learner.pipe.unet.named_parameters() if "lora_" in n]
+    weights = [p.detach().clone() for p in lora]
     with torch.no_grad():
-        for n, p in learner.pipe.unet.named_parameters():
-            if "lora_" in n:
-                p.add_(0.0)  # touch, no change
-    assert torch.equal(adapter.state_dict[key], snapshot)
+        for p in lora:
+            p.add_(1.0)  # the learner's weights move after the export
+        assert torch.equal(adapter.state_dict[key], snapshot)
+        for p, w in zip(lora, weights):
+            p.copy_(w)  # the module's other tests use the trained learner
 
 
 def test_import_into_mismatched_layout_raises(trained):

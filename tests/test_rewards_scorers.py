@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from rewards_service.scorers import CompositeScorer, JpegCompressibility, ScoreResult, build_scorer
-from rewards_service.scorers.aesthetic import HEAD_SHA256, AestheticModel, AestheticScorer, default_head_path, load_aesthetic_head
+from rewards_service.scorers.aesthetic import HEAD_SHA256, AestheticModel, clip_preprocess, default_head_path, load_aesthetic_head
 
 
 def _images(n: int = 2, size: int = 32) -> np.ndarray:
@@ -58,17 +58,29 @@ def test_head_rejects_wrong_checksum(tmp_path):
         load_aesthetic_head(bad)
 
 
-def test_real_head_matches_numpy_hand_computation():
+def head_by_hand(embeds: np.ndarray) -> np.ndarray:
+    """The LAION head on [B, 768] embeddings in float64 numpy, from the shipped file's weights: five affine maps, no activations."""
     state = torch.load(default_head_path(), map_location="cpu", weights_only=True)
     w = {k: v.double().numpy() for k, v in state.items()}
-    embeds = np.random.default_rng(0).standard_normal((4, 768))
-    embeds /= np.linalg.norm(embeds, axis=1, keepdims=True)
-    x = embeds
+    x = np.asarray(embeds, dtype=np.float64)
     for i in (0, 2, 4, 6, 7):
         x = x @ w[f"layers.{i}.weight"].T + w[f"layers.{i}.bias"]
+    return x[:, 0]
+
+
+def normalized_clip_embeds(clip, pixels: torch.Tensor) -> np.ndarray:
+    """CLIP image embeddings of preprocessed [0, 1] pixels, L2-normalized by hand (float64 numpy)."""
+    with torch.no_grad():
+        embeds = clip(pixel_values=clip_preprocess(pixels, clip.config.image_size)).image_embeds.double().numpy()
+    return embeds / np.linalg.norm(embeds, axis=1, keepdims=True)
+
+
+def test_real_head_matches_numpy_hand_computation():
+    embeds = np.random.default_rng(0).standard_normal((4, 768))
+    embeds /= np.linalg.norm(embeds, axis=1, keepdims=True)
     head = load_aesthetic_head()
     got = head(torch.from_numpy(embeds).float()).squeeze(-1).detach().double().numpy()
-    np.testing.assert_allclose(got, x[:, 0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got, head_by_hand(embeds), rtol=1e-5, atol=1e-5)
     assert head.layers[0].weight.dtype == torch.float32
 
 
@@ -87,10 +99,8 @@ def test_aesthetic_model_chain_and_gradients():
     images = torch.rand(2, 3, 48, 40, requires_grad=True)
     scores = model(images)
     assert scores.shape == (2,)
-    embeds = model.embed(images)
-    np.testing.assert_allclose(embeds.norm(dim=-1).detach().numpy(), 1.0, rtol=1e-5)
-    expected = model.head(embeds).squeeze(-1)
-    torch.testing.assert_close(scores, expected)
+    expected = head_by_hand(normalized_clip_embeds(clip, images.detach()))  # preprocess → CLIP → L2 → head, by hand
+    np.testing.assert_allclose(scores.detach().double().numpy(), expected, rtol=1e-5, atol=1e-5)
     scores.sum().backward()
     assert images.grad is not None and images.grad.abs().sum() > 0
 
@@ -105,15 +115,16 @@ def test_aesthetic_rejects_head_mismatch():
 
 
 def test_aesthetic_scorer_from_local_dir(tmp_path):
+    from transformers import CLIPVisionModelWithProjection
+
     tiny_clip().save_pretrained(tmp_path / "clip")
     scorer = build_scorer("aesthetic", clip_model=str(tmp_path / "clip"), device="cpu", version="tiny")
     images = _images(2, 40)
     result = scorer.score(images, ["a", "b"])
     pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
-    expected = scorer.model(pixels).tolist()
+    clip = CLIPVisionModelWithProjection.from_pretrained(tmp_path / "clip").eval()  # loaded here, not through the scorer
     assert result.version == "tiny" and result.valid == [True, True]
-    np.testing.assert_allclose(result.rewards, expected, rtol=1e-6)
-    assert isinstance(scorer, AestheticScorer)
+    np.testing.assert_allclose(result.rewards, head_by_hand(normalized_clip_embeds(clip, pixels)), rtol=1e-5, atol=1e-5)
 
 
 class Constant:
