@@ -67,7 +67,9 @@ def toy_presets() -> tuple[dict[str, str], list[str]]:
     found = {}
     for preset in (p for p in PRESETS if p.endswith("tiny-cpu")):
         found.setdefault(load_config(preset).algorithm, preset)
-    return {name: found[name] for name in ALGORITHMS if name in found}, [name for name in ALGORITHMS if name not in found]
+    return {name: found[name] for name in ALGORITHMS if name in found}, [
+        name for name in ALGORITHMS if name not in found
+    ]
 
 
 def cases(presets: dict[str, str]) -> list[tuple[str, str, str]]:
@@ -75,7 +77,9 @@ def cases(presets: dict[str, str]) -> list[tuple[str, str, str]]:
     also with the random control (mode `random`) of each task."""
     black_box = [name for name in presets if not ALGORITHMS[name].differentiable_reward()]
     plan = [("jpeg", name) for name in black_box] + [("smoothness", name) for name in presets]
-    return [(task, name, "r") for task, name in plan] + [(task, name, "random") for task, name in plan if name in black_box]
+    return [(task, name, "r") for task, name in plan] + [
+        (task, name, "random") for task, name in plan if name in black_box
+    ]
 
 
 def run_config(preset: str, task: str, seed: int) -> TrainConfig:
@@ -86,9 +90,17 @@ def rollout_spec(config: TrainConfig, noise_group_size: int = 1) -> RolloutSpec:
     """The sampler of the run's rollout actors, as `Trainer._rollout_pool` builds it."""
     s = config.sampling
     return RolloutSpec(
-        model=config.model.name, lora=config.model.lora, num_steps=s.num_steps, guidance_scale=s.guidance_scale, height=s.height,
-        width=s.width, original_inference_steps=s.original_inference_steps, model_seed=config.model.seed, dtype=DTYPES[config.model.dtype],
-        noise_group_size=noise_group_size, eta=config.algo.eta(config),
+        model=config.model.name,
+        lora=config.model.lora,
+        num_steps=s.num_steps,
+        guidance_scale=s.guidance_scale,
+        height=s.height,
+        width=s.width,
+        original_inference_steps=s.original_inference_steps,
+        model_seed=config.model.seed,
+        dtype=DTYPES[config.model.dtype],
+        noise_group_size=noise_group_size,
+        eta=config.algo.eta(config),
     )
 
 
@@ -128,13 +140,17 @@ class Evaluator:
         finally:
             unet.enable_adapters()
         images = trajectory.images.permute(0, 2, 3, 1).numpy()
-        result = {f"eval_{task}": float(np.mean(scorer.score(images, batch).rewards)) for task, scorer in self.scorers.items()}
+        result = {
+            f"eval_{task}": float(np.mean(scorer.score(images, batch).rewards)) for task, scorer in self.scorers.items()
+        }
         result["kl_to_base"] = float(kl.mean())
         result["diversity"] = pairwise_diversity(trajectory.images, EVAL_NOISES)
         return result
 
 
-def train_one(task: str, name: str, preset: str, seed: int, budget_s: float, evaluate: Evaluator, mode: str = "r") -> dict:
+def train_one(
+    task: str, name: str, preset: str, seed: int, budget_s: float, evaluate: Evaluator, mode: str = "r"
+) -> dict:
     """One run on the algorithm's own sample source for `budget_s` seconds; its curve and the evaluation of its final adapter.
 
     The epoch loop of `cluster.driver.Trainer` in sync mode, in this process: `rollouts` algorithms train on the
@@ -144,7 +160,13 @@ def train_one(task: str, name: str, preset: str, seed: int, budget_s: float, eva
     """
     setup_start, config = time.perf_counter(), run_config(preset, task, seed)
     algo, s = config.algo, config.sampling
-    common = dict(model=config.model.name, lora=config.model.lora, seed=seed, model_seed=config.model.seed, dtype=DTYPES[config.model.dtype])
+    common = dict(
+        model=config.model.name,
+        lora=config.model.lora,
+        seed=seed,
+        model_seed=config.model.seed,
+        dtype=DTYPES[config.model.dtype],
+    )
     learner = build_learner(algo.learner_spec(config, common))
     prompts = load_prompts(config.prompts.source, config.prompts.limit)
     if algo.samples_from == "rollouts":
@@ -158,7 +180,9 @@ def train_one(task: str, name: str, preset: str, seed: int, budget_s: float, eva
         start, epoch = time.perf_counter(), len(rewards)
         if algo.samples_from == "rollouts":
             load_adapter(worker, learner.adapter())
-            jobs = epoch_jobs(prompts, seed, epoch, s.batch_size, config.batches_per_update, group_size=algo.group_size(config))
+            jobs = epoch_jobs(
+                prompts, seed, epoch, s.batch_size, config.batches_per_update, group_size=algo.group_size(config)
+            )
             trajectories = [worker.sample(job.prompts, job.seed) for job in jobs]
             scores = [scorer.score(t.images.permute(0, 2, 3, 1).numpy(), t.prompts) for t in trajectories]
             reward, valid = np.concatenate([r.rewards for r in scores]), np.concatenate([r.valid for r in scores])
@@ -177,13 +201,25 @@ def train_one(task: str, name: str, preset: str, seed: int, budget_s: float, eva
         seconds.append(seconds[-1] + last)
     eval_start = time.perf_counter()
     run = {
-        "task": task, "algorithm": name, "mode": mode, "preset": preset, "seed": seed, "model": config.model.name,
-        "rewards": rewards, "samples": samples[1:], "seconds": seconds[1:], **evaluate(config, learner.adapter()),
-        "setup_s": setup_s, "eval_s": time.perf_counter() - eval_start,
+        "task": task,
+        "algorithm": name,
+        "mode": mode,
+        "preset": preset,
+        "seed": seed,
+        "model": config.model.name,
+        "rewards": rewards,
+        "samples": samples[1:],
+        "seconds": seconds[1:],
+        **evaluate(config, learner.adapter()),
+        "setup_s": setup_s,
+        "eval_s": time.perf_counter() - eval_start,
     }
-    print(f"{task:10s} {name:10s} {mode:6s} seed {seed}: {len(rewards)} epochs, {samples[-1]} samples, {seconds[-1]:.1f} s, "
-          f"reward {rewards[0]:.4f} -> {final_reward(run):.4f}, eval {run[f'eval_{task}']:.4f}, KL {run['kl_to_base']:.4g}, "
-          f"diversity {run['diversity']:.4f} (setup {setup_s:.0f} s, eval {run['eval_s']:.0f} s)", flush=True)
+    print(
+        f"{task:10s} {name:10s} {mode:6s} seed {seed}: {len(rewards)} epochs, {samples[-1]} samples, {seconds[-1]:.1f} s, "
+        f"reward {rewards[0]:.4f} -> {final_reward(run):.4f}, eval {run[f'eval_{task}']:.4f}, KL {run['kl_to_base']:.4g}, "
+        f"diversity {run['diversity']:.4f} (setup {setup_s:.0f} s, eval {run['eval_s']:.0f} s)",
+        flush=True,
+    )
     return run
 
 
@@ -192,7 +228,9 @@ def run_all(args: argparse.Namespace) -> dict:
     if args.algorithms:
         unknown = sorted(set(args.algorithms) - set(presets))
         if unknown:
-            raise SystemExit(f"--algorithms: {', '.join(unknown)} not registered with a toy preset; choose from {', '.join(presets)}")
+            raise SystemExit(
+                f"--algorithms: {', '.join(unknown)} not registered with a toy preset; choose from {', '.join(presets)}"
+            )
         presets = {name: preset for name, preset in presets.items() if name in args.algorithms}
     plan = cases(presets)
     evaluate = Evaluator()
@@ -201,7 +239,13 @@ def run_all(args: argparse.Namespace) -> dict:
         config = run_config(presets[name], task, 0)
         key = (config.model.name, config.sampling.num_steps, config.sampling.guidance_scale)
         if key not in base:
-            base[key] = {"model": config.model.name, "num_steps": config.sampling.num_steps, "tasks": [], "algorithms": [], **evaluate(config)}
+            base[key] = {
+                "model": config.model.name,
+                "num_steps": config.sampling.num_steps,
+                "tasks": [],
+                "algorithms": [],
+                **evaluate(config),
+            }
         base[key]["tasks"] += [task] if task not in base[key]["tasks"] else []
         base[key]["algorithms"] += [name] if name not in base[key]["algorithms"] else []
     runs, start = [], time.perf_counter()
@@ -210,9 +254,16 @@ def run_all(args: argparse.Namespace) -> dict:
         for task, name, mode in plan[shift:] + plan[:shift]:
             runs.append(train_one(task, name, presets[name], seed, args.budget_s, evaluate, mode))
     return {
-        "budget_s": args.budget_s, "seeds": args.seeds, "total_s": time.perf_counter() - start, "missing_presets": missing,
-        "threads": args.threads, "command": " ".join(["python benchmarks/bench_algorithms.py", *sys.argv[1:]]), "torch": torch.__version__,
-        "machine": platform.processor() or platform.machine(), "base": list(base.values()), "runs": runs,
+        "budget_s": args.budget_s,
+        "seeds": args.seeds,
+        "total_s": time.perf_counter() - start,
+        "missing_presets": missing,
+        "threads": args.threads,
+        "command": " ".join(["python benchmarks/bench_algorithms.py", *sys.argv[1:]]),
+        "torch": torch.__version__,
+        "machine": platform.processor() or platform.machine(),
+        "base": list(base.values()),
+        "runs": runs,
     }
 
 
@@ -229,7 +280,11 @@ def group_runs(results: dict, mode: str = "r") -> dict[tuple[str, str], list[dic
 def gain_over_control(runs: list[dict], controls: list[dict], task: str) -> str:
     """Eval reward of the runs minus that of their random-reward controls, ± SE over seeds."""
     if len(runs) < 2 or len(controls) < 2:
-        return "–" if not controls else f"{np.mean([r[f'eval_{task}'] for r in runs]) - np.mean([r[f'eval_{task}'] for r in controls]):+.4f}"
+        return (
+            "–"
+            if not controls
+            else f"{np.mean([r[f'eval_{task}'] for r in runs]) - np.mean([r[f'eval_{task}'] for r in controls]):+.4f}"
+        )
     g = gain([r[f"eval_{task}"] for r in runs], [r[f"eval_{task}"] for r in controls])
     return f"{g.delta:+.4f} ± {g.se:.4f} ({g.z:+.1f} SE)"
 
@@ -238,7 +293,11 @@ def mean_curve(runs: list[dict], x_key: str, points: int = 60) -> tuple[np.ndarr
     """Seed-mean and std of the reward against the training spent before the epoch's samples were drawn (samples or
     seconds; the first epoch, the initial policy, at 0), on a common grid (linear interpolation, each seed held at its
     last epoch's reward beyond it)."""
-    curves = [(np.concatenate([[0.0], np.asarray(r[x_key][:-1], float)]), np.asarray(r["rewards"], float)) for r in runs if r["rewards"]]
+    curves = [
+        (np.concatenate([[0.0], np.asarray(r[x_key][:-1], float)]), np.asarray(r["rewards"], float))
+        for r in runs
+        if r["rewards"]
+    ]
     if not curves:
         return np.array([]), np.array([]), np.array([])
     high = max(x[-1] for x, _ in curves)
@@ -264,8 +323,10 @@ def headline(results: dict) -> list[str]:
     """The RLCM paper's comparison in small: RLCM's time to reach DDPO's final JPEG reward."""
     groups = group_runs(results)
     if ("jpeg", "ddpo") not in groups:
-        return ["DDPO is not in `learner.algorithms.ALGORITHMS` with a `ddpo-tiny-cpu` preset on this checkout, so RLCM's time "
-                "to reach DDPO's final reward is not measured."]
+        return [
+            "DDPO is not in `learner.algorithms.ALGORITHMS` with a `ddpo-tiny-cpu` preset on this checkout, so RLCM's time "
+            "to reach DDPO's final reward is not measured."
+        ]
     if ("jpeg", "rlcm") not in groups:
         return ["RLCM has no JPEG runs: no time-to-reach figure."]
     ddpo, rlcm = groups[("jpeg", "ddpo")], groups[("jpeg", "rlcm")]
@@ -273,10 +334,14 @@ def headline(results: dict) -> list[str]:
     gain = float(np.mean([final_reward(r) - r["rewards"][0] for r in ddpo if r["rewards"]]))
     start = float(np.mean([r["rewards"][0] for r in rlcm if r["rewards"]]))
     ddpo_s = float(np.mean([r["seconds"][-1] for r in ddpo if r["seconds"]]))
-    lines = [f"DDPO's final JPEG reward (mean of its last (up to) {FINAL_EPOCHS} epochs, {len(ddpo)} seed(s), {ddpo_s:.1f} s of training on average): "
-             f"{target:.4f} (a gain of {gain:+.4f} over its first epoch)."]
-    for label, level, per in (("the same reward", target, lambda r: target), ("the same gain over its first epoch", start + gain,
-                                                                              lambda r: r["rewards"][0] + gain)):
+    lines = [
+        f"DDPO's final JPEG reward (mean of its last (up to) {FINAL_EPOCHS} epochs, {len(ddpo)} seed(s), {ddpo_s:.1f} s of training on average): "
+        f"{target:.4f} (a gain of {gain:+.4f} over its first epoch)."
+    ]
+    for label, level, per in (
+        ("the same reward", target, lambda r: target),
+        ("the same gain over its first epoch", start + gain, lambda r: r["rewards"][0] + gain),
+    ):
         times = [time_to_reach(r, per(r)) for r in rlcm if r["rewards"]]
         reached = [t for t in times if t is not None]
         text = ", ".join("not reached" if t is None else f"{t:.1f} s" for t in times)
@@ -299,9 +364,11 @@ def table(results: dict) -> list[str]:
         "|---|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|",
     ]
     for base in results["base"]:
-        lines.append(f"| {', '.join(base['tasks'])} | base ({base['model']}, {base['num_steps']} steps: {', '.join(base['algorithms'])}) | – | 0 | 0 | – | "
-                     f"– | {base['eval_jpeg']:.4f} | "
-                     f"{base['eval_smoothness']:.4f} | – | 0 | {base['diversity']:.4f} |")
+        lines.append(
+            f"| {', '.join(base['tasks'])} | base ({base['model']}, {base['num_steps']} steps: {', '.join(base['algorithms'])}) | – | 0 | 0 | – | "
+            f"– | {base['eval_jpeg']:.4f} | "
+            f"{base['eval_smoothness']:.4f} | – | 0 | {base['diversity']:.4f} |"
+        )
     controls = group_runs(results, "random")
     for (task, name), runs in group_runs(results).items():
         first = fmt([r["rewards"][0] for r in runs if r["rewards"]])
@@ -328,14 +395,29 @@ def plot(results: dict, path: Path) -> None:
                 ax.plot(grid, mean, color=colors.get(name), label=name, marker="o" if len(grid) == 1 else None)
                 ax.fill_between(grid, mean - std, mean + std, color=colors.get(name), alpha=0.2)
             kl, reward = [r["kl_to_base"] for r in runs], [r[f"eval_{task}"] for r in runs]
-            row[2].errorbar(np.mean(kl), np.mean(reward), xerr=np.std(kl), yerr=np.std(reward), fmt="o", color=colors.get(name),
-                            markersize=4 + 60 * np.mean([r["diversity"] for r in runs]), label=name)
+            row[2].errorbar(
+                np.mean(kl),
+                np.mean(reward),
+                xerr=np.std(kl),
+                yerr=np.std(reward),
+                fmt="o",
+                color=colors.get(name),
+                markersize=4 + 60 * np.mean([r["diversity"] for r in runs]),
+                label=name,
+            )
         for base in results["base"]:
             if task in base["tasks"]:
                 row[2].scatter(0, base[f"eval_{task}"], marker="s", color="gray")
-                row[2].annotate(f"base {base['model']} ({base['num_steps']} steps)", (0, base[f"eval_{task}"]), fontsize=7,
-                                xytext=(4, 2), textcoords="offset points")
-        for ax, xlabel in zip(row[:2], ("training samples before the epoch", "training wall-clock before the epoch (s)")):
+                row[2].annotate(
+                    f"base {base['model']} ({base['num_steps']} steps)",
+                    (0, base[f"eval_{task}"]),
+                    fontsize=7,
+                    xytext=(4, 2),
+                    textcoords="offset points",
+                )
+        for ax, xlabel in zip(
+            row[:2], ("training samples before the epoch", "training wall-clock before the epoch (s)")
+        ):
             ax.set_xlabel(xlabel)
             ax.set_ylabel(f"{TASKS[task]} reward of the epoch's samples")
             ax.grid(alpha=0.3)
@@ -345,7 +427,9 @@ def plot(results: dict, path: Path) -> None:
         row[2].set_ylabel(f"eval {TASKS[task]} reward")
         row[2].set_title("final policies (marker size = diversity)", fontsize=9)
         row[2].grid(alpha=0.3)
-    fig.suptitle(f"toy models, {results['seeds']} seed(s), {results['budget_s']:g} s of training per run: mean ± std over seeds")
+    fig.suptitle(
+        f"toy models, {results['seeds']} seed(s), {results['budget_s']:g} s of training per run: mean ± std over seeds"
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -396,10 +480,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--budget-s", type=float, default=45.0, help="training seconds per run (default 45)")
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--algorithms", nargs="+", help="only these registered algorithms (default: all with a toy preset)")
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (more than the free cores slows torch many-fold)")
+    parser.add_argument(
+        "--algorithms", nargs="+", help="only these registered algorithms (default: all with a toy preset)"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch CPU threads (more than the free cores slows torch many-fold)"
+    )
     parser.add_argument("--out-dir", type=Path, default=HERE)
-    parser.add_argument("--report-only", type=Path, help="rebuild the report and plot from a saved algorithms_runs.json")
+    parser.add_argument(
+        "--report-only", type=Path, help="rebuild the report and plot from a saved algorithms_runs.json"
+    )
     args = parser.parse_args()
     if args.budget_s <= 0 or args.seeds < 1:
         parser.error("--budget-s must be > 0 and --seeds >= 1")

@@ -46,8 +46,12 @@ def device_name(device: torch.device) -> str:
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="tiny", help="'tiny' (toy LCM) or a hub id / local folder of a real LCM")
-    parser.add_argument("--full-size", action="store_true", help="LCM_Dreamshaper_v7 at full size with random weights (random:<hub id>)")
-    parser.add_argument("--resolution", type=int, default=None, help="image size in px (default: 64 toy, 512 full size)")
+    parser.add_argument(
+        "--full-size", action="store_true", help="LCM_Dreamshaper_v7 at full size with random weights (random:<hub id>)"
+    )
+    parser.add_argument(
+        "--resolution", type=int, default=None, help="image size in px (default: 64 toy, 512 full size)"
+    )
     parser.add_argument("--batch", type=int, default=None, help="images per rollout call (default: 8 toy, 4 full size)")
     parser.add_argument("--steps", type=int, default=8, help="H, LCM inference steps")
     parser.add_argument("--guidance", type=float, default=8.0)
@@ -86,7 +90,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         resolution = args.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
         label = "toy LCM" if toy else args.model
     if toy:
-        lora = LoraSettings(rank=8, alpha=8, target_modules=["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2", "conv_out"])
+        lora = LoraSettings(
+            rank=8, alpha=8, target_modules=["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2", "conv_out"]
+        )
     else:
         lora = LoraSettings(rank=16, alpha=32)
     torch.manual_seed(0)
@@ -100,7 +106,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     gen = lambda seed: torch.Generator(device=device).manual_seed(seed)  # noqa: E731
 
     def rollout(seed: int = 0):
-        return sample_trajectory(pipe, prompts, args.steps, args.guidance, gen(seed), height=resolution, width=resolution)
+        return sample_trajectory(
+            pipe, prompts, args.steps, args.guidance, gen(seed), height=resolution, width=resolution
+        )
 
     def plain(seed: int = 0):
         with torch.no_grad():
@@ -135,7 +143,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         optimizer = build_optimizer(params, settings)
         traj = rollout(7).to(device)
         adv = torch.as_tensor(np.linspace(-1, 1, batch), dtype=torch.float32, device=device)
-        train_batch_data = TrainBatch(transitions=policy_for(pipe).transitions(pipe, traj), old_log_probs=traj.log_probs, advantages=adv)
+        train_batch_data = TrainBatch(
+            transitions=policy_for(pipe).transitions(pipe, traj), old_log_probs=traj.log_probs, advantages=adv
+        )
         torch_gen = torch.Generator().manual_seed(0)
         update = lambda: ppo_update(pipe.unet, optimizer, params, train_batch_data, settings, torch_gen)  # noqa: E731
         for _ in range(args.warmup):
@@ -147,8 +157,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             results["first_update_ratio_max_dev"] = max(abs(first["ratio_max"] - 1), abs(first["ratio_min"] - 1))
 
     print(f"device: {device_name(device)}; dtype {str(dtype).removeprefix('torch.')}")
-    print(f"model: {label}; {resolution}x{resolution} px; batch {batch}; H={args.steps}; LoRA rank {lora.rank}/alpha {lora.alpha:g}")
-    print(f"rollout (sample_trajectory): {results['rollout_images_per_s']:.2f} images/s  (median of {args.repeats}: {med_r:.3f} s/batch)")
+    print(
+        f"model: {label}; {resolution}x{resolution} px; batch {batch}; H={args.steps}; LoRA rank {lora.rank}/alpha {lora.alpha:g}"
+    )
+    print(
+        f"rollout (sample_trajectory): {results['rollout_images_per_s']:.2f} images/s  (median of {args.repeats}: {med_r:.3f} s/batch)"
+    )
     print(f"plain pipe(...):             {results['plain_images_per_s']:.2f} images/s  ({med_p:.3f} s/batch)")
     print(f"log-prob recording overhead: {results['logprob_overhead_pct']:+.1f}% (target <= 5%)")
     if "ppo_samples_per_s" in results:

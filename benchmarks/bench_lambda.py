@@ -23,8 +23,8 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 import torch
-
 from bench_rocm_vs_rlcm import evaluate, rocm_spec
+
 from cluster.prompts import epoch_prompts, load_prompts
 from learner.lam_controller import LamController
 from learner.rocm_learner import ROCMLearner
@@ -34,8 +34,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 HERE = Path(__file__).parent
-MEASURES = (("reward", "trained reward (smoothness) ↑"), ("jpeg_kb", "JPEG size, kB ↓ (off-target)"),
-            ("diversity", "diversity ↑ (off-target)"), ("kl_to_base", "Σ_k KL to the base"))
+MEASURES = (
+    ("reward", "trained reward (smoothness) ↑"),
+    ("jpeg_kb", "JPEG size, kB ↓ (off-target)"),
+    ("diversity", "diversity ↑ (off-target)"),
+    ("kl_to_base", "Σ_k KL to the base"),
+)
 
 
 def run(divergence: str, lam: float | str, epochs: int, prompts: list[str], eval_prompts: list[str]) -> dict:
@@ -44,14 +48,23 @@ def run(divergence: str, lam: float | str, epochs: int, prompts: list[str], eval
     lams, divergences, start = [], [], time.perf_counter()
     for epoch in range(epochs):
         lams.append(controller.lam)
-        metrics = learner.train(epoch_prompts(prompts, learner.spec.seed, epoch, learner.prompts_per_epoch), controller.lam)
+        metrics = learner.train(
+            epoch_prompts(prompts, learner.spec.seed, epoch, learner.prompts_per_epoch), controller.lam
+        )
         controller.step(metrics["divergence_mean"])
         divergences.append(metrics["divergence_mean"])
     seconds = time.perf_counter() - start
     final = evaluate(learner.pipe, eval_prompts, learner.spec.num_steps, learner.spec.guidance_scale)
     return {
-        "divergence": divergence, "setting": str(lam), "lam": float(np.mean(lams)), "lams": lams, "divergences": divergences, "seconds": seconds,
-        "reward": final["reward"], "kl_to_base": final["kl_to_base"], "diversity": final["diversity"],
+        "divergence": divergence,
+        "setting": str(lam),
+        "lam": float(np.mean(lams)),
+        "lams": lams,
+        "divergences": divergences,
+        "seconds": seconds,
+        "reward": final["reward"],
+        "kl_to_base": final["kl_to_base"],
+        "diversity": final["diversity"],
         "jpeg_kb": float(np.mean([jpeg_size_kb(image) for image in final["images"]])),
     }
 
@@ -61,11 +74,23 @@ def plot(results: list[dict], base: dict, path: Path) -> None:
     divergences = sorted({r["divergence"] for r in results if r["setting"] != "0.0"})
     for ax, (key, title) in zip(axes, MEASURES):
         for i, divergence in enumerate(divergences):
-            fixed = sorted((r["lam"], r[key]) for r in results if r["divergence"] == divergence and r["setting"] not in ("auto", "0.0"))
+            fixed = sorted(
+                (r["lam"], r[key])
+                for r in results
+                if r["divergence"] == divergence and r["setting"] not in ("auto", "0.0")
+            )
             ax.plot(*zip(*fixed), marker="o", color=f"C{i}", label=f"{divergence} (fixed λ)")
             for r in results:
                 if r["divergence"] == divergence and r["setting"] == "auto":
-                    ax.plot(r["lam"], r[key], marker="*", markersize=14, color=f"C{i}", linestyle="none", label=f"{divergence} auto (mean λ)")
+                    ax.plot(
+                        r["lam"],
+                        r[key],
+                        marker="*",
+                        markersize=14,
+                        color=f"C{i}",
+                        linestyle="none",
+                        label=f"{divergence} auto (mean λ)",
+                    )
         ax.axhline(base[key], color="gray", linestyle="--", label="base model")
         zero = [r for r in results if r["setting"] == "0.0"]
         if zero:
@@ -99,13 +124,18 @@ def main() -> None:
         for lam in (*sweep, "auto"):
             results.append(run(divergence, lam, epochs, prompts, eval_prompts))
             r = results[-1]
-            print(f"{divergence:9s} λ={r['setting']:5s} (mean {r['lam']:.3g}): reward {r['reward']:.4f}, jpeg {r['jpeg_kb']:.3f} kB, "
-                  f"diversity {r['diversity']:.4f}, KL {r['kl_to_base']:.4g}, {r['seconds']:.0f} s", flush=True)
+            print(
+                f"{divergence:9s} λ={r['setting']:5s} (mean {r['lam']:.3g}): reward {r['reward']:.4f}, jpeg {r['jpeg_kb']:.3f} kB, "
+                f"diversity {r['diversity']:.4f}, KL {r['kl_to_base']:.4g}, {r['seconds']:.0f} s",
+                flush=True,
+            )
     plot(results, base, HERE / "lambda_sweep.png")
     lines = [
         f"# ROCM λ sweep on the toy ({epochs} epochs, 4 chains per epoch; {platform.processor() or platform.machine()}, "
-        f"{torch.get_num_threads()} torch thread(s); `{' '.join(['python', f'benchmarks/{Path(sys.argv[0]).name}', *sys.argv[1:]])}`)", "",
-        "| divergence | λ | mean λ | trained reward | JPEG kB | diversity | Σ_k KL to base | train s |", "|---|---|---:|---:|---:|---:|---:|---:|",
+        f"{torch.get_num_threads()} torch thread(s); `{' '.join(['python', f'benchmarks/{Path(sys.argv[0]).name}', *sys.argv[1:]])}`)",
+        "",
+        "| divergence | λ | mean λ | trained reward | JPEG kB | diversity | Σ_k KL to base | train s |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
         f"| base model | – | – | {base['reward']:.4f} | {base['jpeg_kb']:.3f} | {base['diversity']:.4f} | 0 | 0 |",
     ]
     lines += [
@@ -114,9 +144,16 @@ def main() -> None:
         for r in results
     ]
     autos = [r for r in results if r["setting"] == "auto"]
-    lines += ["", "auto λ per epoch: " + "; ".join(f"{r['divergence']}: " + ", ".join(f"{v:.3g}" for v in r["lams"]) for r in autos)]
-    lines += ["", "auto D̄ (mean Σ_k D_k of the epoch's chains; target 0.1) per epoch: "
-              + "; ".join(f"{r['divergence']}: " + ", ".join(f"{v:.3g}" for v in r["divergences"]) for r in autos)]
+    lines += [
+        "",
+        "auto λ per epoch: "
+        + "; ".join(f"{r['divergence']}: " + ", ".join(f"{v:.3g}" for v in r["lams"]) for r in autos),
+    ]
+    lines += [
+        "",
+        "auto D̄ (mean Σ_k D_k of the epoch's chains; target 0.1) per epoch: "
+        + "; ".join(f"{r['divergence']}: " + ", ".join(f"{v:.3g}" for v in r["divergences"]) for r in autos),
+    ]
     (HERE / "RESULTS_lambda.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     print(f"wrote {HERE / 'lambda_sweep.png'} and {HERE / 'RESULTS_lambda.md'}")

@@ -29,7 +29,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--resolution", type=int, default=128)
     parser.add_argument("--batch", type=int, default=4, help="rollout batch (sampling.batch_size)")
-    parser.add_argument("--train-batches", default="2,1", help="learner rows per call (train_batch_size), comma-separated")
+    parser.add_argument(
+        "--train-batches", default="2,1", help="learner rows per call (train_batch_size), comma-separated"
+    )
     parser.add_argument("--steps", type=int, default=3, help="H, inference steps")
     parser.add_argument("--out", default="benchmarks/RESULTS_old_logprob_gap.md")
     args = parser.parse_args()
@@ -45,18 +47,34 @@ def main() -> None:
     from rollout.settings import LoraSettings
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    where = torch.cuda.get_device_name() if device.type == "cuda" else f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
+    where = (
+        torch.cuda.get_device_name()
+        if device.type == "cuda"
+        else f"CPU ({platform.machine()}, {torch.get_num_threads()} threads)"
+    )
     start = time.perf_counter()
     lora = LoraSettings(rank=8, alpha=8, target_modules=["to_q", "to_k", "to_v", "to_out.0"])
     settings = PPOSettings(clip_range=CLIP_RANGE, recompute_old_log_probs=True)
-    learner = PPOLearner(LearnerSpec(model=MODEL, lora=lora, ppo=settings, stat_buffer_size=16, stat_min_count=1, device=str(device), dtype=torch.bfloat16))
+    learner = PPOLearner(
+        LearnerSpec(
+            model=MODEL,
+            lora=lora,
+            ppo=settings,
+            stat_buffer_size=16,
+            stat_min_count=1,
+            device=str(device),
+            dtype=torch.bfloat16,
+        )
+    )
     with torch.no_grad():
         for name, param in learner.pipe.unet.named_parameters():
             if "lora_B" in name:
                 param.normal_(0, 0.05, generator=torch.Generator().manual_seed(len(name)))
     prompts = [f"a photo of animal number {i}" for i in range(args.batch)]
     res = args.resolution
-    trajectory = sample_trajectory(learner.pipe, prompts, args.steps, 8.0, torch.Generator(device=device).manual_seed(0), height=res, width=res)
+    trajectory = sample_trajectory(
+        learner.pipe, prompts, args.steps, 8.0, torch.Generator(device=device).manual_seed(0), height=res, width=res
+    )
     transitions = policy_for(learner.pipe).transitions(learner.pipe, trajectory.to(device))
     initial = copy.deepcopy(learner.state_dict())
     print(f"built and sampled in {time.perf_counter() - start:.0f} s", flush=True)
@@ -67,26 +85,42 @@ def main() -> None:
         # without recomputation: the learner's log π at the rollout's weights, with the calls of a first PPO pass
         order = draw_pass_orders(torch.Generator().manual_seed(0), args.batch, args.steps - 1, 1, True)[0]
         learner.pipe.unet.train()
-        learner_lp = recompute_log_probs(learner.pipe.unet, transitions, pass_calls(order, train_batch, args.steps - 1), trajectory.log_probs.shape)
+        learner_lp = recompute_log_probs(
+            learner.pipe.unet, transitions, pass_calls(order, train_batch, args.steps - 1), trajectory.log_probs.shape
+        )
         learner.pipe.unet.eval()
         delta = (learner_lp - trajectory.log_probs.to(device)).flatten().cpu().numpy()
         gap = np.abs(delta)
         # with recomputation: one PPO update; every call before its optimizer step (grad_accum_steps = batch / train batch)
-        learner.spec.ppo = settings.model_copy(update={"train_batch_size": train_batch, "grad_accum_steps": args.batch // train_batch})
+        learner.spec.ppo = settings.model_copy(
+            update={"train_batch_size": train_batch, "grad_accum_steps": args.batch // train_batch}
+        )
         metrics = learner.train(trajectory, np.linspace(-1, 1, args.batch))
         columns[train_batch] = [
-            f"{gap.size}", f"{np.median(gap):.3g}", f"{np.quantile(gap, 0.9):.3g}", f"{gap.max():.3g}", f"{(gap > CLIP_RANGE).mean():.2f}",
-            f"{np.abs(np.expm1(delta)).max():.3g}", f"{(np.abs(np.expm1(delta)) > CLIP_RANGE).mean():.2f}",
-            f"{metrics['ratio_first_pass_max_dev']:.3g}", f"{metrics['clipfrac']:.3f}", f"{metrics['old_logprob_gap_max']:.3g}",
+            f"{gap.size}",
+            f"{np.median(gap):.3g}",
+            f"{np.quantile(gap, 0.9):.3g}",
+            f"{gap.max():.3g}",
+            f"{(gap > CLIP_RANGE).mean():.2f}",
+            f"{np.abs(np.expm1(delta)).max():.3g}",
+            f"{(np.abs(np.expm1(delta)) > CLIP_RANGE).mean():.2f}",
+            f"{metrics['ratio_first_pass_max_dev']:.3g}",
+            f"{metrics['clipfrac']:.3f}",
+            f"{metrics['old_logprob_gap_max']:.3g}",
         ]
-        print(f"train batch {train_batch}: " + ", ".join(f"{k} {v}" for k, v in zip(MEASURES, columns[train_batch])), flush=True)
+        print(
+            f"train batch {train_batch}: " + ", ".join(f"{k} {v}" for k, v in zip(MEASURES, columns[train_batch])),
+            flush=True,
+        )
 
     lines = [
-        "# Rollout/learner log-prob gap (π_old recomputation)", "",
+        "# Rollout/learner log-prob gap (π_old recomputation)",
+        "",
         f"`benchmarks/bench_old_logprob_gap.py`: {MODEL}, rank-8 attention LoRA (B ≠ 0), bf16 base, {res} px, H={args.steps}, "
         f"rollout batch {args.batch} (eval mode) vs the learner's train batch (train mode), same weights. Device: {where}; "
         f"{time.perf_counter() - start:.0f} s in all. The first pass's ratio without recomputation is exp(Δ) of the same calls "
-        "(the forward rounds the same with and without grad); with it, one PPO update with every call before its optimizer step.", "",
+        "(the forward rounds the same with and without grad); with it, one PPO update with every call before its optimizer step.",
+        "",
         "| measure | " + " | ".join(f"rollout batch {args.batch} vs train batch {b}" for b in train_batches) + " |",
         "|---|" + "---|" * len(train_batches),
         *[f"| {m} | " + " | ".join(columns[b][i] for b in train_batches) + " |" for i, m in enumerate(MEASURES)],

@@ -1,6 +1,6 @@
 """Reward service benchmark: JPEG images/s per CPU replica and scaling, HTTP vs handle per-batch overhead.
 
-    python benchmarks/bench_rewards.py [--replicas 1 2] [--batch 16] [--size 512] [--seconds 10]
+python benchmarks/bench_rewards.py [--replicas 1 2] [--batch 16] [--size 512] [--seconds 10]
 """
 
 from __future__ import annotations
@@ -93,8 +93,10 @@ def main() -> None:
     port = free_port()
     print("\n| JPEG replicas | images/s | per replica |\n|---|---|---|")
     for n in args.replicas:
-        config = RewardServiceConfig(settings=ServiceSettings(port=port, auth_token=None),
-                                     rewards=[RewardDeploymentConfig(name="jpeg_compressibility", num_replicas=n, num_cpus=0.5)])
+        config = RewardServiceConfig(
+            settings=ServiceSettings(port=port, auth_token=None),
+            rewards=[RewardDeploymentConfig(name="jpeg_compressibility", num_replicas=n, num_cpus=0.5)],
+        )
         run_service(config)
         handle = serve.get_deployment_handle("jpeg_compressibility", app_name="rewards")
         rate = throughput(lambda im, p, h=handle: h.score.remote(im, p).result(), images, args.seconds, 2 * n)
@@ -105,12 +107,24 @@ def main() -> None:
     payload_mb = sum(len(s) for s in encode_batch(images)) / 1e6
     local = latency_ms(scorer.score, images, args.repeats)
     via_handle = latency_ms(lambda im, p: handle.score.remote(im, p).result(), images, args.repeats)
-    via_http = latency_ms(lambda im, p: http.post("/v1/score/jpeg_compressibility", json={"prompts": p, "images": encode_batch(im)}).raise_for_status(), images, args.repeats)
-    print(f"\nper-batch latency ({args.batch} images, {payload_mb:.1f} MB of base64 PNG over HTTP), median of {args.repeats}:")
+    via_http = latency_ms(
+        lambda im, p: http.post(
+            "/v1/score/jpeg_compressibility", json={"prompts": p, "images": encode_batch(im)}
+        ).raise_for_status(),
+        images,
+        args.repeats,
+    )
+    print(
+        f"\nper-batch latency ({args.batch} images, {payload_mb:.1f} MB of base64 PNG over HTTP), median of {args.repeats}:"
+    )
     print("| path | ms/batch | overhead vs in process |\n|---|---|---|")
     encode = latency_ms(lambda im, p: encode_batch(im), images, args.repeats)
-    for name, ms in (("in process", local), ("Serve handle", via_handle), ("HTTP (PNG encode + ingress + handle)", via_http),
-                     ("of which client PNG encode", encode)):
+    for name, ms in (
+        ("in process", local),
+        ("Serve handle", via_handle),
+        ("HTTP (PNG encode + ingress + handle)", via_http),
+        ("of which client PNG encode", encode),
+    ):
         print(f"| {name} | {ms:.1f} | {ms - local:+.1f} |")
     ray.shutdown()
 

@@ -70,7 +70,14 @@ class Run:
 def evaluate(pipe, prompts: list[str], num_steps: int, guidance_scale: float) -> dict:
     """Reward, Σ_k KL to the base and diversity of one policy on fixed prompts and noise."""
     out = rocm_objective(
-        pipe, prompts, num_steps, guidance_scale, torch.Generator().manual_seed(EVAL_SEED), SMOOTHNESS(), "kl", 1.0,
+        pipe,
+        prompts,
+        num_steps,
+        guidance_scale,
+        torch.Generator().manual_seed(EVAL_SEED),
+        SMOOTHNESS(),
+        "kl",
+        1.0,
         gradient_checkpointing=False,
     )
     images = out["images"]
@@ -86,11 +93,18 @@ def evaluate(pipe, prompts: list[str], num_steps: int, guidance_scale: float) ->
 def run_rlcm(epochs: int, prompts: list[str], eval_prompts: list[str]) -> Run:
     rlcm, rocm = load_config("tiny-cpu"), load_config("rocm-tiny-cpu")
     steps, guidance = rocm.sampling.num_steps, rocm.sampling.guidance_scale
-    worker = RolloutWorker(RolloutSpec(model="tiny", lora=rocm.model.lora, num_steps=steps, guidance_scale=guidance, device="cpu"))
+    worker = RolloutWorker(
+        RolloutSpec(model="tiny", lora=rocm.model.lora, num_steps=steps, guidance_scale=guidance, device="cpu")
+    )
     learner = PPOLearner(
         LearnerSpec(
-            model="tiny", lora=rocm.model.lora, ppo=rlcm.train, stat_buffer_size=rlcm.stat_tracking.buffer_size,
-            stat_min_count=rlcm.stat_tracking.min_count, seed=rlcm.run.seed, device="cpu",
+            model="tiny",
+            lora=rocm.model.lora,
+            ppo=rlcm.train,
+            stat_buffer_size=rlcm.stat_tracking.buffer_size,
+            stat_min_count=rlcm.stat_tracking.min_count,
+            seed=rlcm.run.seed,
+            device="cpu",
         )
     )
     scorer = build_scorer("smoothness")
@@ -101,7 +115,10 @@ def run_rlcm(epochs: int, prompts: list[str], eval_prompts: list[str]) -> Run:
         worker.set_adapter(learner.adapter())
         chosen = epoch_prompts(prompts, rlcm.run.seed, epoch, size * batches)
         traj = Trajectory.concat(
-            [worker.sample(chosen[b * size : (b + 1) * size], batch_seed(rlcm.run.seed, epoch, b)) for b in range(batches)]
+            [
+                worker.sample(chosen[b * size : (b + 1) * size], batch_seed(rlcm.run.seed, epoch, b))
+                for b in range(batches)
+            ]
         )
         rewards = np.asarray(scorer.score(traj.images.permute(0, 2, 3, 1).numpy(), traj.prompts).rewards)
         learner.train(traj, learner.advantages(traj.prompts, rewards))
@@ -114,9 +131,14 @@ def run_rlcm(epochs: int, prompts: list[str], eval_prompts: list[str]) -> Run:
 def rocm_spec(divergence: str, lam: float) -> ROCMLearnerSpec:
     cfg = load_config("rocm-tiny-cpu")
     return ROCMLearnerSpec(
-        model="tiny", lora=cfg.model.lora, rocm=cfg.rocm.model_copy(update={"divergence": divergence, "lam": lam}),
-        num_steps=cfg.sampling.num_steps, guidance_scale=cfg.sampling.guidance_scale, reward_factory=SMOOTHNESS,
-        seed=cfg.run.seed, device="cpu",
+        model="tiny",
+        lora=cfg.model.lora,
+        rocm=cfg.rocm.model_copy(update={"divergence": divergence, "lam": lam}),
+        num_steps=cfg.sampling.num_steps,
+        guidance_scale=cfg.sampling.guidance_scale,
+        reward_factory=SMOOTHNESS,
+        seed=cfg.run.seed,
+        device="cpu",
     )
 
 
@@ -134,12 +156,18 @@ def run_rocm(divergence: str, lam: float, epochs: int, prompts: list[str], eval_
 def plot_curves(runs: list[Run], base: dict, path: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(17, 4.8))
     for i, run in enumerate(runs):
-        style = dict(marker=".", linewidth=2.2 if run.algorithm == "rlcm" else 1.3, color="black" if run.algorithm == "rlcm" else f"C{i}")
+        style = dict(
+            marker=".",
+            linewidth=2.2 if run.algorithm == "rlcm" else 1.3,
+            color="black" if run.algorithm == "rlcm" else f"C{i}",
+        )
         axes[0].plot(run.samples, run.epoch_rewards, label=run.name, **style)
         axes[1].plot(run.seconds, run.epoch_rewards, label=run.name, **style)
         point = (run.final["kl_to_base"], run.final["reward"])
         axes[2].scatter(*point, s=20 + 400 * run.final["diversity"], color=style["color"])
-        axes[2].annotate(run.name, point, fontsize=7, color=style["color"], xytext=(6, 12 - 9 * (i % 4)), textcoords="offset points")
+        axes[2].annotate(
+            run.name, point, fontsize=7, color=style["color"], xytext=(6, 12 - 9 * (i % 4)), textcoords="offset points"
+        )
     axes[2].scatter(0.0, base["reward"], s=20 + 400 * base["diversity"], marker="s", color="gray")
     axes[2].annotate("base", (0.0, base["reward"]), fontsize=7, xytext=(4, 2), textcoords="offset points")
     for ax, xlabel in zip(axes[:2], ("training samples (images)", "training wall-clock (s)")):
@@ -201,7 +229,15 @@ def write_results(runs: list[Run], base: dict, args: argparse.Namespace, total_s
             f"| {run.name} | {run.samples[-1]} | {run.seconds[-1]:.1f} | {run.epoch_rewards[-1]:.4f} | {f['reward']:.4f} | "
             f"{f['kl_to_base']:.4f} | {f['diversity']:.4f} |"
         )
-    lines += ["", *summary_lines(runs), "", "![curves](rocm_vs_rlcm.png)", "", "![samples](rocm_vs_rlcm_samples.png)", ""]
+    lines += [
+        "",
+        *summary_lines(runs),
+        "",
+        "![curves](rocm_vs_rlcm.png)",
+        "",
+        "![samples](rocm_vs_rlcm_samples.png)",
+        "",
+    ]
     path.write_text("\n".join(lines))
 
 
@@ -209,17 +245,26 @@ def summary_lines(runs: list[Run]) -> list[str]:
     """Two read-offs from the table: cost to match RLCM's final reward, and the λ sweep of the kl runs."""
     rlcm = next(run for run in runs if run.algorithm == "rlcm")
     target = rlcm.epoch_rewards[-1]
-    lines = [f"Cost to reach RLCM's last-epoch training reward ({target:.4f}; RLCM: {rlcm.samples[-1]} samples, {rlcm.seconds[-1]:.0f} s):", ""]
+    lines = [
+        f"Cost to reach RLCM's last-epoch training reward ({target:.4f}; RLCM: {rlcm.samples[-1]} samples, {rlcm.seconds[-1]:.0f} s):",
+        "",
+    ]
     for run in (run for run in runs if run is not rlcm):
         hit = next((i for i, r in enumerate(run.epoch_rewards) if r >= target), None)
         reached = f"{run.samples[hit]} samples, {run.seconds[hit]:.1f} s" if hit is not None else "not reached"
         lines.append(f"- {run.name}: {reached}")
     sweep = sorted(
-        ((run.lam, run.final) for run in runs if run.algorithm == "rocm" and (run.divergence == "kl" or run.lam == 0)), key=lambda item: item[0]
+        ((run.lam, run.final) for run in runs if run.algorithm == "rocm" and (run.divergence == "kl" or run.lam == 0)),
+        key=lambda item: item[0],
     )
-    lines += ["", "kl λ sweep (eval): " + "; ".join(
-        f"λ={lam:g}: KL {f['kl_to_base']:.3g}, diversity {f['diversity']:.3f}, reward {f['reward']:.3f}" for lam, f in sweep
-    )]
+    lines += [
+        "",
+        "kl λ sweep (eval): "
+        + "; ".join(
+            f"λ={lam:g}: KL {f['kl_to_base']:.3g}, diversity {f['diversity']:.3f}, reward {f['reward']:.3f}"
+            for lam, f in sweep
+        ),
+    ]
     return lines
 
 
@@ -239,19 +284,32 @@ def main() -> None:
     if not args.quick:
         settings += [("kl", 0.1), ("reverse_kl", 1.0), ("hellinger", 1.0), ("fisher", 1.0), ("js", 1.0)]
     start = time.perf_counter()
-    base = evaluate(ROCMLearner(rocm_spec("kl", 0.0)).pipe, eval_prompts, cfg.sampling.num_steps, cfg.sampling.guidance_scale)
+    base = evaluate(
+        ROCMLearner(rocm_spec("kl", 0.0)).pipe, eval_prompts, cfg.sampling.num_steps, cfg.sampling.guidance_scale
+    )
     runs = [run_rlcm(args.epochs, prompts, eval_prompts)]
-    print(f"{runs[-1].name}: reward {runs[-1].epoch_rewards[0]:.4f} -> {runs[-1].epoch_rewards[-1]:.4f}, {runs[-1].seconds[-1]:.0f} s", flush=True)
+    print(
+        f"{runs[-1].name}: reward {runs[-1].epoch_rewards[0]:.4f} -> {runs[-1].epoch_rewards[-1]:.4f}, {runs[-1].seconds[-1]:.0f} s",
+        flush=True,
+    )
     for divergence, lam in settings:
         runs.append(run_rocm(divergence, lam, args.epochs, prompts, eval_prompts))
-        print(f"{runs[-1].name}: reward {runs[-1].epoch_rewards[0]:.4f} -> {runs[-1].epoch_rewards[-1]:.4f}, "
-              f"KL {runs[-1].final['kl_to_base']:.4f}, {runs[-1].seconds[-1]:.0f} s", flush=True)
+        print(
+            f"{runs[-1].name}: reward {runs[-1].epoch_rewards[0]:.4f} -> {runs[-1].epoch_rewards[-1]:.4f}, "
+            f"KL {runs[-1].final['kl_to_base']:.4f}, {runs[-1].seconds[-1]:.0f} s",
+            flush=True,
+        )
     total = time.perf_counter() - start
     args.out_dir.mkdir(parents=True, exist_ok=True)
     plot_curves(runs, base, args.out_dir / "rocm_vs_rlcm.png")
     by_name = {run.name: run.final for run in runs}
-    grid_rows = [("base", base), ("ROCM λ=0", by_name["ROCM λ=0"]), ("ROCM kl λ=1", by_name["ROCM kl λ=1"]),
-                 ("ROCM kl λ=10", by_name["ROCM kl λ=10"]), ("RLCM", by_name["RLCM (PPO)"])]
+    grid_rows = [
+        ("base", base),
+        ("ROCM λ=0", by_name["ROCM λ=0"]),
+        ("ROCM kl λ=1", by_name["ROCM kl λ=1"]),
+        ("ROCM kl λ=10", by_name["ROCM kl λ=10"]),
+        ("RLCM", by_name["RLCM (PPO)"]),
+    ]
     plot_grids(grid_rows, eval_prompts, args.out_dir / "rocm_vs_rlcm_samples.png")
     write_results(runs, base, args, total, args.out_dir / "RESULTS_rocm.md")
     print(f"wrote {args.out_dir}/RESULTS_rocm.md, rocm_vs_rlcm.png, rocm_vs_rlcm_samples.png in {total / 60:.1f} min")

@@ -37,9 +37,14 @@ def run_all(args) -> dict:
     runs, start = [], time.perf_counter()
 
     def results() -> dict:
-        return {"command": " ".join(["python benchmarks/bench_sign_test.py", *sys.argv[1:]]), "torch": torch.__version__,
-                "machine": platform.processor() or platform.machine(), "seeds": args.seeds, "total_s": time.perf_counter() - start,
-                "runs": runs}
+        return {
+            "command": " ".join(["python benchmarks/bench_sign_test.py", *sys.argv[1:]]),
+            "torch": torch.__version__,
+            "machine": platform.processor() or platform.machine(),
+            "seeds": args.seeds,
+            "total_s": time.perf_counter() - start,
+            "runs": runs,
+        }
 
     for name in args.algorithms:
         preset = SIGN_TESTS[name]
@@ -49,10 +54,23 @@ def run_all(args) -> dict:
             for mode in MODES:
                 t0 = time.perf_counter()
                 seeded = load_config(preset, [f"run.seed={seed}", f"run.epochs={config.run.epochs}"])
-                run = sign_test_run(seeded, mode, seeded.run.epochs, held_out, NOISES, worker, initial=(seed == 0 and mode == "r"))
-                runs.append({"algorithm": name, "preset": preset, "epochs": seeded.run.epochs, **run, "seconds": time.perf_counter() - t0})
-                print(f"{name:5s} seed {seed} {mode:>6s}: train reward {run['curve'][0]:.3f} -> {run['curve'][-1]:.3f}, "
-                      f"held-out {run['held_out']:.4f} ({runs[-1]['seconds']:.0f} s)", flush=True)
+                run = sign_test_run(
+                    seeded, mode, seeded.run.epochs, held_out, NOISES, worker, initial=(seed == 0 and mode == "r")
+                )
+                runs.append(
+                    {
+                        "algorithm": name,
+                        "preset": preset,
+                        "epochs": seeded.run.epochs,
+                        **run,
+                        "seconds": time.perf_counter() - t0,
+                    }
+                )
+                print(
+                    f"{name:5s} seed {seed} {mode:>6s}: train reward {run['curve'][0]:.3f} -> {run['curve'][-1]:.3f}, "
+                    f"held-out {run['held_out']:.4f} ({runs[-1]['seconds']:.0f} s)",
+                    flush=True,
+                )
                 (args.out_dir / "sign_test_runs.json").write_text(json.dumps(results(), indent=1))
     return results()
 
@@ -63,17 +81,36 @@ def rows(results: dict) -> list[dict]:
     for name in dict.fromkeys(r["algorithm"] for r in results["runs"]):
         runs = [r for r in results["runs"] if r["algorithm"] == name]
         held = {mode: [r["held_out"] for r in runs if r["mode"] == mode] for mode in MODES}
-        up, down = (gain(held[mode], held["random"]) if min(len(held[mode]), len(held["random"])) >= 2 else None for mode in ("r", "-r"))
+        up, down = (
+            gain(held[mode], held["random"]) if min(len(held[mode]), len(held["random"])) >= 2 else None
+            for mode in ("r", "-r")
+        )
         initial = [r["initial"] for r in runs if "initial" in r]
-        out.append({"algorithm": name, "preset": runs[0]["preset"], "epochs": runs[0]["epochs"], "seeds": len(held["r"]),
-                    "initial": initial[0] if initial else float("nan"), "held": held, "up": up, "down": down,
-                    "passed": up is not None and down is not None and up.z >= Z_PASS and down.z <= -Z_PASS})
+        out.append(
+            {
+                "algorithm": name,
+                "preset": runs[0]["preset"],
+                "epochs": runs[0]["epochs"],
+                "seeds": len(held["r"]),
+                "initial": initial[0] if initial else float("nan"),
+                "held": held,
+                "up": up,
+                "down": down,
+                "passed": up is not None and down is not None and up.z >= Z_PASS and down.z <= -Z_PASS,
+            }
+        )
     return out
 
 
 def table(results: dict) -> list[str]:
     def cell(values):
-        return "–" if not values else f"{values[0]:.3f}" if len(values) == 1 else f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}"
+        return (
+            "–"
+            if not values
+            else f"{values[0]:.3f}"
+            if len(values) == 1
+            else f"{np.mean(values):.3f} ± {np.std(values, ddof=1):.3f}"
+        )
 
     def g(x):
         if x is None:
@@ -81,12 +118,16 @@ def table(results: dict) -> list[str]:
         lo, hi = x.interval()
         return f"{x.delta:+.3f} [{lo:+.3f}, {hi:+.3f}] ({x.z:+.1f} SE)"
 
-    lines = ["| algorithm | preset | epochs | seeds | initial policy | r | random control | −r | r − control [95% CI] | −r − control [95% CI] | pass |",
-             "|---|---|---:|---:|---:|---:|---:|---:|---|---|---|"]
+    lines = [
+        "| algorithm | preset | epochs | seeds | initial policy | r | random control | −r | r − control [95% CI] | −r − control [95% CI] | pass |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|---|---|",
+    ]
     for row in rows(results):
         h = row["held"]
-        lines.append(f"| {row['algorithm']} | {row['preset']} | {row['epochs']} | {row['seeds']} | {row['initial']:.3f} | {cell(h['r'])} | "
-                     f"{cell(h['random'])} | {cell(h['-r'])} | {g(row['up'])} | {g(row['down'])} | {'yes' if row['passed'] else 'NO'} |")
+        lines.append(
+            f"| {row['algorithm']} | {row['preset']} | {row['epochs']} | {row['seeds']} | {row['initial']:.3f} | {cell(h['r'])} | "
+            f"{cell(h['random'])} | {cell(h['-r'])} | {g(row['up'])} | {g(row['down'])} | {'yes' if row['passed'] else 'NO'} |"
+        )
     return lines
 
 
@@ -120,7 +161,12 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, help="override the presets' run.epochs (default: theirs)")
     parser.add_argument("--out-dir", type=Path, default=ROOT / "docs" / "results")
-    parser.add_argument("--report-only", type=Path, nargs="+", help="rebuild the report from saved sign_test_runs.json files (runs joined)")
+    parser.add_argument(
+        "--report-only",
+        type=Path,
+        nargs="+",
+        help="rebuild the report from saved sign_test_runs.json files (runs joined)",
+    )
     args = parser.parse_args()
     if args.seeds < 2:
         parser.error("--seeds must be >= 2 (a standard error needs two)")
@@ -128,8 +174,12 @@ def main() -> None:
     args.out_dir.mkdir(parents=True, exist_ok=True)
     if args.report_only:
         parts = [json.loads(path.read_text()) for path in args.report_only]
-        results = {**parts[0], "runs": [run for part in parts for run in part["runs"]], "total_s": sum(p["total_s"] for p in parts),
-                   "command": " + ".join(p["command"] for p in parts)}
+        results = {
+            **parts[0],
+            "runs": [run for part in parts for run in part["runs"]],
+            "total_s": sum(p["total_s"] for p in parts),
+            "command": " + ".join(p["command"] for p in parts),
+        }
     else:
         results = run_all(args)
     write_results(results, args.out_dir / "sign_test.md")

@@ -38,7 +38,9 @@ def start(mode: str, config: Path, port: int, log: Path) -> subprocess.Popen:
     args = [sys.executable, "-m", "cluster.cli", "rewards", "serve", "--config", str(config), "--port", str(port)]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     with log.open("w") as out:
-        return subprocess.Popen(args + (["--standalone"] if mode == "standalone" else []), stdout=out, stderr=subprocess.STDOUT, env=env)
+        return subprocess.Popen(
+            args + (["--standalone"] if mode == "standalone" else []), stdout=out, stderr=subprocess.STDOUT, env=env
+        )
 
 
 def wait_healthy(base: str, proc: subprocess.Popen, within_s: float) -> None:
@@ -91,8 +93,10 @@ def attack(base: str, port: int, sources: int, per_source: int, seconds: float) 
     statuses = collections.Counter(status for batch in scores for status in batch.statuses)
     latencies = sorted(t for batch in scores for t in batch.seconds)
     quantile = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000  # noqa: E731
-    print(f"  {len(latencies)} scores in {seconds:.0f} s: statuses {dict(statuses)}; p50 {quantile(0.5):.1f} ms, p99 {quantile(0.99):.1f} ms, "
-          f"max {latencies[-1] * 1000:.1f} ms")
+    print(
+        f"  {len(latencies)} scores in {seconds:.0f} s: statuses {dict(statuses)}; p50 {quantile(0.5):.1f} ms, p99 {quantile(0.99):.1f} ms, "
+        f"max {latencies[-1] * 1000:.1f} ms"
+    )
     print("  stalled uploads still held at " + ", ".join(f"{t} s: {n}" for t, n in held.items()))
     print(f"  answers: {dict(collections.Counter(kind(a) for a in answers))}")
 
@@ -100,11 +104,15 @@ def attack(base: str, port: int, sources: int, per_source: int, seconds: float) 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--modes", nargs="+", default=["standalone", "serve"], choices=["standalone", "serve"])
-    parser.add_argument("--seconds", type=float, default=12.0, help="how long each attack lasts while the client scores")
+    parser.add_argument(
+        "--seconds", type=float, default=12.0, help="how long each attack lasts while the client scores"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         config = Path(tmp) / "rewards.yaml"
-        config.write_text(f"rewards:\n  - name: jpeg_compressibility\n    num_cpus: 0.5\nsettings:\n  auth_token: {TOKEN}\n")
+        config.write_text(
+            f"rewards:\n  - name: jpeg_compressibility\n    num_cpus: 0.5\nsettings:\n  auth_token: {TOKEN}\n"
+        )
         for mode in args.modes:
             port = free_port()
             base, log = f"http://127.0.0.1:{port}", Path(tmp) / f"{mode}.log"

@@ -36,8 +36,15 @@ from rewards_service.scorers import build_scorer  # noqa: E402
 from rewards_service.settings import ServiceSettings  # noqa: E402
 
 TOKEN = "fuzz-token"
-SETTINGS = ServiceSettings(auth_token=TOKEN, max_images_per_request=8, max_pixels_per_image=64 * 64, max_image_side=96,
-                           max_pixels_per_request=4 * 64 * 64, max_pixels_in_flight=8 * 64 * 64, max_body_bytes=256 * 1024)
+SETTINGS = ServiceSettings(
+    auth_token=TOKEN,
+    max_images_per_request=8,
+    max_pixels_per_image=64 * 64,
+    max_image_side=96,
+    max_pixels_per_request=4 * 64 * 64,
+    max_pixels_in_flight=8 * 64 * 64,
+    max_body_bytes=256 * 1024,
+)
 DOCUMENTED = {200} | set(ERRORS)
 
 
@@ -55,15 +62,30 @@ def png_header(width: int, height: int) -> bytes:
 
 
 b64 = st.builds(lambda raw: base64.b64encode(raw).decode(), st.binary(max_size=64))
-valid_png = st.builds(lambda w, h, m, s: base64.b64encode(png(w, h, m, s)).decode(),
-                      st.integers(1, 72), st.integers(1, 72), st.sampled_from(["L", "RGB", "RGBA"]), st.integers(0, 9))
+valid_png = st.builds(
+    lambda w, h, m, s: base64.b64encode(png(w, h, m, s)).decode(),
+    st.integers(1, 72),
+    st.integers(1, 72),
+    st.sampled_from(["L", "RGB", "RGBA"]),
+    st.integers(0, 9),
+)
 truncated_png = st.builds(lambda p, cut: p[: max(1, len(p) * cut // 100)], valid_png, st.integers(1, 99))
-huge_header = st.builds(lambda w, h, tail: base64.b64encode(png_header(w, h) + tail).decode(),
-                        st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1), st.binary(max_size=32))
-png_like = st.builds(lambda tail: "iVBORw0KGgo" + tail, st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=", max_size=80))
+huge_header = st.builds(
+    lambda w, h, tail: base64.b64encode(png_header(w, h) + tail).decode(),
+    st.integers(0, 2**32 - 1),
+    st.integers(0, 2**32 - 1),
+    st.binary(max_size=32),
+)
+png_like = st.builds(
+    lambda tail: "iVBORw0KGgo" + tail,
+    st.text(alphabet="ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/=", max_size=80),
+)
 image_string = st.one_of(valid_png, truncated_png, huge_header, png_like, b64, st.text(max_size=40))
-json_value = st.recursive(st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
-                          lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=12)
+json_value = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
 
 
 @st.composite
@@ -80,13 +102,24 @@ def shaped_body(draw) -> dict:
     return body
 
 
-request = st.fixed_dictionaries({
-    "name": st.integers(0, 19).flatmap(lambda i: st.text(alphabet="abcdefghijklmnopqrstuvwxyz_0123456789-", min_size=1, max_size=20) if i == 0
-                                       else st.sampled_from(["jpeg_compressibility"] * 3 + ["jpeg_incompressibility"])),
-    "body": st.integers(0, 9).flatmap(lambda i: json_value if i == 0 else st.binary(max_size=200) if i == 1 else shaped_body()),
-    "content_type": st.sampled_from(["application/json"] * 16 + ["text/plain", "application/json; charset=utf-8", ""]),
-    "auth": st.sampled_from([f"Bearer {TOKEN}"] * 16 + ["", "Bearer wrong", "Basic abc", f"bearer {TOKEN}"]),
-})
+request = st.fixed_dictionaries(
+    {
+        "name": st.integers(0, 19).flatmap(
+            lambda i: (
+                st.text(alphabet="abcdefghijklmnopqrstuvwxyz_0123456789-", min_size=1, max_size=20)
+                if i == 0
+                else st.sampled_from(["jpeg_compressibility"] * 3 + ["jpeg_incompressibility"])
+            )
+        ),
+        "body": st.integers(0, 9).flatmap(
+            lambda i: json_value if i == 0 else st.binary(max_size=200) if i == 1 else shaped_body()
+        ),
+        "content_type": st.sampled_from(
+            ["application/json"] * 16 + ["text/plain", "application/json; charset=utf-8", ""]
+        ),
+        "auth": st.sampled_from([f"Bearer {TOKEN}"] * 16 + ["", "Bearer wrong", "Basic abc", f"bearer {TOKEN}"]),
+    }
+)
 
 
 def main() -> None:
@@ -99,8 +132,13 @@ def main() -> None:
     statuses: Counter = Counter()
     bad: list[str] = []
 
-    @settings(max_examples=args.cases, deadline=None, database=None, derandomize=False,
-              suppress_health_check=list(HealthCheck))
+    @settings(
+        max_examples=args.cases,
+        deadline=None,
+        database=None,
+        derandomize=False,
+        suppress_health_check=list(HealthCheck),
+    )
     @given(request)
     def one(case: dict) -> None:
         body = case["body"]
@@ -108,7 +146,12 @@ def main() -> None:
         headers = {k: v for k, v in (("content-type", case["content_type"]), ("authorization", case["auth"])) if v}
         response = client.post(f"/v1/score/{case['name']}", content=content, headers=headers)
         statuses[response.status_code] += 1
-        if response.status_code >= 500 or response.status_code not in DOCUMENTED or "detail" not in response.json() and response.status_code != 200:
+        if (
+            response.status_code >= 500
+            or response.status_code not in DOCUMENTED
+            or "detail" not in response.json()
+            and response.status_code != 200
+        ):
             bad.append(f"{response.status_code}: {response.text[:200]} <- {str(case)[:300]}")
 
     import random

@@ -92,18 +92,28 @@ def predicted(resolution: int, batch: int) -> dict[str, int]:
     from cluster.plan import chain_bytes, measure
     from rollout.settings import LoraSettings
 
-    p = measure("SimianLuo/LCM_Dreamshaper_v7", resolution, torch.bfloat16, LoraSettings(rank=16, alpha=32), batch=batch)
+    p = measure(
+        "SimianLuo/LCM_Dreamshaper_v7", resolution, torch.bfloat16, LoraSettings(rank=16, alpha=32), batch=batch
+    )
     # checkpointed, the earlier calls are recomputed and backpropagated while the LoRA grads (fp32) that the later
     # calls accumulated are alive; `rlcm plan` counts those grads in its "LoRA + grads + AdamW" part
     lora_grads = p.lora_params * 4
-    return {"nograd": p.unet_nograd_peak * batch, "train": p.unet_train_peak * batch,
-            "chain3": chain_bytes(p, 3, False) * batch, "chain3-ckpt": chain_bytes(p, 3, True) * batch + lora_grads}
+    return {
+        "nograd": p.unet_nograd_peak * batch,
+        "train": p.unet_train_peak * batch,
+        "chain3": chain_bytes(p, 3, False) * batch,
+        "chain3-ckpt": chain_bytes(p, 3, True) * batch + lora_grads,
+    }
 
 
 def measured(resolution: int, batch: int, modes=MODES) -> dict[str, tuple[int, int]]:
     """{mode: (tensor peak, allocator peak)} in bytes, from a fresh process."""
-    out = subprocess.run([sys.executable, "-c", CHILD, str(resolution), str(batch), *modes], capture_output=True, text=True,
-                         env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")})
+    out = subprocess.run(
+        [sys.executable, "-c", CHILD, str(resolution), str(batch), *modes],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")},
+    )
     if out.returncode:
         raise SystemExit(f"measuring at {resolution} px failed:\n{out.stderr[-2000:]}")
     return {k: tuple(v) for k, v in json.loads(out.stdout.strip().splitlines()[-1]).items()}
@@ -115,11 +125,20 @@ def main(resolutions: list[int], batch: int = 1, modes=MODES) -> list[dict]:
         pred, meas = predicted(res, batch), measured(res, batch, modes)
         for mode in modes:
             tensors, allocator = meas[mode]
-            row = {"resolution": res, "mode": mode, "predicted_mb": pred[mode] / 1e6, "measured_mb": tensors / 1e6,
-                   "allocator_peak_mb": allocator / 1e6, "error": pred[mode] / tensors - 1}
+            row = {
+                "resolution": res,
+                "mode": mode,
+                "predicted_mb": pred[mode] / 1e6,
+                "measured_mb": tensors / 1e6,
+                "allocator_peak_mb": allocator / 1e6,
+                "error": pred[mode] / tensors - 1,
+            }
             rows.append(row)
-            print(f"{res:4d} px  {mode:11s} predicted {row['predicted_mb']:8.1f} MB  measured {row['measured_mb']:8.1f} MB  "
-                  f"error {100 * row['error']:+5.1f}%   (allocator peak incl. kernel scratch {row['allocator_peak_mb']:8.1f} MB)", flush=True)
+            print(
+                f"{res:4d} px  {mode:11s} predicted {row['predicted_mb']:8.1f} MB  measured {row['measured_mb']:8.1f} MB  "
+                f"error {100 * row['error']:+5.1f}%   (allocator peak incl. kernel scratch {row['allocator_peak_mb']:8.1f} MB)",
+                flush=True,
+            )
     return rows
 
 

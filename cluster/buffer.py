@@ -35,7 +35,9 @@ def staleness(learner_version: int, policy_version: int) -> int:
     return learner_version - policy_version
 
 
-def join_reward(entry: Entry, rewards: list[float], valid: list[bool] | None, version: str, error: str | None = None) -> None:
+def join_reward(
+    entry: Entry, rewards: list[float], valid: list[bool] | None, version: str, error: str | None = None
+) -> None:
     """Attach a ScoreResult's fields; non-finite rewards are invalid, never read as scores."""
     values = np.asarray(rewards, dtype=np.float64)
     mask = np.asarray(valid if valid else [True] * len(values), dtype=bool) & np.isfinite(values)

@@ -27,7 +27,10 @@ class SamplingRecord(BaseModel):
 
     def sampler_options(self) -> dict:
         """The keyword arguments of `pipe(...)` that depend on the sampler: LCM's original steps, DDIM's η when recorded."""
-        return {"original_inference_steps": self.original_inference_steps, **({"eta": self.eta} if self.eta is not None else {})}
+        return {
+            "original_inference_steps": self.original_inference_steps,
+            **({"eta": self.eta} if self.eta is not None else {}),
+        }
 
 
 DEFAULTS = SamplingRecord()
@@ -37,10 +40,18 @@ DEFAULTS = SamplingRecord()
 def checkpoint_record(config: Any) -> dict:
     """The record of a checkpoint trained with `config` (a TrainConfig)."""
     sampling = config.sampling
-    return {"model": config.model.name, "model_seed": config.model.seed,
-            "sampling": SamplingRecord(num_steps=sampling.num_steps, guidance_scale=sampling.guidance_scale,
-                                       original_inference_steps=sampling.original_inference_steps,
-                                       height=sampling.height, width=sampling.width, eta=config.algo.eta(config)).model_dump()}
+    return {
+        "model": config.model.name,
+        "model_seed": config.model.seed,
+        "sampling": SamplingRecord(
+            num_steps=sampling.num_steps,
+            guidance_scale=sampling.guidance_scale,
+            original_inference_steps=sampling.original_inference_steps,
+            height=sampling.height,
+            width=sampling.width,
+            eta=config.algo.eta(config),
+        ).model_dump(),
+    }
 
 
 def write_record(directory: Path, config: Any) -> None:
@@ -52,7 +63,9 @@ def read_record(lora: Path | None) -> dict:
     if lora is None:
         return {}
     if not (lora / "pytorch_lora_weights.safetensors").is_file():
-        raise FileNotFoundError(f"{lora} holds no pytorch_lora_weights.safetensors; pass a checkpoints/epoch-NNNN folder")
+        raise FileNotFoundError(
+            f"{lora} holds no pytorch_lora_weights.safetensors; pass a checkpoints/epoch-NNNN folder"
+        )
     path = lora / RECORD
     return json.loads(path.read_text()) if path.is_file() else {}
 
@@ -62,10 +75,15 @@ def sampling_settings(record: dict, steps: int | None, guidance_scale: float | N
     and one line that says where each came from."""
     recorded = SamplingRecord.model_validate(record["sampling"]) if "sampling" in record else None
     base = recorded or DEFAULTS
-    chosen = base.model_copy(update={k: v for k, v in (("num_steps", steps), ("guidance_scale", guidance_scale)) if v is not None})
+    chosen = base.model_copy(
+        update={k: v for k, v in (("num_steps", steps), ("guidance_scale", guidance_scale)) if v is not None}
+    )
     size = f"{chosen.height}x{chosen.width}" if chosen.height and chosen.width else "the model's default size"
     origin = "the checkpoint's " + RECORD if recorded else "defaults (the checkpoint records no sampling settings)"
-    overridden = [name for name, value in (("--steps", steps), ("--guidance-scale", guidance_scale)) if value is not None]
-    line = (f"{chosen.num_steps} steps, guidance {chosen.guidance_scale:g}, {size}: from {origin}"
-            + (f", except {' and '.join(overridden)} as given" if overridden else ""))
+    overridden = [
+        name for name, value in (("--steps", steps), ("--guidance-scale", guidance_scale)) if value is not None
+    ]
+    line = f"{chosen.num_steps} steps, guidance {chosen.guidance_scale:g}, {size}: from {origin}" + (
+        f", except {' and '.join(overridden)} as given" if overridden else ""
+    )
     return chosen, line

@@ -25,7 +25,13 @@ def _train(args: argparse.Namespace) -> int:
     if args.dry_run:
         from cluster.dryrun import run_dry_run
 
-        run_dry_run(name, config, Path(args.output_dir or DEFAULT_OUTPUT.format(name=name + "-dry-run")), args.dry_run_resolution, args.verbose)
+        run_dry_run(
+            name,
+            config,
+            Path(args.output_dir or DEFAULT_OUTPUT.format(name=name + "-dry-run")),
+            args.dry_run_resolution,
+            args.verbose,
+        )
         return 0
     output_dir = Path(args.output_dir or DEFAULT_OUTPUT.format(name=name))
     if args.resume:
@@ -36,8 +42,10 @@ def _train(args: argparse.Namespace) -> int:
         for note in notes:
             print(f"rlcm: {note}")
         if point and point.epoch + 1 >= config.run.epochs:
-            print(f"{output_dir} is complete ({point.epoch + 1} of {config.run.epochs} epochs); nothing to resume. "
-                  "Raise run.epochs with --set to train longer.")
+            print(
+                f"{output_dir} is complete ({point.epoch + 1} of {config.run.epochs} epochs); nothing to resume. "
+                "Raise run.epochs with --set to train longer."
+            )
             return 0
         from cluster.validate import validate_before_ray
 
@@ -55,8 +63,10 @@ def _train(args: argparse.Namespace) -> int:
 def summary_line(rows: list[dict], total: int) -> str:
     """First and last reward of a run, epochs counted from 1 as the per-epoch lines count them."""
     first, last = rows[0], rows[-1]
-    return (f"reward_mean {first['reward_mean']:.4f} (epoch {first['epoch'] + 1}/{total}) -> "
-            f"{last['reward_mean']:.4f} (epoch {last['epoch'] + 1}/{total})")
+    return (
+        f"reward_mean {first['reward_mean']:.4f} (epoch {first['epoch'] + 1}/{total}) -> "
+        f"{last['reward_mean']:.4f} (epoch {last['epoch'] + 1}/{total})"
+    )
 
 
 def _plan(args: argparse.Namespace) -> int:
@@ -107,9 +117,15 @@ def _sample(args: argparse.Namespace) -> int:
     pipe = load_pipeline(model, seed=recorded.get("model_seed", 0))
     pipe.load_lora_weights(str(lora))
     generator = torch.Generator(device=pipe.device).manual_seed(args.seed)
-    image = pipe(args.prompt, num_inference_steps=sampling.num_steps, guidance_scale=sampling.guidance_scale,
-                 height=sampling.height, width=sampling.width, **sampling.sampler_options(),
-                 generator=generator).images[0]
+    image = pipe(
+        args.prompt,
+        num_inference_steps=sampling.num_steps,
+        guidance_scale=sampling.guidance_scale,
+        height=sampling.height,
+        width=sampling.width,
+        **sampling.sampler_options(),
+        generator=generator,
+    ).images[0]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     image.save(args.out)
     print(f"wrote {args.out}")
@@ -132,27 +148,47 @@ def build_parser() -> argparse.ArgumentParser:
     from cluster.config import PRESETS
 
     train.add_argument("--config", help=f"YAML file or preset ({', '.join(PRESETS)}; default tiny-cpu)")
-    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value, e.g. train.learning_rate=3e-4")
+    train.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. train.learning_rate=3e-4",
+    )
     train.add_argument("--output-dir", help="run folder (default runs/<config name>)")
     train.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --output-dir")
     train.add_argument("--address", help="join this Ray cluster (default: RAY_ADDRESS if set, else a fresh local Ray)")
     train.add_argument("--verbose", "-v", action="store_true", default=argparse.SUPPRESS, help="as rlcm --verbose")
-    train.add_argument("--dry-run", action="store_true", help="run the preset end to end at its real architectures with random weights, small images, 2 epochs, on CPU")
-    train.add_argument("--dry-run-resolution", type=positive_int, default=64, metavar="PX", help="image size of --dry-run (default 64)")
+    train.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="run the preset end to end at its real architectures with random weights, small images, 2 epochs, on CPU",
+    )
+    train.add_argument(
+        "--dry-run-resolution", type=positive_int, default=64, metavar="PX", help="image size of --dry-run (default 64)"
+    )
     train.set_defaults(func=_train)
 
     plan = commands.add_parser("plan", help="memory, FLOPs and fit of a preset on a GPU kind, before renting one")
     plan.add_argument("--config", required=True, help="YAML file or preset")
     plan.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
-    plan.add_argument("--gpu", default="h100-80gb", help="GPU kind as usually written: A10G, L4, RTX 4090, A6000, L40S, A100-40GB, A100 (80GB), H100, H200, B200 (default h100-80gb)")
-    plan.add_argument("--mfu", type=float, default=0.35, help="model FLOP utilization assumed for samples/s (default 0.35)")
+    plan.add_argument(
+        "--gpu",
+        default="h100-80gb",
+        help="GPU kind as usually written: A10G, L4, RTX 4090, A6000, L40S, A100-40GB, A100 (80GB), H100, H200, B200 (default h100-80gb)",
+    )
+    plan.add_argument(
+        "--mfu", type=float, default=0.35, help="model FLOP utilization assumed for samples/s (default 0.35)"
+    )
     plan.add_argument("--json", action="store_true", help="print JSON")
     plan.set_defaults(func=_plan)
 
     scale = commands.add_parser("scale", help="change the number of rollout actors of a running `rlcm train`")
     scale.add_argument("--output-dir", required=True, help="the --output-dir of the running run")
     scale.add_argument("--rollout-actors", type=int, required=True)
-    scale.add_argument("--address", help="the run's cluster: host:port (printed by rlcm train) or auto; default RAY_ADDRESS")
+    scale.add_argument(
+        "--address", help="the run's cluster: host:port (printed by rlcm train) or auto; default RAY_ADDRESS"
+    )
     scale.set_defaults(func=_scale)
 
     submit = commands.add_parser("submit", help="submit `rlcm train` as a Ray job")
@@ -163,13 +199,19 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--wait", action="store_true", help="block until the job ends")
     submit.set_defaults(func=_submit)
 
-    rewards = commands.add_parser("rewards", help="the reward service").add_subparsers(dest="rewards_command", required=True)
+    rewards = commands.add_parser("rewards", help="the reward service").add_subparsers(
+        dest="rewards_command", required=True
+    )
     serve = rewards.add_parser("serve", help="start the reward service (Ray Serve, or uvicorn with --standalone)")
     serve.add_argument("--config", help="reward service YAML")
-    serve.add_argument("--standalone", action="store_true", help="run the FastAPI app under uvicorn with scorers in process, no Ray")
+    serve.add_argument(
+        "--standalone", action="store_true", help="run the FastAPI app under uvicorn with scorers in process, no Ray"
+    )
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--address", help="run Serve on this Ray cluster (default: RAY_ADDRESS if set, else a fresh local Ray)")
+    serve.add_argument(
+        "--address", help="run Serve on this Ray cluster (default: RAY_ADDRESS if set, else a fresh local Ray)"
+    )
     serve.add_argument("--verbose", "-v", action="store_true", default=argparse.SUPPRESS, help="as rlcm --verbose")
     serve.set_defaults(func=_serve)
 
@@ -181,9 +223,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_plot_parser(commands)
 
     sample = commands.add_parser(
-        "sample", help="generate an image with a trained LoRA", formatter_class=DefaultsHelpFormatter,
+        "sample",
+        help="generate an image with a trained LoRA",
+        formatter_class=DefaultsHelpFormatter,
         description="Sample one image from a checkpoint with the stock diffusers pipeline. Steps, guidance and size default to "
-                    "what the checkpoint was trained with (its rlcm_model.json; 8 steps, guidance 8 if it records none).")
+        "what the checkpoint was trained with (its rlcm_model.json; 8 steps, guidance 8 if it records none).",
+    )
     sample.add_argument("--lora", required=True, help="a checkpoints/epoch-NNNN folder")
     sample.add_argument("--prompt", required=True, help="the text prompt")
     sample.add_argument("--steps", type=positive_int, help="inference steps H (default: the checkpoint's)")
@@ -205,7 +250,9 @@ def explain(error: BaseException) -> str:
     text = str(error).strip()
     if not type(error).__module__.startswith("ray"):
         return text
-    raised = [line.strip() for line in text.splitlines() if re.match(r"^\s*[A-Za-z_][\w.]*(Error|Exception|Exit): ", line)]
+    raised = [
+        line.strip() for line in text.splitlines() if re.match(r"^\s*[A-Za-z_][\w.]*(Error|Exception|Exit): ", line)
+    ]
     return raised[-1] if raised else (text.splitlines() or [type(error).__name__])[0]
 
 

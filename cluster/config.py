@@ -15,7 +15,13 @@ from learner.algorithms.base import Algorithm
 from rewards_service.client import RetryPolicy, RewardClientConfig
 from rollout.settings import LoraSettings
 
-PRESETS = tuple(sorted(path.name.removesuffix(".yaml") for path in (resources.files("cluster") / "configs").iterdir() if path.name.endswith(".yaml")))
+PRESETS = tuple(
+    sorted(
+        path.name.removesuffix(".yaml")
+        for path in (resources.files("cluster") / "configs").iterdir()
+        if path.name.endswith(".yaml")
+    )
+)
 DEFAULT_PRESET = "tiny-cpu"
 
 
@@ -24,7 +30,10 @@ class Strict(BaseModel):
 
 
 class ModelConfig(Strict):
-    name: str = Field("tiny", description="'tiny' / 'tiny-ddim' (toys built from configs: LCM / Stable Diffusion), a hub id, or a local diffusers folder")
+    name: str = Field(
+        "tiny",
+        description="'tiny' / 'tiny-ddim' (toys built from configs: LCM / Stable Diffusion), a hub id, or a local diffusers folder",
+    )
     seed: int = Field(0, description="seed of the toy model's random weights")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     lora: LoraSettings = Field(default_factory=LoraSettings)
@@ -53,7 +62,8 @@ class RewardConfig(Strict):
         description="reward name (jpeg_compressibility, aesthetic, composite, ...); ROCM: a differentiable reward the learner backpropagates through",
     )
     monitor: str | None = Field(
-        None, description="ROCM: the reward the rollout actors' held-out samples are scored with through the reward client (default: `name`)"
+        None,
+        description="ROCM: the reward the rollout actors' held-out samples are scored with through the reward client (default: `name`)",
     )
     backend: Literal["local", "serve", "http"] = Field(
         "local", description="local: scorer in a Ray task; serve: the running Serve app's handle; http: the HTTP API"
@@ -61,9 +71,15 @@ class RewardConfig(Strict):
     options: dict[str, Any] = Field(default_factory=dict, description="scorer options (local backend only)")
     app_name: str = Field("rewards", description="Serve application name (serve backend)")
     url: str = Field("http://127.0.0.1:8000", description="service URL (http backend)")
-    token_env: str = Field("RLCM_REWARDS_TOKEN", description="environment variable holding the bearer token (http backend)")
+    token_env: str = Field(
+        "RLCM_REWARDS_TOKEN", description="environment variable holding the bearer token (http backend)"
+    )
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
-    timeout_s: float = Field(600.0, gt=0, description="how long the driver waits for one batch's score, retries included (serve: also for a lost replica's replacement)")
+    timeout_s: float = Field(
+        600.0,
+        gt=0,
+        description="how long the driver waits for one batch's score, retries included (serve: also for a lost replica's replacement)",
+    )
     num_cpus: float = Field(0.25, ge=0, description="CPUs reserved by each scoring task")
 
     def client_config(self, reward: str | None = None) -> RewardClientConfig:
@@ -101,27 +117,52 @@ class ResourcesConfig(Strict):
 class ScaleOutConfig(Strict):
     """How rollouts, rewards and learning overlap, and how rollout actors survive failures."""
 
-    mode: Literal["sync", "async"] = Field("sync", description="sync: on-policy epochs (Algorithm 1); async: rollouts go on while the learner trains")
-    max_staleness: int = Field(1, ge=0, description="async: drop trajectories more than k policy versions behind the learner")
+    mode: Literal["sync", "async"] = Field(
+        "sync", description="sync: on-policy epochs (Algorithm 1); async: rollouts go on while the learner trains"
+    )
+    max_staleness: int = Field(
+        1, ge=0, description="async: drop trajectories more than k policy versions behind the learner"
+    )
     max_inflight_per_actor: int = Field(2, ge=1, description="rollout batches queued per actor (backpressure)")
-    buffer_batches: int | None = Field(None, ge=1, description="trajectory buffer bound in batches (default: 2 updates' worth)")
+    buffer_batches: int | None = Field(
+        None, ge=1, description="trajectory buffer bound in batches (default: 2 updates' worth)"
+    )
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
     rollout_max_restarts: int = Field(3, ge=-1, description="Ray restarts of a crashed rollout actor (-1: unlimited)")
     rollout_max_task_retries: int = Field(2, ge=-1, description="Ray retries of a batch whose actor crashed")
-    learner_max_restarts: int = Field(2, ge=0, description="rebuild the learner group from the newest checkpoint this many times when a learner dies (e.g. its node is lost)")
-    learner_backend: Literal["auto", "gloo", "nccl"] = Field("auto", description="torch.distributed backend of the learner group")
+    learner_max_restarts: int = Field(
+        2,
+        ge=0,
+        description="rebuild the learner group from the newest checkpoint this many times when a learner dies (e.g. its node is lost)",
+    )
+    learner_backend: Literal["auto", "gloo", "nccl"] = Field(
+        "auto", description="torch.distributed backend of the learner group"
+    )
     control_poll_s: float = Field(1.0, gt=0, description="how often the driver reads the scale controller")
-    placement_timeout_s: float = Field(600.0, gt=0, description="give up (naming the resources keys) if Ray cannot place the actors by then")
-    call_timeout_s: float = Field(3600.0, gt=0, description="give up (naming the keys and the free resources) on a rollout batch or learner update that has not returned by then")
+    placement_timeout_s: float = Field(
+        600.0, gt=0, description="give up (naming the resources keys) if Ray cannot place the actors by then"
+    )
+    call_timeout_s: float = Field(
+        3600.0,
+        gt=0,
+        description="give up (naming the keys and the free resources) on a rollout batch or learner update that has not returned by then",
+    )
 
 
 class FaultConfig(Strict):
     """Fault and latency injection for tests and benchmarks (off by default)."""
 
-    rollout_crash_after_batches: int | None = Field(None, ge=1, description="rollout actor 0 exits after K batches (once)")
+    rollout_crash_after_batches: int | None = Field(
+        None, ge=1, description="rollout actor 0 exits after K batches (once)"
+    )
     reward_latency_s: float = Field(0.0, ge=0, description="extra seconds added to every reward call")
-    invalid_reward_epochs: list[int] = Field(default_factory=list, description="every reward of these epochs comes back invalid")
-    nan_loss_epochs: list[int] = Field(default_factory=list, description="RLCM: the learner's loss is NaN in these epochs (its advantages are poisoned)")
+    invalid_reward_epochs: list[int] = Field(
+        default_factory=list, description="every reward of these epochs comes back invalid"
+    )
+    nan_loss_epochs: list[int] = Field(
+        default_factory=list,
+        description="RLCM: the learner's loss is NaN in these epochs (its advantages are poisoned)",
+    )
 
 
 class RunConfig(Strict):
@@ -130,9 +171,17 @@ class RunConfig(Strict):
     save_every: int = Field(10, ge=1, description="checkpoint every N epochs (and at the end)")
     sample_grid_every: int = Field(5, ge=1)
     torch_threads: int | None = Field(None, ge=1)
-    max_skipped_updates: int = Field(3, ge=1, description="stop after this many consecutive epochs without a valid reward")
-    max_nonfinite_updates: int = Field(3, ge=1, description="stop after this many consecutive updates whose every optimizer step had a non-finite loss or gradient (each is skipped)")
-    tensorboard: bool = Field(True, description="write TensorBoard event files (scalars, sample grids) to <output>/tensorboard")
+    max_skipped_updates: int = Field(
+        3, ge=1, description="stop after this many consecutive epochs without a valid reward"
+    )
+    max_nonfinite_updates: int = Field(
+        3,
+        ge=1,
+        description="stop after this many consecutive updates whose every optimizer step had a non-finite loss or gradient (each is skipped)",
+    )
+    tensorboard: bool = Field(
+        True, description="write TensorBoard event files (scalars, sample grids) to <output>/tensorboard"
+    )
     wandb: bool = Field(False, description="also log to Weights & Biases (pip install 'rlcm[wandb]')")
     wandb_project: str = "rlcm"
     plots: bool = Field(True, description="redraw <output>/plots/*.png after every epoch")
@@ -174,7 +223,7 @@ class _TrainConfig(Strict):
         return {**data, algorithm.section: data.get(algorithm.section) or {}}
 
     @model_validator(mode="after")
-    def _check_algorithm(self) -> "_TrainConfig":
+    def _check_algorithm(self) -> _TrainConfig:
         self.algo.check_model(self)
         self.algo.check(self)
         return self
@@ -208,7 +257,10 @@ TrainConfig = create_model(
     "TrainConfig",
     __base__=_TrainConfig,
     __doc__=_TrainConfig.__doc__,
-    **{a.section: (a.settings | None, Field(None, description=f"settings of algorithm {a.name}")) for a in ALGORITHMS.values()},
+    **{
+        a.section: (a.settings | None, Field(None, description=f"settings of algorithm {a.name}"))
+        for a in ALGORITHMS.values()
+    },
 )
 
 
@@ -246,7 +298,9 @@ def _apply_override(data: dict[str, Any], assignment: str) -> None:
         node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as error:
         problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-        raise ConfigError(f"--set {key}: the value {raw!r} is not valid YAML ({problem}); quote it if it is text, e.g. {key}='{raw}'") from None
+        raise ConfigError(
+            f"--set {key}: the value {raw!r} is not valid YAML ({problem}); quote it if it is text, e.g. {key}='{raw}'"
+        ) from None
 
 
 def _format_validation_error(error: ValidationError, path: Path, overrides: dict[str, str]) -> str:
@@ -258,7 +312,14 @@ def _format_validation_error(error: ValidationError, path: Path, overrides: dict
         message = message.removeprefix("Value error, ")
         if not item["loc"] and ": " in message:  # a cross-field check names its key first
             where, message = message.split(": ", 1)
-        origin = next((f"--set {k}={v}" for k, v in overrides.items() if k == where or k.startswith(where + ".") or where.startswith(k + ".") or k in message), str(path))
+        origin = next(
+            (
+                f"--set {k}={v}"
+                for k, v in overrides.items()
+                if k == where or k.startswith(where + ".") or where.startswith(k + ".") or k in message
+            ),
+            str(path),
+        )
         lines.append(f"  {where}: {message} (from {origin})")
     return "\n".join(lines)
 
@@ -289,7 +350,9 @@ def with_overrides(config: TrainConfig, overrides: list[str]) -> TrainConfig:
     try:
         return TrainConfig.model_validate(data)
     except ValidationError as error:
-        raise ConfigError(_format_validation_error(error, Path("the configuration"), dict(o.split("=", 1) for o in overrides))) from None
+        raise ConfigError(
+            _format_validation_error(error, Path("the configuration"), dict(o.split("=", 1) for o in overrides))
+        ) from None
 
 
 def dump_config(config: TrainConfig) -> str:

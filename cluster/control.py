@@ -26,8 +26,13 @@ def controller_name(output_dir: str | Path) -> str:
 class ScaleController:
     """The rollout-actor target; with `per_actor` and `capacity`, a target that cannot fit is refused (ResourceError)."""
 
-    def __init__(self, rollout_actors: int, per_actor: ResourceRequest | None = None, fixed: tuple[ResourceRequest, ...] = (),
-                 capacity: Capacity | None = None):
+    def __init__(
+        self,
+        rollout_actors: int,
+        per_actor: ResourceRequest | None = None,
+        fixed: tuple[ResourceRequest, ...] = (),
+        capacity: Capacity | None = None,
+    ):
         self.target = rollout_actors
         self.per_actor, self.fixed, self.capacity = per_actor, fixed, capacity
 
@@ -44,7 +49,10 @@ class ScaleController:
 
 
 def start_controller(
-    output_dir: str | Path, rollout_actors: int, per_actor: ResourceRequest | None = None, fixed: tuple[ResourceRequest, ...] = (),
+    output_dir: str | Path,
+    rollout_actors: int,
+    per_actor: ResourceRequest | None = None,
+    fixed: tuple[ResourceRequest, ...] = (),
     capacity: Capacity | None = None,
 ):
     """The run's controller. per_actor: one rollout actor's request; fixed: the rest of the run (learners, reward tasks).
@@ -53,9 +61,9 @@ def start_controller(
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
-    return ScaleController.options(name=controller_name(output_dir), namespace=NAMESPACE, get_if_exists=True, scheduling_strategy=here).remote(
-        rollout_actors, per_actor, tuple(fixed), capacity
-    )
+    return ScaleController.options(
+        name=controller_name(output_dir), namespace=NAMESPACE, get_if_exists=True, scheduling_strategy=here
+    ).remote(rollout_actors, per_actor, tuple(fixed), capacity)
 
 
 def scale_rollouts(output_dir: str | Path, rollout_actors: int, address: str | None = None) -> int:

@@ -25,17 +25,24 @@ import numpy as np
 import ray
 
 from cluster.buffer import Entry, error_text
+from cluster.checkpoint_record import write_record
 from cluster.config import TrainConfig, dump_config
 from cluster.control import start_controller
-from cluster.checkpoint_record import write_record
 from cluster.durable import atomic_write_text
 from cluster.grid import grid_title, save_sample_grid
 from cluster.integrity import DRIVER_STATE, write_checkpoint
 from cluster.interrupts import Interrupted, StopRequest
 from cluster.output import OutputDir, disk_error
 from cluster.progress import EpochProgress
-from cluster.ray_setup import ResourceRequest, cluster_capacity, free_resources, init_ray, preflight, wait_for_placement_group
 from cluster.prompts import epoch_prompts, holdout_split, load_prompts
+from cluster.ray_setup import (
+    ResourceRequest,
+    cluster_capacity,
+    free_resources,
+    init_ray,
+    preflight,
+    wait_for_placement_group,
+)
 from cluster.rollout_pool import PoolOptions, RolloutPool
 from cluster.run_lock import run_lock
 from cluster.schedule import Scheduler, entries_to_rescore, mean_over_ranks, reward_summary, update_inputs
@@ -52,7 +59,9 @@ _CLIENTS: dict[str, RewardClient] = {}
 
 
 @ray.remote
-def score_images(client_config: RewardClientConfig, images: np.ndarray, prompts: list[str], latency_s: float = 0.0) -> ScoreResult:
+def score_images(
+    client_config: RewardClientConfig, images: np.ndarray, prompts: list[str], latency_s: float = 0.0
+) -> ScoreResult:
     """Score one batch in a Ray worker through a reward client (built once per worker process).
 
     The client retries with backoff; a batch that still fails comes back with valid=False.
@@ -87,7 +96,9 @@ class Update:
         if not self.refs:  # a skipped update (no valid reward): nothing runs
             return True
         ready, pending = ray.wait(self.refs, num_returns=len(self.refs), timeout=0)
-        if ready and pending:  # a rank that died (e.g. its node was lost) raises now; the others would wait in all-reduce
+        if (
+            ready and pending
+        ):  # a rank that died (e.g. its node was lost) raises now; the others would wait in all-reduce
             ray.get(ready)
         return not pending
 
@@ -97,12 +108,19 @@ def resource_requests(config: TrainConfig) -> list[ResourceRequest]:
     r = config.resources
     return [
         ResourceRequest(
-            "rollout actors", r.num_rollout_actors, r.rollout_cpus, r.rollout_gpus,
+            "rollout actors",
+            r.num_rollout_actors,
+            r.rollout_cpus,
+            r.rollout_gpus,
             ("resources.num_rollout_actors", "resources.rollout_cpus", "resources.rollout_gpus"),
         ),
         ResourceRequest(
-            "learners", r.num_learners, r.learner_cpus, r.learner_gpus,
-            ("resources.num_learners", "resources.learner_cpus", "resources.learner_gpus"), config.scaleout.placement_strategy,
+            "learners",
+            r.num_learners,
+            r.learner_cpus,
+            r.learner_gpus,
+            ("resources.num_learners", "resources.learner_cpus", "resources.learner_gpus"),
+            config.scaleout.placement_strategy,
         ),
         ResourceRequest("reward scoring", 1, config.reward.num_cpus, 0.0, ("reward.num_cpus",)),
     ]
@@ -128,14 +146,23 @@ class Trainer:
         requests = resource_requests(config)
         preflight(requests)
         prompts = load_prompts(config.prompts.source, config.prompts.limit)
-        self.train_prompts, rollout_prompts = holdout_split(prompts, min_held=config.sampling.batch_size) if self.own_samples else (prompts, prompts)
+        self.train_prompts, rollout_prompts = (
+            holdout_split(prompts, min_held=config.sampling.batch_size) if self.own_samples else (prompts, prompts)
+        )
         self.learners = self._learner_group()
         self.pool = self._rollout_pool()
         scale = config.scaleout
         self.num_batches = config.batches_per_update
         self.schedule = Scheduler(
-            rollout_prompts, config.sampling.batch_size, self.num_batches, config.run.seed, scale.mode, scale.max_staleness,
-            scale.buffer_batches or 2 * self.num_batches, self.start_epoch, distinct_prompts=self.own_samples,
+            rollout_prompts,
+            config.sampling.batch_size,
+            self.num_batches,
+            config.run.seed,
+            scale.mode,
+            scale.max_staleness,
+            scale.buffer_batches or 2 * self.num_batches,
+            self.start_epoch,
+            distinct_prompts=self.own_samples,
             group_size=self.algo.group_size(config),
         )
         self.reward_client = config.reward.client_config(config.reward.monitor if self.own_samples else None)
@@ -148,7 +175,11 @@ class Trainer:
         self.skipped_in_a_row = 0
         self.nonfinite = SkipStreak(config.run.max_nonfinite_updates, "updates", "run.max_nonfinite_updates")
         self.controller = start_controller(
-            output_dir, config.resources.num_rollout_actors, dataclasses.replace(requests[0], count=1), tuple(requests[1:]), cluster_capacity()
+            output_dir,
+            config.resources.num_rollout_actors,
+            dataclasses.replace(requests[0], count=1),
+            tuple(requests[1:]),
+            cluster_capacity(),
         )
         self.last_control = 0.0
         if state:
@@ -162,31 +193,59 @@ class Trainer:
     def _learner_group(self) -> LearnerGroup:
         config, resources = self.config, self.config.resources
         common = dict(
-            model=config.model.name, lora=config.model.lora, seed=config.run.seed, model_seed=config.model.seed, dtype=DTYPES[config.model.dtype]
+            model=config.model.name,
+            lora=config.model.lora,
+            seed=config.run.seed,
+            model_seed=config.model.seed,
+            dtype=DTYPES[config.model.dtype],
         )
         spec = self.algo.learner_spec(config, common)
         if config.faults.nan_loss_epochs and hasattr(spec, "nan_loss_versions"):
             spec = dataclasses.replace(spec, nan_loss_versions=tuple(config.faults.nan_loss_epochs))
         scale = config.scaleout
-        keys = ("resources.num_learners", "resources.learner_cpus", "resources.learner_gpus", "scaleout.placement_strategy")
+        keys = (
+            "resources.num_learners",
+            "resources.learner_cpus",
+            "resources.learner_gpus",
+            "scaleout.placement_strategy",
+        )
         return LearnerGroup(
-            spec, resources.num_learners, resources.learner_cpus, resources.learner_gpus, config.run.torch_threads,
-            scale.learner_backend, scale.placement_strategy,
-            functools.partial(wait_for_placement_group, timeout_s=scale.placement_timeout_s, what="learners", keys=keys),
+            spec,
+            resources.num_learners,
+            resources.learner_cpus,
+            resources.learner_gpus,
+            config.run.torch_threads,
+            scale.learner_backend,
+            scale.placement_strategy,
+            functools.partial(
+                wait_for_placement_group, timeout_s=scale.placement_timeout_s, what="learners", keys=keys
+            ),
         )
 
     def _rollout_pool(self) -> RolloutPool:
         config, resources, scale = self.config, self.config.resources, self.config.scaleout
         spec = RolloutSpec(
-            model=config.model.name, lora=config.model.lora, num_steps=config.sampling.num_steps, guidance_scale=config.sampling.guidance_scale,
-            height=config.sampling.height, width=config.sampling.width, original_inference_steps=config.sampling.original_inference_steps,
-            model_seed=config.model.seed, dtype=DTYPES[config.model.dtype], noise_group_size=self.algo.noise_group_size(config),
+            model=config.model.name,
+            lora=config.model.lora,
+            num_steps=config.sampling.num_steps,
+            guidance_scale=config.sampling.guidance_scale,
+            height=config.sampling.height,
+            width=config.sampling.width,
+            original_inference_steps=config.sampling.original_inference_steps,
+            model_seed=config.model.seed,
+            dtype=DTYPES[config.model.dtype],
+            noise_group_size=self.algo.noise_group_size(config),
             eta=self.algo.eta(config),
         )
         options = PoolOptions(
-            cpus=resources.rollout_cpus, gpus=resources.rollout_gpus, torch_threads=config.run.torch_threads,
-            max_inflight=scale.max_inflight_per_actor, max_restarts=scale.rollout_max_restarts, max_task_retries=scale.rollout_max_task_retries,
-            strategy=scale.placement_strategy, crash_after_batches=config.faults.rollout_crash_after_batches,
+            cpus=resources.rollout_cpus,
+            gpus=resources.rollout_gpus,
+            torch_threads=config.run.torch_threads,
+            max_inflight=scale.max_inflight_per_actor,
+            max_restarts=scale.rollout_max_restarts,
+            max_task_retries=scale.rollout_max_task_retries,
+            strategy=scale.placement_strategy,
+            crash_after_batches=config.faults.rollout_crash_after_batches,
             placement_timeout_s=scale.placement_timeout_s,
         )
         return RolloutPool(spec, options, resources.num_rollout_actors)
@@ -195,7 +254,9 @@ class Trainer:
     def score_batch(self, images_ref, prompts: list[str]) -> ray.ObjectRef:
         """The one place rewards are requested: ObjectRef of a ScoreResult for one batch."""
         reward = self.config.reward
-        return score_images.options(num_cpus=reward.num_cpus).remote(self.reward_client, images_ref, prompts, self.config.faults.reward_latency_s)
+        return score_images.options(num_cpus=reward.num_cpus).remote(
+            self.reward_client, images_ref, prompts, self.config.faults.reward_latency_s
+        )
 
     def rescore_stale(self, entries: list[Entry]) -> None:
         """One update never mixes reward versions: after a hot swap, re-score what an older version scored
@@ -206,13 +267,19 @@ class Trainer:
                 return
             reward = self.config.reward
             results = bounded_get(
-                [self.score_batch(e.images_ref, e.prompts) for e in stale], reward.timeout_s, f"re-scoring {len(stale)} batch(es)",
-                "reward.timeout_s", ("reward.num_cpus",), free_resources,
+                [self.score_batch(e.images_ref, e.prompts) for e in stale],
+                reward.timeout_s,
+                f"re-scoring {len(stale)} batch(es)",
+                "reward.timeout_s",
+                ("reward.num_cpus",),
+                free_resources,
             )
             for entry, result in zip(stale, results):
                 self.schedule.scored(entry, result.rewards, result.valid, result.version, error_text(result.details))
             self.rescored_batches += len(stale)
-        raise RuntimeError(f"reward versions kept changing while re-scoring: {sorted({e.reward_version for e in entries})}")
+        raise RuntimeError(
+            f"reward versions kept changing while re-scoring: {sorted({e.reward_version for e in entries})}"
+        )
 
     def publish(self, broadcast: bool) -> float:
         """Put rank 0's adapter in the object store once; new batches carry it (sync: pushed to every actor now)."""
@@ -227,7 +294,9 @@ class Trainer:
     def poll(self, extra: list, timeout: float) -> None:
         """Submit what the scheduler releases, dispatch, wait for any batch, reward or `extra` ref, file what landed."""
         self._control()
-        stopping = self.stop.requested and not self.own_samples  # (an own-samples update still needs its monitoring batches)
+        stopping = (
+            self.stop.requested and not self.own_samples
+        )  # (an own-samples update still needs its monitoring batches)
         for job in [] if stopping else self.schedule.to_submit():
             self.pool.submit(job)
         self.pool.pump()
@@ -240,7 +309,9 @@ class Trainer:
             self.watchdog.done(ref)
         reward = self.config.reward
         for done in self.pool.collect(ready):
-            entry = Entry(done.job.key, done.job.prompts, done.trajectory_ref, done.images_ref, done.info["policy_version"])
+            entry = Entry(
+                done.job.key, done.job.prompts, done.trajectory_ref, done.images_ref, done.info["policy_version"]
+            )
             self.landed_jobs[entry.key] = done.job
             entry.reward_ref = self.score_batch(done.images_ref, done.job.prompts)
             self.schedule.landed(entry)
@@ -274,11 +345,17 @@ class Trainer:
                 return
             self.schedule.buffer.resample(entry.key)
             self.pool.requeue(job)
-            print(f"rlcm: the images of batch {entry.key} were lost ({type(cause or error).__name__}: their node is gone); "
-                  "sampling the batch again", file=sys.stderr, flush=True)
+            print(
+                f"rlcm: the images of batch {entry.key} were lost ({type(cause or error).__name__}: their node is gone); "
+                "sampling the batch again",
+                file=sys.stderr,
+                flush=True,
+            )
             return
         if isinstance(cause, RewardUnavailable):
-            raise StalledError(f"reward scoring of batch {entry.key}: {cause}; free on the cluster now: {free_resources()}") from None
+            raise StalledError(
+                f"reward scoring of batch {entry.key}: {cause}; free on the cluster now: {free_resources()}"
+            ) from None
         raise error
 
     def _watch(self, extra: list) -> None:
@@ -290,11 +367,15 @@ class Trainer:
         for ref, (job, actor_id, *_) in self.pool.inflight.items():
             if ref not in self.watchdog.deadlines:
                 what = f"rollout batch {job.key} on rollout actor {actor_id} ({r.rollout_cpus:g} CPU, {r.rollout_gpus:g} GPU)"
-                self.watchdog.start(ref, what, limit, "scaleout.call_timeout_s", ("resources.rollout_cpus", "resources.rollout_gpus"))
+                self.watchdog.start(
+                    ref, what, limit, "scaleout.call_timeout_s", ("resources.rollout_cpus", "resources.rollout_gpus")
+                )
         for ref in extra:
             if ref not in self.watchdog.deadlines:
                 what = f"the learner update ({r.num_learners} × {r.learner_cpus:g} CPU, {r.learner_gpus:g} GPU)"
-                self.watchdog.start(ref, what, limit, "scaleout.call_timeout_s", ("resources.learner_cpus", "resources.learner_gpus"))
+                self.watchdog.start(
+                    ref, what, limit, "scaleout.call_timeout_s", ("resources.learner_cpus", "resources.learner_gpus")
+                )
 
     def _control(self) -> None:
         now = time.perf_counter()
@@ -318,12 +399,18 @@ class Trainer:
         """After a stop request: checkpoint the last finished epoch (the learners hold exactly its state) and say so."""
         total, last = self.config.run.epochs, self.rows[-1]["epoch"] if self.rows else self.start_epoch - 1
         if last < 0:
-            raise Interrupted(self.stop.signum, f"interrupted during epoch 1/{total}, before any epoch finished; nothing to checkpoint; "
-                                                "continue with --resume (it starts over)")
+            raise Interrupted(
+                self.stop.signum,
+                f"interrupted during epoch 1/{total}, before any epoch finished; nothing to checkpoint; "
+                "continue with --resume (it starts over)",
+            )
         checkpoint = self.out.checkpoint(last)
         if not checkpoint.is_dir():
             self.save_checkpoint(last)
-        raise Interrupted(self.stop.signum, f"interrupted after epoch {last + 1}/{total}; checkpoint {checkpoint.name}; continue with --resume")
+        raise Interrupted(
+            self.stop.signum,
+            f"interrupted after epoch {last + 1}/{total}; checkpoint {checkpoint.name}; continue with --resume",
+        )
 
     def _loop(self) -> list[dict]:
         rows, epoch, update = self.rows, self.start_epoch, None
@@ -335,7 +422,9 @@ class Trainer:
             if update is None:
                 queue_depth = len(self.schedule.buffer.ready())
                 update = self._start_update(epoch)
-            if update is not None and update.entries is None:  # learners sample their own: the epoch's monitoring batches
+            if (
+                update is not None and update.entries is None
+            ):  # learners sample their own: the epoch's monitoring batches
                 update.entries = self.schedule.take_update(self.version)
             if update is None or update.entries is None or not update.done():
                 self.poll(update.refs[:1] if update else [], timeout=1.0)
@@ -361,7 +450,9 @@ class Trainer:
 
         A rollouts epoch without a single valid reward gets an update with no refs (skipped)."""
         if self.own_samples:
-            prompts = epoch_prompts(self.train_prompts, self.config.run.seed, epoch, self.algo.prompts_per_epoch(self.config))
+            prompts = epoch_prompts(
+                self.train_prompts, self.config.run.seed, epoch, self.algo.prompts_per_epoch(self.config)
+            )
             lam = () if self.lam is None else (self.lam.lam,)
             return Update(self.learners.train(prompts, *lam), None, time.perf_counter())
         entries = self.schedule.take_update(self.version)
@@ -396,7 +487,9 @@ class Trainer:
         return times
 
     # ---- bookkeeping --------------------------------------------------------
-    def _finish(self, epoch: int, entries: list[Entry], metrics: dict, times: dict, stats: dict, epoch_start: float) -> dict:
+    def _finish(
+        self, epoch: int, entries: list[Entry], metrics: dict, times: dict, stats: dict, epoch_start: float
+    ) -> dict:
         """Write the epoch's metrics row, sample grid, tracking and checkpoint."""
         config = self.config
         for e in entries:
@@ -456,16 +549,26 @@ class Trainer:
         """Say which optimizer steps were skipped for non-finite numbers; stop after too many fully skipped updates."""
         skipped, steps = int(row.get("nonfinite_steps") or 0), int(row.get("optimizer_steps") or 0)
         if skipped:
-            print(f"rlcm: epoch {epoch + 1}: {skipped} of {steps} optimizer steps skipped (non-finite loss or gradients; "
-                  "not applied)", file=sys.stderr, flush=True)
-        self.nonfinite.record(f"epoch {epoch + 1}: all {steps} steps non-finite" if steps and skipped == steps else None)
+            print(
+                f"rlcm: epoch {epoch + 1}: {skipped} of {steps} optimizer steps skipped (non-finite loss or gradients; "
+                "not applied)",
+                file=sys.stderr,
+                flush=True,
+            )
+        self.nonfinite.record(
+            f"epoch {epoch + 1}: all {steps} steps non-finite" if steps and skipped == steps else None
+        )
 
     def _save_grid(self, epoch: int, entries: list[Entry]) -> np.ndarray:
         shown = entries[:2]
         images = np.concatenate(ray.get([e.images_ref for e in shown]))
         prompts = [p for e in shown for p in e.prompts]
         rewards = np.concatenate([e.rewards for e in shown]).tolist()
-        reward, what = (self.config.reward.monitor or self.config.reward.name, "held-out monitor") if self.own_samples else (self.config.reward.name, "")
+        reward, what = (
+            (self.config.reward.monitor or self.config.reward.name, "held-out monitor")
+            if self.own_samples
+            else (self.config.reward.name, "")
+        )
         title = grid_title(epoch, self.config.run.epochs, reward, rewards, what)
         return save_sample_grid(self.out.samples / f"epoch-{epoch:04d}.png", images, prompts, rewards, title=title)
 
@@ -490,7 +593,9 @@ class Trainer:
         ray.kill(self.controller)
 
 
-def train(config: TrainConfig, output_dir: Path, resume: bool = False, verbose: bool = False, address: str | None = None) -> list[dict]:
+def train(
+    config: TrainConfig, output_dir: Path, resume: bool = False, verbose: bool = False, address: str | None = None
+) -> list[dict]:
     """Run training on the Ray cluster at `address` or RAY_ADDRESS, else on a fresh local one."""
     OutputDir(output_dir).prepare(resume)
     stop = StopRequest()
@@ -500,7 +605,9 @@ def train(config: TrainConfig, output_dir: Path, resume: bool = False, verbose: 
             return run_with_restarts(config, output_dir, resume, stop)
 
 
-def run_with_restarts(config: TrainConfig, output_dir: Path, resume: bool = False, stop: StopRequest | None = None) -> list[dict]:
+def run_with_restarts(
+    config: TrainConfig, output_dir: Path, resume: bool = False, stop: StopRequest | None = None
+) -> list[dict]:
     """Train; when a learner dies (its node lost, OOM), rebuild everything from the newest checkpoint and go on,
     at most `scaleout.learner_max_restarts` times. Returns the rows of the epochs trained by this call."""
     rows: list[dict] = []
@@ -520,9 +627,13 @@ def run_with_restarts(config: TrainConfig, output_dir: Path, resume: bool = Fals
                     "or check the learner nodes, then continue with --resume"
                 ) from error
             checkpoint = trainer.out.latest_checkpoint()
-            print(f"rlcm: {what} ({_first_line(error)}); rebuilding the learners from "
-                  f"{checkpoint.name if checkpoint else 'scratch (no checkpoint yet)'} "
-                  f"(restart {attempt + 1} of scaleout.learner_max_restarts={config.scaleout.learner_max_restarts})", file=sys.stderr, flush=True)
+            print(
+                f"rlcm: {what} ({_first_line(error)}); rebuilding the learners from "
+                f"{checkpoint.name if checkpoint else 'scratch (no checkpoint yet)'} "
+                f"(restart {attempt + 1} of scaleout.learner_max_restarts={config.scaleout.learner_max_restarts})",
+                file=sys.stderr,
+                flush=True,
+            )
         finally:
             trainer.shutdown()
     return rows
@@ -533,7 +644,9 @@ def _learner_loss(error: BaseException) -> str | None:
     the newest checkpoint's epoch samples again; None for any other error."""
     if isinstance(error, ray.exceptions.RayActorError):
         return "a learner died"
-    if isinstance(error, ray.exceptions.ObjectLostError) or isinstance(getattr(error, "cause", None), ray.exceptions.ObjectLostError):
+    if isinstance(error, ray.exceptions.ObjectLostError) or isinstance(
+        getattr(error, "cause", None), ray.exceptions.ObjectLostError
+    ):
         return "an update's trajectories were lost with their node"
     return None
 

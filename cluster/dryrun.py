@@ -29,7 +29,12 @@ REWARD_MODEL_OPTIONS = {
     "hpsv2": {"checkpoint": "xswu/HPSv2"},
     "llava_bertscore": {"model": "llava-hf/llava-1.5-7b-hf", "bertscore_model": "microsoft/deberta-xlarge-mnli"},
 }
-SERVE_CONFIGS = {"aesthetic": "aesthetic.yaml", "llava_bertscore": "llava_bertscore.yaml", "jpeg_compressibility": "jpeg.yaml", "jpeg_incompressibility": "jpeg.yaml"}
+SERVE_CONFIGS = {
+    "aesthetic": "aesthetic.yaml",
+    "llava_bertscore": "llava_bertscore.yaml",
+    "jpeg_compressibility": "jpeg.yaml",
+    "jpeg_incompressibility": "jpeg.yaml",
+}
 
 
 @dataclass
@@ -52,8 +57,10 @@ def randomize(options: dict[str, Any], reward: str, changes: list[str]) -> dict[
     if reward == "llava_bertscore":
         options.pop("gpu_memory_utilization", None)
         options.update(backend="transformers", dtype="bfloat16", max_new_tokens=8)
-        changes.append("reward llava_bertscore: vLLM (GPU only) -> transformers backend in bfloat16, 8 new tokens; "
-                       "LLaVA's language model cut to 2 of its 32 layers (real width 4096)")
+        changes.append(
+            "reward llava_bertscore: vLLM (GPU only) -> transformers backend in bfloat16, 8 new tokens; "
+            "LLaVA's language model cut to 2 of its 32 layers (real width 4096)"
+        )
     return options
 
 
@@ -63,7 +70,9 @@ def _serve_config(reward: str, changes: list[str]) -> dict[str, Any]:
 
     path = Path(str(resources.files("cluster") / "serve" / SERVE_CONFIGS.get(reward, "")))
     if reward not in SERVE_CONFIGS or not path.is_file():
-        raise ConfigError(f"reward.backend: serve has no shipped Serve config for {reward!r}; use reward.backend=local for the dry run")
+        raise ConfigError(
+            f"reward.backend: serve has no shipped Serve config for {reward!r}; use reward.backend=local for the dry run"
+        )
     app = yaml.safe_load(path.read_text())["applications"][0]["args"]
     entry = next(r for r in app["rewards"] if r["name"] == reward)
     if entry.get("num_gpus"):
@@ -75,7 +84,9 @@ def _serve_config(reward: str, changes: list[str]) -> dict[str, Any]:
 def plan_dry_run(config: TrainConfig, resolution: int = 64) -> DryRunPlan:
     """Scale `config` down to this machine, keeping its architectures, algorithm and reward backend."""
     if resolution < 8 or resolution % 8:
-        raise ConfigError(f"--dry-run-resolution must be a positive multiple of 8 (the VAE downsamples 8x), got {resolution}")
+        raise ConfigError(
+            f"--dry-run-resolution must be a positive multiple of 8 (the VAE downsamples 8x), got {resolution}"
+        )
     changes: list[str] = []
     data = config.model_dump(mode="json")
     model = data["model"]
@@ -91,27 +102,39 @@ def plan_dry_run(config: TrainConfig, resolution: int = 64) -> DryRunPlan:
         changes.append(f"model: {model['name']} (real architecture, random weights)")
     if model["dtype"] == "auto" and not is_toy(model["name"]):
         model["dtype"] = "bfloat16"
-        changes.append("model.dtype: auto -> bfloat16 (what the frozen base gets on a bf16 GPU); LoRA and optimizer stay fp32")
+        changes.append(
+            "model.dtype: auto -> bfloat16 (what the frozen base gets on a bf16 GPU); LoRA and optimizer stay fp32"
+        )
     s = data["sampling"]
     batch = max(min(s["batch_size"], 2), config.algo.group_size(config))  # a GRPO group stays within one batch
-    changes.append(f"sampling: {s['height'] or 'default'} px -> {resolution} px, batch_size {s['batch_size']} -> {batch}, "
-                   f"batches_per_epoch {s['batches_per_epoch']} -> 1 (num_steps {s['num_steps']} kept)")
+    changes.append(
+        f"sampling: {s['height'] or 'default'} px -> {resolution} px, batch_size {s['batch_size']} -> {batch}, "
+        f"batches_per_epoch {s['batches_per_epoch']} -> 1 (num_steps {s['num_steps']} kept)"
+    )
     s.update(height=resolution, width=resolution, batch_size=batch, batches_per_epoch=1)
     r = data["resources"]
-    changes.append(f"resources: {r['num_rollout_actors']} rollout actor(s) x {r['rollout_gpus']} GPU, {r['num_learners']} learner(s) x "
-                   f"{r['learner_gpus']} GPU -> 1 rollout actor + 1 learner on CPU (GPU requests mapped to CPU)")
-    r.update(num_rollout_actors=1, num_learners=1, rollout_gpus=0.0, learner_gpus=0.0, rollout_cpus=0.5, learner_cpus=0.5)
+    changes.append(
+        f"resources: {r['num_rollout_actors']} rollout actor(s) x {r['rollout_gpus']} GPU, {r['num_learners']} learner(s) x "
+        f"{r['learner_gpus']} GPU -> 1 rollout actor + 1 learner on CPU (GPU requests mapped to CPU)"
+    )
+    r.update(
+        num_rollout_actors=1, num_learners=1, rollout_gpus=0.0, learner_gpus=0.0, rollout_cpus=0.5, learner_cpus=0.5
+    )
     section = config.algo.section
     if config.algo.samples_from == "rollouts":
         t = data[section]
         t["train_batch_size"] = min(t["train_batch_size"], s["batch_size"])
         t["grad_accum_steps"], t["inner_epochs"] = s["batch_size"] // t["train_batch_size"], 1
-        changes.append(f"{section}: train_batch_size {t['train_batch_size']}, grad_accum_steps {t['grad_accum_steps']}, inner_epochs 1 (one PPO step per epoch)")
+        changes.append(
+            f"{section}: train_batch_size {t['train_batch_size']}, grad_accum_steps {t['grad_accum_steps']}, inner_epochs 1 (one PPO step per epoch)"
+        )
     else:
         k = data[section]
         k.update(batch_size=1, grad_accum_steps=1, updates_per_epoch=1)
-        changes.append(f"{section}: batch_size 1, grad_accum_steps 1, updates_per_epoch 1 (one prompt per epoch) "
-                       f"(divergence {k['divergence']}, gradient_checkpointing {k['gradient_checkpointing']} kept)")
+        changes.append(
+            f"{section}: batch_size 1, grad_accum_steps 1, updates_per_epoch 1 (one prompt per epoch) "
+            f"(divergence {k['divergence']}, gradient_checkpointing {k['gradient_checkpointing']} kept)"
+        )
     data["run"].update(epochs=2, save_every=1, sample_grid_every=1, wandb=False)
     data["scaleout"]["placement_timeout_s"] = 120.0
     reward = data["reward"]
@@ -122,14 +145,25 @@ def plan_dry_run(config: TrainConfig, resolution: int = 64) -> DryRunPlan:
         raise ConfigError("reward.backend: http needs a running reward service; the dry run supports local and serve")
     else:
         reward["options"] = randomize(reward["options"], reward["name"], changes)
-        if config.algo.samples_from == "learners" and reward["name"] in REWARD_MODEL_OPTIONS and "dtype" not in reward["options"]:
+        if (
+            config.algo.samples_from == "learners"
+            and reward["name"] in REWARD_MODEL_OPTIONS
+            and "dtype" not in reward["options"]
+        ):
             reward["options"]["dtype"] = "bfloat16"
-            changes.append(f"reward {reward['name']}: float32 -> bfloat16 (two copies, learner and monitor scorer, must fit next to the UNets here)")
+            changes.append(
+                f"reward {reward['name']}: float32 -> bfloat16 (two copies, learner and monitor scorer, must fit next to the UNets here)"
+            )
     return DryRunPlan(TrainConfig.model_validate(data), serve, changes)
 
 
-ROLES = {"RolloutActor": "rollout actor", "Learner": "learner", "ServeReplica": "reward deployment", "score_images": "reward task",
-         "RewardIngress": "serve ingress"}
+ROLES = {
+    "RolloutActor": "rollout actor",
+    "Learner": "learner",
+    "ServeReplica": "reward deployment",
+    "score_images": "reward task",
+    "RewardIngress": "serve ingress",
+}
 
 
 class MemoryWatch:
@@ -145,7 +179,7 @@ class MemoryWatch:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
-    def __enter__(self) -> "MemoryWatch":
+    def __enter__(self) -> MemoryWatch:
         self._thread.start()
         return self
 
@@ -196,12 +230,16 @@ def _gb(n: float) -> str:
     return f"{n / 1e9:.2f} GB"
 
 
-def run_dry_run(name: str, config: TrainConfig, output_dir: Path, resolution: int = 64, verbose: bool = False) -> dict[str, Any]:
+def run_dry_run(
+    name: str, config: TrainConfig, output_dir: Path, resolution: int = 64, verbose: bool = False
+) -> dict[str, Any]:
     """Run the dry run of `config` and print its report; returns the figures (for scripts and tests)."""
     from cluster.validate import validate_before_ray
 
     plan = plan_dry_run(config, resolution)
-    print(f"dry run of {name}: real architectures, random weights, {resolution} px, 2 epochs. Changed for this machine:")
+    print(
+        f"dry run of {name}: real architectures, random weights, {resolution} px, 2 epochs. Changed for this machine:"
+    )
     for change in plan.changes:
         print(f"  - {change}")
     validate_before_ray(plan.config, joining_cluster=False)
@@ -235,8 +273,15 @@ def run_dry_run(name: str, config: TrainConfig, output_dir: Path, resolution: in
 
                 serve.shutdown()
             ray.shutdown()
-    figures = {"preset": name, "resolution": resolution, "total_s": time.perf_counter() - start, "setup_s": setup_s,
-               "epochs": rows, "peak_bytes": watch.by_role(), "total_peak_bytes": watch.total_peak}
+    figures = {
+        "preset": name,
+        "resolution": resolution,
+        "total_s": time.perf_counter() - start,
+        "setup_s": setup_s,
+        "epochs": rows,
+        "peak_bytes": watch.by_role(),
+        "total_peak_bytes": watch.total_peak,
+    }
     print_report(figures)
     what = "full architecture" if plan.config.model.name.startswith(RANDOM) else f"its model {plan.config.model.name!r}"
     print(f"dry run OK: {name} ran end to end at {what} (random weights, {resolution} px)")
@@ -246,9 +291,14 @@ def run_dry_run(name: str, config: TrainConfig, output_dir: Path, resolution: in
 def print_report(figures: dict[str, Any]) -> None:
     print(f"  setup (actors load their models): {figures['setup_s']:.1f} s")
     for row in figures["epochs"]:
-        phases = ", ".join(f"{k.removeprefix('time_').removesuffix('_s')} {row[k]:.1f} s" for k in
-                           ("time_rollout_s", "time_reward_s", "time_train_s", "time_sync_s", "time_epoch_s") if k in row)
+        phases = ", ".join(
+            f"{k.removeprefix('time_').removesuffix('_s')} {row[k]:.1f} s"
+            for k in ("time_rollout_s", "time_reward_s", "time_train_s", "time_sync_s", "time_epoch_s")
+            if k in row
+        )
         print(f"  epoch {row['epoch']}: {phases}; reward_mean {row['reward_mean']:.4f}")
     for role, peak in sorted(figures["peak_bytes"].items()):
         print(f"  peak memory {role}: {_gb(peak)}")
-    print(f"  peak memory all processes together: {_gb(figures['total_peak_bytes'])}; total time {figures['total_s']:.1f} s")
+    print(
+        f"  peak memory all processes together: {_gb(figures['total_peak_bytes'])}; total time {figures['total_s']:.1f} s"
+    )

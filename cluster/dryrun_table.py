@@ -9,8 +9,10 @@ import sys
 from pathlib import Path
 
 START, END = "<!-- dry-run-table:start -->", "<!-- dry-run-table:end -->"
-HEADER = ["| preset | time | peak memory per actor (RSS high-water mark) | all processes incl. Ray's own (sampled) | result |",
-          "|---|---|---|---|---|"]
+HEADER = [
+    "| preset | time | peak memory per actor (RSS high-water mark) | all processes incl. Ray's own (sampled) | result |",
+    "|---|---|---|---|---|",
+]
 
 
 def row(log: Path) -> str:
@@ -20,14 +22,19 @@ def row(log: Path) -> str:
     peaks = dict(re.findall(r"peak memory ([\w ()]+?): ([\d.]+ GB)", text))
     together = peaks.pop("all processes together", "")
     actors = "; ".join(f"{k} {v}" for k, v in sorted(peaks.items()))
-    error = "" if ok else next((line for line in reversed(text.splitlines()) if line.startswith("rlcm: error")), "failed")[:160]
+    error = (
+        ""
+        if ok
+        else next((line for line in reversed(text.splitlines()) if line.startswith("rlcm: error")), "failed")[:160]
+    )
     return f"| {log.stem} | {total.group(1) + ' s' if total else ''} | {actors} | {together} | {'OK' if ok else 'FAILED: ' + error} |"
 
 
 def existing_rows(block: str) -> dict[str, str]:
     """{preset: row} of the table already in the README block."""
-    return {line.split("|")[1].strip(): line for line in block.splitlines()
-            if line.startswith("| ") and line not in HEADER}
+    return {
+        line.split("|")[1].strip(): line for line in block.splitlines() if line.startswith("| ") and line not in HEADER
+    }
 
 
 def table(rows: dict[str, str], resolution: str) -> str:

@@ -110,7 +110,9 @@ def read_json_lines(path: Path) -> JsonLines:
         except ValueError as error:
             if number == len(lines):
                 return JsonLines(rows, line)
-            raise TornFileError(f"{path} line {number} is not a JSON object ({error}); fix or remove that line") from None
+            raise TornFileError(
+                f"{path} line {number} is not a JSON object ({error}); fix or remove that line"
+            ) from None
         rows.append(row)
     return JsonLines(rows)
 

@@ -25,7 +25,11 @@ def runtime_env(pip: list[str] | None = None, env: dict[str, str] | None = None,
     Leave `pip` empty when the cluster image already has rlcm installed (the KubeRay and launcher
     files install it at node start), which makes the job start in seconds.
     """
-    runtime = {"working_dir": working_dir, "excludes": EXCLUDES, "env_vars": {"TOKENIZERS_PARALLELISM": "false", **(env or {})}}
+    runtime = {
+        "working_dir": working_dir,
+        "excludes": EXCLUDES,
+        "env_vars": {"TOKENIZERS_PARALLELISM": "false", **(env or {})},
+    }
     if pip:
         runtime["pip"] = pip
     return runtime
@@ -40,13 +44,15 @@ def train_entrypoint(config: str, output_dir: str, overrides: list[str] | None =
 
 
 def dashboard_auth_mode(address: str, timeout_s: float = 10.0) -> str | None:
-    """"token" or "disabled" as the dashboard at `address` reports it; None if it does not say (Ray before token auth)."""
+    """ "token" or "disabled" as the dashboard at `address` reports it; None if it does not say (Ray before token auth)."""
     import requests
 
     try:
         response = requests.get(address.rstrip("/") + "/api/authentication_mode", timeout=timeout_s)
     except requests.RequestException as error:
-        raise ConnectionError(f"no Ray dashboard answers at {address} ({error}); start the cluster or fix --address") from error
+        raise ConnectionError(
+            f"no Ray dashboard answers at {address} ({error}); start the cluster or fix --address"
+        ) from error
     return response.json().get("authentication_mode") if response.ok else None
 
 
@@ -76,8 +82,14 @@ def job_client(address: str, auth_token: str | None = None):
 
 
 def submit_train_job(
-    address: str, config: str, output_dir: str, overrides: list[str] | None = None, runtime: dict | None = None, wait: bool = False,
-    timeout_s: float = 3600.0, auth_token: str | None = None,
+    address: str,
+    config: str,
+    output_dir: str,
+    overrides: list[str] | None = None,
+    runtime: dict | None = None,
+    wait: bool = False,
+    timeout_s: float = 3600.0,
+    auth_token: str | None = None,
 ) -> tuple[str, str]:
     """Submit `rlcm train` to the Ray cluster at `address` (the dashboard, e.g. http://127.0.0.1:8265).
 
@@ -90,7 +102,11 @@ def submit_train_job(
     job_id = _submit_when_agent_ready(client, train_entrypoint(config, output_dir, overrides), runtime or runtime_env())
     status = client.get_job_status(job_id)
     deadline = time.monotonic() + timeout_s
-    while wait and status not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED} and time.monotonic() < deadline:
+    while (
+        wait
+        and status not in {JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED}
+        and time.monotonic() < deadline
+    ):
         time.sleep(2)
         status = client.get_job_status(job_id)
     return job_id, str(status)

@@ -32,8 +32,38 @@ from rewards_service.scorers import REWARD_NAMES, build_scorer
 LOCAL_METRICS = tuple(n for n in REWARD_NAMES if n != "composite")
 PROMPT_PRESETS = ("imagenet_animals", "simple_animals", "animals_activities")
 # Two-sided 95% Student t quantiles t_{0.975, df}, df = 1..30 (beyond 30: Cornish-Fisher expansion).
-T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
-        2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042)
+T975 = (
+    12.706,
+    4.303,
+    3.182,
+    2.776,
+    2.571,
+    2.447,
+    2.365,
+    2.306,
+    2.262,
+    2.228,
+    2.201,
+    2.179,
+    2.160,
+    2.145,
+    2.131,
+    2.120,
+    2.110,
+    2.101,
+    2.093,
+    2.086,
+    2.080,
+    2.074,
+    2.069,
+    2.064,
+    2.060,
+    2.056,
+    2.052,
+    2.048,
+    2.045,
+    2.042,
+)
 Z975 = 1.959964
 
 
@@ -44,13 +74,22 @@ class EvalSettings(BaseModel):
     prompts: list[str] = Field(min_length=1)
     metrics: list[str] = Field(min_length=1)
     out: Path
-    runs: dict[str, Path] = Field(default_factory=dict, description="run name -> checkpoint folder with pytorch_lora_weights.safetensors")
+    runs: dict[str, Path] = Field(
+        default_factory=dict, description="run name -> checkpoint folder with pytorch_lora_weights.safetensors"
+    )
     lora: Path | None = Field(None, description="one checkpoint folder, evaluated as the run named 'tuned'")
-    trained: dict[str, str] = Field(default_factory=dict, description="run name -> the metric it trained on (default: reward.name of the run's config.yaml)")
+    trained: dict[str, str] = Field(
+        default_factory=dict,
+        description="run name -> the metric it trained on (default: reward.name of the run's config.yaml)",
+    )
     include_base: bool = Field(True, description="also sample the base model (LoRA off) with the same noise")
-    model: str | None = Field(None, description="base model; default: the one in the checkpoint's rlcm_model.json, else tiny")
+    model: str | None = Field(
+        None, description="base model; default: the one in the checkpoint's rlcm_model.json, else tiny"
+    )
     seeds: int = Field(4, ge=1)
-    steps: int | None = Field(None, ge=1, description="inference steps; default: the checkpoint's (rlcm_model.json), else 8")
+    steps: int | None = Field(
+        None, ge=1, description="inference steps; default: the checkpoint's (rlcm_model.json), else 8"
+    )
     guidance_scale: float | None = Field(None, description="guidance scale; default: the checkpoint's, else 8.0")
     batch_size: int = Field(8, ge=1)
     grid_columns: int = Field(8, ge=1)
@@ -97,7 +136,9 @@ def summarize(scores: dict[str, np.ndarray]) -> dict:
     """Per model mean ± CI; with a `base`, each run's paired difference run − base (samples both scored) under "<run> − base"."""
     summary = {label: mean_ci(values) for label, values in scores.items()}
     if "base" in scores:
-        summary.update({f"{label} − base": mean_ci(values - scores["base"]) for label, values in scores.items() if label != "base"})
+        summary.update(
+            {f"{label} − base": mean_ci(values - scores["base"]) for label, values in scores.items() if label != "base"}
+        )
     return summary
 
 
@@ -106,7 +147,11 @@ def off_target_change(metrics: dict[str, dict], run: str, trained: str | None) -
     changes = [
         100 * (stats[run]["mean"] - stats["base"]["mean"]) / abs(stats["base"]["mean"])
         for name, stats in metrics.items()
-        if name != trained and "base" in stats and run in stats and stats["base"]["mean"] not in (0.0,) and math.isfinite(stats["base"]["mean"])
+        if name != trained
+        and "base" in stats
+        and run in stats
+        and stats["base"]["mean"] not in (0.0,)
+        and math.isfinite(stats["base"]["mean"])
     ]
     return float(np.mean(changes)) if changes else float("nan")
 
@@ -122,7 +167,9 @@ def read_prompts(source: str, limit: int | None = None, offset: int = 0) -> list
     elif source in PROMPT_PRESETS:
         prompts = load_prompts(source)
     else:
-        raise FileNotFoundError(f"--prompts {source!r} is neither a file nor a preset; presets: {', '.join(PROMPT_PRESETS)}")
+        raise FileNotFoundError(
+            f"--prompts {source!r} is neither a file nor a preset; presets: {', '.join(PROMPT_PRESETS)}"
+        )
     prompts = prompts[offset:][:limit] if limit else prompts[offset:]
     if not prompts:
         raise ValueError(f"no prompts left from {source!r} (offset {offset}, limit {limit})")
@@ -142,7 +189,9 @@ def service_rewards(url: str, token: str | None = None, http=None) -> list[str]:
     return [reward["name"] for reward in response.json()["rewards"]]
 
 
-def metric_clients(names: list[str], service_url: str | None = None, token: str | None = None, http=None) -> dict[str, RewardClient]:
+def metric_clients(
+    names: list[str], service_url: str | None = None, token: str | None = None, http=None
+) -> dict[str, RewardClient]:
     """A reward client per metric: HTTP for the rewards the service offers, in process for the registry's.
 
     Raises ValueError naming the choices for an unknown metric, before anything heavy is built.
@@ -150,7 +199,11 @@ def metric_clients(names: list[str], service_url: str | None = None, token: str 
     remote = service_rewards(service_url, token, http) if service_url else []
     unknown = [n for n in names if n not in remote and n not in LOCAL_METRICS and ":" not in n]
     if unknown:
-        where = f"; the service at {service_url} offers {sorted(remote)}" if service_url else "; pass --service-url for rewards served over HTTP (e.g. llava_bertscore)"
+        where = (
+            f"; the service at {service_url} offers {sorted(remote)}"
+            if service_url
+            else "; pass --service-url for rewards served over HTTP (e.g. llava_bertscore)"
+        )
         raise ValueError(f"unknown metric(s) {unknown}: in-process metrics are {list(LOCAL_METRICS)}{where}")
     return {
         n: HttpRewardClient(service_url, n, token, http=http) if n in remote else InProcessRewardClient(build_scorer(n))
@@ -181,10 +234,16 @@ def parse_runs(values: list[str]) -> dict[str, Path]:
         name, sep, directory = value.partition("=")
         if not sep:
             path = Path(value)
-            name = "tuned" if len(values) == 1 else (path.parent.parent.name if path.parent.name == "checkpoints" else path.name)
+            name = (
+                "tuned"
+                if len(values) == 1
+                else (path.parent.parent.name if path.parent.name == "checkpoints" else path.name)
+            )
             directory = value
         if not name or name == "base" or name in runs:
-            raise ValueError(f"--lora {value!r}: run names must be unique, non-empty and not 'base'; use --lora NAME=DIR")
+            raise ValueError(
+                f"--lora {value!r}: run names must be unique, non-empty and not 'base'; use --lora NAME=DIR"
+            )
         runs[name] = Path(directory)
     return runs
 
@@ -195,7 +254,9 @@ def noise_seed(prompt_index: int, seed: int) -> int:
     return int(np.random.default_rng([prompt_index, seed, 11]).integers(0, 2**62))
 
 
-def sample_images(pipe, prompts: list[str], pairs: list[tuple[int, int]], settings: EvalSettings, sampling: SamplingRecord = DEFAULTS) -> np.ndarray:
+def sample_images(
+    pipe, prompts: list[str], pairs: list[tuple[int, int]], settings: EvalSettings, sampling: SamplingRecord = DEFAULTS
+) -> np.ndarray:
     """uint8 [len(pairs), H, W, 3] from the stock pipeline call, one CPU generator per (prompt index, seed)."""
     import torch
 
@@ -213,8 +274,15 @@ def sample_images(pipe, prompts: list[str], pairs: list[tuple[int, int]], settin
     return (np.asarray(output.images) * 255).round().clip(0, 255).astype(np.uint8)
 
 
-def score_model(pipe, label: str, prompts: list[str], clients: dict[str, RewardClient], settings: EvalSettings, grid_pairs: set,
-                sampling: SamplingRecord = DEFAULTS) -> tuple[dict, dict]:
+def score_model(
+    pipe,
+    label: str,
+    prompts: list[str],
+    clients: dict[str, RewardClient],
+    settings: EvalSettings,
+    grid_pairs: set,
+    sampling: SamplingRecord = DEFAULTS,
+) -> tuple[dict, dict]:
     """Sample every (prompt, seed) pair in batches, score each batch while the next one samples.
 
     Returns ({metric: [n] scores, NaN where unscored}, {pair: image} for the grid pairs).
@@ -231,10 +299,14 @@ def score_model(pipe, label: str, prompts: list[str], clients: dict[str, RewardC
     scores = {}
     for name, client in clients.items():
         results = [client.result(f) for f in futures[name]]
-        scores[name] = np.array([r if v else np.nan for res in results for r, v in zip(res.rewards, res.valid)], dtype=np.float64)
+        scores[name] = np.array(
+            [r if v else np.nan for res in results for r, v in zip(res.rewards, res.valid)], dtype=np.float64
+        )
         errors = [e for res in results for e in res.details.get("error", []) if e]
         if errors:
-            tqdm.write(f"rlcm eval: {label}: {int(np.isnan(scores[name]).sum())} of {len(pairs)} samples not scored by {name}: {errors[0]}")
+            tqdm.write(
+                f"rlcm eval: {label}: {int(np.isnan(scores[name]).sum())} of {len(pairs)} samples not scored by {name}: {errors[0]}"
+            )
     return scores, kept
 
 
@@ -255,10 +327,17 @@ def markdown_table(report: dict) -> str:
     header = ["model", *metrics] + (["off-target Δ vs base"] if with_base and runs else [])
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for model in models:
-        cells = [("**" + _fmt(report["metrics"][m].get(model)) + "** †") if trained.get(model) == m else _fmt(report["metrics"][m].get(model)) for m in metrics]
+        cells = [
+            ("**" + _fmt(report["metrics"][m].get(model)) + "** †")
+            if trained.get(model) == m
+            else _fmt(report["metrics"][m].get(model))
+            for m in metrics
+        ]
         if with_base and runs:
             change = report["off_target"].get(model)
-            cells.append("" if model == "base" else ("n/a" if change is None or not math.isfinite(change) else f"{change:+.1f}%"))
+            cells.append(
+                "" if model == "base" else ("n/a" if change is None or not math.isfinite(change) else f"{change:+.1f}%")
+            )
         lines.append("| " + " | ".join([model, *cells]) + " |")
     n = min((s["n"] for stats in report["metrics"].values() for s in stats.values()), default=0)
     note = [
@@ -266,22 +345,35 @@ def markdown_table(report: dict) -> str:
         f"mean ± half-width of the 95% t-interval over prompts × seeds ({report['num_prompts']} × {report['seeds']}, n = {n} where all scored). "
         f"† = the metric the run trained on (bold); off-target Δ = mean over the other metrics of (run − base)/|base|.",
         f"Model {report['model']}, {report['steps']} steps, guidance {report['guidance_scale']}; runs: "
-        + (", ".join(f"{name} = {path}" for name, path in report["runs"].items()) or "none") + ".",
+        + (", ".join(f"{name} = {path}" for name, path in report["runs"].items()) or "none")
+        + ".",
     ]
     if with_base and runs:
-        note += ["", "Paired differences run − base (same noise per prompt and seed):", "",
-                 "| run | " + " | ".join(metrics) + " |", "|" + "---|" * (len(metrics) + 1)]
-        note += ["| " + " | ".join([run, *[_fmt(report["metrics"][m].get(f"{run} − base")) for m in metrics]]) + " |" for run in runs]
+        note += [
+            "",
+            "Paired differences run − base (same noise per prompt and seed):",
+            "",
+            "| run | " + " | ".join(metrics) + " |",
+            "|" + "---|" * (len(metrics) + 1),
+        ]
+        note += [
+            "| " + " | ".join([run, *[_fmt(report["metrics"][m].get(f"{run} − base")) for m in metrics]]) + " |"
+            for run in runs
+        ]
     return "\n".join(lines + note) + "\n"
 
 
-def save_comparison_grid(path: Path, rows: dict[str, list[np.ndarray]], captions: list[str], title: str = "", cell: int = 128) -> None:
+def save_comparison_grid(
+    path: Path, rows: dict[str, list[np.ndarray]], captions: list[str], title: str = "", cell: int = 128
+) -> None:
     """One row per model (labelled on the left), one column per (prompt, seed), a title on top, captions below."""
     font = ImageFont.load_default()
     label_width, title_height, caption_height, gap = max(56, 7 * max(map(len, rows), default=0) + 8), 16, 28, 2
     columns = len(captions)
     top = title_height
-    grid = Image.new("RGB", (label_width + columns * (cell + gap), top + len(rows) * (cell + gap) + caption_height), "white")
+    grid = Image.new(
+        "RGB", (label_width + columns * (cell + gap), top + len(rows) * (cell + gap) + caption_height), "white"
+    )
     draw = ImageDraw.Draw(grid)
     draw.text((4, 2), title, fill="black", font=font)
     for r, (label, images) in enumerate(rows.items()):
@@ -291,7 +383,12 @@ def save_comparison_grid(path: Path, rows: dict[str, list[np.ndarray]], captions
             grid.paste(Image.fromarray(image).resize((cell, cell), Image.NEAREST), (label_width + c * (cell + gap), y))
     for c, caption in enumerate(captions):
         for k, line in enumerate(caption.split("\n")[:2]):
-            draw.text((label_width + c * (cell + gap) + 2, top + len(rows) * (cell + gap) + 2 + 12 * k), line[:22], fill="black", font=font)
+            draw.text(
+                (label_width + c * (cell + gap) + 2, top + len(rows) * (cell + gap) + 2 + 12 * k),
+                line[:22],
+                fill="black",
+                font=font,
+            )
     path.parent.mkdir(parents=True, exist_ok=True)
     grid.save(path)
 
@@ -314,11 +411,15 @@ def evaluate(settings: EvalSettings, http=None) -> dict:
     records = {name: recorded_model(path) for name, path in runs.items()}
     models_recorded = {(r.get("model"), r.get("model_seed", 0)) for r in records.values() if r}
     if len(models_recorded) > 1 and settings.model is None:
-        raise ValueError(f"the runs were trained on different base models {sorted(map(str, models_recorded))}; evaluate them separately or pass --model")
+        raise ValueError(
+            f"the runs were trained on different base models {sorted(map(str, models_recorded))}; evaluate them separately or pass --model"
+        )
     sampled_with = {json.dumps(r.get("sampling"), sort_keys=True) for r in records.values() if r.get("sampling")}
     if len(sampled_with) > 1 and (settings.steps is None or settings.guidance_scale is None):
-        raise ValueError(f"the runs were trained with different sampling settings ({'; '.join(sorted(sampled_with))}); "
-                         "pass --steps and --guidance-scale to compare them under one setting")
+        raise ValueError(
+            f"the runs were trained with different sampling settings ({'; '.join(sorted(sampled_with))}); "
+            "pass --steps and --guidance-scale to compare them under one setting"
+        )
     record = next((r for r in records.values() if r), {})
     trained = {name: settings.trained.get(name) or trained_metric(path) for name, path in runs.items()}
     sampling, origin = sampling_settings(record, settings.steps, settings.guidance_scale)
@@ -354,10 +455,21 @@ def evaluate(settings: EvalSettings, http=None) -> dict:
         "guidance_scale": settings.guidance_scale,
         "ci": "95% Student t-interval over prompts x seeds; '<run> − base' is paired by (prompt, seed)",
         "metrics": metrics,
-        "off_target": {name: off_target_change(metrics, name, trained.get(name)) for name in runs} if settings.include_base else {},
+        "off_target": {name: off_target_change(metrics, name, trained.get(name)) for name in runs}
+        if settings.include_base
+        else {},
         "samples": [
-            {"prompt": p, "prompt_index": i, "seed": s, **{label: {n: _json_float(v[n][i * settings.seeds + s]) for n in settings.metrics} for label, v in scores.items()}}
-            for i, p in enumerate(prompts) for s in range(settings.seeds)
+            {
+                "prompt": p,
+                "prompt_index": i,
+                "seed": s,
+                **{
+                    label: {n: _json_float(v[n][i * settings.seeds + s]) for n in settings.metrics}
+                    for label, v in scores.items()
+                },
+            }
+            for i, p in enumerate(prompts)
+            for s in range(settings.seeds)
         ],
     }
     settings.out.mkdir(parents=True, exist_ok=True)
@@ -365,9 +477,13 @@ def evaluate(settings: EvalSettings, http=None) -> dict:
     (settings.out / "eval.md").write_text(markdown_table(report))
     shown = sorted(grid_pairs)
     first = settings.metrics[0]
-    captions = [prompts[i] + "\n" + " / ".join(f"{v[first][i * settings.seeds]:.3g}" for v in scores.values()) for i, _ in shown]
+    captions = [
+        prompts[i] + "\n" + " / ".join(f"{v[first][i * settings.seeds]:.3g}" for v in scores.values()) for i, _ in shown
+    ]
     title = f"{first} ({' / '.join(scores)}), seed 0, same noise per column"
-    save_comparison_grid(settings.out / "grid.png", {label: [kept[p] for p in shown] for label, kept in images.items()}, captions, title)
+    save_comparison_grid(
+        settings.out / "grid.png", {label: [kept[p] for p in shown] for label, kept in images.items()}, captions, title
+    )
     return report
 
 
@@ -421,24 +537,47 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     from cluster.helpfmt import DefaultsHelpFormatter
 
     parser = subparsers.add_parser(
-        "eval", help="compare tuned LoRAs with each other and their base model on held-out prompts", formatter_class=DefaultsHelpFormatter,
+        "eval",
+        help="compare tuned LoRAs with each other and their base model on held-out prompts",
+        formatter_class=DefaultsHelpFormatter,
         description="Sample the tuned and/or base model on (prompt, seed) pairs with the same noise, score them, and write "
-                    "eval.json, eval.md and grid.png. Steps, guidance and size default to the checkpoint's (rlcm_model.json).")
-    parser.add_argument("--lora", action="append", metavar="[NAME=]DIR",
-                        help="a checkpoints/epoch-NNNN folder; repeat for several runs (NAME defaults to the run folder, or 'tuned' for one)")
-    parser.add_argument("--trained", action="append", metavar="NAME=METRIC",
-                        help="the metric run NAME trained on (default: reward.name in the run's config.yaml); marked and left out of its off-target mean")
-    parser.add_argument("--base", action="store_true", help="also evaluate the base model (LoRA off), same noise: paired differences")
+        "eval.json, eval.md and grid.png. Steps, guidance and size default to the checkpoint's (rlcm_model.json).",
+    )
+    parser.add_argument(
+        "--lora",
+        action="append",
+        metavar="[NAME=]DIR",
+        help="a checkpoints/epoch-NNNN folder; repeat for several runs (NAME defaults to the run folder, or 'tuned' for one)",
+    )
+    parser.add_argument(
+        "--trained",
+        action="append",
+        metavar="NAME=METRIC",
+        help="the metric run NAME trained on (default: reward.name in the run's config.yaml); marked and left out of its off-target mean",
+    )
+    parser.add_argument(
+        "--base", action="store_true", help="also evaluate the base model (LoRA off), same noise: paired differences"
+    )
     parser.add_argument("--model", help="base model (default: the one recorded in the checkpoint, else tiny)")
-    parser.add_argument("--prompts", required=True, help=f"file with one prompt a line, or a preset: {', '.join(PROMPT_PRESETS)}")
+    parser.add_argument(
+        "--prompts", required=True, help=f"file with one prompt a line, or a preset: {', '.join(PROMPT_PRESETS)}"
+    )
     parser.add_argument("--limit", type=int, help="use at most this many prompts")
     parser.add_argument("--offset", type=int, default=0, help="skip the first prompts (e.g. the ones trained on)")
-    parser.add_argument("--metrics", required=True, help=f"comma-separated reward names; in process: {', '.join(LOCAL_METRICS)}")
+    parser.add_argument(
+        "--metrics", required=True, help=f"comma-separated reward names; in process: {', '.join(LOCAL_METRICS)}"
+    )
     parser.add_argument("--seeds", type=int, default=4, help="samples per prompt (seeds 0..N-1)")
-    parser.add_argument("--steps", type=int, help="inference steps H (default: the checkpoint's, from its rlcm_model.json; else 8)")
-    parser.add_argument("--guidance-scale", type=float, help="LCM guidance scale w (default: the checkpoint's; else 8.0)")
+    parser.add_argument(
+        "--steps", type=int, help="inference steps H (default: the checkpoint's, from its rlcm_model.json; else 8)"
+    )
+    parser.add_argument(
+        "--guidance-scale", type=float, help="LCM guidance scale w (default: the checkpoint's; else 8.0)"
+    )
     parser.add_argument("--batch-size", type=int, default=8, help="images per pipeline call")
-    parser.add_argument("--service-url", help="reward service base URL; its rewards are scored over HTTP (token: RLCM_REWARDS_TOKEN)")
+    parser.add_argument(
+        "--service-url", help="reward service base URL; its rewards are scored over HTTP (token: RLCM_REWARDS_TOKEN)"
+    )
     parser.add_argument("--device", help="cuda, cpu, ... (default: cuda if available)")
     parser.add_argument("--out", required=True, help="output folder for eval.json, eval.md, grid.png")
     parser.set_defaults(func=_run)

@@ -21,18 +21,25 @@ class GPU:
     bf16_flops: float  # dense bf16 tensor peak (FP32 accumulate), no sparsity, vendor data sheet
 
 
-GPUS = {g.kind: g for g in (
-    GPU("a10g-24gb", "A10G", 24 * 2**30, 70e12),  # AWS-only A10 variant; no NVIDIA data sheet: the figure AWS partners quote
-    GPU("l4-24gb", "L4", 24 * 2**30, 121e12),
-    GPU("rtx4090-24gb", "RTX 4090", 24 * 2**30, 165.2e12),  # Ada whitepaper, BF16 with FP32 accumulate
-    GPU("a6000-48gb", "RTX A6000", 48 * 2**30, 154.8e12),
-    GPU("l40s-48gb", "L40S", 48 * 2**30, 362e12),
-    GPU("a100-40gb", "A100", 40 * 2**30, 312e12),
-    GPU("a100-80gb", "A100", 80 * 2**30, 312e12),
-    GPU("h100-80gb", "H100", 80 * 2**30, 989e12),  # SXM (PCIe: 756 TFLOP/s)
-    GPU("h200-141gb", "H200", 141 * 2**30, 989e12),
-    GPU("b200-180gb", "B200", 180 * 2**30, 2250e12),  # HGX B200 data sheet: 1.44 TB and 36 PFLOP/s sparse over 8 GPUs
-)}
+GPUS = {
+    g.kind: g
+    for g in (
+        GPU(
+            "a10g-24gb", "A10G", 24 * 2**30, 70e12
+        ),  # AWS-only A10 variant; no NVIDIA data sheet: the figure AWS partners quote
+        GPU("l4-24gb", "L4", 24 * 2**30, 121e12),
+        GPU("rtx4090-24gb", "RTX 4090", 24 * 2**30, 165.2e12),  # Ada whitepaper, BF16 with FP32 accumulate
+        GPU("a6000-48gb", "RTX A6000", 48 * 2**30, 154.8e12),
+        GPU("l40s-48gb", "L40S", 48 * 2**30, 362e12),
+        GPU("a100-40gb", "A100", 40 * 2**30, 312e12),
+        GPU("a100-80gb", "A100", 80 * 2**30, 312e12),
+        GPU("h100-80gb", "H100", 80 * 2**30, 989e12),  # SXM (PCIe: 756 TFLOP/s)
+        GPU("h200-141gb", "H200", 141 * 2**30, 989e12),
+        GPU(
+            "b200-180gb", "B200", 180 * 2**30, 2250e12
+        ),  # HGX B200 data sheet: 1.44 TB and 36 PFLOP/s sparse over 8 GPUs
+    )
+}
 DEFAULT_VARIANT = {"A100": "a100-80gb"}  # a model name with several memory sizes means this one
 
 
@@ -60,7 +67,9 @@ def resolve_gpu(name: str) -> tuple[GPU, str | None]:
         raise ConfigError(f"--gpu: unknown GPU kind {name!r}; known: {known}")
     gpu = GPUS[kind]
     others = [g.kind for g in GPUS.values() if g.model == gpu.model and g.kind != kind]
-    note = f"{name} read as {kind} (also: {', '.join(others)})" if others and _squash(name) == _squash(gpu.model) else None
+    note = (
+        f"{name} read as {kind} (also: {', '.join(others)})" if others and _squash(name) == _squash(gpu.model) else None
+    )
     return gpu, note
 
 
@@ -73,5 +82,9 @@ def serve_share(reward: str) -> tuple[float, int, str]:
             for app in (yaml.safe_load(path.read_text()) or {}).get("applications", []):
                 for entry in app.get("args", {}).get("rewards", []):
                     if entry.get("name") == reward:
-                        return float(entry.get("num_gpus", 0.0)), int(entry.get("num_replicas", 1)), f"cluster/serve/{path.name}"
+                        return (
+                            float(entry.get("num_gpus", 0.0)),
+                            int(entry.get("num_replicas", 1)),
+                            f"cluster/serve/{path.name}",
+                        )
     return 1.0, 1, "no shipped Serve config names it: one GPU assumed"

@@ -10,8 +10,15 @@ from PIL import Image, ImageDraw, ImageFont
 TITLE_HEIGHT = 16
 
 
-def save_sample_grid(path: Path, images: np.ndarray, prompts: list[str], rewards: list[float], columns: int = 4, cell: int = 128,
-                     title: str = "") -> np.ndarray:
+def save_sample_grid(
+    path: Path,
+    images: np.ndarray,
+    prompts: list[str],
+    rewards: list[float],
+    columns: int = 4,
+    cell: int = 128,
+    title: str = "",
+) -> np.ndarray:
     """`images` uint8 [N, H, W, 3]; writes a PNG grid with a title and captions and returns it (uint8 HWC)."""
     font = ImageFont.load_default()
     caption_height = 24
@@ -32,7 +39,7 @@ def save_sample_grid(path: Path, images: np.ndarray, prompts: list[str], rewards
 
 
 def grid_title(epoch: int, epochs: int, reward: str, rewards: list[float], what: str = "") -> str:
-    """"epoch 5/20 · jpeg_compressibility · mean −1.623 over 4 shown" (epochs counted from 1, as the log lines)."""
+    """ "epoch 5/20 · jpeg_compressibility · mean −1.623 over 4 shown" (epochs counted from 1, as the log lines)."""
     finite = [r for r in rewards if r == r]
     mean = f"mean {np.mean(finite):.3f} over {len(finite)} shown" if finite else "no valid reward"
     return f"epoch {epoch + 1}/{epochs} · {what + ' ' if what else ''}{reward} · {mean}"

@@ -18,9 +18,9 @@ import re
 import shutil
 import struct
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from cluster.durable import atomic_write_text, fsync_dir, read_json_lines, write_json_lines
 
@@ -49,7 +49,8 @@ def _files(directory: Path) -> list[Path]:
 def write_manifest(directory: Path) -> dict:
     """Write `manifest.json`: {"files": {relative path: {"sha256", "bytes"}}} of every other file in `directory`."""
     files = {
-        p.relative_to(directory).as_posix(): {"sha256": sha256_file(p), "bytes": p.stat().st_size} for p in _files(directory)
+        p.relative_to(directory).as_posix(): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+        for p in _files(directory)
     }
     manifest = {"format": 1, "files": files}
     atomic_write_text(directory / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
@@ -183,7 +184,12 @@ class ResumePoint:
     extra: tuple[tuple[str, object], ...] = ()  # the driver state's other keys (e.g. ROCM's next λ), as written
 
     def state(self) -> dict:
-        return {**dict(self.extra), "epoch": self.epoch, "samples_seen": self.samples_seen, "policy_version": self.policy_version}
+        return {
+            **dict(self.extra),
+            "epoch": self.epoch,
+            "samples_seen": self.samples_seen,
+            "policy_version": self.policy_version,
+        }
 
 
 def holds_run(root: Path) -> bool:
@@ -195,7 +201,9 @@ def holds_run(root: Path) -> bool:
 def require_run(root: Path) -> None:
     """CheckpointError unless `root` holds a run to resume."""
     if not holds_run(root):
-        raise CheckpointError(f"--resume: {root} holds no run (no metrics.jsonl, checkpoints/ or config.yaml); drop --resume to start one there")
+        raise CheckpointError(
+            f"--resume: {root} holds no run (no metrics.jsonl, checkpoints/ or config.yaml); drop --resume to start one there"
+        )
 
 
 def resume_point(root: Path) -> ResumePoint | None:
@@ -213,7 +221,8 @@ def resume_point(root: Path) -> ResumePoint | None:
         aside = f"{newest}.corrupt"
         offer = (
             f"the previous checkpoint {earlier.name} is intact: `mv {newest} {aside}` and rerun with --resume to continue from it"
-            if earlier else f"no earlier checkpoint is intact; `mv {newest} {aside}` and rerun with --resume to start over in this folder"
+            if earlier
+            else f"no earlier checkpoint is intact; `mv {newest} {aside}` and rerun with --resume to start over in this folder"
         )
         raise CheckpointError(f"cannot resume from {newest.name}: {bad}; {offer}")
     state = json.loads((newest / DRIVER_STATE).read_text())

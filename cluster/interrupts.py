@@ -15,7 +15,7 @@ import os
 import signal
 import sys
 import threading
-from typing import Iterator
+from collections.abc import Iterator
 
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
@@ -48,12 +48,19 @@ class StopRequest:
 
     def _on_signal(self, signum: int) -> None:
         if self.signum is not None:
-            print(f"rlcm: {signal.Signals(signum).name} received again: stopping now, without saving", file=sys.stderr, flush=True)
+            print(
+                f"rlcm: {signal.Signals(signum).name} received again: stopping now, without saving",
+                file=sys.stderr,
+                flush=True,
+            )
             sys.stdout.flush()
             os._exit(EXIT_CODES.get(signum, 128 + signum))
         self.signum = signum
-        print(f"rlcm: {signal.Signals(signum).name} received: stopping after saving the last finished epoch (again to stop now)",
-              file=sys.stderr, flush=True)
+        print(
+            f"rlcm: {signal.Signals(signum).name} received: stopping after saving the last finished epoch (again to stop now)",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def _watch(self, wakeup: int) -> None:
         """Act on each signal as it arrives: CPython writes its number to `wakeup` from its C handler, so this runs
@@ -64,7 +71,7 @@ class StopRequest:
                     self._on_signal(signum)
 
     @contextlib.contextmanager
-    def installed(self) -> Iterator["StopRequest"]:
+    def installed(self) -> Iterator[StopRequest]:
         """Handle SIGINT and SIGTERM for the block (main thread only; elsewhere signals keep their handlers)."""
         if threading.current_thread() is not threading.main_thread():
             yield self

@@ -24,7 +24,9 @@ class OutputDir:
     def prepare(self, resume: bool) -> None:
         """Refuse to overwrite an earlier run unless resuming; make sure the folder is writable."""
         if self.metrics.is_file() and not resume:
-            raise FileExistsError(f"{self.root} already holds a run; pass --resume to continue it or choose another --output-dir")
+            raise FileExistsError(
+                f"{self.root} already holds a run; pass --resume to continue it or choose another --output-dir"
+            )
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             probe = self.root / ".rlcm-write-test"
@@ -71,8 +73,11 @@ def disk_error(path: Path, error: BaseException) -> OSError | None:
     code = getattr(error, "errno", None)
     text = str(error)
     if code == errno.ENOENT:
-        return OSError(code, f"cannot create {path}: a parent folder is missing and cannot be made there ({error.strerror or text}); "
-                             "choose an --output-dir under a writable folder")
+        return OSError(
+            code,
+            f"cannot create {path}: a parent folder is missing and cannot be made there ({error.strerror or text}); "
+            "choose an --output-dir under a writable folder",
+        )
     if code in (errno.EACCES, errno.EROFS, errno.EPERM, errno.ENOTDIR, errno.EEXIST):
         return OSError(code, f"cannot write to {path}: {error.strerror or text}; choose a writable --output-dir")
     try:
@@ -81,7 +86,11 @@ def disk_error(path: Path, error: BaseException) -> OSError | None:
     except OSError:
         usage, free = None, "free space unknown"
     out_of_space = code == errno.ENOSPC or "No space left" in text
-    write_failed = code is None and ("file write failed" in text or (usage is not None and usage.total > 0 and usage.free < LOW_DISK_BYTES))
+    write_failed = code is None and (
+        "file write failed" in text or (usage is not None and usage.total > 0 and usage.free < LOW_DISK_BYTES)
+    )
     if out_of_space or write_failed:
-        return OSError(errno.ENOSPC, f"the disk holding {path} is full ({free}); free space or choose another --output-dir")
+        return OSError(
+            errno.ENOSPC, f"the disk holding {path} is full ({free}); free space or choose another --output-dir"
+        )
     return None

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -32,8 +33,12 @@ from rollout.samplers import is_toy
 
 RESERVED = int(1.5 * 2**30)  # CUDA context, allocator slack, NCCL buffers
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
-REWARD_BACKBONES = {"aesthetic": "openai/clip-vit-large-patch14", "clip_score": "openai/clip-vit-large-patch14",
-                    "pickscore": "yuvalkirstain/PickScore_v1", "hpsv2": "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"}
+REWARD_BACKBONES = {
+    "aesthetic": "openai/clip-vit-large-patch14",
+    "clip_score": "openai/clip-vit-large-patch14",
+    "pickscore": "yuvalkirstain/PickScore_v1",
+    "hpsv2": "laion/CLIP-ViT-H-14-laion2B-s32B-b79K",
+}
 
 
 def _flops(fn: Callable[[], Any]) -> int:
@@ -75,7 +80,10 @@ def _peak(module: torch.nn.Module, fn: Callable[[], Any]) -> int:
     attention as a fused kernel allocates (`_FusedAttention`)."""
     from unittest import mock
 
-    with mock.patch.object(torch.nn.functional, "scaled_dot_product_attention", _fused_sdpa), LiveBytes((module,)) as tracker:
+    with (
+        mock.patch.object(torch.nn.functional, "scaled_dot_product_attention", _fused_sdpa),
+        LiveBytes((module,)) as tracker,
+    ):
         fn()
     return tracker.peak
 
@@ -157,7 +165,12 @@ def measure(model: str, resolution: int, dtype: torch.dtype, lora, batch: int = 
         def inputs(b: int, grad: bool = False):
             x = torch.randn(b, 4, latent, latent, dtype=dtype, requires_grad=grad)
             cond = unet.config.time_cond_proj_dim  # the LCM guidance embedding; None for Stable Diffusion (DDPO)
-            return x, torch.full((b,), 500), torch.randn(b, 77, cross, dtype=dtype), torch.randn(b, cond, dtype=dtype) if cond else None
+            return (
+                x,
+                torch.full((b,), 500),
+                torch.randn(b, 77, cross, dtype=dtype),
+                torch.randn(b, cond, dtype=dtype) if cond else None,
+            )
 
         def unet_fwd(b: int):
             x, t, e, w = inputs(b)
@@ -183,12 +196,20 @@ def measure(model: str, resolution: int, dtype: torch.dtype, lora, batch: int = 
         _bmm_attention(unet), _bmm_attention(vae)
         pieces = Pieces(
             resolution=resolution,
-            unet_call_flops=_flops(lambda: unet_fwd(1)), unet_train_flops=_flops(lambda: unet_train(1)),
-            vae_decode_flops=_flops(lambda: vae_fwd(1)), vae_train_flops=_flops(lambda: vae_fwd(1, True)),
-            unet_params=unet_params, lora_params=lora_params, vae_params=sum(p.numel() for p in vae.parameters()),
+            unet_call_flops=_flops(lambda: unet_fwd(1)),
+            unet_train_flops=_flops(lambda: unet_train(1)),
+            vae_decode_flops=_flops(lambda: vae_fwd(1)),
+            vae_train_flops=_flops(lambda: vae_fwd(1, True)),
+            unet_params=unet_params,
+            lora_params=lora_params,
+            vae_params=sum(p.numel() for p in vae.parameters()),
             text_params=sum(p.numel() for p in text.parameters()),
-            unet_nograd_peak=unet_nograd, unet_train_peak=unet_train_peak, unet_saved=saved,
-            unet_input=sum(t.numel() * t.element_size() for t in inputs(1) if t is not None), vae_nograd_peak=vae_nograd, vae_train_peak=vae_train,
+            unet_nograd_peak=unet_nograd,
+            unet_train_peak=unet_train_peak,
+            unet_saved=saved,
+            unet_input=sum(t.numel() * t.element_size() for t in inputs(1) if t is not None),
+            vae_nograd_peak=vae_nograd,
+            vae_train_peak=vae_train,
         )
     return pieces
 
@@ -223,8 +244,10 @@ def _saved_bytes(unet: torch.nn.Module, inputs: Callable, batch: int) -> int:
         return t
 
     x, t, e, w = inputs(batch, grad=True)
-    with mock.patch.object(torch.nn.functional, "scaled_dot_product_attention", _fused_sdpa), \
-            torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with (
+        mock.patch.object(torch.nn.functional, "scaled_dot_product_attention", _fused_sdpa),
+        torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t),
+    ):
         unet(x, t, e, timestep_cond=w)
     return sum(seen.values())
 
@@ -317,33 +340,55 @@ def assemble(config: TrainConfig, gpu: GPU) -> Assembly:
     H = s.num_steps
     sampler = POLICIES[algo.sampler]
     cfg = sampler.unet_images_per_step(s.guidance_scale)  # classifier-free guidance doubles the UNet batch (DDIM)
-    rollout = {"base weights": base, "LoRA": p.lora_params * 4,
-               "activations (max of UNet call / VAE decode, no grad)": s.batch_size * max(cfg * p.unet_nograd_peak, p.vae_nograd_peak),
-               "trajectory (fp32 latents)": s.batch_size * (H + 1) * 4 * (resolution // 8) ** 2 * 4}
+    rollout = {
+        "base weights": base,
+        "LoRA": p.lora_params * 4,
+        "activations (max of UNet call / VAE decode, no grad)": s.batch_size
+        * max(cfg * p.unet_nograd_peak, p.vae_nograd_peak),
+        "trajectory (fp32 latents)": s.batch_size * (H + 1) * 4 * (resolution // 8) ** 2 * 4,
+    }
     actors = [_actor("rollout actor", rollout, gpu, r.rollout_gpus)]
-    rw = rw_params, rw_fwd, rw_train, rw_peak = reward_pieces(config.reward.name, config.reward.options.get("dtype", "float32"))
+    rw = rw_params, rw_fwd, rw_train, rw_peak = reward_pieces(
+        config.reward.name, config.reward.options.get("dtype", "float32")
+    )
     learner = f"learner ({algo.title})"
     if algo.samples_from == "learners":  # first-order: the learner backpropagates through its own chains
         k = config.settings
         calls = algo.grad_calls(config)
-        parts = {"base weights": base, "LoRA + grads + AdamW (fp32)": lora_state, f"reward model ({config.reward.name})": rw_params * 4,
-                 f"chain of {calls} UNet calls with grad ({'checkpointed' if k.gradient_checkpointing else 'all activations kept'})":
-                     k.batch_size * chain_bytes(p, calls, k.gradient_checkpointing),
-                 "VAE decode + reward forward/backward": k.batch_size * (p.vae_train_peak + rw_peak)}
+        parts = {
+            "base weights": base,
+            "LoRA + grads + AdamW (fp32)": lora_state,
+            f"reward model ({config.reward.name})": rw_params * 4,
+            f"chain of {calls} UNet calls with grad ({'checkpointed' if k.gradient_checkpointing else 'all activations kept'})": k.batch_size
+            * chain_bytes(p, calls, k.gradient_checkpointing),
+            "VAE decode + reward forward/backward": k.batch_size * (p.vae_train_peak + rw_peak),
+        }
         recompute = p.unet_call_flops if k.gradient_checkpointing else 0
-        per_sample = calls * (p.unet_train_flops + recompute) + max(0, H - calls) * p.unet_call_flops + p.vae_train_flops + rw_train
+        per_sample = (
+            calls * (p.unet_train_flops + recompute)
+            + max(0, H - calls) * p.unet_call_flops
+            + p.vae_train_flops
+            + rw_train
+        )
     else:
         t = config.settings
-        parts = {"base weights": base, "LoRA + grads + AdamW (fp32)": lora_state,
-                 "UNet forward+backward activations": t.train_batch_size * cfg * p.unet_train_peak}
+        parts = {
+            "base weights": base,
+            "LoRA + grads + AdamW (fp32)": lora_state,
+            "UNet forward+backward activations": t.train_batch_size * cfg * p.unet_train_peak,
+        }
         trained = steps_trained(sampler.num_actions(H), getattr(t, "timestep_fraction", 1.0))
-        per_sample = cfg * (H * p.unet_call_flops + t.inner_epochs * trained * p.unet_train_flops) + p.vae_decode_flops + rw_fwd
+        per_sample = (
+            cfg * (H * p.unet_call_flops + t.inner_epochs * trained * p.unet_train_flops) + p.vae_decode_flops + rw_fwd
+        )
     actors.append(_actor(learner, parts, gpu, r.learner_gpus))
     gpus = r.num_rollout_actors * r.rollout_gpus + r.num_learners * r.learner_gpus
     if config.reward.backend == "serve" and (rw_params or config.reward.name == "llava_bertscore"):
         share, replicas, _ = serve_share(config.reward.name)
         if share:
-            if config.reward.name == "llava_bertscore":  # vLLM also takes gpu_memory_utilization of the GPU for its KV cache
+            if (
+                config.reward.name == "llava_bertscore"
+            ):  # vLLM also takes gpu_memory_utilization of the GPU for its KV cache
                 llava, bert = llava_bertscore_params()
                 parts = {"LLaVA-1.5-7B weights (fp16)": llava * 2, "DeBERTa-xlarge BERTScore (fp32)": bert * 4}
             else:
@@ -359,23 +404,57 @@ def plan(config: TrainConfig, gpu: str = "h100-80gb", mfu: float = 0.35) -> dict
 
     kind, note = resolve_gpu(gpu)
     if is_toy(config.model.name):
-        raise ConfigError(f"rlcm plan is for real models; the tiny toy {config.model.name!r} runs on any CPU (try --config compression)")
+        raise ConfigError(
+            f"rlcm plan is for real models; the tiny toy {config.model.name!r} runs on any CPU (try --config compression)"
+        )
     a = assemble(config, kind)
     p, (rw_params, rw_fwd, _, _) = a.pieces, a.reward
     share = serve_share(config.reward.name)
     return {
-        "preset_algorithm": config.algorithm, "gpu": kind.kind, "gpu_note": note, "gpu_memory_bytes": kind.memory_bytes,
-        "gpu_bf16_flops": kind.bf16_flops, "reserved_bytes": RESERVED,
-        "resolution": p.resolution, "dtype": "bfloat16" if config.model.dtype == "auto" else config.model.dtype, "num_steps": config.sampling.num_steps,
-        "parameters": {"unet": p.unet_params, "vae": p.vae_params, "text_encoder": p.text_params, "lora": p.lora_params, "reward": rw_params},
-        "flops": {"unet_call": p.unet_call_flops, "unet_train_call": p.unet_train_flops, "vae_decode": p.vae_decode_flops,
-                  "reward_forward": rw_fwd, "per_sample": a.per_sample},
-        "activations_per_image": {"unet_call_nograd": p.unet_nograd_peak, "unet_call_train": p.unet_train_peak,
-                                  "unet_call_saved_for_backward": p.unet_saved, "vae_decode_nograd": p.vae_nograd_peak},
-        "actors": [{"role": x.role, "memory_bytes": x.memory_bytes, "budget_bytes": x.budget_bytes, "gpu_fraction": x.gpu_fraction,
-                    "fits": x.fits, "parts": x.parts} for x in a.actors],
+        "preset_algorithm": config.algorithm,
+        "gpu": kind.kind,
+        "gpu_note": note,
+        "gpu_memory_bytes": kind.memory_bytes,
+        "gpu_bf16_flops": kind.bf16_flops,
+        "reserved_bytes": RESERVED,
+        "resolution": p.resolution,
+        "dtype": "bfloat16" if config.model.dtype == "auto" else config.model.dtype,
+        "num_steps": config.sampling.num_steps,
+        "parameters": {
+            "unet": p.unet_params,
+            "vae": p.vae_params,
+            "text_encoder": p.text_params,
+            "lora": p.lora_params,
+            "reward": rw_params,
+        },
+        "flops": {
+            "unet_call": p.unet_call_flops,
+            "unet_train_call": p.unet_train_flops,
+            "vae_decode": p.vae_decode_flops,
+            "reward_forward": rw_fwd,
+            "per_sample": a.per_sample,
+        },
+        "activations_per_image": {
+            "unet_call_nograd": p.unet_nograd_peak,
+            "unet_call_train": p.unet_train_peak,
+            "unet_call_saved_for_backward": p.unet_saved,
+            "vae_decode_nograd": p.vae_nograd_peak,
+        },
+        "actors": [
+            {
+                "role": x.role,
+                "memory_bytes": x.memory_bytes,
+                "budget_bytes": x.budget_bytes,
+                "gpu_fraction": x.gpu_fraction,
+                "fits": x.fits,
+                "parts": x.parts,
+            }
+            for x in a.actors
+        ],
         "reward_serve_config": share[2] if any(x.role.startswith("reward deployment") for x in a.actors) else None,
-        "gpus": a.gpus, "mfu": mfu, "samples_per_s": (a.gpus or 1) * kind.bf16_flops * mfu / a.per_sample,
+        "gpus": a.gpus,
+        "mfu": mfu,
+        "samples_per_s": (a.gpus or 1) * kind.bf16_flops * mfu / a.per_sample,
         "advice": advise(config, kind, a.actors),
     }
 
@@ -383,14 +462,18 @@ def plan(config: TrainConfig, gpu: str = "h100-80gb", mfu: float = 0.35) -> dict
 def format_plan(name: str, result: dict[str, Any]) -> str:
     gib = lambda n: f"{n / 2**30:.1f} GiB"  # noqa: E731
     f = result["flops"]
-    lines = [f"plan of {name} on {result['gpu']} ({result['resolution']} px, base in {result['dtype']}, H={result['num_steps']}):",
-             *([f"  note: {result['gpu_note']}"] if result["gpu_note"] else []),
-             f"  FLOPs: UNet call {f['unet_call'] / 1e9:.1f} G, VAE decode {f['vae_decode'] / 1e9:.1f} G, reward forward {f['reward_forward'] / 1e9:.1f} G, "
-             f"per trained sample {f['per_sample'] / 1e12:.2f} T",
-             f"  predicted {result['samples_per_s']:.2f} samples/s on {result['gpus']:g} GPU(s) at MFU {result['mfu']:.0%}"]
+    lines = [
+        f"plan of {name} on {result['gpu']} ({result['resolution']} px, base in {result['dtype']}, H={result['num_steps']}):",
+        *([f"  note: {result['gpu_note']}"] if result["gpu_note"] else []),
+        f"  FLOPs: UNet call {f['unet_call'] / 1e9:.1f} G, VAE decode {f['vae_decode'] / 1e9:.1f} G, reward forward {f['reward_forward'] / 1e9:.1f} G, "
+        f"per trained sample {f['per_sample'] / 1e12:.2f} T",
+        f"  predicted {result['samples_per_s']:.2f} samples/s on {result['gpus']:g} GPU(s) at MFU {result['mfu']:.0%}",
+    ]
     for a in result["actors"]:
         share = f" ({a['gpu_fraction']:g} GPU)" if a["gpu_fraction"] < 1 else ""
-        lines.append(f"  {a['role']}: {gib(a['memory_bytes'])} of {gib(a['budget_bytes'])}{share} -> {'fits' if a['fits'] else 'DOES NOT FIT'}")
+        lines.append(
+            f"  {a['role']}: {gib(a['memory_bytes'])} of {gib(a['budget_bytes'])}{share} -> {'fits' if a['fits'] else 'DOES NOT FIT'}"
+        )
         lines.extend(f"      {k}: {gib(v)}" for k, v in a["parts"].items())
     if result["reward_serve_config"]:
         lines.append(f"  reward deployment GPU share: {result['reward_serve_config']}")

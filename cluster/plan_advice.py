@@ -26,7 +26,11 @@ def _smaller_rollout_batches(config: TrainConfig) -> list[list[str]]:
     """Fewer images per rollout call, more calls per epoch: the samples per epoch stay as they are."""
     s = config.sampling
     samples = s.batch_size * s.batches_per_epoch
-    return [[f"sampling.batch_size={b}", f"sampling.batches_per_epoch={samples // b}"] for b in range(s.batch_size - 1, 0, -1) if samples % b == 0]
+    return [
+        [f"sampling.batch_size={b}", f"sampling.batches_per_epoch={samples // b}"]
+        for b in range(s.batch_size - 1, 0, -1)
+        if samples % b == 0
+    ]
 
 
 def _then_whole_gpu(key: str, fraction: float, changes: list[list[str]]) -> list[list[str]]:
@@ -68,21 +72,35 @@ def advise(config: TrainConfig, gpu: GPU, actors: list[Actor]) -> list[dict[str,
     for a in actors:
         if a.fits:
             continue
-        item: dict[str, Any] = {"role": a.role, "memory_bytes": a.memory_bytes, "budget_bytes": a.budget_bytes, "set": [], "fits_on": []}
+        item: dict[str, Any] = {
+            "role": a.role,
+            "memory_bytes": a.memory_bytes,
+            "budget_bytes": a.budget_bytes,
+            "set": [],
+            "fits_on": [],
+        }
         need = f"{a.role} needs {_gib(a.memory_bytes)} of {_gib(a.budget_bytes)} on {gpu.kind}"
         fixed = next(((c, f) for c in candidates(config, a.role) if (f := _fitting(config, gpu, a.role, c))), None)
         fraction = _serve_fraction(a, gpu) if a.role.startswith("reward deployment") else None
         if fixed:
             changes, after = fixed
             item["set"] = changes
-            item["text"] = f"{need}: {' '.join('--set ' + c for c in changes)} (then {_gib(after.memory_bytes)} of {_gib(after.budget_bytes)})"
+            item["text"] = (
+                f"{need}: {' '.join('--set ' + c for c in changes)} (then {_gib(after.memory_bytes)} of {_gib(after.budget_bytes)})"
+            )
         elif fraction:
             source = serve_share(config.reward.name)[2]
             item["serve_num_gpus"] = fraction
             item["text"] = f"{need}: no --set sizes it; set num_gpus: {fraction:g} for {config.reward.name} in {source}"
         else:
-            item["fits_on"] = [g.kind for g in GPUS.values() if any(x.role == a.role and x.fits for x in assemble(config, g).actors)]
-            where = f"as configured it fits on {', '.join(item['fits_on'])}" if item["fits_on"] else "it fits on no GPU kind rlcm plan knows"
+            item["fits_on"] = [
+                g.kind for g in GPUS.values() if any(x.role == a.role and x.fits for x in assemble(config, g).actors)
+            ]
+            where = (
+                f"as configured it fits on {', '.join(item['fits_on'])}"
+                if item["fits_on"]
+                else "it fits on no GPU kind rlcm plan knows"
+            )
             item["text"] = f"{need}: no --set makes it fit on {gpu.kind}; {where}"
         out.append(item)
     return out

@@ -36,7 +36,6 @@ TARGETS = {"divergence_mean": "lam_divergence_target"}
 """Diagnostics drawn with their target (dashed) where the rows log one: ROCM's `lam: auto` steers D̄ to it."""
 
 
-
 def _figure(width: float, height: float):
     """A matplotlib Figure on the Agg canvas (imported here: `rlcm --help` stays fast)."""
     from matplotlib.figure import Figure
@@ -96,7 +95,11 @@ def step_series(rows: list[dict], key: str) -> dict[str, tuple[np.ndarray, np.nd
 
 
 def _time_axis(seconds: np.ndarray) -> tuple[np.ndarray, str]:
-    return (seconds / 60, "wall-clock (minutes)") if seconds.size and seconds.max() >= 120 else (seconds, "wall-clock (seconds)")
+    return (
+        (seconds / 60, "wall-clock (minutes)")
+        if seconds.size and seconds.max() >= 120
+        else (seconds, "wall-clock (seconds)")
+    )
 
 
 def run_rewards(run_dir: Path) -> tuple[str, str | None]:
@@ -118,14 +121,23 @@ def reward_label(name: str, key: str = "reward_mean") -> str:
     return ("monitor: " if key.startswith("monitor") else "") + name + (f" ({unit})" if unit else "")
 
 
-def _reward_curve(ax, rows: list[dict], x: np.ndarray | None, label: str = "reward_mean", band: bool = True, key: str = "reward_mean") -> None:
+def _reward_curve(
+    ax, rows: list[dict], x: np.ndarray | None, label: str = "reward_mean", band: bool = True, key: str = "reward_mean"
+) -> None:
     xs = column(rows, "epoch") if x is None else np.asarray(x, dtype=float)
     mean, std = column(rows, key), column(rows, key.replace("_mean", "_std"))
     keep = np.isfinite(xs) & np.isfinite(mean)
     line = ax.plot(xs[keep], mean[keep], marker="o" if keep.sum() <= 30 else None, markersize=3, label=label)[0]
     both = keep & np.isfinite(std)
     if band and both.any():
-        ax.fill_between(xs[both], (mean - std)[both], (mean + std)[both], color=line.get_color(), alpha=0.2, label=f"± {key.replace('_mean', '_std')}")
+        ax.fill_between(
+            xs[both],
+            (mean - std)[both],
+            (mean + std)[both],
+            color=line.get_color(),
+            alpha=0.2,
+            label=f"± {key.replace('_mean', '_std')}",
+        )
 
 
 def _label(ax, title: str, xlabel: str, ylabel: str) -> None:
@@ -150,7 +162,11 @@ def diagnostic_panels(rows: list[dict]) -> list[tuple[str, str]]:
     from learner.algorithms import ALGORITHMS
 
     algorithm = ALGORITHMS.get(_algorithm(rows), ALGORITHMS["rlcm"])
-    return [(key, title) for key, title in algorithm.diagnostics if any(len(xs) for xs, _ in step_series(rows, key).values())]
+    return [
+        (key, title)
+        for key, title in algorithm.diagnostics
+        if any(len(xs) for xs, _ in step_series(rows, key).values())
+    ]
 
 
 def _samples_from(algorithm: str | None) -> str:
@@ -269,7 +285,9 @@ def _run(args: argparse.Namespace) -> int:
 
 def add_plot_parser(subparsers) -> argparse.ArgumentParser:
     """Register `rlcm plot RUN [RUN ...] [--out FILE]` on the CLI's subparsers."""
-    parser = subparsers.add_parser("plot", help="plot runs' metrics (each run's plots/; several runs overlaid in --out)")
+    parser = subparsers.add_parser(
+        "plot", help="plot runs' metrics (each run's plots/; several runs overlaid in --out)"
+    )
     parser.add_argument("runs", nargs="+", metavar="RUN", help="run folders holding metrics.jsonl")
     parser.add_argument("--out", help="overlay of all runs (default comparison.png when more than one run)")
     parser.set_defaults(func=_run)

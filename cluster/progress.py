@@ -23,7 +23,10 @@ def _algorithm(row: dict) -> type[Algorithm]:
 
 def epoch_line(row: dict, total: int) -> str:
     """One line per epoch: reward, the algorithm's diagnostics, time, samples."""
-    parts = [f"epoch {row['epoch'] + 1}/{total}", f"reward {row['reward_mean']:.4f} ± {row.get('reward_std', math.nan):.4f}"]
+    parts = [
+        f"epoch {row['epoch'] + 1}/{total}",
+        f"reward {row['reward_mean']:.4f} ± {row.get('reward_std', math.nan):.4f}",
+    ]
     if row.get("skipped_update"):
         parts.append("update skipped (no valid reward)")
     else:
@@ -31,7 +34,9 @@ def epoch_line(row: dict, total: int) -> str:
         if "monitor_reward_mean" in row:
             parts.append(f"monitor {row['monitor_reward_mean']:.4f}")
     parts.append(f"{row['time_epoch_s']:.1f} s/epoch")
-    parts.append(f"samples {row['samples_seen']}" + (f", {row['num_invalid']} invalid" if row.get("num_invalid") else ""))
+    parts.append(
+        f"samples {row['samples_seen']}" + (f", {row['num_invalid']} invalid" if row.get("num_invalid") else "")
+    )
     if row.get("reward_error"):
         parts.append(f"reward error: {row['reward_error']}")
     return "  ".join(parts)
@@ -42,8 +47,11 @@ def gap_warning(row: dict, clip_range: float, section: str = "train") -> str | N
     gap = row.get("old_logprob_gap_max")
     if not isinstance(gap, (int, float)) or not gap > clip_range:
         return None
-    fix = (f"; π_old is the learner's own ({section}.recompute_old_log_probs), so the first PPO pass starts at ratio 1"
-           if row.get("old_logprob_recomputed") else f"; PPO clips on this noise: set {section}.recompute_old_log_probs=true")
+    fix = (
+        f"; π_old is the learner's own ({section}.recompute_old_log_probs), so the first PPO pass starts at ratio 1"
+        if row.get("old_logprob_recomputed")
+        else f"; PPO clips on this noise: set {section}.recompute_old_log_probs=true"
+    )
     return (
         f"rollout and learner log-probs differ by up to {gap:.3g} (median {row.get('old_logprob_gap_median', float('nan')):.3g}) "
         f"at the same weights, more than the clip range {clip_range:g}: numerical noise of the model dtype{fix}"
@@ -58,14 +66,26 @@ class EpochProgress:
         self.clip_range, self.section = getattr(config.settings, "clip_range", None), config.algo.section
         self.gap_warned = False  # the rollout/learner log-prob gap is reported once per run
         # the bar only on a terminal (disable=None); logs (ray job logs, files) get one line per epoch
-        self.bar = tqdm(desc=f"rlcm train ({config.algorithm})", unit="epoch", total=self.total, initial=start_epoch, dynamic_ncols=True, disable=None)
+        self.bar = tqdm(
+            desc=f"rlcm train ({config.algorithm})",
+            unit="epoch",
+            total=self.total,
+            initial=start_epoch,
+            dynamic_ncols=True,
+            disable=None,
+        )
         self.tracker = None
         if config.run.tensorboard or config.run.wandb:
             from cluster.tracking import RunTracker
 
             self.tracker = RunTracker(
-                root, tensorboard=config.run.tensorboard, wandb=config.run.wandb, wandb_project=config.run.wandb_project,
-                run_name=root.name, config=config.model_dump(mode="json"), start_epoch=start_epoch,
+                root,
+                tensorboard=config.run.tensorboard,
+                wandb=config.run.wandb,
+                wandb_project=config.run.wandb_project,
+                run_name=root.name,
+                config=config.model_dump(mode="json"),
+                start_epoch=start_epoch,
             )
 
     def epoch_done(self, row: dict, grid: np.ndarray | None) -> None:
@@ -76,7 +96,11 @@ class EpochProgress:
             postfix[label] = f"{row[key]:.3g}"
         self.bar.set_postfix(postfix, refresh=False)
         self.bar.write(epoch_line(row, self.total))
-        if not self.gap_warned and self.clip_range is not None and (warning := gap_warning(row, self.clip_range, self.section)):
+        if (
+            not self.gap_warned
+            and self.clip_range is not None
+            and (warning := gap_warning(row, self.clip_range, self.section))
+        ):
             logger.warning("rlcm: warning: %s", warning)
             self.gap_warned = True
         if self.tracker is not None:

@@ -25,7 +25,9 @@ def load_prompts(source: str, limit: int | None = None) -> list[str]:
     elif source == "animals_activities":
         prompts = [f"{_article(a)} {a} {act}" for a in _lines("simple_animals.txt") for act in _lines("activities.txt")]
     else:
-        raise ValueError(f"unknown prompt source {source!r}; use imagenet_animals, simple_animals or animals_activities")
+        raise ValueError(
+            f"unknown prompt source {source!r}; use imagenet_animals, simple_animals or animals_activities"
+        )
     return prompts[:limit] if limit else prompts
 
 

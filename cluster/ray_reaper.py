@@ -104,7 +104,10 @@ def start_reaper(session_dir: str) -> subprocess.Popen | None:
         return None
     return subprocess.Popen(
         [sys.executable, "-S", "-E", str(Path(__file__).resolve()), str(os.getpid()), Path(session_dir).name],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
 
 

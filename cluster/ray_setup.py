@@ -35,8 +35,14 @@ class ResourceError(RuntimeError):
 
 
 def init_ray(
-    address: str | None = None, *, num_cpus: float | None = None, num_gpus: float | None = None, quiet: bool = True,
-    log_to_driver: bool = True, include_dashboard: bool | None = None, namespace: str | None = None,
+    address: str | None = None,
+    *,
+    num_cpus: float | None = None,
+    num_gpus: float | None = None,
+    quiet: bool = True,
+    log_to_driver: bool = True,
+    include_dashboard: bool | None = None,
+    namespace: str | None = None,
     connect_timeout_s: float = 30.0,
 ) -> str:
     """Start or join Ray for this process; returns one line saying which.
@@ -50,7 +56,9 @@ def init_ray(
         return f"using the Ray instance this process already runs on ({ray.get_runtime_context().gcs_address})"
     source = "RAY_ADDRESS" if address in (None, os.environ.get("RAY_ADDRESS")) else "--address"
     address = address or os.environ.get("RAY_ADDRESS") or "local"
-    common = dict(log_to_driver=log_to_driver, namespace=namespace, logging_level=logging.ERROR if quiet else logging.INFO)
+    common = dict(
+        log_to_driver=log_to_driver, namespace=namespace, logging_level=logging.ERROR if quiet else logging.INFO
+    )
     if quiet:
         logging.getLogger("ray").setLevel(logging.ERROR)
     if address != "local":
@@ -66,12 +74,16 @@ def init_ray(
             ) from error
         return f"joined Ray cluster at {ray.get_runtime_context().gcs_address}"
     with _loopback_node_ip():
-        context = ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=include_dashboard, **common)
+        context = ray.init(
+            address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=include_dashboard, **common
+        )
     _STARTED_HERE["gcs"] = context.address_info["gcs_address"]
     start_reaper(context.address_info["session_dir"])  # the local Ray dies with this process, even on SIGKILL
     totals = ray.cluster_resources()
-    line = (f"started local Ray ({totals.get('CPU', 0):g} CPUs, {totals.get('GPU', 0):g} GPUs) "
-            f"on {context.address_info['node_ip_address']}, address {_STARTED_HERE['gcs']}")
+    line = (
+        f"started local Ray ({totals.get('CPU', 0):g} CPUs, {totals.get('GPU', 0):g} GPUs) "
+        f"on {context.address_info['node_ip_address']}, address {_STARTED_HERE['gcs']}"
+    )
     return line + (f", dashboard http://{context.dashboard_url}" if context.dashboard_url else "")
 
 
@@ -220,8 +232,10 @@ def cluster_capacity() -> Capacity:
     nodes = [{k: float(n["Resources"].get(k, 0)) for k in ("CPU", "GPU")} for n in ray.nodes() if n.get("Alive")]
     here = started_here()
     return Capacity(
-        {k: float(totals.get(k, 0)) for k in ("CPU", "GPU")}, nodes,
-        source="the local Ray started by this process" if here else "the Ray cluster now", can_grow=not here,
+        {k: float(totals.get(k, 0)) for k in ("CPU", "GPU")},
+        nodes,
+        source="the local Ray started by this process" if here else "the Ray cluster now",
+        can_grow=not here,
     )
 
 
@@ -234,7 +248,9 @@ def shortages(requests: list[ResourceRequest], capacity: Capacity) -> list[str]:
         if total > have + EPS:
             parts = ", ".join(f"{r.what} {r.count} × {r.cpus if resource == 'CPU' else r.gpus:g}" for r in asking)
             keys = list(dict.fromkeys(k for r in asking for k in r.keys_for(resource)))
-            problems.append(f"{resource}: {total:g} asked ({parts}) but {capacity.source} has {have:g}; change {', '.join(keys)}")
+            problems.append(
+                f"{resource}: {total:g} asked ({parts}) but {capacity.source} has {have:g}; change {', '.join(keys)}"
+            )
     for r in [] if problems or not capacity.nodes else requests:
         if r.count < 1 or (r.cpus <= EPS and r.gpus <= EPS):
             continue
@@ -268,12 +284,17 @@ def preflight(requests: list[ResourceRequest], capacity: Capacity | None = None)
     raise ResourceError(message)
 
 
-def wait_for_placement_group(pg, timeout_s: float, what: str, keys: tuple[str, ...] = (), warn_after_s: float = 10.0) -> None:
+def wait_for_placement_group(
+    pg, timeout_s: float, what: str, keys: tuple[str, ...] = (), warn_after_s: float = 10.0
+) -> None:
     """Wait until `pg` is placed; after `warn_after_s` say so on stderr; after `timeout_s` remove it and raise ResourceError."""
     if pg.wait(min(warn_after_s, timeout_s)):
         return
     bundles = ", ".join("{" + ", ".join(f"{k} {v:g}" for k, v in b.items()) + "}" for b in pg.bundle_specs)
-    print(f"rlcm: waiting for Ray to place {what} ({bundles}); free now: {free_resources()}; giving up after {timeout_s:g} s", file=sys.stderr)
+    print(
+        f"rlcm: waiting for Ray to place {what} ({bundles}); free now: {free_resources()}; giving up after {timeout_s:g} s",
+        file=sys.stderr,
+    )
     if timeout_s > warn_after_s and pg.wait(timeout_s - warn_after_s):
         return
     from ray.util.placement_group import remove_placement_group

@@ -82,7 +82,9 @@ class RolloutPool:
     def __init__(self, spec: RolloutSpec, options: PoolOptions, size: int):
         self.spec, self.options = spec, options
         self.slots: dict[int, Slot] = {}
-        self.retired: dict[str, dict[str, float]] = {}  # stats of actors stopped since the last take_stats, that sampled
+        self.retired: dict[
+            str, dict[str, float]
+        ] = {}  # stats of actors stopped since the last take_stats, that sampled
         self.queue: deque[Job] = deque()
         self.inflight: dict = {}  # info ref -> (job, actor id, trajectory ref, images ref)
         self.probes: dict = {}  # ping ref -> actor id (actors whose batch failed)
@@ -94,7 +96,9 @@ class RolloutPool:
         for slot in self.slots.values():
             if slot.pg is not None:
                 wait_for_placement_group(
-                    slot.pg, options.placement_timeout_s, "rollout actors",
+                    slot.pg,
+                    options.placement_timeout_s,
+                    "rollout actors",
                     ("resources.num_rollout_actors", "resources.rollout_cpus", "resources.rollout_gpus"),
                 )
 
@@ -107,7 +111,11 @@ class RolloutPool:
         strategy = PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=0) if pg else None
         crash = o.crash_after_batches if actor_id == 0 else None
         handle = RolloutActor.options(
-            num_cpus=o.cpus, num_gpus=o.gpus, max_restarts=o.max_restarts, max_task_retries=o.max_task_retries, scheduling_strategy=strategy
+            num_cpus=o.cpus,
+            num_gpus=o.gpus,
+            max_restarts=o.max_restarts,
+            max_task_retries=o.max_task_retries,
+            scheduling_strategy=strategy,
         ).remote(self.spec, o.torch_threads, crash)
         self.slots[actor_id] = Slot(handle, pg)
 
@@ -165,7 +173,8 @@ class RolloutPool:
         """Dispatch queued jobs to the least-loaded active actors, at most `max_inflight` each."""
         while self.queue:
             free = {
-                i: s.load for i, s in self.slots.items()
+                i: s.load
+                for i, s in self.slots.items()
                 if not s.draining and not self._probing(i) and s.load < self.options.max_inflight and s.is_placed()
             }
             if not free:
@@ -173,7 +182,9 @@ class RolloutPool:
             actor_id = min(free, key=free.get)
             job = self.queue.popleft()
             version, adapter = self.adapter
-            trajectory_ref, images_ref, info_ref = self.slots[actor_id].handle.sample.remote(job.prompts, job.seed, version, adapter)
+            trajectory_ref, images_ref, info_ref = self.slots[actor_id].handle.sample.remote(
+                job.prompts, job.seed, version, adapter
+            )
             self.inflight[info_ref] = (job, actor_id, trajectory_ref, images_ref)
             self.slots[actor_id].load += 1
 
@@ -203,8 +214,12 @@ class RolloutPool:
                     if not self._probing(actor_id):
                         self.probes[slot.handle.ping.remote()] = actor_id
                         serving = sum(not s.draining and not self._probing(i) for i, s in self.slots.items())
-                        print(f"rlcm: rollout actor {actor_id} failed ({_reason(error)}); batch {job.key} is queued again, "
-                              f"{serving} actor(s) serve until it is back or replaced", file=sys.stderr, flush=True)
+                        print(
+                            f"rlcm: rollout actor {actor_id} failed ({_reason(error)}); batch {job.key} is queued again, "
+                            f"{serving} actor(s) serve until it is back or replaced",
+                            file=sys.stderr,
+                            flush=True,
+                        )
                     continue
                 slot.images += info["images"]
                 slot.busy_s += info["busy_s"]

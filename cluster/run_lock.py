@@ -12,8 +12,8 @@ import json
 import os
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 LOCK_FILE = ".rlcm.lock"
 _HELD: dict[Path, int] = {}  # folder -> fd of a lock this process holds

@@ -11,8 +11,9 @@ Reward versions: one update never mixes them; entries scored by an older version
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator, Literal
+from typing import Literal
 
 import numpy as np
 
@@ -29,14 +30,28 @@ class Job:
     seed: int
 
 
-def epoch_jobs(prompts: list[str], seed: int, epoch: int, batch_size: int, num_batches: int, distinct: bool = False,
-               group_size: int = 1) -> list[Job]:
+def epoch_jobs(
+    prompts: list[str],
+    seed: int,
+    epoch: int,
+    batch_size: int,
+    num_batches: int,
+    distinct: bool = False,
+    group_size: int = 1,
+) -> list[Job]:
     """The rollout batches of one epoch; identical on every call, so a resumed or retried batch is the same.
 
     With `group_size` G, each drawn prompt fills G consecutive samples (a group never straddles batches: G divides batch_size).
     """
-    drawn = [p for p in epoch_prompts(prompts, seed, epoch, num_batches * batch_size // group_size, distinct) for _ in range(group_size)]
-    return [Job((epoch, b), drawn[b * batch_size : (b + 1) * batch_size], batch_seed(seed, epoch, b)) for b in range(num_batches)]
+    drawn = [
+        p
+        for p in epoch_prompts(prompts, seed, epoch, num_batches * batch_size // group_size, distinct)
+        for _ in range(group_size)
+    ]
+    return [
+        Job((epoch, b), drawn[b * batch_size : (b + 1) * batch_size], batch_seed(seed, epoch, b))
+        for b in range(num_batches)
+    ]
 
 
 def scored_versions(entries: list[Entry]) -> list[str]:
@@ -75,15 +90,26 @@ def reward_summary(entries: list[Entry]) -> dict:
 
 def mean_over_ranks(metrics: list[dict]) -> dict:
     """Average each numeric metric over the learner ranks (each rank trains on its own shard)."""
-    return {k: float(np.mean([m[k] for m in metrics])) if isinstance(v, (int, float)) else v for k, v in metrics[0].items()}
+    return {
+        k: float(np.mean([m[k] for m in metrics])) if isinstance(v, (int, float)) else v for k, v in metrics[0].items()
+    }
 
 
 class Scheduler:
     """Decides what to sample next and when an update may take which batches; the Ray loop carries it out."""
 
     def __init__(
-        self, prompts: list[str], batch_size: int, num_batches: int, seed: int, mode: Literal["sync", "async"],
-        max_staleness: int, capacity: int, start_epoch: int = 0, distinct_prompts: bool = False, group_size: int = 1,
+        self,
+        prompts: list[str],
+        batch_size: int,
+        num_batches: int,
+        seed: int,
+        mode: Literal["sync", "async"],
+        max_staleness: int,
+        capacity: int,
+        start_epoch: int = 0,
+        distinct_prompts: bool = False,
+        group_size: int = 1,
     ):
         self.prompts, self.batch_size, self.num_batches, self.seed = prompts, batch_size, num_batches, seed
         self.distinct_prompts = distinct_prompts  # ROCM's monitor batches: each held-out prompt once
@@ -96,7 +122,15 @@ class Scheduler:
 
     def _jobs_from(self, epoch: int) -> Iterator[Job]:
         while True:
-            yield from epoch_jobs(self.prompts, self.seed, epoch, self.batch_size, self.num_batches, self.distinct_prompts, self.group_size)
+            yield from epoch_jobs(
+                self.prompts,
+                self.seed,
+                epoch,
+                self.batch_size,
+                self.num_batches,
+                self.distinct_prompts,
+                self.group_size,
+            )
             epoch += 1
 
     def to_submit(self) -> list[Job]:
@@ -115,7 +149,9 @@ class Scheduler:
         """A sampled batch arrived (its reward is still pending)."""
         self.buffer.add(entry)
 
-    def scored(self, entry: Entry, rewards: list[float], valid: list[bool] | None, version: str, error: str | None = None) -> None:
+    def scored(
+        self, entry: Entry, rewards: list[float], valid: list[bool] | None, version: str, error: str | None = None
+    ) -> None:
         """A reward arrived for `entry` (also after a re-score); arrival order decides the newest version."""
         join_reward(entry, rewards, valid, version, error)
         self._scored += 1

@@ -68,7 +68,9 @@ def held_out_prompts(config, count: int) -> list[str]:
     train = load_prompts(config.prompts.source, config.prompts.limit)
     held = [p for p in load_prompts(config.prompts.source) if p not in set(train)][:count]
     if len(held) < count:
-        raise ValueError(f"prompts.source {config.prompts.source!r} has only {len(held)} prompts outside the training set")
+        raise ValueError(
+            f"prompts.source {config.prompts.source!r} has only {len(held)} prompts outside the training set"
+        )
     return held
 
 
@@ -85,8 +87,13 @@ class ToyRun:
         if mode not in MODES:
             raise ValueError(f"unknown reward mode {mode!r}; use one of {MODES}")
         self.config, self.mode, self.seed = config, mode, config.run.seed
-        common = dict(model=config.model.name, lora=config.model.lora, seed=self.seed, model_seed=config.model.seed,
-                      dtype=DTYPES[config.model.dtype])
+        common = dict(
+            model=config.model.name,
+            lora=config.model.lora,
+            seed=self.seed,
+            model_seed=config.model.seed,
+            dtype=DTYPES[config.model.dtype],
+        )
         self.learner = build_learner(config.algo.learner_spec(config, common))
         self.worker = worker or rollout_worker(config)
         self.scorer = build_scorer(config.reward.name)
@@ -100,7 +107,9 @@ class ToyRun:
         c, algo = self.config, self.config.algo
         load_adapter(self.worker, self.learner.adapter())
         prompts = load_prompts(c.prompts.source, c.prompts.limit)
-        jobs = epoch_jobs(prompts, self.seed, self.epoch, c.sampling.batch_size, c.batches_per_update, group_size=algo.group_size(c))
+        jobs = epoch_jobs(
+            prompts, self.seed, self.epoch, c.sampling.batch_size, c.batches_per_update, group_size=algo.group_size(c)
+        )
         trajectories = [self.worker.sample(job.prompts, job.seed) for job in jobs]
         scores = [self.scorer.score(t.images.permute(0, 2, 3, 1).numpy(), t.prompts) for t in trajectories]
         true, valid = np.concatenate([s.rewards for s in scores]), np.concatenate([s.valid for s in scores])
@@ -124,11 +133,21 @@ def rollout_worker(config):
     from rollout.worker import RolloutSpec, RolloutWorker
 
     s, algo = config.sampling, config.algo
-    return RolloutWorker(RolloutSpec(
-        model=config.model.name, lora=config.model.lora, num_steps=s.num_steps, guidance_scale=s.guidance_scale, height=s.height,
-        width=s.width, original_inference_steps=s.original_inference_steps, model_seed=config.model.seed,
-        dtype=DTYPES[config.model.dtype], noise_group_size=algo.noise_group_size(config), eta=algo.eta(config),
-    ))
+    return RolloutWorker(
+        RolloutSpec(
+            model=config.model.name,
+            lora=config.model.lora,
+            num_steps=s.num_steps,
+            guidance_scale=s.guidance_scale,
+            height=s.height,
+            width=s.width,
+            original_inference_steps=s.original_inference_steps,
+            model_seed=config.model.seed,
+            dtype=DTYPES[config.model.dtype],
+            noise_group_size=algo.noise_group_size(config),
+            eta=algo.eta(config),
+        )
+    )
 
 
 def load_adapter(worker, adapter) -> None:
@@ -139,7 +158,9 @@ def load_adapter(worker, adapter) -> None:
     worker.version = adapter.version
 
 
-def sign_test_run(config, mode: str, epochs: int, held_out: list[str], noises: int, worker=None, initial: bool = False) -> dict:
+def sign_test_run(
+    config, mode: str, epochs: int, held_out: list[str], noises: int, worker=None, initial: bool = False
+) -> dict:
     """Train `epochs` epochs under `mode`; the training curve (true reward), the final held-out reward (and, with
     `initial`, the untrained policy's)."""
     run = ToyRun(config, mode, worker)

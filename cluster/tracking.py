@@ -61,10 +61,14 @@ class RunTracker:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError as error:
-                raise ImportError(f"TensorBoard logging needs the tensorboard package ({error}): pip install tensorboard, or set run.tensorboard=false") from None
+                raise ImportError(
+                    f"TensorBoard logging needs the tensorboard package ({error}): pip install tensorboard, or set run.tensorboard=false"
+                ) from None
             self.writer = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"), purge_step=start_epoch or None)
             if config is not None:
-                self.writer.add_text("config", "```\n" + json.dumps(config, indent=2, default=str) + "\n```", global_step=start_epoch)
+                self.writer.add_text(
+                    "config", "```\n" + json.dumps(config, indent=2, default=str) + "\n```", global_step=start_epoch
+                )
         if wandb:
             self.wandb_run = self._start_wandb(wandb_project, run_name or self.run_dir.name, config, start_epoch)
 

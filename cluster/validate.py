@@ -25,10 +25,14 @@ def model_config_dir(model: str) -> Path | None:
     local = Path(model).expanduser()
     if local.is_dir():
         if not (local / "model_index.json").is_file():
-            raise ConfigError(f"model.name: {model} is a folder without model_index.json; pass a diffusers pipeline folder")
+            raise ConfigError(
+                f"model.name: {model} is a folder without model_index.json; pass a diffusers pipeline folder"
+            )
         return local
     if model.startswith((".", "/", "~")) or model.count("/") != 1:
-        raise ConfigError(f"model.name: {model!r} is neither a toy ('tiny', 'tiny-ddim'), an existing folder, nor a hub id like 'SimianLuo/LCM_Dreamshaper_v7'")
+        raise ConfigError(
+            f"model.name: {model!r} is neither a toy ('tiny', 'tiny-ddim'), an existing folder, nor a hub id like 'SimianLuo/LCM_Dreamshaper_v7'"
+        )
     from huggingface_hub import try_to_load_from_cache
 
     cached = try_to_load_from_cache(model, "model_index.json")
@@ -103,11 +107,15 @@ def check_reward(config: TrainConfig) -> None:
     if algorithm.differentiable_reward():
         names = differentiable_reward_names()
         if reward.name not in names:
-            raise ConfigError(f"reward.name: {reward.name!r} is not differentiable, which {algorithm.name} needs; choose one of {names}")
+            raise ConfigError(
+                f"reward.name: {reward.name!r} is not differentiable, which {algorithm.name} needs; choose one of {names}"
+            )
     monitored = algorithm.samples_from == "learners" and reward.monitor
     served, key = (reward.monitor, "reward.monitor") if monitored else (reward.name, "reward.name")
     if reward.backend == "local" and ":" not in served and served not in REWARD_NAMES:
-        raise ConfigError(f"{key}: unknown reward {served!r}; choose one of {sorted(REWARD_NAMES)} or a 'package.module:Class' path")
+        raise ConfigError(
+            f"{key}: unknown reward {served!r}; choose one of {sorted(REWARD_NAMES)} or a 'package.module:Class' path"
+        )
 
 
 def check_local_resources(config: TrainConfig) -> None:
@@ -122,17 +130,23 @@ def check_local_resources(config: TrainConfig) -> None:
     short = [k for k in ("GPU", "CPU") if asked[k] > have[k] + 1e-9]
     if short:
         first = short[0]  # GPUs when they are short: then CPUs matter less
-        askers = sorted(((r.asks(first), first, " x ".join(r.keys_for(first))) for r in requests if r.asks(first) > 0), reverse=True)
-        raise ConfigError(f"this run does not fit on this machine ({'; '.join(f'{asked[k]:g} {k}s asked, this machine has {have[k]:g}' for k in short)}): "
-                          "run it on a cluster (--address or RAY_ADDRESS), choose a CPU preset (tiny-cpu, rocm-tiny-cpu), or lower with --set "
-                          + ", ".join(f"{keys} ({n:g} {k}s)" for n, k, keys in askers))
+        askers = sorted(
+            ((r.asks(first), first, " x ".join(r.keys_for(first))) for r in requests if r.asks(first) > 0), reverse=True
+        )
+        raise ConfigError(
+            f"this run does not fit on this machine ({'; '.join(f'{asked[k]:g} {k}s asked, this machine has {have[k]:g}' for k in short)}): "
+            "run it on a cluster (--address or RAY_ADDRESS), choose a CPU preset (tiny-cpu, rocm-tiny-cpu), or lower with --set "
+            + ", ".join(f"{keys} ({n:g} {k}s)" for n, k, keys in askers)
+        )
 
 
 def validate_before_ray(config: TrainConfig, joining_cluster: bool) -> None:
     """All cheap checks; resources and model files are only checked on this machine when the run is local."""
     check_reward(config)
     ray = sys.modules.get("ray")
-    if not joining_cluster and not (ray is not None and ray.is_initialized()):  # a Ray this process runs on is checked by preflight
+    if not joining_cluster and not (
+        ray is not None and ray.is_initialized()
+    ):  # a Ray this process runs on is checked by preflight
         check_local_resources(config)
     if is_toy(config.model.name) or not joining_cluster:
         names = unet_module_names(config.model.name, config.model.seed)

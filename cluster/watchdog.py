@@ -4,8 +4,8 @@ with one line naming what stalled, the config keys that bound or size it, and wh
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 
 class StalledError(RuntimeError):
@@ -55,7 +55,9 @@ def bounded_get(refs, timeout_s: float, what: str, limit_key: str, keys: tuple[s
     try:
         return ray.get(refs, timeout=timeout_s)
     except ray.exceptions.GetTimeoutError:
-        raise StalledError(stalled_message(Deadline(what, started, timeout_s, limit_key, keys), time.monotonic(), free())) from None
+        raise StalledError(
+            stalled_message(Deadline(what, started, timeout_s, limit_key, keys), time.monotonic(), free())
+        ) from None
 
 
 def stalled_message(deadline: Deadline, now: float, free: str) -> str:

@@ -76,7 +76,9 @@ class BaseLearner:
         return int(np.random.default_rng([self.spec.seed, self.rank]).integers(0, 2**62))
 
     def optimizer_step(self) -> float:
-        return optimizer_step(self.optimizer, self.params, self.settings.max_grad_norm, self.reduce_gradients, self.lr_scheduler)
+        return optimizer_step(
+            self.optimizer, self.params, self.settings.max_grad_norm, self.reduce_gradients, self.lr_scheduler
+        )
 
     def adapter(self) -> AdapterVersion:
         return export_adapter(self.pipe.unet, self.version)

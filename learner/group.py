@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import ray
 from ray.util.placement_group import placement_group, remove_placement_group
@@ -20,8 +20,15 @@ class LearnerGroup:
     """Creates M learners in one placement group, joins them into a process group, trains them in lockstep."""
 
     def __init__(
-        self, spec, num_learners: int, cpus: float, gpus: float, torch_threads: int | None = None,
-        backend: str = "auto", strategy: str = "PACK", wait_placed: Callable | None = None,
+        self,
+        spec,
+        num_learners: int,
+        cpus: float,
+        gpus: float,
+        torch_threads: int | None = None,
+        backend: str = "auto",
+        strategy: str = "PACK",
+        wait_placed: Callable | None = None,
     ):
         """`spec`: an algorithm's learner spec (it builds the learner); `wait_placed(pg)` waits for the placement group (default: forever); the driver passes one with a time limit."""
         resources = bundle(cpus, gpus)
@@ -30,8 +37,11 @@ class LearnerGroup:
             (wait_placed or (lambda pg: ray.get(pg.ready())))(self.pg)
         self.actors = [
             Learner.options(
-                num_cpus=cpus, num_gpus=gpus,
-                scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=rank) if self.pg else None,
+                num_cpus=cpus,
+                num_gpus=gpus,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(self.pg, placement_group_bundle_index=rank)
+                if self.pg
+                else None,
             ).remote(spec, torch_threads, rank, num_learners)
             for rank in range(num_learners)
         ]

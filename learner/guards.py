@@ -34,7 +34,9 @@ def step_problem(loss: torch.Tensor | float, params: Iterable[torch.nn.Parameter
     return f"{bad} of {len(params)} gradients are non-finite" if bad else None
 
 
-def step_if_finite(optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter], grad_norm: torch.Tensor | float) -> bool:
+def step_if_finite(
+    optimizer: torch.optim.Optimizer, params: list[torch.nn.Parameter], grad_norm: torch.Tensor | float
+) -> bool:
     """Apply `optimizer.step()` only when the gradients (their norm, after any all-reduce) are finite; zero them either
     way. Returns whether the step was applied. A NaN/Inf loss gives non-finite gradients, so it is skipped too; every
     data-parallel rank sees the same all-reduced norm, so all ranks skip together."""
@@ -48,7 +50,10 @@ def step_if_finite(optimizer: torch.optim.Optimizer, params: list[torch.nn.Param
 def grad_norm_metrics(grad_norms: list[float]) -> dict[str, float]:
     """`grad_norm`: mean over the applied (finite) steps; `nonfinite_steps`: how many steps were skipped."""
     finite = [g for g in grad_norms if math.isfinite(g)]
-    return {"grad_norm": sum(finite) / len(finite) if finite else math.nan, "nonfinite_steps": float(len(grad_norms) - len(finite))}
+    return {
+        "grad_norm": sum(finite) / len(finite) if finite else math.nan,
+        "nonfinite_steps": float(len(grad_norms) - len(finite)),
+    }
 
 
 def nonfinite_tensors(tensors: Mapping[str, torch.Tensor]) -> list[str]:

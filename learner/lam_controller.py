@@ -18,7 +18,9 @@ import math
 from dataclasses import dataclass
 
 
-def lam_update(lam: float, divergence_mean: float, target: float, max_factor: float, lam_min: float, lam_max: float) -> float:
+def lam_update(
+    lam: float, divergence_mean: float, target: float, max_factor: float, lam_min: float, lam_max: float
+) -> float:
     """The next λ: λ·clip(√(D̄/δ), 1/c, c) clamped to [lam_min, lam_max]; a non-finite D̄ leaves λ."""
     if lam <= 0 or target <= 0 or max_factor < 1 or not 0 < lam_min <= lam_max:
         raise ValueError(

@@ -30,9 +30,11 @@ class LearnerSpec:
     dtype: torch.dtype | None = None
     total_optimizer_steps: int = 1  # over the whole run, for `ppo.lr_schedule: linear`
     rank: int = 0
-    nan_loss_versions: tuple[int, ...] = ()  # fault injection (faults.nan_loss_epochs): updates from these versions get NaN advantages
+    nan_loss_versions: tuple[
+        int, ...
+    ] = ()  # fault injection (faults.nan_loss_epochs): updates from these versions get NaN advantages
 
-    def build(self, reduce_gradients=None) -> "PPOLearner":
+    def build(self, reduce_gradients=None) -> PPOLearner:
         return PPOLearner(self, reduce_gradients)
 
 
@@ -78,14 +80,18 @@ class PPOLearner(BaseLearner):
     def advantages(self, prompts: list[str], rewards: np.ndarray) -> np.ndarray:
         return self.tracker.update(prompts, rewards)
 
-    def epoch_advantages(self, prompts: list[str], rewards: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
+    def epoch_advantages(
+        self, prompts: list[str], rewards: np.ndarray, valid: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, dict]:
         """Advantages of the valid samples (others 0), which samples stay valid, and extra metrics."""
         keep = np.flatnonzero(valid)
         advantages = np.zeros(len(prompts))
         advantages[keep] = self.advantages([prompts[i] for i in keep], rewards[keep])
         return advantages, valid, {}
 
-    def train_epoch(self, rewards: np.ndarray, valid: np.ndarray, *trajectories: Trajectory, world_size: int = 1) -> dict[str, float]:
+    def train_epoch(
+        self, rewards: np.ndarray, valid: np.ndarray, *trajectories: Trajectory, world_size: int = 1
+    ) -> dict[str, float]:
         """Advantages from the valid samples' rewards (all ranks alike), one PPO update on this rank's shard.
 
         With one learner invalid samples are dropped; with several they stay with advantage 0, so
@@ -93,7 +99,9 @@ class PPOLearner(BaseLearner):
         """
         batch = Trajectory.concat(list(trajectories))
         versions = np.concatenate([np.full(len(t), t.policy_version) for t in trajectories])
-        advantages, valid, info = self.epoch_advantages(batch.prompts, np.asarray(rewards, dtype=np.float64), np.asarray(valid, dtype=bool))
+        advantages, valid, info = self.epoch_advantages(
+            batch.prompts, np.asarray(rewards, dtype=np.float64), np.asarray(valid, dtype=bool)
+        )
         keep = np.flatnonzero(valid)
         if len(keep) == 0:
             return {"skipped_update": True, **info}
@@ -104,7 +112,9 @@ class PPOLearner(BaseLearner):
             advantages = np.full_like(advantages, np.nan)  # every loss of this update is NaN
         return {**self.train(batch, advantages, on_policy=versions == self.version), **info}
 
-    def train(self, trajectory: Trajectory, advantages: np.ndarray, on_policy: np.ndarray | None = None) -> dict[str, float]:
+    def train(
+        self, trajectory: Trajectory, advantages: np.ndarray, on_policy: np.ndarray | None = None
+    ) -> dict[str, float]:
         """One PPO update on a batch whose advantages are already computed; bumps the version.
 
         `on_policy` [B]: the samples drawn at this learner's weights (default: all if the trajectory's version is
@@ -119,8 +129,16 @@ class PPOLearner(BaseLearner):
             on_policy=torch.as_tensor(on_policy, dtype=torch.bool, device=self.device),
         )
         metrics = ppo_update(
-            self.pipe.unet, self.optimizer, self.params, batch, self.settings, self.generator,
-            self.reduce_gradients, self.lr_scheduler, kl_coef=self.kl_coef, timestep_fraction=self.timestep_fraction,
+            self.pipe.unet,
+            self.optimizer,
+            self.params,
+            batch,
+            self.settings,
+            self.generator,
+            self.reduce_gradients,
+            self.lr_scheduler,
+            kl_coef=self.kl_coef,
+            timestep_fraction=self.timestep_fraction,
             recompute_old=self.settings.recomputes_old_log_probs(self.pipe.unet.dtype),
         )
         metrics.update({f"stat_tracker_{k}": v for k, v in self.tracker.stats().items()})

@@ -11,8 +11,8 @@ grouping, same dtype and mode, no grad): the first pass then starts at ratio ρ 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
 
@@ -28,7 +28,9 @@ class PassOrder:
     steps: torch.Tensor  # [B, T] each sample's order of its T action steps
 
 
-def draw_pass_orders(generator: torch.Generator, num_samples: int, num_transitions: int, inner_epochs: int, shuffle_timesteps: bool) -> list[PassOrder]:
+def draw_pass_orders(
+    generator: torch.Generator, num_samples: int, num_transitions: int, inner_epochs: int, shuffle_timesteps: bool
+) -> list[PassOrder]:
     """Every inner epoch's order, drawn up front in the order PPO always drew them (so runs stay reproducible)."""
     orders = []
     for _ in range(inner_epochs):
@@ -41,7 +43,9 @@ def draw_pass_orders(generator: torch.Generator, num_samples: int, num_transitio
     return orders
 
 
-def pass_calls(order: PassOrder, train_batch_size: int, steps_per_sample: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def pass_calls(
+    order: PassOrder, train_batch_size: int, steps_per_sample: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(rows, k) of each UNet call of one pass, in order: minibatches of `train_batch_size` samples, then step j of each."""
     for start in range(0, len(order.samples), train_batch_size):
         rows = order.samples[start : start + train_batch_size]
@@ -49,7 +53,9 @@ def pass_calls(order: PassOrder, train_batch_size: int, steps_per_sample: int) -
             yield rows, order.steps[rows, j]
 
 
-def call_log_prob(unet: torch.nn.Module, transitions: Transitions, rows: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, ...]:
+def call_log_prob(
+    unet: torch.nn.Module, transitions: Transitions, rows: torch.Tensor, k: torch.Tensor
+) -> tuple[torch.Tensor, ...]:
     """log π_θ(x_{k+1} | x_k) of one call's (rows, k), and the action's mean and std (for a KL to the base)."""
     mean, std = transitions.gaussian(unet, rows, k)
     return gaussian_log_prob(transitions.latents[rows, k + 1], mean, std), mean, std
@@ -81,4 +87,3 @@ def gap_metrics(behaviour: torch.Tensor, learner: torch.Tensor) -> dict:
         "old_logprob_gap_max": float(gap[seen].max()),
         "old_logprob_gap_step": per_step,
     }
-

@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from typing import Callable, Protocol
+from collections.abc import Callable
+from typing import Protocol
 
 import torch
 
@@ -31,7 +32,9 @@ def build_optimizer(params: list[torch.nn.Parameter], settings: AdamSettings) ->
     )
 
 
-def build_lr_scheduler(optimizer: torch.optim.Optimizer, schedule: str, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+def build_lr_scheduler(
+    optimizer: torch.optim.Optimizer, schedule: str, total_steps: int
+) -> torch.optim.lr_scheduler.LRScheduler:
     """`constant`, or `linear` decay to 0 over `total_steps` optimizer steps (diffusers' schedules)."""
     from diffusers.optimization import get_scheduler
 

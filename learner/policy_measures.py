@@ -1,11 +1,11 @@
 """Two measures of a tuned policy, the same for every algorithm: how far it moved from the base, and how varied it stays.
 
-    Σ_k KL(π_θ ‖ π_base) per chain: along a chain x_0 … sampled by π_θ (the recorded trajectory), at each state x_k
-        both policies are Gaussians with the same std σ_k, so KL_k = Δ_k²/(2σ_k²) per latent dim with
-        Δ_k = mean_θ,k − mean_base,k (the UNet with its LoRA on, then off), averaged over dims
-        (`learner.divergences.gaussian_divergence`), summed over the chain's actions (LCM: H−1, DDIM: H).
-    diversity: for each prompt, the mean pairwise RMS distance between its images (pixels in [0, 1]) drawn
-        from different noise; averaged over prompts. 0 = the policy gives one image per prompt whatever the noise.
+Σ_k KL(π_θ ‖ π_base) per chain: along a chain x_0 … sampled by π_θ (the recorded trajectory), at each state x_k
+    both policies are Gaussians with the same std σ_k, so KL_k = Δ_k²/(2σ_k²) per latent dim with
+    Δ_k = mean_θ,k − mean_base,k (the UNet with its LoRA on, then off), averaged over dims
+    (`learner.divergences.gaussian_divergence`), summed over the chain's actions (LCM: H−1, DDIM: H).
+diversity: for each prompt, the mean pairwise RMS distance between its images (pixels in [0, 1]) drawn
+    from different noise; averaged over prompts. 0 = the policy gives one image per prompt whatever the noise.
 """
 
 from __future__ import annotations
@@ -47,6 +47,8 @@ def pairwise_diversity(images: torch.Tensor, per_prompt: int) -> float:
         raise ValueError(f"need at least 2 images per prompt and a multiple of {per_prompt} images, got {len(images)}")
     pixels = images.double().div(255).reshape(len(images) // per_prompt, per_prompt, -1)
     distances = [
-        (group[i] - group[j]).pow(2).mean().sqrt() for group in pixels for i, j in itertools.combinations(range(per_prompt), 2)
+        (group[i] - group[j]).pow(2).mean().sqrt()
+        for group in pixels
+        for i, j in itertools.combinations(range(per_prompt), 2)
     ]
     return float(torch.stack(distances).mean())

@@ -12,17 +12,17 @@ the rollout's log π, or (`recompute_old_log_probs`) the learner's own recomputa
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
 
+from learner.divergences import gaussian_divergence
 from learner.guards import grad_norm_metrics
+from learner.old_log_probs import call_log_prob, draw_pass_orders, gap_metrics, pass_calls, recompute_log_probs
 from learner.optim import optimizer_step
 from learner.settings import PPOSettings
-from learner.divergences import gaussian_divergence
-from learner.old_log_probs import call_log_prob, draw_pass_orders, gap_metrics, pass_calls, recompute_log_probs
 from rollout.policies import Transitions
 
 
@@ -33,7 +33,9 @@ class TrainBatch:
     transitions: Transitions  # states x_k = latents[:, k], actions latents[:, k+1], and π_θ's Gaussian of each
     old_log_probs: torch.Tensor  # [B, actions per chain]
     advantages: torch.Tensor  # [B]
-    on_policy: torch.Tensor | None = None  # bool [B]: sampled at the learner's weights (None: all); π_old is recomputed for these only
+    on_policy: torch.Tensor | None = (
+        None  # bool [B]: sampled at the learner's weights (None: all); π_old is recomputed for these only
+    )
 
     def __len__(self) -> int:
         return self.old_log_probs.shape[0]
@@ -104,19 +106,27 @@ def ppo_update(
     advantages = batch.advantages.clamp(-settings.adv_clip_max, settings.adv_clip_max)
     trained = steps_trained(num_transitions, timestep_fraction)
     backward_per_step = settings.grad_accum_steps * trained
-    orders = draw_pass_orders(generator, num_samples, num_transitions, settings.inner_epochs, settings.shuffle_timesteps)
+    orders = draw_pass_orders(
+        generator, num_samples, num_transitions, settings.inner_epochs, settings.shuffle_timesteps
+    )
     step_infos: list[dict[str, float]] = []
     grad_norms: list[float] = []
     backward_count = 0
     unet.train()
     behaviour = batch.old_log_probs.float()
-    on_policy = torch.ones(num_samples, dtype=torch.bool, device=device) if batch.on_policy is None else batch.on_policy.to(device)
+    on_policy = (
+        torch.ones(num_samples, dtype=torch.bool, device=device)
+        if batch.on_policy is None
+        else batch.on_policy.to(device)
+    )
     learner_log_probs = torch.full_like(behaviour, float("nan"))  # log π_θ at the rollout's weights
     old_log_probs = behaviour
     if recompute_old and on_policy.any():
         # later epochs may visit steps outside the first pass's subset: recompute every step, first pass's calls first
         steps = trained if settings.inner_epochs == 1 else num_transitions
-        learner_log_probs = recompute_log_probs(unet, batch.transitions, pass_calls(orders[0], settings.train_batch_size, steps), behaviour.shape)
+        learner_log_probs = recompute_log_probs(
+            unet, batch.transitions, pass_calls(orders[0], settings.train_batch_size, steps), behaviour.shape
+        )
         learner_log_probs[~on_policy] = float("nan")
         old_log_probs = torch.where(torch.isnan(learner_log_probs), behaviour, learner_log_probs)
     for order in orders:
@@ -127,7 +137,9 @@ def ppo_update(
             if not grad_norms:  # before the first optimizer step: the weights the rollout sampled with
                 info["ratio_first_pass_max_dev"] = (torch.exp(log_prob - old_log_probs[idx_d, k_d]) - 1).abs().max()
                 if not recompute_old:
-                    learner_log_probs[idx_d, k_d] = torch.where(on_policy[idx_d], log_prob.detach().float(), float("nan"))
+                    learner_log_probs[idx_d, k_d] = torch.where(
+                        on_policy[idx_d], log_prob.detach().float(), float("nan")
+                    )
             if kl_coef > 0:
                 kl = gaussian_divergence("kl", mean, base_mean(unet, batch.transitions, idx_d, k_d), std).mean()
                 loss, info["kl_to_base"] = loss + kl_coef * kl, kl.detach()
@@ -135,17 +147,25 @@ def ppo_update(
             backward_count += 1
             step_infos.append({"loss": loss.item(), **{key: value.item() for key, value in info.items()}})
             if backward_count % backward_per_step == 0:
-                grad_norms.append(optimizer_step(optimizer, params, settings.max_grad_norm, reduce_gradients, lr_scheduler))
+                grad_norms.append(
+                    optimizer_step(optimizer, params, settings.max_grad_norm, reduce_gradients, lr_scheduler)
+                )
     if partial := backward_count % backward_per_step:  # a partial window (e.g. invalid samples were dropped)
         for p in params:  # each loss was divided by the full window; weight by the true count instead
             if p.grad is not None:
                 p.grad.mul_(backward_per_step / partial)
         grad_norms.append(optimizer_step(optimizer, params, settings.max_grad_norm, reduce_gradients, lr_scheduler))
     unet.eval()
-    metrics = {key: float(np.mean([s[key] for s in step_infos])) for key in ("loss", "approx_kl", "clipfrac", "kl_to_base") if key in step_infos[0]}
+    metrics = {
+        key: float(np.mean([s[key] for s in step_infos]))
+        for key in ("loss", "approx_kl", "clipfrac", "kl_to_base")
+        if key in step_infos[0]
+    }
     metrics["ratio_min"] = min(s["ratio_min"] for s in step_infos)
     metrics["ratio_max"] = max(s["ratio_max"] for s in step_infos)
-    metrics["ratio_first_pass_max_dev"] = max(s["ratio_first_pass_max_dev"] for s in step_infos if "ratio_first_pass_max_dev" in s)
+    metrics["ratio_first_pass_max_dev"] = max(
+        s["ratio_first_pass_max_dev"] for s in step_infos if "ratio_first_pass_max_dev" in s
+    )
     metrics["old_logprob_recomputed"] = recompute_old
     metrics.update(gap_metrics(behaviour, learner_log_probs))
     metrics.update(grad_norm_metrics(grad_norms))

@@ -16,7 +16,7 @@ and the reward. AdamW on the LoRA maximizes the objective.
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -28,7 +28,14 @@ from learner.guards import grad_norm_metrics
 from learner.optim import optimizer_step
 from learner.settings import ROCMSettings
 from rollout.policy import (
-    draw_noise, encode_prompts, guidance_embedding, latent_shape, lcm_chain, lcm_timesteps, math_dtype_for, predict_denoised,
+    draw_noise,
+    encode_prompts,
+    guidance_embedding,
+    latent_shape,
+    lcm_chain,
+    lcm_timesteps,
+    math_dtype_for,
+    predict_denoised,
     transition_mean_std,
 )
 
@@ -95,7 +102,9 @@ def rocm_objective(
     if divergence not in DIVERGENCES:
         raise ValueError(f"unknown divergence {divergence!r}; choose one of {list(DIVERGENCES)}")
     if isinstance(lam, str) or lam < 0:
-        raise ValueError(f"lam must be a number >= 0, got {lam!r} (rocm.lam: auto is resolved per epoch by the driver's λ controller)")
+        raise ValueError(
+            f"lam must be a number >= 0, got {lam!r} (rocm.lam: auto is resolved per epoch by the driver's λ controller)"
+        )
     if truncate_steps is not None and truncate_steps < 1:
         raise ValueError(f"truncate_steps must be >= 1 or None (full gradient), got {truncate_steps}")
     unet, scheduler = pipe.unet, pipe.scheduler
@@ -127,9 +136,15 @@ def rocm_objective(
         if step.mean is None or not regularize:
             continue
         with torch.set_grad_enabled(with_grad(step.k)):
-            denoised_ref = _call(gradient_checkpointing, _denoise, unet, scheduler, step.x, step.t, prompt_embeds, w_embedding, False)
-            mean_ref = transition_mean_std(scheduler, denoised_ref, timesteps[step.k + 1].expand(batch))[0]  # mean_ref,k
-            total_divergence = total_divergence + gaussian_divergence(divergence, step.mean, mean_ref, step.std, generator, js_samples)
+            denoised_ref = _call(
+                gradient_checkpointing, _denoise, unet, scheduler, step.x, step.t, prompt_embeds, w_embedding, False
+            )
+            mean_ref = transition_mean_std(scheduler, denoised_ref, timesteps[step.k + 1].expand(batch))[
+                0
+            ]  # mean_ref,k
+            total_divergence = total_divergence + gaussian_divergence(
+                divergence, step.mean, mean_ref, step.std, generator, js_samples
+            )
 
     images = _call(gradient_checkpointing, decode_images_01, pipe, denoised)
     reward = reward_fn(images, list(prompts)).to(math_dtype_for(images.dtype))
@@ -167,7 +182,9 @@ def rocm_update(
     """
     accum = settings.grad_accum_steps
     if not prompt_batches or len(prompt_batches) % accum:
-        raise ValueError(f"need a positive multiple of grad_accum_steps={accum} prompt batches, got {len(prompt_batches)}")
+        raise ValueError(
+            f"need a positive multiple of grad_accum_steps={accum} prompt batches, got {len(prompt_batches)}"
+        )
     start = time.perf_counter()
     rewards, divergences, objectives, grad_norms, truncated = [], [], [], [], []
     optimizer.zero_grad(set_to_none=True)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -33,7 +33,7 @@ class ROCMLearnerSpec:
     dtype: torch.dtype | None = None
     rank: int = 0
 
-    def build(self, reduce_gradients=None) -> "ROCMLearner":
+    def build(self, reduce_gradients=None) -> ROCMLearner:
         return ROCMLearner(self, reduce_gradients)
 
 
@@ -53,7 +53,9 @@ class ROCMLearner(BaseLearner):
     draw different chains.
     """
 
-    def __init__(self, spec: ROCMLearnerSpec, reduce_gradients: Callable[[list[torch.nn.Parameter]], None] | None = None):
+    def __init__(
+        self, spec: ROCMLearnerSpec, reduce_gradients: Callable[[list[torch.nn.Parameter]], None] | None = None
+    ):
         super().__init__(spec, reduce_gradients)
         self.reward_fn = spec.reward_factory().to(self.device)
         self.last_samples: EpochSamples | None = None

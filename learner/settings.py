@@ -26,7 +26,9 @@ class PPOSettings(BaseModel):
     grad_accum_steps: int = Field(2, ge=1)
     inner_epochs: int = Field(1, ge=1)
     shuffle_timesteps: bool = True
-    lr_schedule: Literal["constant", "linear"] = Field("constant", description="linear: decay to 0 over the run's optimizer steps")
+    lr_schedule: Literal["constant", "linear"] = Field(
+        "constant", description="linear: decay to 0 over the run's optimizer steps"
+    )
     recompute_old_log_probs: bool | Literal["auto"] = Field(
         "auto",
         description="π_old = the learner's own log π at the update's start (same calls as its first pass, no grad) instead of "
@@ -61,14 +63,18 @@ class ROCMSettings(BaseModel):
         description="λ, weight of Σ_k D_k: a number >= 0 (fixed; 0 = unregularized) or auto (λ adapts so that mean Σ_k D_k ≈ lam_target)",
     )
     lam_target: float = Field(
-        0.1, gt=0, description="auto: divergence budget δ, the mean Σ_k D_k per chain λ steers to (docs/rocm_lambda.md; ours)"
+        0.1,
+        gt=0,
+        description="auto: divergence budget δ, the mean Σ_k D_k per chain λ steers to (docs/rocm_lambda.md; ours)",
     )
     lam_init: float = Field(0.1, gt=0, description="auto: λ of the first epoch (ours)")
     lam_max_factor: float = Field(1.5, ge=1, description="auto: λ changes by at most this factor per epoch (ours)")
     lam_min: float = Field(1e-4, gt=0, description="auto: λ never goes below this (ours)")
     lam_max: float = Field(1e3, gt=0, description="auto: λ never goes above this (ours)")
     truncate_steps: int | None = Field(
-        None, ge=1, description="opt-in: backprop through the last K transitions + decode only (states before are detached); None = full"
+        None,
+        ge=1,
+        description="opt-in: backprop through the last K transitions + decode only (states before are detached); None = full",
     )
     js_samples: int = Field(1, ge=1, description="reparameterized draws per dimension for the Jensen–Shannon estimate")
     learning_rate: float = Field(1e-4, gt=0, description="AdamW learning rate of the LoRA (our choice)")
@@ -80,7 +86,9 @@ class ROCMSettings(BaseModel):
     batch_size: int = Field(1, ge=1, description="prompts per objective call per learner (paper: 1 per GPU)")
     grad_accum_steps: int = Field(1, ge=1, description="objective calls per optimizer step (paper: 1)")
     updates_per_epoch: int = Field(1, ge=1, description="optimizer steps per epoch")
-    gradient_checkpointing: bool = Field(True, description="recompute each UNet call and the decode in backward (saves memory)")
+    gradient_checkpointing: bool = Field(
+        True, description="recompute each UNet call and the decode in backward (saves memory)"
+    )
 
     @field_validator("lam")
     @classmethod
@@ -92,5 +100,7 @@ class ROCMSettings(BaseModel):
     @model_validator(mode="after")
     def _lam_range(self):
         if self.lam == "auto" and not self.lam_min <= self.lam_init <= self.lam_max:
-            raise ValueError(f"rocm.lam: auto needs lam_min <= lam_init <= lam_max, got {self.lam_min}, {self.lam_init}, {self.lam_max}")
+            raise ValueError(
+                f"rocm.lam: auto needs lam_min <= lam_init <= lam_max, got {self.lam_min}, {self.lam_init}, {self.lam_max}"
+            )
         return self

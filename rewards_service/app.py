@@ -7,7 +7,8 @@ import inspect
 import logging
 import math
 import secrets
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 from fastapi import Depends, FastAPI, HTTPException, Request
@@ -19,8 +20,16 @@ from starlette.requests import ClientDisconnect
 
 from rewards_service.batching import merge_results
 from rewards_service.budget import BudgetBusy, PixelBudget
-from rewards_service.codec import PNG_BASE64_PATTERN, ImageError, ImageHeader, check_png_base64, decode_group, read_headers, size_groups
-from rewards_service.scorers.base import ScorerUnavailable, ScoreResult
+from rewards_service.codec import (
+    PNG_BASE64_PATTERN,
+    ImageError,
+    ImageHeader,
+    check_png_base64,
+    decode_group,
+    read_headers,
+    size_groups,
+)
+from rewards_service.scorers.base import ScoreResult, ScorerUnavailable
 from rewards_service.settings import ServiceSettings
 from rewards_service.uploads import UploadSlots
 
@@ -28,8 +37,14 @@ RESERVED_KEYS = ("rewards", "version", "valid")
 logger = logging.getLogger("rewards_service")
 
 
-PNG_ITEM_SCHEMA = {"type": "string", "minLength": 1, "pattern": PNG_BASE64_PATTERN, "contentEncoding": "base64", "contentMediaType": "image/png",
-                   "description": "a PNG file, base64-encoded (standard alphabet, padded): it starts with iVBORw0KGgo"}
+PNG_ITEM_SCHEMA = {
+    "type": "string",
+    "minLength": 1,
+    "pattern": PNG_BASE64_PATTERN,
+    "contentEncoding": "base64",
+    "contentMediaType": "image/png",
+    "description": "a PNG file, base64-encoded (standard alphabet, padded): it starts with iVBORw0KGgo",
+}
 
 
 class ScoreRequest(BaseModel):
@@ -41,8 +56,11 @@ class ScoreRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     prompts: list[str] = Field(min_length=1, description="one prompt per image: the same length as `images`")
-    images: list[str] = Field(min_length=1, description="base64-encoded PNG images (sizes may differ): the same length as `prompts`",
-                              json_schema_extra={"items": PNG_ITEM_SCHEMA})
+    images: list[str] = Field(
+        min_length=1,
+        description="base64-encoded PNG images (sizes may differ): the same length as `prompts`",
+        json_schema_extra={"items": PNG_ITEM_SCHEMA},
+    )
 
     @field_validator("images")
     @classmethod
@@ -52,9 +70,11 @@ class ScoreRequest(BaseModel):
         return images
 
     @model_validator(mode="after")
-    def _one_prompt_per_image(self) -> "ScoreRequest":
+    def _one_prompt_per_image(self) -> ScoreRequest:
         if len(self.images) != len(self.prompts):
-            raise ValueError(f"got {len(self.images)} images but {len(self.prompts)} prompts; send one prompt per image")
+            raise ValueError(
+                f"got {len(self.images)} images but {len(self.prompts)} prompts; send one prompt per image"
+            )
         return self
 
 
@@ -84,15 +104,30 @@ def _error(status: int, text: str) -> dict[str, Any]:
     return {status: {"description": text, "content": {"application/json": {"example": {"detail": text}}}}}
 
 
-ERRORS = {**_error(401, "missing or wrong bearer token"), **_error(404, "unknown reward"),
-          **_error(408, "the request body did not arrive within body_timeout_s, came slower than min_upload_bytes_per_s after upload_grace_s, "
-                             "or was cut off to make room for others (the upload furthest behind that rate goes first)"),
-          **_error(413, "body, image count, image side, pixels of an image or of the request above the limits, or a decompression bomb"),
-          **_error(415, "content type is not application/json"),
-          **_error(422, "malformed JSON, bad base64, non-PNG image, prompt/image count mismatch, or an image the reward cannot score"),
-          **_error(500, "the reward failed on a valid request (a server fault)"),
-          **_error(503, "the reward is unavailable, the server's decoded-pixel budget is in use by other requests, or more than "
-                             "limit_concurrency requests are in progress; retry")}
+ERRORS = {
+    **_error(401, "missing or wrong bearer token"),
+    **_error(404, "unknown reward"),
+    **_error(
+        408,
+        "the request body did not arrive within body_timeout_s, came slower than min_upload_bytes_per_s after upload_grace_s, "
+        "or was cut off to make room for others (the upload furthest behind that rate goes first)",
+    ),
+    **_error(
+        413,
+        "body, image count, image side, pixels of an image or of the request above the limits, or a decompression bomb",
+    ),
+    **_error(415, "content type is not application/json"),
+    **_error(
+        422,
+        "malformed JSON, bad base64, non-PNG image, prompt/image count mismatch, or an image the reward cannot score",
+    ),
+    **_error(500, "the reward failed on a valid request (a server fault)"),
+    **_error(
+        503,
+        "the reward is unavailable, the server's decoded-pixel budget is in use by other requests, or more than "
+        "limit_concurrency requests are in progress; retry",
+    ),
+}
 
 
 def request_schema(settings: ServiceSettings) -> dict[str, Any]:
@@ -100,9 +135,11 @@ def request_schema(settings: ServiceSettings) -> dict[str, Any]:
     schema = ScoreRequest.model_json_schema()
     for field in ("prompts", "images"):
         schema["properties"][field]["maxItems"] = settings.max_images_per_request
-    schema["description"] += (f" Limits of this service: at most {settings.max_images_per_request} images, each at most {settings.max_image_side} "
-                              f"pixels a side and {settings.max_pixels_per_image} pixels, {settings.max_pixels_per_request} pixels in all, "
-                              f"a body of at most {settings.max_body_bytes} bytes.")
+    schema["description"] += (
+        f" Limits of this service: at most {settings.max_images_per_request} images, each at most {settings.max_image_side} "
+        f"pixels a side and {settings.max_pixels_per_image} pixels, {settings.max_pixels_per_request} pixels in all, "
+        f"a body of at most {settings.max_body_bytes} bytes."
+    )
     return schema
 
 
@@ -144,18 +181,24 @@ async def read_body(request: Request, settings: ServiceSettings, uploads: Upload
     limit = settings.max_body_bytes
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) > limit:
-        raise HTTPException(413, f"request body is {length} bytes, above the limit of {limit}; send fewer or smaller images")
+        raise HTTPException(
+            413, f"request body is {length} bytes, above the limit of {limit}; send fewer or smaller images"
+        )
     chunks, size = [], 0
     try:
         async with uploads.receiving() as upload:
             async for chunk in request.stream():
                 size += len(chunk)
                 if size > limit:
-                    raise HTTPException(413, f"request body is above the limit of {limit} bytes; send fewer or smaller images")
+                    raise HTTPException(
+                        413, f"request body is above the limit of {limit} bytes; send fewer or smaller images"
+                    )
                 chunks.append(chunk)
                 uploads.received(upload, len(chunk))
     except TimeoutError:
-        raise HTTPException(408, upload.why_stopped(asyncio.get_running_loop().time()), headers={"Connection": "close"}) from None
+        raise HTTPException(
+            408, upload.why_stopped(asyncio.get_running_loop().time()), headers={"Connection": "close"}
+        ) from None
     except ClientDisconnect:
         raise HTTPException(400, "the client disconnected before sending the whole body") from None
     return b"".join(chunks)
@@ -168,15 +211,21 @@ def parse_request(body: bytes, settings: ServiceSettings) -> tuple[ScoreRequest,
     except ValidationError as exc:
         raise HTTPException(422, _validation_detail(exc)) from None
     if len(req.images) > settings.max_images_per_request:
-        raise HTTPException(413, f"{len(req.images)} images in one request, above the limit of {settings.max_images_per_request}; split the batch")
+        raise HTTPException(
+            413,
+            f"{len(req.images)} images in one request, above the limit of {settings.max_images_per_request}; split the batch",
+        )
     try:
         headers = read_headers(req.images, settings.max_pixels_per_image, settings.max_image_side)
     except ImageError as exc:
         raise HTTPException(exc.status, exc.detail) from None
     total = sum(h.pixels for h in headers)
     if total > settings.max_pixels_per_request:
-        raise HTTPException(413, f"the {len(headers)} images hold {total} pixels in all, above the limit of {settings.max_pixels_per_request} "
-                                 "per request; send fewer or smaller images")
+        raise HTTPException(
+            413,
+            f"the {len(headers)} images hold {total} pixels in all, above the limit of {settings.max_pixels_per_request} "
+            "per request; send fewer or smaller images",
+        )
     return req, headers
 
 
@@ -200,8 +249,11 @@ async def score_by_size(name: str, scorer: Any, req: ScoreRequest, headers: list
             raise HTTPException(503, f"reward {name!r} is unavailable: {exc}", headers={"Retry-After": "1"}) from None
         except Exception as exc:
             logger.exception("reward %r failed on a valid request", name)
-            raise HTTPException(500, f"reward {name!r} failed on the server ({type(exc).__name__}: {str(exc)[:200]}); "
-                                     "the request is valid: retry later or report it") from None
+            raise HTTPException(
+                500,
+                f"reward {name!r} failed on the server ({type(exc).__name__}: {str(exc)[:200]}); "
+                "the request is valid: retry later or report it",
+            ) from None
         del images
     try:
         return merge_results(parts, len(headers))
@@ -211,10 +263,15 @@ async def score_by_size(name: str, scorer: Any, req: ScoreRequest, headers: list
 
 async def internal_error(request: Request, exc: Exception) -> JSONResponse:
     """Any other unexpected exception: a JSON 500 that says it is a server fault."""
-    return JSONResponse({"detail": f"internal server error ({type(exc).__name__}); the request may be valid: retry later or report it"}, status_code=500)
+    return JSONResponse(
+        {"detail": f"internal server error ({type(exc).__name__}); the request may be valid: retry later or report it"},
+        status_code=500,
+    )
 
 
-def create_app(scorers: Mapping[str, Any], settings: ServiceSettings | None = None, requests_at_once: int | None = None) -> FastAPI:
+def create_app(
+    scorers: Mapping[str, Any], settings: ServiceSettings | None = None, requests_at_once: int | None = None
+) -> FastAPI:
     """The reward API over `scorers` (name -> Scorer, sync or async `score`).
 
     `requests_at_once`: how many requests its server hands it at once (default settings.limit_concurrency);
@@ -223,8 +280,13 @@ def create_app(scorers: Mapping[str, Any], settings: ServiceSettings | None = No
     settings = settings or ServiceSettings()
     scorers = dict(scorers)
     pixels = PixelBudget(settings.max_pixels_in_flight)
-    uploads = UploadSlots(settings.max_uploads(requests_at_once or settings.limit_concurrency), settings.max_upload_bytes,
-                          settings.upload_grace_s, settings.min_upload_bytes_per_s, settings.body_timeout_s)
+    uploads = UploadSlots(
+        settings.max_uploads(requests_at_once or settings.limit_concurrency),
+        settings.max_upload_bytes,
+        settings.upload_grace_s,
+        settings.min_upload_bytes_per_s,
+        settings.body_timeout_s,
+    )
     bearer = HTTPBearer(auto_error=False, description="required when the service has a token configured")
 
     def check_token(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:  # noqa: B008
@@ -232,21 +294,43 @@ def create_app(scorers: Mapping[str, Any], settings: ServiceSettings | None = No
             return
         expected = settings.auth_token.get_secret_value()
         if credentials is None or not secrets.compare_digest(credentials.credentials.encode(), expected.encode()):
-            raise HTTPException(401, "missing or wrong bearer token; send 'Authorization: Bearer <token>'", headers={"WWW-Authenticate": "Bearer"})
+            raise HTTPException(
+                401,
+                "missing or wrong bearer token; send 'Authorization: Bearer <token>'",
+                headers={"WWW-Authenticate": "Bearer"},
+            )
 
-    app = FastAPI(title="rlcm reward service", version="1", description="Rewards for RL fine-tuning of consistency models. Images travel as base64 PNG; no pickle.")
+    app = FastAPI(
+        title="rlcm reward service",
+        version="1",
+        description="Rewards for RL fine-tuning of consistency models. Images travel as base64 PNG; no pickle.",
+    )
     app.add_exception_handler(Exception, internal_error)
 
     @app.api_route("/healthz", methods=["GET", "HEAD"], response_model=Health, summary="Liveness")
     async def healthz() -> Health:
         return Health()
 
-    @app.get("/v1/rewards", response_model=RewardList, dependencies=[Depends(check_token)], responses=_error(401, "missing or wrong bearer token"), summary="List rewards and their versions")
+    @app.get(
+        "/v1/rewards",
+        response_model=RewardList,
+        dependencies=[Depends(check_token)],
+        responses=_error(401, "missing or wrong bearer token"),
+        summary="List rewards and their versions",
+    )
     async def list_rewards() -> RewardList:
         return RewardList(rewards=[RewardInfo(name=n, version=await scorer_version(s)) for n, s in scorers.items()])
 
-    @app.post("/v1/score/{name}", response_model=ScoreResponse, dependencies=[Depends(check_token)], responses=ERRORS, summary="Score a batch of images",
-              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": request_schema(settings)}}}})
+    @app.post(
+        "/v1/score/{name}",
+        response_model=ScoreResponse,
+        dependencies=[Depends(check_token)],
+        responses=ERRORS,
+        summary="Score a batch of images",
+        openapi_extra={
+            "requestBody": {"required": True, "content": {"application/json": {"schema": request_schema(settings)}}}
+        },
+    )
     async def score(name: str, request: Request) -> JSONResponse:
         if name not in scorers:
             raise HTTPException(404, f"unknown reward {name!r}; available: {sorted(scorers)}")
@@ -260,7 +344,9 @@ def create_app(scorers: Mapping[str, Any], settings: ServiceSettings | None = No
             async with pixels.reserve(sum(h.pixels for h in headers), settings.pixel_wait_s):
                 result = await score_by_size(name, scorers[name], req, headers)
         except BudgetBusy as exc:
-            raise HTTPException(503, f"the server is busy decoding other requests ({exc}); retry", headers={"Retry-After": "1"}) from None
+            raise HTTPException(
+                503, f"the server is busy decoding other requests ({exc}); retry", headers={"Retry-After": "1"}
+            ) from None
         return JSONResponse(result_to_json(result))
 
     return app
@@ -270,7 +356,20 @@ def response_to_result(body: Mapping[str, Any]) -> ScoreResult:
     """Response body -> ScoreResult (null rewards -> NaN, extra keys -> details)."""
     rewards = [float("nan") if r is None else float(r) for r in body["rewards"]]
     details = {k: v for k, v in body.items() if k not in RESERVED_KEYS}
-    return ScoreResult(rewards=rewards, version=str(body["version"]), details=details, valid=list(body.get("valid") or [True] * len(rewards)))
+    return ScoreResult(
+        rewards=rewards,
+        version=str(body["version"]),
+        details=details,
+        valid=list(body.get("valid") or [True] * len(rewards)),
+    )
 
 
-__all__ = ["create_app", "call_scorer", "scorer_version", "result_to_json", "response_to_result", "ScoreRequest", "ScoreResponse"]
+__all__ = [
+    "create_app",
+    "call_scorer",
+    "scorer_version",
+    "result_to_json",
+    "response_to_result",
+    "ScoreRequest",
+    "ScoreResponse",
+]

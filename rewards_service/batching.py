@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
-from rewards_service.scorers.base import Scorer, ScorerUnavailable, ScoreResult
+from rewards_service.scorers.base import Scorer, ScoreResult, ScorerUnavailable
 
 
 def split_result(result: ScoreResult, sizes: Sequence[int]) -> list[ScoreResult]:
@@ -15,7 +15,11 @@ def split_result(result: ScoreResult, sizes: Sequence[int]) -> list[ScoreResult]
     out, start = [], 0
     for n in sizes:
         sl = slice(start, start + n)
-        out.append(ScoreResult(result.rewards[sl], result.version, {k: v[sl] for k, v in result.details.items()}, result.valid[sl]))
+        out.append(
+            ScoreResult(
+                result.rewards[sl], result.version, {k: v[sl] for k, v in result.details.items()}, result.valid[sl]
+            )
+        )
         start += n
     return out
 

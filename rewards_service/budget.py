@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
 
 
 class BudgetBusy(Exception):
@@ -29,9 +29,13 @@ class PixelBudget:
         async with self._changed:
             if self.in_use + pixels > self.capacity:
                 try:
-                    await asyncio.wait_for(self._changed.wait_for(lambda: self.in_use + pixels <= self.capacity), wait_s)
+                    await asyncio.wait_for(
+                        self._changed.wait_for(lambda: self.in_use + pixels <= self.capacity), wait_s
+                    )
                 except TimeoutError:
-                    raise BudgetBusy(f"{self.in_use} of {self.capacity} decoded pixels are in use by other requests") from None
+                    raise BudgetBusy(
+                        f"{self.in_use} of {self.capacity} decoded pixels are in use by other requests"
+                    ) from None
             self.in_use += pixels
         try:
             yield

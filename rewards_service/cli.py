@@ -19,9 +19,15 @@ def load_config(path: str | None) -> RewardServiceConfig:
     if "applications" in data:
         apps = [a for a in data["applications"] if str(a.get("import_path", "")).startswith("rewards_service.serve")]
         if len(apps) != 1:
-            raise ValueError(f"{path}: expected one application with import_path rewards_service.serve:app_builder, found {len(apps)}")
+            raise ValueError(
+                f"{path}: expected one application with import_path rewards_service.serve:app_builder, found {len(apps)}"
+            )
         app = apps[0]
-        data = {**app.get("args", {}), "app_name": app.get("name", "rewards"), "route_prefix": app.get("route_prefix", "/")}
+        data = {
+            **app.get("args", {}),
+            "app_name": app.get("name", "rewards"),
+            "route_prefix": app.get("route_prefix", "/"),
+        }
     return RewardServiceConfig.model_validate(data)
 
 
@@ -38,8 +44,13 @@ def serve_main(config_path: str | None, standalone: bool, host: str = "127.0.0.1
 
         scorers = {r.name: build_scorer(r.scorer or r.name, version=r.version, **r.options) for r in config.rewards}
         settings = config.settings
-        uvicorn.run(create_app(scorers, settings), host=host, port=port, http=guarded_protocol(settings),
-                    timeout_keep_alive=settings.keep_alive_timeout_s)
+        uvicorn.run(
+            create_app(scorers, settings),
+            host=host,
+            port=port,
+            http=guarded_protocol(settings),
+            timeout_keep_alive=settings.keep_alive_timeout_s,
+        )
         return
     import os
 

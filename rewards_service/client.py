@@ -7,8 +7,9 @@ import concurrent.futures as cf
 import os
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
@@ -83,7 +84,9 @@ class RewardClient(ABC):
                 errors.append(f"{type(exc).__name__}: {exc}")
                 if attempt < self.retry.max_attempts:
                     time.sleep(self.retry.delay(attempt))
-        result = ScoreResult.failed(len(prompts), FAILED_VERSION, f"{self.reward} failed after {len(errors)} attempt(s): {errors[-1]}")
+        result = ScoreResult.failed(
+            len(prompts), FAILED_VERSION, f"{self.reward} failed after {len(errors)} attempt(s): {errors[-1]}"
+        )
         result.details["attempts"] = [len(errors)] * len(prompts)
         return result
 
@@ -98,7 +101,9 @@ class RewardClient(ABC):
         Raises RewardAuthError if the service refused the token: no retry or later batch can succeed.
         """
         try:
-            return future.future.result(timeout=self.retry.timeout_s * self.retry.max_attempts if timeout is None else timeout)
+            return future.future.result(
+                timeout=self.retry.timeout_s * self.retry.max_attempts if timeout is None else timeout
+            )
         except cf.TimeoutError:
             return ScoreResult.failed(future.n, FAILED_VERSION, f"{self.reward} timed out after {timeout}s")
 
@@ -128,8 +133,15 @@ class InProcessRewardClient(RewardClient):
 class ServeHandleRewardClient(RewardClient):
     """Calls a reward deployment through a Serve DeploymentHandle (inside Ray: no HTTP)."""
 
-    def __init__(self, handle: Any, reward: str, retry: RetryPolicy | None = None, max_concurrency: int = 4,
-                 replica_wait_s: float | None = None, wait_key: str = "retry.timeout_s") -> None:
+    def __init__(
+        self,
+        handle: Any,
+        reward: str,
+        retry: RetryPolicy | None = None,
+        max_concurrency: int = 4,
+        replica_wait_s: float | None = None,
+        wait_key: str = "retry.timeout_s",
+    ) -> None:
         """`replica_wait_s` (default: retry.timeout_s) bounds how long one attempt waits for a live replica; `wait_key` names
         the setting in the error that ends the wait."""
         super().__init__(reward, retry, max_concurrency)
@@ -137,7 +149,7 @@ class ServeHandleRewardClient(RewardClient):
         self.replica_wait_s, self.wait_key = replica_wait_s or self.retry.timeout_s, wait_key
 
     @classmethod
-    def connect(cls, reward: str, app_name: str = "rewards", **kwargs: Any) -> "ServeHandleRewardClient":
+    def connect(cls, reward: str, app_name: str = "rewards", **kwargs: Any) -> ServeHandleRewardClient:
         """Client for the deployment of `reward` in the running Serve application `app_name`."""
         from ray import serve
 
@@ -153,11 +165,19 @@ class ServeHandleRewardClient(RewardClient):
         while True:
             left = deadline - time.monotonic()
             try:
-                result = self.handle.score.remote(images, prompts).result(timeout_s=max(0.1, min(self.retry.timeout_s, left)))
+                result = self.handle.score.remote(images, prompts).result(
+                    timeout_s=max(0.1, min(self.retry.timeout_s, left))
+                )
                 if resent:
                     result.details["replica_resends"] = [resent] * len(prompts)
                 return result
-            except (RayActorError, DeploymentUnavailableError, ReplicaUnavailableError, GetTimeoutError, TimeoutError) as exc:
+            except (
+                RayActorError,
+                DeploymentUnavailableError,
+                ReplicaUnavailableError,
+                GetTimeoutError,
+                TimeoutError,
+            ) as exc:
                 lost = not isinstance(exc, (GetTimeoutError, TimeoutError))
                 if time.monotonic() >= deadline:
                     raise RewardUnavailable(
@@ -168,7 +188,9 @@ class ServeHandleRewardClient(RewardClient):
                 if not lost:
                     raise  # a live replica that is just slow: an ordinary failed attempt
                 resent += 1
-                time.sleep(min(self.retry.max_backoff_s, self.retry.delay(resent), max(0.0, deadline - time.monotonic())))
+                time.sleep(
+                    min(self.retry.max_backoff_s, self.retry.delay(resent), max(0.0, deadline - time.monotonic()))
+                )
 
 
 def first_line(error: BaseException) -> str:
@@ -179,8 +201,15 @@ def first_line(error: BaseException) -> str:
 class HttpRewardClient(RewardClient):
     """Calls the HTTP API with httpx (base64 PNG on the wire); the token defaults to $RLCM_REWARDS_TOKEN."""
 
-    def __init__(self, url: str, reward: str, token: str | None = None, retry: RetryPolicy | None = None,
-                 max_concurrency: int = 4, http: Any = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        reward: str,
+        token: str | None = None,
+        retry: RetryPolicy | None = None,
+        max_concurrency: int = 4,
+        http: Any = None,
+    ) -> None:
         """`http` replaces the httpx.Client (e.g. a FastAPI TestClient); `url` is then ignored."""
         import httpx
 
@@ -192,15 +221,23 @@ class HttpRewardClient(RewardClient):
         self.headers = {"Authorization": f"Bearer {token}"} if token else {}
 
     def _auth_error(self, status: int) -> RewardAuthError:
-        sent = f"the token from {self.token_source} was refused" if self.token_source else f"no token was sent (${TOKEN_ENV} is unset)"
-        return RewardAuthError(f"reward service {self.url} answered {status} for {self.reward!r}: {sent}; "
-                               f"set {TOKEN_ENV} (or the client's token) to the service's token")
+        sent = (
+            f"the token from {self.token_source} was refused"
+            if self.token_source
+            else f"no token was sent (${TOKEN_ENV} is unset)"
+        )
+        return RewardAuthError(
+            f"reward service {self.url} answered {status} for {self.reward!r}: {sent}; "
+            f"set {TOKEN_ENV} (or the client's token) to the service's token"
+        )
 
     def _score_once(self, images: np.ndarray, prompts: list[str]) -> ScoreResult:
         from rewards_service.app import response_to_result
         from rewards_service.codec import encode_batch
 
-        response = self.http.post(f"/v1/score/{self.reward}", json={"prompts": prompts, "images": encode_batch(images)}, headers=self.headers)
+        response = self.http.post(
+            f"/v1/score/{self.reward}", json={"prompts": prompts, "images": encode_batch(images)}, headers=self.headers
+        )
         if response.status_code in (401, 403):
             raise self._auth_error(response.status_code)
         if 400 <= response.status_code < 500 and response.status_code not in (408, 429):
@@ -225,7 +262,9 @@ class RewardClientConfig(BaseModel):
     token: SecretStr | None = Field(None, description="bearer token (http only); default $RLCM_REWARDS_TOKEN")
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
     max_concurrency: int = Field(4, ge=1)
-    replica_wait_s: float | None = Field(None, gt=0, description="serve: how long a call waits for a live replica (default: retry.timeout_s)")
+    replica_wait_s: float | None = Field(
+        None, gt=0, description="serve: how long a call waits for a live replica (default: retry.timeout_s)"
+    )
     replica_wait_key: str = Field("retry.timeout_s", description="serve: the setting named when that wait runs out")
 
 
@@ -237,7 +276,12 @@ def build_reward_client(config: RewardClientConfig) -> RewardClient:
 
         return InProcessRewardClient(build_scorer(config.reward, **config.options), **common)
     if config.backend == "serve":
-        return ServeHandleRewardClient.connect(config.reward, config.app_name, replica_wait_s=config.replica_wait_s,
-                                               wait_key=config.replica_wait_key, **common)
+        return ServeHandleRewardClient.connect(
+            config.reward,
+            config.app_name,
+            replica_wait_s=config.replica_wait_s,
+            wait_key=config.replica_wait_key,
+            **common,
+        )
     token = config.token.get_secret_value() if config.token else None
     return HttpRewardClient(config.url, config.reward, token, **common)

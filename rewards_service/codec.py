@@ -8,7 +8,8 @@ import binascii
 import io
 import re
 import struct
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -58,9 +59,14 @@ def png_size(raw: bytes, index: int) -> tuple[int, int]:
 def check_size(width: int, height: int, index: int, max_pixels: int, max_side: int) -> None:
     """413 if an image is too large (per side or in pixels), with what to fix."""
     if max(width, height) > max_side:
-        raise ImageError(413, f"images[{index}] is {width}x{height} (WxH), a side above the limit of {max_side} pixels; resize it")
+        raise ImageError(
+            413, f"images[{index}] is {width}x{height} (WxH), a side above the limit of {max_side} pixels; resize it"
+        )
     if width * height > max_pixels:
-        raise ImageError(413, f"images[{index}] is {width}x{height} = {width * height} pixels, above the limit of {max_pixels}; resize it")
+        raise ImageError(
+            413,
+            f"images[{index}] is {width}x{height} = {width * height} pixels, above the limit of {max_pixels}; resize it",
+        )
 
 
 class ImageHeader(NamedTuple):
@@ -82,7 +88,9 @@ def check_png_base64(data: str, index: int) -> None:
     if _BASE64.fullmatch(data) is None:
         raise ImageError(422, f"images[{index}] is not valid base64 (standard alphabet A-Z a-z 0-9 + /, = padding)")
     if not data.startswith(PNG_BASE64_PREFIX):
-        raise ImageError(422, f"images[{index}] is not a PNG (send base64-encoded PNG bytes; they start with iVBORw0KGgo)")
+        raise ImageError(
+            422, f"images[{index}] is not a PNG (send base64-encoded PNG bytes; they start with iVBORw0KGgo)"
+        )
 
 
 def read_header(data: str, index: int, max_pixels: int, max_side: int) -> ImageHeader:
@@ -109,14 +117,19 @@ def _decode_into(out: np.ndarray, data: str, index: int) -> None:
     try:
         with Image.open(io.BytesIO(raw), formats=["PNG"]) as img:
             if img.size != (out.shape[1], out.shape[0]):
-                raise ImageError(422, f"images[{index}] is a corrupt PNG: it declares {out.shape[1]}x{out.shape[0]} but decodes to {img.size[0]}x{img.size[1]}")
+                raise ImageError(
+                    422,
+                    f"images[{index}] is a corrupt PNG: it declares {out.shape[1]}x{out.shape[0]} but decodes to {img.size[0]}x{img.size[1]}",
+                )
             out[...] = np.asarray(img.convert("RGB"), dtype=np.uint8)
     except Image.DecompressionBombError as exc:
         raise ImageError(413, f"images[{index}] is a decompression bomb: {exc}") from None
     except (OSError, SyntaxError, ValueError) as exc:
         if isinstance(exc, ImageError):
             raise
-        if "too large" in str(exc).lower() or "too much memory" in str(exc).lower():  # PIL's guards on compressed text chunks
+        if (
+            "too large" in str(exc).lower() or "too much memory" in str(exc).lower()
+        ):  # PIL's guards on compressed text chunks
             raise ImageError(413, f"images[{index}] decompresses to too much data: {exc}") from None
         raise ImageError(422, f"images[{index}] is a corrupt PNG: {exc}") from None
 

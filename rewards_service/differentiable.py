@@ -8,7 +8,8 @@ through `DifferentiableScorer`, so the number the learner climbs is the number t
 from __future__ import annotations
 
 import importlib
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,7 +38,9 @@ def smoothness_module(**options: Any) -> nn.Module:
     return Smoothness(**options)
 
 
-def aesthetic_module(clip_model: str | None = None, head_path: str | None = None, dtype: str = "float32", device: str = "cpu") -> nn.Module:
+def aesthetic_module(
+    clip_model: str | None = None, head_path: str | None = None, dtype: str = "float32", device: str = "cpu"
+) -> nn.Module:
     from rewards_service.scorers.aesthetic import DEFAULT_CLIP, AestheticModel
 
     model = AestheticModel.from_pretrained(clip_model or DEFAULT_CLIP, head_path, getattr(torch, dtype), device)
@@ -91,7 +94,9 @@ def build_differentiable_reward(name: str, **options: Any) -> nn.Module:
 
     entry = REWARDS.get(name)
     if entry is None or not entry.differentiable:
-        raise ValueError(f"reward {name!r} is not differentiable; differentiable rewards: {differentiable_reward_names()}")
+        raise ValueError(
+            f"reward {name!r} is not differentiable; differentiable rewards: {differentiable_reward_names()}"
+        )
     path, _, factory = entry.module.partition(":")
     module = getattr(importlib.import_module(path), factory)(**options)
     return module.eval().requires_grad_(False)

@@ -47,17 +47,31 @@ class GuardedH11Protocol(H11Protocol):
         """The app, unless more than max_connections requests are in progress (this one included): then a JSON 503."""
         busy = sum(1 for c in self.connections if isinstance(c, GuardedH11Protocol) and not c.idle())
         if scope["type"] == "http" and max(busy, len(self.tasks)) > self.max_connections:
-            detail = f"the server is at its limit of {self.max_connections} requests in progress (limit_concurrency); retry"
-            await JSONResponse({"detail": detail}, 503, headers={"Retry-After": "1", "Connection": "close"})(scope, receive, send)
+            detail = (
+                f"the server is at its limit of {self.max_connections} requests in progress (limit_concurrency); retry"
+            )
+            await JSONResponse({"detail": detail}, 503, headers={"Retry-After": "1", "Connection": "close"})(
+                scope, receive, send
+            )
             return
         await self.inner_app(scope, receive, send)
 
     def send_400_response(self, msg: str) -> None:
         """uvicorn's answer to a request it cannot parse, with a JSON `detail` instead of plain text."""
-        detail = "invalid HTTP request: a malformed request line, header or Content-Length; send a valid HTTP/1.1 request"
+        detail = (
+            "invalid HTTP request: a malformed request line, header or Content-Length; send a valid HTTP/1.1 request"
+        )
         body = json.dumps({"detail": detail}).encode()
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()), (b"connection", b"close")]
-        for event in (h11.Response(status_code=400, headers=headers, reason=STATUS_PHRASES[400]), h11.Data(data=body), h11.EndOfMessage()):
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"),
+        ]
+        for event in (
+            h11.Response(status_code=400, headers=headers, reason=STATUS_PHRASES[400]),
+            h11.Data(data=body),
+            h11.EndOfMessage(),
+        ):
             self.transport.write(self.conn.send(event))
         self.transport.close()
 
@@ -123,8 +137,12 @@ def _close_oldest_idle(connections: list[GuardedH11Protocol]) -> bool:
 
 def guarded_protocol(settings: ServiceSettings) -> type[GuardedH11Protocol]:
     """The protocol class uvicorn should use (`http=`), with `settings`' timeouts and caps."""
-    return type("RewardServiceH11Protocol", (GuardedH11Protocol,), {
-        "header_timeout_s": settings.header_timeout_s,
-        "max_connections_per_client": settings.max_connections_per_client,
-        "max_connections": settings.limit_concurrency,
-    })
+    return type(
+        "RewardServiceH11Protocol",
+        (GuardedH11Protocol,),
+        {
+            "header_timeout_s": settings.header_timeout_s,
+            "max_connections_per_client": settings.max_connections_per_client,
+            "max_connections": settings.limit_concurrency,
+        },
+    )

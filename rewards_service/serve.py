@@ -7,7 +7,8 @@ import contextlib
 import ipaddress
 import logging
 import os
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 from ray import serve
@@ -18,12 +19,19 @@ from ray.serve.handle import DeploymentHandle
 from rewards_service.app import create_app
 from rewards_service.batching import score_merged
 from rewards_service.scorers import build_scorer
-from rewards_service.scorers.base import ScorerUnavailable, ScoreResult, check_batch
+from rewards_service.scorers.base import ScoreResult, ScorerUnavailable, check_batch
 from rewards_service.serve_config import RewardDeploymentConfig, RewardServiceConfig
 from rewards_service.settings import ServiceSettings
 
-__all__ = ["RewardDeploymentConfig", "RewardServiceConfig", "RewardDeployment", "RewardIngress", "build_app", "app_builder",
-           "run_service"]
+__all__ = [
+    "RewardDeploymentConfig",
+    "RewardServiceConfig",
+    "RewardDeployment",
+    "RewardIngress",
+    "build_app",
+    "app_builder",
+    "run_service",
+]
 
 INGRESS = "ingress"
 logger = logging.getLogger("rewards_service")
@@ -63,7 +71,12 @@ def keep_replica_grpc_on(host: str) -> str | None:
     loopback = "[::1]" if ":" in host.strip("[]") else "127.0.0.1"
 
     def bind_loopback(server: Any, address: str) -> int:
-        return bind(server, loopback + ":" + address[len(GRPC_ALL_INTERFACES):] if address.startswith(GRPC_ALL_INTERFACES) else address)
+        return bind(
+            server,
+            loopback + ":" + address[len(GRPC_ALL_INTERFACES) :]
+            if address.startswith(GRPC_ALL_INTERFACES)
+            else address,
+        )
 
     bind_loopback.rlcm_loopback = True  # type: ignore[attr-defined]
     replica.add_port_to_grpc_server = bind_loopback
@@ -147,12 +160,17 @@ def build_app(config: RewardServiceConfig):
     handles = {}
     for r in config.rewards:
         deployment = RewardDeployment.options(
-            name=r.name, num_replicas=r.num_replicas, max_ongoing_requests=r.max_ongoing_requests,
-            ray_actor_options={"num_cpus": r.num_cpus, "num_gpus": r.num_gpus})
+            name=r.name,
+            num_replicas=r.num_replicas,
+            max_ongoing_requests=r.max_ongoing_requests,
+            ray_actor_options={"num_cpus": r.num_cpus, "num_gpus": r.num_gpus},
+        )
         handles[r.name] = deployment.bind(r.model_dump(), config.settings.host)
     settings = config.settings.model_dump()
     settings["auth_token"] = config.settings.auth_token.get_secret_value() if config.settings.auth_token else None
-    return RewardIngress.options(name=INGRESS, max_ongoing_requests=config.settings.max_ongoing_requests).bind(settings, handles)
+    return RewardIngress.options(name=INGRESS, max_ongoing_requests=config.settings.max_ongoing_requests).bind(
+        settings, handles
+    )
 
 
 def app_builder(args: dict[str, Any]):
@@ -188,9 +206,19 @@ def run_service(config: RewardServiceConfig, blocking: bool = False) -> Deployme
     settings = config.settings
     problem = keep_replica_grpc_on(settings.host)
     if problem:
-        logger.warning("Serve replicas' internal gRPC servers listen on all interfaces ([::]), not %s: %s; "
-                       "firewall their ports if this machine is reachable from untrusted networks", settings.host, problem)
-    serve.start(http_options={"host": settings.host, "port": settings.port, "keep_alive_timeout_s": settings.keep_alive_timeout_s})
+        logger.warning(
+            "Serve replicas' internal gRPC servers listen on all interfaces ([::]), not %s: %s; "
+            "firewall their ports if this machine is reachable from untrusted networks",
+            settings.host,
+            problem,
+        )
+    serve.start(
+        http_options={
+            "host": settings.host,
+            "port": settings.port,
+            "keep_alive_timeout_s": settings.keep_alive_timeout_s,
+        }
+    )
     # serve.run connects to the Serve instance started just above and says its options "will not be applied": they were
     with _without_log("ray.serve", "will not be applied"):
         return serve.run(build_app(config), name=config.app_name, route_prefix=config.route_prefix, blocking=blocking)

@@ -35,8 +35,10 @@ class RewardServiceConfig(BaseModel):
     rewards: list[RewardDeploymentConfig] = Field(min_length=1)
 
 
-DEFAULT_CONFIG = RewardServiceConfig(rewards=[
-    RewardDeploymentConfig(name="jpeg_compressibility", num_cpus=0.5),
-    RewardDeploymentConfig(name="jpeg_incompressibility", num_cpus=0.5),
-])
+DEFAULT_CONFIG = RewardServiceConfig(
+    rewards=[
+        RewardDeploymentConfig(name="jpeg_compressibility", num_cpus=0.5),
+        RewardDeploymentConfig(name="jpeg_incompressibility", num_cpus=0.5),
+    ]
+)
 """What `rlcm rewards serve` runs without --config: the JPEG rewards, small enough for a 2-core laptop."""

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import AsyncIterator
 
 
 @dataclass(eq=False)
@@ -41,14 +41,18 @@ class Upload:
             return self.cut_off
         if elapsed >= self.timeout_s:
             return f"the request body did not arrive within {self.timeout_s} s ({self.bytes} bytes came); send it faster or in smaller requests"
-        return (f"the request body arrived too slowly: {self.bytes} bytes in {elapsed:.1f} s, below {self.min_rate:.0f} bytes/s "
-                f"after the first {self.grace_s} s; send it faster")
+        return (
+            f"the request body arrived too slowly: {self.bytes} bytes in {elapsed:.1f} s, below {self.min_rate:.0f} bytes/s "
+            f"after the first {self.grace_s} s; send it faster"
+        )
 
 
 class UploadSlots:
     """The uploads in progress of one server (or Serve ingress replica), with their bounds."""
 
-    def __init__(self, max_uploads: int, max_upload_bytes: int, grace_s: float, min_rate: float, timeout_s: float) -> None:
+    def __init__(
+        self, max_uploads: int, max_upload_bytes: int, grace_s: float, min_rate: float, timeout_s: float
+    ) -> None:
         self.max_uploads, self.max_upload_bytes = max_uploads, max_upload_bytes
         self.grace_s, self.min_rate, self.timeout_s = grace_s, min_rate, timeout_s
         self.active: set[Upload] = set()
@@ -64,7 +68,9 @@ class UploadSlots:
                 upload.timer = timer
                 self.active.add(upload)
                 if len(self.active) > self.max_uploads:
-                    self._cut_off_furthest_behind(f"{len(self.active)} uploads were in progress, above the {self.max_uploads} that upload_share allows")
+                    self._cut_off_furthest_behind(
+                        f"{len(self.active)} uploads were in progress, above the {self.max_uploads} that upload_share allows"
+                    )
                 yield upload
         finally:
             self._remove(upload)
@@ -76,13 +82,17 @@ class UploadSlots:
             self.bytes_in_flight += n
             _stop_at(upload, upload.deadline())
         while self.bytes_in_flight > self.max_upload_bytes and self.active:
-            self._cut_off_furthest_behind(f"uploads in progress held {self.bytes_in_flight} bytes, above max_upload_bytes ({self.max_upload_bytes})")
+            self._cut_off_furthest_behind(
+                f"uploads in progress held {self.bytes_in_flight} bytes, above max_upload_bytes ({self.max_upload_bytes})"
+            )
 
     def _cut_off_furthest_behind(self, reason: str) -> None:
         victim = min(self.active, key=Upload.deadline)
         loop = asyncio.get_running_loop()
-        victim.cut_off = (f"the server cut off this upload to make room: {reason}, and this one was the furthest behind "
-                          f"{self.min_rate:.0f} bytes/s ({victim.bytes} bytes in {loop.time() - victim.started:.1f} s); retry, sending faster")
+        victim.cut_off = (
+            f"the server cut off this upload to make room: {reason}, and this one was the furthest behind "
+            f"{self.min_rate:.0f} bytes/s ({victim.bytes} bytes in {loop.time() - victim.started:.1f} s); retry, sending faster"
+        )
         self._remove(victim)
         _stop_at(victim, loop.time())
 

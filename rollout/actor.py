@@ -47,5 +47,9 @@ class RolloutActor:
             os._exit(1)
         trajectory = self.worker.sample(prompts, seed)
         self.batches += 1
-        info = {"policy_version": trajectory.policy_version, "busy_s": time.perf_counter() - start, "images": len(prompts)}
+        info = {
+            "policy_version": trajectory.policy_version,
+            "busy_s": time.perf_counter() - start,
+            "images": len(prompts),
+        }
         return trajectory, trajectory.images.permute(0, 2, 3, 1).contiguous().numpy(), info

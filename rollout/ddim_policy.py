@@ -21,7 +21,13 @@ import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline
 
 from rollout.policy import (
-    Trajectory, clip_or_threshold, decode_images, draw_noise, gaussian_log_prob, latent_shape, math_dtype_for,
+    Trajectory,
+    clip_or_threshold,
+    decode_images,
+    draw_noise,
+    gaussian_log_prob,
+    latent_shape,
+    math_dtype_for,
 )
 
 
@@ -44,16 +50,22 @@ def alpha_prod(scheduler: DDIMScheduler, t: torch.Tensor, dtype: torch.dtype) ->
 
 
 def guided_epsilon(
-    unet: torch.nn.Module, x: torch.Tensor, t: torch.Tensor, prompt_embeds: torch.Tensor,
-    negative_prompt_embeds: torch.Tensor | None, guidance_scale: float,
+    unet: torch.nn.Module,
+    x: torch.Tensor,
+    t: torch.Tensor,
+    prompt_embeds: torch.Tensor,
+    negative_prompt_embeds: torch.Tensor | None,
+    guidance_scale: float,
 ) -> torch.Tensor:
     """ε̂ = ε_u + w·(ε_c − ε_u) from one UNet call on the doubled batch (diffusers' order: negative first);
     a single conditional call when w ≤ 1 (no guidance, as the pipeline decides)."""
     dtype = unet.dtype
     if guidance_scale > 1:
         out = unet(
-            torch.cat([x, x]).to(dtype), torch.cat([t, t]),
-            encoder_hidden_states=torch.cat([negative_prompt_embeds, prompt_embeds]).to(dtype), return_dict=False,
+            torch.cat([x, x]).to(dtype),
+            torch.cat([t, t]),
+            encoder_hidden_states=torch.cat([negative_prompt_embeds, prompt_embeds]).to(dtype),
+            return_dict=False,
         )[0]
         eps_uncond, eps_text = out.to(math_dtype_for(dtype, x.dtype)).chunk(2)
         return eps_uncond + guidance_scale * (eps_text - eps_uncond)
@@ -62,7 +74,12 @@ def guided_epsilon(
 
 
 def ddim_mean_std(
-    scheduler: DDIMScheduler, model_output: torch.Tensor, x: torch.Tensor, t: torch.Tensor, t_prev: torch.Tensor, eta: float,
+    scheduler: DDIMScheduler,
+    model_output: torch.Tensor,
+    x: torch.Tensor,
+    t: torch.Tensor,
+    t_prev: torch.Tensor,
+    eta: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and std σ_t of x_{k+1} given x_k, t [B] and t' [B], as DDIMScheduler.step (use_clipped_model_output=False)."""
     dtype = math_dtype_for(model_output.dtype, x.dtype)
@@ -88,8 +105,15 @@ def ddim_mean_std(
 
 
 def ddim_transition_gaussian(
-    unet: torch.nn.Module, scheduler: DDIMScheduler, x: torch.Tensor, t: torch.Tensor, num_steps: int,
-    prompt_embeds: torch.Tensor, negative_prompt_embeds: torch.Tensor | None, guidance_scale: float, eta: float,
+    unet: torch.nn.Module,
+    scheduler: DDIMScheduler,
+    x: torch.Tensor,
+    t: torch.Tensor,
+    num_steps: int,
+    prompt_embeds: torch.Tensor,
+    negative_prompt_embeds: torch.Tensor | None,
+    guidance_scale: float,
+    eta: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and std of π_θ(x_{k+1} | x_k) for samples that may sit at different steps (t: [B])."""
     eps = guided_epsilon(unet, x, t, prompt_embeds, negative_prompt_embeds, guidance_scale)
@@ -111,12 +135,21 @@ class DDIMTransitions:
     def gaussian(self, unet: torch.nn.Module, rows: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and std of the action of step k[i] of chain rows[i]."""
         return ddim_transition_gaussian(
-            unet, self.scheduler, self.latents[rows, k], self.timesteps[k], len(self.timesteps),
-            self.prompt_embeds[rows], self.negative_prompt_embeds[rows], self.guidance_scale, self.eta,
+            unet,
+            self.scheduler,
+            self.latents[rows, k],
+            self.timesteps[k],
+            len(self.timesteps),
+            self.prompt_embeds[rows],
+            self.negative_prompt_embeds[rows],
+            self.guidance_scale,
+            self.eta,
         )
 
 
-def encode_prompts_with_negative(pipe: StableDiffusionPipeline, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+def encode_prompts_with_negative(
+    pipe: StableDiffusionPipeline, prompts: list[str]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Positive and negative ("" as the pipeline uses without a negative prompt) text embeddings [B, L, D]."""
     return pipe.encode_prompt(prompts, pipe.unet.device, 1, do_classifier_free_guidance=True)
 
@@ -148,7 +181,9 @@ def sample_ddim_trajectory(
     states, log_probs = [x], []
     for k in range(num_steps):
         t = timesteps[k].expand(len(prompts))
-        mean, std = ddim_transition_gaussian(pipe.unet, pipe.scheduler, x, t, num_steps, prompt_embeds, negative_embeds, guidance_scale, eta)
+        mean, std = ddim_transition_gaussian(
+            pipe.unet, pipe.scheduler, x, t, num_steps, prompt_embeds, negative_embeds, guidance_scale, eta
+        )
         x = mean + std * noise[k]
         log_probs.append(gaussian_log_prob(x, mean, std))
         states.append(x)

@@ -20,7 +20,13 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from diffusers import DDIMScheduler, LatentConsistencyModelPipeline, LCMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import (
+    DDIMScheduler,
+    LatentConsistencyModelPipeline,
+    LCMScheduler,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
@@ -37,7 +43,9 @@ class ToyPixelDecoder(ModelMixin, ConfigMixin):
     """Stands in for `AutoencoderKL.decode`: a fixed 1x1 channel mix, tanh, nearest upsampling."""
 
     @register_to_config
-    def __init__(self, latent_channels: int = 4, block_out_channels: tuple[int, ...] = (8, 8, 8), scaling_factor: float = 1.0):
+    def __init__(
+        self, latent_channels: int = 4, block_out_channels: tuple[int, ...] = (8, 8, 8), scaling_factor: float = 1.0
+    ):
         super().__init__()
         self.to_rgb = torch.nn.Conv2d(latent_channels, 3, kernel_size=1)
         self.requires_grad_(False)
@@ -101,14 +109,25 @@ def _tiny_parts(seed: int, sample_size: int, time_cond_proj_dim: int | None) -> 
             time_cond_proj_dim=time_cond_proj_dim,
         )
         vae = ToyPixelDecoder()
-    return dict(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, safety_checker=None, feature_extractor=None,
-                requires_safety_checker=False)
+    return dict(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
 
 
 def build_tiny_pipeline(seed: int = 0, sample_size: int = 16) -> LatentConsistencyModelPipeline:
     """The toy LCM: deterministic for `seed`, 4x`sample_size` pixel images, no downloads."""
     scheduler = LCMScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", prediction_type="sample", original_inference_steps=50
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        prediction_type="sample",
+        original_inference_steps=50,
     )
     return LatentConsistencyModelPipeline(scheduler=scheduler, **_tiny_parts(seed, sample_size, time_cond_proj_dim=32))
 
@@ -116,11 +135,19 @@ def build_tiny_pipeline(seed: int = 0, sample_size: int = 16) -> LatentConsisten
 def build_tiny_ddim_pipeline(seed: int = 0, sample_size: int = 16) -> StableDiffusionPipeline:
     """The toy Stable Diffusion pipeline for DDPO: epsilon prediction, no guidance embedding, a DDIMScheduler."""
     scheduler = DDIMScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", prediction_type="epsilon", set_alpha_to_one=False,
-        steps_offset=1, clip_sample=True, clip_sample_range=1.0,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        prediction_type="epsilon",
+        set_alpha_to_one=False,
+        steps_offset=1,
+        clip_sample=True,
+        clip_sample_range=1.0,
     )
     placeholder = DDIMScheduler.from_config(scheduler.config, clip_sample=False)
-    pipe = StableDiffusionPipeline(scheduler=placeholder, image_encoder=None, **_tiny_parts(seed, sample_size, time_cond_proj_dim=None))
+    pipe = StableDiffusionPipeline(
+        scheduler=placeholder, image_encoder=None, **_tiny_parts(seed, sample_size, time_cond_proj_dim=None)
+    )
     pipe.scheduler = scheduler  # set after construction: the pipeline's constructor rewrites clip_sample=True to False
     return pipe
 
@@ -129,7 +156,9 @@ TOY_BUILDERS = {TINY: build_tiny_pipeline, TINY_DDIM: build_tiny_ddim_pipeline}
 
 
 def _looks_like_path(model: str) -> bool:
-    return model.startswith((".", "/", "~")) or os.sep in model.rstrip(os.sep).split(os.sep, 1)[-1] or Path(model).exists()
+    return (
+        model.startswith((".", "/", "~")) or os.sep in model.rstrip(os.sep).split(os.sep, 1)[-1] or Path(model).exists()
+    )
 
 
 def load_pipeline(
@@ -173,11 +202,16 @@ def _load_pretrained(model: str, dtype: torch.dtype):
         )
     sampler = sampler_of(model) or LCM
     pipeline_class, scheduler_class, kind = (
-        (StableDiffusionPipeline, DDIMScheduler, "Stable Diffusion model") if sampler == DDIM else (LatentConsistencyModelPipeline, LCMScheduler, "LCM")
+        (StableDiffusionPipeline, DDIMScheduler, "Stable Diffusion model")
+        if sampler == DDIM
+        else (LatentConsistencyModelPipeline, LCMScheduler, "LCM")
     )
     try:
         pipe = pipeline_class.from_pretrained(
-            str(local) if local.is_dir() else model, dtype=dtype, safety_checker=None, requires_safety_checker=False,
+            str(local) if local.is_dir() else model,
+            dtype=dtype,
+            safety_checker=None,
+            requires_safety_checker=False,
         )
     except (OSError, ValueError) as error:
         raise FileNotFoundError(

@@ -12,14 +12,16 @@ import torch
 from diffusers import DDIMScheduler, LCMScheduler
 
 from rollout import ddim_policy, policy
-from rollout.samplers import DDIM, LCM
 from rollout.policy import Trajectory
+from rollout.samplers import DDIM, LCM
 
 
 class Transitions(Protocol):
     latents: torch.Tensor
 
-    def gaussian(self, unet: torch.nn.Module, rows: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+    def gaussian(
+        self, unet: torch.nn.Module, rows: torch.Tensor, k: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 class LCMPolicy:
@@ -28,17 +30,44 @@ class LCMPolicy:
     name, scheduler = LCM, LCMScheduler
 
     @staticmethod
-    def sample(pipe, prompts, num_steps, guidance_scale, generator=None, *, height=None, width=None, policy_version=0,
-               noise_group_size=1, original_inference_steps=50, eta=None) -> Trajectory:
+    def sample(
+        pipe,
+        prompts,
+        num_steps,
+        guidance_scale,
+        generator=None,
+        *,
+        height=None,
+        width=None,
+        policy_version=0,
+        noise_group_size=1,
+        original_inference_steps=50,
+        eta=None,
+    ) -> Trajectory:
         """`eta` belongs to DDIM and is not used."""
-        return policy.sample_lcm_trajectory(pipe, prompts, num_steps, guidance_scale, generator, height, width, policy_version,
-                                            original_inference_steps, noise_group_size)
+        return policy.sample_lcm_trajectory(
+            pipe,
+            prompts,
+            num_steps,
+            guidance_scale,
+            generator,
+            height,
+            width,
+            policy_version,
+            original_inference_steps,
+            noise_group_size,
+        )
 
     @staticmethod
     def transitions(pipe, trajectory: Trajectory) -> policy.LCMTransitions:
         device = trajectory.latents.device
-        return policy.LCMTransitions(pipe.scheduler, trajectory.timesteps.to(device), trajectory.latents, trajectory.prompt_embeds,
-                                     policy.guidance_embedding(pipe, trajectory.guidance_scale, len(trajectory)).to(device))
+        return policy.LCMTransitions(
+            pipe.scheduler,
+            trajectory.timesteps.to(device),
+            trajectory.latents,
+            trajectory.prompt_embeds,
+            policy.guidance_embedding(pipe, trajectory.guidance_scale, len(trajectory)).to(device),
+        )
 
     @staticmethod
     def unet_images_per_step(guidance_scale: float) -> int:
@@ -55,16 +84,45 @@ class DDIMPolicy:
     name, scheduler = DDIM, DDIMScheduler
 
     @staticmethod
-    def sample(pipe, prompts, num_steps, guidance_scale, generator=None, *, height=None, width=None, policy_version=0,
-               noise_group_size=1, original_inference_steps=None, eta=1.0) -> Trajectory:
+    def sample(
+        pipe,
+        prompts,
+        num_steps,
+        guidance_scale,
+        generator=None,
+        *,
+        height=None,
+        width=None,
+        policy_version=0,
+        noise_group_size=1,
+        original_inference_steps=None,
+        eta=1.0,
+    ) -> Trajectory:
         """`original_inference_steps` belongs to LCM and is not used."""
-        return ddim_policy.sample_ddim_trajectory(pipe, prompts, num_steps, guidance_scale, generator, height, width, policy_version,
-                                                  noise_group_size, 1.0 if eta is None else eta)
+        return ddim_policy.sample_ddim_trajectory(
+            pipe,
+            prompts,
+            num_steps,
+            guidance_scale,
+            generator,
+            height,
+            width,
+            policy_version,
+            noise_group_size,
+            1.0 if eta is None else eta,
+        )
 
     @staticmethod
     def transitions(pipe, trajectory: Trajectory) -> ddim_policy.DDIMTransitions:
-        return ddim_policy.DDIMTransitions(pipe.scheduler, trajectory.timesteps.to(trajectory.latents.device), trajectory.latents,
-                                           trajectory.prompt_embeds, trajectory.negative_prompt_embeds, trajectory.guidance_scale, trajectory.eta)
+        return ddim_policy.DDIMTransitions(
+            pipe.scheduler,
+            trajectory.timesteps.to(trajectory.latents.device),
+            trajectory.latents,
+            trajectory.prompt_embeds,
+            trajectory.negative_prompt_embeds,
+            trajectory.guidance_scale,
+            trajectory.eta,
+        )
 
     @staticmethod
     def unet_images_per_step(guidance_scale: float) -> int:
@@ -84,4 +142,6 @@ def policy_for(pipe) -> type[LCMPolicy] | type[DDIMPolicy]:
         if isinstance(pipe.scheduler, candidate.scheduler):
             return candidate
     supported = ", ".join(p.scheduler.__name__ for p in POLICIES.values())
-    raise ValueError(f"no policy for a pipeline with {type(pipe.scheduler).__name__}; supported schedulers: {supported}")
+    raise ValueError(
+        f"no policy for a pipeline with {type(pipe.scheduler).__name__}; supported schedulers: {supported}"
+    )

@@ -17,8 +17,8 @@ step, conditioned on the LCM guidance embedding of w = guidance_scale − 1 (no 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
-from typing import Callable, Iterator
 
 import torch
 from diffusers import LatentConsistencyModelPipeline, LCMScheduler
@@ -38,13 +38,15 @@ class Trajectory:
     images: torch.Tensor  # uint8 [B, 3, height, width]
     guidance_scale: float
     policy_version: int
-    negative_prompt_embeds: torch.Tensor | None = None  # [B, L, D]: the DDIM policy's unconditional embeds (None for LCM)
+    negative_prompt_embeds: torch.Tensor | None = (
+        None  # [B, L, D]: the DDIM policy's unconditional embeds (None for LCM)
+    )
     eta: float | None = None  # the DDIM policy's η (None for LCM)
 
     def __len__(self) -> int:
         return len(self.prompts)
 
-    def to(self, device: torch.device | str) -> "Trajectory":
+    def to(self, device: torch.device | str) -> Trajectory:
         return replace(
             self,
             prompt_embeds=self.prompt_embeds.to(device),
@@ -52,10 +54,12 @@ class Trajectory:
             latents=self.latents.to(device),
             log_probs=self.log_probs.to(device),
             images=self.images.to(device),
-            negative_prompt_embeds=None if self.negative_prompt_embeds is None else self.negative_prompt_embeds.to(device),
+            negative_prompt_embeds=None
+            if self.negative_prompt_embeds is None
+            else self.negative_prompt_embeds.to(device),
         )
 
-    def select(self, index: list[int]) -> "Trajectory":
+    def select(self, index: list[int]) -> Trajectory:
         """The samples at `index`, in that order."""
         rows = torch.as_tensor(index, dtype=torch.long)
         return replace(
@@ -69,11 +73,14 @@ class Trajectory:
         )
 
     @staticmethod
-    def concat(trajectories: list["Trajectory"]) -> "Trajectory":
+    def concat(trajectories: list[Trajectory]) -> Trajectory:
         """Join batches sampled with the same timesteps, guidance and η into one."""
         first = trajectories[0]
         for other in trajectories[1:]:
-            if not torch.equal(other.timesteps, first.timesteps) or (other.guidance_scale, other.eta) != (first.guidance_scale, first.eta):
+            if not torch.equal(other.timesteps, first.timesteps) or (other.guidance_scale, other.eta) != (
+                first.guidance_scale,
+                first.eta,
+            ):
                 raise ValueError("cannot concatenate trajectories with different timesteps, guidance scales or η")
         return Trajectory(
             prompts=[p for t in trajectories for p in t.prompts],
@@ -84,7 +91,9 @@ class Trajectory:
             images=torch.cat([t.images for t in trajectories]),
             guidance_scale=first.guidance_scale,
             policy_version=min(t.policy_version for t in trajectories),
-            negative_prompt_embeds=None if first.negative_prompt_embeds is None else torch.cat([t.negative_prompt_embeds for t in trajectories]),
+            negative_prompt_embeds=None
+            if first.negative_prompt_embeds is None
+            else torch.cat([t.negative_prompt_embeds for t in trajectories]),
             eta=first.eta,
         )
 
@@ -149,9 +158,13 @@ def predict_denoised(
     return c_out.view(-1, 1, 1, 1).to(math_dtype) * x0_pred + c_skip.view(-1, 1, 1, 1).to(math_dtype) * x
 
 
-def transition_mean_std(scheduler: LCMScheduler, denoised: torch.Tensor, t_next: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def transition_mean_std(
+    scheduler: LCMScheduler, denoised: torch.Tensor, t_next: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean √ᾱ(τ_{k+1})·denoised_k and std √(1 − ᾱ(τ_{k+1})) of the action x_{k+1}."""
-    alpha_prod_next = scheduler.alphas_cumprod.to(denoised.device, math_dtype_for(denoised.dtype))[t_next].view(-1, 1, 1, 1)
+    alpha_prod_next = scheduler.alphas_cumprod.to(denoised.device, math_dtype_for(denoised.dtype))[t_next].view(
+        -1, 1, 1, 1
+    )
     return alpha_prod_next.sqrt() * denoised, (1 - alpha_prod_next).sqrt()
 
 
@@ -217,7 +230,9 @@ def draw_noise(
         raise ValueError(f"noise_group_size {noise_group_size} does not divide the batch of {batch}")
     x0 = torch.randn((batch // noise_group_size, *shape[1:]), generator=generator, device=device, dtype=torch.float32)
     x0 = x0.repeat_interleave(noise_group_size, dim=0) if noise_group_size > 1 else x0
-    return x0, [torch.randn(shape, generator=generator, device=device, dtype=torch.float32) for _ in range(num_steps - 1)]
+    return x0, [
+        torch.randn(shape, generator=generator, device=device, dtype=torch.float32) for _ in range(num_steps - 1)
+    ]
 
 
 @dataclass
@@ -265,7 +280,9 @@ def lcm_chain(
         x = x_next
 
 
-def latent_shape(pipe: LatentConsistencyModelPipeline, batch: int, height: int | None, width: int | None) -> tuple[int, int, int, int]:
+def latent_shape(
+    pipe: LatentConsistencyModelPipeline, batch: int, height: int | None, width: int | None
+) -> tuple[int, int, int, int]:
     """[B, C, h, w] of the latents for images of height × width (default: the UNet's sample size)."""
     scale = pipe.vae_scale_factor
     height = height or pipe.unet.config.sample_size * scale
@@ -288,11 +305,19 @@ class LCMTransitions:
     def gaussian(self, unet: torch.nn.Module, rows: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean and std of the action of step k[i] of chain rows[i]."""
         return transition_gaussian(
-            unet, self.scheduler, self.latents[rows, k], self.timesteps[k], self.timesteps[k + 1], self.prompt_embeds[rows], self.w_embedding[rows]
+            unet,
+            self.scheduler,
+            self.latents[rows, k],
+            self.timesteps[k],
+            self.timesteps[k + 1],
+            self.prompt_embeds[rows],
+            self.w_embedding[rows],
         )
 
 
-def sample_trajectory(pipe, prompts: list[str], num_steps: int, guidance_scale: float, generator: torch.Generator | None = None, **options) -> Trajectory:
+def sample_trajectory(
+    pipe, prompts: list[str], num_steps: int, guidance_scale: float, generator: torch.Generator | None = None, **options
+) -> Trajectory:
     """Sample a batch with the policy of `pipe` (LCM or DDIM, see `rollout.policies`); `options` as that policy's sampler takes them."""
     from rollout.policies import policy_for
 

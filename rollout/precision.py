@@ -52,4 +52,3 @@ def math_dtype_for(*dtypes: torch.dtype) -> torch.dtype:
     for dtype in dtypes:
         out = torch.promote_types(out, dtype)
     return out
-

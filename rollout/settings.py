@@ -20,8 +20,10 @@ class LoraSettings(BaseModel):
     target_modules: list[str] = Field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0"], min_length=1)
     init: str = Field("gaussian", pattern="^(gaussian|default)$")
 
-    def peft_config(self) -> "LoraConfig":
+    def peft_config(self) -> LoraConfig:
         from peft import LoraConfig
 
         init = "gaussian" if self.init == "gaussian" else True
-        return LoraConfig(r=self.rank, lora_alpha=self.alpha, target_modules=self.target_modules, init_lora_weights=init)
+        return LoraConfig(
+            r=self.rank, lora_alpha=self.alpha, target_modules=self.target_modules, init_lora_weights=init
+        )

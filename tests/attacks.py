@@ -18,8 +18,14 @@ SCORE_PATH = "/v1/score/jpeg_compressibility"
 def stalled_upload_head(token: str | None, body_bytes: int = 100_000) -> bytes:
     """A complete, authorized POST head announcing `body_bytes`, and the first 10 bytes of the body."""
     auth = f"Authorization: Bearer {token}\r\n".encode() if token else b""
-    return (f"POST {SCORE_PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {body_bytes}\r\n").encode() + auth + b"\r\n{\"prompts\""
+    return (
+        (
+            f"POST {SCORE_PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {body_bytes}\r\n"
+        ).encode()
+        + auth
+        + b'\r\n{"prompts"'
+    )
 
 
 def open_stalled_uploads(port: int, sources: int, per_source: int, token: str | None) -> list[socket.socket]:
@@ -28,7 +34,9 @@ def open_stalled_uploads(port: int, sources: int, per_source: int, token: str | 
     head, sockets = stalled_upload_head(token), []
     for i in range(per_source):
         for k in range(sources):
-            s = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(f"127.0.{9 + k // 250}.{1 + k % 250}", 0))
+            s = socket.create_connection(
+                ("127.0.0.1", port), timeout=10, source_address=(f"127.0.{9 + k // 250}.{1 + k % 250}", 0)
+            )
             s.sendall(head)
             sockets.append(s)
     return sockets

@@ -7,8 +7,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 
@@ -20,7 +20,9 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def standalone_service(config: Path | None = None, wait_s: float = 15.0, pids: list[int] | None = None) -> Iterator[tuple[str, int]]:
+def standalone_service(
+    config: Path | None = None, wait_s: float = 15.0, pids: list[int] | None = None
+) -> Iterator[tuple[str, int]]:
     """`rlcm rewards serve --standalone` (uvicorn, no Ray) on a free port; yields (base URL, port) once /healthz answers.
 
     `pids`, if given, gets the server's process id (e.g. to read its memory).

@@ -35,13 +35,20 @@ def test_sample_writes_the_lora_policy_image(tmp_path):
     pipe = toy_pipe_with_saved_lora(tmp_path)
     (tmp_path / "rlcm_model.json").write_text(json.dumps({"model": "tiny", "model_seed": 0}))
     out = tmp_path / "cat.png"
-    assert main(["sample", "--lora", str(tmp_path), "--prompt", "a cat", "--steps", "4", "--seed", "3", "--out", str(out)]) == 0
+    assert (
+        main(["sample", "--lora", str(tmp_path), "--prompt", "a cat", "--steps", "4", "--seed", "3", "--out", str(out)])
+        == 0
+    )
 
-    expected = pipe("a cat", num_inference_steps=4, guidance_scale=8.0, generator=torch.Generator().manual_seed(3)).images[0]
+    expected = pipe(
+        "a cat", num_inference_steps=4, guidance_scale=8.0, generator=torch.Generator().manual_seed(3)
+    ).images[0]
     written = np.asarray(Image.open(out))
     assert written.shape == (64, 64, 3)
     np.testing.assert_array_equal(written, np.asarray(expected))
-    base = load_pipeline("tiny")("a cat", num_inference_steps=4, guidance_scale=8.0, generator=torch.Generator().manual_seed(3)).images[0]
+    base = load_pipeline("tiny")(
+        "a cat", num_inference_steps=4, guidance_scale=8.0, generator=torch.Generator().manual_seed(3)
+    ).images[0]
     assert not np.array_equal(written, np.asarray(base)), "the LoRA must change the image"
 
 
@@ -59,37 +66,76 @@ def _run_cli(*args: str) -> tuple[int, str, bool]:
 
 
 def test_bad_set_value_is_reported_from_set_without_heavy_imports(tmp_path):
-    rc, err, imported_torch = _run_cli("train", "--output-dir", str(tmp_path / "r"), "--set", "train.learning_rate=fast")
+    rc, err, imported_torch = _run_cli(
+        "train", "--output-dir", str(tmp_path / "r"), "--set", "train.learning_rate=fast"
+    )
     assert rc == 2
     assert "train.learning_rate" in err and "(from --set train.learning_rate=fast)" in err
     assert not imported_torch, "a config error must not wait for torch/diffusers imports"
 
 
 def test_unknown_divergence_names_key_and_choices(capsys, tmp_path):
-    assert main(["train", "--config", "rocm-tiny-cpu", "--output-dir", str(tmp_path / "r"), "--set", "rocm.divergence=tv"]) == 2
+    assert (
+        main(["train", "--config", "rocm-tiny-cpu", "--output-dir", str(tmp_path / "r"), "--set", "rocm.divergence=tv"])
+        == 2
+    )
     err = capsys.readouterr().err
     assert "rocm.divergence" in err and "'kl'" in err and "'js'" in err
 
 
 def test_rocm_with_a_non_differentiable_reward_is_a_config_error(capsys, tmp_path):
-    args = ["train", "--config", "rocm-tiny-cpu", "--output-dir", str(tmp_path / "r"), "--set", "reward.name=jpeg_compressibility"]
+    args = [
+        "train",
+        "--config",
+        "rocm-tiny-cpu",
+        "--output-dir",
+        str(tmp_path / "r"),
+        "--set",
+        "reward.name=jpeg_compressibility",
+    ]
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "reward.name" in err and "not differentiable" in err and "smoothness" in err
 
 
 def test_async_needs_an_algorithm_that_learns_from_rollouts(capsys, tmp_path):
-    assert main(["train", "--config", "rocm-tiny-cpu", "--output-dir", str(tmp_path / "r"), "--set", "scaleout.mode=async"]) == 2
-    assert "scaleout.mode: async mode needs an algorithm that learns from rollouts; rocm trains on its own samples" in capsys.readouterr().err
+    assert (
+        main(
+            ["train", "--config", "rocm-tiny-cpu", "--output-dir", str(tmp_path / "r"), "--set", "scaleout.mode=async"]
+        )
+        == 2
+    )
+    assert (
+        "scaleout.mode: async mode needs an algorithm that learns from rollouts; rocm trains on its own samples"
+        in capsys.readouterr().err
+    )
 
 
 def test_an_option_of_another_algorithm_is_a_one_line_config_error(capsys, tmp_path):
     """`train.*` (RLCM's PPO section) under ROCM, or `rocm.*` under RLCM, names the key instead of being ignored."""
-    assert main(["train", "--config", "rocm-tiny-cpu", "--output-dir", str(tmp_path / "a"), "--set", "train.learning_rate=1e-3"]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                "rocm-tiny-cpu",
+                "--output-dir",
+                str(tmp_path / "a"),
+                "--set",
+                "train.learning_rate=1e-3",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
-    assert "train.learning_rate: an option of algorithm rlcm, but algorithm is rocm (its options live under rocm.*)" in err
+    assert (
+        "train.learning_rate: an option of algorithm rlcm, but algorithm is rocm (its options live under rocm.*)" in err
+    )
     assert main(["train", "--output-dir", str(tmp_path / "b"), "--set", "rocm.lam=1"]) == 2
-    assert "rocm.lam: an option of algorithm rocm, but algorithm is rlcm (its options live under train.*)" in capsys.readouterr().err
+    assert (
+        "rocm.lam: an option of algorithm rocm, but algorithm is rlcm (its options live under train.*)"
+        in capsys.readouterr().err
+    )
 
 
 def test_unknown_reward_and_bad_lora_target_fail_before_ray(capsys, tmp_path, monkeypatch):
@@ -165,5 +211,20 @@ def test_bad_numbers_on_other_subcommands_are_one_line(capsys, tmp_path):
     with pytest.raises(SystemExit) as exit_:
         main(["sample", "--lora", str(tmp_path), "--prompt", "x", "--steps", "0", "--out", str(tmp_path / "x.png")])
     assert exit_.value.code == 2 and "--steps: must be at least 1" in capsys.readouterr().err
-    assert main(["eval", "--prompts", "simple_animals", "--metrics", "jpeg_compressibility", "--seeds", "0", "--out", str(tmp_path)]) == 2
+    assert (
+        main(
+            [
+                "eval",
+                "--prompts",
+                "simple_animals",
+                "--metrics",
+                "jpeg_compressibility",
+                "--seeds",
+                "0",
+                "--out",
+                str(tmp_path),
+            ]
+        )
+        == 2
+    )
     assert capsys.readouterr().err.strip() == "rlcm: error: seeds: Input should be greater than or equal to 1"

@@ -57,10 +57,26 @@ def table_values(cfg: TrainConfig) -> dict[str, float]:
 
 # presets of the algorithms beside RLCM: preset -> algorithm
 OTHER_ALGORITHMS = {
-    **{name: "rocm" for name in ("rocm-tiny-cpu", "rocm-aesthetic", "rocm-pickscore", "rocm-clip_score", "rocm-hpsv2", "rocm-aesthetic-fast")},
-    "grpo-tiny-cpu": "grpo", "grpo-compression": "grpo",
-    "draft-tiny-cpu": "draft", "draft-aesthetic": "draft", "alignprop-tiny-cpu": "alignprop", "alignprop-aesthetic": "alignprop",
-    "ddpo-tiny-cpu": "ddpo", "ddpo-compression": "ddpo", "ddpo-aesthetic": "ddpo",
+    **{
+        name: "rocm"
+        for name in (
+            "rocm-tiny-cpu",
+            "rocm-aesthetic",
+            "rocm-pickscore",
+            "rocm-clip_score",
+            "rocm-hpsv2",
+            "rocm-aesthetic-fast",
+        )
+    },
+    "grpo-tiny-cpu": "grpo",
+    "grpo-compression": "grpo",
+    "draft-tiny-cpu": "draft",
+    "draft-aesthetic": "draft",
+    "alignprop-tiny-cpu": "alignprop",
+    "alignprop-aesthetic": "alignprop",
+    "ddpo-tiny-cpu": "ddpo",
+    "ddpo-compression": "ddpo",
+    "ddpo-aesthetic": "ddpo",
 }
 
 
@@ -96,7 +112,9 @@ def test_tiny_cpu_preset():
 
 
 def test_overrides_apply_with_types():
-    cfg = load_config("compression", ["train.learning_rate=3e-4", "sampling.num_steps=4", "model.lora.rank=4", "run.epochs=2"])
+    cfg = load_config(
+        "compression", ["train.learning_rate=3e-4", "sampling.num_steps=4", "model.lora.rank=4", "run.epochs=2"]
+    )
     assert cfg.train.learning_rate == 3e-4 and cfg.sampling.num_steps == 4
     assert cfg.model.lora.rank == 4 and cfg.run.epochs == 2
     assert cfg.model.lora.alpha == 32  # untouched keys keep the preset's value
@@ -104,7 +122,9 @@ def test_overrides_apply_with_types():
 
 def test_config_file(tmp_path):
     path = tmp_path / "run.yaml"
-    path.write_text("sampling: {num_steps: 4, batch_size: 2, batches_per_epoch: 1}\ntrain: {train_batch_size: 2, grad_accum_steps: 1}\n")
+    path.write_text(
+        "sampling: {num_steps: 4, batch_size: 2, batches_per_epoch: 1}\ntrain: {train_batch_size: 2, grad_accum_steps: 1}\n"
+    )
     cfg = load_config(str(path))
     assert cfg.sampling.num_steps == 4 and cfg.train.train_batch_size == 2
 
@@ -138,7 +158,9 @@ def test_wrong_type_names_the_key():
 def test_recompute_old_log_probs_values():
     """auto, true or false in every PPO section; anything else names the key and the allowed values."""
     assert load_config("tiny-cpu").train.recompute_old_log_probs == "auto"
-    assert load_config("grpo-tiny-cpu", ["grpo.recompute_old_log_probs=false"]).settings.recompute_old_log_probs is False
+    assert (
+        load_config("grpo-tiny-cpu", ["grpo.recompute_old_log_probs=false"]).settings.recompute_old_log_probs is False
+    )
     assert load_config("ddpo-tiny-cpu", ["ddpo.recompute_old_log_probs=true"]).settings.recompute_old_log_probs is True
     for bad in ("maybe", "1", "[true]"):
         with pytest.raises(ConfigError) as err:
@@ -204,7 +226,9 @@ def test_rocm_presets_follow_the_paper(name):
     # "a batch size of 1 on 2 A6000 GPUs ... gradient accumulation of 1", about 10k iterations
     assert (cfg.rocm.batch_size, cfg.rocm.grad_accum_steps, cfg.resources.num_learners) == (1, 1, 2)
     assert cfg.rocm.updates_per_epoch * cfg.run.epochs == 10_000
-    assert cfg.resources.num_learners * cfg.resources.learner_gpus + cfg.resources.rollout_gpus <= 2  # fits the paper's 2 GPUs
+    assert (
+        cfg.resources.num_learners * cfg.resources.learner_gpus + cfg.resources.rollout_gpus <= 2
+    )  # fits the paper's 2 GPUs
     # λ auto: steered to a divergence budget per chain (docs/rocm_lambda.md argues it from the paper's rule)
     assert (cfg.rocm.lam, cfg.rocm.lam_target) == ("auto", 0.1)
     assert cfg.rocm.divergence == "kl" and cfg.rocm.gradient_checkpointing

@@ -50,7 +50,9 @@ def test_log_probs_equal_direct_unet_calls_and_ddim_constants(pipe_and_traj):
     for k in range(H):
         x, t = traj.latents[:, k], int(traj.timesteps[k])
         with torch.no_grad():
-            out = pipe.unet(torch.cat([x, x]), t, encoder_hidden_states=torch.cat([traj.negative_prompt_embeds, traj.prompt_embeds])).sample
+            out = pipe.unet(
+                torch.cat([x, x]), t, encoder_hidden_states=torch.cat([traj.negative_prompt_embeds, traj.prompt_embeds])
+            ).sample
         eps_u, eps_c = out.double().chunk(2)
         eps = eps_u + W * (eps_c - eps_u)
         a_t = alphas[t]
@@ -59,7 +61,9 @@ def test_log_probs_equal_direct_unet_calls_and_ddim_constants(pipe_and_traj):
         sigma = ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)).sqrt()  # η = 1
         mean = a_prev.sqrt() * x0 + (1 - a_prev - sigma**2).sqrt() * eps
         x_next = traj.latents[:, k + 1].double()
-        log_prob = (-((x_next - mean) ** 2) / (2 * sigma**2) - sigma.log() - 0.5 * math.log(2 * math.pi)).mean(dim=(1, 2, 3))
+        log_prob = (-((x_next - mean) ** 2) / (2 * sigma**2) - sigma.log() - 0.5 * math.log(2 * math.pi)).mean(
+            dim=(1, 2, 3)
+        )
         assert (log_prob.float() - traj.log_probs[:, k]).abs().max().item() < 1e-4, k
     assert traj.log_probs.std() > 0.1  # not a constant: the actions' densities differ by step
 
@@ -73,8 +77,16 @@ def test_chain_equals_the_stock_pipeline_with_the_same_noise(pipe_and_traj):
         states.append(kwargs["latents"].clone())
         return kwargs
 
-    images = pipe(PROMPTS, num_inference_steps=H, guidance_scale=W, eta=1.0, generator=torch.Generator().manual_seed(3), output_type="np",
-                  callback_on_step_end=record, callback_on_step_end_tensor_inputs=["latents"]).images
+    images = pipe(
+        PROMPTS,
+        num_inference_steps=H,
+        guidance_scale=W,
+        eta=1.0,
+        generator=torch.Generator().manual_seed(3),
+        output_type="np",
+        callback_on_step_end=record,
+        callback_on_step_end_tensor_inputs=["latents"],
+    ).images
     assert (torch.stack(states, dim=1) - traj.latents[:, 1:]).abs().max().item() < 1e-5
     stock = torch.from_numpy((np.asarray(images) * 255).round().astype(np.uint8)).permute(0, 3, 1, 2)
     assert (stock.int() - traj.images.int()).abs().max().item() <= 1
@@ -84,8 +96,14 @@ def test_chain_equals_the_stock_pipeline_with_the_same_noise(pipe_and_traj):
 
 def _learner(seed: int = 0, **ppo):
     cfg = load_config("ddpo-tiny-cpu", [f"ddpo.{k}={v}" for k, v in ppo.items()])
-    spec = DDPOLearnerSpec(model="tiny-ddim", lora=LoraSettings(rank=4, alpha=4), ppo=cfg.ddpo, stat_buffer_size=16, stat_min_count=16,
-                           seed=seed)
+    spec = DDPOLearnerSpec(
+        model="tiny-ddim",
+        lora=LoraSettings(rank=4, alpha=4),
+        ppo=cfg.ddpo,
+        stat_buffer_size=16,
+        stat_min_count=16,
+        seed=seed,
+    )
     return spec.build()
 
 
@@ -102,7 +120,9 @@ def test_first_update_ratio_is_one_and_timestep_fraction_draws_a_seeded_subset(p
     steps = {}
     for run, seed in (("a", 0), ("b", 0), ("other seed", 3)):
         calls.clear()
-        metrics = _learner(seed, timestep_fraction=0.5, train_batch_size=2, learning_rate=1e-3).train(traj, np.array([1.0, -1.0]))
+        metrics = _learner(seed, timestep_fraction=0.5, train_batch_size=2, learning_rate=1e-3).train(
+            traj, np.array([1.0, -1.0])
+        )
         assert abs(metrics["ratio_min"] - 1) < 1e-5 and abs(metrics["ratio_max"] - 1) < 1e-5  # same weights, same math
         steps[run] = [tuple(c) for c in calls]
     assert len(steps["a"]) == 2  # ⌊0.5·4⌋ steps per sample, each call a minibatch of both samples
@@ -110,30 +130,62 @@ def test_first_update_ratio_is_one_and_timestep_fraction_draws_a_seeded_subset(p
     assert steps["a"] == steps["b"] and steps["a"] != steps["other seed"]  # the subset comes from the seeded generator
 
 
-@pytest.mark.parametrize("preset, accum, updates, buffer", [("ddpo-compression", 2, 4, 16), ("ddpo-aesthetic", 4, 2, 32)])
+@pytest.mark.parametrize(
+    "preset, accum, updates, buffer", [("ddpo-compression", 2, 4, 16), ("ddpo-aesthetic", 4, 2, 32)]
+)
 def test_gpu_presets_carry_ddpo_published_hyperparameters(preset, accum, updates, buffer):
     """ddpo-pytorch config/base.py + config/dgx.py: 50 steps, w 5, η 1, LoRA rank 4, lr 3e-4, clip 1e-4, adv clip 5,
     8 samples × 4 batches per GPU, train batch 4, all steps trained; 4 (compression) or 2 (aesthetic) updates per epoch."""
     cfg = load_config(preset)
     s, d = cfg.sampling, cfg.ddpo
     assert (cfg.algorithm, cfg.model.name, s.num_steps, s.guidance_scale, s.batch_size, s.batches_per_epoch) == (
-        "ddpo", "runwayml/stable-diffusion-v1-5", 50, 5.0, 8, 4)
-    assert (d.eta, d.learning_rate, d.clip_range, d.adv_clip_max, d.timestep_fraction, d.max_grad_norm) == (1.0, 3e-4, 1e-4, 5.0, 1.0, 1.0)
-    assert (cfg.model.lora.rank, d.train_batch_size, d.grad_accum_steps, cfg.stat_tracking.buffer_size) == (4, 4, accum, buffer)
+        "ddpo",
+        "runwayml/stable-diffusion-v1-5",
+        50,
+        5.0,
+        8,
+        4,
+    )
+    assert (d.eta, d.learning_rate, d.clip_range, d.adv_clip_max, d.timestep_fraction, d.max_grad_norm) == (
+        1.0,
+        3e-4,
+        1e-4,
+        5.0,
+        1.0,
+        1.0,
+    )
+    assert (cfg.model.lora.rank, d.train_batch_size, d.grad_accum_steps, cfg.stat_tracking.buffer_size) == (
+        4,
+        4,
+        accum,
+        buffer,
+    )
     assert cfg.samples_per_epoch == 256 and cfg.optimizer_steps_per_epoch == updates
 
 
 @pytest.mark.parametrize(
     "preset, overrides, message",
     [
-        ("ddpo-tiny-cpu", ["model.name=tiny"], "model.name: 'tiny' is a LCM model but algorithm ddpo trains the DDIM sampler"),
+        (
+            "ddpo-tiny-cpu",
+            ["model.name=tiny"],
+            "model.name: 'tiny' is a LCM model but algorithm ddpo trains the DDIM sampler",
+        ),
         ("ddpo-compression", ["model.name=SimianLuo/LCM_Dreamshaper_v7"], "is a LCM model but algorithm ddpo"),
-        ("grpo-tiny-cpu", ["model.name=tiny-ddim"], "model.name: 'tiny-ddim' is a DDIM model but algorithm grpo trains the LCM sampler"),
+        (
+            "grpo-tiny-cpu",
+            ["model.name=tiny-ddim"],
+            "model.name: 'tiny-ddim' is a DDIM model but algorithm grpo trains the LCM sampler",
+        ),
         ("tiny-cpu", ["model.name=runwayml/stable-diffusion-v1-5"], "is a DDIM model but algorithm rlcm"),
         ("rocm-tiny-cpu", ["model.name=random:runwayml/stable-diffusion-v1-5"], "is a DDIM model but algorithm rocm"),
         ("draft-tiny-cpu", ["model.name=tiny-ddim"], "is a DDIM model but algorithm draft"),
         ("alignprop-tiny-cpu", ["model.name=tiny-ddim"], "is a DDIM model but algorithm alignprop"),
-        ("ddpo-tiny-cpu", ["train.learning_rate=1e-3"], "train.learning_rate: an option of algorithm rlcm, but algorithm is ddpo"),
+        (
+            "ddpo-tiny-cpu",
+            ["train.learning_rate=1e-3"],
+            "train.learning_rate: an option of algorithm rlcm, but algorithm is ddpo",
+        ),
         ("ddpo-tiny-cpu", ["grpo.group_size=2"], "grpo.group_size: an option of algorithm grpo, but algorithm is ddpo"),
         ("ddpo-tiny-cpu", ["ddpo.eta=0"], "ddpo.eta: Input should be greater than 0"),
         ("ddpo-tiny-cpu", ["ddpo.timestep_fraction=0.5", "ddpo.shuffle_timesteps=false"], "set shuffle_timesteps true"),
@@ -145,9 +197,14 @@ def test_bad_config_is_one_line(preset, overrides, message):
 
 
 def test_config_error_from_the_cli_before_ray_and_missing_hub_model(capsys, tmp_path):
-    assert main(["train", "--config", "ddpo-tiny-cpu", "--output-dir", str(tmp_path / "r"), "--set", "model.name=tiny"]) == 2
+    assert (
+        main(["train", "--config", "ddpo-tiny-cpu", "--output-dir", str(tmp_path / "r"), "--set", "model.name=tiny"])
+        == 2
+    )
     assert "is a LCM model but algorithm ddpo" in capsys.readouterr().err
-    with pytest.raises(FileNotFoundError, match="could not load Stable Diffusion model 'runwayml/stable-diffusion-v1-5'.*offline"):
+    with pytest.raises(
+        FileNotFoundError, match="could not load Stable Diffusion model 'runwayml/stable-diffusion-v1-5'.*offline"
+    ):
         load_pipeline("runwayml/stable-diffusion-v1-5", device="cpu")
 
 
@@ -163,7 +220,9 @@ def test_ddpo_trains_through_rlcm_train_and_the_lora_loads(ray_local, tmp_path):
 
     pipe = build_tiny_ddim_pipeline()
     assert isinstance(pipe, StableDiffusionPipeline)
-    assert lora_changes_stock_images(pipe, tmp_path / "run/checkpoints/epoch-0001", num_inference_steps=4, guidance_scale=W, eta=1.0)
+    assert lora_changes_stock_images(
+        pipe, tmp_path / "run/checkpoints/epoch-0001", num_inference_steps=4, guidance_scale=W, eta=1.0
+    )
 
 
 def test_ddpo_resumes_bitwise_equal_and_samples_with_its_eta(ray_local, tmp_path):
@@ -181,5 +240,9 @@ def test_ddpo_resumes_bitwise_equal_and_samples_with_its_eta(ray_local, tmp_path
     assert main(["sample", "--lora", str(checkpoint), "--prompt", "a cat", "--seed", "3", "--out", str(out)]) == 0
     pipe = build_tiny_ddim_pipeline()
     pipe.load_lora_weights(str(checkpoint))
-    expected = pipe("a cat", num_inference_steps=3, guidance_scale=W, eta=1.0, generator=torch.Generator().manual_seed(3)).images[0]
-    np.testing.assert_array_equal(np.asarray(Image.open(out)), np.asarray(expected))  # `rlcm sample` uses the recorded η
+    expected = pipe(
+        "a cat", num_inference_steps=3, guidance_scale=W, eta=1.0, generator=torch.Generator().manual_seed(3)
+    ).images[0]
+    np.testing.assert_array_equal(
+        np.asarray(Image.open(out)), np.asarray(expected)
+    )  # `rlcm sample` uses the recorded η

@@ -56,7 +56,8 @@ def test_average_over_dims_with_per_sample_std(kind):
     value = gaussian_divergence(kind, mean_p, mean_q, std)
     for b in range(2):
         per_dim = [
-            numerical_divergence(kind, mp.item(), mq.item(), std[b].item()) for mp, mq in zip(mean_p[b].flatten(), mean_q[b].flatten())
+            numerical_divergence(kind, mp.item(), mq.item(), std[b].item())
+            for mp, mq in zip(mean_p[b].flatten(), mean_q[b].flatten())
         ]
         assert value[b].item() == pytest.approx(sum(per_dim) / len(per_dim), rel=1e-6)
 
@@ -67,7 +68,9 @@ def test_js_estimate_within_sampling_error(delta, std, num_samples):
     rows = 40000 // num_samples  # each row is one independent estimate
     mean_p = torch.full((rows, 1), 0.2 + delta, dtype=torch.float64)
     mean_q = torch.full((rows, 1), 0.2, dtype=torch.float64)
-    estimates = gaussian_divergence("js", mean_p, mean_q, std, torch.Generator().manual_seed(1), num_samples=num_samples)
+    estimates = gaussian_divergence(
+        "js", mean_p, mean_q, std, torch.Generator().manual_seed(1), num_samples=num_samples
+    )
     standard_error = estimates.std().item() / math.sqrt(rows)
     exact = numerical_divergence("js", 0.2 + delta, 0.2, std)
     assert 0 < exact < math.log(2)
@@ -79,7 +82,9 @@ def test_js_pathwise_gradient_is_unbiased():
     mean_p = torch.full((rows, 1), delta, dtype=torch.float64, requires_grad=True)
     mean_q = torch.zeros((rows, 1), dtype=torch.float64, requires_grad=True)
     gaussian_divergence("js", mean_p, mean_q, std, torch.Generator().manual_seed(2)).sum().backward()
-    exact = (numerical_divergence("js", delta + step, 0.0, std) - numerical_divergence("js", delta - step, 0.0, std)) / (2 * step)
+    exact = (
+        numerical_divergence("js", delta + step, 0.0, std) - numerical_divergence("js", delta - step, 0.0, std)
+    ) / (2 * step)
     grads = mean_p.grad.flatten()
     assert abs(grads.mean().item() - exact) < 4 * grads.std().item() / math.sqrt(rows)
     torch.testing.assert_close(mean_q.grad, -mean_p.grad)
@@ -89,7 +94,9 @@ def test_js_pathwise_gradient_is_unbiased():
 def test_gradient_reaches_both_means(kind):
     mean_p = torch.tensor([[0.5, -0.2], [1.0, 0.1]], requires_grad=True)
     mean_q = torch.tensor([[0.1, 0.3], [0.0, 0.4]], requires_grad=True)
-    value = gaussian_divergence(kind, mean_p, mean_q, torch.tensor([0.7, 0.9]).view(2, 1), torch.Generator().manual_seed(3))
+    value = gaussian_divergence(
+        kind, mean_p, mean_q, torch.tensor([0.7, 0.9]).view(2, 1), torch.Generator().manual_seed(3)
+    )
     assert value.shape == (2,) and torch.all(value != 0)  # a one-draw JS estimate may be negative
     value.sum().backward()
     for grad in (mean_p.grad, mean_q.grad):

@@ -22,9 +22,15 @@ from tests.toys import assert_same_lora, lora_changes_stock_images, pooled_z, ro
 
 def alignprop(num_steps=5, **settings) -> AlignPropLearner:
     spec = AlignPropLearnerSpec(
-        model="tiny", lora=LoraSettings(rank=4, alpha=4, target_modules=["to_q", "to_v"]),
-        rocm=AlignPropSettings(batch_size=1, grad_accum_steps=2, learning_rate=1e-2, gradient_checkpointing=False, **settings),
-        num_steps=num_steps, guidance_scale=8.0, reward_factory=functools.partial(build_differentiable_reward, "smoothness"), device="cpu",
+        model="tiny",
+        lora=LoraSettings(rank=4, alpha=4, target_modules=["to_q", "to_v"]),
+        rocm=AlignPropSettings(
+            batch_size=1, grad_accum_steps=2, learning_rate=1e-2, gradient_checkpointing=False, **settings
+        ),
+        num_steps=num_steps,
+        guidance_scale=8.0,
+        reward_factory=functools.partial(build_differentiable_reward, "smoothness"),
+        device="cpu",
     )
     return AlignPropLearner(spec)
 
@@ -54,10 +60,22 @@ def test_alignprop_draws_k_per_call_from_the_seeded_generator_and_resumes_the_dr
     [
         ("draft-tiny-cpu", ["draft.truncate_steps=4"], "draft.truncate_steps: K=4 exceeds the H−1=3 transitions"),
         ("draft-tiny-cpu", ["rocm.lam=1"], "rocm.lam: an option of algorithm rocm, but algorithm is draft"),
-        ("alignprop-tiny-cpu", ["alignprop.truncate_steps=2"], "alignprop: AlignProp draws K per call: remove truncate_steps"),
+        (
+            "alignprop-tiny-cpu",
+            ["alignprop.truncate_steps=2"],
+            "alignprop: AlignProp draws K per call: remove truncate_steps",
+        ),
         ("alignprop-tiny-cpu", ["alignprop.k_max=5"], "alignprop.k_max: K may be at most the H−1=3 transitions"),
-        ("alignprop-tiny-cpu", ["draft.truncate_steps=1"], "draft.truncate_steps: an option of algorithm draft, but algorithm is alignprop"),
-        ("alignprop-tiny-cpu", ["scaleout.mode=async"], "async mode needs an algorithm that learns from rollouts; alignprop"),
+        (
+            "alignprop-tiny-cpu",
+            ["draft.truncate_steps=1"],
+            "draft.truncate_steps: an option of algorithm draft, but algorithm is alignprop",
+        ),
+        (
+            "alignprop-tiny-cpu",
+            ["scaleout.mode=async"],
+            "async mode needs an algorithm that learns from rollouts; alignprop",
+        ),
     ],
 )
 def test_bad_first_order_configs(preset, overrides, message):
@@ -66,7 +84,15 @@ def test_bad_first_order_configs(preset, overrides, message):
 
 
 def test_a_non_differentiable_reward_is_a_config_error_before_ray(capsys, tmp_path):
-    args = ["train", "--config", "draft-tiny-cpu", "--output-dir", str(tmp_path / "r"), "--set", "reward.name=jpeg_compressibility"]
+    args = [
+        "train",
+        "--config",
+        "draft-tiny-cpu",
+        "--output-dir",
+        str(tmp_path / "r"),
+        "--set",
+        "reward.name=jpeg_compressibility",
+    ]
     assert main(args) == 2
     assert "reward.name: 'jpeg_compressibility' is not differentiable, which draft needs" in capsys.readouterr().err
 
@@ -77,7 +103,9 @@ def test_learns_smoothness_through_rlcm_train_and_the_lora_loads(ray_local, tmp_
     assert train_cli(preset, tmp_path, "run", "run.epochs=12", "run.save_every=12") == 0
     rows = rows_of(tmp_path / "run")
     algorithm = preset.removesuffix("-tiny-cpu")
-    assert len(rows) == 12 and all(r["algorithm"] == algorithm and math.isfinite(r["monitor_reward_mean"]) for r in rows)
+    assert len(rows) == 12 and all(
+        r["algorithm"] == algorithm and math.isfinite(r["monitor_reward_mean"]) for r in rows
+    )
     if algorithm == "draft":
         assert all(r["truncate_steps"] == 1 for r in rows)
     else:

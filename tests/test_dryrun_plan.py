@@ -59,7 +59,9 @@ def test_plan_flops_match_a_hand_count_of_the_real_unet_and_vae():
 
         vae = AutoencoderKL.from_config(_config(architecture_dir("random:SimianLuo/LCM_Dreamshaper_v7"), "vae"))
         x = torch.randn(1, 4, latent, latent)
-        unet_hand = hand_count(unet, lambda: unet(x, torch.tensor([500]), torch.randn(1, 77, 768), timestep_cond=torch.randn(1, 256)))
+        unet_hand = hand_count(
+            unet, lambda: unet(x, torch.tensor([500]), torch.randn(1, 77, 768), timestep_cond=torch.randn(1, 256))
+        )
         vae_hand = hand_count(vae, lambda: vae.decode(x))
     assert abs(result["flops"]["unet_call"] / unet_hand - 1) < 0.10, (result["flops"]["unet_call"], unet_hand)
     assert abs(result["flops"]["vae_decode"] / vae_hand - 1) < 0.10, (result["flops"]["vae_decode"], vae_hand)
@@ -137,9 +139,25 @@ def test_dry_run_keeps_the_algorithm_and_maps_gpus_to_cpu():
 
 def _dry_run(preset: str) -> str:
     out = subprocess.run(
-        [sys.executable, "-m", "cluster.cli", "train", "--config", preset, "--dry-run", "--dry-run-resolution", "32",
-         "--set", "sampling.num_steps=2", "--output-dir", f"/tmp/rlcm-test-dry-run-{preset}-{os.getpid()}"],
-        capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"},
+        [
+            sys.executable,
+            "-m",
+            "cluster.cli",
+            "train",
+            "--config",
+            preset,
+            "--dry-run",
+            "--dry-run-resolution",
+            "32",
+            "--set",
+            "sampling.num_steps=2",
+            "--output-dir",
+            f"/tmp/rlcm-test-dry-run-{preset}-{os.getpid()}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "RAY_USAGE_STATS_ENABLED": "0"},
     )
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     return out.stdout
@@ -173,17 +191,26 @@ def test_dry_run_table_rewrites_only_the_named_presets_rows(tmp_path):
     from cluster.dryrun_table import END, HEADER, START, main
 
     readme = tmp_path / "README.md"
-    old = ["| compression | 1.0 s | learner 1.00 GB | 2.00 GB | OK |", "| rocm-aesthetic | 9.0 s | learner 5.00 GB | 9.00 GB | OK |"]
+    old = [
+        "| compression | 1.0 s | learner 1.00 GB | 2.00 GB | OK |",
+        "| rocm-aesthetic | 9.0 s | learner 5.00 GB | 9.00 GB | OK |",
+    ]
     readme.write_text("\n".join(["intro", START, "Dry runs at 64 px:", "", *HEADER, *old, END, "after"]) + "\n")
     logs = tmp_path / "logs"
     logs.mkdir()
-    (logs / "rocm-aesthetic.log").write_text("peak memory learner: 4.20 GB\npeak memory all processes together: 8.10 GB; total time 12.5 s\n"
-                                             "dry run OK: rocm-aesthetic ran end to end\nexit 0\n")
+    (logs / "rocm-aesthetic.log").write_text(
+        "peak memory learner: 4.20 GB\npeak memory all processes together: 8.10 GB; total time 12.5 s\n"
+        "dry run OK: rocm-aesthetic ran end to end\nexit 0\n"
+    )
     (logs / "compression.log").write_text("rlcm: error: not this one\n")  # a log of a preset not named stays unread
     main(str(logs), "64", str(readme), "rocm-aesthetic")
     text = readme.read_text()
     assert old[0] in text and old[1] not in text
     assert "| rocm-aesthetic | 12.5 s | learner 4.20 GB | 8.10 GB | OK |" in text
-    assert text.index("| compression") < text.index("| rocm-aesthetic") and text.startswith("intro") and text.endswith("after\n")
+    assert (
+        text.index("| compression") < text.index("| rocm-aesthetic")
+        and text.startswith("intro")
+        and text.endswith("after\n")
+    )
     with pytest.raises(SystemExit, match="no dry-run log"):
         main(str(logs), "64", str(readme), "rocm-pickscore")

@@ -64,7 +64,9 @@ def test_service_metrics_go_over_http_others_in_process():
     images = np.random.default_rng(1).integers(0, 255, size=(2, 32, 32, 3), dtype=np.uint8)
     http = TestClient(create_app({"remote_jpeg": JpegCompressibility()}))
     clients = metric_clients(["remote_jpeg", "jpeg_compressibility"], "http://service", http=http)
-    assert isinstance(clients["remote_jpeg"], HttpRewardClient) and isinstance(clients["jpeg_compressibility"], InProcessRewardClient)
+    assert isinstance(clients["remote_jpeg"], HttpRewardClient) and isinstance(
+        clients["jpeg_compressibility"], InProcessRewardClient
+    )
     remote, local = (clients[n].score(images, ["a", "b"]) for n in ("remote_jpeg", "jpeg_compressibility"))
     assert remote.rewards == pytest.approx(local.rewards), remote.details
     with pytest.raises(ValueError, match=r"offers \['remote_jpeg'\]"):
@@ -97,9 +99,40 @@ def test_same_noise_per_prompt_and_seed_whatever_the_batch(one_thread):
 def test_parser_registers_eval():
     parser = argparse.ArgumentParser()
     ev.add_eval_parser(parser.add_subparsers(dest="command"))
-    args = parser.parse_args(["eval", "--lora", "ckpt", "--base", "--prompts", "simple_animals", "--metrics", "a,b", "--seeds", "3", "--out", "o"])
+    args = parser.parse_args(
+        [
+            "eval",
+            "--lora",
+            "ckpt",
+            "--base",
+            "--prompts",
+            "simple_animals",
+            "--metrics",
+            "a,b",
+            "--seeds",
+            "3",
+            "--out",
+            "o",
+        ]
+    )
     assert args.func is ev._run and args.base and args.seeds == 3 and args.steps is None and args.metrics == "a,b"
-    args = parser.parse_args(["eval", "--lora", "a=x", "--lora", "b=y", "--trained", "a=aesthetic", "--prompts", "p", "--metrics", "m", "--out", "o"])
+    args = parser.parse_args(
+        [
+            "eval",
+            "--lora",
+            "a=x",
+            "--lora",
+            "b=y",
+            "--trained",
+            "a=aesthetic",
+            "--prompts",
+            "p",
+            "--metrics",
+            "m",
+            "--out",
+            "o",
+        ]
+    )
     assert args.lora == ["a=x", "b=y"] and args.trained == ["a=aesthetic"]
 
 
@@ -110,7 +143,11 @@ def test_run_names_and_off_target_mean(tmp_path):
         with pytest.raises(ValueError, match="run names must be unique"):
             ev.parse_runs(bad)
     stats = lambda mean: {"mean": mean}  # noqa: E731
-    metrics = {"m1": {"base": stats(2.0), "a": stats(3.0)}, "m2": {"base": stats(-4.0), "a": stats(-5.0)}, "m3": {"base": stats(10.0), "a": stats(10.0)}}
+    metrics = {
+        "m1": {"base": stats(2.0), "a": stats(3.0)},
+        "m2": {"base": stats(-4.0), "a": stats(-5.0)},
+        "m3": {"base": stats(10.0), "a": stats(10.0)},
+    }
     # trained on m1: off-target = mean of (−5 − −4)/4 = −25% and 0% -> −12.5%
     assert ev.off_target_change(metrics, "a", "m1") == pytest.approx(-12.5)
     assert ev.off_target_change(metrics, "a", None) == pytest.approx((50 - 25 + 0) / 3)
@@ -128,13 +165,25 @@ def train_toy_adapter(directory, epochs: int = 3):
     from rollout.worker import RolloutSpec, RolloutWorker
 
     cfg = load_config("tiny-cpu")
-    worker = RolloutWorker(RolloutSpec(model="tiny", lora=cfg.model.lora, num_steps=8, guidance_scale=8.0, device="cpu"))
-    learner = PPOLearner(LearnerSpec(model="tiny", lora=cfg.model.lora, ppo=cfg.train, stat_buffer_size=16, stat_min_count=16, device="cpu"))
-    scorer, prompts, size = JpegCompressibility(), load_prompts(cfg.prompts.source, cfg.prompts.limit), cfg.sampling.batch_size
+    worker = RolloutWorker(
+        RolloutSpec(model="tiny", lora=cfg.model.lora, num_steps=8, guidance_scale=8.0, device="cpu")
+    )
+    learner = PPOLearner(
+        LearnerSpec(
+            model="tiny", lora=cfg.model.lora, ppo=cfg.train, stat_buffer_size=16, stat_min_count=16, device="cpu"
+        )
+    )
+    scorer, prompts, size = (
+        JpegCompressibility(),
+        load_prompts(cfg.prompts.source, cfg.prompts.limit),
+        cfg.sampling.batch_size,
+    )
     for epoch in range(epochs):
         worker.set_adapter(learner.adapter())
         drawn = epoch_prompts(prompts, cfg.run.seed, epoch, 2 * size)
-        trajectory = Trajectory.concat([worker.sample(drawn[b * size : (b + 1) * size], batch_seed(cfg.run.seed, epoch, b)) for b in range(2)])
+        trajectory = Trajectory.concat(
+            [worker.sample(drawn[b * size : (b + 1) * size], batch_seed(cfg.run.seed, epoch, b)) for b in range(2)]
+        )
         rewards = np.asarray(scorer.score(trajectory.images.permute(0, 2, 3, 1).numpy(), trajectory.prompts).rewards)
         learner.train(trajectory, learner.advantages(trajectory.prompts, rewards))
     learner.save_lora(directory)
@@ -150,7 +199,9 @@ def _strict(constant):
 def test_trained_adapter_beats_base_on_held_out_prompts(tmp_path, one_thread):
     lora = train_toy_adapter(tmp_path / "ckpt")
     prompts = read_prompts("imagenet_animals", limit=8, offset=8)  # the toy trained on the first 8
-    settings = EvalSettings(prompts=prompts, metrics=["jpeg_compressibility", "smoothness"], out=tmp_path / "eval", lora=lora, seeds=2)
+    settings = EvalSettings(
+        prompts=prompts, metrics=["jpeg_compressibility", "smoothness"], out=tmp_path / "eval", lora=lora, seeds=2
+    )
     report = evaluate(settings)
 
     written = json.loads((tmp_path / "eval" / "eval.json").read_text(), parse_constant=_strict)
@@ -160,7 +211,9 @@ def test_trained_adapter_beats_base_on_held_out_prompts(tmp_path, one_thread):
     assert jpeg["base"]["n"] == jpeg["tuned"]["n"] == difference["n"] == 16
     assert jpeg["tuned"]["mean"] > jpeg["base"]["mean"]
     assert difference["ci_low"] > 0
-    pairs = np.array([[s["tuned"]["jpeg_compressibility"], s["base"]["jpeg_compressibility"]] for s in written["samples"]])
+    pairs = np.array(
+        [[s["tuned"]["jpeg_compressibility"], s["base"]["jpeg_compressibility"]] for s in written["samples"]]
+    )
     assert difference["mean"] == pytest.approx(float((pairs[:, 0] - pairs[:, 1]).mean()))
     assert report["metrics"]["smoothness"]["tuned − base"]["n"] == 16
 
@@ -176,17 +229,32 @@ def test_trained_adapter_beats_base_on_held_out_prompts(tmp_path, one_thread):
         __import__("shutil").copytree(lora, folder)
         (tmp_path / name / "config.yaml").write_text(f"reward: {{name: {reward}}}\n")
         runs[name] = folder
-    settings = EvalSettings(prompts=prompts[:4], metrics=["jpeg_compressibility", "smoothness"], out=tmp_path / "multi", runs=runs, seeds=1, grid_columns=4)
+    settings = EvalSettings(
+        prompts=prompts[:4],
+        metrics=["jpeg_compressibility", "smoothness"],
+        out=tmp_path / "multi",
+        runs=runs,
+        seeds=1,
+        grid_columns=4,
+    )
     multi = evaluate(settings)
     assert multi["models"] == ["base", "jpegrun", "smoothrun"]
     assert multi["trained"] == {"jpegrun": "jpeg_compressibility", "smoothrun": "smoothness"}
     for metric in settings.metrics:  # the LoRA is unloaded between runs: identical weights give identical samples
         assert [s["jpegrun"][metric] for s in multi["samples"]] == [s["smoothrun"][metric] for s in multi["samples"]]
     m = multi["metrics"]
-    change = lambda metric, run: 100 * (m[metric][run]["mean"] - m[metric]["base"]["mean"]) / abs(m[metric]["base"]["mean"])  # noqa: E731
-    assert multi["off_target"]["jpegrun"] == pytest.approx(change("smoothness", "jpegrun"))  # its trained metric left out
+    change = lambda metric, run: (
+        100 * (m[metric][run]["mean"] - m[metric]["base"]["mean"]) / abs(m[metric]["base"]["mean"])
+    )  # noqa: E731
+    assert multi["off_target"]["jpegrun"] == pytest.approx(
+        change("smoothness", "jpegrun")
+    )  # its trained metric left out
     assert multi["off_target"]["smoothrun"] == pytest.approx(change("jpeg_compressibility", "smoothrun"))
     table = (tmp_path / "multi" / "eval.md").read_text().splitlines()
     jpeg_row = next(line for line in table if line.startswith("| jpegrun |"))
-    assert jpeg_row.split(" | ")[1].startswith("**") and jpeg_row.split(" | ")[1].endswith("†") and "†" not in jpeg_row.split(" | ")[2]
+    assert (
+        jpeg_row.split(" | ")[1].startswith("**")
+        and jpeg_row.split(" | ")[1].endswith("†")
+        and "†" not in jpeg_row.split(" | ")[2]
+    )
     assert Image.open(tmp_path / "multi" / "grid.png").height > 3 * 128

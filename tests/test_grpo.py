@@ -31,7 +31,9 @@ def test_group_advantages_equal_a_hand_computation_and_invalid_groups_drop_whole
 
 def test_same_noise_groups_share_x0_only():
     pipe = build_tiny_pipeline()
-    traj = sample_trajectory(pipe, ["a cat"] * 2 + ["a dog"] * 2, 3, 8.0, torch.Generator().manual_seed(0), noise_group_size=2)
+    traj = sample_trajectory(
+        pipe, ["a cat"] * 2 + ["a dog"] * 2, 3, 8.0, torch.Generator().manual_seed(0), noise_group_size=2
+    )
     x0 = traj.latents[:, 0]
     assert torch.equal(x0[0], x0[1]) and torch.equal(x0[2], x0[3]) and not torch.equal(x0[0], x0[2])
     assert not torch.equal(traj.latents[0, 1], traj.latents[1, 1])  # the transitions' noise stays per sample
@@ -51,7 +53,10 @@ def test_bad_grpo_config_is_one_line(overrides, message):
 
 
 def test_grpo_config_error_from_the_cli_before_ray(capsys, tmp_path):
-    assert main(["train", "--config", "grpo-tiny-cpu", "--output-dir", str(tmp_path / "r"), "--set", "grpo.group_size=3"]) == 2
+    assert (
+        main(["train", "--config", "grpo-tiny-cpu", "--output-dir", str(tmp_path / "r"), "--set", "grpo.group_size=3"])
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert any("grpo.group_size: 3 does not divide sampling.batch_size=8" in line for line in err)
 

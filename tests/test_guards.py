@@ -8,7 +8,14 @@ import pytest
 import torch
 
 from learner.guards import (
-    NonFiniteError, SkipStreak, check_adapter, grad_norm_metrics, nonfinite_grads, nonfinite_tensors, step_if_finite, step_problem,
+    NonFiniteError,
+    SkipStreak,
+    check_adapter,
+    grad_norm_metrics,
+    nonfinite_grads,
+    nonfinite_tensors,
+    step_if_finite,
+    step_problem,
 )
 
 
@@ -32,9 +39,16 @@ def test_step_problem_names_the_loss_or_the_gradients():
 
 
 def test_adapter_with_a_non_finite_weight_is_refused_naming_tensors():
-    state = {"a.lora_A": torch.ones(2, 2), "a.lora_B": torch.tensor([[0.0, math.nan]]), "b.lora_A": torch.tensor([-math.inf])}
+    state = {
+        "a.lora_A": torch.ones(2, 2),
+        "a.lora_B": torch.tensor([[0.0, math.nan]]),
+        "b.lora_A": torch.tensor([-math.inf]),
+    }
     assert nonfinite_tensors(state) == ["a.lora_B", "b.lora_A"]
-    with pytest.raises(NonFiniteError, match=r"refusing to publish a LoRA adapter with non-finite weights \(2 of 3 tensors: a.lora_B, b.lora_A\)"):
+    with pytest.raises(
+        NonFiniteError,
+        match=r"refusing to publish a LoRA adapter with non-finite weights \(2 of 3 tensors: a.lora_B, b.lora_A\)",
+    ):
         check_adapter(state, "publish")
     check_adapter({"a": torch.zeros(4)}, "save")
 
@@ -46,7 +60,9 @@ def test_skip_streak_resets_on_a_finite_step_and_stops_at_the_limit():
     assert streak.record(None) is True and streak.in_a_row == 0 and streak.total == 2
     streak.record("loss is nan")
     streak.record("loss is nan")
-    with pytest.raises(NonFiniteError, match="3 optimizer steps in a row were skipped \\(1 of 98 gradients are non-finite\\)"):
+    with pytest.raises(
+        NonFiniteError, match="3 optimizer steps in a row were skipped \\(1 of 98 gradients are non-finite\\)"
+    ):
         streak.record("1 of 98 gradients are non-finite")
 
 
@@ -56,7 +72,9 @@ def test_a_step_with_non_finite_gradients_is_not_applied():
     (w * torch.tensor([1.0, math.nan, 1.0])).sum().backward()
     norm = torch.nn.utils.clip_grad_norm_([w], 1.0)
     assert step_if_finite(optimizer, [w], norm) is False
-    assert torch.equal(w.detach(), torch.ones(3)) and w.grad is None and not optimizer.state  # untouched, Adam state too
+    assert (
+        torch.equal(w.detach(), torch.ones(3)) and w.grad is None and not optimizer.state
+    )  # untouched, Adam state too
     (w * 2).sum().backward()
     assert step_if_finite(optimizer, [w], torch.nn.utils.clip_grad_norm_([w], 1.0)) is True
     assert (w.detach() < 1).all()

@@ -21,9 +21,17 @@ from cluster.output import OutputDir
 def fill_like_a_learner(directory, epoch=0, samples=8):
     """The files a real checkpoint holds: the LoRA (safetensors), the learner state (torch zip), the driver state."""
     generator = torch.Generator().manual_seed(epoch)
-    save_file({f"unet.layer{i}.lora_A.weight": torch.randn(4, 32, generator=generator) for i in range(3)}, directory / "pytorch_lora_weights.safetensors")
-    torch.save({"adapter": {"w": torch.randn(64, 64, generator=generator)}, "version": epoch + 1}, directory / "learner_state.pt")
-    (directory / "driver_state.json").write_text(json.dumps({"epoch": epoch, "samples_seen": samples * (epoch + 1), "policy_version": epoch + 1}))
+    save_file(
+        {f"unet.layer{i}.lora_A.weight": torch.randn(4, 32, generator=generator) for i in range(3)},
+        directory / "pytorch_lora_weights.safetensors",
+    )
+    torch.save(
+        {"adapter": {"w": torch.randn(64, 64, generator=generator)}, "version": epoch + 1},
+        directory / "learner_state.pt",
+    )
+    (directory / "driver_state.json").write_text(
+        json.dumps({"epoch": epoch, "samples_seen": samples * (epoch + 1), "policy_version": epoch + 1})
+    )
 
 
 def make_run(root, epochs=(0, 1), manifest=True):
@@ -65,7 +73,13 @@ def resume_cli(root, capsys, monkeypatch, *extra):
 
 
 def test_metrics_are_strict_json_with_null_for_non_finite(tmp_path):
-    row = {"epoch": 1, "reward_mean": math.nan, "kl": np.float32("inf"), "hist": np.array([1.0, np.nan]), "ok": np.int64(3)}
+    row = {
+        "epoch": 1,
+        "reward_mean": math.nan,
+        "kl": np.float32("inf"),
+        "hist": np.array([1.0, np.nan]),
+        "ok": np.int64(3),
+    }
     assert strict_json(row) == '{"epoch": 1, "reward_mean": null, "kl": null, "hist": [1.0, null], "ok": 3}'
     OutputDir(tmp_path).append_metrics(row)
     assert "NaN" not in (tmp_path / "metrics.jsonl").read_text()
@@ -108,8 +122,16 @@ def test_checkpoint_is_written_atomically_with_a_manifest(tmp_path):
     [
         ("learner_state.pt", flip_bytes, r"learner_state.pt (does not match the sha256|is corrupted)"),
         ("learner_state.pt", truncate, r"learner_state.pt (has \d+ bytes|is not a complete torch file)"),
-        ("pytorch_lora_weights.safetensors", truncate, r"pytorch_lora_weights.safetensors (has \d+ bytes|is truncated)"),
-        ("driver_state.json", lambda p: p.write_text('{"epoch": 1, "sam'), r"driver_state.json (has \d+ bytes|is not valid JSON)"),
+        (
+            "pytorch_lora_weights.safetensors",
+            truncate,
+            r"pytorch_lora_weights.safetensors (has \d+ bytes|is truncated)",
+        ),
+        (
+            "driver_state.json",
+            lambda p: p.write_text('{"epoch": 1, "sam'),
+            r"driver_state.json (has \d+ bytes|is not valid JSON)",
+        ),
     ],
 )
 def test_damaged_checkpoint_file_is_named(tmp_path, manifest, name, damage, expected):
@@ -141,7 +163,10 @@ def test_resume_names_the_checkpoint_and_drops_a_torn_metrics_line(tmp_path, cap
     code, out = resume_cli(tmp_path, capsys, monkeypatch)
     assert code == 0, out.err
     assert "metrics.jsonl: dropped a torn last line" in out.out
-    assert "resuming from" in out.out and "epoch-0001 (epoch 2/5 done, samples_seen 16); continuing with epoch 3/5" in out.out
+    assert (
+        "resuming from" in out.out
+        and "epoch-0001 (epoch 2/5 done, samples_seen 16); continuing with epoch 3/5" in out.out
+    )
     assert [r["epoch"] for r in OutputDir(tmp_path).rows()] == [0, 1]
 
 
@@ -194,6 +219,8 @@ def test_the_scorers_error_text_reaches_the_row_and_the_console_line():
     assert summary["reward_error"] == "HTTP 503 from http://127.0.0.1:8000/v1/score/aesthetic: replica overloaded"
     assert summary["num_invalid"] == 2 and summary["reward_mean"] == pytest.approx(0.6)
     row = {"epoch": 0, **summary, "samples_seen": 2, "time_epoch_s": 1.0, "approx_kl": 0.0, "clipfrac": 0.0}
-    assert epoch_line(row, 3).endswith("samples 2, 2 invalid  reward error: HTTP 503 from http://127.0.0.1:8000/v1/score/aesthetic: replica overloaded")
+    assert epoch_line(row, 3).endswith(
+        "samples 2, 2 invalid  reward error: HTTP 503 from http://127.0.0.1:8000/v1/score/aesthetic: replica overloaded"
+    )
     assert json.loads(strict_json(row))["reward_error"].startswith("HTTP 503")
     assert reward_summary(entries[1:])["reward_error"] is None

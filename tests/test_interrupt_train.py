@@ -15,20 +15,40 @@ import pytest
 from cluster.integrity import problem
 from cluster.output import OutputDir
 
-SETS = ["run.epochs=20", "sampling.batches_per_epoch=1", "run.save_every=100", "run.sample_grid_every=100",
-        "run.tensorboard=false", "run.plots=false"]
+SETS = [
+    "run.epochs=20",
+    "sampling.batches_per_epoch=1",
+    "run.save_every=100",
+    "run.sample_grid_every=100",
+    "run.tensorboard=false",
+    "run.plots=false",
+]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig, code, group", [(signal.SIGINT, 130, True), (signal.SIGTERM, 143, False)], ids=["ctrl-c", "sigterm"])
+@pytest.mark.parametrize(
+    "sig, code, group", [(signal.SIGINT, 130, True), (signal.SIGTERM, 143, False)], ids=["ctrl-c", "sigterm"]
+)
 def test_signal_checkpoints_the_last_finished_epoch_and_exits_quietly(tmp_path, sig, code, group):
-    command = [sys.executable, "-m", "cluster.cli", "train", "--output-dir", str(tmp_path), *[a for s in SETS for a in ("--set", s)]]
+    command = [
+        sys.executable,
+        "-m",
+        "cluster.cli",
+        "train",
+        "--output-dir",
+        str(tmp_path),
+        *[a for s in SETS for a in ("--set", s)],
+    ]
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1"}
-    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    child = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
+    )
     try:
         deadline = time.monotonic() + 300
         while len(OutputDir(tmp_path).rows()) < 2:  # two epochs finished, none checkpointed (save_every=100)
-            assert child.poll() is None and time.monotonic() < deadline, child.stderr.read() if child.poll() is not None else "too slow"
+            assert child.poll() is None and time.monotonic() < deadline, (
+                child.stderr.read() if child.poll() is not None else "too slow"
+            )
             time.sleep(0.2)
         (os.killpg if group else os.kill)(child.pid, sig)
         out, err = child.communicate(timeout=180)
@@ -37,7 +57,9 @@ def test_signal_checkpoints_the_last_finished_epoch_and_exits_quietly(tmp_path, 
             os.killpg(child.pid, signal.SIGKILL)
     assert child.returncode == code, err
     last = err.strip().splitlines()[-1]
-    match = re.fullmatch(r"rlcm: interrupted after epoch (\d+)/20; checkpoint (epoch-\d{4}); continue with --resume", last)
+    match = re.fullmatch(
+        r"rlcm: interrupted after epoch (\d+)/20; checkpoint (epoch-\d{4}); continue with --resume", last
+    )
     assert match, err
     finished = len(OutputDir(tmp_path).rows())
     assert int(match.group(1)) == finished >= 2 and match.group(2) == f"epoch-{finished - 1:04d}"
@@ -53,13 +75,25 @@ def test_a_second_ctrl_c_during_the_graceful_stop_ends_the_run_within_2_s(tmp_pa
     """Issue 28: a second Ctrl-C 0.3 s after the first used to take the graceful path all the same (3.9 s)."""
     import psutil
 
-    command = [sys.executable, "-m", "cluster.cli", "train", "--output-dir", str(tmp_path), *[a for s in SETS for a in ("--set", s)]]
+    command = [
+        sys.executable,
+        "-m",
+        "cluster.cli",
+        "train",
+        "--output-dir",
+        str(tmp_path),
+        *[a for s in SETS for a in ("--set", s)],
+    ]
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1"}
-    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    child = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
+    )
     try:
         deadline = time.monotonic() + 300
         while len(OutputDir(tmp_path).rows()) < 1:
-            assert child.poll() is None and time.monotonic() < deadline, child.stderr.read() if child.poll() is not None else "too slow"
+            assert child.poll() is None and time.monotonic() < deadline, (
+                child.stderr.read() if child.poll() is not None else "too slow"
+            )
             time.sleep(0.2)
         ray_processes = psutil.Process(child.pid).children(recursive=True)
         os.killpg(child.pid, signal.SIGINT)
@@ -74,7 +108,10 @@ def test_a_second_ctrl_c_during_the_graceful_stop_ends_the_run_within_2_s(tmp_pa
         if child.poll() is None:
             os.killpg(child.pid, signal.SIGKILL)
     assert gone_after_s <= 2.0, f"the driver exited {gone_after_s:.1f} s after the second SIGINT"
-    assert child.returncode == 130 and err.strip().splitlines()[-1] == "rlcm: SIGINT received again: stopping now, without saving", err
+    assert (
+        child.returncode == 130
+        and err.strip().splitlines()[-1] == "rlcm: SIGINT received again: stopping now, without saving"
+    ), err
     assert "Traceback" not in err, err
     _, alive = psutil.wait_procs(ray_processes, timeout=30)
     assert not alive, f"Ray processes outlived the driver: {[p.pid for p in alive]}"

@@ -26,7 +26,9 @@ def batch(kind: str, n: int = 3, size: int = 64) -> np.ndarray:
         return np.stack([np.full((size, size, 3), v, dtype=np.uint8) for v in np.linspace(0, 255, n).astype(np.uint8)])
     if kind == "gradient":
         ramp = np.linspace(0, 255, size, dtype=np.float64)
-        img = np.stack([np.add.outer(ramp, ramp) / 2, np.tile(ramp, (size, 1)), np.tile(ramp[:, None], (1, size))], axis=-1)
+        img = np.stack(
+            [np.add.outer(ramp, ramp) / 2, np.tile(ramp, (size, 1)), np.tile(ramp[:, None], (1, size))], axis=-1
+        )
         return np.stack([img.astype(np.uint8)] * n)
     raise AssertionError(kind)
 

@@ -28,7 +28,9 @@ def test_update_moves_lambda_by_the_divergence_to_budget_ratio_within_the_bound(
 def test_update_clamps_and_edge_cases():
     assert lam_update(0.8, 10.0, 0.1, 2.0, 1e-4, 1.0) == 1.0  # lam_max
     assert lam_update(0.01, 0.0, 0.1, 2.0, 0.008, 1.0) == 0.008  # lam_min
-    assert lam_update(0.3, 0.0, 0.1, 2.0, 1e-4, 1e3) == pytest.approx(0.15)  # no divergence yet (LoRA at zero): relax λ by 1/c
+    assert lam_update(0.3, 0.0, 0.1, 2.0, 1e-4, 1e3) == pytest.approx(
+        0.15
+    )  # no divergence yet (LoRA at zero): relax λ by 1/c
     assert lam_update(0.3, -1e-9, 0.1, 2.0, 1e-4, 1e3) == pytest.approx(0.15)  # a rounding-negative D̄ counts as 0
     assert lam_update(0.3, math.nan, 0.1, 2.0, 1e-4, 1e3) == 0.3  # an epoch without numbers leaves λ
     with pytest.raises(ValueError, match="lam > 0"):
@@ -57,8 +59,17 @@ def test_controller_settles_on_a_regularized_quadratic():
 def test_controller_for_settings():
     fixed = controller_for(ROCMSettings(lam=0.3))
     assert fixed.fixed and fixed.step(100.0) == {} and fixed.lam == 0.3
-    auto = controller_for(ROCMSettings(lam="auto", lam_target=0.05, lam_init=0.2, lam_max_factor=1.2, lam_min=0.01, lam_max=5.0))
-    assert (auto.lam, auto.target, auto.max_factor, auto.lam_min, auto.lam_max, auto.fixed) == (0.2, 0.05, 1.2, 0.01, 5.0, False)
+    auto = controller_for(
+        ROCMSettings(lam="auto", lam_target=0.05, lam_init=0.2, lam_max_factor=1.2, lam_min=0.01, lam_max=5.0)
+    )
+    assert (auto.lam, auto.target, auto.max_factor, auto.lam_min, auto.lam_max, auto.fixed) == (
+        0.2,
+        0.05,
+        1.2,
+        0.01,
+        5.0,
+        False,
+    )
     assert controller_for(ROCMSettings(lam="auto"), resumed_lam=0.0123).lam == 0.0123
     with pytest.raises(ValueError, match="lam must be auto or a number >= 0"):
         ROCMSettings(lam=-1.0)
@@ -89,13 +100,20 @@ class ShiftedReward(torch.nn.Module):
 def test_reward_offset_leaves_the_lambda_trajectory_unchanged():
     """Toy ROCM, λ auto: every reward + 10 changes no gradient, so the weights, D̄ and λ of every epoch are bitwise the same."""
     settings = ROCMSettings(lam="auto", lam_target=0.01, learning_rate=1e-2, max_grad_norm=5.0, batch_size=2)
-    lora = LoraSettings(rank=4, alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2", "conv_out"])
+    lora = LoraSettings(
+        rank=4, alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2", "conv_out"]
+    )
     prompts = load_prompts("imagenet_animals", 8)
 
     def trajectory(shift: float) -> tuple[list[float], list[float]]:
         spec = ROCMLearnerSpec(
-            model="tiny", lora=lora, rocm=settings, num_steps=2, guidance_scale=8.0,
-            reward_factory=functools.partial(ShiftedReward, shift), device="cpu",
+            model="tiny",
+            lora=lora,
+            rocm=settings,
+            num_steps=2,
+            guidance_scale=8.0,
+            reward_factory=functools.partial(ShiftedReward, shift),
+            device="cpu",
         )
         learner, controller, lams, rewards = ROCMLearner(spec), controller_for(settings), [], []
         for epoch in range(3):

@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 import torch
 
+from learner.algorithms.ddpo import DDPOSettings
 from learner.algorithms.ddpo.learner import DDPOLearnerSpec
 from learner.algorithms.draft import AlignPropSettings, DRaFTSettings
 from learner.algorithms.draft.learner import AlignPropLearnerSpec
-from learner.algorithms.ddpo import DDPOSettings
 from learner.algorithms.grpo import GRPOSettings
 from learner.algorithms.grpo.learner import GRPOLearnerSpec
 from learner.learner import LearnerSpec
@@ -31,14 +31,22 @@ from rollout.ddim_policy import ddim_transition_gaussian
 from rollout.lora import LoraSettings, add_lora
 from rollout.models import load_pipeline
 from rollout.policy import (
-    encode_prompts, gaussian_log_prob, guidance_embedding, lcm_timesteps, predict_denoised, sample_trajectory, transition_gaussian,
+    encode_prompts,
+    gaussian_log_prob,
+    guidance_embedding,
+    lcm_timesteps,
+    predict_denoised,
+    sample_trajectory,
+    transition_gaussian,
     transition_mean_std,
 )
 
 F64 = torch.float64
 LORA = LoraSettings(rank=2, alpha=4, target_modules=["to_q", "to_v", "conv_out"])
 GUIDANCE = {"tiny": 8.0, "tiny-ddim": 5.0}  # DDIM: w > 1, classifier-free guidance on
-ADAM = dict(learning_rate=1e-3, adam_weight_decay=0.05, adam_epsilon=1e-5)  # ε near the clipped gradients (~2e-5 each): the step sees their size
+ADAM = dict(
+    learning_rate=1e-3, adam_weight_decay=0.05, adam_epsilon=1e-5
+)  # ε near the clipped gradients (~2e-5 each): the step sees their size
 
 
 @pytest.fixture(autouse=True)
@@ -79,7 +87,17 @@ def reference_pipes(model: str, theta0: list[torch.Tensor]):
     return pipe, params, load_pipeline(model, device="cpu", dtype=F64)
 
 
-def clip_and_adamw(params, grads, state: dict, max_grad_norm: float, lr: float, beta1: float, beta2: float, eps: float, weight_decay: float):
+def clip_and_adamw(
+    params,
+    grads,
+    state: dict,
+    max_grad_norm: float,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+):
     """g ← g·min(1, c/(‖g‖₂ + 1e-6)) over all parameters, then AdamW (decoupled decay, bias-corrected moments)."""
     norm = torch.sqrt(sum((g**2).sum() for g in grads))
     grads = [g * min(1.0, max_grad_norm / (float(norm) + 1e-6)) for g in grads]
@@ -98,8 +116,17 @@ def clip_and_adamw(params, grads, state: dict, max_grad_norm: float, lr: float, 
 
 def step_adamw(params, loss, state, s) -> float:
     grads = torch.autograd.grad(loss, params)
-    return clip_and_adamw(params, grads, state, s.max_grad_norm, s.learning_rate, s.adam_beta1, s.adam_beta2, s.adam_epsilon,
-                          s.adam_weight_decay)
+    return clip_and_adamw(
+        params,
+        grads,
+        state,
+        s.max_grad_norm,
+        s.learning_rate,
+        s.adam_beta1,
+        s.adam_beta2,
+        s.adam_epsilon,
+        s.adam_weight_decay,
+    )
 
 
 def kl_per_step(mean: torch.Tensor, mean_base: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -119,11 +146,23 @@ def assert_same_update(learner, theta0, reference):
 # ---- PPO family: RLCM, GRPO (β > 0), DDPO (guidance) ---------------------------------------------------------
 
 SIZE = 32  # pixels: 8×8 latents keep the toy UNet calls cheap
-PROMPTS = ["a cat", "a cat", "a dog", "a dog", "a fox", "a fox"]  # 3 groups of 2 (GRPO); RLCM's tracker: the batch's statistics (2 < min_count)
+PROMPTS = [
+    "a cat",
+    "a cat",
+    "a dog",
+    "a dog",
+    "a fox",
+    "a fox",
+]  # 3 groups of 2 (GRPO); RLCM's tracker: the batch's statistics (2 < min_count)
 REWARDS = np.array([0.3, 1.1, -0.4, 2.0, 0.9, 0.6])
 PPO = dict(
-    train_batch_size=2, grad_accum_steps=2, inner_epochs=2,  # 3 minibatches a pass, 6 in all: 3 optimizer steps, one spanning both passes
-    clip_range=0.1, adv_clip_max=0.9, max_grad_norm=1e-3, **ADAM,
+    train_batch_size=2,
+    grad_accum_steps=2,
+    inner_epochs=2,  # 3 minibatches a pass, 6 in all: 3 optimizer steps, one spanning both passes
+    clip_range=0.1,
+    adv_clip_max=0.9,
+    max_grad_norm=1e-3,
+    **ADAM,
 )
 
 
@@ -131,15 +170,26 @@ def behaviour_trajectory(model: str, num_steps: int):
     """Chains of the LoRA-free base (π_old ≠ π_θ0, so ratios start away from 1 and some are clipped)."""
     base = load_pipeline(model, device="cpu", dtype=F64)
     options = {"eta": 1.0} if model == "tiny-ddim" else {}
-    return sample_trajectory(base, PROMPTS, num_steps, GUIDANCE[model], torch.Generator().manual_seed(5), height=SIZE, width=SIZE, **options)
+    return sample_trajectory(
+        base, PROMPTS, num_steps, GUIDANCE[model], torch.Generator().manual_seed(5), height=SIZE, width=SIZE, **options
+    )
 
 
 def gaussian_of(pipe, traj, rows: torch.Tensor, k: torch.Tensor):
     """Mean and std of π_θ's action at step k[i] of chain rows[i], from the policy's public functions."""
     x, t, embeds = traj.latents[rows, k], traj.timesteps[k], traj.prompt_embeds[rows]
     if traj.negative_prompt_embeds is not None:
-        return ddim_transition_gaussian(pipe.unet, pipe.scheduler, x, t, len(traj.timesteps), embeds, traj.negative_prompt_embeds[rows],
-                                        traj.guidance_scale, traj.eta)
+        return ddim_transition_gaussian(
+            pipe.unet,
+            pipe.scheduler,
+            x,
+            t,
+            len(traj.timesteps),
+            embeds,
+            traj.negative_prompt_embeds[rows],
+            traj.guidance_scale,
+            traj.eta,
+        )
     w = guidance_embedding(pipe, traj.guidance_scale, len(rows))
     return transition_gaussian(pipe.unet, pipe.scheduler, x, t, traj.timesteps[k + 1], embeds, w)
 
@@ -186,7 +236,9 @@ LORA_B_STD = {"tiny": 0.05, "tiny-ddim": 0.003}  # first-pass ratios π_θ0/π_b
 
 
 def ppo_learner(spec_class, model: str, settings):
-    spec = spec_class(model=model, lora=LORA, ppo=settings, stat_buffer_size=16, stat_min_count=16, seed=3, dtype=F64, device="cpu")
+    spec = spec_class(
+        model=model, lora=LORA, ppo=settings, stat_buffer_size=16, stat_min_count=16, seed=3, dtype=F64, device="cpu"
+    )
     learner = spec.build()
     return learner, randomize_lora(learner, LORA_B_STD[model])
 
@@ -196,7 +248,9 @@ def check_ppo(spec_class, model, settings, num_steps, advantages, kl_coef=0.0, t
     learner, theta0 = ppo_learner(spec_class, model, settings)
     generator_state = learner.generator.get_state()
     metrics = learner.train_epoch(REWARDS, np.ones(len(PROMPTS), dtype=bool), traj)
-    reference, norms, clipfrac = reference_ppo(model, traj, advantages, settings, generator_state, theta0, kl_coef, timestep_fraction)
+    reference, norms, clipfrac = reference_ppo(
+        model, traj, advantages, settings, generator_state, theta0, kl_coef, timestep_fraction
+    )
     assert min(norms) > 10 * settings.max_grad_norm  # the clip is active at every step
     assert 0 < clipfrac < 1  # some ratios clipped, some not
     assert_same_update(learner, theta0, reference)
@@ -233,10 +287,14 @@ def test_ddpo_update_with_guidance_and_timestep_subset_equals_written_out_ppo():
 # ---- first-order family: ROCM, DRaFT, AlignProp ----------------------------------------------------------------
 
 FIRST_ORDER_PROMPTS = ["a cat", "a dog", "a fox", "a red fox"]
-FIRST_ORDER = dict(batch_size=1, grad_accum_steps=2, updates_per_epoch=2, max_grad_norm=1e-3, **ADAM)  # 4 objective calls, 2 steps
+FIRST_ORDER = dict(
+    batch_size=1, grad_accum_steps=2, updates_per_epoch=2, max_grad_norm=1e-3, **ADAM
+)  # 4 objective calls, 2 steps
 
 
-def reference_objective(pipe, base, prompts, generator, num_steps: int, lam: float, truncate: int | None) -> torch.Tensor:
+def reference_objective(
+    pipe, base, prompts, generator, num_steps: int, lam: float, truncate: int | None
+) -> torch.Tensor:
     """r(decode(denoised_{H−1})) − λ·Σ_k KL_k per chain, the LCM chain written out; x_1 … x_{H−1−K} detached under truncation K."""
     batch, scheduler = len(prompts), pipe.scheduler
     timesteps = lcm_timesteps(scheduler, num_steps)
@@ -244,7 +302,9 @@ def reference_objective(pipe, base, prompts, generator, num_steps: int, lam: flo
         embeds = encode_prompts(pipe, prompts)
     w = guidance_embedding(pipe, GUIDANCE["tiny"], batch)
     shape = (batch, 4, SIZE // 4, SIZE // 4)
-    x = torch.randn(shape, generator=generator) * scheduler.init_noise_sigma  # x_0, then ε_0 … ε_{H−2}, as every sampler draws them
+    x = (
+        torch.randn(shape, generator=generator) * scheduler.init_noise_sigma
+    )  # x_0, then ε_0 … ε_{H−2}, as every sampler draws them
     noise = [torch.randn(shape, generator=generator) for _ in range(num_steps - 1)]
     divergence = torch.zeros(batch, dtype=F64)
     for k in range(num_steps):
@@ -257,7 +317,9 @@ def reference_objective(pipe, base, prompts, generator, num_steps: int, lam: flo
         t_next = timesteps[k + 1].expand(batch)
         mean, std = transition_mean_std(scheduler, denoised, t_next)
         if lam:
-            mean_base, _ = transition_mean_std(base.scheduler, predict_denoised(base.unet, base.scheduler, x, t, embeds, w), t_next)
+            mean_base, _ = transition_mean_std(
+                base.scheduler, predict_denoised(base.unet, base.scheduler, x, t, embeds, w), t_next
+            )
             divergence = divergence + kl_per_step(mean, mean_base, std)
         x = mean + std * noise[k]
     image = (pipe.vae.decode(denoised / pipe.vae.config.scaling_factor, return_dict=False)[0] / 2 + 0.5).clamp(0, 1)
@@ -266,9 +328,19 @@ def reference_objective(pipe, base, prompts, generator, num_steps: int, lam: flo
 
 def check_first_order(spec_class, settings, num_steps: int, lam: float, truncation):
     """One epoch of the learner against −mean objective / accum summed per window, clipped, AdamW; `truncation(generator)`: K per call."""
-    spec = spec_class(model="tiny", lora=LORA, rocm=settings, num_steps=num_steps, guidance_scale=GUIDANCE["tiny"],
-                      reward_factory=functools.partial(build_differentiable_reward, "smoothness"), height=SIZE, width=SIZE, seed=3,
-                      dtype=F64, device="cpu")
+    spec = spec_class(
+        model="tiny",
+        lora=LORA,
+        rocm=settings,
+        num_steps=num_steps,
+        guidance_scale=GUIDANCE["tiny"],
+        reward_factory=functools.partial(build_differentiable_reward, "smoothness"),
+        height=SIZE,
+        width=SIZE,
+        seed=3,
+        dtype=F64,
+        device="cpu",
+    )
     learner = spec.build()
     theta0 = randomize_lora(learner, 0.05)
     generator = torch.Generator().manual_seed(0)
@@ -276,7 +348,10 @@ def check_first_order(spec_class, settings, num_steps: int, lam: float, truncati
     metrics = learner.train(FIRST_ORDER_PROMPTS)
     pipe, params, base = reference_pipes("tiny", theta0)
     state, norms, accum = {}, [], settings.grad_accum_steps
-    calls = [FIRST_ORDER_PROMPTS[i : i + settings.batch_size] for i in range(0, len(FIRST_ORDER_PROMPTS), settings.batch_size)]
+    calls = [
+        FIRST_ORDER_PROMPTS[i : i + settings.batch_size]
+        for i in range(0, len(FIRST_ORDER_PROMPTS), settings.batch_size)
+    ]
     for w in range(0, len(calls), accum):
         loss = 0.0
         for prompts in calls[w : w + accum]:

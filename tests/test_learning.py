@@ -62,7 +62,10 @@ def run_toy(epochs: int = EPOCHS) -> list[np.ndarray]:
     for epoch in range(epochs):
         worker.set_adapter(learner.adapter())
         epoch_prompt_list = epoch_prompts(prompts, cfg.run.seed, epoch, size * batches)
-        trajs = [worker.sample(epoch_prompt_list[b * size : (b + 1) * size], batch_seed(cfg.run.seed, epoch, b)) for b in range(batches)]
+        trajs = [
+            worker.sample(epoch_prompt_list[b * size : (b + 1) * size], batch_seed(cfg.run.seed, epoch, b))
+            for b in range(batches)
+        ]
         traj = Trajectory.concat(trajs)
         assert traj.policy_version == learner.version == epoch
         images = traj.images.permute(0, 2, 3, 1).numpy()

@@ -33,7 +33,9 @@ def trained(tmp_path_factory):
     """A learner after 3 real PPO updates (lr 1e-2, so lora_B moves away from its zero init), saved to disk."""
     torch.set_num_threads(2)
     ppo = PPOSettings(learning_rate=1e-2, clip_range=0.2, train_batch_size=4, grad_accum_steps=1)
-    learner = PPOLearner(LearnerSpec(model="tiny", lora=lora_settings(), ppo=ppo, stat_buffer_size=16, stat_min_count=16, device="cpu"))
+    learner = PPOLearner(
+        LearnerSpec(model="tiny", lora=lora_settings(), ppo=ppo, stat_buffer_size=16, stat_min_count=16, device="cpu")
+    )
     for step in range(3):
         traj = sample_trajectory(learner.pipe, PROMPTS, 8, 8.0, torch.Generator().manual_seed(step))
         learner.train(traj, np.array([1.0, -1.0, 0.5, -0.5]))
@@ -71,7 +73,13 @@ def test_stock_pipeline_loads_and_reproduces_trained_policy(trained):
     assert (theirs.images.int() - ours.images.int()).abs().max() <= 1
 
     # stock `pipe(...)` with the loaded LoRA gives the trained policy's images too
-    out = stock(prompt=PROMPTS, num_inference_steps=8, guidance_scale=8.0, generator=torch.Generator().manual_seed(123), output_type="np").images
+    out = stock(
+        prompt=PROMPTS,
+        num_inference_steps=8,
+        guidance_scale=8.0,
+        generator=torch.Generator().manual_seed(123),
+        output_type="np",
+    ).images
     stock_images = torch.tensor((out * 255).round().astype(np.uint8)).permute(0, 3, 1, 2)
     assert (stock_images.int() - ours.images.int()).abs().max() <= 1
 
@@ -92,7 +100,9 @@ def test_alpha_matters_so_the_round_trip_is_meaningful(trained):
 
 def test_rollout_worker_after_set_adapter_matches_learner(trained):
     learner, _, _ = trained
-    worker = RolloutWorker(RolloutSpec(model="tiny", lora=lora_settings(), num_steps=8, guidance_scale=8.0, device="cpu"))
+    worker = RolloutWorker(
+        RolloutSpec(model="tiny", lora=lora_settings(), num_steps=8, guidance_scale=8.0, device="cpu")
+    )
     adapter = learner.adapter()
     assert adapter.version == learner.version == 3
     assert worker.set_adapter(adapter) is True

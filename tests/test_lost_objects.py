@@ -10,7 +10,13 @@ import numpy as np
 from cluster.config import load_config
 from cluster.driver import Trainer
 
-QUIET = ["run.sample_grid_every=100", "run.save_every=100", "run.tensorboard=false", "run.plots=false", "scaleout.control_poll_s=0.1"]
+QUIET = [
+    "run.sample_grid_every=100",
+    "run.save_every=100",
+    "run.tensorboard=false",
+    "run.plots=false",
+    "scaleout.control_poll_s=0.1",
+]
 
 
 def lost_ref(ray):
@@ -73,11 +79,15 @@ def test_no_live_reward_replica_within_reward_timeout_is_one_clear_line(ray_loca
     from cluster.watchdog import StalledError
     from rewards_service.client import RewardUnavailable
 
-    cause = RewardUnavailable("no live replica of Serve deployment 'aesthetic' answered within 600 s (reward.timeout_s); last: "
-                              "ActorDiedError: The actor died unexpectedly before finishing this task.")
+    cause = RewardUnavailable(
+        "no live replica of Serve deployment 'aesthetic' answered within 600 s (reward.timeout_s); last: "
+        "ActorDiedError: The actor died unexpectedly before finishing this task."
+    )
     error = RayTaskError("score_images", "Traceback ...", cause).as_instanceof_cause()
     with pytest.raises(StalledError) as raised:
         Trainer._scoring_failed(SimpleNamespace(), Entry((3, 1), ["a"], None, None, 0), error)
     message = str(raised.value)
-    assert message.startswith("reward scoring of batch (3, 1): no live replica of Serve deployment 'aesthetic' answered within 600 s")
+    assert message.startswith(
+        "reward scoring of batch (3, 1): no live replica of Serve deployment 'aesthetic' answered within 600 s"
+    )
     assert "free on the cluster now: CPU" in message and "\n" not in message

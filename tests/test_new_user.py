@@ -43,7 +43,10 @@ def test_train_help_names_the_real_presets():
 
 
 def test_summary_line_counts_epochs_as_the_progress_lines():
-    rows = [{"epoch": e, "reward_mean": -2.0 + e / 10, "reward_std": 0.1, "time_epoch_s": 1.0, "samples_seen": 16 * (e + 1)} for e in range(20)]
+    rows = [
+        {"epoch": e, "reward_mean": -2.0 + e / 10, "reward_std": 0.1, "time_epoch_s": 1.0, "samples_seen": 16 * (e + 1)}
+        for e in range(20)
+    ]
     assert summary_line(rows, 20) == "reward_mean -2.0000 (epoch 1/20) -> -0.1000 (epoch 20/20)"
     assert epoch_line(rows[0], 20).startswith("epoch 1/20") and epoch_line(rows[-1], 20).startswith("epoch 20/20")
 
@@ -60,7 +63,11 @@ def rocm_checkpoint(tmp_path_factory):
 def test_checkpoint_records_its_sampling_settings(rocm_checkpoint):
     directory, _ = rocm_checkpoint
     record = read_record(directory)
-    assert record["model"] == "tiny" and record["sampling"]["num_steps"] == 4 and record["sampling"]["guidance_scale"] == 8.0
+    assert (
+        record["model"] == "tiny"
+        and record["sampling"]["num_steps"] == 4
+        and record["sampling"]["guidance_scale"] == 8.0
+    )
     assert {"height", "width", "original_inference_steps"} <= set(record["sampling"])
 
 
@@ -68,8 +75,13 @@ def test_sample_uses_the_checkpoints_steps_and_says_so(rocm_checkpoint, tmp_path
     directory, pipe = rocm_checkpoint
     out = tmp_path / "cat.png"
     assert main(["sample", "--lora", str(directory), "--prompt", "a cat", "--seed", "3", "--out", str(out)]) == 0
-    assert "4 steps, guidance 8, the model's default size: from the checkpoint's rlcm_model.json" in capsys.readouterr().out
-    expected = pipe("a cat", num_inference_steps=4, guidance_scale=8.0, generator=torch.Generator().manual_seed(3)).images[0]
+    assert (
+        "4 steps, guidance 8, the model's default size: from the checkpoint's rlcm_model.json"
+        in capsys.readouterr().out
+    )
+    expected = pipe(
+        "a cat", num_inference_steps=4, guidance_scale=8.0, generator=torch.Generator().manual_seed(3)
+    ).images[0]
     np.testing.assert_array_equal(np.asarray(Image.open(out)), np.asarray(expected))
     assert main(["sample", "--lora", str(directory), "--prompt", "a cat", "--steps", "2", "--out", str(out)]) == 0
     said = capsys.readouterr().out
@@ -80,9 +92,15 @@ def test_eval_uses_the_checkpoints_steps_and_draws_no_bar_into_a_log(rocm_checkp
     from cluster.evaluate import EvalSettings, evaluate
 
     directory, _ = rocm_checkpoint
-    report = evaluate(EvalSettings(prompts=["a cat"], metrics=["jpeg_compressibility"], out=tmp_path / "eval", lora=directory, seeds=1))
+    report = evaluate(
+        EvalSettings(
+            prompts=["a cat"], metrics=["jpeg_compressibility"], out=tmp_path / "eval", lora=directory, seeds=1
+        )
+    )
     captured = capsys.readouterr()
-    assert report["steps"] == 4 and "4 steps" in captured.out and "from the checkpoint's rlcm_model.json" in captured.out
+    assert (
+        report["steps"] == 4 and "4 steps" in captured.out and "from the checkpoint's rlcm_model.json" in captured.out
+    )
     assert "rlcm eval base" not in captured.err and "batch/s" not in captured.err  # stderr is not a terminal here
     assert json.loads((tmp_path / "eval" / "eval.json").read_text())["steps"] == 4
 
@@ -108,7 +126,9 @@ def test_lora_files_of_identical_runs_are_byte_identical(tmp_path):
     files = []
     for hash_seed in ("1", "2"):
         out = tmp_path / hash_seed
-        subprocess.run([sys.executable, "-c", SAVE_LORA, str(out)], check=True, env={**os.environ, "PYTHONHASHSEED": hash_seed})
+        subprocess.run(
+            [sys.executable, "-c", SAVE_LORA, str(out)], check=True, env={**os.environ, "PYTHONHASHSEED": hash_seed}
+        )
         files.append((out / "pytorch_lora_weights.safetensors").read_bytes())
     assert files[0] == files[1]
 
@@ -116,14 +136,31 @@ def test_lora_files_of_identical_runs_are_byte_identical(tmp_path):
 def _run(directory, rows, reward: str, algorithm: str = "rlcm", monitor: str | None = None):
     directory.mkdir(parents=True)
     (directory / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (directory / "config.yaml").write_text(json.dumps({"algorithm": algorithm, "reward": {"name": reward, "monitor": monitor}}))
+    (directory / "config.yaml").write_text(
+        json.dumps({"algorithm": algorithm, "reward": {"name": reward, "monitor": monitor}})
+    )
     return directory
 
 
 def _rows(n: int, algorithm: str = "rlcm", start: float = -2.4, kl: float = 1e-3) -> list[dict]:
-    return [{"epoch": e, "algorithm": algorithm, "reward_mean": start + 0.05 * e, "reward_std": 0.1, "samples_seen": 16 * (e + 1),
-             "time_epoch_s": 5.0, "approx_kl": kl * 10.0 ** -e, "clipfrac": 0.01, "monitor_reward_mean": -2.5 + 0.08 * e,
-             "monitor_reward_std": 0.05, "divergence_mean": 0.01, "objective": 0.0, "grad_norm": 1.0} for e in range(n)]
+    return [
+        {
+            "epoch": e,
+            "algorithm": algorithm,
+            "reward_mean": start + 0.05 * e,
+            "reward_std": 0.1,
+            "samples_seen": 16 * (e + 1),
+            "time_epoch_s": 5.0,
+            "approx_kl": kl * 10.0**-e,
+            "clipfrac": 0.01,
+            "monitor_reward_mean": -2.5 + 0.08 * e,
+            "monitor_reward_std": 0.05,
+            "divergence_mean": 0.01,
+            "objective": 0.0,
+            "grad_norm": 1.0,
+        }
+        for e in range(n)
+    ]
 
 
 def _curves(ax) -> set[str]:
@@ -198,11 +235,15 @@ def test_gpu_preset_on_a_cpu_machine_fails_before_ray_and_leaves_no_config(tmp_p
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     started = ray.is_initialized()
-    monkeypatch.setattr(ray, "is_initialized", lambda: False)  # as in a fresh `rlcm train` process (the suite shares one Ray)
+    monkeypatch.setattr(
+        ray, "is_initialized", lambda: False
+    )  # as in a fresh `rlcm train` process (the suite shares one Ray)
     assert main(["train", "--config", "compression", "--output-dir", str(tmp_path / "run")]) == 2
     monkeypatch.undo()
     err = capsys.readouterr().err
-    assert "does not fit on this machine (4 GPUs asked, this machine has 0" in err and "tiny-cpu" in err and len(err) < 400
+    assert (
+        "does not fit on this machine (4 GPUs asked, this machine has 0" in err and "tiny-cpu" in err and len(err) < 400
+    )
     assert not (tmp_path / "run" / "config.yaml").exists() and ray.is_initialized() == started
 
 
@@ -227,7 +268,9 @@ def test_hub_model_is_checked_without_hf_hub_offline(monkeypatch):
         raise ConnectionError("Failed to resolve 'huggingface.co'")
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", unreachable)
-    with pytest.raises(ConfigError, match="'someone/no-such-lcm' is not in the local Hugging Face cache and the hub did not give it"):
+    with pytest.raises(
+        ConfigError, match="'someone/no-such-lcm' is not in the local Hugging Face cache and the hub did not give it"
+    ):
         model_config_dir("someone/no-such-lcm")
     assert fetched == [("someone/no-such-lcm", "model_index.json")]
 
@@ -241,8 +284,16 @@ def test_readme_stands_alone_and_the_contracts_are_in_the_repository():
     assert "DESIGN.md" not in readme and "shared folder" not in readme
     assert "docs/CONTRACTS.md" in readme
     contracts = (root / "docs" / "CONTRACTS.md").read_text()
-    for needed in ("| `log_probs` |", "| `latents` |", "POST /v1/score/{name}", "metrics.jsonl", "`approx_kl`", "`monitor_reward_mean`",
-                   "rlcm_model.json", "checkpoints/epoch-NNNN/"):
+    for needed in (
+        "| `log_probs` |",
+        "| `latents` |",
+        "POST /v1/score/{name}",
+        "metrics.jsonl",
+        "`approx_kl`",
+        "`monitor_reward_mean`",
+        "rlcm_model.json",
+        "checkpoints/epoch-NNNN/",
+    ):
         assert needed in contracts, needed
 
 

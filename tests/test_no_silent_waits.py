@@ -8,7 +8,13 @@ from cluster.config import load_config
 from cluster.driver import Trainer
 from cluster.watchdog import StalledError
 
-QUIET = ["run.sample_grid_every=100", "run.save_every=100", "run.tensorboard=false", "run.plots=false", "scaleout.control_poll_s=0.1"]
+QUIET = [
+    "run.sample_grid_every=100",
+    "run.save_every=100",
+    "run.tensorboard=false",
+    "run.plots=false",
+    "scaleout.control_poll_s=0.1",
+]
 
 
 def test_scoring_task_without_a_cpu_fails_within_reward_timeout(ray_local, tmp_path, monkeypatch, capsys):
@@ -17,8 +23,17 @@ def test_scoring_task_without_a_cpu_fails_within_reward_timeout(ray_local, tmp_p
     import cluster.ray_setup
 
     monkeypatch.setattr(cluster.ray_setup, "started_here", lambda: False)  # as on a joined cluster
-    config = load_config(None, [*QUIET, "sampling.batches_per_epoch=1", "run.epochs=1", "resources.rollout_cpus=2",
-                                "resources.learner_cpus=2", "reward.timeout_s=3"])
+    config = load_config(
+        None,
+        [
+            *QUIET,
+            "sampling.batches_per_epoch=1",
+            "run.epochs=1",
+            "resources.rollout_cpus=2",
+            "resources.learner_cpus=2",
+            "reward.timeout_s=3",
+        ],
+    )
     trainer = Trainer(config, tmp_path)
     assert "does not fit" in capsys.readouterr().err  # the preflight counted the scoring task
     outcome: dict = {}

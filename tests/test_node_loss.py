@@ -17,11 +17,19 @@ import ray
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not os.environ.get("RLCM_NODE_LOSS"), reason="multi-node scenarios: run `bash scripts/node_loss.sh`"),
+    pytest.mark.skipif(
+        not os.environ.get("RLCM_NODE_LOSS"), reason="multi-node scenarios: run `bash scripts/node_loss.sh`"
+    ),
 ]
 
-FAST = ["sampling.batches_per_epoch=2", "run.sample_grid_every=100", "scaleout.control_poll_s=0.1", "run.tensorboard=false",
-        "run.plots=false", "reward.num_cpus=0"]
+FAST = [
+    "sampling.batches_per_epoch=2",
+    "run.sample_grid_every=100",
+    "scaleout.control_poll_s=0.1",
+    "run.tensorboard=false",
+    "run.plots=false",
+    "reward.num_cpus=0",
+]
 
 
 @pytest.fixture
@@ -82,16 +90,24 @@ def test_rollout_node_lost_mid_epoch_run_completes_with_exact_counts(nodes, tmp_
 def figures(rows: list[dict], extra: str = "") -> None:
     """The counters the README's table quotes."""
     last = rows[-1]
-    print(f"\nnode-loss figures{extra}: epochs {len(rows)}, samples_seen {[r['samples_seen'] for r in rows]}, rollout_failures "
-          f"{last['rollout_failures']}, resampled_batches {last['resampled_batches']}, reward_retries {last['reward_retries']}, "
-          f"epoch s {[round(r['time_epoch_s'], 1) for r in rows]}", file=sys.__stdout__, flush=True)
+    print(
+        f"\nnode-loss figures{extra}: epochs {len(rows)}, samples_seen {[r['samples_seen'] for r in rows]}, rollout_failures "
+        f"{last['rollout_failures']}, resampled_batches {last['resampled_batches']}, reward_retries {last['reward_retries']}, "
+        f"epoch s {[round(r['time_epoch_s'], 1) for r in rows]}",
+        file=sys.__stdout__,
+        flush=True,
+    )
 
 
 def nodes_of(actor_class: str, cluster) -> list:
     """The cluster nodes on which live actors of `actor_class` run."""
     from ray._private.state import actors
 
-    node_ids = {a["Address"]["NodeID"] for a in actors().values() if a["ActorClassName"] == actor_class and a["State"] == "ALIVE"}
+    node_ids = {
+        a["Address"]["NodeID"]
+        for a in actors().values()
+        if a["ActorClassName"] == actor_class and a["State"] == "ALIVE"
+    }
     return [n for n in cluster.list_all_nodes() if n.node_id in node_ids]
 
 
@@ -131,7 +147,9 @@ def test_learner_node_lost_group_rebuilt_from_checkpoint_and_final_lora_equal(no
     assert "rlcm: a learner died" in err
     assert [r["epoch"] for r in rows] == [0, 1, 2]
     per_epoch = straight[0]["samples_seen"]
-    assert [r["samples_seen"] for r in rows] == [r["samples_seen"] for r in straight] == [per_epoch * k for k in (1, 2, 3)]
+    assert (
+        [r["samples_seen"] for r in rows] == [r["samples_seen"] for r in straight] == [per_epoch * k for k in (1, 2, 3)]
+    )
     a, b = lora(tmp_path / "straight/checkpoints/epoch-0002"), lora(tmp_path / "lost/checkpoints/epoch-0002")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     figures(rows, f" ({preset or 'rlcm'}; learner restarts {err.count('rlcm: a learner died')})")
@@ -141,7 +159,11 @@ def replica_nodes(deployment: str, cluster) -> list:
     """The cluster nodes on which live Serve replicas of `deployment` run."""
     from ray._private.state import actors
 
-    node_ids = {a["Address"]["NodeID"] for a in actors().values() if a["ActorClassName"].endswith(f":{deployment}") and a["State"] == "ALIVE"}
+    node_ids = {
+        a["Address"]["NodeID"]
+        for a in actors().values()
+        if a["ActorClassName"].endswith(f":{deployment}") and a["State"] == "ALIVE"
+    }
     return [n for n in cluster.list_all_nodes() if n.node_id in node_ids]
 
 
@@ -158,14 +180,28 @@ def test_reward_replica_node_lost_scoring_retried_on_replacement(nodes, tmp_path
 
     cluster = nodes
     # a scorer that takes a second per batch, so the node goes while a call is in flight
-    service = RewardServiceConfig(app_name="rewards_node_loss", settings=ServiceSettings(port=free_port(), auth_token=None),
-                                  rewards=[RewardDeploymentConfig(name="slow", scorer="tests.test_rewards_serve:SlowJpeg",
-                                                                  options={"delay_s": 1.0}, num_cpus=0.5)])
+    service = RewardServiceConfig(
+        app_name="rewards_node_loss",
+        settings=ServiceSettings(port=free_port(), auth_token=None),
+        rewards=[
+            RewardDeploymentConfig(
+                name="slow", scorer="tests.test_rewards_serve:SlowJpeg", options={"delay_s": 1.0}, num_cpus=0.5
+            )
+        ],
+    )
     run_service(service)
     try:
-        serve_backend = [*FAST, "resources.num_rollout_actors=1", "run.save_every=1", "reward.backend=serve", "reward.name=slow",
-                         "reward.app_name=rewards_node_loss"]
-        trainer = Trainer(load_config(None, [*serve_backend, "run.epochs=3", "reward.timeout_s=120"]), tmp_path / "lost")
+        serve_backend = [
+            *FAST,
+            "resources.num_rollout_actors=1",
+            "run.save_every=1",
+            "reward.backend=serve",
+            "reward.name=slow",
+            "reward.app_name=rewards_node_loss",
+        ]
+        trainer = Trainer(
+            load_config(None, [*serve_backend, "run.epochs=3", "reward.timeout_s=120"]), tmp_path / "lost"
+        )
         before = replica_nodes("slow", cluster)
         removed: list[float] = []
         # during epoch 2: once a batch's scoring call has been in flight for a moment
@@ -176,11 +212,15 @@ def test_reward_replica_node_lost_scoring_retried_on_replacement(nodes, tmp_path
         finally:
             trainer.shutdown()
         after = replica_nodes("slow", cluster)
-        stalled, waited = replica_never_back(cluster, load_config(None, [*serve_backend, "reward.timeout_s=15"]), tmp_path / "never")
+        stalled, waited = replica_never_back(
+            cluster, load_config(None, [*serve_backend, "reward.timeout_s=15"]), tmp_path / "never"
+        )
     finally:
         serve.delete(service.app_name)
     assert removed, "the node was never removed"
-    assert len(before) == len(after) == 1 and before[0].node_id != after[0].node_id, "Serve did not replace the replica elsewhere"
+    assert len(before) == len(after) == 1 and before[0].node_id != after[0].node_id, (
+        "Serve did not replace the replica elsewhere"
+    )
     assert [r["epoch"] for r in rows] == [0, 1, 2]
     assert [r["samples_seen"] for r in rows] == [16, 32, 48] and all(r["num_invalid"] == 0 for r in rows)
     assert rows[0]["reward_retries"] == 0 and rows[-1]["reward_retries"] >= 1  # the lost call was sent again
@@ -221,7 +261,12 @@ def hold_free_cpus(besides: str) -> list:
     class Ballast:
         pass
 
-    held = [Ballast.options(num_cpus=free["CPU"], scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)).remote()
-            for node, free in available_resources_per_node().items() if node != besides and free.get("CPU", 0) > 0]
+    held = [
+        Ballast.options(
+            num_cpus=free["CPU"], scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False)
+        ).remote()
+        for node, free in available_resources_per_node().items()
+        if node != besides and free.get("CPU", 0) > 0
+    ]
     ray.get([actor.__ray_ready__.remote() for actor in held])
     return held

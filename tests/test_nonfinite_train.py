@@ -15,8 +15,14 @@ from cluster.config import load_config
 from cluster.driver import Trainer
 from learner.guards import NonFiniteError
 
-FAST = ["sampling.batches_per_epoch=1", "run.sample_grid_every=100", "run.save_every=1", "run.tensorboard=false", "run.plots=false",
-        "scaleout.control_poll_s=0.1"]
+FAST = [
+    "sampling.batches_per_epoch=1",
+    "run.sample_grid_every=100",
+    "run.save_every=1",
+    "run.tensorboard=false",
+    "run.plots=false",
+    "scaleout.control_poll_s=0.1",
+]
 
 
 def lora(root, epoch):
@@ -27,7 +33,10 @@ def test_nan_loss_updates_are_skipped_and_repeats_stop_the_run(ray_local, tmp_pa
     config = load_config(None, [*FAST, "run.epochs=4", "faults.nan_loss_epochs=[1, 2]", "run.max_nonfinite_updates=2"])
     trainer = Trainer(config, tmp_path)
     try:
-        with pytest.raises(NonFiniteError, match=r"2 updates in a row were skipped \(run.max_nonfinite_updates=2\) \(epoch 3: all \d+ steps"):
+        with pytest.raises(
+            NonFiniteError,
+            match=r"2 updates in a row were skipped \(run.max_nonfinite_updates=2\) \(epoch 3: all \d+ steps",
+        ):
             trainer.run()
     finally:
         trainer.shutdown()
@@ -36,7 +45,12 @@ def test_nan_loss_updates_are_skipped_and_repeats_stop_the_run(ray_local, tmp_pa
     assert rows[0]["nonfinite_steps"] == 0 and rows[0]["grad_norm"] > 0
     assert rows[1]["nonfinite_steps"] == rows[1]["optimizer_steps"] > 0 and rows[1]["grad_norm"] is None  # strict JSON
     err = capsys.readouterr().err
-    assert f"rlcm: epoch 2: {int(rows[1]['optimizer_steps'])} of {int(rows[1]['optimizer_steps'])} optimizer steps skipped" in err
+    assert (
+        f"rlcm: epoch 2: {int(rows[1]['optimizer_steps'])} of {int(rows[1]['optimizer_steps'])} optimizer steps skipped"
+        in err
+    )
     before, skipped, skipped_again = lora(tmp_path, 0), lora(tmp_path, 1), lora(tmp_path, 2)
     assert all(torch.isfinite(v).all() for v in skipped.values())
-    assert all(torch.equal(before[k], skipped[k]) and torch.equal(before[k], skipped_again[k]) for k in before)  # not applied
+    assert all(
+        torch.equal(before[k], skipped[k]) and torch.equal(before[k], skipped_again[k]) for k in before
+    )  # not applied

@@ -21,7 +21,10 @@ def test_gap_metrics_hand_numbers():
     learner = torch.tensor([[0.5, 1.0], [2.0, float("nan")], [3.0, 5.25]])
     m = gap_metrics(behaviour, learner)  # gaps: [[0.5, 0], [0, -], [1, 0.25]]
     assert m["old_logprob_gap_median"] == pytest.approx(0.25) and m["old_logprob_gap_max"] == pytest.approx(1.0)
-    assert m["old_logprob_gap_step"] == {"0": pytest.approx(0.5), "1": pytest.approx(0.0)}  # torch median: the lower middle
+    assert m["old_logprob_gap_step"] == {
+        "0": pytest.approx(0.5),
+        "1": pytest.approx(0.0),
+    }  # torch median: the lower middle
     assert gap_metrics(behaviour, torch.full_like(behaviour, float("nan"))) == {}
 
 
@@ -33,8 +36,15 @@ def test_pass_calls_follow_minibatches_then_steps():
 
 def _toy_learner(dtype, **ppo):
     cfg = load_config("tiny-cpu")
-    spec = LearnerSpec(model="tiny", lora=cfg.model.lora, ppo=cfg.train.model_copy(update=ppo), stat_buffer_size=16, stat_min_count=16,
-                       device="cpu", dtype=dtype)
+    spec = LearnerSpec(
+        model="tiny",
+        lora=cfg.model.lora,
+        ppo=cfg.train.model_copy(update=ppo),
+        stat_buffer_size=16,
+        stat_min_count=16,
+        device="cpu",
+        dtype=dtype,
+    )
     learner = PPOLearner(spec)
     with torch.no_grad():
         for name, param in learner.pipe.unet.named_parameters():
@@ -48,7 +58,9 @@ def test_auto_recomputes_in_half_precision_only(dtype):
     """auto: bf16 recomputes π_old (first-pass ratio exactly 1); fp32 keeps the rollout's and still reports the gap."""
     torch.set_num_threads(2)
     learner = _toy_learner(dtype, train_batch_size=2, grad_accum_steps=2, clip_range=1e-4)
-    traj = sample_trajectory(learner.pipe, ["a", "b", "c", "d"], 3, 8.0, torch.Generator().manual_seed(0))  # rollout batch 4
+    traj = sample_trajectory(
+        learner.pipe, ["a", "b", "c", "d"], 3, 8.0, torch.Generator().manual_seed(0)
+    )  # rollout batch 4
     metrics = learner.train(traj, np.array([1.0, -1.0, 0.5, -0.5]))
     assert metrics["old_logprob_recomputed"] == (dtype == torch.bfloat16)
     assert metrics["ratio_first_pass_max_dev"] <= 1e-6
@@ -122,7 +134,9 @@ def test_sd15_bf16_update_recomputes_old_log_probs():
             p.data.copy_(p0)
         batch = TrainBatch(transitions, behaviour, torch.tensor([1.0, -1.0]))
         optimizer = torch.optim.AdamW(params, lr=1e-4)
-        results[recompute] = ppo_update(unet, optimizer, params, batch, settings, torch.Generator().manual_seed(0), recompute_old=recompute)
+        results[recompute] = ppo_update(
+            unet, optimizer, params, batch, settings, torch.Generator().manual_seed(0), recompute_old=recompute
+        )
     off, on = results[False], results[True]
     assert on["old_logprob_recomputed"] and on["ratio_first_pass_max_dev"] <= 1e-6
     assert np.isfinite(on["loss"]) and np.isfinite(on["grad_norm"]) and on["grad_norm"] > 0

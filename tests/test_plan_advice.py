@@ -75,9 +75,16 @@ def test_the_issue_case_advises_grpo_keys_that_grpo_accepts():
 
 
 def test_learners_are_labelled_with_their_algorithm():
-    roles = {p: plan(load_config(p), "h100-80gb")["actors"][1]["role"] for p in ("draft-aesthetic", "alignprop-aesthetic", "compression", "ddpo-compression")}
-    assert roles == {"draft-aesthetic": "learner (DRaFT)", "alignprop-aesthetic": "learner (AlignProp)",
-                     "compression": "learner (RLCM)", "ddpo-compression": "learner (DDPO)"}
+    roles = {
+        p: plan(load_config(p), "h100-80gb")["actors"][1]["role"]
+        for p in ("draft-aesthetic", "alignprop-aesthetic", "compression", "ddpo-compression")
+    }
+    assert roles == {
+        "draft-aesthetic": "learner (DRaFT)",
+        "alignprop-aesthetic": "learner (AlignProp)",
+        "compression": "learner (RLCM)",
+        "ddpo-compression": "learner (DDPO)",
+    }
 
 
 def test_draft_plans_only_the_last_k_plus_one_calls_with_grad():
@@ -92,14 +99,30 @@ def test_reward_deployment_takes_the_gpu_fraction_its_serve_config_asks():
     deployment = next(a for a in result["actors"] if a["role"] == "reward deployment (aesthetic)")
     assert deployment["gpu_fraction"] == 0.25  # cluster/serve/aesthetic.yaml
     assert deployment["budget_bytes"] == int(0.25 * 24 * 2**30) - RESERVED
-    assert result["gpus"] == 4 * 0.5 + 4 * 0.5 + 0.25 and result["reward_serve_config"] == "cluster/serve/aesthetic.yaml"
+    assert (
+        result["gpus"] == 4 * 0.5 + 4 * 0.5 + 0.25 and result["reward_serve_config"] == "cluster/serve/aesthetic.yaml"
+    )
 
 
-@pytest.mark.parametrize(("name", "kind"), [
-    ("H100", "h100-80gb"), ("h100", "h100-80gb"), ("A100-80GB", "a100-80gb"), ("a100-40gb", "a100-40gb"), ("a100 40GB", "a100-40gb"),
-    ("RTX 4090", "rtx4090-24gb"), ("rtx4090", "rtx4090-24gb"), ("A10G", "a10g-24gb"), ("NVIDIA L4", "l4-24gb"),
-    ("L40S", "l40s-48gb"), ("RTX A6000", "a6000-48gb"), ("h200", "h200-141gb"), ("B200", "b200-180gb"), ("l4-24gb", "l4-24gb"),
-])
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [
+        ("H100", "h100-80gb"),
+        ("h100", "h100-80gb"),
+        ("A100-80GB", "a100-80gb"),
+        ("a100-40gb", "a100-40gb"),
+        ("a100 40GB", "a100-40gb"),
+        ("RTX 4090", "rtx4090-24gb"),
+        ("rtx4090", "rtx4090-24gb"),
+        ("A10G", "a10g-24gb"),
+        ("NVIDIA L4", "l4-24gb"),
+        ("L40S", "l40s-48gb"),
+        ("RTX A6000", "a6000-48gb"),
+        ("h200", "h200-141gb"),
+        ("B200", "b200-180gb"),
+        ("l4-24gb", "l4-24gb"),
+    ],
+)
 def test_gpu_names_as_people_write_them(name, kind):
     gpu, note = resolve_gpu(name)
     assert gpu.kind == kind and note is None

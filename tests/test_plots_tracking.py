@@ -12,30 +12,57 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cluster.plots import add_plot_parser, diagnostic_panels, diagnostics_figure, plot_run, plot_runs, read_metrics, series, step_series, wall_clock_s
+from cluster.plots import (
+    add_plot_parser,
+    diagnostic_panels,
+    diagnostics_figure,
+    plot_run,
+    plot_runs,
+    read_metrics,
+    series,
+    step_series,
+    wall_clock_s,
+)
 from cluster.tracking import RunTracker, scalars
 
 
 def rlcm_row(epoch: int, reward: float) -> dict:
     """A metrics row shaped like the driver's (RLCM)."""
     return {
-        "epoch": epoch, "algorithm": "rlcm", "mode": "sync", "reward_mean": reward, "reward_std": 0.1, "samples_seen": 16 * (epoch + 1),
-        "approx_kl": 1e-3 * (epoch + 1), "clipfrac": 0.05 * epoch, "skipped_update": False, "time_epoch_s": 5.0 + epoch,
-        "behaviour_versions": [epoch], "reward_version": "1", "staleness_hist": {"0": 16 * (epoch + 1)},
-        "rollout_actors": {"0": {"images": 16, "images_per_s": 6.0 + epoch}}, "monitor_reward_mean": math.nan,
+        "epoch": epoch,
+        "algorithm": "rlcm",
+        "mode": "sync",
+        "reward_mean": reward,
+        "reward_std": 0.1,
+        "samples_seen": 16 * (epoch + 1),
+        "approx_kl": 1e-3 * (epoch + 1),
+        "clipfrac": 0.05 * epoch,
+        "skipped_update": False,
+        "time_epoch_s": 5.0 + epoch,
+        "behaviour_versions": [epoch],
+        "reward_version": "1",
+        "staleness_hist": {"0": 16 * (epoch + 1)},
+        "rollout_actors": {"0": {"images": 16, "images_per_s": 6.0 + epoch}},
+        "monitor_reward_mean": math.nan,
     }
 
 
 def read_events(run_dir):
     event_accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
-    accumulator = event_accumulator.EventAccumulator(str(run_dir / "tensorboard"), size_guidance={event_accumulator.SCALARS: 0, event_accumulator.IMAGES: 0})
+    accumulator = event_accumulator.EventAccumulator(
+        str(run_dir / "tensorboard"), size_guidance={event_accumulator.SCALARS: 0, event_accumulator.IMAGES: 0}
+    )
     accumulator.Reload()
     return accumulator
 
 
 def test_scalars_flattens_nested_and_skips_text_lists_nan():
     flat = scalars(rlcm_row(1, -2.0))
-    assert flat["rollout_actors/0/images_per_s"] == 7.0 and flat["staleness_hist/0"] == 32.0 and flat["skipped_update"] == 0.0
+    assert (
+        flat["rollout_actors/0/images_per_s"] == 7.0
+        and flat["staleness_hist/0"] == 32.0
+        and flat["skipped_update"] == 0.0
+    )
     assert not {"algorithm", "mode", "reward_version", "behaviour_versions", "monitor_reward_mean"} & set(flat)
 
 
@@ -62,7 +89,11 @@ def test_resume_purges_the_steps_after_the_checkpoint(tmp_path):
     resumed = RunTracker(tmp_path, start_epoch=2)
     resumed.log_epoch(rlcm_row(2, -1.0))
     resumed.close()
-    assert [(e.step, round(e.value, 6)) for e in read_events(tmp_path).Scalars("reward_mean")] == [(0, -2.0), (1, -1.9), (2, -1.0)]
+    assert [(e.step, round(e.value, 6)) for e in read_events(tmp_path).Scalars("reward_mean")] == [
+        (0, -2.0),
+        (1, -1.9),
+        (2, -1.0),
+    ]
 
 
 def test_bad_grid_and_missing_wandb_are_clear_errors(tmp_path, monkeypatch):
@@ -76,8 +107,18 @@ def test_bad_grid_and_missing_wandb_are_clear_errors(tmp_path, monkeypatch):
 
 
 def rocm_row(epoch: int, reward: float) -> dict:
-    return {"epoch": epoch, "algorithm": "rocm", "reward_mean": reward, "reward_std": 0.05, "samples_seen": 8 * (epoch + 1), "time_epoch_s": 3.0,
-            "divergence_mean": 0.01 * epoch, "objective": reward - 0.1 * epoch, "grad_norm": 1.0 / (epoch + 1), "monitor_reward_mean": reward - 0.2}
+    return {
+        "epoch": epoch,
+        "algorithm": "rocm",
+        "reward_mean": reward,
+        "reward_std": 0.05,
+        "samples_seen": 8 * (epoch + 1),
+        "time_epoch_s": 3.0,
+        "divergence_mean": 0.01 * epoch,
+        "objective": reward - 0.1 * epoch,
+        "grad_norm": 1.0 / (epoch + 1),
+        "monitor_reward_mean": reward - 0.2,
+    }
 
 
 def write_run(directory, rows, broken_tail: bool = False):
@@ -95,7 +136,9 @@ def test_plot_run_rlcm_and_rocm_nan_safe(tmp_path):
     rocm = write_run(tmp_path / "rocm-kl", [rocm_row(e, -0.5 + 0.02 * e) for e in range(12)])
 
     paths = plot_run(rlcm)
-    assert [p.name for p in paths] == ["reward.png", "diagnostics.png"] and all(p.parent == rlcm / "plots" for p in paths)
+    assert [p.name for p in paths] == ["reward.png", "diagnostics.png"] and all(
+        p.parent == rlcm / "plots" for p in paths
+    )
     assert [p.name for p in plot_run(rocm)] == ["reward.png", "diagnostics.png"]
     assert [k for k, _ in diagnostic_panels(read_metrics(rlcm))] == ["approx_kl", "clipfrac"]
     assert [k for k, _ in diagnostic_panels(read_metrics(rocm))] == ["divergence_mean", "objective", "grad_norm"]
@@ -110,8 +153,14 @@ def test_plot_run_rlcm_and_rocm_nan_safe(tmp_path):
 
 def test_per_step_gap_is_a_series_per_step(tmp_path):
     """`old_logprob_gap_step` ({"k": gap}) is one curve per step k in diagnostics.png and one TensorBoard scalar per step."""
-    rows = [{**rlcm_row(e, -2.0), "old_logprob_gap_step": {"0": 1e-5 * (e + 1), "1": 2e-5, "10": 0.0}, "ratio_first_pass_max_dev": 0.0}
-            for e in range(3)]
+    rows = [
+        {
+            **rlcm_row(e, -2.0),
+            "old_logprob_gap_step": {"0": 1e-5 * (e + 1), "1": 2e-5, "10": 0.0},
+            "ratio_first_pass_max_dev": 0.0,
+        }
+        for e in range(3)
+    ]
     del rows[1]["old_logprob_gap_step"]["1"]
     curves = step_series(rows, "old_logprob_gap_step")
     assert list(curves) == ["old_logprob_gap_step[0]", "old_logprob_gap_step[1]", "old_logprob_gap_step[10]"]
@@ -160,4 +209,8 @@ def test_rocm_lam_auto_draws_the_divergence_target():
     panel = diagnostics_figure(rows, "rocm").axes[0]
     target = [line for line in panel.get_lines() if line.get_label() == "lam_divergence_target"]
     assert len(target) == 1 and list(target[0].get_ydata()) == [0.1] * 6 and target[0].get_linestyle() == "--"
-    assert not [line for line in diagnostics_figure([rocm_row(0, -0.5)], "rocm").axes[0].get_lines() if line.get_label() != "divergence_mean"]
+    assert not [
+        line
+        for line in diagnostics_figure([rocm_row(0, -0.5)], "rocm").axes[0].get_lines()
+        if line.get_label() != "divergence_mean"
+    ]

@@ -15,7 +15,14 @@ import torch
 from diffusers import LCMScheduler
 
 from rollout.models import build_tiny_pipeline
-from rollout.policy import Trajectory, clip_or_threshold, guidance_embedding, lcm_timesteps, sample_trajectory, transition_log_prob
+from rollout.policy import (
+    Trajectory,
+    clip_or_threshold,
+    guidance_embedding,
+    lcm_timesteps,
+    sample_trajectory,
+    transition_log_prob,
+)
 
 H = 8
 PROMPTS = ["a cat", "a dog", "a goldfish"]
@@ -54,7 +61,9 @@ def prompt_embeds_by_hand(pipe, prompts: list[str]) -> torch.Tensor:
         return pipe.text_encoder(ids)[0]
 
 
-def denoised_by_hand(pipe, x: torch.Tensor, t: int, prompt_embeds: torch.Tensor, guidance_scale: float, prediction: str) -> np.ndarray:
+def denoised_by_hand(
+    pipe, x: torch.Tensor, t: int, prompt_embeds: torch.Tensor, guidance_scale: float, prediction: str
+) -> np.ndarray:
     """denoised = c_out·x̂0 + c_skip·x from a direct UNet call; float64 numpy."""
     a = alphas_cumprod_by_hand()[t]
     emb = guidance_embedding_by_hand(guidance_scale, pipe.unet.config.time_cond_proj_dim, x.shape[0])
@@ -129,7 +138,9 @@ def test_timesteps_h8_exact(pipe, traj):
     # and the library's ᾱ / boundary scalings agree with the hand formulas used below
     np.testing.assert_allclose(pipe.scheduler.alphas_cumprod.double().numpy(), alphas_cumprod_by_hand(), rtol=1e-5)
     for t in EXPECTED_TIMESTEPS:
-        np.testing.assert_allclose(pipe.scheduler.get_scalings_for_boundary_condition_discrete(t), boundary_scalings_by_hand(t), rtol=1e-6)
+        np.testing.assert_allclose(
+            pipe.scheduler.get_scalings_for_boundary_condition_discrete(t), boundary_scalings_by_hand(t), rtol=1e-6
+        )
 
 
 def test_prompt_embeds_and_initial_noise(pipe, traj):
@@ -165,7 +176,9 @@ def test_final_image_is_decoded_deterministic_denoised(pipe, traj):
     embeds = prompt_embeds_by_hand(pipe, PROMPTS)
     den = denoised_by_hand(pipe, traj.latents[:, H - 1], EXPECTED_TIMESTEPS[H - 1], embeds, 8.0, "sample")
     with torch.no_grad():
-        img = pipe.vae.decode(torch.tensor(den, dtype=torch.float32) / pipe.vae.config.scaling_factor, return_dict=False)[0]
+        img = pipe.vae.decode(
+            torch.tensor(den, dtype=torch.float32) / pipe.vae.config.scaling_factor, return_dict=False
+        )[0]
     expected = ((img.double() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
     diff = (traj.images.int() - expected.int()).abs()
     assert diff.max() <= 1 and (diff > 0).float().mean() < 1e-3
@@ -175,7 +188,11 @@ def test_final_image_is_decoded_deterministic_denoised(pipe, traj):
 def test_matches_stock_lcm_pipeline_call(pipe, traj):
     """The same seed through stock `pipe(...)` gives the same final latents: same chain, same noise draws."""
     out = pipe(
-        prompt=PROMPTS, num_inference_steps=H, guidance_scale=8.0, generator=torch.Generator().manual_seed(0), output_type="np"
+        prompt=PROMPTS,
+        num_inference_steps=H,
+        guidance_scale=8.0,
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
     ).images
     stock = torch.tensor((out * 255).round().astype(np.uint8)).permute(0, 3, 1, 2)
     diff = (traj.images.int() - stock.int()).abs()
@@ -198,10 +215,18 @@ def stock_chain(p, seed: int, steps: int) -> tuple[list[torch.Tensor], torch.Ten
         after_step.append(kwargs["latents"].clone())
         return kwargs
 
-    denoised = p(prompt=PROMPTS, num_inference_steps=steps, guidance_scale=8.0, generator=torch.Generator().manual_seed(seed),
-                 output_type="latent", callback_on_step_end=record).images
+    denoised = p(
+        prompt=PROMPTS,
+        num_inference_steps=steps,
+        guidance_scale=8.0,
+        generator=torch.Generator().manual_seed(seed),
+        output_type="latent",
+        callback_on_step_end=record,
+    ).images
     with torch.no_grad():
-        image = p.image_processor.postprocess(p.vae.decode(denoised / p.vae.config.scaling_factor, return_dict=False)[0], output_type="np")
+        image = p.image_processor.postprocess(
+            p.vae.decode(denoised / p.vae.config.scaling_factor, return_dict=False)[0], output_type="np"
+        )
     return after_step, torch.tensor((image * 255).round().astype(np.uint8)).permute(0, 3, 1, 2)
 
 
@@ -225,21 +250,37 @@ def test_clip_sample_and_thresholding_match_stock_pipeline(case):
     k = torch.tensor([0, 1, steps - 2])
     rows = torch.arange(len(PROMPTS))
     with torch.no_grad():
-        again = transition_log_prob(p.unet, p.scheduler, traj.latents[rows, k], traj.timesteps[k], traj.timesteps[k + 1],
-                                    traj.latents[rows, k + 1], traj.prompt_embeds, guidance_embedding(p, 8.0, len(PROMPTS)))
+        again = transition_log_prob(
+            p.unet,
+            p.scheduler,
+            traj.latents[rows, k],
+            traj.timesteps[k],
+            traj.timesteps[k + 1],
+            traj.latents[rows, k + 1],
+            traj.prompt_embeds,
+            guidance_embedding(p, 8.0, len(PROMPTS)),
+        )
     torch.testing.assert_close(again, traj.log_probs[rows, k], atol=1e-5, rtol=0)
 
 
 def test_clip_or_threshold_equals_lcm_scheduler_per_sample():
     """The x̂0 clamp against LCMScheduler's own, on a batch whose samples need different s (1 < s < max and s = max)."""
-    x0 = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(0)) * torch.tensor([0.5, 2.0, 9.0]).view(3, 1, 1, 1)
+    x0 = torch.randn(3, 4, 8, 8, generator=torch.Generator().manual_seed(0)) * torch.tensor([0.5, 2.0, 9.0]).view(
+        3, 1, 1, 1
+    )
     base = build_tiny_pipeline(seed=0).scheduler.config
-    thresholding = LCMScheduler.from_config(base, thresholding=True, dynamic_thresholding_ratio=0.9, sample_max_value=4.0)
+    thresholding = LCMScheduler.from_config(
+        base, thresholding=True, dynamic_thresholding_ratio=0.9, sample_max_value=4.0
+    )
     out = clip_or_threshold(x0, thresholding.config)
     torch.testing.assert_close(out, thresholding._threshold_sample(x0), atol=0, rtol=0)
     s = np.quantile(x0.abs().flatten(1).double().numpy(), 0.9, axis=1).clip(1, 4.0)  # by hand: s per sample
     assert 1 < s[1] < 4 and s[2] == 4.0
-    np.testing.assert_allclose(out.double().numpy(), np.clip(x0.double().numpy(), -s[:, None, None, None], s[:, None, None, None]) / s[:, None, None, None], atol=1e-6)
+    np.testing.assert_allclose(
+        out.double().numpy(),
+        np.clip(x0.double().numpy(), -s[:, None, None, None], s[:, None, None, None]) / s[:, None, None, None],
+        atol=1e-6,
+    )
     clipping = LCMScheduler.from_config(base, clip_sample=True, clip_sample_range=0.3)
     torch.testing.assert_close(clip_or_threshold(x0, clipping.config), x0.clamp(-0.3, 0.3), atol=0, rtol=0)
     assert clip_or_threshold(x0, base) is x0

@@ -87,7 +87,9 @@ def test_pairwise_diversity_equals_hand_computation():
     per_prompt = []
     for group in (images[:3], images[3:]):
         pixels = group.astype(np.float64) / 255
-        per_prompt.append(np.mean([math.sqrt(np.mean((pixels[i] - pixels[j]) ** 2)) for i, j in itertools.combinations(range(3), 2)]))
+        per_prompt.append(
+            np.mean([math.sqrt(np.mean((pixels[i] - pixels[j]) ** 2)) for i, j in itertools.combinations(range(3), 2)])
+        )
     assert pairwise_diversity(torch.from_numpy(images), 3) == pytest.approx(np.mean(per_prompt), rel=1e-12)
     same = torch.from_numpy(np.repeat(images[:1], 4, axis=0))
     assert pairwise_diversity(same, 2) == 0.0

@@ -91,7 +91,9 @@ def test_gradient_step_moves_log_prob_with_advantage_sign(advantage):
 def _specs(**ppo_overrides):
     cfg = load_config("tiny-cpu")
     ppo = cfg.train.model_copy(update=ppo_overrides)
-    learner_spec = LearnerSpec(model="tiny", lora=cfg.model.lora, ppo=ppo, stat_buffer_size=16, stat_min_count=16, seed=0, device="cpu")
+    learner_spec = LearnerSpec(
+        model="tiny", lora=cfg.model.lora, ppo=ppo, stat_buffer_size=16, stat_min_count=16, seed=0, device="cpu"
+    )
     rollout_spec = RolloutSpec(model="tiny", lora=cfg.model.lora, num_steps=8, guidance_scale=8.0, device="cpu")
     return learner_spec, rollout_spec
 
@@ -102,7 +104,9 @@ PROMPTS = ["tench", "goldfish", "hen", "ostrich"]
 @pytest.fixture(scope="module")
 def setup():
     torch.set_num_threads(2)
-    learner_spec, rollout_spec = _specs(clip_range=1e-4, train_batch_size=4, grad_accum_steps=1, inner_epochs=1, learning_rate=1e-4)
+    learner_spec, rollout_spec = _specs(
+        clip_range=1e-4, train_batch_size=4, grad_accum_steps=1, inner_epochs=1, learning_rate=1e-4
+    )
     learner = PPOLearner(learner_spec)
     # make the adapter non-zero (gaussian init has lora_B = 0, under which any LoRA A would agree)
     gen = torch.Generator().manual_seed(1)
@@ -191,7 +195,9 @@ def test_advantages_are_clipped():
     torch.manual_seed(0)
     unet_grads = []
     for adv in (100.0, 1.0):
-        learner_spec, _ = _specs(adv_clip_max=1.0, clip_range=10.0, train_batch_size=2, grad_accum_steps=1, learning_rate=1e-3)
+        learner_spec, _ = _specs(
+            adv_clip_max=1.0, clip_range=10.0, train_batch_size=2, grad_accum_steps=1, learning_rate=1e-3
+        )
         learner = PPOLearner(learner_spec)
         traj = sample_trajectory(learner.pipe, PROMPTS[:2], 2, 8.0, torch.Generator().manual_seed(0))
         metrics = learner.train(traj, np.array([adv, adv]))
@@ -288,4 +294,6 @@ def test_stat_tracker_state_round_trip():
     tracker.update(["a", "a", "b"], np.array([1.0, 3.0, 10.0]))
     clone = PerPromptStatTracker(buffer_size=1, min_count=1)
     clone.load_state_dict(tracker.state_dict())
-    np.testing.assert_array_equal(clone.update(["a", "b"], np.array([5.0, 20.0])), tracker.update(["a", "b"], np.array([5.0, 20.0])))
+    np.testing.assert_array_equal(
+        clone.update(["a", "b"], np.array([5.0, 20.0])), tracker.update(["a", "b"], np.array([5.0, 20.0]))
+    )

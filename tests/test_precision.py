@@ -23,7 +23,10 @@ def test_dtypes_for_names_devices_and_errors():
     assert dtypes_for(None, "cpu").base == torch.float32
     assert dtypes_for("bfloat16", "cpu") == Precision(base=torch.bfloat16)
     assert dtypes_for(torch.float16, "cpu").base == torch.float16
-    assert math_dtype_for(torch.bfloat16, torch.float16) == torch.float32 and math_dtype_for(torch.float64) == torch.float64
+    assert (
+        math_dtype_for(torch.bfloat16, torch.float16) == torch.float32
+        and math_dtype_for(torch.float64) == torch.float64
+    )
     with pytest.raises(ValueError, match="unknown dtype 'bf16'"):
         dtypes_for("bf16", "cpu")
 
@@ -46,8 +49,17 @@ def lora_gradient(pipe, params) -> tuple[torch.Tensor, float]:
     for p in params:
         p.grad = None
     out = rocm_objective(
-        pipe, ["a photo of a cat"], 2, 8.0, torch.Generator().manual_seed(0), build_differentiable_reward("smoothness"), "kl", 0.1,
-        height=64, width=64, gradient_checkpointing=False,
+        pipe,
+        ["a photo of a cat"],
+        2,
+        8.0,
+        torch.Generator().manual_seed(0),
+        build_differentiable_reward("smoothness"),
+        "kl",
+        0.1,
+        height=64,
+        width=64,
+        gradient_checkpointing=False,
     )
     out["objective"].mean().backward()
     return torch.cat([p.grad.flatten() for p in params]), float(out["objective"].detach().mean())
@@ -75,7 +87,9 @@ def test_bf16_rocm_update_at_full_sd15_size_matches_fp32():
             p.data = saved.clone()  # the fp32 adapter the policy keeps (precision.TRAINABLE_DTYPE)
     grad16, objective16 = lora_gradient(pipe, params)
     cosine = float(torch.nn.functional.cosine_similarity(grad16, grad32, dim=0))
-    print(f"\nbf16 vs fp32 at SD1.5 size, 64 px, H=2: objective {objective16:.6f} vs {objective32:.6f}, LoRA gradient cosine "
-          f"{cosine:.5f}, |g| {grad16.norm():.4g} vs {grad32.norm():.4g} ({time.perf_counter() - start:.0f} s)")
+    print(
+        f"\nbf16 vs fp32 at SD1.5 size, 64 px, H=2: objective {objective16:.6f} vs {objective32:.6f}, LoRA gradient cosine "
+        f"{cosine:.5f}, |g| {grad16.norm():.4g} vs {grad32.norm():.4g} ({time.perf_counter() - start:.0f} s)"
+    )
     assert torch.isfinite(grad16).all() and grad16.norm() > 0 and abs(objective16) < float("inf")
     assert cosine >= 0.99

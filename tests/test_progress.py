@@ -7,8 +7,17 @@ import logging
 from cluster.config import load_config
 from cluster.progress import EpochProgress, gap_warning
 
-RLCM_ROW = {"epoch": 0, "algorithm": "rlcm", "reward_mean": -2.1, "reward_std": 0.1, "approx_kl": 0.012, "clipfrac": 0.25,
-            "time_epoch_s": 5.5, "samples_seen": 16, "num_invalid": 0}
+RLCM_ROW = {
+    "epoch": 0,
+    "algorithm": "rlcm",
+    "reward_mean": -2.1,
+    "reward_std": 0.1,
+    "approx_kl": 0.012,
+    "clipfrac": 0.25,
+    "time_epoch_s": 5.5,
+    "samples_seen": 16,
+    "num_invalid": 0,
+}
 
 
 def test_one_line_per_epoch_with_the_key_numbers(tmp_path, capsys):
@@ -19,15 +28,29 @@ def test_one_line_per_epoch_with_the_key_numbers(tmp_path, capsys):
     out, err = capsys.readouterr()
     lines = out.splitlines()
     assert lines[0] == "epoch 1/3  reward -2.1000 ± 0.1000  approx_kl 0.012  clipfrac 0.250  5.5 s/epoch  samples 16"
-    assert lines[1].startswith("epoch 2/3") and "update skipped (no valid reward)" in lines[1] and "16 invalid" in lines[1]
+    assert (
+        lines[1].startswith("epoch 2/3") and "update skipped (no valid reward)" in lines[1] and "16 invalid" in lines[1]
+    )
     assert len(lines) == 2 and "rlcm train" not in err  # stderr is no terminal here: no progress bar in the log
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
 
 
 def test_rocm_line_shows_divergence_objective_and_monitoring(tmp_path, capsys):
-    progress = EpochProgress(tmp_path, load_config("rocm-tiny-cpu", ["run.tensorboard=false", "run.plots=false"]), start_epoch=4)
-    row = {"epoch": 4, "algorithm": "rocm", "reward_mean": -0.05, "reward_std": 0.001, "divergence_mean": 0.185, "objective": -0.066,
-           "monitor_reward_mean": -1.29, "time_epoch_s": 1.4, "samples_seen": 20, "num_invalid": 0}
+    progress = EpochProgress(
+        tmp_path, load_config("rocm-tiny-cpu", ["run.tensorboard=false", "run.plots=false"]), start_epoch=4
+    )
+    row = {
+        "epoch": 4,
+        "algorithm": "rocm",
+        "reward_mean": -0.05,
+        "reward_std": 0.001,
+        "divergence_mean": 0.185,
+        "objective": -0.066,
+        "monitor_reward_mean": -1.29,
+        "time_epoch_s": 1.4,
+        "samples_seen": 20,
+        "num_invalid": 0,
+    }
     progress.epoch_done(row, None)
     progress.close()
     assert capsys.readouterr().out.strip() == (
@@ -36,8 +59,18 @@ def test_rocm_line_shows_divergence_objective_and_monitoring(tmp_path, capsys):
 
 
 def test_log_prob_gap_above_the_clip_range_is_reported_once(tmp_path, caplog):
-    progress = EpochProgress(tmp_path, load_config("grpo-tiny-cpu", ["run.tensorboard=false", "run.plots=false", "grpo.clip_range=1e-4"]), start_epoch=0)
-    row = {**RLCM_ROW, "algorithm": "grpo", "old_logprob_gap_max": 6e-4, "old_logprob_gap_median": 3e-5, "old_logprob_recomputed": False}
+    progress = EpochProgress(
+        tmp_path,
+        load_config("grpo-tiny-cpu", ["run.tensorboard=false", "run.plots=false", "grpo.clip_range=1e-4"]),
+        start_epoch=0,
+    )
+    row = {
+        **RLCM_ROW,
+        "algorithm": "grpo",
+        "old_logprob_gap_max": 6e-4,
+        "old_logprob_gap_median": 3e-5,
+        "old_logprob_recomputed": False,
+    }
     with caplog.at_level(logging.WARNING):
         progress.epoch_done(row, None)
         progress.epoch_done({**row, "epoch": 1}, None)

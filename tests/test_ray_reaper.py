@@ -45,8 +45,13 @@ def names(pids) -> list[str]:
 
 
 def test_sigkill_of_the_driver_leaves_no_ray_process(tmp_path):
-    driver = subprocess.Popen([sys.executable, "-c", DRIVER], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                              env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"})
+    driver = subprocess.Popen(
+        [sys.executable, "-c", DRIVER],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
+    )
     try:
         session = driver.stdout.readline().strip()
         assert session.startswith("session_"), "the driver did not start Ray"

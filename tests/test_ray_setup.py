@@ -14,7 +14,15 @@ import ray
 
 from cluster import ray_setup
 from cluster.control import scale_rollouts, start_controller
-from cluster.ray_setup import Capacity, ResourceError, ResourceRequest, init_ray, preflight, shortages, wait_for_placement_group
+from cluster.ray_setup import (
+    Capacity,
+    ResourceError,
+    ResourceRequest,
+    init_ray,
+    preflight,
+    shortages,
+    wait_for_placement_group,
+)
 
 ROLLOUT_KEYS = ("resources.num_rollout_actors", "resources.rollout_cpus", "resources.rollout_gpus")
 LEARNER_KEYS = ("resources.num_learners", "resources.learner_cpus", "resources.learner_gpus")
@@ -113,8 +121,14 @@ def test_a_dead_cluster_recorded_in_the_ray_temp_dir_is_not_joined():
         "print(init_ray(num_cpus=1, include_dashboard=False))\n"
     )
     try:
-        run = subprocess.run([sys.executable, "-c", script], env=env, cwd=Path(__file__).resolve().parents[1],
-                             capture_output=True, text=True, timeout=180)
+        run = subprocess.run(
+            [sys.executable, "-c", script],
+            env=env,
+            cwd=Path(__file__).resolve().parents[1],
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
     finally:
         shutil.rmtree(temp, ignore_errors=True)
     would_join, result = run.stdout.strip().splitlines()[-2:]
@@ -157,13 +171,20 @@ CPU4 = Capacity({"CPU": 4.0, "GPU": 0.0}, [{"CPU": 4.0, "GPU": 0.0}], "the local
 
 
 def test_a_run_that_fits_has_no_shortage():
-    assert shortages([rollouts(2), learners(1), ResourceRequest("reward tasks", 1, 0.25, keys=("reward.num_cpus",))], CPU4) == []
+    assert (
+        shortages([rollouts(2), learners(1), ResourceRequest("reward tasks", 1, 0.25, keys=("reward.num_cpus",))], CPU4)
+        == []
+    )
 
 
 def test_too_many_cpus_names_the_cpu_keys_only():
     (problem,) = shortages([rollouts(4, cpus=2.0), learners(1)], CPU4)
     assert "CPU: 9 asked" in problem and "has 4" in problem
-    assert "resources.rollout_cpus" in problem and "resources.learner_cpus" in problem and "resources.num_rollout_actors" in problem
+    assert (
+        "resources.rollout_cpus" in problem
+        and "resources.learner_cpus" in problem
+        and "resources.num_rollout_actors" in problem
+    )
     assert "gpus" not in problem
 
 

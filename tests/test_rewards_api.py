@@ -34,13 +34,23 @@ class HalfBroken:
 
     def score(self, images, prompts) -> ScoreResult:
         n = len(prompts)
-        return ScoreResult(rewards=[float("nan") if i % 2 else 1.0 for i in range(n)], version=self.version,
-                           details={"note": ["x"] * n}, valid=[i % 2 == 0 for i in range(n)])
+        return ScoreResult(
+            rewards=[float("nan") if i % 2 else 1.0 for i in range(n)],
+            version=self.version,
+            details={"note": ["x"] * n},
+            valid=[i % 2 == 0 for i in range(n)],
+        )
 
 
 @pytest.fixture(scope="module")
 def settings() -> ServiceSettings:
-    return ServiceSettings(max_images_per_request=4, max_pixels_per_image=64 * 64, max_image_side=128, max_body_bytes=200_000, auth_token=None)
+    return ServiceSettings(
+        max_images_per_request=4,
+        max_pixels_per_image=64 * 64,
+        max_image_side=128,
+        max_body_bytes=200_000,
+        auth_token=None,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +62,11 @@ def client(settings) -> TestClient:
 def test_health_and_listing(client):
     assert client.get("/healthz").json() == {"status": "ok"}
     listed = client.get("/v1/rewards").json()["rewards"]
-    assert {r["name"]: r["version"] for r in listed} == {"jpeg_compressibility": "1", "jpeg_incompressibility": "1", "half_broken": "7"}
+    assert {r["name"]: r["version"] for r in listed} == {
+        "jpeg_compressibility": "1",
+        "jpeg_incompressibility": "1",
+        "half_broken": "7",
+    }
 
 
 def test_score_jpeg_matches_pil_exactly(client):
@@ -97,7 +111,11 @@ BAD_BODIES = {
     "no images": ({"prompts": [], "images": []}, 422, "at least 1 item"),
     "too many images": (_body(5, 8), 413, "above the limit of 4"),
     "too large image": (_body(1, 65), 413, "65x65 = 4225 pixels"),
-    "too long side": ({"prompts": ["a"], "images": [encode_png(np.zeros((1, 200, 3), np.uint8))]}, 413, "a side above the limit of 128"),
+    "too long side": (
+        {"prompts": ["a"], "images": [encode_png(np.zeros((1, 200, 3), np.uint8))]},
+        413,
+        "a side above the limit of 128",
+    ),
     "missing field": ({"images": []}, 422, "prompts: Field required"),
     "wrong type": ({"prompts": "a", "images": []}, 422, "prompts"),
 }
@@ -112,7 +130,9 @@ def test_bad_input_is_4xx_with_clear_detail(client, case):
 
 
 def test_malformed_json_is_422(client):
-    response = client.post("/v1/score/jpeg_compressibility", content=b"{not json", headers={"content-type": "application/json"})
+    response = client.post(
+        "/v1/score/jpeg_compressibility", content=b"{not json", headers={"content-type": "application/json"}
+    )
     assert response.status_code == 422 and "invalid request body" in response.json()["detail"]
 
 
@@ -129,7 +149,9 @@ def test_oversized_body_is_413(client):
 
 def test_oversized_chunked_body_is_413(client):
     chunks = (b"x" * 50_000 for _ in range(5))
-    response = client.post("/v1/score/jpeg_compressibility", content=chunks, headers={"content-type": "application/json"})
+    response = client.post(
+        "/v1/score/jpeg_compressibility", content=chunks, headers={"content-type": "application/json"}
+    )
     assert response.status_code == 413
 
 
@@ -142,14 +164,19 @@ def test_wrong_content_type_is_415(client, content_type):
 
 @pytest.fixture(scope="module")
 def auth_client(settings) -> TestClient:
-    app = create_app({"jpeg_compressibility": JpegCompressibility()}, ServiceSettings(**{**settings.model_dump(), "auth_token": TOKEN}))
+    app = create_app(
+        {"jpeg_compressibility": JpegCompressibility()},
+        ServiceSettings(**{**settings.model_dump(), "auth_token": TOKEN}),
+    )
     return TestClient(app, raise_server_exceptions=False)
 
 
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": f"Basic {TOKEN}"}])
 def test_auth_rejects_missing_or_wrong_token(auth_client, headers):
-    for response in (auth_client.get("/v1/rewards", headers=headers),
-                     auth_client.post("/v1/score/jpeg_compressibility", json=_body(1), headers=headers)):
+    for response in (
+        auth_client.get("/v1/rewards", headers=headers),
+        auth_client.post("/v1/score/jpeg_compressibility", json=_body(1), headers=headers),
+    ):
         assert response.status_code == 401 and "bearer token" in response.json()["detail"]
 
 
@@ -185,14 +212,24 @@ def test_openapi_schema_rejects_what_the_service_rejects(client):
     """The request schema says images are non-empty base64 PNGs; bodies it accepts or rejects get the same from the service."""
     import jsonschema
 
-    schema = client.get("/openapi.json").json()["paths"]["/v1/score/{name}"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    schema = client.get("/openapi.json").json()["paths"]["/v1/score/{name}"]["post"]["requestBody"]["content"][
+        "application/json"
+    ]["schema"]
     item = schema["properties"]["images"]["items"]
-    assert item["minLength"] == 1 and item["pattern"].startswith("^iVBORw0KGgo") and item["contentMediaType"] == "image/png"
+    assert (
+        item["minLength"] == 1
+        and item["pattern"].startswith("^iVBORw0KGgo")
+        and item["contentMediaType"] == "image/png"
+    )
     assert "same length" in schema["description"] and "pixels in all" in schema["description"]
     good = {"prompts": ["a"], "images": [encode_png(_images(1)[0])]}
     jsonschema.validate(good, schema)
     assert client.post("/v1/score/jpeg_compressibility", json=good).status_code == 200
-    for bad in ({"images": [""], "prompts": [""]}, {"images": ["aGVsbG8="], "prompts": ["a"]}, {"images": ["iVBORw0KGgo!!"], "prompts": ["a"]}):
+    for bad in (
+        {"images": [""], "prompts": [""]},
+        {"images": ["aGVsbG8="], "prompts": ["a"]},
+        {"images": ["iVBORw0KGgo!!"], "prompts": ["a"]},
+    ):
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate(bad, schema)
         response = client.post("/v1/score/jpeg_compressibility", json=bad)

@@ -11,12 +11,25 @@ from PIL import Image
 from rewards_service.differentiable import build_differentiable_reward
 from rewards_service.scorers import build_scorer
 from rewards_service.scorers.image_reward import (
-    SCORE_MEAN, SCORE_STD, TEXT_CONFIG, VISION_CONFIG, ImageRewardModel, convert_checkpoint,
+    SCORE_MEAN,
+    SCORE_STD,
+    TEXT_CONFIG,
+    VISION_CONFIG,
+    ImageRewardModel,
+    convert_checkpoint,
 )
 
 PROMPTS = ["a cat on a mat", "two dogs"]
 WORDS = ["a", "cat", "on", "mat", "two", "dogs", "dog", "the"]
-TINY_VISION = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=8, layer_norm_eps=1e-6)
+TINY_VISION = dict(
+    hidden_size=32,
+    intermediate_size=37,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    image_size=32,
+    patch_size=8,
+    layer_norm_eps=1e-6,
+)
 
 
 def save_bert_tokenizer(folder) -> None:
@@ -29,8 +42,17 @@ def save_bert_tokenizer(folder) -> None:
 
 
 def tiny_text_config(vocab_size: int) -> dict:
-    return dict(vocab_size=vocab_size, hidden_size=32, encoder_hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                num_attention_heads=4, max_position_embeddings=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    return dict(
+        vocab_size=vocab_size,
+        hidden_size=32,
+        encoder_hidden_size=32,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=64,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
 
 
 def images_uint8(n: int = 2, size: int = 32, seed: int = 0) -> np.ndarray:
@@ -49,10 +71,14 @@ def blip_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny_blip")
     save_bert_tokenizer(folder)
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    config = BlipConfig(text_config=tiny_text_config(len(tokenizer)), vision_config=TINY_VISION, image_text_hidden_size=16)
+    config = BlipConfig(
+        text_config=tiny_text_config(len(tokenizer)), vision_config=TINY_VISION, image_text_hidden_size=16
+    )
     torch.manual_seed(0)
     BlipForImageTextRetrieval(config).save_pretrained(folder)
-    BlipProcessor(image_processor=BlipImageProcessor(size={"height": 32, "width": 32}), tokenizer=tokenizer).save_pretrained(folder)
+    BlipProcessor(
+        image_processor=BlipImageProcessor(size={"height": 32, "width": 32}), tokenizer=tokenizer
+    ).save_pretrained(folder)
     return folder
 
 
@@ -65,7 +91,12 @@ def reference_blip(folder, images: np.ndarray, use_itm_head: bool) -> torch.Tens
     for image, prompt in zip(images, PROMPTS):
         inputs = processor(images=Image.fromarray(image), text=prompt, return_tensors="pt")
         with torch.no_grad():
-            out = model(input_ids=inputs.input_ids, attention_mask=inputs.attention_mask, pixel_values=inputs.pixel_values, use_itm_head=use_itm_head)
+            out = model(
+                input_ids=inputs.input_ids,
+                attention_mask=inputs.attention_mask,
+                pixel_values=inputs.pixel_values,
+                use_itm_head=use_itm_head,
+            )
         scores.append(out.itm_score.softmax(dim=-1)[0, 1] if use_itm_head else out.itm_score[0, 0])
     return torch.stack(scores)
 
@@ -99,7 +130,12 @@ def test_blip_score_errors(blip_dir, tmp_path):
 def original_layout(vision: dict, text: dict, embed_dim: int = 256) -> dict[str, tuple[int, ...]]:
     """ImageReward.pt's keys and shapes, written out from THUDM/ImageReward's code: BLIP_Pretrain (BLIP ViT
     `visual_encoder`, med.py BertModel `text_encoder` without pooler, `vision_proj`/`text_proj`) and the MLP."""
-    d, mlp, patch, n = vision["hidden_size"], vision["intermediate_size"], vision["patch_size"], (vision["image_size"] // vision["patch_size"]) ** 2
+    d, mlp, patch, n = (
+        vision["hidden_size"],
+        vision["intermediate_size"],
+        vision["patch_size"],
+        (vision["image_size"] // vision["patch_size"]) ** 2,
+    )
     keys: dict[str, tuple[int, ...]] = {
         "blip.visual_encoder.cls_token": (1, 1, d),
         "blip.visual_encoder.pos_embed": (1, n + 1, d),
@@ -110,26 +146,68 @@ def original_layout(vision: dict, text: dict, embed_dim: int = 256) -> dict[str,
     }
     for i in range(vision["num_hidden_layers"]):
         b = f"blip.visual_encoder.blocks.{i}"
-        keys.update({f"{b}.norm1.weight": (d,), f"{b}.norm1.bias": (d,), f"{b}.attn.qkv.weight": (3 * d, d), f"{b}.attn.qkv.bias": (3 * d,),
-                     f"{b}.attn.proj.weight": (d, d), f"{b}.attn.proj.bias": (d,), f"{b}.norm2.weight": (d,), f"{b}.norm2.bias": (d,),
-                     f"{b}.mlp.fc1.weight": (mlp, d), f"{b}.mlp.fc1.bias": (mlp,), f"{b}.mlp.fc2.weight": (d, mlp), f"{b}.mlp.fc2.bias": (d,)})
+        keys.update(
+            {
+                f"{b}.norm1.weight": (d,),
+                f"{b}.norm1.bias": (d,),
+                f"{b}.attn.qkv.weight": (3 * d, d),
+                f"{b}.attn.qkv.bias": (3 * d,),
+                f"{b}.attn.proj.weight": (d, d),
+                f"{b}.attn.proj.bias": (d,),
+                f"{b}.norm2.weight": (d,),
+                f"{b}.norm2.bias": (d,),
+                f"{b}.mlp.fc1.weight": (mlp, d),
+                f"{b}.mlp.fc1.bias": (mlp,),
+                f"{b}.mlp.fc2.weight": (d, mlp),
+                f"{b}.mlp.fc2.bias": (d,),
+            }
+        )
     h, inter, v, p = text["hidden_size"], text["intermediate_size"], text["vocab_size"], text["max_position_embeddings"]
     t = "blip.text_encoder"
-    keys.update({f"{t}.embeddings.word_embeddings.weight": (v, h), f"{t}.embeddings.position_embeddings.weight": (p, h),
-                 f"{t}.embeddings.LayerNorm.weight": (h,), f"{t}.embeddings.LayerNorm.bias": (h,), f"{t}.embeddings.position_ids": (1, p)})
+    keys.update(
+        {
+            f"{t}.embeddings.word_embeddings.weight": (v, h),
+            f"{t}.embeddings.position_embeddings.weight": (p, h),
+            f"{t}.embeddings.LayerNorm.weight": (h,),
+            f"{t}.embeddings.LayerNorm.bias": (h,),
+            f"{t}.embeddings.position_ids": (1, p),
+        }
+    )
     for i in range(text["num_hidden_layers"]):
         layer = f"{t}.encoder.layer.{i}"
         for part, width in (("attention", h), ("crossattention", d)):
-            keys.update({f"{layer}.{part}.self.query.weight": (h, h), f"{layer}.{part}.self.query.bias": (h,),
-                         f"{layer}.{part}.self.key.weight": (h, width), f"{layer}.{part}.self.key.bias": (h,),
-                         f"{layer}.{part}.self.value.weight": (h, width), f"{layer}.{part}.self.value.bias": (h,),
-                         f"{layer}.{part}.output.dense.weight": (h, h), f"{layer}.{part}.output.dense.bias": (h,),
-                         f"{layer}.{part}.output.LayerNorm.weight": (h,), f"{layer}.{part}.output.LayerNorm.bias": (h,)})
-        keys.update({f"{layer}.intermediate.dense.weight": (inter, h), f"{layer}.intermediate.dense.bias": (inter,),
-                     f"{layer}.output.dense.weight": (h, inter), f"{layer}.output.dense.bias": (h,),
-                     f"{layer}.output.LayerNorm.weight": (h,), f"{layer}.output.LayerNorm.bias": (h,)})
-    keys.update({"blip.vision_proj.weight": (embed_dim, d), "blip.vision_proj.bias": (embed_dim,),
-                 "blip.text_proj.weight": (embed_dim, h), "blip.text_proj.bias": (embed_dim,)})
+            keys.update(
+                {
+                    f"{layer}.{part}.self.query.weight": (h, h),
+                    f"{layer}.{part}.self.query.bias": (h,),
+                    f"{layer}.{part}.self.key.weight": (h, width),
+                    f"{layer}.{part}.self.key.bias": (h,),
+                    f"{layer}.{part}.self.value.weight": (h, width),
+                    f"{layer}.{part}.self.value.bias": (h,),
+                    f"{layer}.{part}.output.dense.weight": (h, h),
+                    f"{layer}.{part}.output.dense.bias": (h,),
+                    f"{layer}.{part}.output.LayerNorm.weight": (h,),
+                    f"{layer}.{part}.output.LayerNorm.bias": (h,),
+                }
+            )
+        keys.update(
+            {
+                f"{layer}.intermediate.dense.weight": (inter, h),
+                f"{layer}.intermediate.dense.bias": (inter,),
+                f"{layer}.output.dense.weight": (h, inter),
+                f"{layer}.output.dense.bias": (h,),
+                f"{layer}.output.LayerNorm.weight": (h,),
+                f"{layer}.output.LayerNorm.bias": (h,),
+            }
+        )
+    keys.update(
+        {
+            "blip.vision_proj.weight": (embed_dim, d),
+            "blip.vision_proj.bias": (embed_dim,),
+            "blip.text_proj.weight": (embed_dim, h),
+            "blip.text_proj.bias": (embed_dim,),
+        }
+    )
     for index, (fan_in, fan_out) in zip((0, 2, 4, 6, 7), ((h, 1024), (1024, 128), (128, 64), (64, 16), (16, 1))):
         keys.update({f"mlp.layers.{index}.weight": (fan_out, fan_in), f"mlp.layers.{index}.bias": (fan_out,)})
     return keys
@@ -154,8 +232,16 @@ def test_published_blip_itm_large_coco_layout():
     from transformers import BlipConfig, BlipForImageTextRetrieval
 
     config = BlipConfig(
-        vision_config=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16, image_size=384, patch_size=16),
-        text_config=dict(encoder_hidden_size=1024), image_text_hidden_size=256,
+        vision_config=dict(
+            hidden_size=1024,
+            intermediate_size=4096,
+            num_hidden_layers=24,
+            num_attention_heads=16,
+            image_size=384,
+            patch_size=16,
+        ),
+        text_config=dict(encoder_hidden_size=1024),
+        image_text_hidden_size=256,
     )
     with torch.device("meta"):
         state = BlipForImageTextRetrieval(config).state_dict()
@@ -192,7 +278,10 @@ def test_image_reward_tiny_score_by_hand_and_gradients(image_reward_files):
     _, state, _ = image_reward_files
     model = tiny_image_reward(image_reward_files)
     # the original weights sit where the original code reads them
-    torch.testing.assert_close(model.visual_encoder.encoder.layers[1].self_attn.qkv.weight, state["blip.visual_encoder.blocks.1.attn.qkv.weight"])
+    torch.testing.assert_close(
+        model.visual_encoder.encoder.layers[1].self_attn.qkv.weight,
+        state["blip.visual_encoder.blocks.1.attn.qkv.weight"],
+    )
     torch.testing.assert_close(model.visual_encoder.embeddings.class_embedding, state["blip.visual_encoder.cls_token"])
     pixels = to_float(images_uint8()).requires_grad_(True)
     scores = model(pixels, PROMPTS)
@@ -203,7 +292,9 @@ def test_image_reward_tiny_score_by_hand_and_gradients(image_reward_files):
     assert tokens.input_ids[0, 0] == model.tokenizer.cls_token_id and len(model.tokenizer) == len(WORDS) + 7
     with torch.no_grad():
         image_tokens = model.visual_encoder(pixel_values=clip_preprocess(pixels.detach(), 32)).last_hidden_state
-        cls = model.text_encoder(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask, encoder_hidden_states=image_tokens).last_hidden_state[:, 0]
+        cls = model.text_encoder(
+            input_ids=tokens.input_ids, attention_mask=tokens.attention_mask, encoder_hidden_states=image_tokens
+        ).last_hidden_state[:, 0]
     h = cls.double()
     for index in (0, 2, 4, 6, 7):
         h = h @ state[f"mlp.layers.{index}.weight"].double().T + state[f"mlp.layers.{index}.bias"].double()
@@ -218,9 +309,14 @@ def test_image_reward_from_files_and_missing_checkpoint(image_reward_files, tmp_
     folder, _, text = image_reward_files
     monkeypatch.setattr("rewards_service.scorers.image_reward.VISION_CONFIG", TINY_VISION)
     monkeypatch.setattr("rewards_service.scorers.image_reward.TEXT_CONFIG", text)
-    served = build_scorer("image_reward", checkpoint=str(folder / "ImageReward.pt"), tokenizer=str(folder), device="cpu")
+    served = build_scorer(
+        "image_reward", checkpoint=str(folder / "ImageReward.pt"), tokenizer=str(folder), device="cpu"
+    )
     images = images_uint8()
     expected = tiny_image_reward(image_reward_files)(to_float(images), PROMPTS)
     np.testing.assert_allclose(served.score(images, PROMPTS).rewards, expected.numpy(), atol=1e-5)
-    with pytest.raises(FileNotFoundError, match="cannot find the ImageReward checkpoint 'ImageReward.pt' of 'THUDM/ImageReward'.*checkpoint=/path/to/ImageReward.pt"):
+    with pytest.raises(
+        FileNotFoundError,
+        match="cannot find the ImageReward checkpoint 'ImageReward.pt' of 'THUDM/ImageReward'.*checkpoint=/path/to/ImageReward.pt",
+    ):
         build_differentiable_reward("image_reward", tokenizer=str(folder))

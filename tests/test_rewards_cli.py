@@ -31,7 +31,9 @@ def test_config_files_cover_every_reward():
 def test_default_config_and_plain_format(tmp_path):
     assert [r.name for r in load_config(None).rewards] == ["jpeg_compressibility", "jpeg_incompressibility"]
     plain = tmp_path / "c.yaml"
-    plain.write_text("rewards:\n  - name: jpeg_compressibility\n    version: '4'\nsettings:\n  max_images_per_request: 2\n")
+    plain.write_text(
+        "rewards:\n  - name: jpeg_compressibility\n    version: '4'\nsettings:\n  max_images_per_request: 2\n"
+    )
     config = load_config(str(plain))
     assert config.rewards[0].version == "4" and config.settings.max_images_per_request == 2
     plain.write_text("rewards:\n  - name: jpeg_compressibility\n    replicas: 2\n")
@@ -42,7 +44,11 @@ def test_default_config_and_plain_format(tmp_path):
 def test_standalone_server_over_real_http():
     with standalone_service() as (base, _):
         images = np.random.default_rng(0).integers(0, 256, (2, 16, 16, 3), dtype=np.uint8)
-        body = httpx.post(f"{base}/v1/score/jpeg_incompressibility", json={"prompts": ["a", "b"], "images": encode_batch(images)}).json()
+        body = httpx.post(
+            f"{base}/v1/score/jpeg_incompressibility", json={"prompts": ["a", "b"], "images": encode_batch(images)}
+        ).json()
         assert body["rewards"] == [jpeg_size_kb(im) for im in images]
-        bad = httpx.post(f"{base}/v1/score/jpeg_incompressibility", content=b"x", headers={"content-type": "text/plain"})
+        bad = httpx.post(
+            f"{base}/v1/score/jpeg_incompressibility", content=b"x", headers={"content-type": "text/plain"}
+        )
         assert bad.status_code == 415

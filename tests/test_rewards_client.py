@@ -11,8 +11,14 @@ import pytest
 from fastapi.testclient import TestClient
 
 from rewards_service.app import create_app
-from rewards_service.client import (HttpRewardClient, InProcessRewardClient, RetryPolicy, RewardAuthError, RewardClientConfig,
-                                    build_reward_client)
+from rewards_service.client import (
+    HttpRewardClient,
+    InProcessRewardClient,
+    RetryPolicy,
+    RewardAuthError,
+    RewardClientConfig,
+    build_reward_client,
+)
 from rewards_service.scorers import JpegCompressibility, ScoreResult
 from rewards_service.settings import ServiceSettings
 
@@ -85,8 +91,14 @@ def test_ascore():
 
 def _http_client(scorer, **kwargs) -> HttpRewardClient:
     app = create_app({scorer.name: scorer}, ServiceSettings(auth_token="tok", max_images_per_request=4))
-    return HttpRewardClient("http://unused", scorer.name, token="tok", retry=FAST_RETRY,
-                            http=TestClient(app, raise_server_exceptions=False), **kwargs)
+    return HttpRewardClient(
+        "http://unused",
+        scorer.name,
+        token="tok",
+        retry=FAST_RETRY,
+        http=TestClient(app, raise_server_exceptions=False),
+        **kwargs,
+    )
 
 
 def test_http_client_scores_exactly():
@@ -101,13 +113,16 @@ def test_http_client_retries_server_errors():
 
 def test_http_client_does_not_retry_client_errors():
     result = _http_client(JpegCompressibility()).score(np.zeros((5, 8, 8, 3), np.uint8), ["a"] * 5)
-    assert result.valid == [False] * 5 and "HTTP 413" in result.details["error"][0] and result.details["attempts"] == [1] * 5
+    assert (
+        result.valid == [False] * 5
+        and "HTTP 413" in result.details["error"][0]
+        and result.details["attempts"] == [1] * 5
+    )
 
 
 def test_build_reward_client_in_process():
     client = build_reward_client(RewardClientConfig(reward="jpeg_compressibility", options={"version": "5"}))
     assert isinstance(client, InProcessRewardClient) and client.score(_images(), ["a", "b"]).version == "5"
-
 
 
 def _token_app_client(monkeypatch, env_token: str | None, token: str | None = None) -> HttpRewardClient:
@@ -123,11 +138,15 @@ def test_http_client_reads_the_token_from_the_environment(monkeypatch):
     assert _token_app_client(monkeypatch, "tok").score(_images(), ["a", "b"]).valid == [True, True]
 
 
-@pytest.mark.parametrize("env_token, token, says", [
-    (None, None, "no token was sent ($RLCM_REWARDS_TOKEN is unset)"),
-    ("wrong", None, "the token from $RLCM_REWARDS_TOKEN was refused"),
-    ("tok", "wrong", "the token from the token argument was refused"),
-], ids=["unset", "wrong-env", "wrong-argument"])
+@pytest.mark.parametrize(
+    "env_token, token, says",
+    [
+        (None, None, "no token was sent ($RLCM_REWARDS_TOKEN is unset)"),
+        ("wrong", None, "the token from $RLCM_REWARDS_TOKEN was refused"),
+        ("tok", "wrong", "the token from the token argument was refused"),
+    ],
+    ids=["unset", "wrong-env", "wrong-argument"],
+)
 def test_http_client_raises_on_401_naming_the_token(monkeypatch, env_token, token, says):
     """A refused token is an error that says what to set, not NaN rewards with valid=False."""
     client = _token_app_client(monkeypatch, env_token, token)
@@ -169,8 +188,13 @@ def test_serve_call_whose_replica_was_lost_is_resent_to_the_replacement():
 def test_serve_replica_that_never_comes_back_ends_in_one_clear_error():
     from rewards_service.client import RewardUnavailable, ServeHandleRewardClient
 
-    client = ServeHandleRewardClient(LostReplicaHandle(lost=10**9), "jpeg", RetryPolicy(max_attempts=3, backoff_s=0.05),
-                                     replica_wait_s=0.3, wait_key="reward.timeout_s")
+    client = ServeHandleRewardClient(
+        LostReplicaHandle(lost=10**9),
+        "jpeg",
+        RetryPolicy(max_attempts=3, backoff_s=0.05),
+        replica_wait_s=0.3,
+        wait_key="reward.timeout_s",
+    )
     started = time.monotonic()
     with pytest.raises(RewardUnavailable) as raised:
         client.score(_images(), ["a", "b"])

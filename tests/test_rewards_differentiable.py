@@ -14,8 +14,7 @@ import torch
 from PIL import Image
 
 from rewards_service.differentiable import DifferentiableScorer, build_differentiable_reward
-from rewards_service.scorers import differentiable_reward_names
-from rewards_service.scorers import build_scorer
+from rewards_service.scorers import build_scorer, differentiable_reward_names
 
 PROMPTS = ["a cat on a mat", "two dogs"]
 
@@ -37,8 +36,14 @@ def save_tiny_clip(folder, seed: int = 0, logit_scale: float = 2.6592, with_proc
     tokenizer = char_level_tokenizer()
     tower = dict(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4)
     config = CLIPConfig(
-        text_config=dict(tower, vocab_size=len(tokenizer), max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
-                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id),
+        text_config=dict(
+            tower,
+            vocab_size=len(tokenizer),
+            max_position_embeddings=77,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        ),
         vision_config=dict(tower, image_size=32, patch_size=8),
         projection_dim=16,
         logit_scale_init_value=logit_scale,
@@ -68,11 +73,16 @@ def features(output) -> torch.Tensor:
     return output if isinstance(output, torch.Tensor) else output.pooler_output
 
 
-def reference_cosine(folder: str, images_uint8: np.ndarray, prompts: list[str], processor_folder: str | None = None) -> torch.Tensor:
+def reference_cosine(
+    folder: str, images_uint8: np.ndarray, prompts: list[str], processor_folder: str | None = None
+) -> torch.Tensor:
     """cos(image, text) the transformers way: CLIPProcessor on PIL images, get_*_features, normalized by hand."""
     from transformers import AutoProcessor, CLIPModel
 
-    model, processor = CLIPModel.from_pretrained(folder).eval(), AutoProcessor.from_pretrained(processor_folder or folder)
+    model, processor = (
+        CLIPModel.from_pretrained(folder).eval(),
+        AutoProcessor.from_pretrained(processor_folder or folder),
+    )
     pixels = processor(images=[Image.fromarray(im) for im in images_uint8], return_tensors="pt").pixel_values
     text = processor.tokenizer(prompts, padding=True, truncation=True, max_length=77, return_tensors="pt")
     with torch.no_grad():
@@ -100,7 +110,9 @@ def test_clip_score_matches_transformers_processor_path(clip_dir, clip_score):
     model = clip_score
     images = uint8_images()
     scores = model(to_float01(images), PROMPTS)
-    torch.testing.assert_close(scores, reference_cosine(clip_dir, images, PROMPTS), atol=1e-6, rtol=1e-5)  # the raw cosine
+    torch.testing.assert_close(
+        scores, reference_cosine(clip_dir, images, PROMPTS), atol=1e-6, rtol=1e-5
+    )  # the raw cosine
     assert not any(p.requires_grad for p in model.parameters()) and not model.training
     percent = build_differentiable_reward("clip_score", model=clip_dir, scale=100)(to_float01(images), PROMPTS)
     torch.testing.assert_close(percent, 100 * scores, atol=1e-4, rtol=1e-5)
@@ -168,7 +180,9 @@ def test_pickscore_is_temperature_times_cosine(pickscore_dir, clip_dir):
 def test_pickscore_served_matches_module(pickscore_dir, clip_dir):
     scorer = build_scorer("pickscore", model=pickscore_dir, processor=clip_dir, device="cpu")
     images = uint8_images(height=48, width=36, seed=3)
-    expected = build_differentiable_reward("pickscore", model=pickscore_dir, processor=clip_dir)(to_float01(images), PROMPTS)
+    expected = build_differentiable_reward("pickscore", model=pickscore_dir, processor=clip_dir)(
+        to_float01(images), PROMPTS
+    )
     np.testing.assert_allclose(scorer.score(images, PROMPTS).rewards, expected.tolist(), rtol=1e-6, atol=1e-6)
 
 
@@ -219,9 +233,16 @@ def test_hpsv2_matches_open_clip_preprocessing_and_scoring(hpsv2_files):
     images = uint8_images(seed=4)
     with torch.no_grad():
         # HPSv2's scoring: preprocess_val on PIL, model(image, text) -> normalized features, diagonal of image @ text.T
-        out = reference.eval()(torch.stack([preprocess_val(Image.fromarray(im)) for im in images]), open_clip.get_tokenizer("tiny-hps-vit")(PROMPTS))
-        image_features, text_features = (out["image_features"], out["text_features"]) if isinstance(out, dict) else out[:2]
-    torch.testing.assert_close(model(to_float01(images), PROMPTS), torch.diagonal(image_features @ text_features.T), atol=1e-5, rtol=1e-5)
+        out = reference.eval()(
+            torch.stack([preprocess_val(Image.fromarray(im)) for im in images]),
+            open_clip.get_tokenizer("tiny-hps-vit")(PROMPTS),
+        )
+        image_features, text_features = (
+            (out["image_features"], out["text_features"]) if isinstance(out, dict) else out[:2]
+        )
+    torch.testing.assert_close(
+        model(to_float01(images), PROMPTS), torch.diagonal(image_features @ text_features.T), atol=1e-5, rtol=1e-5
+    )
     assert_pixel_gradients(model)
 
 
@@ -229,7 +250,9 @@ def test_hpsv2_served_matches_module(hpsv2_files):
     config, checkpoint = hpsv2_files
     scorer = build_scorer("hpsv2", architecture=config, checkpoint=checkpoint, device="cpu")
     images = uint8_images(height=40, width=56, seed=5)
-    expected = build_differentiable_reward("hpsv2", architecture=config, checkpoint=checkpoint)(to_float01(images), PROMPTS)
+    expected = build_differentiable_reward("hpsv2", architecture=config, checkpoint=checkpoint)(
+        to_float01(images), PROMPTS
+    )
     np.testing.assert_allclose(scorer.score(images, PROMPTS).rewards, expected.tolist(), rtol=1e-6, atol=1e-6)
 
 

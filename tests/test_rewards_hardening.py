@@ -46,8 +46,10 @@ def _post(client: TestClient, images: list[str], name: str = "jpeg_compressibili
 
 @pytest.fixture(scope="module")
 def client() -> TestClient:
-    return TestClient(create_app({"jpeg_compressibility": JpegCompressibility()}, ServiceSettings(auth_token=None)),
-                      raise_server_exceptions=False)
+    return TestClient(
+        create_app({"jpeg_compressibility": JpegCompressibility()}, ServiceSettings(auth_token=None)),
+        raise_server_exceptions=False,
+    )
 
 
 # ---------------------------------------------------------------- image sides and bombs
@@ -67,7 +69,9 @@ def test_max_image_side_is_configurable_up_to_the_jpeg_limit():
     assert ServiceSettings(auth_token=None, max_image_side=65500).max_image_side == 65500
     with pytest.raises(ValidationError, match="max_image_side"):
         ServiceSettings(auth_token=None, max_image_side=65501)
-    app = create_app({"jpeg_compressibility": JpegCompressibility()}, ServiceSettings(auth_token=None, max_image_side=16))
+    app = create_app(
+        {"jpeg_compressibility": JpegCompressibility()}, ServiceSettings(auth_token=None, max_image_side=16)
+    )
     client = TestClient(app, raise_server_exceptions=False)
     assert _post(client, [encode_png(np.zeros((16, 16, 3), np.uint8))]).status_code == 200
     assert _post(client, [encode_png(np.zeros((17, 1, 3), np.uint8))]).status_code == 413
@@ -92,9 +96,16 @@ def test_png_bomb_is_413_before_decoding(client, monkeypatch):
 
 def test_pil_decompression_guards_are_413():
     """Limits set above PIL's own bomb limit, and a compressed text chunk that inflates to 20 MB."""
-    settings = ServiceSettings(auth_token=None, max_pixels_per_image=10**10, max_image_side=65500, max_pixels_per_request=10**10,
-                               max_pixels_in_flight=10**10)
-    client = TestClient(create_app({"jpeg_compressibility": JpegCompressibility()}, settings), raise_server_exceptions=False)
+    settings = ServiceSettings(
+        auth_token=None,
+        max_pixels_per_image=10**10,
+        max_image_side=65500,
+        max_pixels_per_request=10**10,
+        max_pixels_in_flight=10**10,
+    )
+    client = TestClient(
+        create_app({"jpeg_compressibility": JpegCompressibility()}, settings), raise_server_exceptions=False
+    )
     huge = _post(client, [b64(png_bytes(60000, 60000, rows=1))])
     assert huge.status_code == 413 and "decompression bomb" in huge.json()["detail"]
     text_bomb = _chunk(b"zTXt", b"k\0\0" + zlib.compress(b"\0" * 20_000_000, 9))
@@ -102,7 +113,9 @@ def test_pil_decompression_guards_are_413():
     assert text.status_code == 413 and "too much data" in text.json()["detail"]
 
 
-@pytest.mark.parametrize("raw, text", [(codec.PNG_SIGNATURE + b"\0" * 30, "IHDR"), (png_bytes(0, 8), "0x8")], ids=["no-ihdr", "zero-size"])
+@pytest.mark.parametrize(
+    "raw, text", [(codec.PNG_SIGNATURE + b"\0" * 30, "IHDR"), (png_bytes(0, 8), "0x8")], ids=["no-ihdr", "zero-size"]
+)
 def test_bad_png_header_is_422(client, raw, text):
     response = _post(client, [b64(raw)])
     assert response.status_code == 422 and text in response.json()["detail"]
@@ -123,12 +136,24 @@ class Raising:
         return ScoreResult([1.0] * len(prompts), self.version, self.details or {})
 
 
-@pytest.mark.parametrize("scorer, status, text", [
-    (Raising(ValueError("cannot score grey images")), 422, "cannot score these images: cannot score grey images"),
-    (Raising(OSError("encoder error -2")), 500, "failed on the server (OSError: encoder error -2); the request is valid"),
-    (Raising(ScorerUnavailable("replica restarting")), 503, "unavailable: replica restarting"),
-    (Raising(details={"valid": [True]}), 500, "internal server error (ValueError)"),  # a scorer bug outside the call
-], ids=["value-error", "os-error", "unavailable", "bad-details"])
+@pytest.mark.parametrize(
+    "scorer, status, text",
+    [
+        (Raising(ValueError("cannot score grey images")), 422, "cannot score these images: cannot score grey images"),
+        (
+            Raising(OSError("encoder error -2")),
+            500,
+            "failed on the server (OSError: encoder error -2); the request is valid",
+        ),
+        (Raising(ScorerUnavailable("replica restarting")), 503, "unavailable: replica restarting"),
+        (
+            Raising(details={"valid": [True]}),
+            500,
+            "internal server error (ValueError)",
+        ),  # a scorer bug outside the call
+    ],
+    ids=["value-error", "os-error", "unavailable", "bad-details"],
+)
 def test_scorer_errors_map_to_json_statuses(scorer, status, text):
     client = TestClient(create_app({"r": scorer}, ServiceSettings(auth_token=None)), raise_server_exceptions=False)
     response = _post(client, [encode_png(np.zeros((8, 8, 3), np.uint8))], name="r")
@@ -136,7 +161,9 @@ def test_scorer_errors_map_to_json_statuses(scorer, status, text):
 
 
 def test_clients_do_not_retry_a_scorers_value_error():
-    client = InProcessRewardClient(Raising(ValueError("side above 65500")), retry=RetryPolicy(max_attempts=3, backoff_s=0))
+    client = InProcessRewardClient(
+        Raising(ValueError("side above 65500")), retry=RetryPolicy(max_attempts=3, backoff_s=0)
+    )
     result = client.score(np.zeros((1, 8, 8, 3), np.uint8), ["a"])
     assert result.details["attempts"] == [1] and "ValueError: side above 65500" in result.details["error"][0]
 
@@ -169,9 +196,13 @@ def test_mixed_sizes_are_scored_per_size_in_request_order():
     shapes = [(8, 8), (16, 12), (8, 8), (24, 24), (16, 12)]
     images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in shapes]
     scorer = Recording()
-    client = TestClient(create_app({"jpeg_compressibility": scorer}, ServiceSettings(auth_token=None)), raise_server_exceptions=False)
+    client = TestClient(
+        create_app({"jpeg_compressibility": scorer}, ServiceSettings(auth_token=None)), raise_server_exceptions=False
+    )
     prompts = [f"p{i}" for i in range(len(images))]
-    response = client.post("/v1/score/jpeg_compressibility", json={"prompts": prompts, "images": [encode_png(im) for im in images]})
+    response = client.post(
+        "/v1/score/jpeg_compressibility", json={"prompts": prompts, "images": [encode_png(im) for im in images]}
+    )
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["rewards"] == [-jpeg_size_kb(im) for im in images]
@@ -188,8 +219,10 @@ def open_stalled_uploads(port: int, n: int) -> list[socket.socket]:
     sockets = []
     for _ in range(n):
         s = socket.create_connection(("127.0.0.1", port), timeout=5)
-        s.sendall(b"POST /v1/score/jpeg_compressibility HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                  b"Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n{\"prompts\"")
+        s.sendall(
+            b"POST /v1/score/jpeg_compressibility HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b'Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n{"prompts"'
+        )
         sockets.append(s)
     return sockets
 
@@ -201,7 +234,7 @@ def read_until_closed(s: socket.socket, timeout_s: float) -> bytes:
     try:
         while chunk := s.recv(4096):
             data += chunk
-    except socket.timeout:
+    except TimeoutError:
         pass
     finally:
         s.close()
@@ -227,7 +260,9 @@ def check_stalled_uploads_do_not_block(base: str, port: int, n: int) -> None:
     try:
         assert httpx.get(f"{base}/healthz", timeout=30).json() == {"status": "ok"}
         image = np.zeros((8, 8, 3), np.uint8)
-        scored = httpx.post(f"{base}/v1/score/jpeg_compressibility", json={"prompts": ["a"], "images": [encode_png(image)]}, timeout=30)
+        scored = httpx.post(
+            f"{base}/v1/score/jpeg_compressibility", json={"prompts": ["a"], "images": [encode_png(image)]}, timeout=30
+        )
         assert scored.status_code == 200 and scored.json()["rewards"] == [-jpeg_size_kb(image)]
         assert all(still_waiting(s) for s in stalled), "the uploads were answered before /healthz: they blocked it"
         answers = [read_until_closed(s, timeout_s=30) for s in stalled]
@@ -242,7 +277,9 @@ def check_stalled_uploads_do_not_block(base: str, port: int, n: int) -> None:
 @pytest.fixture(scope="module")
 def standalone(tmp_path_factory):
     config = tmp_path_factory.mktemp("serve") / "rewards.yaml"
-    config.write_text("rewards:\n  - name: jpeg_compressibility\nsettings:\n  body_timeout_s: 4\n  limit_concurrency: 64\n  auth_token: null\n")
+    config.write_text(
+        "rewards:\n  - name: jpeg_compressibility\nsettings:\n  body_timeout_s: 4\n  limit_concurrency: 64\n  auth_token: null\n"
+    )
     with standalone_service(config) as (base, port):
         yield base, port
 

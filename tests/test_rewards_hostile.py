@@ -35,7 +35,7 @@ def _closed_by_server(s: socket.socket) -> bool:
         return s.recv(4096) == b""
     except (ConnectionResetError, BrokenPipeError):
         return True
-    except socket.timeout:
+    except TimeoutError:
         return False
 
 
@@ -75,12 +75,20 @@ def test_300_idle_and_half_open_sockets_do_not_take_the_service_down(guarded):
         for _ in range(5):
             with httpx.Client(base_url=base, timeout=10) as client:  # a fresh connection each time
                 answers.append(_timed(lambda: client.get("/healthz")))
-                answers.append(_timed(lambda: client.post("/v1/score/jpeg_compressibility", json={"prompts": ["a"], "images": [image]})))
+                answers.append(
+                    _timed(
+                        lambda: client.post(
+                            "/v1/score/jpeg_compressibility", json={"prompts": ["a"], "images": [image]}
+                        )
+                    )
+                )
         assert [status for status, _ in answers] == [200] * 10, answers
         # 100 ms on an idle machine; generous here because the 2 cores are shared with other jobs
         assert sorted(seconds for _, seconds in answers)[len(answers) // 2] < 0.5, answers
         still_open = _wait_all_closed(hostile, HEADER_TIMEOUT_S + 3)
-        assert not still_open, f"{len(still_open)} of 300 hostile sockets still open {HEADER_TIMEOUT_S + 3} s after they connected"
+        assert not still_open, (
+            f"{len(still_open)} of 300 hostile sockets still open {HEADER_TIMEOUT_S + 3} s after they connected"
+        )
     finally:
         for s in hostile:
             s.close()
@@ -120,18 +128,25 @@ def test_decoded_pixels_are_bounded_by_configuration(tmp_path):
     requests within the limits wait for the server's pixel budget instead of all decoding at once."""
     per_request = in_flight = 4 * 1024 * 1024  # one request's 4 images of 1024² decoded at a time: 12 MiB
     config = tmp_path / "rewards.yaml"
-    config.write_text(f"rewards:\n  - name: jpeg_compressibility\nsettings:\n  auth_token: null\n  max_pixels_per_request: {per_request}\n"
-                      f"  max_pixels_in_flight: {in_flight}\n  pixel_wait_s: 60\n")
+    config.write_text(
+        f"rewards:\n  - name: jpeg_compressibility\nsettings:\n  auth_token: null\n  max_pixels_per_request: {per_request}\n"
+        f"  max_pixels_in_flight: {in_flight}\n  pixel_wait_s: 60\n"
+    )
     zero = encode_png(np.zeros((1024, 1024, 3), np.uint8))
     pids: list[int] = []
     with standalone_service(config, pids=pids) as (base, _):
-        bomb = httpx.post(f"{base}/v1/score/jpeg_compressibility", json={"prompts": ["a"] * 64, "images": [zero] * 64}, timeout=60)
+        bomb = httpx.post(
+            f"{base}/v1/score/jpeg_compressibility", json={"prompts": ["a"] * 64, "images": [zero] * 64}, timeout=60
+        )
         assert bomb.status_code == 413 and f"above the limit of {per_request} per request" in bomb.json()["detail"]
         body = {"prompts": ["a"] * 4, "images": [zero] * 4}
         assert httpx.post(f"{base}/v1/score/jpeg_compressibility", json=body, timeout=60).status_code == 200  # warm-up
         before, peak = _rss(pids[0]), 0
         with ThreadPoolExecutor(8) as pool:
-            futures = [pool.submit(httpx.post, f"{base}/v1/score/jpeg_compressibility", json=body, timeout=120) for _ in range(8)]
+            futures = [
+                pool.submit(httpx.post, f"{base}/v1/score/jpeg_compressibility", json=body, timeout=120)
+                for _ in range(8)
+            ]
             while not all(f.done() for f in futures):
                 peak = max(peak, _rss(pids[0]))
                 time.sleep(0.005)
@@ -139,4 +154,6 @@ def test_decoded_pixels_are_bounded_by_configuration(tmp_path):
     # unbounded, the 8 requests decode 96 MiB at once (RSS +130 MiB); the budget admits 12 MiB of decoded pixels at a time,
     # plus what decoding and JPEG-encoding one image costs per worker thread
     budget_mib, grew_mib = 3 * in_flight / 2**20, (peak - before) / 2**20
-    assert grew_mib < budget_mib + 48, f"RSS grew by {grew_mib:.0f} MiB with a budget of {budget_mib:.0f} MiB of decoded pixels"
+    assert grew_mib < budget_mib + 48, (
+        f"RSS grew by {grew_mib:.0f} MiB with a budget of {budget_mib:.0f} MiB of decoded pixels"
+    )

@@ -27,19 +27,41 @@ def minilm() -> str:
 def tiny_llava(tmp_path_factory, minilm) -> str:
     """A random 2-layer LLaVA with MiniLM's tokenizer; special tokens suppressed so answers are words."""
     import torch
-    from transformers import (AutoTokenizer, CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig,
-                              LlavaForConditionalGeneration, LlavaProcessor)
+    from transformers import (
+        AutoTokenizer,
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
 
     tokenizer = AutoTokenizer.from_pretrained(minilm)
     tokenizer.add_special_tokens({"additional_special_tokens": ["<image>"]})
     image_token = tokenizer.convert_tokens_to_ids("<image>")
-    processor = LlavaProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size=32),
-                               tokenizer=tokenizer, patch_size=8, vision_feature_select_strategy="default",
-                               num_additional_image_tokens=1, image_token="<image>")
-    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=8)
-    text = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                       num_attention_heads=4, num_key_value_heads=4, pad_token_id=tokenizer.pad_token_id,
-                       eos_token_id=tokenizer.sep_token_id, bos_token_id=tokenizer.cls_token_id)
+    processor = LlavaProcessor(
+        image_processor=CLIPImageProcessor(size={"shortest_edge": 32}, crop_size=32),
+        tokenizer=tokenizer,
+        patch_size=8,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        image_token="<image>",
+    )
+    vision = CLIPVisionConfig(
+        hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4, image_size=32, patch_size=8
+    )
+    text = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.sep_token_id,
+        bos_token_id=tokenizer.cls_token_id,
+    )
     config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=image_token)
     torch.manual_seed(0)
     model = LlavaForConditionalGeneration(config).eval()
@@ -53,8 +75,16 @@ def tiny_llava(tmp_path_factory, minilm) -> str:
 
 @pytest.fixture(scope="module")
 def scorer(tiny_llava, minilm) -> LlavaBertScore:
-    return build_scorer("llava_bertscore", model=tiny_llava, backend="transformers", bertscore_model=minilm,
-                        bertscore_num_layers=6, device="cpu", max_new_tokens=6, version="tiny")
+    return build_scorer(
+        "llava_bertscore",
+        model=tiny_llava,
+        backend="transformers",
+        bertscore_model=minilm,
+        bertscore_num_layers=6,
+        device="cpu",
+        max_new_tokens=6,
+        version="tiny",
+    )
 
 
 def _images(n: int) -> np.ndarray:
@@ -76,7 +106,10 @@ def test_end_to_end_through_the_service(scorer, minilm):
 
 
 def test_answers_are_deterministic(scorer):
-    assert scorer.score(_images(2), ["a", "b"]).details["answers"] == scorer.score(_images(2), ["a", "b"]).details["answers"]
+    assert (
+        scorer.score(_images(2), ["a", "b"]).details["answers"]
+        == scorer.score(_images(2), ["a", "b"]).details["answers"]
+    )
 
 
 class Scripted:
@@ -89,7 +122,12 @@ class Scripted:
 
 
 def test_empty_answers_are_invalid_and_counted(minilm):
-    scorer = LlavaBertScore(answerer=Scripted(["", "a cat riding a bike", "   "]), bertscore_model=minilm, bertscore_num_layers=6, device="cpu")
+    scorer = LlavaBertScore(
+        answerer=Scripted(["", "a cat riding a bike", "   "]),
+        bertscore_model=minilm,
+        bertscore_num_layers=6,
+        device="cpu",
+    )
     result = scorer.score(_images(3), ["a cat riding a bike"] * 3)
     assert result.valid == [False, True, False] and result.details["empty_answer"] == [True, False, True]
     assert np.isnan(result.rewards[0]) and np.isnan(result.rewards[2]) and 0.5 < result.rewards[1] <= 1.0

@@ -10,7 +10,13 @@ import torch
 from PIL import Image
 
 from rewards_service.scorers import CompositeScorer, JpegCompressibility, ScoreResult, build_scorer
-from rewards_service.scorers.aesthetic import HEAD_SHA256, AestheticModel, clip_preprocess, default_head_path, load_aesthetic_head
+from rewards_service.scorers.aesthetic import (
+    HEAD_SHA256,
+    AestheticModel,
+    clip_preprocess,
+    default_head_path,
+    load_aesthetic_head,
+)
 
 
 def _images(n: int = 2, size: int = 32) -> np.ndarray:
@@ -88,8 +94,15 @@ def tiny_clip():
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
     torch.manual_seed(0)
-    config = CLIPVisionConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-                              image_size=32, patch_size=8, projection_dim=768)
+    config = CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=37,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        image_size=32,
+        patch_size=8,
+        projection_dim=768,
+    )
     return CLIPVisionModelWithProjection(config).eval()
 
 
@@ -108,8 +121,17 @@ def test_aesthetic_model_chain_and_gradients():
 def test_aesthetic_rejects_head_mismatch():
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    clip = CLIPVisionModelWithProjection(CLIPVisionConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=1,
-                                                          num_attention_heads=4, image_size=32, patch_size=8, projection_dim=16))
+    clip = CLIPVisionModelWithProjection(
+        CLIPVisionConfig(
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=1,
+            num_attention_heads=4,
+            image_size=32,
+            patch_size=8,
+            projection_dim=16,
+        )
+    )
     with pytest.raises(ValueError, match="projection_dim 16"):
         AestheticModel(clip, load_aesthetic_head())
 
@@ -122,7 +144,9 @@ def test_aesthetic_scorer_from_local_dir(tmp_path):
     images = _images(2, 40)
     result = scorer.score(images, ["a", "b"])
     pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
-    clip = CLIPVisionModelWithProjection.from_pretrained(tmp_path / "clip").eval()  # loaded here, not through the scorer
+    clip = CLIPVisionModelWithProjection.from_pretrained(
+        tmp_path / "clip"
+    ).eval()  # loaded here, not through the scorer
     assert result.version == "tiny" and result.valid == [True, True]
     np.testing.assert_allclose(result.rewards, head_by_hand(normalized_clip_embeds(clip, pixels)), rtol=1e-5, atol=1e-5)
 
@@ -133,13 +157,17 @@ class Constant:
 
     def score(self, images, prompts) -> ScoreResult:
         n = len(prompts)
-        return ScoreResult([self.value if self.ok else float("nan")] * n, self.version, {"tag": [self.name] * n}, [self.ok] * n)
+        return ScoreResult(
+            [self.value if self.ok else float("nan")] * n, self.version, {"tag": [self.name] * n}, [self.ok] * n
+        )
 
 
 def test_composite_weighted_sum_and_parts():
     images = _images(2)
     jpeg = JpegCompressibility()
-    composite = CompositeScorer({"c": Constant("c", 2.0), "jpeg_compressibility": jpeg}, {"c": 1.0, "jpeg_compressibility": 0.1})
+    composite = CompositeScorer(
+        {"c": Constant("c", 2.0), "jpeg_compressibility": jpeg}, {"c": 1.0, "jpeg_compressibility": 0.1}
+    )
     result = composite.score(images, ["a", "b"])
     sizes = jpeg.score(images, ["a", "b"]).rewards
     assert result.rewards == pytest.approx([2.0 + 0.1 * s for s in sizes])

@@ -16,8 +16,8 @@ from rewards_service.codec import encode_batch, encode_png
 from rewards_service.scorers import JpegCompressibility, ScoreResult, jpeg_size_kb
 from rewards_service.serve import RemoteScorer, RewardDeploymentConfig, RewardServiceConfig, run_service
 from rewards_service.settings import ServiceSettings
-from tests.test_rewards_hardening import b64, check_stalled_uploads_do_not_block, png_bytes
 from tests.servers import free_port
+from tests.test_rewards_hardening import b64, check_stalled_uploads_do_not_block, png_bytes
 
 APP = "rewards_test"
 SLOW = "tests.test_rewards_serve:SlowJpeg"
@@ -46,10 +46,21 @@ def _images(n: int, size: int = 16, seed: int = 0) -> np.ndarray:
 
 def _config(port: int, slow_version: str, delay_s: float) -> RewardServiceConfig:
     return RewardServiceConfig(
-        app_name=APP, settings=ServiceSettings(port=port, auth_token=None, max_images_per_request=8, body_timeout_s=5),
-        rewards=[RewardDeploymentConfig(name="jpeg_compressibility", num_replicas=2, num_cpus=0.25),
-                 RewardDeploymentConfig(name="slow", scorer=SLOW, version=slow_version, options={"delay_s": delay_s},
-                                        num_cpus=0.25, max_batch_size=8, batch_wait_timeout_s=0.2)])
+        app_name=APP,
+        settings=ServiceSettings(port=port, auth_token=None, max_images_per_request=8, body_timeout_s=5),
+        rewards=[
+            RewardDeploymentConfig(name="jpeg_compressibility", num_replicas=2, num_cpus=0.25),
+            RewardDeploymentConfig(
+                name="slow",
+                scorer=SLOW,
+                version=slow_version,
+                options={"delay_s": delay_s},
+                num_cpus=0.25,
+                max_batch_size=8,
+                batch_wait_timeout_s=0.2,
+            ),
+        ],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +73,9 @@ def service(ray_local):
 
 def test_handle_scores_a_batch(service):
     images = _images(4)
-    client = ServeHandleRewardClient(serve.get_deployment_handle("jpeg_compressibility", app_name=APP), "jpeg_compressibility")
+    client = ServeHandleRewardClient(
+        serve.get_deployment_handle("jpeg_compressibility", app_name=APP), "jpeg_compressibility"
+    )
     result = client.score(images, list("abcd"))
     assert result.rewards == JpegCompressibility().score(images, list("abcd")).rewards and result.version == "1"
 
@@ -70,15 +83,24 @@ def test_handle_scores_a_batch(service):
 def test_http_scores_a_batch_and_lists(service):
     base = f"http://127.0.0.1:{service}"
     images = _images(3, seed=1)
-    response = httpx.post(f"{base}/v1/score/jpeg_compressibility", json={"prompts": list("abc"), "images": encode_batch(images)}, timeout=30)
+    response = httpx.post(
+        f"{base}/v1/score/jpeg_compressibility",
+        json={"prompts": list("abc"), "images": encode_batch(images)},
+        timeout=30,
+    )
     assert response.status_code == 200, response.text
     assert response.json()["rewards"] == JpegCompressibility().score(images, list("abc")).rewards
     assert httpx.get(f"{base}/healthz").json() == {"status": "ok"}
     listed = {r["name"]: r["version"] for r in httpx.get(f"{base}/v1/rewards").json()["rewards"]}
-    assert listed == {"jpeg_compressibility": "1", "slow": "1"}  # as deployed; test_hot_swap_mid_stream (later) makes slow "2"
+    assert listed == {
+        "jpeg_compressibility": "1",
+        "slow": "1",
+    }  # as deployed; test_hot_swap_mid_stream (later) makes slow "2"
     bad = httpx.post(f"{base}/v1/score/nope", json={"prompts": ["a"], "images": encode_batch(images[:1])})
     assert bad.status_code == 404 and "unknown reward" in bad.json()["detail"]
-    result = HttpRewardClient(base, "jpeg_compressibility", retry=RetryPolicy(max_attempts=1)).score(images, list("abc"))
+    result = HttpRewardClient(base, "jpeg_compressibility", retry=RetryPolicy(max_attempts=1)).score(
+        images, list("abc")
+    )
     assert result.rewards == response.json()["rewards"]
 
 
@@ -86,9 +108,17 @@ def test_http_errors_through_serve(service):
     """Mixed sizes and a scorer's ValueError cross the handle; an oversized side is a 413, never a 500."""
     base = f"http://127.0.0.1:{service}"
     images = [_images(1, size=s, seed=s)[0] for s in (8, 16, 8)]
-    mixed = httpx.post(f"{base}/v1/score/jpeg_compressibility", json={"prompts": list("abc"), "images": [encode_png(im) for im in images]}, timeout=30)
+    mixed = httpx.post(
+        f"{base}/v1/score/jpeg_compressibility",
+        json={"prompts": list("abc"), "images": [encode_png(im) for im in images]},
+        timeout=30,
+    )
     assert mixed.status_code == 200 and mixed.json()["rewards"] == [-jpeg_size_kb(im) for im in images]
-    tall = httpx.post(f"{base}/v1/score/jpeg_compressibility", json={"prompts": ["a"], "images": [b64(png_bytes(1, 65501))]}, timeout=30)
+    tall = httpx.post(
+        f"{base}/v1/score/jpeg_compressibility",
+        json={"prompts": ["a"], "images": [b64(png_bytes(1, 65501))]},
+        timeout=30,
+    )
     assert tall.status_code == 413 and "1x65501" in tall.json()["detail"]
     handle = RemoteScorer("jpeg_compressibility", serve.get_deployment_handle("jpeg_compressibility", APP))
     with pytest.raises(ValueError, match="2 images but 1 prompts") as raised:
@@ -107,7 +137,9 @@ def test_batching_merges_concurrent_requests(service):
     results = [client.result(f) for f in [client.submit(b, ["p"] * len(b)) for b in batches]]
     for batch, result in zip(batches, results):
         assert result.rewards == JpegCompressibility().score(batch, ["p"] * len(batch)).rewards
-    assert max(r.details["merged"][0] for r in results) > max(len(b) for b in batches if b.shape[1] == batches[0].shape[1])
+    assert max(r.details["merged"][0] for r in results) > max(
+        len(b) for b in batches if b.shape[1] == batches[0].shape[1]
+    )
 
 
 def test_hot_swap_mid_stream(service):
@@ -121,7 +153,9 @@ def test_hot_swap_mid_stream(service):
         redeploy.result(timeout=120)
     old = client.result(before)
     assert old.version == "1" and old.valid == [True, True]
-    assert old.details["started"][0] < swap_started < old.details["finished"][0], "the request was not in flight during the swap"
+    assert old.details["started"][0] < swap_started < old.details["finished"][0], (
+        "the request was not in flight during the swap"
+    )
     mixed = [client.result(f) for f in in_flight]
     assert all(r.valid == [True] and r.version in {"1", "2"} for r in mixed)
     after = client.score(_images(2), ["a", "b"])

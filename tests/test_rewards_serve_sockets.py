@@ -28,7 +28,11 @@ def _listening(processes: list[psutil.Process]) -> list[tuple[str, str, int]]:
     found = []
     for process in processes:
         try:
-            found += [(" ".join(process.cmdline())[:80], c.laddr.ip, c.laddr.port) for c in process.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN]
+            found += [
+                (" ".join(process.cmdline())[:80], c.laddr.ip, c.laddr.port)
+                for c in process.net_connections(kind="inet")
+                if c.status == psutil.CONN_LISTEN
+            ]
         except psutil.NoSuchProcess:
             continue
     return found
@@ -36,7 +40,12 @@ def _listening(processes: list[psutil.Process]) -> list[tuple[str, str, int]]:
 
 def test_is_loopback():
     assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1") and is_loopback("[::1]")
-    assert not is_loopback("0.0.0.0") and not is_loopback("::") and not is_loopback("10.1.2.3") and not is_loopback("example.org")
+    assert (
+        not is_loopback("0.0.0.0")
+        and not is_loopback("::")
+        and not is_loopback("10.1.2.3")
+        and not is_loopback("example.org")
+    )
 
 
 @pytest.mark.slow
@@ -45,7 +54,12 @@ def test_serve_listens_on_loopback_only_and_logs_no_stale_options_warning(tmp_pa
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     log = tmp_path / "serve.log"
     with log.open("w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "cluster.cli", "rewards", "serve", "--port", str(port)], stdout=out, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cluster.cli", "rewards", "serve", "--port", str(port)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
     tree: list[psutil.Process] = []
     try:
         deadline = time.monotonic() + 120

@@ -59,24 +59,34 @@ async def _hold(slots: UploadSlots, chunks: list[int], release: asyncio.Event) -
 
 def test_the_upload_furthest_behind_is_cut_off_first_when_the_slots_are_full():
     async def run() -> list[str]:
-        slots, release = UploadSlots(max_uploads=2, max_upload_bytes=10**6, grace_s=60, min_rate=10_000, timeout_s=120), asyncio.Event()
+        slots, release = (
+            UploadSlots(max_uploads=2, max_upload_bytes=10**6, grace_s=60, min_rate=10_000, timeout_s=120),
+            asyncio.Event(),
+        )
         stalled = asyncio.create_task(_hold(slots, [10], release))  # deadline t0 + 60.001
         await asyncio.sleep(0.05)
         steady = asyncio.create_task(_hold(slots, [500_000], release))  # deadline t1 + 110
         await asyncio.sleep(0.05)
-        newcomer = asyncio.create_task(_hold(slots, [], release))  # the third, deadline t2 + 60 (t2 >= t0 + 0.1): one must go
+        newcomer = asyncio.create_task(
+            _hold(slots, [], release)
+        )  # the third, deadline t2 + 60 (t2 >= t0 + 0.1): one must go
         await asyncio.sleep(0.05)
         release.set()
         return await asyncio.gather(stalled, steady, newcomer)
 
     stalled, steady, newcomer = asyncio.run(run())
-    assert "cut off this upload to make room: 3 uploads were in progress, above the 2 that upload_share allows" in stalled
+    assert (
+        "cut off this upload to make room: 3 uploads were in progress, above the 2 that upload_share allows" in stalled
+    )
     assert (steady, newcomer) == ("done", "done")
 
 
 def test_bytes_in_flight_are_bounded_by_cutting_off_the_upload_furthest_behind():
     async def run() -> list[str]:
-        slots, release = UploadSlots(max_uploads=8, max_upload_bytes=1000, grace_s=60, min_rate=100, timeout_s=120), asyncio.Event()
+        slots, release = (
+            UploadSlots(max_uploads=8, max_upload_bytes=1000, grace_s=60, min_rate=100, timeout_s=120),
+            asyncio.Event(),
+        )
         slow = asyncio.create_task(_hold(slots, [400], release))
         await asyncio.sleep(0.01)
         fast = asyncio.create_task(_hold(slots, [300, 300, 300], release))  # 1300 bytes in flight: one goes
@@ -104,7 +114,10 @@ def test_a_stalled_upload_is_stopped_after_the_grace_and_a_steady_one_is_not():
         return await asyncio.wait_for(asyncio.gather(stalled, steady()), 30)
 
     stalled, steady = asyncio.run(run())
-    assert stalled.startswith("the request body arrived too slowly: 10 bytes in") and "below 1000 bytes/s after the first 0.2 s" in stalled
+    assert (
+        stalled.startswith("the request body arrived too slowly: 10 bytes in")
+        and "below 1000 bytes/s after the first 0.2 s" in stalled
+    )
     assert steady == "done"
 
 
@@ -125,7 +138,9 @@ def _guarded_server(settings: ServiceSettings):
     """A tiny app (GET /slow?s=seconds) behind the guarded protocol, in a thread; yields its port."""
     port = free_port()
     app = Starlette(routes=[Route("/slow", _slow)])
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, http=guarded_protocol(settings), log_level="critical"))
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, http=guarded_protocol(settings), log_level="critical")
+    )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 15

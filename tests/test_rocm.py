@@ -85,7 +85,9 @@ def reference_objective(pipe, base, num_steps, lam, seed=0, detach_through=0):
             break
         t_next = timesteps[k + 1].expand(len(PROMPTS))
         mean, std = transition_mean_std(pipe.scheduler, denoised, t_next)
-        mean_ref, _ = transition_mean_std(base.scheduler, predict_denoised(base.unet, base.scheduler, x, t, embeds, w), t_next)
+        mean_ref, _ = transition_mean_std(
+            base.scheduler, predict_denoised(base.unet, base.scheduler, x, t, embeds, w), t_next
+        )
         kl = kl + ((mean - mean_ref) ** 2 / (2 * std**2)).mean(dim=(1, 2, 3))
         x = mean + std * noise[k + 1]
     image = (pipe.vae.decode(denoised, return_dict=False)[0] / 2 + 0.5).clamp(0, 1)
@@ -137,7 +139,9 @@ def test_reference_is_the_base_model():
     t, t_next = lcm_timesteps(pipe.scheduler, 2)
     embeds, w = encode_prompts(pipe, PROMPTS), guidance_embedding(pipe, GUIDANCE, 2)
     means = [
-        transition_mean_std(p.scheduler, predict_denoised(p.unet, p.scheduler, x0, t.expand(2), embeds, w), t_next.expand(2))
+        transition_mean_std(
+            p.scheduler, predict_denoised(p.unet, p.scheduler, x0, t.expand(2), embeds, w), t_next.expand(2)
+        )
         for p in (pipe, base)
     ]
     expected = gaussian_divergence("kl", means[0][0], means[1][0], means[0][1])
@@ -148,7 +152,9 @@ def test_reference_is_the_base_model():
 def test_guidance_embedding_reaches_checkpointed_calls():
     pipe, _ = lora_pipe()
     seen = []
-    hook = pipe.unet.register_forward_pre_hook(lambda m, args, kwargs: seen.append(kwargs["timestep_cond"].clone()), with_kwargs=True)
+    hook = pipe.unet.register_forward_pre_hook(
+        lambda m, args, kwargs: seen.append(kwargs["timestep_cond"].clone()), with_kwargs=True
+    )
     try:
         out = objective(pipe, num_steps=3, lam=0.5, gradient_checkpointing=True)
         out["objective"].sum().backward()
@@ -185,7 +191,9 @@ def test_gradient_matches_finite_difference_fp64():
     grads = lora_grads(params, objective(pipe, seed=1, num_steps=3, lam=0.5, gradient_checkpointing=True))
     grad_norm = torch.sqrt(sum((g**2).sum() for g in grads))
     size = sum(p.numel() for p in params)
-    random = [torch.randn(p.shape, generator=torch.Generator().manual_seed(i), dtype=p.dtype) for i, p in enumerate(params)]
+    random = [
+        torch.randn(p.shape, generator=torch.Generator().manual_seed(i), dtype=p.dtype) for i, p in enumerate(params)
+    ]
     direction = [g / grad_norm + r / size**0.5 for g, r in zip(grads, random)]
     norm = torch.sqrt(sum((d**2).sum() for d in direction))
     direction = [d / norm for d in direction]
@@ -242,7 +250,15 @@ def test_update_accumulates_and_reduces_before_clipping():
     seen = []
     optimizer = build_optimizer(params, settings)
     metrics = rocm_update(
-        pipe, optimizer, params, [[p] for p in PROMPTS], settings, 2, GUIDANCE, torch.Generator().manual_seed(4), reward_fn(),
+        pipe,
+        optimizer,
+        params,
+        [[p] for p in PROMPTS],
+        settings,
+        2,
+        GUIDANCE,
+        torch.Generator().manual_seed(4),
+        reward_fn(),
         reduce_gradients=lambda ps: seen.append([p.grad.clone() for p in ps]),
     )
     assert len(seen) == 1 and metrics["optimizer_steps"] == 1
@@ -261,7 +277,9 @@ def test_bad_inputs_get_clear_errors():
         objective(pipe, truncate_steps=0)
     settings = ROCMSettings(grad_accum_steps=2)
     with pytest.raises(ValueError, match="multiple of grad_accum_steps=2"):
-        rocm_update(pipe, build_optimizer(params, settings), params, [["a cat"]], settings, 2, GUIDANCE, None, reward_fn())
+        rocm_update(
+            pipe, build_optimizer(params, settings), params, [["a cat"]], settings, 2, GUIDANCE, None, reward_fn()
+        )
 
 
 # ---- the learner ----------------------------------------------------------------------------------------------
@@ -270,11 +288,22 @@ def test_bad_inputs_get_clear_errors():
 def learner_spec(lam=0.1, divergence="kl", batch_size=4, num_steps=4, **rocm) -> ROCMLearnerSpec:
     """The `rocm-tiny-cpu`-like setting: toy LCM, smoothness reward, LoRA on attention and conv layers, lr 1e-2."""
     settings = ROCMSettings(
-        divergence=divergence, lam=lam, learning_rate=1e-2, max_grad_norm=5.0, batch_size=batch_size, grad_accum_steps=1, **rocm
+        divergence=divergence,
+        lam=lam,
+        learning_rate=1e-2,
+        max_grad_norm=5.0,
+        batch_size=batch_size,
+        grad_accum_steps=1,
+        **rocm,
     )
     return ROCMLearnerSpec(
-        model="tiny", lora=LORA, rocm=settings, num_steps=num_steps, guidance_scale=GUIDANCE,
-        reward_factory=functools.partial(build_differentiable_reward, "smoothness"), device="cpu",
+        model="tiny",
+        lora=LORA,
+        rocm=settings,
+        num_steps=num_steps,
+        guidance_scale=GUIDANCE,
+        reward_factory=functools.partial(build_differentiable_reward, "smoothness"),
+        device="cpu",
     )
 
 
@@ -293,8 +322,15 @@ def kl_to_base(learner: ROCMLearner) -> float:
     """Σ_k KL to the base per chain on fixed noise and prompts, whatever the learner was trained with."""
     with torch.no_grad():
         out = rocm_objective(
-            learner.pipe, load_prompts("imagenet_animals", 8), learner.spec.num_steps, GUIDANCE, torch.Generator().manual_seed(123),
-            reward_fn(), "kl", 1.0, gradient_checkpointing=False,
+            learner.pipe,
+            load_prompts("imagenet_animals", 8),
+            learner.spec.num_steps,
+            GUIDANCE,
+            torch.Generator().manual_seed(123),
+            reward_fn(),
+            "kl",
+            1.0,
+            gradient_checkpointing=False,
         )
     return float(out["divergence"].mean())
 
@@ -341,5 +377,8 @@ def test_ranks_share_the_initial_lora_not_the_noise():
     a, b = rank0.adapter().state_dict, rank1.adapter().state_dict
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not torch.equal(rank0.generator.get_state(), rank1.generator.get_state())
-    with pytest.raises(ValueError, match=r"batch_size x grad_accum_steps x updates_per_epoch = 4 x 1 x 1 = 4 prompts per learner, got 3"):
+    with pytest.raises(
+        ValueError,
+        match=r"batch_size x grad_accum_steps x updates_per_epoch = 4 x 1 x 1 = 4 prompts per learner, got 3",
+    ):
         rank0.train(["a", "b", "c"])

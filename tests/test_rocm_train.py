@@ -39,7 +39,16 @@ def pooled(rows: list[dict]) -> tuple[float, float]:
 def test_rocm_tiny_cpu_learns_and_monitors(ray_local, tmp_path):
     rows = run(tmp_path)
     assert len(rows) == 20 and all(r["algorithm"] == "rocm" for r in rows)
-    for key in ("reward_mean", "divergence_mean", "divergence_kl", "objective", "grad_norm", "time_train_s", "time_sync_s", "monitor_reward_mean"):
+    for key in (
+        "reward_mean",
+        "divergence_mean",
+        "divergence_kl",
+        "objective",
+        "grad_norm",
+        "time_train_s",
+        "time_sync_s",
+        "monitor_reward_mean",
+    ):
         assert all(math.isfinite(r[key]) for r in rows), key
     assert [r["samples_seen"] for r in rows] == [4 * (i + 1) for i in range(20)]
     assert [r["policy_version"] for r in rows] == list(range(1, 21))
@@ -88,7 +97,9 @@ def test_lam_auto_steers_the_divergence_to_its_budget_and_resumes_bitwise(ray_lo
     auto = ["rocm.lam=auto", "rocm.lam_target=0.1", "rocm.lam_init=0.1", "rocm.lam_max_factor=1.5"]
     full = run(tmp_path / "full", "run.epochs=7", *auto)
     lams = [r["lam"] for r in full]
-    assert lams[0] == 0.1 and all(r["lam_divergence_target"] == 0.1 and r["lam_divergence"] == r["divergence_mean"] for r in full)
+    assert lams[0] == 0.1 and all(
+        r["lam_divergence_target"] == 0.1 and r["lam_divergence"] == r["divergence_mean"] for r in full
+    )
     for row, next_lam in zip(full, lams[1:]):  # the logged update is the rule's
         factor = min(max((row["divergence_mean"] / 0.1) ** 0.5, 1 / 1.5), 1.5)
         assert next_lam == pytest.approx(row["lam"] * factor, rel=1e-9)

@@ -27,8 +27,16 @@ REPO = Path(__file__).resolve().parents[1]
 def test_ray_job_submit_runs_the_toy_preset(tmp_path):
     gcs, dashboard = free_port(), free_port()
     # every port of its own: the session's Ray instance (ray_local) holds the defaults, e.g. the agent's 52365
-    ports = [f"--{name}={free_port()}" for name in (
-        "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "runtime-env-agent-port", "metrics-export-port", "ray-client-server-port")]
+    ports = [
+        f"--{name}={free_port()}"
+        for name in (
+            "dashboard-agent-listen-port",
+            "dashboard-agent-grpc-port",
+            "runtime-env-agent-port",
+            "metrics-export-port",
+            "ray-client-server-port",
+        )
+    ]
     temp_dir = Path("/tmp") / f"rlcm-job-{os.getpid()}"  # short: Ray's socket paths have a length limit
     token = secrets.token_hex(16)
     (tmp_path / "auth_token").write_text(token)
@@ -36,9 +44,25 @@ def test_ray_job_submit_runs_the_toy_preset(tmp_path):
     # token auth (what Ray turns on once ~/.ray/auth_token exists), with a token of its own
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(tmp_path / "auth_token"))
     head = subprocess.Popen(
-        [sys.executable, "-m", "ray.scripts.scripts", "start", "--head", "--block", f"--port={gcs}", "--num-cpus=3",
-         "--include-dashboard=true", f"--dashboard-port={dashboard}", f"--temp-dir={temp_dir}", "--disable-usage-stats", *ports],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "ray.scripts.scripts",
+            "start",
+            "--head",
+            "--block",
+            f"--port={gcs}",
+            "--num-cpus=3",
+            "--include-dashboard=true",
+            f"--dashboard-port={dashboard}",
+            f"--temp-dir={temp_dir}",
+            "--disable-usage-stats",
+            *ports,
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     try:
         from cluster.entrypoint import runtime_env, submit_train_job
@@ -57,8 +81,17 @@ def test_ray_job_submit_runs_the_toy_preset(tmp_path):
         # a driver joining by address (as `rlcm train --address` does) switches token auth on by itself
         join_env = {k: v for k, v in env.items() if k != "RAY_AUTH_MODE"}
         joined = subprocess.run(
-            [sys.executable, "-c", f"from cluster.ray_setup import init_ray; import ray; print(init_ray('127.0.0.1:{gcs}')); "
-             "print(ray.cluster_resources()['CPU'])"], env=join_env, cwd=REPO, capture_output=True, text=True, timeout=120,
+            [
+                sys.executable,
+                "-c",
+                f"from cluster.ray_setup import init_ray; import ray; print(init_ray('127.0.0.1:{gcs}')); "
+                "print(ray.cluster_resources()['CPU'])",
+            ],
+            env=join_env,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         assert joined.stdout.split()[-1] == "3.0", joined.stderr[-2000:]
         assert "joined Ray cluster at" in joined.stdout
@@ -68,8 +101,14 @@ def test_ray_job_submit_runs_the_toy_preset(tmp_path):
                 job_client(address)
         out = tmp_path / "run"
         job_id, status = submit_train_job(
-            address, "tiny-cpu", str(out), ["run.epochs=2", "sampling.batches_per_epoch=1"],
-            runtime=runtime_env(working_dir=str(REPO)), wait=True, timeout_s=400, auth_token=token,
+            address,
+            "tiny-cpu",
+            str(out),
+            ["run.epochs=2", "sampling.batches_per_epoch=1"],
+            runtime=runtime_env(working_dir=str(REPO)),
+            wait=True,
+            timeout_s=400,
+            auth_token=token,
         )
         logs = job_client(address, token).get_job_logs(job_id)
         assert status == "SUCCEEDED", logs[-3000:]

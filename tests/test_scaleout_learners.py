@@ -16,7 +16,9 @@ from rollout.worker import RolloutSpec, RolloutWorker
 def specs(train_batch_size: int):
     config = load_config(None, [f"train.train_batch_size={train_batch_size}", "train.grad_accum_steps=1"])
     rollout = RolloutSpec(model="tiny", lora=config.model.lora, num_steps=4, guidance_scale=8.0)
-    learner = LearnerSpec(model="tiny", lora=config.model.lora, ppo=config.train, stat_buffer_size=16, stat_min_count=16)
+    learner = LearnerSpec(
+        model="tiny", lora=config.model.lora, ppo=config.train, stat_buffer_size=16, stat_min_count=16
+    )
     return rollout, learner
 
 

@@ -13,7 +13,12 @@ from cluster.config import load_config
 from cluster.control import scale_rollouts
 from cluster.driver import SkippedTooOften, Trainer
 
-FAST = ["sampling.batches_per_epoch=1", "run.sample_grid_every=100", "run.save_every=100", "scaleout.control_poll_s=0.1"]
+FAST = [
+    "sampling.batches_per_epoch=1",
+    "run.sample_grid_every=100",
+    "run.save_every=100",
+    "scaleout.control_poll_s=0.1",
+]
 
 
 def run(tmp_path, *overrides, hook=None, resume=False):
@@ -43,7 +48,9 @@ def assert_exact_counts(rows, per_epoch):
 def test_two_rollout_actors_exact_counts(ray_local, tmp_path):
     rows = run(tmp_path, "run.epochs=2", "resources.num_rollout_actors=2")
     assert_exact_counts(rows, 16)
-    assert all(len(r["rollout_actors"]) == 2 and sum(a["images"] for a in r["rollout_actors"].values()) == 16 for r in rows)
+    assert all(
+        len(r["rollout_actors"]) == 2 and sum(a["images"] for a in r["rollout_actors"].values()) == 16 for r in rows
+    )
     assert [r["policy_version"] for r in rows] == [1, 2]
     assert all(r["staleness_hist"] and set(r["behaviour_versions"]) == {r["policy_version"] - 1} for r in rows)
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
@@ -52,7 +59,9 @@ def test_two_rollout_actors_exact_counts(ray_local, tmp_path):
 
 def test_async_respects_staleness_bound(ray_local, tmp_path):
     k = 1
-    rows = run(tmp_path, "run.epochs=4", "scaleout.mode=async", f"scaleout.max_staleness={k}", "scaleout.buffer_batches=3")
+    rows = run(
+        tmp_path, "run.epochs=4", "scaleout.mode=async", f"scaleout.max_staleness={k}", "scaleout.buffer_batches=3"
+    )
     assert_exact_counts(rows, 8)
     for row in rows:
         learner_version = row["policy_version"] - 1  # the version the update started from
@@ -70,13 +79,21 @@ def test_injected_crash_and_external_kill(ray_local, tmp_path):
             def collect_then_kill(ready):
                 done = collect(ready)
                 if done and not killed and trainer.pool.inflight:
-                    killed.append(trainer.pool.kill_actor(sorted(trainer.pool.slots).index(next(iter(trainer.pool.inflight.values()))[1])))
+                    killed.append(
+                        trainer.pool.kill_actor(
+                            sorted(trainer.pool.slots).index(next(iter(trainer.pool.inflight.values()))[1])
+                        )
+                    )
                 return done
 
             trainer.pool.collect = collect_then_kill
 
     rows = run(
-        tmp_path, "run.epochs=3", "resources.num_rollout_actors=2", "sampling.batches_per_epoch=2", "faults.rollout_crash_after_batches=1",
+        tmp_path,
+        "run.epochs=3",
+        "resources.num_rollout_actors=2",
+        "sampling.batches_per_epoch=2",
+        "faults.rollout_crash_after_batches=1",
         hook=kill_mid_epoch,
     )
     assert killed

@@ -13,7 +13,15 @@ PROMPTS = ["cat", "dog", "hen", "owl"]
 
 
 def scheduler(mode: str, num_batches: int = 2, capacity: int = 4, max_staleness: int = 1) -> Scheduler:
-    return Scheduler(PROMPTS, batch_size=2, num_batches=num_batches, seed=0, mode=mode, max_staleness=max_staleness, capacity=capacity)
+    return Scheduler(
+        PROMPTS,
+        batch_size=2,
+        num_batches=num_batches,
+        seed=0,
+        mode=mode,
+        max_staleness=max_staleness,
+        capacity=capacity,
+    )
 
 
 def land(s: Scheduler, job, policy_version: int, rewards=(1.0, 2.0), version: str = "1", valid=None) -> Entry:

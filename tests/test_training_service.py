@@ -20,7 +20,11 @@ SLOW = "tests.test_rewards_serve:SlowJpeg"
 def _deploy(version: str) -> None:
     config = RewardServiceConfig(
         app_name=APP,
-        rewards=[RewardDeploymentConfig(name="jpeg_compressibility", scorer=SLOW, version=version, options={"delay_s": 0.3}, num_cpus=0.25)],
+        rewards=[
+            RewardDeploymentConfig(
+                name="jpeg_compressibility", scorer=SLOW, version=version, options={"delay_s": 0.3}, num_cpus=0.25
+            )
+        ],
     )
     serve.run(build_app(config), name=APP, route_prefix=f"/{APP}")
 
@@ -30,7 +34,13 @@ def test_training_scores_through_serve_and_survives_a_hot_swap(ray_local, tmp_pa
     _deploy("1")
     config = load_config(
         "tiny-cpu",
-        ["run.epochs=5", "reward.backend=serve", f"reward.app_name={APP}", "sampling.batch_size=4", "sampling.batches_per_epoch=4"],
+        [
+            "run.epochs=5",
+            "reward.backend=serve",
+            f"reward.app_name={APP}",
+            "sampling.batch_size=4",
+            "sampling.batches_per_epoch=4",
+        ],
     )
     metrics = tmp_path / "metrics.jsonl"
     done = threading.Event()

@@ -29,7 +29,13 @@ def toy_pipe_with_saved_lora(directory: Path):
     return pipe
 
 
-FAST = ["run.sample_grid_every=100", "run.save_every=100", "scaleout.control_poll_s=0.1", "run.plots=false", "run.tensorboard=false"]
+FAST = [
+    "run.sample_grid_every=100",
+    "run.save_every=100",
+    "scaleout.control_poll_s=0.1",
+    "run.plots=false",
+    "run.tensorboard=false",
+]
 
 
 def rows_of(run_dir: Path) -> list[dict]:
@@ -38,7 +44,14 @@ def rows_of(run_dir: Path) -> list[dict]:
 
 def train_cli(preset: str, tmp_path: Path, name: str, *sets: str, resume: bool = False) -> int:
     """`rlcm train --config preset` into tmp_path/name with FAST and `sets` as --set options; its exit code."""
-    args = ["train", "--config", preset, "--output-dir", str(tmp_path / name), *[a for s in [*FAST, *sets] for a in ("--set", s)]]
+    args = [
+        "train",
+        "--config",
+        preset,
+        "--output-dir",
+        str(tmp_path / name),
+        *[a for s in [*FAST, *sets] for a in ("--set", s)],
+    ]
     return main(args + (["--resume"] if resume else []))
 
 

@@ -28,18 +28,22 @@ class Algorithm:
     section: ClassVar[str]  # the config section holding `settings`
     settings: ClassVar[type[BaseModel]]
     samples_from: ClassVar[Literal["rollouts", "learners"]]
-    sampler: ClassVar[str] = LCM  # the policy it trains (`rollout.samplers`): lcm or ddim; the model must be of that kind
-    summary: ClassVar[tuple[tuple[str, str, str], ...]] = ()  # (metric, label, format) shown after the reward in the epoch line
+    sampler: ClassVar[str] = (
+        LCM  # the policy it trains (`rollout.samplers`): lcm or ddim; the model must be of that kind
+    )
+    summary: ClassVar[
+        tuple[tuple[str, str, str], ...]
+    ] = ()  # (metric, label, format) shown after the reward in the epoch line
     diagnostics: ClassVar[tuple[tuple[str, str], ...]] = ()  # (metric, plot title) of `plots/diagnostics.png`
     optimizes: ClassVar[str] = ""  # one line for the README table
     paper: ClassVar[str] = ""
 
     @classmethod
-    def check(cls, config: "TrainConfig") -> None:
+    def check(cls, config: TrainConfig) -> None:
         """Cross-field checks; raise ValueError("dotted.key: what to fix")."""
 
     @classmethod
-    def check_model(cls, config: "TrainConfig") -> None:
+    def check_model(cls, config: TrainConfig) -> None:
         """The model must be one the algorithm's sampler runs (an LCM for lcm, a Stable Diffusion model for ddim)."""
         model = config.model.name
         kind = sampler_of(model)
@@ -50,31 +54,31 @@ class Algorithm:
             )
 
     @classmethod
-    def eta(cls, config: "TrainConfig") -> float | None:
+    def eta(cls, config: TrainConfig) -> float | None:
         """η of the DDIM sampler the rollout actors use (None: the sampler has none)."""
         return None
 
     @classmethod
-    def learner_spec(cls, config: "TrainConfig", common: dict[str, Any]):
+    def learner_spec(cls, config: TrainConfig, common: dict[str, Any]):
         """The learner's spec (a dataclass with `build(reduce_gradients)`); `common`: model, lora, seeds, dtype."""
         raise NotImplementedError
 
     @classmethod
-    def optimizer_steps_per_epoch(cls, config: "TrainConfig") -> int:
+    def optimizer_steps_per_epoch(cls, config: TrainConfig) -> int:
         raise NotImplementedError
 
     @classmethod
-    def group_size(cls, config: "TrainConfig") -> int:
+    def group_size(cls, config: TrainConfig) -> int:
         """Consecutive samples of a rollout batch that share a prompt (GRPO's groups; 1 = every sample its own prompt)."""
         return 1
 
     @classmethod
-    def noise_group_size(cls, config: "TrainConfig") -> int:
+    def noise_group_size(cls, config: TrainConfig) -> int:
         """Consecutive samples of a rollout batch that share their initial noise x_0 (1 = each its own)."""
         return 1
 
     @classmethod
-    def memory_settings(cls, config: "TrainConfig") -> list[list[str]]:
+    def memory_settings(cls, config: TrainConfig) -> list[list[str]]:
         """`--set KEY=VALUE` lists that lower the learner's memory without changing what one optimizer step
         averages over, most preferred first; `rlcm plan` advises the first that the config accepts and that fits."""
         return []
@@ -98,7 +102,7 @@ class RolloutAlgorithm(Algorithm):
     samples_from = "rollouts"
 
     @classmethod
-    def check(cls, config: "TrainConfig") -> None:
+    def check(cls, config: TrainConfig) -> None:
         s, key = config.settings, cls.section
         samples = config.samples_per_epoch
         per_learner, rest = divmod(samples, config.resources.num_learners)
@@ -112,7 +116,7 @@ class RolloutAlgorithm(Algorithm):
             )
 
     @classmethod
-    def memory_settings(cls, config: "TrainConfig") -> list[list[str]]:
+    def memory_settings(cls, config: TrainConfig) -> list[list[str]]:
         """Smaller minibatches (train_batch_size dividing the learner's samples), grad_accum_steps raised to keep
         train_batch_size × grad_accum_steps where the batch arithmetic allows, else the nearest valid value."""
         s, key = config.settings, cls.section
@@ -122,11 +126,14 @@ class RolloutAlgorithm(Algorithm):
             steps = per_learner // batch * s.inner_epochs  # minibatches per epoch; grad_accum_steps must divide it
             target = s.train_batch_size * s.grad_accum_steps / batch
             accum = min((a for a in range(1, steps + 1) if steps % a == 0), key=lambda a: (abs(a - target), a))
-            out.append([f"{key}.train_batch_size={batch}"] + ([f"{key}.grad_accum_steps={accum}"] if accum != s.grad_accum_steps else []))
+            out.append(
+                [f"{key}.train_batch_size={batch}"]
+                + ([f"{key}.grad_accum_steps={accum}"] if accum != s.grad_accum_steps else [])
+            )
         return out
 
     @classmethod
-    def optimizer_steps_per_epoch(cls, config: "TrainConfig") -> int:
+    def optimizer_steps_per_epoch(cls, config: TrainConfig) -> int:
         s = config.settings
         minibatches = config.samples_per_epoch // config.resources.num_learners // s.train_batch_size
         return max(1, minibatches * s.inner_epochs // s.grad_accum_steps)
@@ -138,7 +145,7 @@ class FirstOrderAlgorithm(Algorithm):
     samples_from = "learners"
 
     @classmethod
-    def check(cls, config: "TrainConfig") -> None:
+    def check(cls, config: TrainConfig) -> None:
         if config.scaleout.mode == "async":
             raise ValueError(
                 f"scaleout.mode: async mode needs an algorithm that learns from rollouts; {cls.name} trains on its own samples, "
@@ -146,21 +153,25 @@ class FirstOrderAlgorithm(Algorithm):
             )
 
     @classmethod
-    def optimizer_steps_per_epoch(cls, config: "TrainConfig") -> int:
+    def optimizer_steps_per_epoch(cls, config: TrainConfig) -> int:
         return config.settings.updates_per_epoch
 
     @classmethod
-    def memory_settings(cls, config: "TrainConfig") -> list[list[str]]:
+    def memory_settings(cls, config: TrainConfig) -> list[list[str]]:
         """Gradient checkpointing on, then fewer prompts per objective call with grad_accum_steps keeping
         batch_size × grad_accum_steps (the prompts one optimizer step averages)."""
         s, key = config.settings, cls.section
         checkpoint = [] if s.gradient_checkpointing else [f"{key}.gradient_checkpointing=true"]
         prompts = s.batch_size * s.grad_accum_steps
-        smaller = [[f"{key}.batch_size={b}", f"{key}.grad_accum_steps={prompts // b}"] for b in range(s.batch_size - 1, 0, -1) if prompts % b == 0]
+        smaller = [
+            [f"{key}.batch_size={b}", f"{key}.grad_accum_steps={prompts // b}"]
+            for b in range(s.batch_size - 1, 0, -1)
+            if prompts % b == 0
+        ]
         return ([checkpoint] if checkpoint else []) + [checkpoint + change for change in smaller]
 
     @classmethod
-    def prompts_per_epoch(cls, config: "TrainConfig") -> int:
+    def prompts_per_epoch(cls, config: TrainConfig) -> int:
         """Prompts all learners together sample with grad in one epoch."""
         s = config.settings
         return s.batch_size * s.grad_accum_steps * s.updates_per_epoch * config.resources.num_learners

@@ -12,7 +12,11 @@ class RLCM(RolloutAlgorithm):
     section = "train"
     settings = PPOSettings
     summary = (("approx_kl", "approx_kl", ".3g"), ("clipfrac", "clipfrac", ".3f"))
-    diagnostics = (("approx_kl", "approx KL (old → new policy)"), ("clipfrac", "fraction of clipped ratios"), *OLD_LOG_PROB_DIAGNOSTICS)
+    diagnostics = (
+        ("approx_kl", "approx KL (old → new policy)"),
+        ("clipfrac", "fraction of clipped ratios"),
+        *OLD_LOG_PROB_DIAGNOSTICS,
+    )
     optimizes = "clipped PPO on a black-box reward, per-prompt normalized advantages"
     paper = "Oertell et al., RL for Consistency Models (2024)"
 
@@ -21,6 +25,9 @@ class RLCM(RolloutAlgorithm):
         from learner.learner import LearnerSpec
 
         return LearnerSpec(
-            ppo=config.train, stat_buffer_size=config.stat_tracking.buffer_size, stat_min_count=config.stat_tracking.min_count,
-            total_optimizer_steps=config.run.epochs * config.optimizer_steps_per_epoch, **common,
+            ppo=config.train,
+            stat_buffer_size=config.stat_tracking.buffer_size,
+            stat_min_count=config.stat_tracking.min_count,
+            total_optimizer_steps=config.run.epochs * config.optimizer_steps_per_epoch,
+            **common,
         )

@@ -50,7 +50,12 @@ class ROCM(FirstOrderAlgorithm):
 
         s = config.sampling
         return cls.spec_class()(
-            rocm=config.settings, num_steps=s.num_steps, guidance_scale=s.guidance_scale, height=s.height, width=s.width,
+            rocm=config.settings,
+            num_steps=s.num_steps,
+            guidance_scale=s.guidance_scale,
+            height=s.height,
+            width=s.width,
             original_inference_steps=s.original_inference_steps,
-            reward_factory=functools.partial(build_differentiable_reward, config.reward.name, **config.reward.options), **common,
+            reward_factory=functools.partial(build_differentiable_reward, config.reward.name, **config.reward.options),
+            **common,
         )

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import gzip
 import json
+from collections.abc import Callable
 from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -37,7 +38,9 @@ def shipped_config(name: str) -> dict[str, Any]:
     hub_id = name.removeprefix(RANDOM_PREFIX)
     if hub_id not in CONFIGS:
         raise ValueError(f"no shipped architecture for {hub_id!r}; random weights are available for {sorted(CONFIGS)}")
-    return json.loads((Path(str(resources.files("rewards_service.architectures"))) / f"{CONFIGS[hub_id]}.json").read_text())
+    return json.loads(
+        (Path(str(resources.files("rewards_service.architectures"))) / f"{CONFIGS[hub_id]}.json").read_text()
+    )
 
 
 @contextmanager
@@ -61,7 +64,12 @@ def _bpe_vocab() -> tuple[list[str], list[str]]:
     lines = gzip.open(VOCAB_FILE).read().decode("utf-8").split("\n")
     merges = lines[1 : 49152 - 256 - 2 + 1]
     chars = list(bytes_to_unicode().values())
-    tokens = chars + [c + "</w>" for c in chars] + [m.replace(" ", "") for m in merges] + ["<|startoftext|>", "<|endoftext|>"]
+    tokens = (
+        chars
+        + [c + "</w>" for c in chars]
+        + [m.replace(" ", "") for m in merges]
+        + ["<|startoftext|>", "<|endoftext|>"]
+    )
     return tokens, merges
 
 
@@ -70,7 +78,11 @@ def clip_tokenizer(model_max_length: int = 77):
     from transformers import CLIPTokenizer
 
     tokens, merges = _bpe_vocab()
-    return CLIPTokenizer(vocab={t: i for i, t in enumerate(tokens)}, merges=[tuple(m.split()) for m in merges], model_max_length=model_max_length)
+    return CLIPTokenizer(
+        vocab={t: i for i, t in enumerate(tokens)},
+        merges=[tuple(m.split()) for m in merges],
+        model_max_length=model_max_length,
+    )
 
 
 def word_level_tokenizer(vocab_size: int, specials: dict[str, int], **special_roles: str):
@@ -113,12 +125,22 @@ def random_llava(name: str, dtype: torch.dtype):
     config["text_config"]["num_hidden_layers"] = LLAVA_LAYERS
     size = config["vision_config"]["image_size"]
     tokenizer = word_level_tokenizer(
-        config["text_config"]["vocab_size"], {"<unk>": 0, "<s>": 1, "</s>": 2, "<image>": 32000, "<pad>": 32001},
-        unk_token="<unk>", bos_token="<s>", eos_token="</s>", pad_token="<pad>", extra_special_tokens={"image_token": "<image>"},
+        config["text_config"]["vocab_size"],
+        {"<unk>": 0, "<s>": 1, "</s>": 2, "<image>": 32000, "<pad>": 32001},
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        extra_special_tokens={"image_token": "<image>"},
     )
     image_processor = CLIPImageProcessor(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
-    processor = LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=config["vision_config"]["patch_size"],
-                               vision_feature_select_strategy="default", num_additional_image_tokens=1)
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tokenizer,
+        patch_size=config["vision_config"]["patch_size"],
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+    )
     with torch.random.fork_rng(devices=[]), default_dtype(dtype):
         torch.manual_seed(0)
         model = LlavaForConditionalGeneration(LlavaConfig(**config)).eval()
@@ -132,11 +154,17 @@ def random_deberta(name: str):
 
     config = shipped_config(name)
     tokenizer = word_level_tokenizer(
-        config["vocab_size"], {"[PAD]": 0, "[CLS]": 1, "[SEP]": 2, "[UNK]": 3},
-        unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]", model_max_length=config["max_position_embeddings"],
+        config["vocab_size"],
+        {"[PAD]": 0, "[CLS]": 1, "[SEP]": 2, "[UNK]": 3},
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        model_max_length=config["max_position_embeddings"],
     )
     tokenizer.backend_tokenizer.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", 1), ("[SEP]", 2)])
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", 1), ("[SEP]", 2)]
+    )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
         model = DebertaModel(DebertaConfig(**{k: v for k, v in config.items() if k != "model_type"})).eval()
@@ -154,5 +182,8 @@ def random_bertscorer(name: str, num_layers: int | None, **options: Any):
     model, tokenizer = random_deberta(name)
     layers = num_layers or model2layers[hub_id]
     model.encoder.layer = torch.nn.ModuleList(model.encoder.layer[:layers])
-    with mock.patch.object(scorer_module, "get_model", lambda *a, **k: model), mock.patch.object(scorer_module, "get_tokenizer", lambda *a, **k: tokenizer):
+    with (
+        mock.patch.object(scorer_module, "get_model", lambda *a, **k: model),
+        mock.patch.object(scorer_module, "get_tokenizer", lambda *a, **k: tokenizer),
+    ):
         return scorer_module.BERTScorer(model_type=hub_id, num_layers=layers, **options)

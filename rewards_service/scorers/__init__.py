@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from rewards_service.scorers.base import Scorer, ScoreResult, check_batch
 from rewards_service.scorers.composite import CompositeScorer

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -26,8 +26,14 @@ class AestheticHead(nn.Module):
     def __init__(self, dim: int = 768) -> None:
         super().__init__()
         self.layers = nn.Sequential(
-            nn.Linear(dim, 1024), nn.Dropout(0.2), nn.Linear(1024, 128), nn.Dropout(0.2),
-            nn.Linear(128, 64), nn.Dropout(0.1), nn.Linear(64, 16), nn.Linear(16, 1),
+            nn.Linear(dim, 1024),
+            nn.Dropout(0.2),
+            nn.Linear(1024, 128),
+            nn.Dropout(0.2),
+            nn.Linear(128, 64),
+            nn.Dropout(0.1),
+            nn.Linear(64, 16),
+            nn.Linear(16, 1),
         )
 
     def forward(self, embeds: torch.Tensor) -> torch.Tensor:
@@ -47,7 +53,9 @@ def load_aesthetic_head(path: str | Path | None = None, sha256: str | None = HEA
     if sha256 is not None:
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
         if digest != sha256:
-            raise ValueError(f"aesthetic head {path} has sha256 {digest}, expected {sha256}; the file is corrupt or not the LAION head")
+            raise ValueError(
+                f"aesthetic head {path} has sha256 {digest}, expected {sha256}; the file is corrupt or not the LAION head"
+            )
     head = AestheticHead()
     head.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     return head.float().eval()
@@ -73,7 +81,9 @@ class AestheticModel(nn.Module):
         super().__init__()
         projection_dim = clip.config.projection_dim
         if projection_dim != head.layers[0].in_features:
-            raise ValueError(f"CLIP projection_dim {projection_dim} does not fit the head input {head.layers[0].in_features}; use a ViT-L/14 (projection_dim=768)")
+            raise ValueError(
+                f"CLIP projection_dim {projection_dim} does not fit the head input {head.layers[0].in_features}; use a ViT-L/14 (projection_dim=768)"
+            )
         self.clip = clip
         self.head = head.float()
         self.image_size = clip.config.image_size
@@ -88,7 +98,13 @@ class AestheticModel(nn.Module):
         return self.head(self.embed(images)).squeeze(-1)
 
     @classmethod
-    def from_pretrained(cls, clip_model: str = DEFAULT_CLIP, head_path: str | None = None, dtype: torch.dtype = torch.float32, device: str = "cpu") -> "AestheticModel":
+    def from_pretrained(
+        cls,
+        clip_model: str = DEFAULT_CLIP,
+        head_path: str | None = None,
+        dtype: torch.dtype = torch.float32,
+        device: str = "cpu",
+    ) -> AestheticModel:
         """CLIP by hub id or local directory plus the shipped LAION head."""
         from transformers import CLIPVisionModelWithProjection
 
@@ -103,11 +119,22 @@ class AestheticScorer:
 
     name = "aesthetic"
 
-    def __init__(self, clip_model: str = DEFAULT_CLIP, head_path: str | None = None, device: str | None = None,
-                 dtype: str = "float32", version: str = "1", model: AestheticModel | None = None) -> None:
+    def __init__(
+        self,
+        clip_model: str = DEFAULT_CLIP,
+        head_path: str | None = None,
+        device: str | None = None,
+        dtype: str = "float32",
+        version: str = "1",
+        model: AestheticModel | None = None,
+    ) -> None:
         self.version = version
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.model = (model or AestheticModel.from_pretrained(clip_model, head_path, getattr(torch, dtype))).to(self.device).eval()
+        self.model = (
+            (model or AestheticModel.from_pretrained(clip_model, head_path, getattr(torch, dtype)))
+            .to(self.device)
+            .eval()
+        )
 
     @torch.no_grad()
     def score(self, images: np.ndarray, prompts: Sequence[str]) -> ScoreResult:

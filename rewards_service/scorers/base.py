@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Sequence, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -47,7 +48,7 @@ class ScoreResult:
         return self.version == FAILED_VERSION
 
     @classmethod
-    def failed(cls, n: int, version: str, error: str) -> "ScoreResult":
+    def failed(cls, n: int, version: str, error: str) -> ScoreResult:
         """A result marking all `n` samples invalid (NaN reward) with the error that caused it; clients that
         got no answer pass `FAILED_VERSION`."""
         return cls(rewards=[float("nan")] * n, version=version, details={"error": [error] * n}, valid=[False] * n)
@@ -70,7 +71,9 @@ class Scorer(Protocol):
 def check_batch(images: np.ndarray, prompts: Sequence[str]) -> None:
     """Raise ValueError with a clear message if a batch is not uint8 [B, H, W, 3] with B prompts."""
     if not isinstance(images, np.ndarray) or images.dtype != np.uint8:
-        raise ValueError(f"images must be a uint8 numpy array, got {type(images).__name__} {getattr(images, 'dtype', '')}")
+        raise ValueError(
+            f"images must be a uint8 numpy array, got {type(images).__name__} {getattr(images, 'dtype', '')}"
+        )
     if images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"images must have shape [B, H, W, 3], got {list(images.shape)}")
     if len(prompts) != images.shape[0]:

@@ -9,7 +9,8 @@ CLIP), and the plain cosine keeps its gradient where the clamp would zero it.
 from __future__ import annotations
 
 import os
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -47,11 +48,21 @@ def load_pretrained(loader: Callable[..., Any], path_or_id: str, option: str, **
 def clip_input_size(image_processor: Any, image_size: int) -> int:
     """The square input size of a CLIP image processor, after checking `clip_preprocess` reproduces the processor."""
     short, crop = image_processor.size.get("shortest_edge"), image_processor.crop_size
-    same_layout = image_processor.do_resize and image_processor.do_center_crop and short == crop.get("height") == crop.get("width")
+    same_layout = (
+        image_processor.do_resize
+        and image_processor.do_center_crop
+        and short == crop.get("height") == crop.get("width")
+    )
     same_values = (
-        image_processor.do_rescale and abs(image_processor.rescale_factor - 1 / 255) < 1e-9 and image_processor.do_normalize
-        and torch.allclose(torch.tensor(image_processor.image_mean, dtype=torch.float64), torch.tensor(CLIP_MEAN, dtype=torch.float64))
-        and torch.allclose(torch.tensor(image_processor.image_std, dtype=torch.float64), torch.tensor(CLIP_STD, dtype=torch.float64))
+        image_processor.do_rescale
+        and abs(image_processor.rescale_factor - 1 / 255) < 1e-9
+        and image_processor.do_normalize
+        and torch.allclose(
+            torch.tensor(image_processor.image_mean, dtype=torch.float64), torch.tensor(CLIP_MEAN, dtype=torch.float64)
+        )
+        and torch.allclose(
+            torch.tensor(image_processor.image_std, dtype=torch.float64), torch.tensor(CLIP_STD, dtype=torch.float64)
+        )
     )
     if not (same_layout and same_values):
         raise ValueError(
@@ -60,7 +71,9 @@ def clip_input_size(image_processor: Any, image_size: int) -> int:
             "x/255, CLIP mean/std; use a CLIP processor"
         )
     if short != image_size:
-        raise ValueError(f"image processor crops to {short} px but the CLIP vision tower takes {image_size} px; pair the model with its processor")
+        raise ValueError(
+            f"image processor crops to {short} px but the CLIP vision tower takes {image_size} px; pair the model with its processor"
+        )
     return short
 
 
@@ -77,10 +90,18 @@ class ClipSimilarity(nn.Module):
     def cosine(self, images: torch.Tensor, prompts: Sequence[str] | None) -> torch.Tensor:
         if prompts is None or len(prompts) != images.shape[0]:
             got = "no" if prompts is None else len(prompts)
-            raise ValueError(f"{type(self).__name__} needs one prompt per image: got {images.shape[0]} images and {got} prompts")
-        tokens = self.tokenizer(list(prompts), padding="max_length", truncation=True, max_length=self.max_length, return_tensors="pt")
+            raise ValueError(
+                f"{type(self).__name__} needs one prompt per image: got {images.shape[0]} images and {got} prompts"
+            )
+        tokens = self.tokenizer(
+            list(prompts), padding="max_length", truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
         pixels = clip_preprocess(images.float(), self.image_size).to(self.clip.dtype)
-        out = self.clip(input_ids=tokens.input_ids.to(images.device), attention_mask=tokens.attention_mask.to(images.device), pixel_values=pixels)
+        out = self.clip(
+            input_ids=tokens.input_ids.to(images.device),
+            attention_mask=tokens.attention_mask.to(images.device),
+            pixel_values=pixels,
+        )
         # CLIPModel returns L2-normalized embeddings: cos = <e_image, e_text>
         return (out.image_embeds.float() * out.text_embeds.float()).sum(dim=-1)
 
@@ -90,7 +111,9 @@ class ClipSimilarity(nn.Module):
         from transformers import AutoProcessor, CLIPModel
 
         clip = load_pretrained(CLIPModel.from_pretrained, model, "model", dtype=getattr(torch, dtype))
-        loaded = load_pretrained(AutoProcessor.from_pretrained, processor or model, "processor" if processor else "model")
+        loaded = load_pretrained(
+            AutoProcessor.from_pretrained, processor or model, "processor" if processor else "model"
+        )
         size = clip_input_size(loaded.image_processor, clip.config.vision_config.image_size)
         return clip.eval().requires_grad_(False), loaded.tokenizer, size
 
@@ -105,8 +128,13 @@ class ClipScore(ClipSimilarity):
 
     @classmethod
     def from_pretrained(
-        cls, model: str = DEFAULT_CLIP_SCORE_MODEL, processor: str | None = None, scale: float = 1.0, dtype: str = "float32", device: str = "cpu"
-    ) -> "ClipScore":
+        cls,
+        model: str = DEFAULT_CLIP_SCORE_MODEL,
+        processor: str | None = None,
+        scale: float = 1.0,
+        dtype: str = "float32",
+        device: str = "cpu",
+    ) -> ClipScore:
         scorer = cls(*cls.load(model, processor, dtype))
         scorer.scale = float(scale)
         return scorer.to(device)

@@ -8,8 +8,9 @@ Needs the optional `open-clip-torch` dependency: pip install "rlcm[hpsv2]".
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -25,7 +26,9 @@ def import_open_clip() -> Any:
     try:
         import open_clip
     except ImportError as exc:
-        raise ImportError(f'the hpsv2 reward needs open_clip, which is not installed ({exc}); install it with: pip install "rlcm[hpsv2]"') from None
+        raise ImportError(
+            f'the hpsv2 reward needs open_clip, which is not installed ({exc}); install it with: pip install "rlcm[hpsv2]"'
+        ) from None
     return open_clip
 
 
@@ -50,7 +53,9 @@ def build_open_clip(architecture: str) -> tuple[nn.Module, Any]:
     open_clip = import_open_clip()
     if architecture.endswith(".json"):
         if not Path(architecture).is_file():
-            raise FileNotFoundError(f"open_clip model config {architecture} does not exist; pass an architecture name ({DEFAULT_HPSV2_ARCHITECTURE!r}) or a config file")
+            raise FileNotFoundError(
+                f"open_clip model config {architecture} does not exist; pass an architecture name ({DEFAULT_HPSV2_ARCHITECTURE!r}) or a config file"
+            )
         open_clip.add_model_config(architecture)
         architecture = Path(architecture).stem
     if open_clip.get_model_config(architecture) is None:
@@ -63,8 +68,13 @@ def square_input_size(visual: nn.Module) -> int:
     size = visual.image_size
     height, width = (size, size) if isinstance(size, int) else size
     mean, std = getattr(visual, "image_mean", None) or CLIP_MEAN, getattr(visual, "image_std", None) or CLIP_STD
-    if height != width or not (torch.allclose(torch.tensor(mean), torch.tensor(CLIP_MEAN)) and torch.allclose(torch.tensor(std), torch.tensor(CLIP_STD))):
-        raise ValueError(f"vision tower takes {size} px with mean {mean}, std {std}; the differentiable preprocessing needs a square input and CLIP mean/std")
+    if height != width or not (
+        torch.allclose(torch.tensor(mean), torch.tensor(CLIP_MEAN))
+        and torch.allclose(torch.tensor(std), torch.tensor(CLIP_STD))
+    ):
+        raise ValueError(
+            f"vision tower takes {size} px with mean {mean}, std {std}; the differentiable preprocessing needs a square input and CLIP mean/std"
+        )
     return height
 
 
@@ -88,8 +98,14 @@ class HPSv2(nn.Module):
         return (image * text).sum(dim=-1)
 
     @classmethod
-    def from_pretrained(cls, architecture: str = DEFAULT_HPSV2_ARCHITECTURE, checkpoint: str = DEFAULT_HPSV2_CHECKPOINT,
-                        filename: str = DEFAULT_HPSV2_FILE, dtype: str = "float32", device: str = "cpu") -> "HPSv2":
+    def from_pretrained(
+        cls,
+        architecture: str = DEFAULT_HPSV2_ARCHITECTURE,
+        checkpoint: str = DEFAULT_HPSV2_CHECKPOINT,
+        filename: str = DEFAULT_HPSV2_FILE,
+        dtype: str = "float32",
+        device: str = "cpu",
+    ) -> HPSv2:
         """open_clip `architecture` with the HPSv2 weights: a local file, or `filename` of the hub repo `checkpoint`."""
         from rewards_service.architectures import is_random
 

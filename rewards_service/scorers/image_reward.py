@@ -16,8 +16,9 @@ BLIP key layout of `ImageReward.pt` (blip.visual_encoder.blocks.N.attn.qkv …) 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -32,10 +33,26 @@ SCORE_MEAN, SCORE_STD = 0.16717362830052426, 1.0333394966054072
 MAX_TEXT_TOKENS = 35
 
 # ImageReward's med_config.json (BLIP's) with encoder_width = the ViT-L width
-VISION_CONFIG = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16, image_size=224, patch_size=16, layer_norm_eps=1e-6)
+VISION_CONFIG = dict(
+    hidden_size=1024,
+    intermediate_size=4096,
+    num_hidden_layers=24,
+    num_attention_heads=16,
+    image_size=224,
+    patch_size=16,
+    layer_norm_eps=1e-6,
+)
 TEXT_CONFIG = dict(
-    vocab_size=30524, hidden_size=768, encoder_hidden_size=1024, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-    max_position_embeddings=512, layer_norm_eps=1e-12, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
+    vocab_size=30524,
+    hidden_size=768,
+    encoder_hidden_size=1024,
+    intermediate_size=3072,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    max_position_embeddings=512,
+    layer_norm_eps=1e-12,
+    hidden_dropout_prob=0.0,
+    attention_probs_dropout_prob=0.0,
 )
 
 _VISION_RENAMES = (  # original BLIP ViT -> transformers BlipVisionModel (as transformers' BLIP conversion script)
@@ -54,20 +71,30 @@ _VISION_RENAMES = (  # original BLIP ViT -> transformers BlipVisionModel (as tra
 def image_reward_mlp(input_size: int = 768) -> nn.Sequential:
     """ImageReward's head: keys layers.{0,2,4,6,7} of the published checkpoint (dropouts at 1, 3, 5)."""
     return nn.Sequential(
-        nn.Linear(input_size, 1024), nn.Dropout(0.2), nn.Linear(1024, 128), nn.Dropout(0.2), nn.Linear(128, 64), nn.Dropout(0.1),
-        nn.Linear(64, 16), nn.Linear(16, 1),
+        nn.Linear(input_size, 1024),
+        nn.Dropout(0.2),
+        nn.Linear(1024, 128),
+        nn.Dropout(0.2),
+        nn.Linear(128, 64),
+        nn.Dropout(0.1),
+        nn.Linear(64, 16),
+        nn.Linear(16, 1),
     )
 
 
 class ImageRewardModel(nn.Module):
     """score(image, prompt) = (MLP(text [CLS] cross-attending to the BLIP image tokens) − mean) / std."""
 
-    def __init__(self, vision_config: dict | None = None, text_config: dict | None = None, tokenizer: Any = None) -> None:
+    def __init__(
+        self, vision_config: dict | None = None, text_config: dict | None = None, tokenizer: Any = None
+    ) -> None:
         super().__init__()
         from transformers import BlipTextConfig, BlipTextModel, BlipVisionConfig, BlipVisionModel
 
         vision = BlipVisionConfig(**(vision_config or VISION_CONFIG))
-        text = BlipTextConfig(**{**(text_config or TEXT_CONFIG), "encoder_hidden_size": vision.hidden_size, "is_decoder": True})
+        text = BlipTextConfig(
+            **{**(text_config or TEXT_CONFIG), "encoder_hidden_size": vision.hidden_size, "is_decoder": True}
+        )
         self.visual_encoder = BlipVisionModel(vision)
         self.text_encoder = BlipTextModel(text, add_pooling_layer=False)
         self.mlp = nn.Module()
@@ -78,20 +105,33 @@ class ImageRewardModel(nn.Module):
     def forward(self, images: torch.Tensor, prompts: Sequence[str] | None = None) -> torch.Tensor:
         prompts = check_prompts(self, images, prompts)
         if self.tokenizer is None:
-            raise ValueError("ImageRewardModel has no tokenizer; build it with ImageRewardModel.from_pretrained or pass tokenizer=")
+            raise ValueError(
+                "ImageRewardModel has no tokenizer; build it with ImageRewardModel.from_pretrained or pass tokenizer="
+            )
         device, dtype = images.device, self.visual_encoder.dtype
-        tokens = self.tokenizer(prompts, padding="max_length", truncation=True, max_length=MAX_TEXT_TOKENS, return_tensors="pt")
-        image_embeds = self.visual_encoder(pixel_values=clip_preprocess(images.float(), self.image_size).to(dtype)).last_hidden_state
+        tokens = self.tokenizer(
+            prompts, padding="max_length", truncation=True, max_length=MAX_TEXT_TOKENS, return_tensors="pt"
+        )
+        image_embeds = self.visual_encoder(
+            pixel_values=clip_preprocess(images.float(), self.image_size).to(dtype)
+        ).last_hidden_state
         image_mask = torch.ones(image_embeds.shape[:-1], dtype=torch.long, device=device)
         text = self.text_encoder(
-            input_ids=tokens.input_ids.to(device), attention_mask=tokens.attention_mask.to(device),
-            encoder_hidden_states=image_embeds, encoder_attention_mask=image_mask,
+            input_ids=tokens.input_ids.to(device),
+            attention_mask=tokens.attention_mask.to(device),
+            encoder_hidden_states=image_embeds,
+            encoder_attention_mask=image_mask,
         ).last_hidden_state
         return ((self.mlp.layers(text[:, 0, :].float()) - SCORE_MEAN) / SCORE_STD).squeeze(-1)
 
     @classmethod
-    def from_pretrained(cls, checkpoint: str = DEFAULT_IMAGE_REWARD_CHECKPOINT, tokenizer: str = DEFAULT_TOKENIZER,
-                        dtype: str = "float32", device: str = "cpu") -> "ImageRewardModel":
+    def from_pretrained(
+        cls,
+        checkpoint: str = DEFAULT_IMAGE_REWARD_CHECKPOINT,
+        tokenizer: str = DEFAULT_TOKENIZER,
+        dtype: str = "float32",
+        device: str = "cpu",
+    ) -> ImageRewardModel:
         """The published model: `checkpoint` is a local ImageReward.pt or the hub repo holding it (HF cache only here)."""
         path = resolve_file(checkpoint, IMAGE_REWARD_FILE, "checkpoint", "the ImageReward checkpoint")
         model = cls(tokenizer=blip_tokenizer(tokenizer))
@@ -124,7 +164,9 @@ def convert_checkpoint(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
         elif key.startswith("mlp.layers."):
             out[key] = value
         else:
-            raise ValueError(f"unexpected key {key!r} in the ImageReward checkpoint; expected blip.visual_encoder.*, blip.text_encoder.*, mlp.layers.*")
+            raise ValueError(
+                f"unexpected key {key!r} in the ImageReward checkpoint; expected blip.visual_encoder.*, blip.text_encoder.*, mlp.layers.*"
+            )
     return out
 
 

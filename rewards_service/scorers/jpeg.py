@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import io
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image
@@ -17,7 +17,9 @@ def jpeg_size_kb(image: np.ndarray, quality: int = 95) -> float:
     """Size in kB (bytes / 1000) of one uint8 HWC RGB image encoded as JPEG by PIL."""
     if max(image.shape[:2]) > JPEG_MAX_SIDE:
         height, width = image.shape[:2]
-        raise ValueError(f"a {width}x{height} (WxH) image has a side above {JPEG_MAX_SIDE} pixels, which JPEG cannot encode; resize it")
+        raise ValueError(
+            f"a {width}x{height} (WxH) image has a side above {JPEG_MAX_SIDE} pixels, which JPEG cannot encode; resize it"
+        )
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="JPEG", quality=quality)
     return buffer.tell() / 1000.0

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -25,8 +26,14 @@ def _pil(images: np.ndarray) -> list[Image.Image]:
 class TransformersLlava:
     """LLaVA through transformers (CPU or GPU); greedy decoding."""
 
-    def __init__(self, model: str = DEFAULT_LLAVA, device: str | None = None, dtype: str = "float32",
-                 max_new_tokens: int = 64, prompt_template: str = PROMPT_TEMPLATE) -> None:
+    def __init__(
+        self,
+        model: str = DEFAULT_LLAVA,
+        device: str | None = None,
+        dtype: str = "float32",
+        max_new_tokens: int = 64,
+        prompt_template: str = PROMPT_TEMPLATE,
+    ) -> None:
         from transformers import AutoProcessor, LlavaForConditionalGeneration
 
         from rewards_service.architectures import is_random, random_llava
@@ -48,21 +55,35 @@ class TransformersLlava:
         inputs = self.processor(images=_pil(images), text=prompts, return_tensors="pt", padding=True).to(self.device)
         inputs["pixel_values"] = inputs["pixel_values"].to(self.model.dtype)
         output = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False)
-        new_tokens = output[:, inputs["input_ids"].shape[1]:]
+        new_tokens = output[:, inputs["input_ids"].shape[1] :]
         return [a.strip() for a in self.processor.batch_decode(new_tokens, skip_special_tokens=True)]
 
 
 class VllmLlava:
     """LLaVA through a vLLM engine on one GPU: the whole batch in one generate call, greedy."""
 
-    def __init__(self, model: str = DEFAULT_LLAVA, dtype: str = "float16", max_new_tokens: int = 64,
-                 gpu_memory_utilization: float = 0.8, max_model_len: int = 4096, prompt_template: str = PROMPT_TEMPLATE) -> None:
+    def __init__(
+        self,
+        model: str = DEFAULT_LLAVA,
+        dtype: str = "float16",
+        max_new_tokens: int = 64,
+        gpu_memory_utilization: float = 0.8,
+        max_model_len: int = 4096,
+        prompt_template: str = PROMPT_TEMPLATE,
+    ) -> None:
         try:
             from vllm import LLM, SamplingParams
         except ImportError:
-            raise ImportError("the vllm backend needs vLLM on a GPU machine: pip install 'rlcm[vllm]' (or use backend: transformers)") from None
-        self.llm = LLM(model=model, dtype=dtype, gpu_memory_utilization=gpu_memory_utilization,
-                       max_model_len=max_model_len, limit_mm_per_prompt={"image": 1})
+            raise ImportError(
+                "the vllm backend needs vLLM on a GPU machine: pip install 'rlcm[vllm]' (or use backend: transformers)"
+            ) from None
+        self.llm = LLM(
+            model=model,
+            dtype=dtype,
+            gpu_memory_utilization=gpu_memory_utilization,
+            max_model_len=max_model_len,
+            limit_mm_per_prompt={"image": 1},
+        )
         self.sampling = SamplingParams(temperature=0.0, max_tokens=max_new_tokens)
         self.prompt_template = prompt_template
 

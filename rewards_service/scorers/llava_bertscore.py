@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, Sequence
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -25,11 +26,20 @@ class LlavaBertScore:
 
     name = "llava_bertscore"
 
-    def __init__(self, model: str = DEFAULT_LLAVA, backend: Literal["vllm", "transformers"] = "vllm",
-                 bertscore_model: str = DEFAULT_BERTSCORE, bertscore_num_layers: int | None = None,
-                 bertscore_batch_size: int = 64, device: str | None = None, question: str = QUESTION,
-                 reference_template: str = REFERENCE, version: str = "1", answerer: Answerer | None = None,
-                 **llava_options: Any) -> None:
+    def __init__(
+        self,
+        model: str = DEFAULT_LLAVA,
+        backend: Literal["vllm", "transformers"] = "vllm",
+        bertscore_model: str = DEFAULT_BERTSCORE,
+        bertscore_num_layers: int | None = None,
+        bertscore_batch_size: int = 64,
+        device: str | None = None,
+        question: str = QUESTION,
+        reference_template: str = REFERENCE,
+        version: str = "1",
+        answerer: Answerer | None = None,
+        **llava_options: Any,
+    ) -> None:
         from bert_score import BERTScorer
 
         from rewards_service.architectures import is_random, random_bertscorer
@@ -43,10 +53,16 @@ class LlavaBertScore:
             answerer = build_answerer(backend, model=model, **options)
         self.answerer = answerer
         if is_random(bertscore_model):
-            self.bertscore = random_bertscorer(bertscore_model, bertscore_num_layers, batch_size=bertscore_batch_size, device=device)
+            self.bertscore = random_bertscorer(
+                bertscore_model, bertscore_num_layers, batch_size=bertscore_batch_size, device=device
+            )
         else:
-            self.bertscore = BERTScorer(model_type=bertscore_model, num_layers=bertscore_num_layers,
-                                        batch_size=bertscore_batch_size, device=device)
+            self.bertscore = BERTScorer(
+                model_type=bertscore_model,
+                num_layers=bertscore_num_layers,
+                batch_size=bertscore_batch_size,
+                device=device,
+            )
 
     def recall(self, answers: Sequence[str], refs: Sequence[str]) -> list[float]:
         """BERTScore recall of each non-empty answer against its reference."""
@@ -64,5 +80,9 @@ class LlavaBertScore:
         for i, r in zip(keep, self.recall([answers[i] for i in keep], [refs[i] for i in keep])):
             rewards[i] = r
         empty = [not a.strip() for a in answers]
-        return ScoreResult(rewards=rewards, version=self.version, valid=[not e for e in empty],
-                           details={"answers": answers, "empty_answer": empty})
+        return ScoreResult(
+            rewards=rewards,
+            version=self.version,
+            valid=[not e for e in empty],
+            details={"answers": answers, "empty_answer": empty},
+        )

@@ -6,7 +6,7 @@ A CLIP-H/14 fine-tuned on Pick-a-Pic preferences, used with the processor of the
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 
@@ -24,6 +24,10 @@ class PickScore(ClipSimilarity):
 
     @classmethod
     def from_pretrained(
-        cls, model: str = DEFAULT_PICKSCORE_MODEL, processor: str = DEFAULT_PICKSCORE_PROCESSOR, dtype: str = "float32", device: str = "cpu"
-    ) -> "PickScore":
+        cls,
+        model: str = DEFAULT_PICKSCORE_MODEL,
+        processor: str = DEFAULT_PICKSCORE_PROCESSOR,
+        dtype: str = "float32",
+        device: str = "cpu",
+    ) -> PickScore:
         return cls(*cls.load(model, processor, dtype)).to(device)

@@ -18,7 +18,10 @@ from pathlib import Path
 import torch
 
 RANDOM_PREFIX = "random:"
-ARCHITECTURES = {"SimianLuo/LCM_Dreamshaper_v7": "lcm_dreamshaper_v7", "runwayml/stable-diffusion-v1-5": "stable_diffusion_v1_5"}
+ARCHITECTURES = {
+    "SimianLuo/LCM_Dreamshaper_v7": "lcm_dreamshaper_v7",
+    "runwayml/stable-diffusion-v1-5": "stable_diffusion_v1_5",
+}
 
 
 def is_random(model: str) -> bool:
@@ -29,7 +32,9 @@ def architecture_dir(model: str) -> Path:
     """The folder of shipped configs for `random:<hub id>`; a clear error for an architecture we do not ship."""
     hub_id = model.removeprefix(RANDOM_PREFIX)
     if hub_id not in ARCHITECTURES:
-        raise ValueError(f"model.name: no shipped architecture for {hub_id!r}; random weights are available for {sorted(ARCHITECTURES)}")
+        raise ValueError(
+            f"model.name: no shipped architecture for {hub_id!r}; random weights are available for {sorted(ARCHITECTURES)}"
+        )
     return Path(str(resources.files(f"rollout.architectures.{ARCHITECTURES[hub_id]}")))
 
 
@@ -56,10 +61,17 @@ def meta_unet(model: str):
 def build_random_pipeline(model: str, seed: int = 0, dtype: torch.dtype = torch.float32):
     """The pipeline of `random:<hub id>` with random weights, built directly in `dtype`: a `LatentConsistencyModelPipeline`
     with an `LCMScheduler`, or a `StableDiffusionPipeline` with a `DDIMScheduler` (for a DDIM model)."""
-    from diffusers import AutoencoderKL, DDIMScheduler, LatentConsistencyModelPipeline, LCMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import (
+        AutoencoderKL,
+        DDIMScheduler,
+        LatentConsistencyModelPipeline,
+        LCMScheduler,
+        StableDiffusionPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel
 
     from rollout.samplers import DDIM, sampler_of
-    from transformers import CLIPTextConfig, CLIPTextModel
 
     folder = architecture_dir(model)
     tokenizer = clip_bpe_tokenizer(_config(folder, "tokenizer")["model_max_length"])
@@ -73,8 +85,17 @@ def build_random_pipeline(model: str, seed: int = 0, dtype: torch.dtype = torch.
             text_encoder = CLIPTextModel(CLIPTextConfig(**_config(folder, "text_encoder")))
         finally:
             torch.set_default_dtype(previous)
-    parts = dict(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, safety_checker=None, feature_extractor=None,
-                 requires_safety_checker=False)
+    parts = dict(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     if sampler_of(model) == DDIM:
-        return StableDiffusionPipeline(scheduler=DDIMScheduler.from_config(_config(folder, "scheduler")), image_encoder=None, **parts)
+        return StableDiffusionPipeline(
+            scheduler=DDIMScheduler.from_config(_config(folder, "scheduler")), image_encoder=None, **parts
+        )
     return LatentConsistencyModelPipeline(scheduler=LCMScheduler.from_config(_config(folder, "scheduler")), **parts)

@@ -23,16 +23,23 @@ class DDPOSettings(PPOSettings):
     max_grad_norm: float = Field(1.0, gt=0)
     train_batch_size: int = Field(1, ge=1)
     grad_accum_steps: int = Field(1, ge=1)
-    eta: float = Field(1.0, gt=0, description="η of the DDIM sampler: σ_t = η·√variance (η > 0: the policy must be stochastic)")
-    timestep_fraction: float = Field(1.0, gt=0, le=1, description="train each sample on a random ⌊fraction·H⌋ of its H steps")
+    eta: float = Field(
+        1.0, gt=0, description="η of the DDIM sampler: σ_t = η·√variance (η > 0: the policy must be stochastic)"
+    )
+    timestep_fraction: float = Field(
+        1.0, gt=0, le=1, description="train each sample on a random ⌊fraction·H⌋ of its H steps"
+    )
     per_prompt_stat_tracking: bool = Field(
-        True, description="advantages from per-prompt running statistics (stat_tracking.*); false: from the batch's mean and std"
+        True,
+        description="advantages from per-prompt running statistics (stat_tracking.*); false: from the batch's mean and std",
     )
 
     @model_validator(mode="after")
-    def _random_subset(self) -> "DDPOSettings":
+    def _random_subset(self) -> DDPOSettings:
         if self.timestep_fraction < 1 and not self.shuffle_timesteps:
-            raise ValueError("timestep_fraction < 1 draws a random subset of steps per sample: set shuffle_timesteps true")
+            raise ValueError(
+                "timestep_fraction < 1 draws a random subset of steps per sample: set shuffle_timesteps true"
+            )
         return self
 
 
@@ -43,7 +50,11 @@ class DDPO(RolloutAlgorithm):
     settings = DDPOSettings
     sampler = DDIM
     summary = (("approx_kl", "approx_kl", ".3g"), ("clipfrac", "clipfrac", ".3f"))
-    diagnostics = (("approx_kl", "approx KL (old → new policy)"), ("clipfrac", "fraction of clipped ratios"), *OLD_LOG_PROB_DIAGNOSTICS)
+    diagnostics = (
+        ("approx_kl", "approx KL (old → new policy)"),
+        ("clipfrac", "fraction of clipped ratios"),
+        *OLD_LOG_PROB_DIAGNOSTICS,
+    )
     optimizes = "clipped PPO over every DDIM step (CFG, η) of Stable Diffusion, per-prompt normalized advantages"
     paper = "Black et al., Training Diffusion Models with Reinforcement Learning (DDPO, 2023)"
 
@@ -56,6 +67,9 @@ class DDPO(RolloutAlgorithm):
         from learner.algorithms.ddpo.learner import DDPOLearnerSpec
 
         return DDPOLearnerSpec(
-            ppo=config.settings, stat_buffer_size=config.stat_tracking.buffer_size, stat_min_count=config.stat_tracking.min_count,
-            total_optimizer_steps=config.run.epochs * config.optimizer_steps_per_epoch, **common,
+            ppo=config.settings,
+            stat_buffer_size=config.stat_tracking.buffer_size,
+            stat_min_count=config.stat_tracking.min_count,
+            total_optimizer_steps=config.run.epochs * config.optimizer_steps_per_epoch,
+            **common,
         )

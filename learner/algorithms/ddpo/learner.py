@@ -17,7 +17,7 @@ def batch_advantages(rewards: np.ndarray) -> np.ndarray:
 
 @dataclass
 class DDPOLearnerSpec(LearnerSpec):
-    def build(self, reduce_gradients=None) -> "DDPOLearner":
+    def build(self, reduce_gradients=None) -> DDPOLearner:
         return DDPOLearner(self, reduce_gradients)
 
 

@@ -17,7 +17,9 @@ from learner.settings import ROCMSettings
 
 class DRaFTSettings(ROCMSettings):
     lam: float = Field(0.0, ge=0, description="λ of Σ_k D_k to the base (DRaFT: 0)")
-    truncate_steps: int = Field(1, ge=1, description="K: backprop through the last K transitions + decode (DRaFT-1 by default)")
+    truncate_steps: int = Field(
+        1, ge=1, description="K: backprop through the last K transitions + decode (DRaFT-1 by default)"
+    )
 
 
 class AlignPropSettings(ROCMSettings):
@@ -26,7 +28,7 @@ class AlignPropSettings(ROCMSettings):
     k_max: int | None = Field(None, ge=1, description="largest K drawn (default: all H−1 transitions)")
 
     @model_validator(mode="after")
-    def _no_fixed_truncation(self) -> "AlignPropSettings":
+    def _no_fixed_truncation(self) -> AlignPropSettings:
         if self.truncate_steps is not None:
             raise ValueError("AlignProp draws K per call: remove truncate_steps, set k_min / k_max instead")
         if self.k_max is not None and self.k_max < self.k_min:
@@ -47,7 +49,9 @@ class DRaFT(ROCM):
     def check(cls, config) -> None:
         transitions = config.sampling.num_steps - 1
         if config.settings.truncate_steps > transitions:
-            raise ValueError(f"draft.truncate_steps: K={config.settings.truncate_steps} exceeds the H−1={transitions} transitions of sampling.num_steps")
+            raise ValueError(
+                f"draft.truncate_steps: K={config.settings.truncate_steps} exceeds the H−1={transitions} transitions of sampling.num_steps"
+            )
         super().check(config)
 
 
@@ -65,7 +69,9 @@ class AlignProp(ROCM):
     def check(cls, config) -> None:
         transitions, s = config.sampling.num_steps - 1, config.settings
         if max(s.k_min, s.k_max or 0) > transitions:
-            raise ValueError(f"alignprop.k_max: K may be at most the H−1={transitions} transitions of sampling.num_steps")
+            raise ValueError(
+                f"alignprop.k_max: K may be at most the H−1={transitions} transitions of sampling.num_steps"
+            )
         super().check(config)
 
     @classmethod

@@ -11,7 +11,7 @@ from learner.rocm_learner import ROCMLearner, ROCMLearnerSpec
 
 @dataclass
 class AlignPropLearnerSpec(ROCMLearnerSpec):
-    def build(self, reduce_gradients=None) -> "AlignPropLearner":
+    def build(self, reduce_gradients=None) -> AlignPropLearner:
         return AlignPropLearner(self, reduce_gradients)
 
 

@@ -27,7 +27,11 @@ class GRPO(RolloutAlgorithm):
     title = "GRPO"
     section = "grpo"
     settings = GRPOSettings
-    summary = (("approx_kl", "approx_kl", ".3g"), ("clipfrac", "clipfrac", ".3f"), ("groups_dropped", "groups dropped", ".0f"))
+    summary = (
+        ("approx_kl", "approx_kl", ".3g"),
+        ("clipfrac", "clipfrac", ".3f"),
+        ("groups_dropped", "groups dropped", ".0f"),
+    )
     diagnostics = (
         ("approx_kl", "approx KL (old → new policy)"),
         ("clipfrac", "fraction of clipped ratios"),
@@ -42,7 +46,9 @@ class GRPO(RolloutAlgorithm):
     def check(cls, config) -> None:
         g, batch = config.settings.group_size, config.sampling.batch_size
         if batch % g:
-            raise ValueError(f"grpo.group_size: {g} does not divide sampling.batch_size={batch}; a group must lie within one rollout batch")
+            raise ValueError(
+                f"grpo.group_size: {g} does not divide sampling.batch_size={batch}; a group must lie within one rollout batch"
+            )
         super().check(config)
 
     @classmethod
@@ -58,6 +64,9 @@ class GRPO(RolloutAlgorithm):
         from learner.algorithms.grpo.learner import GRPOLearnerSpec
 
         return GRPOLearnerSpec(
-            ppo=config.settings, stat_buffer_size=1, stat_min_count=1,
-            total_optimizer_steps=config.run.epochs * config.optimizer_steps_per_epoch, **common,
+            ppo=config.settings,
+            stat_buffer_size=1,
+            stat_min_count=1,
+            total_optimizer_steps=config.run.epochs * config.optimizer_steps_per_epoch,
+            **common,
         )

@@ -9,7 +9,9 @@ import numpy as np
 from learner.learner import LearnerSpec, PPOLearner
 
 
-def group_advantages(rewards: np.ndarray, valid: np.ndarray, group_size: int, eps: float) -> tuple[np.ndarray, np.ndarray, int]:
+def group_advantages(
+    rewards: np.ndarray, valid: np.ndarray, group_size: int, eps: float
+) -> tuple[np.ndarray, np.ndarray, int]:
     """A_i = (r_i − mean_g)/(std_g + ε) per group of `group_size` consecutive samples (population std).
 
     Returns (advantages, valid, groups dropped): a group with any invalid reward is dropped whole (advantage 0, invalid).
@@ -24,7 +26,7 @@ def group_advantages(rewards: np.ndarray, valid: np.ndarray, group_size: int, ep
 
 @dataclass
 class GRPOLearnerSpec(LearnerSpec):
-    def build(self, reduce_gradients=None) -> "GRPOLearner":
+    def build(self, reduce_gradients=None) -> GRPOLearner:
         return GRPOLearner(self, reduce_gradients)
 
 
@@ -35,10 +37,14 @@ class GRPOLearner(PPOLearner):
     def kl_coef(self) -> float:
         return self.settings.kl_coef
 
-    def epoch_advantages(self, prompts: list[str], rewards: np.ndarray, valid: np.ndarray) -> tuple[np.ndarray, np.ndarray, dict]:
+    def epoch_advantages(
+        self, prompts: list[str], rewards: np.ndarray, valid: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, dict]:
         g = self.settings.group_size
         if len(prompts) % g or any(len(set(prompts[i : i + g])) != 1 for i in range(0, len(prompts), g)):
-            raise ValueError(f"GRPO needs groups of {g} consecutive samples with one prompt each; got prompts {prompts}")
+            raise ValueError(
+                f"GRPO needs groups of {g} consecutive samples with one prompt each; got prompts {prompts}"
+            )
         advantages, valid, dropped = group_advantages(rewards, valid, g, self.settings.std_eps)
         kept = rewards.reshape(-1, g)[valid.reshape(-1, g).all(axis=1)]
         info = {
