@@ -2,7 +2,7 @@
 
     python benchmarks/bench_algorithms.py                          # 3 seeds, 45 s per run
     python benchmarks/bench_algorithms.py --budget-s 10 --seeds 1  # smoke run
-    python benchmarks/bench_algorithms.py --report-only benchmarks/algorithms_runs.json
+    python benchmarks/bench_algorithms.py --report-only docs/results/algorithms_runs.json
 
 Driven from the registry: every name in `learner.algorithms.ALGORITHMS` whose toy preset (a
 `cluster/configs/*tiny-cpu.yaml` whose `algorithm` is that name; RLCM's is `tiny-cpu`) exists is run. Two tasks:
@@ -24,7 +24,7 @@ Per epoch: the mean reward of the epoch's training samples, samples seen (an ima
 the policy; first-order methods: a chain sampled with grad) and training seconds (sampling, scoring and update). After the
 budget, the final adapter is evaluated with the preset's sampler on fixed prompts and noise (4 prompts × 4 noises):
 both rewards, Σ_k KL(π_θ‖π_base) per chain and diversity (`learner.policy_measures`), beside the base model.
-Outputs: benchmarks/RESULTS_algorithms.md, benchmarks/algorithms.png, benchmarks/algorithms_runs.json (raw).
+Outputs: docs/results/algorithms.md, docs/results/algorithms.png, docs/results/algorithms_runs.json (raw).
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ from rollout.worker import RolloutSpec, RolloutWorker
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-HERE = Path(__file__).parent
+RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
 TASKS = {"jpeg": "jpeg_compressibility", "smoothness": "smoothness"}
 EVAL_PROMPTS, EVAL_NOISES, EVAL_SEED = 4, 4, 1234
 FINAL_EPOCHS = 3  # "final training reward" = mean of the last 3 epochs (one epoch is 4–16 samples: noisy)
@@ -486,7 +486,7 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, default=1, help="torch CPU threads (more than the free cores slows torch many-fold)"
     )
-    parser.add_argument("--out-dir", type=Path, default=HERE)
+    parser.add_argument("--out-dir", type=Path, default=RESULTS)
     parser.add_argument(
         "--report-only", type=Path, help="rebuild the report and plot from a saved algorithms_runs.json"
     )
@@ -501,9 +501,9 @@ def main() -> None:
         results = run_all(args)
         (args.out_dir / "algorithms_runs.json").write_text(json.dumps(results, indent=1))
     plot(results, args.out_dir / "algorithms.png")
-    write_results(results, args.out_dir / "RESULTS_algorithms.md", "algorithms.png")
+    write_results(results, args.out_dir / "algorithms.md", "algorithms.png")
     print("\n".join(table(results) + [""] + headline(results)))
-    print(f"wrote {args.out_dir}/RESULTS_algorithms.md, algorithms.png, algorithms_runs.json")
+    print(f"wrote {args.out_dir}/algorithms.md, algorithms.png, algorithms_runs.json")
 
 
 if __name__ == "__main__":

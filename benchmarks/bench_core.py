@@ -10,7 +10,7 @@ What is timed (median over --repeats, after --warmup rounds):
 - PPO:     `learner.ppo.ppo_update` over one batch of trajectories (H−1 transitions per sample, forward +
            backward through the UNet with LoRA, optimizer steps) → samples/s.
 
-Figures are in benchmarks/RESULTS_core.md with the device named. Toy, CPU, 2 cores (quiet run):
+Figures are in docs/results/core.md with the device named. Toy, CPU, 2 cores (quiet run):
 rollout 11.09 images/s, plain pipe(...) 11.61 images/s, log-prob overhead +4.6%, PPO 3.99 samples/s.
 """
 

@@ -9,7 +9,7 @@ held-out prompts and noise (as benchmarks/bench_rocm_vs_rlcm.py): the trained re
 off-target measures JPEG size (kB, quality 95), diversity (per-pixel std across the 8 images) and Σ_k KL to the
 base per chain. `auto` runs (docs/rocm_lambda.md) start at λ = 0.1 and steer mean Σ_k D_k per chain to lam_target 0.1
 (at most ×/÷1.5 per epoch); they are plotted at their mean λ.
-Outputs: benchmarks/lambda_sweep.png (Fig. 4-shaped: each measure against λ), benchmarks/RESULTS_lambda.md.
+Outputs: docs/results/lambda_sweep.png (Fig. 4-shaped: each measure against λ), docs/results/lambda.md.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from rewards_service.scorers import jpeg_size_kb
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-HERE = Path(__file__).parent
+RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
 MEASURES = (
     ("reward", "trained reward (smoothness) ↑"),
     ("jpeg_kb", "JPEG size, kB ↓ (off-target)"),
@@ -129,7 +129,7 @@ def main() -> None:
                 f"diversity {r['diversity']:.4f}, KL {r['kl_to_base']:.4g}, {r['seconds']:.0f} s",
                 flush=True,
             )
-    plot(results, base, HERE / "lambda_sweep.png")
+    plot(results, base, RESULTS / "lambda_sweep.png")
     lines = [
         f"# ROCM λ sweep on the toy ({epochs} epochs, 4 chains per epoch; {platform.processor() or platform.machine()}, "
         f"{torch.get_num_threads()} torch thread(s); `{' '.join(['python', f'benchmarks/{Path(sys.argv[0]).name}', *sys.argv[1:]])}`)",
@@ -154,9 +154,9 @@ def main() -> None:
         "auto D̄ (mean Σ_k D_k of the epoch's chains; target 0.1) per epoch: "
         + "; ".join(f"{r['divergence']}: " + ", ".join(f"{v:.3g}" for v in r["divergences"]) for r in autos),
     ]
-    (HERE / "RESULTS_lambda.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / "lambda.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-    print(f"wrote {HERE / 'lambda_sweep.png'} and {HERE / 'RESULTS_lambda.md'}")
+    print(f"wrote {RESULTS / 'lambda_sweep.png'} and {RESULTS / 'lambda.md'}")
 
 
 if __name__ == "__main__":

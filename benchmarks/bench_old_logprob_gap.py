@@ -5,7 +5,7 @@ non-zero B, bf16 base on this machine's device. The rollout samples `--batch` ch
 evaluates log π at `--train-batch` rows per call, in train mode, at the same weights. Prints the gap
 |log π_rollout − log π_learner| (median, p90, max, fraction > the presets' clip range 1e-4) and
 the first pass's max |ratio − 1| without `recompute_old_log_probs` and `ratio_first_pass_max_dev` of one PPO update
-with it, for each train batch; writes benchmarks/RESULTS_old_logprob_gap.md.
+with it, for each train batch; writes docs/results/old_logprob_gap.md.
 
     nice -n 5 .venv/bin/python benchmarks/bench_old_logprob_gap.py            # 128 px, batch 4 vs 2 and 1, H=3
 """
@@ -33,7 +33,7 @@ def main() -> None:
         "--train-batches", default="2,1", help="learner rows per call (train_batch_size), comma-separated"
     )
     parser.add_argument("--steps", type=int, default=3, help="H, inference steps")
-    parser.add_argument("--out", default="benchmarks/RESULTS_old_logprob_gap.md")
+    parser.add_argument("--out", default="docs/results/old_logprob_gap.md")
     args = parser.parse_args()
     train_batches = [int(b) for b in args.train_batches.split(",")]
     if any(args.batch % b for b in train_batches):

@@ -13,8 +13,8 @@ A "sample" is one generated image that trained the policy (ROCM: one chain with 
 training wall-clock (RLCM: sampling + scoring + PPO), evaluation excluded. Every final policy, and the
 base model, is evaluated on the same 8 prompts and noise: reward, Σ_k KL(π_θ‖π_base) per chain (one
 measure for every run, whatever it was trained with) and diversity (per-pixel std across the 8 images;
-collapse to one flat image drives it to 0). Outputs: benchmarks/rocm_vs_rlcm.png (curves and the
-reward/divergence trade-off), benchmarks/rocm_vs_rlcm_samples.png (grids), benchmarks/RESULTS_rocm.md.
+collapse to one flat image drives it to 0). Outputs: docs/results/rocm_vs_rlcm.png (curves and the
+reward/divergence trade-off), docs/results/rocm_vs_rlcm_samples.png (grids), docs/results/rocm.md.
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ from rollout.worker import RolloutSpec, RolloutWorker
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-HERE = Path(__file__).parent
+RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
 EVAL_SEED = 1234
 SMOOTHNESS = functools.partial(build_differentiable_reward, "smoothness")
 
@@ -273,7 +273,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None, help="epochs per run (default 20, --quick 6)")
     parser.add_argument("--quick", action="store_true", help="RLCM, ROCM λ=0, kl λ=1 and kl λ=10 only, 6 epochs")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    parser.add_argument("--out-dir", type=Path, default=HERE)
+    parser.add_argument("--out-dir", type=Path, default=RESULTS)
     args = parser.parse_args()
     args.epochs = args.epochs or (6 if args.quick else 20)
     torch.set_num_threads(args.threads)
@@ -311,8 +311,8 @@ def main() -> None:
         ("RLCM", by_name["RLCM (PPO)"]),
     ]
     plot_grids(grid_rows, eval_prompts, args.out_dir / "rocm_vs_rlcm_samples.png")
-    write_results(runs, base, args, total, args.out_dir / "RESULTS_rocm.md")
-    print(f"wrote {args.out_dir}/RESULTS_rocm.md, rocm_vs_rlcm.png, rocm_vs_rlcm_samples.png in {total / 60:.1f} min")
+    write_results(runs, base, args, total, args.out_dir / "rocm.md")
+    print(f"wrote {args.out_dir}/rocm.md, rocm_vs_rlcm.png, rocm_vs_rlcm_samples.png in {total / 60:.1f} min")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ PPO samples/s (one learner update), the rollout/learner log-prob gap and the fir
 π_old recomputation at the aesthetic preset's batch shapes, ROCM samples/s and peak memory with and without gradient checkpointing
 (aesthetic reward on a random CLIP ViT-L/14), the time to move a rank-16 LoRA adapter through the Ray
 object store to another process, achieved TFLOP/s and MFU vs the device's bf16 peak. Writes
-benchmarks/RESULTS_gpu.md. `--smoke` runs the same code at 32 px, 2 steps, batch 1 (CPU: checks it runs).
+docs/results/gpu.md. `--smoke` runs the same code at 32 px, 2 steps, batch 1 (CPU: checks it runs).
 
     bash benchmarks/gpu_round.sh            # GPU, < 8 min
     .venv/bin/python benchmarks/gpu_round.py --smoke
@@ -51,7 +51,7 @@ def peak_memory(device: torch.device, fn) -> tuple[float, int | None]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--smoke", action="store_true", help="32 px, 2 steps, batch 1: checks the script runs (CPU)")
-    parser.add_argument("--out", default="benchmarks/RESULTS_gpu.md")
+    parser.add_argument("--out", default="docs/results/gpu.md")
     args = parser.parse_args()
     res, steps, batch = (32, 2, 1) if args.smoke else (512, 8, 4)
 

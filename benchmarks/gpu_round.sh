@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One benchmark round on a GPU machine (< 8 min): real architectures, random weights, 512 px.
-# Writes benchmarks/RESULTS_gpu.md. Extra arguments go to gpu_round.py (e.g. --smoke on a CPU, with
+# Writes docs/results/gpu.md. Extra arguments go to gpu_round.py (e.g. --smoke on a CPU, with
 # GPU_ROUND_TIMEOUT=0 to lift the 8-minute limit there).
 set -euo pipefail
 cd "$(dirname "$0")/.."

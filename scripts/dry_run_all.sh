@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Dry-run every preset (or the ones named) one after another and write their rows of the table into README.md
-# between the markers <!-- dry-run-table:start --> and <!-- dry-run-table:end --> (rows of other presets are kept).
+# Dry-run every preset (or the ones named) one after another and write their rows of the table in
+# docs/results/dry-runs.md (rows of other presets are kept).
 #   bash scripts/dry_run_all.sh [--resolution 64] [preset ...]
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -22,4 +22,4 @@ for preset in "${PRESETS[@]}"; do
   echo "exit $?" >> "$LOGS/$preset.log"
   tail -3 "$LOGS/$preset.log"
 done
-.venv/bin/python -m cluster.dryrun_table "$LOGS" "$RES" README.md "${PRESETS[@]}"
+.venv/bin/python benchmarks/dry_run_table.py "$LOGS" "$RES"

@@ -187,30 +187,16 @@ def test_shipped_clip_tokenizer_gives_openai_clip_ids():
     assert len(tokenizer("a photo of a cat", padding="max_length").input_ids) == 77
 
 
-def test_dry_run_table_rewrites_only_the_named_presets_rows(tmp_path):
-    from cluster.dryrun_table import END, HEADER, START, main
+def test_dry_run_rows_come_from_each_presets_log(tmp_path):
+    from benchmarks.dry_run_table import rows_from_logs
 
-    readme = tmp_path / "README.md"
-    old = [
-        "| compression | 1.0 s | learner 1.00 GB | 2.00 GB | OK |",
-        "| rocm-aesthetic | 9.0 s | learner 5.00 GB | 9.00 GB | OK |",
-    ]
-    readme.write_text("\n".join(["intro", START, "Dry runs at 64 px:", "", *HEADER, *old, END, "after"]) + "\n")
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    (logs / "rocm-aesthetic.log").write_text(
+    (tmp_path / "rocm-aesthetic.log").write_text(
         "peak memory learner: 4.20 GB\npeak memory all processes together: 8.10 GB; total time 12.5 s\n"
         "dry run OK: rocm-aesthetic ran end to end\nexit 0\n"
     )
-    (logs / "compression.log").write_text("rlcm: error: not this one\n")  # a log of a preset not named stays unread
-    main(str(logs), "64", str(readme), "rocm-aesthetic")
-    text = readme.read_text()
-    assert old[0] in text and old[1] not in text
-    assert "| rocm-aesthetic | 12.5 s | learner 4.20 GB | 8.10 GB | OK |" in text
-    assert (
-        text.index("| compression") < text.index("| rocm-aesthetic")
-        and text.startswith("intro")
-        and text.endswith("after\n")
-    )
-    with pytest.raises(SystemExit, match="no dry-run log"):
-        main(str(logs), "64", str(readme), "rocm-pickscore")
+    (tmp_path / "compression.log").write_text("loading\nrlcm: error: this run does not fit\nexit 2\n")
+    (tmp_path / "notes.txt").write_text("not a log")
+    assert rows_from_logs(tmp_path) == [
+        "| compression |  |  |  | FAILED: rlcm: error: this run does not fit |",
+        "| rocm-aesthetic | 12.5 s | learner 4.20 GB | 8.10 GB | OK |",
+    ]
