@@ -21,9 +21,9 @@ gain over its control (what it learned from its reward, not a drift any reward w
 over seeds (benchmarks/bench_sign_test.py is the full sign test).
 
 Per epoch: the mean reward of the epoch's training samples, samples seen (an image that trained
-the policy; first-order methods: a chain sampled with grad) and training seconds (sampling, scoring and update). After the
-budget, the final adapter is evaluated with the preset's sampler on fixed prompts and noise (4 prompts × 4 noises):
-both rewards, Σ_k KL(π_θ‖π_base) per chain and diversity (`learner.policy_measures`), beside the base model.
+the policy; first-order methods: a chain sampled with grad) and training seconds (sampling, scoring and update).
+After the budget, the final adapter is evaluated with the preset's sampler on fixed prompts and noise
+(4 prompts × 4 noises): both rewards, Σ_k KL(π_θ‖π_base) per chain and diversity (`learner.policy_measures`), beside the base model.
 Outputs: docs/results/algorithms.md, docs/results/algorithms.png, docs/results/algorithms_runs.json (raw).
 """
 
@@ -151,12 +151,14 @@ class Evaluator:
 def train_one(
     task: str, name: str, preset: str, seed: int, budget_s: float, evaluate: Evaluator, mode: str = "r"
 ) -> dict:
-    """One run on the algorithm's own sample source for `budget_s` seconds; its curve and the evaluation of its final adapter.
+    """One run on the algorithm's own sample source for `budget_s` seconds; its curve and the evaluation of its final
+    adapter.
 
     The epoch loop of `cluster.driver.Trainer` in sync mode, in this process: `rollouts` algorithms train on the
     epoch's rollout batches (`epoch_jobs`: prompts, groups and noise seeds as the scheduler picks them) scored by the
-    task's reward (the learner sees `mode`'s reward: r, or the random control); `learners` algorithms sample their own chains from the training prompts (λ by the driver's controller).
-    Another epoch starts while ending after it (if it lasts as long as the last one) is nearer the budget than stopping now.
+    task's reward (the learner sees `mode`'s reward: r, or the random control); `learners` algorithms sample their own
+    chains from the training prompts (λ by the driver's controller). Another epoch starts while ending after it (if it
+    lasts as long as the last one) is nearer the budget than stopping now.
     """
     setup_start, config = time.perf_counter(), run_config(preset, task, seed)
     algo, s = config.algo, config.sampling
@@ -215,8 +217,10 @@ def train_one(
         "eval_s": time.perf_counter() - eval_start,
     }
     print(
-        f"{task:10s} {name:10s} {mode:6s} seed {seed}: {len(rewards)} epochs, {samples[-1]} samples, {seconds[-1]:.1f} s, "
-        f"reward {rewards[0]:.4f} -> {final_reward(run):.4f}, eval {run[f'eval_{task}']:.4f}, KL {run['kl_to_base']:.4g}, "
+        f"{task:10s} {name:10s} {mode:6s} seed {seed}: {len(rewards)} epochs, {samples[-1]} samples, "
+        f"{seconds[-1]:.1f} s, "
+        f"reward {rewards[0]:.4f} -> {final_reward(run):.4f}, eval {run[f'eval_{task}']:.4f}, KL "
+        f"{run['kl_to_base']:.4g}, "
         f"diversity {run['diversity']:.4f} (setup {setup_s:.0f} s, eval {run['eval_s']:.0f} s)",
         flush=True,
     )
@@ -311,7 +315,8 @@ def final_reward(run: dict) -> float:
 
 
 def time_to_reach(run: dict, target: float) -> float | None:
-    """Training seconds until the reward, averaged over the last (up to) `FINAL_EPOCHS` epochs, first reaches `target`."""
+    """Training seconds until the reward, averaged over the last (up to) `FINAL_EPOCHS` epochs, first reaches
+    `target`."""
     rewards = np.asarray(run["rewards"], float)
     for end in range(1, len(rewards) + 1):
         if rewards[max(0, end - FINAL_EPOCHS) : end].mean() >= target:
@@ -324,7 +329,8 @@ def headline(results: dict) -> list[str]:
     groups = group_runs(results)
     if ("jpeg", "ddpo") not in groups:
         return [
-            "DDPO is not in `learner.algorithms.ALGORITHMS` with a `ddpo-tiny-cpu` preset on this checkout, so RLCM's time "
+            "DDPO is not in `learner.algorithms.ALGORITHMS` with a `ddpo-tiny-cpu` preset on this checkout, so RLCM's "
+            "time "
             "to reach DDPO's final reward is not measured."
         ]
     if ("jpeg", "rlcm") not in groups:
@@ -335,7 +341,8 @@ def headline(results: dict) -> list[str]:
     start = float(np.mean([r["rewards"][0] for r in rlcm if r["rewards"]]))
     ddpo_s = float(np.mean([r["seconds"][-1] for r in ddpo if r["seconds"]]))
     lines = [
-        f"DDPO's final JPEG reward (mean of its last (up to) {FINAL_EPOCHS} epochs, {len(ddpo)} seed(s), {ddpo_s:.1f} s of training on average): "
+        f"DDPO's final JPEG reward (mean of its last (up to) {FINAL_EPOCHS} epochs, {len(ddpo)} seed(s), {ddpo_s:.1f} "
+        "s of training on average): "
         f"{target:.4f} (a gain of {gain:+.4f} over its first epoch)."
     ]
     for label, level, per in (
@@ -360,12 +367,14 @@ def fmt(values: list[float], spec: str = ".4f") -> str:
 
 def table(results: dict) -> list[str]:
     lines = [
-        "| task | algorithm | preset | epochs | samples | train s | train reward, first epoch → final | eval jpeg | eval smoothness | eval gain over random control | Σ_k KL to base | diversity |",
+        "| task | algorithm | preset | epochs | samples | train s | train reward, first epoch → final | eval jpeg | "
+        "eval smoothness | eval gain over random control | Σ_k KL to base | diversity |",
         "|---|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|",
     ]
     for base in results["base"]:
         lines.append(
-            f"| {', '.join(base['tasks'])} | base ({base['model']}, {base['num_steps']} steps: {', '.join(base['algorithms'])}) | – | 0 | 0 | – | "
+            f"| {', '.join(base['tasks'])} | base ({base['model']}, {base['num_steps']} steps: "
+            f"{', '.join(base['algorithms'])}) | – | 0 | 0 | – | "
             f"– | {base['eval_jpeg']:.4f} | "
             f"{base['eval_smoothness']:.4f} | – | 0 | {base['diversity']:.4f} |"
         )
@@ -374,9 +383,12 @@ def table(results: dict) -> list[str]:
         first = fmt([r["rewards"][0] for r in runs if r["rewards"]])
         lines.append(
             f"| {task} | {name} | {runs[0]['preset']} | {fmt([len(r['rewards']) for r in runs], '.1f')} | "
-            f"{fmt([r['samples'][-1] for r in runs if r['samples']], '.0f')} | {fmt([r['seconds'][-1] for r in runs if r['seconds']], '.1f')} | {first} → {fmt([final_reward(r) for r in runs])} | "
+            f"{fmt([r['samples'][-1] for r in runs if r['samples']], '.0f')} | "
+            f"{fmt([r['seconds'][-1] for r in runs if r['seconds']], '.1f')} | "
+            f"{first} → {fmt([final_reward(r) for r in runs])} | "
             f"{fmt([r['eval_jpeg'] for r in runs])} | {fmt([r['eval_smoothness'] for r in runs])} | "
-            f"{gain_over_control(runs, controls.get((task, name), []), task)} | {fmt([r['kl_to_base'] for r in runs], '.4g')} | {fmt([r['diversity'] for r in runs])} |"
+            f"{gain_over_control(runs, controls.get((task, name), []), task)} | "
+            f"{fmt([r['kl_to_base'] for r in runs], '.4g')} | {fmt([r['diversity'] for r in runs])} |"
         )
     return lines
 
@@ -440,20 +452,30 @@ def write_results(results: dict, path: Path, figure: str) -> None:
     lines = [
         "# Every algorithm on the toy, equal wall-clock budgets",
         "",
-        f"`{results['command']}` — {results['machine']}, torch {results['torch']}, CPU, 2 cores, shared with other jobs; "
+        f"`{results['command']}` — {results['machine']}, torch {results['torch']}, CPU, 2 cores, shared with other "
+        "jobs; "
         f"{results['seeds']} seed(s), {results['budget_s']:g} s of training per run, the runs and their evaluations "
         f"{results['total_s'] / 60:.1f} min in all (seconds are indicative).",
         "",
-        "Each run trains the algorithm's learner with its toy preset (its own sampler, batch sizes and step sizes), the task's",
-        "reward and `run.seed`, in the driver's sync epoch loop in one process (one torch thread, no Ray), until the epoch end",
-        "nearest the budget. Train reward: the mean reward of an epoch's training samples (first epoch → mean of the last",
-        f"{FINAL_EPOCHS}); samples: images that trained the policy (first-order methods: chains sampled with grad); train s: the",
-        f"training seconds used. Eval: the final policy on {EVAL_PROMPTS} prompts × {EVAL_NOISES} noises, the same for every run of",
-        "a sampler. Eval gain over random control: the run's eval reward of its task minus that of the same algorithm, seeds and",
-        "budget trained on a random number per sample (independent of the image), ± SE over seeds (rollout algorithms only).",
+        "Each run trains the algorithm's learner with its toy preset (its own sampler, batch sizes and step sizes), "
+        "the task's",
+        "reward and `run.seed`, in the driver's sync epoch loop in one process (one torch thread, no Ray), until the "
+        "epoch end",
+        "nearest the budget. Train reward: the mean reward of an epoch's training samples (first epoch → mean of the "
+        "last",
+        f"{FINAL_EPOCHS}); samples: images that trained the policy (first-order methods: chains sampled with grad); "
+        "train s: the",
+        f"training seconds used. Eval: the final policy on {EVAL_PROMPTS} prompts × {EVAL_NOISES} noises, the same "
+        "for every run of",
+        "a sampler. Eval gain over random control: the run's eval reward of its task minus that of the same "
+        "algorithm, seeds and",
+        "budget trained on a random number per sample (independent of the image), ± SE over seeds (rollout algorithms "
+        "only).",
         "Σ_k KL(π_θ‖π_base) per chain at the states the policy visits (`learner.policy_measures`); diversity =",
-        "mean pairwise RMS pixel distance between the images of one prompt. Mean ± std over seeds. Σ_k KL compares runs",
-        "of one sampler: the LCM chains (4 or 8 steps) and the DDIM chain (8 actions, the last ones with a tiny σ_t) are",
+        "mean pairwise RMS pixel distance between the images of one prompt. Mean ± std over seeds. Σ_k KL compares "
+        "runs",
+        "of one sampler: the LCM chains (4 or 8 steps) and the DDIM chain (8 actions, the last ones with a tiny σ_t) "
+        "are",
         "different policies, and the toy DDIM model (`tiny-ddim`) starts from other rewards than the toy LCM (`tiny`).",
         "Plot: each epoch's reward against the training spent before its samples were drawn (the first epoch, the",
         "initial policy, at 0); a seed's curve is held at its last epoch beyond it.",
@@ -464,7 +486,8 @@ def write_results(results: dict, path: Path, figure: str) -> None:
         "",
         "The RLCM paper's headline (time to reach DDPO's reward) on the toys. The two toys start from different JPEG",
         "rewards, so the absolute target is met by RLCM's first epoch; the gain over each run's first epoch (its",
-        f"initial policy) is the comparison that means something. Reached = the mean of the last (up to) {FINAL_EPOCHS} epochs",
+        "initial policy) is the comparison that means something. Reached = the mean of the last (up to) "
+        f"{FINAL_EPOCHS} epochs",
         "is at the target; the time includes the epoch that reached it.",
         "",
         *headline(results),

@@ -1,7 +1,8 @@
 """Core throughput of RLCM: rollout images/s, PPO samples/s, and the cost of recording log-probs.
 
     python benchmarks/bench_core.py                 # the toy LCM (64 px), CPU unless CUDA is there
-    python benchmarks/bench_core.py --full-size     # LCM_Dreamshaper_v7 architecture, random weights, 512 px, bf16 on CUDA
+    python benchmarks/bench_core.py --full-size     # LCM_Dreamshaper_v7 architecture, random weights, 512 px,
+                                                    # bf16 on CUDA
 
 What is timed (median over --repeats, after --warmup rounds):
 - rollout: `rollout.policy.sample_trajectory` (H UNet calls, log π per step, decode to uint8) → images/s;
@@ -84,7 +85,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     if args.full_size:
         resolution = args.resolution or 512
         pipe = load_pipeline(f"random:{DEFAULT_REAL_MODEL}", device=device, dtype=dtype)
-        label = f"LCM_Dreamshaper_v7 architecture (random weights, {sum(p.numel() for p in pipe.unet.parameters()) / 1e6:.0f}M UNet params)"
+        unet_params = sum(p.numel() for p in pipe.unet.parameters())
+        label = f"LCM_Dreamshaper_v7 architecture (random weights, {unet_params / 1e6:.0f}M UNet params)"
     else:
         pipe = load_pipeline(args.model, device=device, dtype=dtype)
         resolution = args.resolution or pipe.unet.config.sample_size * pipe.vae_scale_factor
@@ -127,8 +129,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         plain(i)
     t_rollout, t_plain = [], []
     for i in range(args.repeats):  # interleaved so drift hits both alike
-        t_rollout.append(timed(lambda: rollout(100 + i), device))
-        t_plain.append(timed(lambda: plain(100 + i), device))
+        t_rollout.append(timed(lambda i=i: rollout(100 + i), device))
+        t_plain.append(timed(lambda i=i: plain(100 + i), device))
     med_r, med_p = statistics.median(t_rollout), statistics.median(t_plain)
     results = {
         "rollout_images_per_s": batch / med_r,
@@ -158,10 +160,12 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
 
     print(f"device: {device_name(device)}; dtype {str(dtype).removeprefix('torch.')}")
     print(
-        f"model: {label}; {resolution}x{resolution} px; batch {batch}; H={args.steps}; LoRA rank {lora.rank}/alpha {lora.alpha:g}"
+        f"model: {label}; {resolution}x{resolution} px; batch {batch}; H={args.steps}; LoRA rank {lora.rank}/alpha "
+        f"{lora.alpha:g}"
     )
     print(
-        f"rollout (sample_trajectory): {results['rollout_images_per_s']:.2f} images/s  (median of {args.repeats}: {med_r:.3f} s/batch)"
+        f"rollout (sample_trajectory): {results['rollout_images_per_s']:.2f} images/s  (median of {args.repeats}: "
+        f"{med_r:.3f} s/batch)"
     )
     print(f"plain pipe(...):             {results['plain_images_per_s']:.2f} images/s  ({med_p:.3f} s/batch)")
     print(f"log-prob recording overhead: {results['logprob_overhead_pct']:+.1f}% (target <= 5%)")

@@ -125,21 +125,25 @@ def main() -> None:
             results.append(run(divergence, lam, epochs, prompts, eval_prompts))
             r = results[-1]
             print(
-                f"{divergence:9s} λ={r['setting']:5s} (mean {r['lam']:.3g}): reward {r['reward']:.4f}, jpeg {r['jpeg_kb']:.3f} kB, "
+                f"{divergence:9s} λ={r['setting']:5s} (mean {r['lam']:.3g}): reward {r['reward']:.4f}, jpeg "
+                f"{r['jpeg_kb']:.3f} kB, "
                 f"diversity {r['diversity']:.4f}, KL {r['kl_to_base']:.4g}, {r['seconds']:.0f} s",
                 flush=True,
             )
     plot(results, base, RESULTS / "lambda_sweep.png")
     lines = [
-        f"# ROCM λ sweep on the toy ({epochs} epochs, 4 chains per epoch; {platform.processor() or platform.machine()}, "
-        f"{torch.get_num_threads()} torch thread(s); `{' '.join(['python', f'benchmarks/{Path(sys.argv[0]).name}', *sys.argv[1:]])}`)",
+        f"# ROCM λ sweep on the toy ({epochs} epochs, 4 chains per epoch; "
+        f"{platform.processor() or platform.machine()}, "
+        f"{torch.get_num_threads()} torch thread(s); "
+        f"`{' '.join(['python', f'benchmarks/{Path(sys.argv[0]).name}', *sys.argv[1:]])}`)",
         "",
         "| divergence | λ | mean λ | trained reward | JPEG kB | diversity | Σ_k KL to base | train s |",
         "|---|---|---:|---:|---:|---:|---:|---:|",
         f"| base model | – | – | {base['reward']:.4f} | {base['jpeg_kb']:.3f} | {base['diversity']:.4f} | 0 | 0 |",
     ]
     lines += [
-        f"| {r['divergence'] if r['setting'] != '0.0' else '–'} | {r['setting']} | {r['lam']:.3g} | {r['reward']:.4f} | {r['jpeg_kb']:.3f} | "
+        f"| {r['divergence'] if r['setting'] != '0.0' else '–'} | {r['setting']} | {r['lam']:.3g} | {r['reward']:.4f} "
+        f"| {r['jpeg_kb']:.3f} | "
         f"{r['diversity']:.4f} | {r['kl_to_base']:.4g} | {r['seconds']:.0f} |"
         for r in results
     ]

@@ -91,7 +91,8 @@ def main() -> None:
         learner.pipe.unet.eval()
         delta = (learner_lp - trajectory.log_probs.to(device)).flatten().cpu().numpy()
         gap = np.abs(delta)
-        # with recomputation: one PPO update; every call before its optimizer step (grad_accum_steps = batch / train batch)
+        # with recomputation: one PPO update; every call before its optimizer step (grad_accum_steps = batch / train
+        # batch)
         learner.spec.ppo = settings.model_copy(
             update={"train_batch_size": train_batch, "grad_accum_steps": args.batch // train_batch}
         )
@@ -116,10 +117,14 @@ def main() -> None:
     lines = [
         "# Rollout/learner log-prob gap (π_old recomputation)",
         "",
-        f"`benchmarks/bench_old_logprob_gap.py`: {MODEL}, rank-8 attention LoRA (B ≠ 0), bf16 base, {res} px, H={args.steps}, "
-        f"rollout batch {args.batch} (eval mode) vs the learner's train batch (train mode), same weights. Device: {where}; "
-        f"{time.perf_counter() - start:.0f} s in all. The first pass's ratio without recomputation is exp(Δ) of the same calls "
-        "(the forward rounds the same with and without grad); with it, one PPO update with every call before its optimizer step.",
+        f"`benchmarks/bench_old_logprob_gap.py`: {MODEL}, rank-8 attention LoRA (B ≠ 0), bf16 base, {res} px, "
+        f"H={args.steps}, "
+        f"rollout batch {args.batch} (eval mode) vs the learner's train batch (train mode), same weights. Device: "
+        f"{where}; "
+        f"{time.perf_counter() - start:.0f} s in all. The first pass's ratio without recomputation is exp(Δ) of the "
+        "same calls "
+        "(the forward rounds the same with and without grad); with it, one PPO update with every call before its "
+        "optimizer step.",
         "",
         "| measure | " + " | ".join(f"rollout batch {args.batch} vs train batch {b}" for b in train_batches) + " |",
         "|---|" + "---|" * len(train_batches),

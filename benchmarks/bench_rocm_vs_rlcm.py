@@ -226,7 +226,8 @@ def write_results(runs: list[Run], base: dict, args: argparse.Namespace, total_s
     for run in runs:
         f = run.final
         lines.append(
-            f"| {run.name} | {run.samples[-1]} | {run.seconds[-1]:.1f} | {run.epoch_rewards[-1]:.4f} | {f['reward']:.4f} | "
+            f"| {run.name} | {run.samples[-1]} | {run.seconds[-1]:.1f} | {run.epoch_rewards[-1]:.4f} | "
+            f"{f['reward']:.4f} | "
             f"{f['kl_to_base']:.4f} | {f['diversity']:.4f} |"
         )
     lines += [
@@ -246,7 +247,8 @@ def summary_lines(runs: list[Run]) -> list[str]:
     rlcm = next(run for run in runs if run.algorithm == "rlcm")
     target = rlcm.epoch_rewards[-1]
     lines = [
-        f"Cost to reach RLCM's last-epoch training reward ({target:.4f}; RLCM: {rlcm.samples[-1]} samples, {rlcm.seconds[-1]:.0f} s):",
+        f"Cost to reach RLCM's last-epoch training reward ({target:.4f}; RLCM: {rlcm.samples[-1]} samples, "
+        f"{rlcm.seconds[-1]:.0f} s):",
         "",
     ]
     for run in (run for run in runs if run is not rlcm):
@@ -289,7 +291,8 @@ def main() -> None:
     )
     runs = [run_rlcm(args.epochs, prompts, eval_prompts)]
     print(
-        f"{runs[-1].name}: reward {runs[-1].epoch_rewards[0]:.4f} -> {runs[-1].epoch_rewards[-1]:.4f}, {runs[-1].seconds[-1]:.0f} s",
+        f"{runs[-1].name}: reward {runs[-1].epoch_rewards[0]:.4f} -> {runs[-1].epoch_rewards[-1]:.4f}, "
+        f"{runs[-1].seconds[-1]:.0f} s",
         flush=True,
     )
     for divergence, lam in settings:

@@ -2,8 +2,8 @@
 
 Measures at 512 px (default): rollout images/s (`sample_trajectory`), its overhead vs the stock `pipe(...)`,
 PPO samples/s (one learner update), the rollout/learner log-prob gap and the first PPO pass's ratio without and with
-π_old recomputation at the aesthetic preset's batch shapes, ROCM samples/s and peak memory with and without gradient checkpointing
-(aesthetic reward on a random CLIP ViT-L/14), the time to move a rank-16 LoRA adapter through the Ray
+π_old recomputation at the aesthetic preset's batch shapes, ROCM samples/s and peak memory with and without gradient
+checkpointing (aesthetic reward on a random CLIP ViT-L/14), the time to move a rank-16 LoRA adapter through the Ray
 object store to another process, achieved TFLOP/s and MFU vs the device's bf16 peak. Writes
 docs/results/gpu.md. `--smoke` runs the same code at 32 px, 2 steps, batch 1 (CPU: checks it runs).
 
@@ -182,7 +182,7 @@ def main() -> None:
     optimizer = build_optimizer(params, ROCMSettings())
     for checkpointing in (True, False):
 
-        def step():
+        def step(checkpointing=checkpointing):
             out = rocm_objective(
                 pipe,
                 prompts[:1],
@@ -224,7 +224,8 @@ def main() -> None:
 
 def old_log_prob_rows(learner, prompts: list[str], steps: int, res: int, gen, smoke: bool) -> list[tuple[str, str]]:
     """The aesthetic preset's PPO shapes (rollout batch sampling.batch_size, train_batch_size, clip_range) at the
-    same weights: the rollout/learner log-prob gap and the first pass's max |ratio − 1| without and with recomputation."""
+    same weights: the rollout/learner log-prob gap and the first pass's max |ratio − 1| without and with
+    recomputation."""
     import copy
 
     from cluster.config import load_config
@@ -254,7 +255,10 @@ def old_log_prob_rows(learner, prompts: list[str], steps: int, res: int, gen, sm
         found[recompute] = learner.train(trajectory, np.linspace(-1, 1, rollout_batch))
     off, on = found[False], found[True]
     per_step = ", ".join(f"{v:.2g}" for _, v in sorted(off["old_logprob_gap_step"].items(), key=lambda kv: int(kv[0])))
-    what = f"aesthetic preset: rollout batch {rollout_batch}, train batch {train_batch}, clip_range {preset.train.clip_range:g}"
+    what = (
+        f"aesthetic preset: rollout batch {rollout_batch}, train batch {train_batch}, "
+        f"clip_range {preset.train.clip_range:g}"
+    )
     return [
         (
             f"old_logprob_gap_median / old_logprob_gap_max ({what})",
@@ -279,10 +283,12 @@ def write(path: Path, device: str, peak: float | None, res: int, steps: int, bat
     lines = [
         f"# GPU round: {device}",
         "",
-        f"`bash benchmarks/gpu_round.sh` ({'--smoke, ' if smoke else ''}{res} px, {steps} steps, batch {batch}, random weights at the real "
+        f"`bash benchmarks/gpu_round.sh` ({'--smoke, ' if smoke else ''}{res} px, {steps} steps, batch {batch}, "
+        "random weights at the real "
         f"architectures, bf16 base; device bf16 peak {peak / 1e12:.0f} TFLOP/s)"
         if peak
-        else f"`benchmarks/gpu_round.py` ({'--smoke, ' if smoke else ''}{res} px, {steps} steps, batch {batch}; no GPU: figures say nothing about GPU speed)",
+        else f"`benchmarks/gpu_round.py` ({'--smoke, ' if smoke else ''}{res} px, {steps} steps, batch {batch}; "
+        "no GPU: figures say nothing about GPU speed)",
         "",
         "| measure | value |",
         "|---|---|",

@@ -1,4 +1,5 @@
-"""`rlcm plan` (FLOPs against a hand count, every preset, clear errors) and `rlcm train --dry-run` at real architectures."""
+"""`rlcm plan` (FLOPs against a hand count, every preset, clear errors) and `rlcm train --dry-run` at real
+architectures."""
 
 from __future__ import annotations
 
@@ -178,7 +179,8 @@ def test_dry_run_of_a_rocm_preset_at_full_architecture():
 
 
 def test_shipped_clip_tokenizer_gives_openai_clip_ids():
-    """The shipped BPE vocabulary builds CLIP's real tokenizer: OpenAI CLIP's ids for a known prompt, 77-token padding."""
+    """The shipped BPE vocabulary builds CLIP's real tokenizer: OpenAI CLIP's ids for a known prompt, 77-token
+    padding."""
     from rollout.architectures import clip_bpe_tokenizer
 
     tokenizer = clip_bpe_tokenizer()

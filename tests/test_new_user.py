@@ -111,7 +111,9 @@ from rollout.lora import LoraSettings, add_lora, save_lora
 from rollout.models import load_pipeline
 torch.manual_seed(0)
 pipe = load_pipeline("tiny")
-settings = LoraSettings(rank=4, alpha=8, target_modules=["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2", "conv_out"])
+settings = LoraSettings(
+    rank=4, alpha=8, target_modules=["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2", "conv_out"]
+)
 add_lora(pipe.unet, settings)
 save_lora(sys.argv[1], pipe.unet, settings)
 """
@@ -254,7 +256,8 @@ def test_output_dir_under_a_folder_that_cannot_hold_one_is_not_called_a_full_dis
 
 
 def test_hub_model_is_checked_without_hf_hub_offline(monkeypatch):
-    """With the hub allowed, a model that is neither cached nor fetchable is a config error before Ray (not only offline)."""
+    """With the hub allowed, a model that is neither cached nor fetchable is a config error before Ray (not only
+    offline)."""
     import huggingface_hub
 
     from cluster.config import ConfigError
