@@ -23,7 +23,8 @@ over seeds (benchmarks/bench_sign_test.py is the full sign test).
 Per epoch: the mean reward of the epoch's training samples, samples seen (an image that trained
 the policy; first-order methods: a chain sampled with grad) and training seconds (sampling, scoring and update).
 After the budget, the final adapter is evaluated with the preset's sampler on fixed prompts and noise
-(4 prompts × 4 noises): both rewards, Σ_k KL(π_θ‖π_base) per chain and diversity (`learner.policy_measures`), beside the base model.
+(4 prompts × 4 noises): both rewards, Σ_k KL(π_θ‖π_base) per chain and diversity (`learner.policy_measures`),
+beside the base model.
 Outputs: docs/results/algorithms.md, docs/results/algorithms.png, docs/results/algorithms_runs.json (raw).
 """
 
