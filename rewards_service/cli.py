@@ -40,7 +40,7 @@ def serve_main(config_path: str | None, standalone: bool, host: str = "127.0.0.1
 
         from rewards_service.app import create_app
         from rewards_service.guard import guarded_protocol
-        from rewards_service.scorers import build_scorer
+        from rewards_service.registry import build_scorer
 
         scorers = {r.name: build_scorer(r.scorer or r.name, version=r.version, **r.options) for r in config.rewards}
         settings = config.settings

@@ -272,7 +272,7 @@ def build_reward_client(config: RewardClientConfig) -> RewardClient:
     """The client described by `config`."""
     common = {"retry": config.retry, "max_concurrency": config.max_concurrency}
     if config.backend == "in_process":
-        from rewards_service.scorers import build_scorer
+        from rewards_service.registry import build_scorer
 
         return InProcessRewardClient(build_scorer(config.reward, **config.options), **common)
     if config.backend == "serve":

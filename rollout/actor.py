@@ -10,7 +10,7 @@ import ray
 import torch
 
 from rollout.lora import AdapterVersion
-from rollout.policy import Trajectory
+from rollout.trajectory import Trajectory
 from rollout.worker import RolloutSpec, RolloutWorker
 
 

@@ -8,7 +8,8 @@ import torch
 
 from rollout.lora import AdapterVersion, LoraSettings, add_lora, import_adapter
 from rollout.models import load_pipeline
-from rollout.policy import Trajectory, sample_trajectory
+from rollout.policies import sample_trajectory
+from rollout.trajectory import Trajectory
 
 
 @dataclass

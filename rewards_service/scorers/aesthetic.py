@@ -12,12 +12,11 @@ import torch
 from torch import nn
 
 from rewards_service.scorers.base import ScoreResult, check_batch
+from rewards_service.scorers.clip_common import clip_preprocess, load_pretrained
 
 HEAD_FILE = "sac+logos+ava1-l14-linearMSE.pth"
 HEAD_SHA256 = "21dd590f3ccdc646f0d53120778b296013b096a035a2718c9cb0d511bff0f1e0"
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 class AestheticHead(nn.Module):
@@ -61,19 +60,6 @@ def load_aesthetic_head(path: str | Path | None = None, sha256: str | None = HEA
     return head.float().eval()
 
 
-def clip_preprocess(images: torch.Tensor, size: int) -> torch.Tensor:
-    """Differentiable CLIP preprocessing of float images in [0, 1], [B, 3, H, W]: resize, center crop, normalize."""
-    h, w = images.shape[-2:]
-    scale = size / min(h, w)
-    new_h, new_w = max(size, round(h * scale)), max(size, round(w * scale))
-    images = nn.functional.interpolate(images, size=(new_h, new_w), mode="bicubic", align_corners=False, antialias=True)
-    top, left = (new_h - size) // 2, (new_w - size) // 2
-    images = images[..., top : top + size, left : left + size]
-    mean = images.new_tensor(CLIP_MEAN).view(1, 3, 1, 1)
-    std = images.new_tensor(CLIP_STD).view(1, 3, 1, 1)
-    return (images - mean) / std
-
-
 class AestheticModel(nn.Module):
     """Differentiable aesthetic score: float images in [0, 1], [B, 3, H, W] -> scores [B] (fp32 head)."""
 
@@ -107,8 +93,6 @@ class AestheticModel(nn.Module):
     ) -> AestheticModel:
         """CLIP by hub id or local directory plus the shipped LAION head."""
         from transformers import CLIPVisionModelWithProjection
-
-        from rewards_service.scorers.clip_score import load_pretrained
 
         clip = load_pretrained(CLIPVisionModelWithProjection.from_pretrained, clip_model, "clip_model", dtype=dtype)
         return cls(clip, load_aesthetic_head(head_path)).to(device).eval().requires_grad_(False)

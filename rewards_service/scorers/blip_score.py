@@ -17,8 +17,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from rewards_service.scorers.aesthetic import CLIP_MEAN, CLIP_STD
-from rewards_service.scorers.clip_score import load_pretrained
+from rewards_service.scorers.clip_common import CLIP_MEAN, CLIP_STD, load_pretrained
 
 DEFAULT_BLIP_MODEL = "Salesforce/blip-itm-large-coco"
 MAX_TEXT_TOKENS = 35

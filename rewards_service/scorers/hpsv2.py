@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from rewards_service.scorers.aesthetic import CLIP_MEAN, CLIP_STD, clip_preprocess
+from rewards_service.scorers.clip_common import CLIP_MEAN, CLIP_STD, clip_preprocess
 
 DEFAULT_HPSV2_ARCHITECTURE = "ViT-H-14"
 DEFAULT_HPSV2_CHECKPOINT = "xswu/HPSv2"

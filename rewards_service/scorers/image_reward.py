@@ -23,8 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from rewards_service.scorers.aesthetic import clip_preprocess
 from rewards_service.scorers.blip_score import check_prompts
+from rewards_service.scorers.clip_common import clip_preprocess
 
 DEFAULT_IMAGE_REWARD_CHECKPOINT = "THUDM/ImageReward"
 IMAGE_REWARD_FILE = "ImageReward.pt"
@@ -174,7 +174,7 @@ def blip_tokenizer(name_or_path: str) -> Any:
     """BLIP's text tokenizer: BERT (bert-base-uncased) with [DEC] as bos and [ENC] added (vocab 30524)."""
     from transformers import BertTokenizerFast
 
-    from rewards_service.scorers.clip_score import load_pretrained
+    from rewards_service.scorers.clip_common import load_pretrained
 
     tokenizer = load_pretrained(BertTokenizerFast.from_pretrained, name_or_path, "tokenizer")
     tokenizer.add_special_tokens({"bos_token": "[DEC]", "additional_special_tokens": ["[ENC]"]})
