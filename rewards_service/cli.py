@@ -20,7 +20,8 @@ def load_config(path: str | None) -> RewardServiceConfig:
         apps = [a for a in data["applications"] if str(a.get("import_path", "")).startswith("rewards_service.serve")]
         if len(apps) != 1:
             raise ValueError(
-                f"{path}: expected one application with import_path rewards_service.serve:app_builder, found {len(apps)}"
+                f"{path}: expected one application with import_path rewards_service.serve:app_builder, found "
+                f"{len(apps)}"
             )
         app = apps[0]
         data = {

@@ -1,4 +1,5 @@
-"""Differentiable rewards for first-order training (ROCM): torch modules, float images in [0, 1] in, a score per image out.
+"""Differentiable rewards for first-order training (ROCM): torch modules, float images in [0, 1] in, a score per
+image out.
 
 Every module here has `forward(images, prompts) -> [B]` with `images` float [B, 3, H, W] in [0, 1]
 and gradients flowing back to the pixels. The same modules are served for monitoring (no grad)

@@ -97,7 +97,7 @@ def _import(path: str) -> Callable[..., Scorer]:
 
 
 def build_scorer(name: str, version: str | None = None, **options: Any) -> Scorer:
-    """Construct the scorer registered under `name` (or a 'module:Class' import path); `version` overrides its version."""
+    """The scorer registered under `name` (or a 'module:Class' import path); `version` overrides its version."""
     if ":" in name:
         factory = _import(name)
     elif name in REWARDS:

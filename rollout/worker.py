@@ -1,4 +1,4 @@
-"""The rollout role: a pipeline (LCM or DDIM, see rollout.policies) carrying the current LoRA, sampling trajectories on request."""
+"""The rollout role: a pipeline (LCM or DDIM, see rollout.policies) with the current LoRA, sampling on request."""
 
 from __future__ import annotations
 

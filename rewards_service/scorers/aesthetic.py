@@ -53,7 +53,8 @@ def load_aesthetic_head(path: str | Path | None = None, sha256: str | None = HEA
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
         if digest != sha256:
             raise ValueError(
-                f"aesthetic head {path} has sha256 {digest}, expected {sha256}; the file is corrupt or not the LAION head"
+                f"aesthetic head {path} has sha256 {digest}, expected {sha256}; the file is corrupt or not the LAION "
+                "head"
             )
     head = AestheticHead()
     head.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
@@ -68,7 +69,8 @@ class AestheticModel(nn.Module):
         projection_dim = clip.config.projection_dim
         if projection_dim != head.layers[0].in_features:
             raise ValueError(
-                f"CLIP projection_dim {projection_dim} does not fit the head input {head.layers[0].in_features}; use a ViT-L/14 (projection_dim=768)"
+                f"CLIP projection_dim {projection_dim} does not fit the head input {head.layers[0].in_features}; use "
+                "a ViT-L/14 (projection_dim=768)"
             )
         self.clip = clip
         self.head = head.float()

@@ -101,7 +101,8 @@ class BlipScore(nn.Module):
         size = image_processor.size
         if size.get("height") != size.get("width") or size.get("height") != blip.config.vision_config.image_size:
             raise ValueError(
-                f"image processor size {size} does not match the BLIP vision tower's {blip.config.vision_config.image_size} px square input"
+                f"image processor size {size} does not match the BLIP vision tower's "
+                f"{blip.config.vision_config.image_size} px square input"
             )
         return cls(
             blip.eval().requires_grad_(False),

@@ -46,5 +46,6 @@ def load_pretrained(loader: Callable[..., Any], path_or_id: str, option: str, **
         raise FileNotFoundError(
             f"cannot load {path_or_id!r} ({where}): put the weights in the Hugging Face cache "
             f"(`hf download {path_or_id}` where the hub is reachable, then copy ~/.cache/huggingface) "
-            f"or pass a local folder with the option {option}=/path/to/folder. Cause: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+            f"or pass a local folder with the option {option}=/path/to/folder. Cause: "
+            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
         ) from None

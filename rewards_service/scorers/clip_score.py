@@ -41,13 +41,14 @@ def clip_input_size(image_processor: Any, image_size: int) -> int:
     )
     if not (same_layout and same_values):
         raise ValueError(
-            f"image processor {type(image_processor).__name__} (size {image_processor.size}, crop {crop}, mean {image_processor.image_mean}) "
-            "is not CLIP's: the differentiable preprocessing reproduces resize shortest edge = crop size, center crop, "
-            "x/255, CLIP mean/std; use a CLIP processor"
+            f"image processor {type(image_processor).__name__} (size {image_processor.size}, crop {crop}, mean "
+            f"{image_processor.image_mean}) is not CLIP's: the differentiable preprocessing reproduces resize shortest "
+            "edge = crop size, center crop, x/255, CLIP mean/std; use a CLIP processor"
         )
     if short != image_size:
         raise ValueError(
-            f"image processor crops to {short} px but the CLIP vision tower takes {image_size} px; pair the model with its processor"
+            f"image processor crops to {short} px but the CLIP vision tower takes {image_size} px; pair the model "
+            "with its processor"
         )
     return short
 

@@ -76,7 +76,7 @@ def ddim_mean_std(
     t_prev: torch.Tensor,
     eta: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and std σ_t of x_{k+1} given x_k, t [B] and t' [B], as DDIMScheduler.step (use_clipped_model_output=False)."""
+    """Mean and std σ_t of x_{k+1} given x_k, t [B], t' [B], as DDIMScheduler.step (use_clipped_model_output=False)."""
     dtype = math_dtype_for(model_output.dtype, x.dtype)
     x = x.to(dtype)
     alpha_t, alpha_prev = alpha_prod(scheduler, t, dtype), alpha_prod(scheduler, t_prev, dtype)  # ᾱ_t, ᾱ_t'

@@ -235,7 +235,7 @@ def sample_lcm_trajectory(
 
 
 class LCMPolicy:
-    """RLCM's policy: H−1 actions, the last step deterministic, guidance by the LCM embedding (one UNet image per step)."""
+    """RLCM's policy: H−1 actions, the last step deterministic, guidance by the LCM embedding (1 UNet image a step)."""
 
     name, scheduler = LCM, LCMScheduler
 
