@@ -50,7 +50,7 @@ from learner.actor import build_learner
 from learner.algorithms import ALGORITHMS
 from learner.lam_controller import controller_for
 from learner.policy_measures import kl_to_base, pairwise_diversity
-from rewards_service.scorers import build_scorer
+from rewards_service.registry import build_scorer
 from rollout.lora import import_adapter
 from rollout.worker import RolloutSpec, RolloutWorker
 

@@ -5,7 +5,7 @@
                                                     # bf16 on CUDA
 
 What is timed (median over --repeats, after --warmup rounds):
-- rollout: `rollout.policy.sample_trajectory` (H UNet calls, log π per step, decode to uint8) → images/s;
+- rollout: `rollout.policies.sample_trajectory` (H UNet calls, log π per step, decode to uint8) → images/s;
 - plain:   stock `pipe(...)` (the diffusers LatentConsistencyModelPipeline loop) at the same batch, steps,
            guidance and LoRA, output_type="pt" → images/s; overhead = rollout time / plain time − 1 (target ≤ 5%);
 - PPO:     `learner.ppo.ppo_update` over one batch of trajectories (H−1 transitions per sample, forward +
@@ -71,8 +71,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     from learner.ppo import PPOSettings, TrainBatch, ppo_update
     from rollout.lora import LoraSettings, add_lora
     from rollout.models import DEFAULT_REAL_MODEL, load_pipeline
-    from rollout.policies import policy_for
-    from rollout.policy import sample_trajectory
+    from rollout.policies import policy_for, sample_trajectory
     from rollout.precision import dtypes_for
 
     if args.threads:

@@ -28,7 +28,7 @@ from bench_rocm_vs_rlcm import evaluate, rocm_spec
 from cluster.prompts import epoch_prompts, load_prompts
 from learner.lam_controller import LamController
 from learner.rocm_learner import ROCMLearner
-from rewards_service.scorers import jpeg_size_kb
+from rewards_service.scorers.jpeg import jpeg_size_kb
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402

@@ -42,8 +42,7 @@ def main() -> None:
     from learner.learner import LearnerSpec, PPOLearner
     from learner.old_log_probs import draw_pass_orders, pass_calls, recompute_log_probs
     from learner.settings import PPOSettings
-    from rollout.policies import policy_for
-    from rollout.policy import sample_trajectory
+    from rollout.policies import policy_for, sample_trajectory
     from rollout.settings import LoraSettings
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -17,7 +17,7 @@ import numpy as np
 from ray import serve
 
 from rewards_service.codec import encode_batch
-from rewards_service.scorers import JpegCompressibility
+from rewards_service.scorers.jpeg import JpegCompressibility
 from rewards_service.serve import run_service
 from rewards_service.serve_config import RewardDeploymentConfig, RewardServiceConfig
 from rewards_service.settings import ServiceSettings

@@ -36,9 +36,8 @@ from cluster.prompts import batch_seed, epoch_prompts, load_prompts
 from learner.learner import LearnerSpec, PPOLearner
 from learner.rocm import rocm_objective
 from learner.rocm_learner import ROCMLearner, ROCMLearnerSpec
-from rewards_service.differentiable import build_differentiable_reward
-from rewards_service.scorers import build_scorer
-from rollout.policy import Trajectory
+from rewards_service.registry import build_differentiable_reward, build_scorer
+from rollout.trajectory import Trajectory
 from rollout.worker import RolloutSpec, RolloutWorker
 
 matplotlib.use("Agg")

@@ -21,8 +21,8 @@ from cluster.config import load_config
 from cluster.driver import Trainer
 from cluster.prompts import batch_seed, epoch_prompts, load_prompts
 from learner.learner import LearnerSpec, PPOLearner
-from rewards_service.scorers import build_scorer
-from rollout.policy import Trajectory
+from rewards_service.registry import build_scorer
+from rollout.trajectory import Trajectory
 from rollout.worker import RolloutSpec, RolloutWorker
 
 BASE = ["sampling.batches_per_epoch=2", "run.sample_grid_every=1000", "run.save_every=1000", "run.torch_threads=1"]

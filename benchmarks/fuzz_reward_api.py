@@ -32,7 +32,7 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 from rewards_service.app import ERRORS, create_app  # noqa: E402
-from rewards_service.scorers import build_scorer  # noqa: E402
+from rewards_service.registry import build_scorer  # noqa: E402
 from rewards_service.settings import ServiceSettings  # noqa: E402
 
 TOKEN = "fuzz-token"

@@ -61,10 +61,10 @@ def main() -> None:
     from learner.optim import build_optimizer
     from learner.rocm import rocm_objective
     from learner.settings import PPOSettings, ROCMSettings
-    from rewards_service.differentiable import build_differentiable_reward
+    from rewards_service.registry import build_differentiable_reward
     from rollout.lora import add_lora, export_adapter
     from rollout.models import load_pipeline
-    from rollout.policy import sample_trajectory
+    from rollout.policies import sample_trajectory
     from rollout.settings import LoraSettings
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -229,7 +229,7 @@ def old_log_prob_rows(learner, prompts: list[str], steps: int, res: int, gen, sm
     import copy
 
     from cluster.config import load_config
-    from rollout.policy import sample_trajectory
+    from rollout.policies import sample_trajectory
 
     preset = load_config("aesthetic")
     train_batch = preset.train.train_batch_size

@@ -51,7 +51,7 @@ from learner.group import LearnerGroup
 from learner.guards import SkipStreak
 from learner.lam_controller import controller_for
 from rewards_service.client import RewardClient, RewardClientConfig, RewardUnavailable, build_reward_client
-from rewards_service.scorers import ScoreResult
+from rewards_service.scorers.base import ScoreResult
 from rollout.precision import DTYPES
 from rollout.worker import RolloutSpec
 

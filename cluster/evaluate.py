@@ -8,7 +8,7 @@ every tuned model start from the same noise and their scores pair up. Images com
 same pipeline after `pipe.load_lora_weights(lora_dir)` (unloaded before the next run).
 
 Metrics are reward names: the ones the reward service at `service_url` offers are scored over HTTP,
-the others by the in-process registry (`rewards_service.scorers.build_scorer`). Confidence intervals are
+the others by the in-process registry (`rewards_service.registry.build_scorer`). Confidence intervals are
 t-intervals over the n = prompts × seeds samples (scipy's t quantile when installed, else a table).
 """
 
@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from cluster.checkpoint_record import DEFAULTS, SamplingRecord, read_record, sampling_settings
 from rewards_service.client import HttpRewardClient, InProcessRewardClient, RewardClient
-from rewards_service.scorers import REWARD_NAMES, build_scorer
+from rewards_service.registry import REWARD_NAMES, build_scorer
 
 LOCAL_METRICS = tuple(n for n in REWARD_NAMES if n != "composite")
 PROMPT_PRESETS = ("imagenet_animals", "simple_animals", "animals_activities")

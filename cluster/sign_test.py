@@ -80,7 +80,7 @@ class ToyRun:
     def __init__(self, config, mode: str, worker=None):
         from cluster.driver import DTYPES
         from learner.actor import build_learner
-        from rewards_service.scorers import build_scorer
+        from rewards_service.registry import build_scorer
 
         if config.algo.samples_from != "rollouts":
             raise ValueError(f"the sign test needs a rollout algorithm; {config.algo.name} samples its own chains")

@@ -101,7 +101,7 @@ def check_lora_targets(targets: list[str], module_names: list[str]) -> None:
 def check_reward(config: TrainConfig) -> None:
     """`reward.name` is registered (and differentiable when the algorithm backpropagates through it); so is the
     reward the rollout actors' samples are scored with (`reward.monitor` when the learners sample their own)."""
-    from rewards_service.scorers import REWARD_NAMES, differentiable_reward_names
+    from rewards_service.registry import REWARD_NAMES, differentiable_reward_names
 
     reward, algorithm = config.reward, config.algo
     if algorithm.differentiable_reward():

@@ -10,7 +10,7 @@ p = N(μ_p, σ²I), q = N(μ_q, σ²I) and Δ = μ_p − μ_q, per latent dimens
     js          JS(p,q)  = ½KL(p‖m) + ½KL(q‖m),  m = ½(p + q)  (no closed form: reparameterized samples)
     none        0
 
-Each is averaged over the latent dimensions (all but the batch dim), like log π in `rollout.policy`.
+Each is averaged over the latent dimensions (all but the batch dim), like log π in `rollout.policies.lcm`.
 """
 
 from __future__ import annotations

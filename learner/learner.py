@@ -12,7 +12,7 @@ from learner.ppo import PPOSettings, TrainBatch, ppo_update
 from learner.stat_tracker import PerPromptStatTracker
 from rollout.lora import LoraSettings
 from rollout.policies import policy_for
-from rollout.policy import Trajectory
+from rollout.trajectory import Trajectory
 
 
 @dataclass

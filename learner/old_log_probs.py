@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from rollout.policies import Transitions
-from rollout.policy import gaussian_log_prob
+from rollout.policies.chain_math import gaussian_log_prob
 
 
 @dataclass

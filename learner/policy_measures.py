@@ -16,7 +16,7 @@ import torch
 
 from learner.divergences import gaussian_divergence
 from rollout.policies import policy_for
-from rollout.policy import Trajectory
+from rollout.trajectory import Trajectory
 
 
 @torch.no_grad()

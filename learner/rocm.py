@@ -1,6 +1,6 @@
 """ROCM (Algorithm 2): first-order reward optimization through the LCM sampling chain, regularized per step.
 
-With the RLCM policy (`rollout.policy`), reparameterized, and the frozen base model (LoRA disabled) as reference:
+With the RLCM policy (`rollout.policies.lcm`), reparameterized, and the frozen base model (LoRA disabled) as reference:
 
     x_0        = initial noise
     denoised_k = f_θ(x_k, τ_k)                                     (c_out·x̂0 + c_skip·x_k, LoRA on)
@@ -27,17 +27,9 @@ from learner.divergences import DIVERGENCES, gaussian_divergence
 from learner.guards import grad_norm_metrics
 from learner.optim import optimizer_step
 from learner.settings import ROCMSettings
-from rollout.policy import (
-    draw_noise,
-    encode_prompts,
-    guidance_embedding,
-    latent_shape,
-    lcm_chain,
-    lcm_timesteps,
-    math_dtype_for,
-    predict_denoised,
-    transition_mean_std,
-)
+from rollout.policies.chain_math import draw_noise, encode_prompts, latent_shape
+from rollout.policies.lcm import guidance_embedding, lcm_chain, lcm_timesteps, predict_denoised, transition_mean_std
+from rollout.precision import math_dtype_for
 
 RewardFn = Callable[[torch.Tensor, list[str]], torch.Tensor]
 
@@ -89,7 +81,7 @@ def rocm_objective(
 ) -> dict[str, torch.Tensor]:
     """Sample B = len(prompts) reparameterized chains with grad; `objective`, `reward`, `divergence` [B], `images` uint8.
 
-    The chain is `rollout.policy.lcm_chain` and its noise x_0, ε_0 … ε_{H−2} comes from `draw_noise` first,
+    The chain is `rollout.policies.lcm.lcm_chain` and its noise x_0, ε_0 … ε_{H−2} comes from `draw_noise` first,
     as for `sample_trajectory` (same seed, same weights: same chain); `latents` replaces x_0 (the draw still happens). `divergence`
     is Σ_k D_k; with lam == 0 or divergence "none" the reference UNet is not run and it is zero.
 

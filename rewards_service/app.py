@@ -109,8 +109,8 @@ ERRORS = {
     **_error(404, "unknown reward"),
     **_error(
         408,
-        "the request body did not arrive within body_timeout_s, came slower than min_upload_bytes_per_s after upload_grace_s, "
-        "or was cut off to make room for others (the upload furthest behind that rate goes first)",
+        "the request body did not arrive within body_timeout_s, came slower than min_upload_bytes_per_s after "
+        "upload_grace_s, or was cut off to make room for others (the upload furthest behind that rate goes first)",
     ),
     **_error(
         413,
@@ -136,8 +136,9 @@ def request_schema(settings: ServiceSettings) -> dict[str, Any]:
     for field in ("prompts", "images"):
         schema["properties"][field]["maxItems"] = settings.max_images_per_request
     schema["description"] += (
-        f" Limits of this service: at most {settings.max_images_per_request} images, each at most {settings.max_image_side} "
-        f"pixels a side and {settings.max_pixels_per_image} pixels, {settings.max_pixels_per_request} pixels in all, "
+        f" Limits of this service: at most {settings.max_images_per_request} images, each at most "
+        f"{settings.max_image_side} pixels a side and {settings.max_pixels_per_image} pixels, "
+        f"{settings.max_pixels_per_request} pixels in all, "
         f"a body of at most {settings.max_body_bytes} bytes."
     )
     return schema
@@ -177,7 +178,7 @@ def _validation_detail(exc: ValidationError) -> str:
 
 
 async def read_body(request: Request, settings: ServiceSettings, uploads: UploadSlots) -> bytes:
-    """The request body: 413 above max_body_bytes; 408 (connection closed) if it comes too slowly or is cut off for room."""
+    """The request body: 413 above max_body_bytes; 408 (connection closed) if it comes too slowly or is cut off."""
     limit = settings.max_body_bytes
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) > limit:
@@ -213,7 +214,8 @@ def parse_request(body: bytes, settings: ServiceSettings) -> tuple[ScoreRequest,
     if len(req.images) > settings.max_images_per_request:
         raise HTTPException(
             413,
-            f"{len(req.images)} images in one request, above the limit of {settings.max_images_per_request}; split the batch",
+            f"{len(req.images)} images in one request, above the limit of {settings.max_images_per_request}; split "
+            "the batch",
         )
     try:
         headers = read_headers(req.images, settings.max_pixels_per_image, settings.max_image_side)
@@ -223,8 +225,8 @@ def parse_request(body: bytes, settings: ServiceSettings) -> tuple[ScoreRequest,
     if total > settings.max_pixels_per_request:
         raise HTTPException(
             413,
-            f"the {len(headers)} images hold {total} pixels in all, above the limit of {settings.max_pixels_per_request} "
-            "per request; send fewer or smaller images",
+            f"the {len(headers)} images hold {total} pixels in all, above the limit of "
+            f"{settings.max_pixels_per_request} per request; send fewer or smaller images",
         )
     return req, headers
 

@@ -1,4 +1,4 @@
-"""A server-wide budget of decoded pixels: requests reserve their pixels before decoding, and wait (bounded) for room."""
+"""A server-wide budget of decoded pixels: requests reserve their pixels before decoding and wait (bounded) for room."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ class PixelBudget:
 
     @contextlib.asynccontextmanager
     async def reserve(self, pixels: int, wait_s: float) -> AsyncIterator[None]:
-        """Hold `pixels` of the budget for the body of the `async with`; BudgetBusy if there is no room within `wait_s`."""
+        """Hold `pixels` of the budget for the body of the `async with`; BudgetBusy if no room comes within `wait_s`."""
         if pixels > self.capacity:
             raise ValueError(f"{pixels} pixels can never fit a budget of {self.capacity}")
         if self._changed is None:

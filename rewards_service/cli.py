@@ -20,7 +20,8 @@ def load_config(path: str | None) -> RewardServiceConfig:
         apps = [a for a in data["applications"] if str(a.get("import_path", "")).startswith("rewards_service.serve")]
         if len(apps) != 1:
             raise ValueError(
-                f"{path}: expected one application with import_path rewards_service.serve:app_builder, found {len(apps)}"
+                f"{path}: expected one application with import_path rewards_service.serve:app_builder, found "
+                f"{len(apps)}"
             )
         app = apps[0]
         data = {
@@ -40,7 +41,7 @@ def serve_main(config_path: str | None, standalone: bool, host: str = "127.0.0.1
 
         from rewards_service.app import create_app
         from rewards_service.guard import guarded_protocol
-        from rewards_service.scorers import build_scorer
+        from rewards_service.registry import build_scorer
 
         scorers = {r.name: build_scorer(r.scorer or r.name, version=r.version, **r.options) for r in config.rewards}
         settings = config.settings

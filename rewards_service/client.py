@@ -38,7 +38,7 @@ class PermanentError(Exception):
 
 
 class RewardUnavailable(RuntimeError):
-    """No live Serve replica answered within the client's `replica_wait_s`: raised, never turned into invalid samples."""
+    """No live Serve replica answered within the client's `replica_wait_s`: raised, never made into invalid samples."""
 
 
 class RewardAuthError(PermissionError):
@@ -142,8 +142,8 @@ class ServeHandleRewardClient(RewardClient):
         replica_wait_s: float | None = None,
         wait_key: str = "retry.timeout_s",
     ) -> None:
-        """`replica_wait_s` (default: retry.timeout_s) bounds how long one attempt waits for a live replica; `wait_key` names
-        the setting in the error that ends the wait."""
+        """`replica_wait_s` (default: retry.timeout_s) bounds how long one attempt waits for a live replica;
+        `wait_key` names the setting in the error that ends the wait."""
         super().__init__(reward, retry, max_concurrency)
         self.handle = handle
         self.replica_wait_s, self.wait_key = replica_wait_s or self.retry.timeout_s, wait_key
@@ -156,8 +156,9 @@ class ServeHandleRewardClient(RewardClient):
         return cls(serve.get_deployment_handle(reward, app_name=app_name), reward, **kwargs)
 
     def _score_once(self, images: np.ndarray, prompts: list[str]) -> ScoreResult:
-        """One attempt, which outlasts a lost replica: a call whose replica died (its node lost, OOM) or that found none is
-        sent again, to a replacement once Serve has started one, until `replica_wait_s` have passed; then RewardUnavailable."""
+        """One attempt, which outlasts a lost replica: a call whose replica died (its node lost, OOM) or that found
+        none is sent again, to a replacement once Serve has started one, until `replica_wait_s` have passed; then
+        RewardUnavailable."""
         from ray.exceptions import GetTimeoutError, RayActorError
         from ray.serve.exceptions import DeploymentUnavailableError, ReplicaUnavailableError
 
@@ -181,9 +182,9 @@ class ServeHandleRewardClient(RewardClient):
                 lost = not isinstance(exc, (GetTimeoutError, TimeoutError))
                 if time.monotonic() >= deadline:
                     raise RewardUnavailable(
-                        f"no live replica of Serve deployment {self.reward!r} answered within {self.replica_wait_s:g} s "
-                        f"({self.wait_key}); last: {type(exc).__name__}: {first_line(exc)}; check `serve status` and the nodes "
-                        "that can host the deployment"
+                        f"no live replica of Serve deployment {self.reward!r} answered within "
+                        f"{self.replica_wait_s:g} s ({self.wait_key}); last: {type(exc).__name__}: "
+                        f"{first_line(exc)}; check `serve status` and the nodes that can host the deployment"
                     ) from None
                 if not lost:
                     raise  # a live replica that is just slow: an ordinary failed attempt
@@ -272,7 +273,7 @@ def build_reward_client(config: RewardClientConfig) -> RewardClient:
     """The client described by `config`."""
     common = {"retry": config.retry, "max_concurrency": config.max_concurrency}
     if config.backend == "in_process":
-        from rewards_service.scorers import build_scorer
+        from rewards_service.registry import build_scorer
 
         return InProcessRewardClient(build_scorer(config.reward, **config.options), **common)
     if config.backend == "serve":

@@ -65,7 +65,8 @@ def check_size(width: int, height: int, index: int, max_pixels: int, max_side: i
     if width * height > max_pixels:
         raise ImageError(
             413,
-            f"images[{index}] is {width}x{height} = {width * height} pixels, above the limit of {max_pixels}; resize it",
+            f"images[{index}] is {width}x{height} = {width * height} pixels, above the limit of {max_pixels}; resize "
+            "it",
         )
 
 
@@ -82,7 +83,7 @@ class ImageHeader(NamedTuple):
 
 
 def check_png_base64(data: str, index: int) -> None:
-    """ImageError (422) unless `data` is base64 text that starts with the PNG signature (what the request schema says)."""
+    """ImageError (422) unless `data` is base64 text starting with the PNG signature (what the request schema says)."""
     if not data:
         raise ImageError(422, f"images[{index}] is empty; send base64-encoded PNG bytes")
     if _BASE64.fullmatch(data) is None:
@@ -119,7 +120,8 @@ def _decode_into(out: np.ndarray, data: str, index: int) -> None:
             if img.size != (out.shape[1], out.shape[0]):
                 raise ImageError(
                     422,
-                    f"images[{index}] is a corrupt PNG: it declares {out.shape[1]}x{out.shape[0]} but decodes to {img.size[0]}x{img.size[1]}",
+                    f"images[{index}] is a corrupt PNG: it declares {out.shape[1]}x{out.shape[0]} but decodes to "
+                    f"{img.size[0]}x{img.size[1]}",
                 )
             out[...] = np.asarray(img.convert("RGB"), dtype=np.uint8)
     except Image.DecompressionBombError as exc:

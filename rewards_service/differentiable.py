@@ -1,4 +1,5 @@
-"""Differentiable rewards for first-order training (ROCM): torch modules, float images in [0, 1] in, a score per image out.
+"""Differentiable rewards for first-order training (ROCM): torch modules, float images in [0, 1] in, a score per
+image out.
 
 Every module here has `forward(images, prompts) -> [B]` with `images` float [B, 3, H, W] in [0, 1]
 and gradients flowing back to the pixels. The same modules are served for monitoring (no grad)
@@ -7,7 +8,6 @@ through `DifferentiableScorer`, so the number the learner climbs is the number t
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -88,27 +88,15 @@ class PromptFree(nn.Module):
         return self.model(images)
 
 
-def build_differentiable_reward(name: str, **options: Any) -> nn.Module:
-    """The frozen differentiable reward module registered under `name` (eval mode, no trainable weights)."""
-    from rewards_service.scorers import REWARDS, differentiable_reward_names
-
-    entry = REWARDS.get(name)
-    if entry is None or not entry.differentiable:
-        raise ValueError(
-            f"reward {name!r} is not differentiable; differentiable rewards: {differentiable_reward_names()}"
-        )
-    path, _, factory = entry.module.partition(":")
-    module = getattr(importlib.import_module(path), factory)(**options)
-    return module.eval().requires_grad_(False)
-
-
 class DifferentiableScorer:
-    """Serves a differentiable reward on the non-differentiable path: uint8 [B, H, W, 3] in, floats out."""
+    """Serves a differentiable reward on the non-differentiable path: uint8 [B, H, W, 3] in, floats out.
 
-    def __init__(self, name: str, version: str = "1", device: str | None = None, **options: Any) -> None:
+    `model` is the reward's frozen module (`rewards_service.registry.build_differentiable_reward(name)`)."""
+
+    def __init__(self, name: str, model: nn.Module, version: str = "1", device: str | None = None) -> None:
         self.name, self.version = name, version
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.model = build_differentiable_reward(name, **options).to(self.device)
+        self.model = model.to(self.device)
 
     @torch.no_grad()
     def score(self, images: np.ndarray, prompts: Sequence[str]) -> ScoreResult:

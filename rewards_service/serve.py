@@ -18,7 +18,7 @@ from ray.serve.handle import DeploymentHandle
 
 from rewards_service.app import create_app
 from rewards_service.batching import score_merged
-from rewards_service.scorers import build_scorer
+from rewards_service.registry import build_scorer
 from rewards_service.scorers.base import ScoreResult, ScorerUnavailable, check_batch
 from rewards_service.serve_config import RewardDeploymentConfig, RewardServiceConfig
 from rewards_service.settings import ServiceSettings

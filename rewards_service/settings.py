@@ -112,7 +112,8 @@ class ServiceSettings(BaseModel):
         for key in ("limit_concurrency", "max_ongoing_requests"):
             if self.max_uploads(getattr(self, key)) < 1:
                 raise ValueError(
-                    f"upload_share ({self.upload_share}) x {key} ({getattr(self, key)}) leaves no room for an upload; raise upload_share or {key}"
+                    f"upload_share ({self.upload_share}) x {key} ({getattr(self, key)}) leaves no room for an upload; "
+                    f"raise upload_share or {key}"
                 )
         if self.max_upload_bytes < self.max_body_bytes:
             raise ValueError(

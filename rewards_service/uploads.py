@@ -40,10 +40,13 @@ class Upload:
         if self.cut_off:
             return self.cut_off
         if elapsed >= self.timeout_s:
-            return f"the request body did not arrive within {self.timeout_s} s ({self.bytes} bytes came); send it faster or in smaller requests"
+            return (
+                f"the request body did not arrive within {self.timeout_s} s ({self.bytes} bytes came); send it faster "
+                "or in smaller requests"
+            )
         return (
-            f"the request body arrived too slowly: {self.bytes} bytes in {elapsed:.1f} s, below {self.min_rate:.0f} bytes/s "
-            f"after the first {self.grace_s} s; send it faster"
+            f"the request body arrived too slowly: {self.bytes} bytes in {elapsed:.1f} s, below {self.min_rate:.0f} "
+            f"bytes/s after the first {self.grace_s} s; send it faster"
         )
 
 
@@ -69,7 +72,8 @@ class UploadSlots:
                 self.active.add(upload)
                 if len(self.active) > self.max_uploads:
                     self._cut_off_furthest_behind(
-                        f"{len(self.active)} uploads were in progress, above the {self.max_uploads} that upload_share allows"
+                        f"{len(self.active)} uploads were in progress, above the {self.max_uploads} that upload_share "
+                        "allows"
                     )
                 yield upload
         finally:
@@ -83,7 +87,8 @@ class UploadSlots:
             _stop_at(upload, upload.deadline())
         while self.bytes_in_flight > self.max_upload_bytes and self.active:
             self._cut_off_furthest_behind(
-                f"uploads in progress held {self.bytes_in_flight} bytes, above max_upload_bytes ({self.max_upload_bytes})"
+                f"uploads in progress held {self.bytes_in_flight} bytes, above max_upload_bytes "
+                f"({self.max_upload_bytes})"
             )
 
     def _cut_off_furthest_behind(self, reason: str) -> None:
@@ -91,7 +96,8 @@ class UploadSlots:
         loop = asyncio.get_running_loop()
         victim.cut_off = (
             f"the server cut off this upload to make room: {reason}, and this one was the furthest behind "
-            f"{self.min_rate:.0f} bytes/s ({victim.bytes} bytes in {loop.time() - victim.started:.1f} s); retry, sending faster"
+            f"{self.min_rate:.0f} bytes/s ({victim.bytes} bytes in {loop.time() - victim.started:.1f} s); retry, "
+            "sending faster"
         )
         self._remove(victim)
         _stop_at(victim, loop.time())

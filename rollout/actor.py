@@ -10,7 +10,7 @@ import ray
 import torch
 
 from rollout.lora import AdapterVersion
-from rollout.policy import Trajectory
+from rollout.trajectory import Trajectory
 from rollout.worker import RolloutSpec, RolloutWorker
 
 
@@ -39,7 +39,7 @@ class RolloutActor:
 
     @ray.method(num_returns=3)
     def sample(self, prompts: list[str], seed: int, version: int, adapter: list) -> tuple[Trajectory, np.ndarray, dict]:
-        """One batch with policy `version`; `adapter` = [ObjectRef of it], fetched only if this actor holds another version."""
+        """One batch with policy `version`; `adapter` = [ObjectRef of it], fetched only if this actor holds another."""
         start = time.perf_counter()
         if version != self.worker.version:
             self.worker.set_adapter(ray.get(adapter[0]))

@@ -1,4 +1,4 @@
-"""Loading pipelines: a hub id, a local directory, or a toy built from configs (`"tiny"` LCM, `"tiny-ddim"` Stable Diffusion).
+"""Loading pipelines: a hub id, a local directory, or a toy built from configs (`"tiny"` LCM, `"tiny-ddim"` SD).
 
 The toy is a real `LatentConsistencyModelPipeline` (stock diffusers class) whose parts are small:
 a random 2-level `UNet2DConditionModel` with the LCM guidance embedding (sample prediction), a
@@ -55,7 +55,7 @@ class ToyPixelDecoder(ModelMixin, ConfigMixin):
         return 2 ** (len(self.config.block_out_channels) - 1)
 
     def decode(self, z: torch.Tensor, return_dict: bool = False, generator: torch.Generator | None = None):
-        """`generator` is accepted as `AutoencoderKL.decode` takes it (StableDiffusionPipeline passes it); it is unused."""
+        """`generator` is accepted (unused) as `AutoencoderKL.decode` takes it: StableDiffusionPipeline passes it."""
         image = F.interpolate(torch.tanh(self.to_rgb(z)), scale_factor=self.upscale, mode="nearest")
         return (image,)
 

@@ -1,4 +1,4 @@
-"""The rollout role: a pipeline (LCM or DDIM, see rollout.policies) carrying the current LoRA, sampling trajectories on request."""
+"""The rollout role: a pipeline (LCM or DDIM, see rollout.policies) with the current LoRA, sampling on request."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import torch
 
 from rollout.lora import AdapterVersion, LoraSettings, add_lora, import_adapter
 from rollout.models import load_pipeline
-from rollout.policy import Trajectory, sample_trajectory
+from rollout.policies import sample_trajectory
+from rollout.trajectory import Trajectory
 
 
 @dataclass

@@ -15,10 +15,10 @@ from PIL import Image
 from cluster.cli import main
 from cluster.config import ConfigError, load_config
 from learner.algorithms.ddpo.learner import DDPOLearnerSpec
-from rollout.ddim_policy import DDIMTransitions
 from rollout.lora import LoraSettings
 from rollout.models import build_tiny_ddim_pipeline, load_pipeline
-from rollout.policy import sample_trajectory
+from rollout.policies import sample_trajectory
+from rollout.policies.ddim import DDIMTransitions
 from tests.toys import assert_same_lora, lora_changes_stock_images, rows_of, train_cli
 
 PROMPTS = ["a cat", "a red fox"]

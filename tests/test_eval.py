@@ -17,7 +17,7 @@ from cluster.evaluate import EvalSettings, evaluate, mean_ci, metric_clients, re
 from cluster.prompts import batch_seed, epoch_prompts, load_prompts
 from rewards_service.app import create_app
 from rewards_service.client import HttpRewardClient, InProcessRewardClient
-from rewards_service.scorers import JpegCompressibility
+from rewards_service.scorers.jpeg import JpegCompressibility
 
 
 @pytest.fixture
@@ -161,7 +161,7 @@ def train_toy_adapter(directory, epochs: int = 3):
     """A genuinely trained adapter: RLCM on the toy (tiny-cpu preset settings) for a few epochs of 16 samples."""
     from cluster.config import load_config
     from learner.learner import LearnerSpec, PPOLearner
-    from rollout.policy import Trajectory
+    from rollout.trajectory import Trajectory
     from rollout.worker import RolloutSpec, RolloutWorker
 
     cfg = load_config("tiny-cpu")

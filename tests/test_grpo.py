@@ -14,7 +14,7 @@ from cluster.cli import main
 from cluster.config import ConfigError, load_config
 from learner.algorithms.grpo.learner import group_advantages
 from rollout.models import build_tiny_pipeline
-from rollout.policy import sample_trajectory
+from rollout.policies import sample_trajectory
 from tests.toys import assert_same_lora, lora_changes_stock_images, rows_of, train_cli
 
 

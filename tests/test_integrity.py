@@ -207,7 +207,7 @@ def test_the_scorers_error_text_reaches_the_row_and_the_console_line():
     from cluster.buffer import Entry, error_text
     from cluster.progress import epoch_line
     from cluster.schedule import Scheduler, reward_summary
-    from rewards_service.scorers import ScoreResult
+    from rewards_service.scorers.base import ScoreResult
 
     schedule = Scheduler(["a cat"], 2, 2, 0, "sync", 1, 4)
     failed = ScoreResult.failed(2, "", "HTTP 503 from http://127.0.0.1:8000/v1/score/aesthetic: replica overloaded")

@@ -12,7 +12,7 @@ from cluster.prompts import epoch_prompts, load_prompts
 from learner.lam_controller import LamController, controller_for, lam_update
 from learner.rocm_learner import ROCMLearner, ROCMLearnerSpec
 from learner.settings import ROCMSettings
-from rewards_service.differentiable import build_differentiable_reward
+from rewards_service.registry import build_differentiable_reward
 from rollout.lora import LoraSettings
 
 

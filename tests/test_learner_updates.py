@@ -3,7 +3,7 @@
 Each test builds the learner as the driver does, gives its LoRA random B weights (θ ≠ base), takes ONE update
 with ≥ 2 passes (PPO: inner_epochs; first-order: updates_per_epoch), gradient accumulation, advantage and ratio
 clipping and an active grad-norm clip, and compares the LoRA after it with a recomputation written here: the
-loss by formula from the policy's public Gaussians (`rollout.policy`, `rollout.ddim_policy`), the per-step KL
+loss by formula from the policy's public Gaussians (`rollout.policies.lcm`, `rollout.policies.ddim`), the per-step KL
 Δ²/(2σ²) against a pipeline that never had a LoRA, the gradient by `torch.autograd.grad` of one window's
 summed loss, the global-norm clip and AdamW's formula by hand. The learner's generator state is read before
 the update, so the reference draws the same shuffles, noise and truncations.
@@ -26,17 +26,16 @@ from learner.algorithms.grpo.learner import GRPOLearnerSpec
 from learner.learner import LearnerSpec
 from learner.rocm_learner import ROCMLearnerSpec
 from learner.settings import PPOSettings, ROCMSettings
-from rewards_service.differentiable import build_differentiable_reward
-from rollout.ddim_policy import ddim_transition_gaussian
+from rewards_service.registry import build_differentiable_reward
 from rollout.lora import LoraSettings, add_lora
 from rollout.models import load_pipeline
-from rollout.policy import (
-    encode_prompts,
-    gaussian_log_prob,
+from rollout.policies import sample_trajectory
+from rollout.policies.chain_math import encode_prompts, gaussian_log_prob
+from rollout.policies.ddim import ddim_transition_gaussian
+from rollout.policies.lcm import (
     guidance_embedding,
     lcm_timesteps,
     predict_denoised,
-    sample_trajectory,
     transition_gaussian,
     transition_mean_std,
 )

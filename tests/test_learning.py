@@ -19,7 +19,7 @@ from cluster.config import load_config
 from cluster.prompts import batch_seed, epoch_prompts, load_prompts
 from learner.learner import LearnerSpec, PPOLearner
 from rewards_service.scorers.jpeg import JpegCompressibility
-from rollout.policy import Trajectory
+from rollout.trajectory import Trajectory
 from rollout.worker import RolloutSpec, RolloutWorker
 
 EPOCHS = 10

@@ -12,7 +12,7 @@ from learner.learner import LearnerSpec, PPOLearner
 from learner.ppo import PPOSettings
 from rollout.lora import LORA_WEIGHTS_NAME, AdapterVersion, LoraSettings, add_lora, export_adapter, import_adapter
 from rollout.models import build_tiny_pipeline
-from rollout.policy import sample_trajectory
+from rollout.policies import sample_trajectory
 from rollout.worker import RolloutSpec, RolloutWorker
 
 RANK, ALPHA = 4, 12.0  # scale 3: an alpha that silently fell back to rank would change the output

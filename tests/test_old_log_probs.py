@@ -12,7 +12,9 @@ from learner.old_log_probs import PassOrder, gap_metrics, pass_calls
 from learner.ppo import TrainBatch, ppo_update
 from learner.settings import PPOSettings
 from rollout.lora import add_lora
-from rollout.policy import LCMTransitions, gaussian_log_prob, lcm_timesteps, sample_trajectory
+from rollout.policies import sample_trajectory
+from rollout.policies.chain_math import gaussian_log_prob
+from rollout.policies.lcm import LCMTransitions, lcm_timesteps
 from rollout.settings import LoraSettings
 
 

@@ -1,4 +1,4 @@
-"""The LCM policy (DESIGN.md "The policy (exact)") checked against independent computations.
+"""The LCM policy (docs/CONTRACTS.md, "The policy (RLCM and ROCM)") checked against independent computations.
 
 Everything "expected" here is written out in the test from first principles: the scaled-linear
 ᾱ schedule, the LCM boundary-condition scalings, the guidance embedding, a direct `pipe.unet(...)`
@@ -15,14 +15,10 @@ import torch
 from diffusers import LCMScheduler
 
 from rollout.models import build_tiny_pipeline
-from rollout.policy import (
-    Trajectory,
-    clip_or_threshold,
-    guidance_embedding,
-    lcm_timesteps,
-    sample_trajectory,
-    transition_log_prob,
-)
+from rollout.policies import sample_trajectory
+from rollout.policies.chain_math import clip_or_threshold
+from rollout.policies.lcm import guidance_embedding, lcm_timesteps, transition_log_prob
+from rollout.trajectory import Trajectory
 
 H = 8
 PROMPTS = ["a cat", "a dog", "a goldfish"]

@@ -12,7 +12,7 @@ import torch
 from learner.policy_measures import kl_to_base, pairwise_diversity
 from rollout.lora import LoraSettings, add_lora
 from rollout.models import build_tiny_ddim_pipeline, build_tiny_pipeline
-from rollout.policy import sample_trajectory
+from rollout.policies import sample_trajectory
 from tests.test_policy import alphas_cumprod_by_hand, denoised_by_hand, prompt_embeds_by_hand
 
 GUIDANCE = 8.0

@@ -12,7 +12,8 @@ from cluster.config import load_config
 from learner.learner import LearnerSpec, PPOLearner
 from learner.ppo import ppo_loss
 from learner.stat_tracker import PerPromptStatTracker
-from rollout.policy import guidance_embedding, sample_trajectory, transition_log_prob
+from rollout.policies import sample_trajectory
+from rollout.policies.lcm import guidance_embedding, transition_log_prob
 from rollout.worker import RolloutSpec, RolloutWorker
 
 # ---------------------------------------------------------------- ppo_loss on hand-made numbers

@@ -10,7 +10,7 @@ import torch
 from learner.optim import build_optimizer
 from learner.rocm import rocm_objective
 from learner.settings import ROCMSettings
-from rewards_service.differentiable import build_differentiable_reward
+from rewards_service.registry import build_differentiable_reward
 from rollout.lora import LoraSettings, add_lora
 from rollout.models import load_pipeline
 from rollout.precision import Precision, dtypes_for, math_dtype_for

@@ -13,7 +13,8 @@ from PIL import Image
 
 from rewards_service.app import create_app, response_to_result
 from rewards_service.codec import encode_batch, encode_png
-from rewards_service.scorers import JpegCompressibility, JpegIncompressibility, ScoreResult, jpeg_size_kb
+from rewards_service.scorers.base import ScoreResult
+from rewards_service.scorers.jpeg import JpegCompressibility, JpegIncompressibility, jpeg_size_kb
 from rewards_service.settings import ServiceSettings
 
 TOKEN = "s3cret"

@@ -8,8 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from rewards_service.differentiable import build_differentiable_reward
-from rewards_service.scorers import build_scorer
+from rewards_service.registry import build_differentiable_reward, build_scorer
 from rewards_service.scorers.image_reward import (
     SCORE_MEAN,
     SCORE_STD,
@@ -286,7 +285,7 @@ def test_image_reward_tiny_score_by_hand_and_gradients(image_reward_files):
     pixels = to_float(images_uint8()).requires_grad_(True)
     scores = model(pixels, PROMPTS)
     # by hand: text [CLS] cross-attending to the ViT tokens, the linear MLP as matrix products, ImageReward's normalization
-    from rewards_service.scorers.aesthetic import clip_preprocess
+    from rewards_service.scorers.clip_common import clip_preprocess
 
     tokens = model.tokenizer(PROMPTS, padding="max_length", truncation=True, max_length=35, return_tensors="pt")
     assert tokens.input_ids[0, 0] == model.tokenizer.cls_token_id and len(model.tokenizer) == len(WORDS) + 7

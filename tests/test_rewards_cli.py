@@ -10,7 +10,7 @@ import pytest
 
 from rewards_service.cli import load_config
 from rewards_service.codec import encode_batch
-from rewards_service.scorers import jpeg_size_kb
+from rewards_service.scorers.jpeg import jpeg_size_kb
 from tests.servers import standalone_service
 
 SERVE_CONFIGS = sorted((Path(__file__).parents[1] / "cluster" / "serve").glob("*.yaml"))

@@ -19,7 +19,8 @@ from rewards_service.client import (
     RewardClientConfig,
     build_reward_client,
 )
-from rewards_service.scorers import JpegCompressibility, ScoreResult
+from rewards_service.scorers.base import ScoreResult
+from rewards_service.scorers.jpeg import JpegCompressibility
 from rewards_service.settings import ServiceSettings
 
 FAST_RETRY = RetryPolicy(timeout_s=5, max_attempts=3, backoff_s=0.01)

@@ -13,8 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from rewards_service.differentiable import DifferentiableScorer, build_differentiable_reward
-from rewards_service.scorers import build_scorer, differentiable_reward_names
+from rewards_service.differentiable import DifferentiableScorer
+from rewards_service.registry import build_differentiable_reward, build_scorer, differentiable_reward_names
 
 PROMPTS = ["a cat on a mat", "two dogs"]
 

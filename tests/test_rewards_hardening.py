@@ -17,8 +17,8 @@ from rewards_service import codec
 from rewards_service.app import create_app
 from rewards_service.client import InProcessRewardClient, RetryPolicy
 from rewards_service.codec import encode_png
-from rewards_service.scorers import JpegCompressibility, ScoreResult, jpeg_size_kb
-from rewards_service.scorers.base import FAILED_VERSION, ScorerUnavailable
+from rewards_service.scorers.base import FAILED_VERSION, ScoreResult, ScorerUnavailable
+from rewards_service.scorers.jpeg import JpegCompressibility, jpeg_size_kb
 from rewards_service.settings import ServiceSettings
 from tests.servers import standalone_service
 

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 
 from rewards_service.app import create_app
 from rewards_service.codec import encode_batch
-from rewards_service.scorers import build_scorer
+from rewards_service.registry import build_scorer
 from rewards_service.scorers.llava_bertscore import LlavaBertScore, references
 from rewards_service.settings import ServiceSettings
 

@@ -9,14 +9,12 @@ import pytest
 import torch
 from PIL import Image
 
-from rewards_service.scorers import CompositeScorer, JpegCompressibility, ScoreResult, build_scorer
-from rewards_service.scorers.aesthetic import (
-    HEAD_SHA256,
-    AestheticModel,
-    clip_preprocess,
-    default_head_path,
-    load_aesthetic_head,
-)
+from rewards_service.registry import build_scorer
+from rewards_service.scorers.aesthetic import HEAD_SHA256, AestheticModel, default_head_path, load_aesthetic_head
+from rewards_service.scorers.base import ScoreResult
+from rewards_service.scorers.clip_common import clip_preprocess
+from rewards_service.scorers.composite import CompositeScorer
+from rewards_service.scorers.jpeg import JpegCompressibility
 
 
 def _images(n: int = 2, size: int = 32) -> np.ndarray:

@@ -13,7 +13,8 @@ from ray import serve
 
 from rewards_service.client import HttpRewardClient, RetryPolicy, ServeHandleRewardClient
 from rewards_service.codec import encode_batch, encode_png
-from rewards_service.scorers import JpegCompressibility, ScoreResult, jpeg_size_kb
+from rewards_service.scorers.base import ScoreResult
+from rewards_service.scorers.jpeg import JpegCompressibility, jpeg_size_kb
 from rewards_service.serve import RemoteScorer, RewardDeploymentConfig, RewardServiceConfig, run_service
 from rewards_service.settings import ServiceSettings
 from tests.servers import free_port

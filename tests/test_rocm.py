@@ -19,17 +19,12 @@ from learner.divergences import gaussian_divergence
 from learner.optim import build_optimizer
 from learner.rocm import ROCMSettings, rocm_objective, rocm_update
 from learner.rocm_learner import ROCMLearner, ROCMLearnerSpec
-from rewards_service.differentiable import build_differentiable_reward
+from rewards_service.registry import build_differentiable_reward
 from rollout.lora import LoraSettings, add_lora
 from rollout.models import load_pipeline
-from rollout.policy import (
-    encode_prompts,
-    guidance_embedding,
-    lcm_timesteps,
-    predict_denoised,
-    sample_trajectory,
-    transition_mean_std,
-)
+from rollout.policies import sample_trajectory
+from rollout.policies.chain_math import encode_prompts
+from rollout.policies.lcm import guidance_embedding, lcm_timesteps, predict_denoised, transition_mean_std
 
 LORA = LoraSettings(rank=4, alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2", "conv_out"])
 PROMPTS = ["a cat", "a dog"]
@@ -185,7 +180,7 @@ def test_reference_calls_skipped_without_regularization():
 def test_gradient_matches_finite_difference_fp64():
     """Central difference along a unit direction (half random, half the gradient so the derivative is large).
 
-    The UNet, LoRA and policy math run in fp64 (rollout.policy computes in fp64 when the model is fp64).
+    The UNet, LoRA and policy math run in fp64 (rollout.policies.lcm computes in fp64 when the model is fp64).
     """
     pipe, params = lora_pipe(dtype=torch.float64)
     grads = lora_grads(params, objective(pipe, seed=1, num_steps=3, lam=0.5, gradient_checkpointing=True))

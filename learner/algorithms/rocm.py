@@ -46,7 +46,7 @@ class ROCM(FirstOrderAlgorithm):
 
     @classmethod
     def learner_spec(cls, config, common):
-        from rewards_service.differentiable import build_differentiable_reward
+        from rewards_service.registry import build_differentiable_reward
 
         s = config.sampling
         return cls.spec_class()(

@@ -74,7 +74,7 @@ def _bpe_vocab() -> tuple[list[str], list[str]]:
 
 
 def clip_tokenizer(model_max_length: int = 77):
-    """The CLIP BPE tokenizer (49408 tokens), assembled as OpenAI's CLIP does (bytes, bytes + </w>, merges, two specials)."""
+    """The CLIP BPE tokenizer (49408 tokens) built as OpenAI's CLIP does: bytes, bytes + </w>, merges, 2 specials."""
     from transformers import CLIPTokenizer
 
     tokens, merges = _bpe_vocab()
@@ -118,7 +118,7 @@ def random_pretrained(loader: Callable[..., Any], name: str, dtype: torch.dtype 
 
 
 def random_llava(name: str, dtype: torch.dtype):
-    """LLaVA-1.5 with random weights and its language model cut to `LLAVA_LAYERS` layers (real width), and its processor."""
+    """LLaVA-1.5 with random weights, its language model cut to `LLAVA_LAYERS` layers (real width); its processor."""
     from transformers import CLIPImageProcessor, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
 
     config = shipped_config(name)

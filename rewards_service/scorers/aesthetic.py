@@ -12,12 +12,11 @@ import torch
 from torch import nn
 
 from rewards_service.scorers.base import ScoreResult, check_batch
+from rewards_service.scorers.clip_common import clip_preprocess, load_pretrained
 
 HEAD_FILE = "sac+logos+ava1-l14-linearMSE.pth"
 HEAD_SHA256 = "21dd590f3ccdc646f0d53120778b296013b096a035a2718c9cb0d511bff0f1e0"
 DEFAULT_CLIP = "openai/clip-vit-large-patch14"
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 class AestheticHead(nn.Module):
@@ -54,24 +53,12 @@ def load_aesthetic_head(path: str | Path | None = None, sha256: str | None = HEA
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
         if digest != sha256:
             raise ValueError(
-                f"aesthetic head {path} has sha256 {digest}, expected {sha256}; the file is corrupt or not the LAION head"
+                f"aesthetic head {path} has sha256 {digest}, expected {sha256}; the file is corrupt or not the LAION "
+                "head"
             )
     head = AestheticHead()
     head.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     return head.float().eval()
-
-
-def clip_preprocess(images: torch.Tensor, size: int) -> torch.Tensor:
-    """Differentiable CLIP preprocessing of float images in [0, 1], [B, 3, H, W]: resize, center crop, normalize."""
-    h, w = images.shape[-2:]
-    scale = size / min(h, w)
-    new_h, new_w = max(size, round(h * scale)), max(size, round(w * scale))
-    images = nn.functional.interpolate(images, size=(new_h, new_w), mode="bicubic", align_corners=False, antialias=True)
-    top, left = (new_h - size) // 2, (new_w - size) // 2
-    images = images[..., top : top + size, left : left + size]
-    mean = images.new_tensor(CLIP_MEAN).view(1, 3, 1, 1)
-    std = images.new_tensor(CLIP_STD).view(1, 3, 1, 1)
-    return (images - mean) / std
 
 
 class AestheticModel(nn.Module):
@@ -82,7 +69,8 @@ class AestheticModel(nn.Module):
         projection_dim = clip.config.projection_dim
         if projection_dim != head.layers[0].in_features:
             raise ValueError(
-                f"CLIP projection_dim {projection_dim} does not fit the head input {head.layers[0].in_features}; use a ViT-L/14 (projection_dim=768)"
+                f"CLIP projection_dim {projection_dim} does not fit the head input {head.layers[0].in_features}; use "
+                "a ViT-L/14 (projection_dim=768)"
             )
         self.clip = clip
         self.head = head.float()
@@ -107,8 +95,6 @@ class AestheticModel(nn.Module):
     ) -> AestheticModel:
         """CLIP by hub id or local directory plus the shipped LAION head."""
         from transformers import CLIPVisionModelWithProjection
-
-        from rewards_service.scorers.clip_score import load_pretrained
 
         clip = load_pretrained(CLIPVisionModelWithProjection.from_pretrained, clip_model, "clip_model", dtype=dtype)
         return cls(clip, load_aesthetic_head(head_path)).to(device).eval().requires_grad_(False)

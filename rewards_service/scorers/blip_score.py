@@ -17,8 +17,7 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from rewards_service.scorers.aesthetic import CLIP_MEAN, CLIP_STD
-from rewards_service.scorers.clip_score import load_pretrained
+from rewards_service.scorers.clip_common import CLIP_MEAN, CLIP_STD, load_pretrained
 
 DEFAULT_BLIP_MODEL = "Salesforce/blip-itm-large-coco"
 MAX_TEXT_TOKENS = 35
@@ -102,7 +101,8 @@ class BlipScore(nn.Module):
         size = image_processor.size
         if size.get("height") != size.get("width") or size.get("height") != blip.config.vision_config.image_size:
             raise ValueError(
-                f"image processor size {size} does not match the BLIP vision tower's {blip.config.vision_config.image_size} px square input"
+                f"image processor size {size} does not match the BLIP vision tower's "
+                f"{blip.config.vision_config.image_size} px square input"
             )
         return cls(
             blip.eval().requires_grad_(False),

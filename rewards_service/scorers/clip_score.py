@@ -8,41 +8,16 @@ CLIP), and the plain cosine keeps its gradient where the clamp would zero it.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from rewards_service.scorers.aesthetic import CLIP_MEAN, CLIP_STD, clip_preprocess
+from rewards_service.scorers.clip_common import CLIP_MEAN, CLIP_STD, clip_preprocess, load_pretrained
 
 DEFAULT_CLIP_SCORE_MODEL = "openai/clip-vit-large-patch14"
 MAX_TEXT_TOKENS = 77
-
-
-def load_pretrained(loader: Callable[..., Any], path_or_id: str, option: str, **kwargs: Any) -> Any:
-    """`loader(path_or_id)` (a `from_pretrained`), turning "not found" into a FileNotFoundError that says what to do.
-
-    `random:<hub id>` builds that model's architecture with random weights (rewards_service.architectures)."""
-    from rewards_service.architectures import is_random, random_pretrained
-
-    if is_random(path_or_id):
-        return random_pretrained(loader, path_or_id, **kwargs)
-    try:
-        return loader(path_or_id, **kwargs)
-    except OSError as exc:
-        if os.path.exists(os.path.expanduser(path_or_id)):
-            where = "the local folder does not hold loadable weights"
-        elif os.path.isabs(path_or_id) or path_or_id.startswith((".", "~")) or path_or_id.count("/") > 1:
-            where = "there is no such local folder"
-        else:
-            where = "it is not in the Hugging Face cache and the hub cannot be reached"
-        raise FileNotFoundError(
-            f"cannot load {path_or_id!r} ({where}): put the weights in the Hugging Face cache "
-            f"(`hf download {path_or_id}` where the hub is reachable, then copy ~/.cache/huggingface) "
-            f"or pass a local folder with the option {option}=/path/to/folder. Cause: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
-        ) from None
 
 
 def clip_input_size(image_processor: Any, image_size: int) -> int:
@@ -66,13 +41,14 @@ def clip_input_size(image_processor: Any, image_size: int) -> int:
     )
     if not (same_layout and same_values):
         raise ValueError(
-            f"image processor {type(image_processor).__name__} (size {image_processor.size}, crop {crop}, mean {image_processor.image_mean}) "
-            "is not CLIP's: the differentiable preprocessing reproduces resize shortest edge = crop size, center crop, "
-            "x/255, CLIP mean/std; use a CLIP processor"
+            f"image processor {type(image_processor).__name__} (size {image_processor.size}, crop {crop}, mean "
+            f"{image_processor.image_mean}) is not CLIP's: the differentiable preprocessing reproduces resize shortest "
+            "edge = crop size, center crop, x/255, CLIP mean/std; use a CLIP processor"
         )
     if short != image_size:
         raise ValueError(
-            f"image processor crops to {short} px but the CLIP vision tower takes {image_size} px; pair the model with its processor"
+            f"image processor crops to {short} px but the CLIP vision tower takes {image_size} px; pair the model "
+            "with its processor"
         )
     return short
 

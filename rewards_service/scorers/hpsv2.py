@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from rewards_service.scorers.aesthetic import CLIP_MEAN, CLIP_STD, clip_preprocess
+from rewards_service.scorers.clip_common import CLIP_MEAN, CLIP_STD, clip_preprocess
 
 DEFAULT_HPSV2_ARCHITECTURE = "ViT-H-14"
 DEFAULT_HPSV2_CHECKPOINT = "xswu/HPSv2"
@@ -27,7 +27,8 @@ def import_open_clip() -> Any:
         import open_clip
     except ImportError as exc:
         raise ImportError(
-            f'the hpsv2 reward needs open_clip, which is not installed ({exc}); install it with: pip install "rlcm[hpsv2]"'
+            f"the hpsv2 reward needs open_clip, which is not installed ({exc}); install it with: "
+            'pip install "rlcm[hpsv2]"'
         ) from None
     return open_clip
 
@@ -54,7 +55,8 @@ def build_open_clip(architecture: str) -> tuple[nn.Module, Any]:
     if architecture.endswith(".json"):
         if not Path(architecture).is_file():
             raise FileNotFoundError(
-                f"open_clip model config {architecture} does not exist; pass an architecture name ({DEFAULT_HPSV2_ARCHITECTURE!r}) or a config file"
+                f"open_clip model config {architecture} does not exist; pass an architecture name "
+                f"({DEFAULT_HPSV2_ARCHITECTURE!r}) or a config file"
             )
         open_clip.add_model_config(architecture)
         architecture = Path(architecture).stem
@@ -73,7 +75,8 @@ def square_input_size(visual: nn.Module) -> int:
         and torch.allclose(torch.tensor(std), torch.tensor(CLIP_STD))
     ):
         raise ValueError(
-            f"vision tower takes {size} px with mean {mean}, std {std}; the differentiable preprocessing needs a square input and CLIP mean/std"
+            f"vision tower takes {size} px with mean {mean}, std {std}; the differentiable preprocessing needs a "
+            "square input and CLIP mean/std"
         )
     return height
 

@@ -23,8 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from rewards_service.scorers.aesthetic import clip_preprocess
 from rewards_service.scorers.blip_score import check_prompts
+from rewards_service.scorers.clip_common import clip_preprocess
 
 DEFAULT_IMAGE_REWARD_CHECKPOINT = "THUDM/ImageReward"
 IMAGE_REWARD_FILE = "ImageReward.pt"
@@ -132,7 +132,7 @@ class ImageRewardModel(nn.Module):
         dtype: str = "float32",
         device: str = "cpu",
     ) -> ImageRewardModel:
-        """The published model: `checkpoint` is a local ImageReward.pt or the hub repo holding it (HF cache only here)."""
+        """The published model: `checkpoint` is a local ImageReward.pt or the hub repo holding it (HF cache only)."""
         path = resolve_file(checkpoint, IMAGE_REWARD_FILE, "checkpoint", "the ImageReward checkpoint")
         model = cls(tokenizer=blip_tokenizer(tokenizer))
         state = torch.load(path, map_location="cpu", weights_only=True)
@@ -165,7 +165,8 @@ def convert_checkpoint(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor
             out[key] = value
         else:
             raise ValueError(
-                f"unexpected key {key!r} in the ImageReward checkpoint; expected blip.visual_encoder.*, blip.text_encoder.*, mlp.layers.*"
+                f"unexpected key {key!r} in the ImageReward checkpoint; expected blip.visual_encoder.*, "
+                "blip.text_encoder.*, mlp.layers.*"
             )
     return out
 
@@ -174,7 +175,7 @@ def blip_tokenizer(name_or_path: str) -> Any:
     """BLIP's text tokenizer: BERT (bert-base-uncased) with [DEC] as bos and [ENC] added (vocab 30524)."""
     from transformers import BertTokenizerFast
 
-    from rewards_service.scorers.clip_score import load_pretrained
+    from rewards_service.scorers.clip_common import load_pretrained
 
     tokenizer = load_pretrained(BertTokenizerFast.from_pretrained, name_or_path, "tokenizer")
     tokenizer.add_special_tokens({"bos_token": "[DEC]", "additional_special_tokens": ["[ENC]"]})
@@ -182,7 +183,7 @@ def blip_tokenizer(name_or_path: str) -> Any:
 
 
 def resolve_file(checkpoint: str, filename: str, option: str, what: str) -> Path:
-    """A local file, or `filename` of the hub repo `checkpoint` from the Hugging Face cache; a clear error when absent."""
+    """A local file, or `filename` of the hub repo `checkpoint` from the Hugging Face cache; a clear error if absent."""
     if Path(checkpoint).expanduser().is_file():
         return Path(checkpoint).expanduser()
     from huggingface_hub import hf_hub_download
@@ -193,5 +194,6 @@ def resolve_file(checkpoint: str, filename: str, option: str, what: str) -> Path
         raise FileNotFoundError(
             f"cannot find {what} {filename!r} of {checkpoint!r}: put it in the Hugging Face cache "
             f"(`hf download {checkpoint} {filename}` where the hub is reachable, then copy ~/.cache/huggingface) "
-            f"or pass a local file with the option {option}=/path/to/{filename}. Cause: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+            f"or pass a local file with the option {option}=/path/to/{filename}. Cause: "
+            f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
         ) from None

@@ -18,7 +18,8 @@ def jpeg_size_kb(image: np.ndarray, quality: int = 95) -> float:
     if max(image.shape[:2]) > JPEG_MAX_SIDE:
         height, width = image.shape[:2]
         raise ValueError(
-            f"a {width}x{height} (WxH) image has a side above {JPEG_MAX_SIDE} pixels, which JPEG cannot encode; resize it"
+            f"a {width}x{height} (WxH) image has a side above {JPEG_MAX_SIDE} pixels, which JPEG cannot encode; "
+            "resize it"
         )
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format="JPEG", quality=quality)

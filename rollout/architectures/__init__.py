@@ -3,7 +3,8 @@
 `random:<hub id>` as a model name (e.g. `random:SimianLuo/LCM_Dreamshaper_v7`) gives the pipeline of that
 model at its full size with random weights: the SD1.5 UNet with the LCM guidance embedding
 (time_cond_proj_dim=256), the SD1.5 `AutoencoderKL` (scaling 0.18215), the CLIP ViT-L/14 text encoder
-(77 tokens) with the real CLIP BPE tokenizer (OpenAI CLIP's vocabulary, shipped in rewards_service/architectures) and the model's `LCMScheduler`.
+(77 tokens) with the real CLIP BPE tokenizer (OpenAI CLIP's vocabulary, shipped in rewards_service/architectures)
+and the model's `LCMScheduler`.
 `random:runwayml/stable-diffusion-v1-5` (DDPO's model) is SD1.5: the same UNet without the guidance embedding, the
 same VAE and text encoder, and its scheduler config (PNDM in the hub repo) loaded as a `DDIMScheduler`.
 It is what `rlcm train --dry-run` runs: every code path of a real run, nothing learned.
@@ -33,7 +34,8 @@ def architecture_dir(model: str) -> Path:
     hub_id = model.removeprefix(RANDOM_PREFIX)
     if hub_id not in ARCHITECTURES:
         raise ValueError(
-            f"model.name: no shipped architecture for {hub_id!r}; random weights are available for {sorted(ARCHITECTURES)}"
+            f"model.name: no shipped architecture for {hub_id!r}; random weights are available for "
+            f"{sorted(ARCHITECTURES)}"
         )
     return Path(str(resources.files(f"rollout.architectures.{ARCHITECTURES[hub_id]}")))
 
@@ -59,8 +61,9 @@ def meta_unet(model: str):
 
 
 def build_random_pipeline(model: str, seed: int = 0, dtype: torch.dtype = torch.float32):
-    """The pipeline of `random:<hub id>` with random weights, built directly in `dtype`: a `LatentConsistencyModelPipeline`
-    with an `LCMScheduler`, or a `StableDiffusionPipeline` with a `DDIMScheduler` (for a DDIM model)."""
+    """The pipeline of `random:<hub id>` with random weights, built directly in `dtype`: a
+    `LatentConsistencyModelPipeline` with an `LCMScheduler`, or a `StableDiffusionPipeline` with a `DDIMScheduler`
+    (for a DDIM model)."""
     from diffusers import (
         AutoencoderKL,
         DDIMScheduler,

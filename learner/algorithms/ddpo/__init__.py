@@ -1,6 +1,6 @@
 """DDPO (Black et al., 2023): clipped PPO over every step of the DDIM sampler of a Stable Diffusion model.
 
-The policy (`rollout.ddim_policy`): H Gaussian actions per chain, DDIM mean and σ_t = η·√variance as
+The policy (`rollout.policies.ddim`): H Gaussian actions per chain, DDIM mean and σ_t = η·√variance as
 `DDIMScheduler.step` computes them, classifier-free guidance with the unconditional pass. The update is
 PPO's (`learner.ppo.ppo_update`): per-prompt normalized advantages clipped to ±adv_clip_max, ratio clipped
 to 1 ± clip_range, and each sample trained on a random ⌊timestep_fraction·H⌋ of its steps.

@@ -20,15 +20,10 @@ from dataclasses import dataclass
 import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline
 
-from rollout.policy import (
-    Trajectory,
-    clip_or_threshold,
-    decode_images,
-    draw_noise,
-    gaussian_log_prob,
-    latent_shape,
-    math_dtype_for,
-)
+from rollout.policies.chain_math import clip_or_threshold, decode_images, draw_noise, gaussian_log_prob, latent_shape
+from rollout.precision import math_dtype_for
+from rollout.samplers import DDIM
+from rollout.trajectory import Trajectory
 
 
 def ddim_timesteps(scheduler: DDIMScheduler, num_steps: int) -> torch.Tensor:
@@ -81,7 +76,7 @@ def ddim_mean_std(
     t_prev: torch.Tensor,
     eta: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and std σ_t of x_{k+1} given x_k, t [B] and t' [B], as DDIMScheduler.step (use_clipped_model_output=False)."""
+    """Mean and std σ_t of x_{k+1} given x_k, t [B], t' [B], as DDIMScheduler.step (use_clipped_model_output=False)."""
     dtype = math_dtype_for(model_output.dtype, x.dtype)
     x = x.to(dtype)
     alpha_t, alpha_prev = alpha_prod(scheduler, t, dtype), alpha_prod(scheduler, t_prev, dtype)  # ᾱ_t, ᾱ_t'
@@ -199,3 +194,58 @@ def sample_ddim_trajectory(
         negative_prompt_embeds=negative_embeds,
         eta=float(eta),
     )
+
+
+class DDIMPolicy:
+    """DDPO's policy: H actions, classifier-free guidance (two UNet images per step when w > 1)."""
+
+    name, scheduler = DDIM, DDIMScheduler
+
+    @staticmethod
+    def sample(
+        pipe,
+        prompts,
+        num_steps,
+        guidance_scale,
+        generator=None,
+        *,
+        height=None,
+        width=None,
+        policy_version=0,
+        noise_group_size=1,
+        original_inference_steps=None,
+        eta=1.0,
+    ) -> Trajectory:
+        """`original_inference_steps` belongs to LCM and is not used."""
+        return sample_ddim_trajectory(
+            pipe,
+            prompts,
+            num_steps,
+            guidance_scale,
+            generator,
+            height,
+            width,
+            policy_version,
+            noise_group_size,
+            1.0 if eta is None else eta,
+        )
+
+    @staticmethod
+    def transitions(pipe, trajectory: Trajectory) -> DDIMTransitions:
+        return DDIMTransitions(
+            pipe.scheduler,
+            trajectory.timesteps.to(trajectory.latents.device),
+            trajectory.latents,
+            trajectory.prompt_embeds,
+            trajectory.negative_prompt_embeds,
+            trajectory.guidance_scale,
+            trajectory.eta,
+        )
+
+    @staticmethod
+    def unet_images_per_step(guidance_scale: float) -> int:
+        return 2 if guidance_scale > 1 else 1
+
+    @staticmethod
+    def num_actions(num_steps: int) -> int:
+        return num_steps

@@ -16,86 +16,23 @@ step, conditioned on the LCM guidance embedding of w = guidance_scale − 1 (no 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 from diffusers import LatentConsistencyModelPipeline, LCMScheduler
 
+from rollout.policies.chain_math import (
+    clip_or_threshold,
+    decode_images,
+    draw_noise,
+    encode_prompts,
+    gaussian_log_prob,
+    latent_shape,
+)
 from rollout.precision import math_dtype_for
-
-
-@dataclass
-class Trajectory:
-    """One batch of B sampled chains; field names are a contract (see DESIGN.md)."""
-
-    prompts: list[str]
-    prompt_embeds: torch.Tensor  # [B, L, D]
-    timesteps: torch.Tensor  # int [H]
-    latents: torch.Tensor  # fp32 [B, H, C, h, w]: x_0 … x_{H-1}
-    log_probs: torch.Tensor  # fp32 [B, H-1]: log π(x_{k+1} | x_k) at sampling time
-    images: torch.Tensor  # uint8 [B, 3, height, width]
-    guidance_scale: float
-    policy_version: int
-    negative_prompt_embeds: torch.Tensor | None = (
-        None  # [B, L, D]: the DDIM policy's unconditional embeds (None for LCM)
-    )
-    eta: float | None = None  # the DDIM policy's η (None for LCM)
-
-    def __len__(self) -> int:
-        return len(self.prompts)
-
-    def to(self, device: torch.device | str) -> Trajectory:
-        return replace(
-            self,
-            prompt_embeds=self.prompt_embeds.to(device),
-            timesteps=self.timesteps.to(device),
-            latents=self.latents.to(device),
-            log_probs=self.log_probs.to(device),
-            images=self.images.to(device),
-            negative_prompt_embeds=None
-            if self.negative_prompt_embeds is None
-            else self.negative_prompt_embeds.to(device),
-        )
-
-    def select(self, index: list[int]) -> Trajectory:
-        """The samples at `index`, in that order."""
-        rows = torch.as_tensor(index, dtype=torch.long)
-        return replace(
-            self,
-            prompts=[self.prompts[i] for i in index],
-            prompt_embeds=self.prompt_embeds[rows],
-            latents=self.latents[rows],
-            log_probs=self.log_probs[rows],
-            images=self.images[rows],
-            negative_prompt_embeds=None if self.negative_prompt_embeds is None else self.negative_prompt_embeds[rows],
-        )
-
-    @staticmethod
-    def concat(trajectories: list[Trajectory]) -> Trajectory:
-        """Join batches sampled with the same timesteps, guidance and η into one."""
-        first = trajectories[0]
-        for other in trajectories[1:]:
-            if not torch.equal(other.timesteps, first.timesteps) or (other.guidance_scale, other.eta) != (
-                first.guidance_scale,
-                first.eta,
-            ):
-                raise ValueError("cannot concatenate trajectories with different timesteps, guidance scales or η")
-        return Trajectory(
-            prompts=[p for t in trajectories for p in t.prompts],
-            prompt_embeds=torch.cat([t.prompt_embeds for t in trajectories]),
-            timesteps=first.timesteps,
-            latents=torch.cat([t.latents for t in trajectories]),
-            log_probs=torch.cat([t.log_probs for t in trajectories]),
-            images=torch.cat([t.images for t in trajectories]),
-            guidance_scale=first.guidance_scale,
-            policy_version=min(t.policy_version for t in trajectories),
-            negative_prompt_embeds=None
-            if first.negative_prompt_embeds is None
-            else torch.cat([t.negative_prompt_embeds for t in trajectories]),
-            eta=first.eta,
-        )
+from rollout.samplers import LCM
+from rollout.trajectory import Trajectory
 
 
 def lcm_timesteps(scheduler: LCMScheduler, num_steps: int, original_inference_steps: int = 50) -> torch.Tensor:
@@ -108,19 +45,6 @@ def guidance_embedding(pipe: LatentConsistencyModelPipeline, guidance_scale: flo
     """The LCM `timestep_cond`: a sinusoidal embedding of w = guidance_scale − 1, fp32 [B, D]."""
     w = torch.full((batch_size,), guidance_scale - 1.0)
     return pipe.get_guidance_scale_embedding(w, embedding_dim=pipe.unet.config.time_cond_proj_dim)
-
-
-def clip_or_threshold(x0: torch.Tensor, config) -> torch.Tensor:
-    """x̂0 clipped as LCMScheduler.step clips it, per sample: dynamic thresholding (Imagen) if
-    `config.thresholding`, else clamping to ±clip_sample_range if `config.clip_sample`, else unchanged."""
-    if config.thresholding:
-        flat = x0.reshape(x0.shape[0], -1)
-        s = torch.quantile(flat.abs(), config.dynamic_thresholding_ratio, dim=1)  # percentile of |x̂0|
-        s = s.clamp(min=1, max=config.sample_max_value).unsqueeze(1)
-        return (flat.clamp(-s, s) / s).reshape(x0.shape)
-    if config.clip_sample:
-        return x0.clamp(-config.clip_sample_range, config.clip_sample_range)
-    return x0
 
 
 def predict_denoised(
@@ -168,14 +92,6 @@ def transition_mean_std(
     return alpha_prod_next.sqrt() * denoised, (1 - alpha_prod_next).sqrt()
 
 
-def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """log N(x; mean, std²·I) averaged over all but the batch dim, in fp32."""
-    dtype = math_dtype_for(x.dtype, mean.dtype)
-    x, mean, std = x.to(dtype), mean.to(dtype), std.to(dtype)
-    log_density = -((x - mean) ** 2) / (2 * std**2) - torch.log(std) - 0.5 * math.log(2 * math.pi)
-    return log_density.mean(dim=tuple(range(1, x.ndim)))
-
-
 def transition_gaussian(
     unet: torch.nn.Module,
     scheduler: LCMScheduler,
@@ -203,36 +119,6 @@ def transition_log_prob(
     """log π_θ(x_{k+1} | x_k) for a batch whose samples may sit at different steps k (t, t_next: [B])."""
     mean, std = transition_gaussian(unet, scheduler, x, t, t_next, prompt_embeds, w_embedding)
     return gaussian_log_prob(x_next, mean, std)
-
-
-def decode_images(pipe: LatentConsistencyModelPipeline, denoised: torch.Tensor) -> torch.Tensor:
-    """uint8 [B, 3, H, W] images from the final denoised latents, as `pipe(...)` post-processes them."""
-    image = pipe.vae.decode(denoised.to(pipe.vae.dtype) / pipe.vae.config.scaling_factor, return_dict=False)[0]
-    return ((image.float() / 2 + 0.5).clamp(0, 1) * 255).round().to(torch.uint8)
-
-
-def encode_prompts(pipe: LatentConsistencyModelPipeline, prompts: list[str]) -> torch.Tensor:
-    """Text-encoder hidden states [B, L, D] for the prompts (no negative prompt: LCMs take none)."""
-    prompt_embeds, _ = pipe.encode_prompt(prompts, pipe.unet.device, 1, do_classifier_free_guidance=False)
-    return prompt_embeds
-
-
-def draw_noise(
-    generator: torch.Generator | None, shape: tuple[int, ...], num_steps: int, device, noise_group_size: int = 1
-) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """The chain's noise, in the one order every sampler draws it: x_0 [B, C, h, w], then ε_0 … ε_{H−2}.
-
-    With `noise_group_size` G > 1, x_0 is drawn for B/G samples and shared by each run of G consecutive ones
-    (GRPO's same-initial-noise groups); the ε stay per sample.
-    """
-    batch = shape[0]
-    if batch % noise_group_size:
-        raise ValueError(f"noise_group_size {noise_group_size} does not divide the batch of {batch}")
-    x0 = torch.randn((batch // noise_group_size, *shape[1:]), generator=generator, device=device, dtype=torch.float32)
-    x0 = x0.repeat_interleave(noise_group_size, dim=0) if noise_group_size > 1 else x0
-    return x0, [
-        torch.randn(shape, generator=generator, device=device, dtype=torch.float32) for _ in range(num_steps - 1)
-    ]
 
 
 @dataclass
@@ -280,18 +166,6 @@ def lcm_chain(
         x = x_next
 
 
-def latent_shape(
-    pipe: LatentConsistencyModelPipeline, batch: int, height: int | None, width: int | None
-) -> tuple[int, int, int, int]:
-    """[B, C, h, w] of the latents for images of height × width (default: the UNet's sample size)."""
-    scale = pipe.vae_scale_factor
-    height = height or pipe.unet.config.sample_size * scale
-    width = width or pipe.unet.config.sample_size * scale
-    if height % scale or width % scale:
-        raise ValueError(f"height and width must be multiples of {scale}, got {height}x{width}")
-    return (batch, pipe.unet.config.in_channels, height // scale, width // scale)
-
-
 @dataclass
 class LCMTransitions:
     """Recorded LCM chains and how π_θ scores their actions (PPO's recomputation)."""
@@ -313,15 +187,6 @@ class LCMTransitions:
             self.prompt_embeds[rows],
             self.w_embedding[rows],
         )
-
-
-def sample_trajectory(
-    pipe, prompts: list[str], num_steps: int, guidance_scale: float, generator: torch.Generator | None = None, **options
-) -> Trajectory:
-    """Sample a batch with the policy of `pipe` (LCM or DDIM, see `rollout.policies`); `options` as that policy's sampler takes them."""
-    from rollout.policies import policy_for
-
-    return policy_for(pipe).sample(pipe, prompts, num_steps, guidance_scale, generator, **options)
 
 
 @torch.no_grad()
@@ -367,3 +232,57 @@ def sample_lcm_trajectory(
         guidance_scale=float(guidance_scale),
         policy_version=policy_version,
     )
+
+
+class LCMPolicy:
+    """RLCM's policy: H−1 actions, the last step deterministic, guidance by the LCM embedding (1 UNet image a step)."""
+
+    name, scheduler = LCM, LCMScheduler
+
+    @staticmethod
+    def sample(
+        pipe,
+        prompts,
+        num_steps,
+        guidance_scale,
+        generator=None,
+        *,
+        height=None,
+        width=None,
+        policy_version=0,
+        noise_group_size=1,
+        original_inference_steps=50,
+        eta=None,
+    ) -> Trajectory:
+        """`eta` belongs to DDIM and is not used."""
+        return sample_lcm_trajectory(
+            pipe,
+            prompts,
+            num_steps,
+            guidance_scale,
+            generator,
+            height,
+            width,
+            policy_version,
+            original_inference_steps,
+            noise_group_size,
+        )
+
+    @staticmethod
+    def transitions(pipe, trajectory: Trajectory) -> LCMTransitions:
+        device = trajectory.latents.device
+        return LCMTransitions(
+            pipe.scheduler,
+            trajectory.timesteps.to(device),
+            trajectory.latents,
+            trajectory.prompt_embeds,
+            guidance_embedding(pipe, trajectory.guidance_scale, len(trajectory)).to(device),
+        )
+
+    @staticmethod
+    def unet_images_per_step(guidance_scale: float) -> int:
+        return 1
+
+    @staticmethod
+    def num_actions(num_steps: int) -> int:
+        return num_steps - 1
