@@ -71,7 +71,8 @@ class TrajectoryBuffer:
         self.entries[entry.key] = entry
 
     def resample(self, key: Key) -> Entry:
-        """Remove an entry whose objects were lost (their node is gone); its slot stays reserved until it lands again."""
+        """Remove an entry whose objects were lost (their node is gone); its slot stays reserved until it lands
+        again."""
         self.reserved += 1
         return self.entries.pop(key)
 

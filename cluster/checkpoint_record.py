@@ -26,7 +26,8 @@ class SamplingRecord(BaseModel):
     eta: float | None = Field(None, description="η of a DDIM sampler (DDPO); None for LCM")
 
     def sampler_options(self) -> dict:
-        """The keyword arguments of `pipe(...)` that depend on the sampler: LCM's original steps, DDIM's η when recorded."""
+        """The keyword arguments of `pipe(...)` that depend on the sampler: LCM's original steps, DDIM's η when
+        recorded."""
         return {
             "original_inference_steps": self.original_inference_steps,
             **({"eta": self.eta} if self.eta is not None else {}),

@@ -175,7 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument(
         "--gpu",
         default="h100-80gb",
-        help="GPU kind as usually written: A10G, L4, RTX 4090, A6000, L40S, A100-40GB, A100 (80GB), H100, H200, B200 (default h100-80gb)",
+        help="GPU kind as usually written: A10G, L4, RTX 4090, A6000, L40S, A100-40GB, A100 (80GB), H100, H200, B200 "
+        "(default h100-80gb)",
     )
     plan.add_argument(
         "--mfu", type=float, default=0.35, help="model FLOP utilization assumed for samples/s (default 0.35)"
@@ -226,8 +227,9 @@ def build_parser() -> argparse.ArgumentParser:
         "sample",
         help="generate an image with a trained LoRA",
         formatter_class=DefaultsHelpFormatter,
-        description="Sample one image from a checkpoint with the stock diffusers pipeline. Steps, guidance and size default to "
-        "what the checkpoint was trained with (its rlcm_model.json; 8 steps, guidance 8 if it records none).",
+        description="Sample one image from a checkpoint with the stock diffusers pipeline. Steps, guidance and size "
+        "default to what the checkpoint was trained with (its rlcm_model.json; 8 steps, guidance 8 if it records "
+        "none).",
     )
     sample.add_argument("--lora", required=True, help="a checkpoints/epoch-NNNN folder")
     sample.add_argument("--prompt", required=True, help="the text prompt")

@@ -32,7 +32,8 @@ class Strict(BaseModel):
 class ModelConfig(Strict):
     name: str = Field(
         "tiny",
-        description="'tiny' / 'tiny-ddim' (toys built from configs: LCM / Stable Diffusion), a hub id, or a local diffusers folder",
+        description="'tiny' / 'tiny-ddim' (toys built from configs: LCM / Stable Diffusion), a hub id, or a local "
+        "diffusers folder",
     )
     seed: int = Field(0, description="seed of the toy model's random weights")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
@@ -59,11 +60,13 @@ class RewardConfig(Strict):
 
     name: str = Field(
         "jpeg_compressibility",
-        description="reward name (jpeg_compressibility, aesthetic, composite, ...); ROCM: a differentiable reward the learner backpropagates through",
+        description="reward name (jpeg_compressibility, aesthetic, composite, ...); ROCM: a differentiable reward the "
+        "learner backpropagates through",
     )
     monitor: str | None = Field(
         None,
-        description="ROCM: the reward the rollout actors' held-out samples are scored with through the reward client (default: `name`)",
+        description="ROCM: the reward the rollout actors' held-out samples are scored with through the reward client "
+        "(default: `name`)",
     )
     backend: Literal["local", "serve", "http"] = Field(
         "local", description="local: scorer in a Ray task; serve: the running Serve app's handle; http: the HTTP API"
@@ -78,7 +81,8 @@ class RewardConfig(Strict):
     timeout_s: float = Field(
         600.0,
         gt=0,
-        description="how long the driver waits for one batch's score, retries included (serve: also for a lost replica's replacement)",
+        description="how long the driver waits for one batch's score, retries included (serve: also for a lost "
+        "replica's replacement)",
     )
     num_cpus: float = Field(0.25, ge=0, description="CPUs reserved by each scoring task")
 
@@ -133,7 +137,8 @@ class ScaleOutConfig(Strict):
     learner_max_restarts: int = Field(
         2,
         ge=0,
-        description="rebuild the learner group from the newest checkpoint this many times when a learner dies (e.g. its node is lost)",
+        description="rebuild the learner group from the newest checkpoint this many times when a learner dies (e.g. "
+        "its node is lost)",
     )
     learner_backend: Literal["auto", "gloo", "nccl"] = Field(
         "auto", description="torch.distributed backend of the learner group"
@@ -145,7 +150,8 @@ class ScaleOutConfig(Strict):
     call_timeout_s: float = Field(
         3600.0,
         gt=0,
-        description="give up (naming the keys and the free resources) on a rollout batch or learner update that has not returned by then",
+        description="give up (naming the keys and the free resources) on a rollout batch or learner update that has "
+        "not returned by then",
     )
 
 
@@ -177,7 +183,8 @@ class RunConfig(Strict):
     max_nonfinite_updates: int = Field(
         3,
         ge=1,
-        description="stop after this many consecutive updates whose every optimizer step had a non-finite loss or gradient (each is skipped)",
+        description="stop after this many consecutive updates whose every optimizer step had a non-finite loss or "
+        "gradient (each is skipped)",
     )
     tensorboard: bool = Field(
         True, description="write TensorBoard event files (scalars, sample grids) to <output>/tensorboard"
@@ -217,8 +224,8 @@ class _TrainConfig(Strict):
             if other.section != algorithm.section and value not in (None, {}):
                 key = f"{other.section}.{next(iter(value))}" if isinstance(value, dict) else other.section
                 raise ValueError(
-                    f"{key}: an option of algorithm {other.name}, but algorithm is {algorithm.name} (its options live under "
-                    f"{algorithm.section}.*); remove it or set algorithm={other.name}"
+                    f"{key}: an option of algorithm {other.name}, but algorithm is {algorithm.name} (its options live "
+                    f"under {algorithm.section}.*); remove it or set algorithm={other.name}"
                 )
         return {**data, algorithm.section: data.get(algorithm.section) or {}}
 

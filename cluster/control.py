@@ -24,7 +24,8 @@ def controller_name(output_dir: str | Path) -> str:
 
 @ray.remote(num_cpus=0)
 class ScaleController:
-    """The rollout-actor target; with `per_actor` and `capacity`, a target that cannot fit is refused (ResourceError)."""
+    """The rollout-actor target; with `per_actor` and `capacity`, a target that cannot fit is refused
+    (ResourceError)."""
 
     def __init__(
         self,
@@ -55,7 +56,8 @@ def start_controller(
     fixed: tuple[ResourceRequest, ...] = (),
     capacity: Capacity | None = None,
 ):
-    """The run's controller. per_actor: one rollout actor's request; fixed: the rest of the run (learners, reward tasks).
+    """The run's controller. per_actor: one rollout actor's request; fixed: the rest of the run (learners, reward
+    tasks).
 
     It lives on the driver's node: a worker node that disappears must not take it along."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy

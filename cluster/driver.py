@@ -75,7 +75,8 @@ def score_images(
 
 
 def reward_retries(result: ScoreResult) -> int:
-    """How many times a batch's scoring call was sent again: failed attempts and calls resent after their replica was lost."""
+    """How many times a batch's scoring call was sent again: failed attempts and calls resent after their replica was
+    lost."""
     details = result.details
     return max(details.get("attempts") or [1]) - 1 + max(details.get("replica_resends") or [0])
 
@@ -171,7 +172,8 @@ class Trainer:
         self.reward_latency: list[float] = []
         self.rescored_batches = 0
         self.reward_retries = 0  # scoring calls sent again (a failed attempt, a replica lost mid-call)
-        self.landed_jobs: dict = {}  # key -> Job of each batch in the buffer, to sample it again if its objects are lost
+        # key -> Job of each batch in the buffer, to sample it again if its objects are lost
+        self.landed_jobs: dict = {}
         self.skipped_in_a_row = 0
         self.nonfinite = SkipStreak(config.run.max_nonfinite_updates, "updates", "run.max_nonfinite_updates")
         self.controller = start_controller(
@@ -346,8 +348,8 @@ class Trainer:
             self.schedule.buffer.resample(entry.key)
             self.pool.requeue(job)
             print(
-                f"rlcm: the images of batch {entry.key} were lost ({type(cause or error).__name__}: their node is gone); "
-                "sampling the batch again",
+                f"rlcm: the images of batch {entry.key} were lost ({type(cause or error).__name__}: their node is "
+                "gone); sampling the batch again",
                 file=sys.stderr,
                 flush=True,
             )
@@ -359,14 +361,18 @@ class Trainer:
         raise error
 
     def _watch(self, extra: list) -> None:
-        """Deadlines for the rollout batches in flight and the learner update (`extra`); rewards get theirs when submitted."""
+        """Deadlines for the rollout batches in flight and the learner update (`extra`); rewards get theirs when
+        submitted."""
         limit, r = self.config.scaleout.call_timeout_s, self.config.resources
         for ref in [k for k, d in self.watchdog.deadlines.items() if d.limit_key == "scaleout.call_timeout_s"]:
             if ref not in self.pool.inflight and ref not in extra:  # a batch queued again, an update finished
                 self.watchdog.done(ref)
         for ref, (job, actor_id, *_) in self.pool.inflight.items():
             if ref not in self.watchdog.deadlines:
-                what = f"rollout batch {job.key} on rollout actor {actor_id} ({r.rollout_cpus:g} CPU, {r.rollout_gpus:g} GPU)"
+                what = (
+                    f"rollout batch {job.key} on rollout actor {actor_id} ({r.rollout_cpus:g} CPU, "
+                    f"{r.rollout_gpus:g} GPU)"
+                )
                 self.watchdog.start(
                     ref, what, limit, "scaleout.call_timeout_s", ("resources.rollout_cpus", "resources.rollout_gpus")
                 )
@@ -540,8 +546,9 @@ class Trainer:
         self._check_finite(epoch, row)
         if self.skipped_in_a_row >= config.run.max_skipped_updates:
             raise SkippedTooOften(
-                f"{self.skipped_in_a_row} epochs in a row had no valid reward (last: epoch {epoch + 1}/{config.run.epochs}); the reward service is failing "
-                f"or rejecting every image: check it (e.g. `curl <url>/healthz`), then continue with --resume"
+                f"{self.skipped_in_a_row} epochs in a row had no valid reward (last: epoch "
+                f"{epoch + 1}/{config.run.epochs}); the reward service is failing or rejecting every image: check it "
+                "(e.g. `curl <url>/healthz`), then continue with --resume"
             )
         return row
 
@@ -623,8 +630,8 @@ def run_with_restarts(
             rows += trainer.rows
             if attempt == config.scaleout.learner_max_restarts:
                 raise RuntimeError(
-                    f"{what} {attempt + 1} time(s), the last: {_first_line(error)}; raise scaleout.learner_max_restarts "
-                    "or check the learner nodes, then continue with --resume"
+                    f"{what} {attempt + 1} time(s), the last: {_first_line(error)}; raise "
+                    "scaleout.learner_max_restarts or check the learner nodes, then continue with --resume"
                 ) from error
             checkpoint = trainer.out.latest_checkpoint()
             print(
@@ -640,8 +647,8 @@ def run_with_restarts(
 
 
 def _learner_loss(error: BaseException) -> str | None:
-    """What a learner update lost: the learner itself, or its trajectories (lost with their node, not rebuilt by Ray), which
-    the newest checkpoint's epoch samples again; None for any other error."""
+    """What a learner update lost: the learner itself, or its trajectories (lost with their node, not rebuilt by Ray),
+    which the newest checkpoint's epoch samples again; None for any other error."""
     if isinstance(error, ray.exceptions.RayActorError):
         return "a learner died"
     if isinstance(error, ray.exceptions.ObjectLostError) or isinstance(

@@ -71,7 +71,8 @@ def _serve_config(reward: str, changes: list[str]) -> dict[str, Any]:
     path = Path(str(resources.files("cluster") / "serve" / SERVE_CONFIGS.get(reward, "")))
     if reward not in SERVE_CONFIGS or not path.is_file():
         raise ConfigError(
-            f"reward.backend: serve has no shipped Serve config for {reward!r}; use reward.backend=local for the dry run"
+            f"reward.backend: serve has no shipped Serve config for {reward!r}; use reward.backend=local for the dry "
+            "run"
         )
     app = yaml.safe_load(path.read_text())["applications"][0]["args"]
     entry = next(r for r in app["rewards"] if r["name"] == reward)
@@ -114,8 +115,8 @@ def plan_dry_run(config: TrainConfig, resolution: int = 64) -> DryRunPlan:
     s.update(height=resolution, width=resolution, batch_size=batch, batches_per_epoch=1)
     r = data["resources"]
     changes.append(
-        f"resources: {r['num_rollout_actors']} rollout actor(s) x {r['rollout_gpus']} GPU, {r['num_learners']} learner(s) x "
-        f"{r['learner_gpus']} GPU -> 1 rollout actor + 1 learner on CPU (GPU requests mapped to CPU)"
+        f"resources: {r['num_rollout_actors']} rollout actor(s) x {r['rollout_gpus']} GPU, {r['num_learners']} "
+        f"learner(s) x {r['learner_gpus']} GPU -> 1 rollout actor + 1 learner on CPU (GPU requests mapped to CPU)"
     )
     r.update(
         num_rollout_actors=1, num_learners=1, rollout_gpus=0.0, learner_gpus=0.0, rollout_cpus=0.5, learner_cpus=0.5
@@ -126,7 +127,8 @@ def plan_dry_run(config: TrainConfig, resolution: int = 64) -> DryRunPlan:
         t["train_batch_size"] = min(t["train_batch_size"], s["batch_size"])
         t["grad_accum_steps"], t["inner_epochs"] = s["batch_size"] // t["train_batch_size"], 1
         changes.append(
-            f"{section}: train_batch_size {t['train_batch_size']}, grad_accum_steps {t['grad_accum_steps']}, inner_epochs 1 (one PPO step per epoch)"
+            f"{section}: train_batch_size {t['train_batch_size']}, grad_accum_steps {t['grad_accum_steps']}, "
+            "inner_epochs 1 (one PPO step per epoch)"
         )
     else:
         k = data[section]
@@ -152,7 +154,8 @@ def plan_dry_run(config: TrainConfig, resolution: int = 64) -> DryRunPlan:
         ):
             reward["options"]["dtype"] = "bfloat16"
             changes.append(
-                f"reward {reward['name']}: float32 -> bfloat16 (two copies, learner and monitor scorer, must fit next to the UNets here)"
+                f"reward {reward['name']}: float32 -> bfloat16 (two copies, learner and monitor scorer, must fit next "
+                "to the UNets here)"
             )
     return DryRunPlan(TrainConfig.model_validate(data), serve, changes)
 
@@ -300,5 +303,6 @@ def print_report(figures: dict[str, Any]) -> None:
     for role, peak in sorted(figures["peak_bytes"].items()):
         print(f"  peak memory {role}: {_gb(peak)}")
     print(
-        f"  peak memory all processes together: {_gb(figures['total_peak_bytes'])}; total time {figures['total_s']:.1f} s"
+        f"  peak memory all processes together: {_gb(figures['total_peak_bytes'])}; total time "
+        f"{figures['total_s']:.1f} s"
     )

@@ -18,7 +18,8 @@ from pathlib import Path
 
 
 def sanitize(value):
-    """`value` with non-finite floats replaced by None, numpy scalars/arrays as Python numbers/lists, tuples as lists."""
+    """`value` with non-finite floats replaced by None, numpy scalars/arrays as Python numbers/lists, tuples as
+    lists."""
     if isinstance(value, dict):
         return {str(k): sanitize(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

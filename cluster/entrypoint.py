@@ -44,7 +44,8 @@ def train_entrypoint(config: str, output_dir: str, overrides: list[str] | None =
 
 
 def dashboard_auth_mode(address: str, timeout_s: float = 10.0) -> str | None:
-    """ "token" or "disabled" as the dashboard at `address` reports it; None if it does not say (Ray before token auth)."""
+    """ "token" or "disabled" as the dashboard at `address` reports it; None if it does not say (Ray before token
+    auth)."""
     import requests
 
     try:
@@ -69,8 +70,9 @@ def job_client(address: str, auth_token: str | None = None):
     found = (auth_token, "auth_token") if auth_token else find_auth_token()
     if found is None:
         raise RuntimeError(
-            f"the Ray cluster at {address} requires token auth and no token was found here: export RAY_AUTH_TOKEN=<token> "
-            "(`ray get-auth-token` on the head prints it) or copy the head's ~/.ray/auth_token to this machine"
+            f"the Ray cluster at {address} requires token auth and no token was found here: export "
+            "RAY_AUTH_TOKEN=<token> (`ray get-auth-token` on the head prints it) or copy the head's ~/.ray/auth_token "
+            "to this machine"
         )
     try:
         return JobSubmissionClient(address, headers={"Authorization": f"Bearer {found[0]}"})

@@ -133,7 +133,8 @@ def mean_ci(values: np.ndarray) -> dict:
 
 
 def summarize(scores: dict[str, np.ndarray]) -> dict:
-    """Per model mean ± CI; with a `base`, each run's paired difference run − base (samples both scored) under "<run> − base"."""
+    """Per model mean ± CI; with a `base`, each run's paired difference run − base (samples both scored) under "<run> −
+    base"."""
     summary = {label: mean_ci(values) for label, values in scores.items()}
     if "base" in scores:
         summary.update(
@@ -212,12 +213,14 @@ def metric_clients(
 
 
 def recorded_model(lora: Path | None) -> dict:
-    """`rlcm_model.json` of a checkpoint (base model, model_seed, sampling settings), checking the LoRA file is there."""
+    """`rlcm_model.json` of a checkpoint (base model, model_seed, sampling settings), checking the LoRA file is
+    there."""
     return read_record(lora)
 
 
 def trained_metric(lora: Path) -> str | None:
-    """reward.name of the run that wrote checkpoint `lora` (<run>/checkpoints/epoch-NNNN -> <run>/config.yaml), if recorded."""
+    """reward.name of the run that wrote checkpoint `lora` (<run>/checkpoints/epoch-NNNN -> <run>/config.yaml), if
+    recorded."""
     import yaml
 
     config = lora.parent.parent / "config.yaml"
@@ -228,7 +231,8 @@ def trained_metric(lora: Path) -> str | None:
 
 
 def parse_runs(values: list[str]) -> dict[str, Path]:
-    """`--lora NAME=DIR` (repeatable); a bare DIR is named after its run folder (<run>/checkpoints/epoch-NNNN), or 'tuned' alone."""
+    """`--lora NAME=DIR` (repeatable); a bare DIR is named after its run folder (<run>/checkpoints/epoch-NNNN), or
+    'tuned' alone."""
     runs: dict[str, Path] = {}
     for value in values:
         name, sep, directory = value.partition("=")
@@ -305,7 +309,8 @@ def score_model(
         errors = [e for res in results for e in res.details.get("error", []) if e]
         if errors:
             tqdm.write(
-                f"rlcm eval: {label}: {int(np.isnan(scores[name]).sum())} of {len(pairs)} samples not scored by {name}: {errors[0]}"
+                f"rlcm eval: {label}: {int(np.isnan(scores[name]).sum())} of {len(pairs)} samples not scored by "
+                f"{name}: {errors[0]}"
             )
     return scores, kept
 
@@ -342,8 +347,9 @@ def markdown_table(report: dict) -> str:
     n = min((s["n"] for stats in report["metrics"].values() for s in stats.values()), default=0)
     note = [
         "",
-        f"mean ± half-width of the 95% t-interval over prompts × seeds ({report['num_prompts']} × {report['seeds']}, n = {n} where all scored). "
-        f"† = the metric the run trained on (bold); off-target Δ = mean over the other metrics of (run − base)/|base|.",
+        f"mean ± half-width of the 95% t-interval over prompts × seeds ({report['num_prompts']} × {report['seeds']}, "
+        f"n = {n} where all scored). † = the metric the run trained on (bold); off-target Δ = mean over the other "
+        "metrics of (run − base)/|base|.",
         f"Model {report['model']}, {report['steps']} steps, guidance {report['guidance_scale']}; runs: "
         + (", ".join(f"{name} = {path}" for name, path in report["runs"].items()) or "none")
         + ".",
@@ -412,7 +418,8 @@ def evaluate(settings: EvalSettings, http=None) -> dict:
     models_recorded = {(r.get("model"), r.get("model_seed", 0)) for r in records.values() if r}
     if len(models_recorded) > 1 and settings.model is None:
         raise ValueError(
-            f"the runs were trained on different base models {sorted(map(str, models_recorded))}; evaluate them separately or pass --model"
+            f"the runs were trained on different base models {sorted(map(str, models_recorded))}; evaluate them "
+            "separately or pass --model"
         )
     sampled_with = {json.dumps(r.get("sampling"), sort_keys=True) for r in records.values() if r.get("sampling")}
     if len(sampled_with) > 1 and (settings.steps is None or settings.guidance_scale is None):
@@ -540,20 +547,23 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
         "eval",
         help="compare tuned LoRAs with each other and their base model on held-out prompts",
         formatter_class=DefaultsHelpFormatter,
-        description="Sample the tuned and/or base model on (prompt, seed) pairs with the same noise, score them, and write "
-        "eval.json, eval.md and grid.png. Steps, guidance and size default to the checkpoint's (rlcm_model.json).",
+        description="Sample the tuned and/or base model on (prompt, seed) pairs with the same noise, score them, and "
+        "write eval.json, eval.md and grid.png. Steps, guidance and size default to the checkpoint's "
+        "(rlcm_model.json).",
     )
     parser.add_argument(
         "--lora",
         action="append",
         metavar="[NAME=]DIR",
-        help="a checkpoints/epoch-NNNN folder; repeat for several runs (NAME defaults to the run folder, or 'tuned' for one)",
+        help="a checkpoints/epoch-NNNN folder; repeat for several runs (NAME defaults to the run folder, or 'tuned' "
+        "for one)",
     )
     parser.add_argument(
         "--trained",
         action="append",
         metavar="NAME=METRIC",
-        help="the metric run NAME trained on (default: reward.name in the run's config.yaml); marked and left out of its off-target mean",
+        help="the metric run NAME trained on (default: reward.name in the run's config.yaml); marked and left out of "
+        "its off-target mean",
     )
     parser.add_argument(
         "--base", action="store_true", help="also evaluate the base model (LoRA off), same noise: paired differences"

@@ -85,7 +85,8 @@ def write_checkpoint(final: Path, fill: Callable[[Path], None]) -> Path:
 
 
 def checkpoints(root: Path) -> list[Path]:
-    """The run's checkpoint folders `checkpoints/epoch-NNNN`, oldest first (temporary and set-aside folders excluded)."""
+    """The run's checkpoint folders `checkpoints/epoch-NNNN`, oldest first (temporary and set-aside folders
+    excluded)."""
     folder = Path(root) / "checkpoints"
     if not folder.is_dir():
         return []
@@ -130,7 +131,8 @@ def _state_problem(path: Path) -> str | None:
 
 
 def _structural_problem(path: Path) -> str | None:
-    """Checks for files of checkpoints without a manifest: JSON parses, safetensors is whole, a torch zip's CRCs match."""
+    """Checks for files of checkpoints without a manifest: JSON parses, safetensors is whole, a torch zip's CRCs
+    match."""
     try:
         if path.suffix == ".json":
             try:
@@ -151,7 +153,8 @@ def _structural_problem(path: Path) -> str | None:
 
 
 def _safetensors_problem(path: Path) -> str | None:
-    """A safetensors file is an 8-byte header length, a JSON header, and exactly the bytes the header's offsets end at."""
+    """A safetensors file is an 8-byte header length, a JSON header, and exactly the bytes the header's offsets end
+    at."""
     size = path.stat().st_size
     with open(path, "rb") as f:
         head = f.read(8)
@@ -202,7 +205,8 @@ def require_run(root: Path) -> None:
     """CheckpointError unless `root` holds a run to resume."""
     if not holds_run(root):
         raise CheckpointError(
-            f"--resume: {root} holds no run (no metrics.jsonl, checkpoints/ or config.yaml); drop --resume to start one there"
+            f"--resume: {root} holds no run (no metrics.jsonl, checkpoints/ or config.yaml); drop --resume to start "
+            "one there"
         )
 
 
@@ -220,9 +224,11 @@ def resume_point(root: Path) -> ResumePoint | None:
         earlier = next((c for c in reversed(found[:-1]) if problem(c) is None), None)
         aside = f"{newest}.corrupt"
         offer = (
-            f"the previous checkpoint {earlier.name} is intact: `mv {newest} {aside}` and rerun with --resume to continue from it"
+            f"the previous checkpoint {earlier.name} is intact: `mv {newest} {aside}` and rerun with --resume to "
+            "continue from it"
             if earlier
-            else f"no earlier checkpoint is intact; `mv {newest} {aside}` and rerun with --resume to start over in this folder"
+            else f"no earlier checkpoint is intact; `mv {newest} {aside}` and rerun with --resume to start over in "
+            "this folder"
         )
         raise CheckpointError(f"cannot resume from {newest.name}: {bad}; {offer}")
     state = json.loads((newest / DRIVER_STATE).read_text())
@@ -251,7 +257,7 @@ def prepare_resume(root: Path, total_epochs: int) -> tuple[ResumePoint | None, l
         notes.append(f"{root} has no checkpoint yet; starting over at epoch 1/{total_epochs}")
     elif point.epoch + 1 < total_epochs:
         notes.append(
-            f"resuming from {point.checkpoint} (epoch {point.epoch + 1}/{total_epochs} done, samples_seen {point.samples_seen}); "
-            f"continuing with epoch {point.epoch + 2}/{total_epochs}"
+            f"resuming from {point.checkpoint} (epoch {point.epoch + 1}/{total_epochs} done, samples_seen "
+            f"{point.samples_seen}); continuing with epoch {point.epoch + 2}/{total_epochs}"
         )
     return point, notes

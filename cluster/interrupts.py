@@ -57,7 +57,8 @@ class StopRequest:
             os._exit(EXIT_CODES.get(signum, 128 + signum))
         self.signum = signum
         print(
-            f"rlcm: {signal.Signals(signum).name} received: stopping after saving the last finished epoch (again to stop now)",
+            f"rlcm: {signal.Signals(signum).name} received: stopping after saving the last finished epoch (again to "
+            "stop now)",
             file=sys.stderr,
             flush=True,
         )

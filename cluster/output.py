@@ -66,7 +66,8 @@ class OutputDir:
 
 
 def disk_error(path: Path, error: BaseException) -> OSError | None:
-    """An OSError that names the folder and what to do when `error` is a missing/unwritable folder or a full disk, else None.
+    """An OSError that names the folder and what to do when `error` is a missing/unwritable folder or a full disk, else
+    None.
 
     The errno decides; free space is only consulted for failures that carry none (torch's "file write failed").
     """

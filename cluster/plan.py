@@ -288,7 +288,8 @@ def reward_pieces(reward: str, dtype: str = "float32") -> tuple[int, int, int, i
 
 @functools.lru_cache(maxsize=1)
 def llava_bertscore_params() -> tuple[int, int]:
-    """Parameters of the full LLaVA-1.5-7B (all 32 layers) and of the DeBERTa-xlarge BERTScore encoder, counted on meta."""
+    """Parameters of the full LLaVA-1.5-7B (all 32 layers) and of the DeBERTa-xlarge BERTScore encoder, counted on
+    meta."""
     from transformers import DebertaConfig, DebertaModel, LlavaConfig, LlavaForConditionalGeneration
 
     from rewards_service.architectures import shipped_config
@@ -359,7 +360,8 @@ def assemble(config: TrainConfig, gpu: GPU) -> Assembly:
             "base weights": base,
             "LoRA + grads + AdamW (fp32)": lora_state,
             f"reward model ({config.reward.name})": rw_params * 4,
-            f"chain of {calls} UNet calls with grad ({'checkpointed' if k.gradient_checkpointing else 'all activations kept'})": k.batch_size
+            f"chain of {calls} UNet calls with grad "
+            f"({'checkpointed' if k.gradient_checkpointing else 'all activations kept'})": k.batch_size
             * chain_bytes(p, calls, k.gradient_checkpointing),
             "VAE decode + reward forward/backward": k.batch_size * (p.vae_train_peak + rw_peak),
         }
@@ -405,7 +407,8 @@ def plan(config: TrainConfig, gpu: str = "h100-80gb", mfu: float = 0.35) -> dict
     kind, note = resolve_gpu(gpu)
     if is_toy(config.model.name):
         raise ConfigError(
-            f"rlcm plan is for real models; the tiny toy {config.model.name!r} runs on any CPU (try --config compression)"
+            f"rlcm plan is for real models; the tiny toy {config.model.name!r} runs on any CPU (try --config "
+            "compression)"
         )
     a = assemble(config, kind)
     p, (rw_params, rw_fwd, _, _) = a.pieces, a.reward
@@ -463,16 +466,18 @@ def format_plan(name: str, result: dict[str, Any]) -> str:
     gib = lambda n: f"{n / 2**30:.1f} GiB"  # noqa: E731
     f = result["flops"]
     lines = [
-        f"plan of {name} on {result['gpu']} ({result['resolution']} px, base in {result['dtype']}, H={result['num_steps']}):",
+        f"plan of {name} on {result['gpu']} ({result['resolution']} px, base in {result['dtype']}, "
+        f"H={result['num_steps']}):",
         *([f"  note: {result['gpu_note']}"] if result["gpu_note"] else []),
-        f"  FLOPs: UNet call {f['unet_call'] / 1e9:.1f} G, VAE decode {f['vae_decode'] / 1e9:.1f} G, reward forward {f['reward_forward'] / 1e9:.1f} G, "
-        f"per trained sample {f['per_sample'] / 1e12:.2f} T",
+        f"  FLOPs: UNet call {f['unet_call'] / 1e9:.1f} G, VAE decode {f['vae_decode'] / 1e9:.1f} G, reward forward "
+        f"{f['reward_forward'] / 1e9:.1f} G, per trained sample {f['per_sample'] / 1e12:.2f} T",
         f"  predicted {result['samples_per_s']:.2f} samples/s on {result['gpus']:g} GPU(s) at MFU {result['mfu']:.0%}",
     ]
     for a in result["actors"]:
         share = f" ({a['gpu_fraction']:g} GPU)" if a["gpu_fraction"] < 1 else ""
         lines.append(
-            f"  {a['role']}: {gib(a['memory_bytes'])} of {gib(a['budget_bytes'])}{share} -> {'fits' if a['fits'] else 'DOES NOT FIT'}"
+            f"  {a['role']}: {gib(a['memory_bytes'])} of {gib(a['budget_bytes'])}{share} -> "
+            f"{'fits' if a['fits'] else 'DOES NOT FIT'}"
         )
         lines.extend(f"      {k}: {gib(v)}" for k, v in a["parts"].items())
     if result["reward_serve_config"]:

@@ -86,7 +86,8 @@ def advise(config: TrainConfig, gpu: GPU, actors: list[Actor]) -> list[dict[str,
             changes, after = fixed
             item["set"] = changes
             item["text"] = (
-                f"{need}: {' '.join('--set ' + c for c in changes)} (then {_gib(after.memory_bytes)} of {_gib(after.budget_bytes)})"
+                f"{need}: {' '.join('--set ' + c for c in changes)} (then {_gib(after.memory_bytes)} of "
+                f"{_gib(after.budget_bytes)})"
             )
         elif fraction:
             source = serve_share(config.reward.name)[2]

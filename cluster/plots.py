@@ -103,7 +103,8 @@ def _time_axis(seconds: np.ndarray) -> tuple[np.ndarray, str]:
 
 
 def run_rewards(run_dir: Path) -> tuple[str, str | None]:
-    """(trained reward, ROCM's held-out monitor reward or None) from the run's config.yaml ("reward" if it is missing)."""
+    """(trained reward, ROCM's held-out monitor reward or None) from the run's config.yaml ("reward" if it is
+    missing)."""
     path = Path(run_dir) / "config.yaml"
     try:
         config = yaml.safe_load(path.read_text()) or {}
@@ -177,7 +178,8 @@ def _samples_from(algorithm: str | None) -> str:
 
 
 def reward_figure(rows: list[dict], name: str, trained: str, monitor: str | None):
-    """Reward per epoch and vs wall-clock; a ROCM run's held-out monitor reward gets its own axes (another reward, unit)."""
+    """Reward per epoch and vs wall-clock; a ROCM run's held-out monitor reward gets its own axes (another reward,
+    unit)."""
     algorithm = _algorithm(rows)
     monitored = monitor is not None and len(series(rows, "monitor_reward_mean")[0]) > 0
     figure = _figure(16 if monitored else 11, 4)
@@ -254,7 +256,10 @@ def comparison_figure(run_dirs: list[Path]):
         _label(by_samples, f"{reward}: reward vs samples seen", "samples_seen", reward_label(reward))
     warning = None
     if len(rewards) > 1:
-        warning = f"the runs train different rewards ({', '.join(rewards)}): one row of panels per reward, not comparable with each other"
+        warning = (
+            f"the runs train different rewards ({', '.join(rewards)}): one row of panels per reward, not "
+            "comparable with each other"
+        )
         figure.suptitle(warning, fontsize="small", color="darkred")
     return figure, warning
 

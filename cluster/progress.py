@@ -53,8 +53,9 @@ def gap_warning(row: dict, clip_range: float, section: str = "train") -> str | N
         else f"; PPO clips on this noise: set {section}.recompute_old_log_probs=true"
     )
     return (
-        f"rollout and learner log-probs differ by up to {gap:.3g} (median {row.get('old_logprob_gap_median', float('nan')):.3g}) "
-        f"at the same weights, more than the clip range {clip_range:g}: numerical noise of the model dtype{fix}"
+        f"rollout and learner log-probs differ by up to {gap:.3g} (median "
+        f"{row.get('old_logprob_gap_median', float('nan')):.3g}) at the same weights, more than the clip range "
+        f"{clip_range:g}: numerical noise of the model dtype{fix}"
     )
 
 

@@ -84,7 +84,8 @@ def kill_all(tracked: dict[int, int], grace_s: float = GRACE_S) -> None:
 
 
 def watch(parent: int, session_name: str) -> None:
-    """Track the session while `parent` lives; when it dies, kill what is left; return early once the session is gone."""
+    """Track the session while `parent` lives; when it dies, kill what is left; return early once the session is
+    gone."""
     tracked: dict[int, int] = {}
     last_scan = 0.0
     while os.getppid() == parent:

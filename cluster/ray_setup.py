@@ -70,7 +70,8 @@ def init_ray(
         except ConnectionError as error:
             raise ConnectionError(
                 f"{error} (from {source}); a cluster with token auth needs its token here: RAY_AUTH_TOKEN, "
-                "RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token as on the head (`ray get-auth-token` there), and RAY_AUTH_MODE unset or token"
+                "RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token as on the head (`ray get-auth-token` there), and "
+                "RAY_AUTH_MODE unset or token"
             ) from error
         return f"joined Ray cluster at {ray.get_runtime_context().gcs_address}"
     with _loopback_node_ip():
@@ -93,7 +94,8 @@ def started_here() -> bool:
 
 
 def gcs_host_port(address: str) -> tuple[str, int]:
-    """host and port of a join address: "host:port", "ray://host:port" or "auto" (the cluster recorded on this machine)."""
+    """host and port of a join address: "host:port", "ray://host:port" or "auto" (the cluster recorded on this
+    machine)."""
     if address.startswith(("http://", "https://")):
         raise ValueError(
             f"{address} is a dashboard (job submission) address; joining needs the cluster address host:port "
@@ -128,13 +130,15 @@ def wait_reachable(address: str, timeout_s: float, source: str = "RAY_ADDRESS") 
             if time.monotonic() >= deadline:
                 raise ConnectionError(
                     f"no Ray cluster answers at {address} (from {source}) after {timeout_s:g} s ({error}); start it "
-                    f"(`ray start --head`), fix the address, or unset RAY_ADDRESS and drop --address to run on a fresh local Ray"
+                    "(`ray start --head`), fix the address, or unset RAY_ADDRESS and drop --address to run on a fresh "
+                    "local Ray"
                 ) from error
             time.sleep(min(1.0, max(0.0, deadline - time.monotonic())))
 
 
 def _loopback_only(host: str, port: int) -> bool:
-    """A cluster at 127.0.0.1:port that does not answer on this machine's routable IP is a loopback-bound one (init_ray's)."""
+    """A cluster at 127.0.0.1:port that does not answer on this machine's routable IP is a loopback-bound one
+    (init_ray's)."""
     if host not in LOOPBACK:
         return False
     from ray._private.services import get_node_ip_address
@@ -173,7 +177,8 @@ def _enable_token_auth_if_available() -> None:
 
 
 def find_auth_token() -> tuple[str, str] | None:
-    """(token, where it came from) as Ray's clients look for it: RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, ~/.ray/auth_token."""
+    """(token, where it came from) as Ray's clients look for it: RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH,
+    ~/.ray/auth_token."""
     if token := os.environ.get("RAY_AUTH_TOKEN", "").strip():
         return token, "RAY_AUTH_TOKEN"
     path = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.join(os.path.expanduser("~"), ".ray", "auth_token")
@@ -264,9 +269,9 @@ def shortages(requests: list[ResourceRequest], capacity: Capacity) -> list[str]:
             keys = list(dict.fromkeys(k for resource in short for k in r.keys_for(resource)))
             keys += ["scaleout.placement_strategy"] if r.strategy.startswith("STRICT") else []
             problems.append(
-                f"{r.what}: {r.strategy} needs {nodes_needed} node(s) with CPU {need['CPU']:g}, GPU {need['GPU']:g} each but "
-                f"{fitting} of {len(capacity.nodes)} node(s) have that (most per node: CPU {largest['CPU']:g}, GPU {largest['GPU']:g}); "
-                f"change {', '.join(keys)}"
+                f"{r.what}: {r.strategy} needs {nodes_needed} node(s) with CPU {need['CPU']:g}, GPU {need['GPU']:g} "
+                f"each but {fitting} of {len(capacity.nodes)} node(s) have that (most per node: CPU "
+                f"{largest['CPU']:g}, GPU {largest['GPU']:g}); change {', '.join(keys)}"
             )
     return problems
 
@@ -287,12 +292,14 @@ def preflight(requests: list[ResourceRequest], capacity: Capacity | None = None)
 def wait_for_placement_group(
     pg, timeout_s: float, what: str, keys: tuple[str, ...] = (), warn_after_s: float = 10.0
 ) -> None:
-    """Wait until `pg` is placed; after `warn_after_s` say so on stderr; after `timeout_s` remove it and raise ResourceError."""
+    """Wait until `pg` is placed; after `warn_after_s` say so on stderr; after `timeout_s` remove it and raise
+    ResourceError."""
     if pg.wait(min(warn_after_s, timeout_s)):
         return
     bundles = ", ".join("{" + ", ".join(f"{k} {v:g}" for k, v in b.items()) + "}" for b in pg.bundle_specs)
     print(
-        f"rlcm: waiting for Ray to place {what} ({bundles}); free now: {free_resources()}; giving up after {timeout_s:g} s",
+        f"rlcm: waiting for Ray to place {what} ({bundles}); free now: {free_resources()}; giving up after "
+        f"{timeout_s:g} s",
         file=sys.stderr,
     )
     if timeout_s > warn_after_s and pg.wait(timeout_s - warn_after_s):

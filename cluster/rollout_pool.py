@@ -215,8 +215,8 @@ class RolloutPool:
                         self.probes[slot.handle.ping.remote()] = actor_id
                         serving = sum(not s.draining and not self._probing(i) for i, s in self.slots.items())
                         print(
-                            f"rlcm: rollout actor {actor_id} failed ({_reason(error)}); batch {job.key} is queued again, "
-                            f"{serving} actor(s) serve until it is back or replaced",
+                            f"rlcm: rollout actor {actor_id} failed ({_reason(error)}); batch {job.key} is queued "
+                            f"again, {serving} actor(s) serve until it is back or replaced",
                             file=sys.stderr,
                             flush=True,
                         )

@@ -41,7 +41,8 @@ def epoch_jobs(
 ) -> list[Job]:
     """The rollout batches of one epoch; identical on every call, so a resumed or retried batch is the same.
 
-    With `group_size` G, each drawn prompt fills G consecutive samples (a group never straddles batches: G divides batch_size).
+    With `group_size` G, each drawn prompt fills G consecutive samples (a group never straddles batches: G divides
+    batch_size).
     """
     drawn = [
         p
@@ -134,7 +135,8 @@ class Scheduler:
             epoch += 1
 
     def to_submit(self) -> list[Job]:
-        """Jobs to sample now, each reserving a buffer slot: sync, a whole epoch when idle; async, while there is room."""
+        """Jobs to sample now, each reserving a buffer slot: sync, a whole epoch when idle; async, while there is
+        room."""
         if self.mode == "sync":
             idle = not (self.updating or self.buffer.entries or self.buffer.reserved)
             count = self.num_batches if idle else 0

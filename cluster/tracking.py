@@ -62,7 +62,8 @@ class RunTracker:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError as error:
                 raise ImportError(
-                    f"TensorBoard logging needs the tensorboard package ({error}): pip install tensorboard, or set run.tensorboard=false"
+                    f"TensorBoard logging needs the tensorboard package ({error}): pip install tensorboard, or set "
+                    "run.tensorboard=false"
                 ) from None
             self.writer = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"), purge_step=start_epoch or None)
             if config is not None:

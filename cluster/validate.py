@@ -1,6 +1,7 @@
 """Checks made before Ray starts, so a mistake costs seconds and one clear line, not actor tracebacks.
 
-- the model: a toy (`tiny`, `tiny-ddim`), an existing diffusers folder, or a hub id that is in the local cache (or downloadable);
+- the model: a toy (`tiny`, `tiny-ddim`), an existing diffusers folder, or a hub id that is in the local cache (or
+  downloadable);
 - the reward: a registered name for the local backend; a differentiable one for first-order algorithms;
 - the LoRA target modules: each must match a module of the UNet (built on the meta device, no weights).
 """
@@ -31,7 +32,8 @@ def model_config_dir(model: str) -> Path | None:
         return local
     if model.startswith((".", "/", "~")) or model.count("/") != 1:
         raise ConfigError(
-            f"model.name: {model!r} is neither a toy ('tiny', 'tiny-ddim'), an existing folder, nor a hub id like 'SimianLuo/LCM_Dreamshaper_v7'"
+            f"model.name: {model!r} is neither a toy ('tiny', 'tiny-ddim'), an existing folder, nor a hub id like "
+            "'SimianLuo/LCM_Dreamshaper_v7'"
         )
     from huggingface_hub import try_to_load_from_cache
 
@@ -40,8 +42,8 @@ def model_config_dir(model: str) -> Path | None:
         return Path(cached).parent
     if _hub_offline():
         raise ConfigError(
-            f"model.name: {model!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set; download it first "
-            f"(`huggingface-cli download {model}`) or pass a local folder with --set model.name=/path/to/model"
+            f"model.name: {model!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set; download it "
+            f"first (`huggingface-cli download {model}`) or pass a local folder with --set model.name=/path/to/model"
         )
     return fetch_model_index(model)
 
@@ -56,9 +58,9 @@ def fetch_model_index(model: str) -> Path:
     except Exception as error:  # noqa: BLE001 - any hub failure (no such repo, no network, gated) means the same to the user
         first = (str(error).strip().splitlines() or [""])[0][:160]
         raise ConfigError(
-            f"model.name: {model!r} is not in the local Hugging Face cache and the hub did not give it ({type(error).__name__}: {first}); "
-            f"check the id, or download it where the hub is reachable (`huggingface-cli download {model}`), "
-            "or pass a local folder with --set model.name=/path/to/model"
+            f"model.name: {model!r} is not in the local Hugging Face cache and the hub did not give it "
+            f"({type(error).__name__}: {first}); check the id, or download it where the hub is reachable "
+            f"(`huggingface-cli download {model}`), or pass a local folder with --set model.name=/path/to/model"
         ) from None
 
 
@@ -93,8 +95,8 @@ def check_lora_targets(targets: list[str], module_names: list[str]) -> None:
     if missing:
         leaves = sorted({n.rsplit(".", 1)[-1] for n in module_names if n})
         raise ConfigError(
-            f"model.lora.target_modules: {missing} match no UNet module; names look like to_q, to_k, to_v, to_out.0, conv1, conv2, "
-            f"proj_in, ff.net.2 (last parts here: {', '.join(leaves[:25])}...)"
+            f"model.lora.target_modules: {missing} match no UNet module; names look like to_q, to_k, to_v, to_out.0, "
+            f"conv1, conv2, proj_in, ff.net.2 (last parts here: {', '.join(leaves[:25])}...)"
         )
 
 
@@ -108,7 +110,8 @@ def check_reward(config: TrainConfig) -> None:
         names = differentiable_reward_names()
         if reward.name not in names:
             raise ConfigError(
-                f"reward.name: {reward.name!r} is not differentiable, which {algorithm.name} needs; choose one of {names}"
+                f"reward.name: {reward.name!r} is not differentiable, which {algorithm.name} needs; choose one of "
+                f"{names}"
             )
     monitored = algorithm.samples_from == "learners" and reward.monitor
     served, key = (reward.monitor, "reward.monitor") if monitored else (reward.name, "reward.name")
@@ -119,7 +122,8 @@ def check_reward(config: TrainConfig) -> None:
 
 
 def check_local_resources(config: TrainConfig) -> None:
-    """A local run (a fresh Ray on this machine) must fit this machine: a GPU preset on a CPU-only machine fails here."""
+    """A local run (a fresh Ray on this machine) must fit this machine: a GPU preset on a CPU-only machine fails
+    here."""
     import torch
 
     from cluster.driver import resource_requests
@@ -134,8 +138,9 @@ def check_local_resources(config: TrainConfig) -> None:
             ((r.asks(first), first, " x ".join(r.keys_for(first))) for r in requests if r.asks(first) > 0), reverse=True
         )
         raise ConfigError(
-            f"this run does not fit on this machine ({'; '.join(f'{asked[k]:g} {k}s asked, this machine has {have[k]:g}' for k in short)}): "
-            "run it on a cluster (--address or RAY_ADDRESS), choose a CPU preset (tiny-cpu, rocm-tiny-cpu), or lower with --set "
+            "this run does not fit on this machine "
+            f"({'; '.join(f'{asked[k]:g} {k}s asked, this machine has {have[k]:g}' for k in short)}): run it on a "
+            "cluster (--address or RAY_ADDRESS), choose a CPU preset (tiny-cpu, rocm-tiny-cpu), or lower with --set "
             + ", ".join(f"{keys} ({n:g} {k}s)" for n, k, keys in askers)
         )
 

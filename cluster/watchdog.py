@@ -48,7 +48,8 @@ class Watchdog:
 
 
 def bounded_get(refs, timeout_s: float, what: str, limit_key: str, keys: tuple[str, ...], free: Callable[[], str]):
-    """`ray.get(refs)` that raises StalledError (naming `limit_key`, `keys` and the free resources) after `timeout_s`."""
+    """`ray.get(refs)` that raises StalledError (naming `limit_key`, `keys` and the free resources) after
+    `timeout_s`."""
     import ray
 
     started = time.monotonic()
@@ -64,6 +65,7 @@ def stalled_message(deadline: Deadline, now: float, free: str) -> str:
     """One line: what stalled, for how long, the keys to change, the cluster's free resources."""
     keys = ", ".join(dict.fromkeys((deadline.limit_key, *deadline.keys)))
     return (
-        f"{deadline.what} did not finish within {deadline.limit_s:g} s ({deadline.limit_key}; waited {now - deadline.started:.0f} s): "
-        f"it was never scheduled or it hangs; free on the cluster now: {free}; change {keys}, free the cluster or give it more nodes"
+        f"{deadline.what} did not finish within {deadline.limit_s:g} s ({deadline.limit_key}; waited "
+        f"{now - deadline.started:.0f} s): it was never scheduled or it hangs; free on the cluster now: {free}; change "
+        f"{keys}, free the cluster or give it more nodes"
     )
