@@ -66,14 +66,16 @@ class Learner:
         return self.learner.version
 
     def train(self, *inputs) -> dict[str, float]:
-        """One epoch's update on this rank from what the algorithm's sample source delivers (ObjectRefs resolved by Ray)."""
+        """One epoch's update on this rank from what the algorithm's sample source delivers (ObjectRefs resolved by
+        Ray)."""
         start = time.perf_counter()
         metrics = self.learner.train_epoch(*inputs, world_size=self.world_size)
         metrics["learner_time_s"] = time.perf_counter() - start
         return metrics
 
     def save(self, directory: str) -> str:
-        """Rank 0 writes the LoRA and the shared state; every other rank its own noise generator (ranks differ there)."""
+        """Rank 0 writes the LoRA and the shared state; every other rank its own noise generator (ranks differ
+        there)."""
         directory = Path(directory)
         state = self.learner.state_dict()
         check_adapter(state["adapter"], "save")

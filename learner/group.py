@@ -30,7 +30,8 @@ class LearnerGroup:
         strategy: str = "PACK",
         wait_placed: Callable | None = None,
     ):
-        """`spec`: an algorithm's learner spec (it builds the learner); `wait_placed(pg)` waits for the placement group (default: forever); the driver passes one with a time limit."""
+        """`spec`: an algorithm's learner spec (it builds the learner); `wait_placed(pg)` waits for the placement group
+        (default: forever); the driver passes one with a time limit."""
         resources = bundle(cpus, gpus)
         self.pg = placement_group([resources] * num_learners, strategy=strategy) if resources else None
         if self.pg is not None:
@@ -55,7 +56,8 @@ class LearnerGroup:
         return self.actors[0]
 
     def train(self, *inputs) -> list:
-        """Start one epoch's update on every rank with the algorithm's inputs; returns the ranks' metric refs (rank 0 first)."""
+        """Start one epoch's update on every rank with the algorithm's inputs; returns the ranks' metric refs (rank 0
+        first)."""
         return [actor.train.remote(*inputs) for actor in self.actors]
 
     def adapter(self) -> ray.ObjectRef:

@@ -62,13 +62,14 @@ def nonfinite_tensors(tensors: Mapping[str, torch.Tensor]) -> list[str]:
 
 
 def check_adapter(tensors: Mapping[str, torch.Tensor], what: str) -> None:
-    """Raise NonFiniteError if any adapter tensor is non-finite; `what` says what was about to happen (publish, save)."""
+    """Raise NonFiniteError if any adapter tensor is non-finite; `what` says what was about to happen (publish,
+    save)."""
     bad = nonfinite_tensors(tensors)
     if bad:
         shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
         raise NonFiniteError(
-            f"refusing to {what} a LoRA adapter with non-finite weights ({len(bad)} of {len(tensors)} tensors: {shown}); "
-            "resume from the last checkpoint with a lower learning rate or a tighter gradient clip"
+            f"refusing to {what} a LoRA adapter with non-finite weights ({len(bad)} of {len(tensors)} tensors: "
+            f"{shown}); resume from the last checkpoint with a lower learning rate or a tighter gradient clip"
         )
 
 

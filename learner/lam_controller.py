@@ -24,7 +24,8 @@ def lam_update(
     """The next λ: λ·clip(√(D̄/δ), 1/c, c) clamped to [lam_min, lam_max]; a non-finite D̄ leaves λ."""
     if lam <= 0 or target <= 0 or max_factor < 1 or not 0 < lam_min <= lam_max:
         raise ValueError(
-            f"need lam > 0, target > 0, max_factor >= 1 and 0 < lam_min <= lam_max, got {lam}, {target}, {max_factor}, {lam_min}, {lam_max}"
+            f"need lam > 0, target > 0, max_factor >= 1 and 0 < lam_min <= lam_max, got {lam}, {target}, {max_factor}, "
+            f"{lam_min}, {lam_max}"
         )
     if not math.isfinite(divergence_mean):
         return lam
@@ -44,7 +45,8 @@ class LamController:
     fixed: bool = False
 
     def step(self, divergence_mean: float) -> dict[str, float]:
-        """Update λ from one epoch run at the current λ; returns that epoch's controlled quantity and target (none if fixed)."""
+        """Update λ from one epoch run at the current λ; returns that epoch's controlled quantity and target (none if
+        fixed)."""
         if self.fixed:
             return {}
         self.lam = lam_update(self.lam, divergence_mean, self.target, self.max_factor, self.lam_min, self.lam_max)

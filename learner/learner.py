@@ -124,7 +124,8 @@ class PPOLearner(BaseLearner):
         trajectory = trajectory.to(self.device)
         batch = TrainBatch(
             transitions=policy_for(self.pipe).transitions(self.pipe, trajectory),
-            old_log_probs=trajectory.log_probs,  # the behaviour policy's; PPO may recompute π_old (recompute_old_log_probs)
+            # the behaviour policy's; PPO may recompute π_old (recompute_old_log_probs)
+            old_log_probs=trajectory.log_probs,
             advantages=torch.as_tensor(advantages, dtype=torch.float32, device=self.device),
             on_policy=torch.as_tensor(on_policy, dtype=torch.bool, device=self.device),
         )

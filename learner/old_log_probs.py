@@ -46,7 +46,8 @@ def draw_pass_orders(
 def pass_calls(
     order: PassOrder, train_batch_size: int, steps_per_sample: int
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(rows, k) of each UNet call of one pass, in order: minibatches of `train_batch_size` samples, then step j of each."""
+    """(rows, k) of each UNet call of one pass, in order: minibatches of `train_batch_size` samples, then step j of
+    each."""
     for start in range(0, len(order.samples), train_batch_size):
         rows = order.samples[start : start + train_batch_size]
         for j in range(steps_per_sample):

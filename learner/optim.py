@@ -50,7 +50,8 @@ def optimizer_step(
 ) -> float:
     """Average gradients over ranks (if data-parallel), clip their norm, step, zero them; returns the pre-clip norm.
 
-    A non-finite norm (a NaN/Inf loss or gradient) skips the step: nothing is applied (learner.guards.step_if_finite)."""
+    A non-finite norm (a NaN/Inf loss or gradient) skips the step: nothing is applied
+    (learner.guards.step_if_finite)."""
     if reduce_gradients is not None:
         reduce_gradients(params)
     grad_norm = torch.nn.utils.clip_grad_norm_(params, max_grad_norm)

@@ -1,4 +1,5 @@
-"""Two measures of a tuned policy, the same for every algorithm: how far it moved from the base, and how varied it stays.
+"""Two measures of a tuned policy, the same for every algorithm: how far it moved from the base, and how varied it
+stays.
 
 Σ_k KL(π_θ ‖ π_base) per chain: along a chain x_0 … sampled by π_θ (the recorded trajectory), at each state x_k
     both policies are Gaussians with the same std σ_k, so KL_k = Δ_k²/(2σ_k²) per latent dim with

@@ -1,6 +1,7 @@
 """Clipped PPO over a sampler chain (RLCM Algorithm 1; DDPO's update), readable top to bottom.
 
-For each sample i and action step k (LCM: k < H−1; DDIM: k < H), with ρ = exp(log π_θ(x_{k+1}|x_k) − log π_old(x_{k+1}|x_k)):
+For each sample i and action step k (LCM: k < H−1; DDIM: k < H), with
+ρ = exp(log π_θ(x_{k+1}|x_k) − log π_old(x_{k+1}|x_k)):
 
     loss = mean_{i,k} max(−A_i·ρ, −A_i·clip(ρ, 1−ε, 1+ε))  [+ β·KL(π_θ ‖ π_base) at x_k, optional]
 

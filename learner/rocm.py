@@ -79,11 +79,12 @@ def rocm_objective(
     original_inference_steps: int = 50,
     latents: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Sample B = len(prompts) reparameterized chains with grad; `objective`, `reward`, `divergence` [B], `images` uint8.
+    """Sample B = len(prompts) reparameterized chains with grad; `objective`, `reward`, `divergence` [B], `images`
+    uint8.
 
     The chain is `rollout.policies.lcm.lcm_chain` and its noise x_0, ε_0 … ε_{H−2} comes from `draw_noise` first,
-    as for `sample_trajectory` (same seed, same weights: same chain); `latents` replaces x_0 (the draw still happens). `divergence`
-    is Σ_k D_k; with lam == 0 or divergence "none" the reference UNet is not run and it is zero.
+    as for `sample_trajectory` (same seed, same weights: same chain); `latents` replaces x_0 (the draw still happens).
+    `divergence` is Σ_k D_k; with lam == 0 or divergence "none" the reference UNet is not run and it is zero.
 
     truncate_steps = K: the states x_1 … x_{H−1−K} are detached, so the reward gradient flows through the
     last K transitions, the final denoising call and the decode only; each D_k still depends on θ through
@@ -95,7 +96,8 @@ def rocm_objective(
         raise ValueError(f"unknown divergence {divergence!r}; choose one of {list(DIVERGENCES)}")
     if isinstance(lam, str) or lam < 0:
         raise ValueError(
-            f"lam must be a number >= 0, got {lam!r} (rocm.lam: auto is resolved per epoch by the driver's λ controller)"
+            f"lam must be a number >= 0, got {lam!r} (rocm.lam: auto is resolved per epoch by the driver's λ "
+            "controller)"
         )
     if truncate_steps is not None and truncate_steps < 1:
         raise ValueError(f"truncate_steps must be >= 1 or None (full gradient), got {truncate_steps}")

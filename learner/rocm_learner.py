@@ -1,4 +1,5 @@
-"""The ROCM learner role: samples its own chains with grad, ascends reward − λ·divergence, versioned adapters, resume state."""
+"""The ROCM learner role: samples its own chains with grad, ascends reward − λ·divergence, versioned adapters, resume
+state."""
 
 from __future__ import annotations
 
@@ -74,11 +75,13 @@ class ROCMLearner(BaseLearner):
         return self.settings.truncate_steps
 
     def train_epoch(self, prompts: list[str], lam: float | None = None, world_size: int = 1) -> dict[str, float]:
-        """One epoch on this rank's shard of `prompts` (each rank samples its own chains with grad), at λ = `lam` if given."""
+        """One epoch on this rank's shard of `prompts` (each rank samples its own chains with grad), at λ = `lam` if
+        given."""
         return self.train([prompts[i] for i in shard(len(prompts), self.rank, world_size)], lam)
 
     def train(self, prompts: list[str], lam: float | None = None) -> dict[str, float]:
-        """One epoch: `updates_per_epoch` AdamW steps, each over `grad_accum_steps` calls of `batch_size` prompts, in order.
+        """One epoch: `updates_per_epoch` AdamW steps, each over `grad_accum_steps` calls of `batch_size` prompts, in
+        order.
 
         `lam` overrides `rocm.lam` for this epoch (the driver's λ controller when `rocm.lam` is auto).
         """
@@ -89,8 +92,9 @@ class ROCMLearner(BaseLearner):
             raise ValueError("rocm.lam is auto: pass this epoch's λ (the driver's controller holds it)")
         if len(prompts) != self.prompts_per_epoch:
             raise ValueError(
-                f"ROCM epoch needs batch_size x grad_accum_steps x updates_per_epoch = {r.batch_size} x {r.grad_accum_steps} x "
-                f"{r.updates_per_epoch} = {self.prompts_per_epoch} prompts per learner, got {len(prompts)}"
+                f"ROCM epoch needs batch_size x grad_accum_steps x updates_per_epoch = {r.batch_size} x "
+                f"{r.grad_accum_steps} x {r.updates_per_epoch} = {self.prompts_per_epoch} prompts per learner, got "
+                f"{len(prompts)}"
             )
         batches = [list(prompts[i : i + r.batch_size]) for i in range(0, len(prompts), r.batch_size)]
         recorded: list[tuple[list[str], torch.Tensor, torch.Tensor]] = []

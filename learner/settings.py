@@ -31,8 +31,9 @@ class PPOSettings(BaseModel):
     )
     recompute_old_log_probs: bool | Literal["auto"] = Field(
         "auto",
-        description="π_old = the learner's own log π at the update's start (same calls as its first pass, no grad) instead of "
-        "the rollout's; auto: on unless the policy runs in float32 (in bf16/fp16 the two differ by more than clip_range)",
+        description="π_old = the learner's own log π at the update's start (same calls as its first pass, no grad) "
+        "instead of the rollout's; auto: on unless the policy runs in float32 (in bf16/fp16 the two differ by more "
+        "than clip_range)",
     )
 
     @field_validator("recompute_old_log_probs", mode="before")
@@ -60,7 +61,8 @@ class ROCMSettings(BaseModel):
     divergence: Literal[DIVERGENCES] = Field("kl", description="per-step f-divergence D against the frozen base model")
     lam: float | Literal["auto"] = Field(
         0.1,
-        description="λ, weight of Σ_k D_k: a number >= 0 (fixed; 0 = unregularized) or auto (λ adapts so that mean Σ_k D_k ≈ lam_target)",
+        description="λ, weight of Σ_k D_k: a number >= 0 (fixed; 0 = unregularized) or auto (λ adapts so that mean Σ_k "
+        "D_k ≈ lam_target)",
     )
     lam_target: float = Field(
         0.1,
@@ -74,7 +76,8 @@ class ROCMSettings(BaseModel):
     truncate_steps: int | None = Field(
         None,
         ge=1,
-        description="opt-in: backprop through the last K transitions + decode only (states before are detached); None = full",
+        description="opt-in: backprop through the last K transitions + decode only (states before are detached); "
+        "None = full",
     )
     js_samples: int = Field(1, ge=1, description="reparameterized draws per dimension for the Jensen–Shannon estimate")
     learning_rate: float = Field(1e-4, gt=0, description="AdamW learning rate of the LoRA (our choice)")
@@ -101,6 +104,7 @@ class ROCMSettings(BaseModel):
     def _lam_range(self):
         if self.lam == "auto" and not self.lam_min <= self.lam_init <= self.lam_max:
             raise ValueError(
-                f"rocm.lam: auto needs lam_min <= lam_init <= lam_max, got {self.lam_min}, {self.lam_init}, {self.lam_max}"
+                f"rocm.lam: auto needs lam_min <= lam_init <= lam_max, got {self.lam_min}, {self.lam_init}, "
+                f"{self.lam_max}"
             )
         return self

@@ -40,7 +40,8 @@ class PerPromptStatTracker:
         return advantages
 
     def stats(self) -> dict[str, float]:
-        """Prompts tracked, mean buffer fill, share of prompts past `min_count` (own statistics), mean per-prompt std."""
+        """Prompts tracked, mean buffer fill, share of prompts past `min_count` (own statistics), mean per-prompt
+        std."""
         buffers = [np.asarray(b) for b in self.buffers.values()]
         if not buffers:
             return {"num_prompts": 0, "mean_count": 0.0, "frac_own_stats": 0.0, "mean_prompt_std": 0.0}

@@ -1,4 +1,5 @@
-"""The algorithm registry: name -> declaration (see `learner.algorithms.base`). Adding an algorithm = its module + one line here."""
+"""The algorithm registry: name -> declaration (see `learner.algorithms.base`). Adding an algorithm = its module + one
+line here."""
 
 from __future__ import annotations
 

@@ -49,8 +49,9 @@ class Algorithm:
         kind = sampler_of(model)
         if kind is not None and kind != cls.sampler:
             raise ValueError(
-                f"model.name: {model!r} is a {kind.upper()} model but algorithm {cls.name} trains the {cls.sampler.upper()} sampler; "
-                f"use a {cls.sampler.upper()} model (e.g. {EXAMPLES[cls.sampler]}) or an algorithm for {kind.upper()} models"
+                f"model.name: {model!r} is a {kind.upper()} model but algorithm {cls.name} trains the "
+                f"{cls.sampler.upper()} sampler; use a {cls.sampler.upper()} model (e.g. {EXAMPLES[cls.sampler]}) or "
+                f"an algorithm for {kind.upper()} models"
             )
 
     @classmethod
@@ -69,7 +70,8 @@ class Algorithm:
 
     @classmethod
     def group_size(cls, config: TrainConfig) -> int:
-        """Consecutive samples of a rollout batch that share a prompt (GRPO's groups; 1 = every sample its own prompt)."""
+        """Consecutive samples of a rollout batch that share a prompt (GRPO's groups; 1 = every sample its own
+        prompt)."""
         return 1
 
     @classmethod
@@ -97,7 +99,8 @@ OLD_LOG_PROB_DIAGNOSTICS = (
 
 
 class RolloutAlgorithm(Algorithm):
-    """Learns from the rollout actors' trajectories: PPO-style settings (train_batch_size, grad_accum_steps, inner_epochs)."""
+    """Learns from the rollout actors' trajectories: PPO-style settings (train_batch_size, grad_accum_steps,
+    inner_epochs)."""
 
     samples_from = "rollouts"
 
@@ -140,7 +143,8 @@ class RolloutAlgorithm(Algorithm):
 
 
 class FirstOrderAlgorithm(Algorithm):
-    """Learners sample chains with grad from training prompts; settings carry batch_size, grad_accum_steps, updates_per_epoch."""
+    """Learners sample chains with grad from training prompts; settings carry batch_size, grad_accum_steps,
+    updates_per_epoch."""
 
     samples_from = "learners"
 
@@ -148,8 +152,8 @@ class FirstOrderAlgorithm(Algorithm):
     def check(cls, config: TrainConfig) -> None:
         if config.scaleout.mode == "async":
             raise ValueError(
-                f"scaleout.mode: async mode needs an algorithm that learns from rollouts; {cls.name} trains on its own samples, "
-                f"use scaleout.mode=sync"
+                f"scaleout.mode: async mode needs an algorithm that learns from rollouts; {cls.name} trains on its own "
+                f"samples, use scaleout.mode=sync"
             )
 
     @classmethod

@@ -1,4 +1,5 @@
-"""ROCM (RLHF on consistency models, 2025): first-order reward ascent through the chain, per-step f-divergence to the base."""
+"""ROCM (RLHF on consistency models, 2025): first-order reward ascent through the chain, per-step f-divergence to the
+base."""
 
 from __future__ import annotations
 

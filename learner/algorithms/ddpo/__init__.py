@@ -31,7 +31,8 @@ class DDPOSettings(PPOSettings):
     )
     per_prompt_stat_tracking: bool = Field(
         True,
-        description="advantages from per-prompt running statistics (stat_tracking.*); false: from the batch's mean and std",
+        description="advantages from per-prompt running statistics (stat_tracking.*); false: from the batch's mean and "
+        "std",
     )
 
     @model_validator(mode="after")

@@ -50,7 +50,8 @@ class DRaFT(ROCM):
         transitions = config.sampling.num_steps - 1
         if config.settings.truncate_steps > transitions:
             raise ValueError(
-                f"draft.truncate_steps: K={config.settings.truncate_steps} exceeds the H−1={transitions} transitions of sampling.num_steps"
+                f"draft.truncate_steps: K={config.settings.truncate_steps} exceeds the H−1={transitions} transitions "
+                "of sampling.num_steps"
             )
         super().check(config)
 

@@ -47,7 +47,8 @@ class GRPO(RolloutAlgorithm):
         g, batch = config.settings.group_size, config.sampling.batch_size
         if batch % g:
             raise ValueError(
-                f"grpo.group_size: {g} does not divide sampling.batch_size={batch}; a group must lie within one rollout batch"
+                f"grpo.group_size: {g} does not divide sampling.batch_size={batch}; a group must lie within one "
+                "rollout batch"
             )
         super().check(config)
 

@@ -14,7 +14,8 @@ def group_advantages(
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """A_i = (r_i − mean_g)/(std_g + ε) per group of `group_size` consecutive samples (population std).
 
-    Returns (advantages, valid, groups dropped): a group with any invalid reward is dropped whole (advantage 0, invalid).
+    Returns (advantages, valid, groups dropped): a group with any invalid reward is dropped whole (advantage 0,
+    invalid).
     """
     r = np.asarray(rewards, dtype=np.float64).reshape(-1, group_size)
     ok = np.asarray(valid, dtype=bool).reshape(-1, group_size).all(axis=1)
