@@ -87,7 +87,8 @@ def main() -> None:
     for name, settings, concurrent, images in CASES:
         m = measure(settings, concurrent, images)
         print(
-            f"| {name} | {', '.join(map(str, m['status']))} | {m['before']:.0f} MiB | {m['peak']:.0f} MiB | {m['after']:.0f} MiB | {m['seconds']:.1f} s |",
+            f"| {name} | {', '.join(map(str, m['status']))} | {m['before']:.0f} MiB | {m['peak']:.0f} MiB | "
+            f"{m['after']:.0f} MiB | {m['seconds']:.1f} s |",
             flush=True,
         )
 

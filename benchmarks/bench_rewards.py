@@ -115,7 +115,8 @@ def main() -> None:
         args.repeats,
     )
     print(
-        f"\nper-batch latency ({args.batch} images, {payload_mb:.1f} MB of base64 PNG over HTTP), median of {args.repeats}:"
+        f"\nper-batch latency ({args.batch} images, {payload_mb:.1f} MB of base64 PNG over HTTP), median of "
+        f"{args.repeats}:"
     )
     print("| path | ms/batch | overhead vs in process |\n|---|---|---|")
     encode = latency_ms(lambda im, p: encode_batch(im), images, args.repeats)

@@ -53,7 +53,8 @@ def measure(name: str, overrides: list[str], epochs: int) -> dict:
     }
     print(
         f"{name:42s} {result['samples_per_s']:6.2f} samples/s  epoch {result['epoch_s']:5.2f} s  "
-        f"rollout {result['rollout_s']:5.2f} s  time_sync {result['time_sync_ms']:6.1f} ms ({100 * result['sync_share']:.2f}% of epoch)",
+        f"rollout {result['rollout_s']:5.2f} s  time_sync {result['time_sync_ms']:6.1f} ms "
+        f"({100 * result['sync_share']:.2f}% of epoch)",
         flush=True,
     )
     return result
@@ -124,7 +125,8 @@ def main() -> None:
     )
     single = measure_single_process(args.epochs)
     print(
-        f"distributed (1 rollout actor + 1 learner) vs one process: epoch {base['epoch_s'] / single['epoch_s']:.2f}x the time"
+        f"distributed (1 rollout actor + 1 learner) vs one process: epoch {base['epoch_s'] / single['epoch_s']:.2f}x "
+        "the time"
     )
     print(f"async / sync with slow rewards: {async_slow['samples_per_s'] / sync_slow['samples_per_s']:.2f}x")
     print(

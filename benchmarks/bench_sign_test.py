@@ -119,14 +119,16 @@ def table(results: dict) -> list[str]:
         return f"{x.delta:+.3f} [{lo:+.3f}, {hi:+.3f}] ({x.z:+.1f} SE)"
 
     lines = [
-        "| algorithm | preset | epochs | seeds | initial policy | r | random control | −r | r − control [95% CI] | −r − control [95% CI] | pass |",
+        "| algorithm | preset | epochs | seeds | initial policy | r | random control | −r | r − control [95% CI] "
+        "| −r − control [95% CI] | pass |",
         "|---|---|---:|---:|---:|---:|---:|---:|---|---|---|",
     ]
     for row in rows(results):
         h = row["held"]
         lines.append(
-            f"| {row['algorithm']} | {row['preset']} | {row['epochs']} | {row['seeds']} | {row['initial']:.3f} | {cell(h['r'])} | "
-            f"{cell(h['random'])} | {cell(h['-r'])} | {g(row['up'])} | {g(row['down'])} | {'yes' if row['passed'] else 'NO'} |"
+            f"| {row['algorithm']} | {row['preset']} | {row['epochs']} | {row['seeds']} | {row['initial']:.3f} | "
+            f"{cell(h['r'])} | {cell(h['random'])} | {cell(h['-r'])} | {g(row['up'])} | {g(row['down'])} | "
+            f"{'yes' if row['passed'] else 'NO'} |"
         )
     return lines
 
@@ -135,16 +137,22 @@ def write_results(results: dict, path: Path) -> None:
     lines = [
         "# Sign test of the toys: do they learn from their reward?",
         "",
-        f"`{results['command']}` — {results['machine']}, torch {results['torch']}, CPU, 2 cores, shared with other jobs; "
-        f"{results['total_s'] / 60:.1f} min in all.",
+        f"`{results['command']}` — {results['machine']}, torch {results['torch']}, CPU, 2 cores, shared with other "
+        f"jobs; {results['total_s'] / 60:.1f} min in all.",
         "",
-        "Each toy preset is trained as `rlcm train --config <preset>` trains it (its learner, sampler, batches, step sizes and",
-        "epochs; in one process, no Ray) three ways: the learner sees the preset's reward r (JPEG compressibility, −kB), its",
-        "negation −r, or a random control (a standard normal number per sample, independent of the image). The final policy",
-        f"of each run is scored with the true r on {HELD_OUT_PROMPTS} held-out prompts (not in the training set) × {NOISES} fixed noises.",
+        "Each toy preset is trained as `rlcm train --config <preset>` trains it "
+        "(its learner, sampler, batches, step sizes and",
+        "epochs; in one process, no Ray) three ways: the learner sees the preset's reward r "
+        "(JPEG compressibility, −kB), its",
+        "negation −r, or a random control (a standard normal number per sample, independent of the image). "
+        "The final policy",
+        f"of each run is scored with the true r on {HELD_OUT_PROMPTS} held-out prompts (not in the training set) "
+        f"× {NOISES} fixed noises.",
         "Cells: mean ± sd over seeds of that held-out reward (kB, higher = more compressible); initial policy: the",
-        "untrained LoRA (seed 0); seeds: r-runs done (an interrupted benchmark reports what it measured). A gain is the difference of seed means, SE = √(s²_a/n_a + s²_b/n_b), the interval",
-        f"Δ ± 1.96·SE. Pass: r ≥ {Z_PASS:g} SE above the control and −r ≥ {Z_PASS:g} SE below it, i.e. what the run learns",
+        "untrained LoRA (seed 0); seeds: r-runs done (an interrupted benchmark reports what it measured). A gain is "
+        "the difference of seed means, SE = √(s²_a/n_a + s²_b/n_b), the interval",
+        f"Δ ± 1.96·SE. Pass: r ≥ {Z_PASS:g} SE above the control and −r ≥ {Z_PASS:g} SE below it, i.e. what the run "
+        "learns",
         "follows the sign of its reward and is not a drift any reward would produce.",
         "",
         *table(results),

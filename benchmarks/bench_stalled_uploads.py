@@ -94,8 +94,8 @@ def attack(base: str, port: int, sources: int, per_source: int, seconds: float) 
     latencies = sorted(t for batch in scores for t in batch.seconds)
     quantile = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000  # noqa: E731
     print(
-        f"  {len(latencies)} scores in {seconds:.0f} s: statuses {dict(statuses)}; p50 {quantile(0.5):.1f} ms, p99 {quantile(0.99):.1f} ms, "
-        f"max {latencies[-1] * 1000:.1f} ms"
+        f"  {len(latencies)} scores in {seconds:.0f} s: statuses {dict(statuses)}; p50 {quantile(0.5):.1f} ms, p99 "
+        f"{quantile(0.99):.1f} ms, max {latencies[-1] * 1000:.1f} ms"
     )
     print("  stalled uploads still held at " + ", ".join(f"{t} s: {n}" for t, n in held.items()))
     print(f"  answers: {dict(collections.Counter(kind(a) for a in answers))}")

@@ -41,7 +41,11 @@ unet = UNet2DConditionModel.from_config(_config(architecture_dir("random:SimianL
 unet = unet.to(torch.bfloat16).eval().requires_grad_(False)
 add_lora(unet, LoraSettings(rank=16, alpha=32))
 latent = res // 8
-t, e, w = torch.full((batch,), 500), torch.randn(batch, 77, 768, dtype=torch.bfloat16), torch.randn(batch, 256, dtype=torch.bfloat16)
+t, e, w = (
+    torch.full((batch,), 500),
+    torch.randn(batch, 77, 768, dtype=torch.bfloat16),
+    torch.randn(batch, 256, dtype=torch.bfloat16),
+)
 
 def step(x):
     return unet(x, t, e, timestep_cond=w).sample
@@ -135,8 +139,9 @@ def main(resolutions: list[int], batch: int = 1, modes=MODES) -> list[dict]:
             }
             rows.append(row)
             print(
-                f"{res:4d} px  {mode:11s} predicted {row['predicted_mb']:8.1f} MB  measured {row['measured_mb']:8.1f} MB  "
-                f"error {100 * row['error']:+5.1f}%   (allocator peak incl. kernel scratch {row['allocator_peak_mb']:8.1f} MB)",
+                f"{res:4d} px  {mode:11s} predicted {row['predicted_mb']:8.1f} MB  measured {row['measured_mb']:8.1f} "
+                f"MB  error {100 * row['error']:+5.1f}%   (allocator peak incl. kernel scratch "
+                f"{row['allocator_peak_mb']:8.1f} MB)",
                 flush=True,
             )
     return rows
