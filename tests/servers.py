@@ -23,12 +23,16 @@ def free_port() -> int:
 def standalone_service(
     config: Path | None = None, wait_s: float = 15.0, pids: list[int] | None = None
 ) -> Iterator[tuple[str, int]]:
-    """`rlcm rewards serve --standalone` (uvicorn, no Ray) on a free port; yields (base URL, port) once /healthz answers.
+    """`rlcm rewards serve --standalone` (uvicorn, no Ray) on a free port; yields (base URL, port) once /healthz
+    answers.
 
     `pids`, if given, gets the server's process id (e.g. to read its memory).
     """
     port = free_port()
-    code = f"from rewards_service.cli import serve_main; serve_main({str(config) if config else None!r}, True, '127.0.0.1', {port})"
+    code = (
+        f"from rewards_service.cli import serve_main; serve_main({str(config) if config else None!r}, True, "
+        f"'127.0.0.1', {port})"
+    )
     proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     if pids is not None:

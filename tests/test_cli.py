@@ -60,7 +60,10 @@ def _run_cli(*args: str) -> tuple[int, str, bool]:
     import subprocess
     import sys
 
-    code = f"import sys; from cluster.cli import main; rc = main({list(args)!r}); print('torch' in sys.modules); sys.exit(rc)"
+    code = (
+        f"import sys; from cluster.cli import main; rc = main({list(args)!r}); print('torch' in sys.modules); "
+        "sys.exit(rc)"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     return done.returncode, done.stderr, done.stdout.strip().endswith("True")
 

@@ -123,7 +123,8 @@ def test_overrides_apply_with_types():
 def test_config_file(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text(
-        "sampling: {num_steps: 4, batch_size: 2, batches_per_epoch: 1}\ntrain: {train_batch_size: 2, grad_accum_steps: 1}\n"
+        "sampling: {num_steps: 4, batch_size: 2, batches_per_epoch: 1}\n"
+        "train: {train_batch_size: 2, grad_accum_steps: 1}\n"
     )
     cfg = load_config(str(path))
     assert cfg.sampling.num_steps == 4 and cfg.train.train_batch_size == 2

@@ -1,4 +1,5 @@
-"""DDPO: the DDIM policy against diffusers, the learner's timestep subset, config errors, learning and resume via `rlcm train`."""
+"""DDPO: the DDIM policy against diffusers, the learner's timestep subset, config errors, learning and resume via `rlcm
+train`."""
 
 from __future__ import annotations
 
@@ -135,7 +136,8 @@ def test_first_update_ratio_is_one_and_timestep_fraction_draws_a_seeded_subset(p
 )
 def test_gpu_presets_carry_ddpo_published_hyperparameters(preset, accum, updates, buffer):
     """ddpo-pytorch config/base.py + config/dgx.py: 50 steps, w 5, η 1, LoRA rank 4, lr 3e-4, clip 1e-4, adv clip 5,
-    8 samples × 4 batches per GPU, train batch 4, all steps trained; 4 (compression) or 2 (aesthetic) updates per epoch."""
+    8 samples × 4 batches per GPU, train batch 4, all steps trained; 4 (compression) or 2 (aesthetic) updates per
+    epoch."""
     cfg = load_config(preset)
     s, d = cfg.sampling, cfg.ddpo
     assert (cfg.algorithm, cfg.model.name, s.num_steps, s.guidance_scale, s.batch_size, s.batches_per_epoch) == (

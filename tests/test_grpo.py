@@ -1,4 +1,5 @@
-"""GRPO on the LCM policy: group-relative advantages, same-noise groups, config errors, learning and resume through `rlcm train`."""
+"""GRPO on the LCM policy: group-relative advantages, same-noise groups, config errors, learning and resume through
+`rlcm train`."""
 
 from __future__ import annotations
 
@@ -65,8 +66,9 @@ cli = functools.partial(train_cli, "grpo-tiny-cpu")
 
 
 def test_grpo_trains_through_rlcm_train_and_the_lora_loads(ray_local, tmp_path):
-    """2 epochs through `rlcm train`: the groups are real (4 per epoch), the LoRA loads in diffusers and changes its images.
-    Whether GRPO learns from its reward beyond a random-reward control is benchmarks/bench_sign_test.py's question."""
+    """2 epochs through `rlcm train`: the groups are real (4 per epoch), the LoRA loads in diffusers and changes its
+    images. Whether GRPO learns from its reward beyond a random-reward control is benchmarks/bench_sign_test.py's
+    question."""
     assert cli(tmp_path, "run", "run.epochs=2", "run.save_every=2") == 0
     rows = rows_of(tmp_path / "run")
     assert len(rows) == 2 and all(r["algorithm"] == "grpo" and r["groups_dropped"] == 0 for r in rows)

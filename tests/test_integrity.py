@@ -1,4 +1,5 @@
-"""Checkpoints, state files and metrics a crash cannot tear; resume checks them before Ray starts; one run per folder."""
+"""Checkpoints, state files and metrics a crash cannot tear; resume checks them before Ray starts; one run per
+folder."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""ROCM's λ rule (learner/lam_controller.py): the bounded, clamped update, its stability, and its blindness to reward offsets."""
+"""ROCM's λ rule (learner/lam_controller.py): the bounded, clamped update, its stability, and its blindness to reward
+offsets."""
 
 from __future__ import annotations
 
@@ -98,7 +99,8 @@ class ShiftedReward(torch.nn.Module):
 
 
 def test_reward_offset_leaves_the_lambda_trajectory_unchanged():
-    """Toy ROCM, λ auto: every reward + 10 changes no gradient, so the weights, D̄ and λ of every epoch are bitwise the same."""
+    """Toy ROCM, λ auto: every reward + 10 changes no gradient, so the weights, D̄ and λ of every epoch are bitwise the
+    same."""
     settings = ROCMSettings(lam="auto", lam_target=0.01, learning_rate=1e-2, max_grad_norm=5.0, batch_size=2)
     lora = LoraSettings(
         rank=4, alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0", "conv1", "conv2", "conv_out"]

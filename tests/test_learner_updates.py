@@ -194,7 +194,8 @@ def gaussian_of(pipe, traj, rows: torch.Tensor, k: torch.Tensor):
 
 
 def reference_ppo(model, traj, advantages, s, generator_state, theta0, kl_coef=0.0, timestep_fraction=1.0):
-    """θ after `inner_epochs` passes of clipped PPO (+ β·KL to the base), written out; returns (θ, pre-clip norms, clip fractions)."""
+    """θ after `inner_epochs` passes of clipped PPO (+ β·KL to the base), written out; returns (θ, pre-clip norms, clip
+    fractions)."""
     pipe, params, base = reference_pipes(model, theta0)
     generator = torch.Generator().manual_seed(0)
     generator.set_state(generator_state)
@@ -294,7 +295,8 @@ FIRST_ORDER = dict(
 def reference_objective(
     pipe, base, prompts, generator, num_steps: int, lam: float, truncate: int | None
 ) -> torch.Tensor:
-    """r(decode(denoised_{H−1})) − λ·Σ_k KL_k per chain, the LCM chain written out; x_1 … x_{H−1−K} detached under truncation K."""
+    """r(decode(denoised_{H−1})) − λ·Σ_k KL_k per chain, the LCM chain written out; x_1 … x_{H−1−K} detached under
+    truncation K."""
     batch, scheduler = len(prompts), pipe.scheduler
     timesteps = lcm_timesteps(scheduler, num_steps)
     with torch.no_grad():
@@ -326,7 +328,8 @@ def reference_objective(
 
 
 def check_first_order(spec_class, settings, num_steps: int, lam: float, truncation):
-    """One epoch of the learner against −mean objective / accum summed per window, clipped, AdamW; `truncation(generator)`: K per call."""
+    """One epoch of the learner against −mean objective / accum summed per window, clipped, AdamW;
+    `truncation(generator)`: K per call."""
     spec = spec_class(
         model="tiny",
         lora=LORA,

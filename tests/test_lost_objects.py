@@ -1,5 +1,5 @@
-"""Objects lost with a node are sampled again, never silently dropped; a reward replica that never comes back is one clear
-line (single-node Ray: the losses are made by hand)."""
+"""Objects lost with a node are sampled again, never silently dropped; a reward replica that never comes back is one
+clear line (single-node Ray: the losses are made by hand)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Every wait of the driver is bounded: the issue's hang (a scoring task that never gets a CPU) ends in one clear line."""
+"""Every wait of the driver is bounded: the issue's hang (a scoring task that never gets a CPU) ends in one clear
+line."""
 
 from __future__ import annotations
 

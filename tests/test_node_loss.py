@@ -1,7 +1,7 @@
 """Nodes lost while a run goes on, on a multi-node Ray cluster on one machine (`ray.cluster_utils.Cluster`).
 
-Scenarios: a rollout actor's node, a learner's node (RLCM and ROCM) and a reward replica's node (Serve backend) disappear.
-Expensive (each scenario starts 4 Ray nodes and trains on them), so not part of the default suite:
+Scenarios: a rollout actor's node, a learner's node (RLCM and ROCM) and a reward replica's node (Serve backend)
+disappear. Expensive (each scenario starts 4 Ray nodes and trains on them), so not part of the default suite:
 `bash scripts/node_loss.sh` runs them (RLCM_NODE_LOSS=1).
 """
 
@@ -51,7 +51,8 @@ def nodes():
 
 
 def remove_when(cluster, node, ready, log: list) -> threading.Thread:
-    """Remove `node` (or the node `node()` names then) as a crash would, without a graceful drain, once `ready()` holds."""
+    """Remove `node` (or the node `node()` names then) as a crash would, without a graceful drain, once `ready()`
+    holds."""
 
     def remove():
         while not ready():
@@ -82,7 +83,8 @@ def test_rollout_node_lost_mid_epoch_run_completes_with_exact_counts(nodes, tmp_
     assert removed, "the node was never removed"
     assert [r["epoch"] for r in rows] == [0, 1, 2]
     assert [r["samples_seen"] for r in rows] == [32, 64, 96] and all(r["num_invalid"] == 0 for r in rows)
-    # every batch whose actor failed while sampling it was sampled again (those that had landed, Ray rebuilt from lineage)
+    # every batch whose actor failed while sampling it was sampled again (those that had landed, Ray rebuilt from
+    # lineage)
     assert rows[-1]["resampled_batches"] >= rows[-1]["rollout_failures"] >= 1
     figures(rows)
 
@@ -91,9 +93,9 @@ def figures(rows: list[dict], extra: str = "") -> None:
     """The counters the README's table quotes."""
     last = rows[-1]
     print(
-        f"\nnode-loss figures{extra}: epochs {len(rows)}, samples_seen {[r['samples_seen'] for r in rows]}, rollout_failures "
-        f"{last['rollout_failures']}, resampled_batches {last['resampled_batches']}, reward_retries {last['reward_retries']}, "
-        f"epoch s {[round(r['time_epoch_s'], 1) for r in rows]}",
+        f"\nnode-loss figures{extra}: epochs {len(rows)}, samples_seen {[r['samples_seen'] for r in rows]}, "
+        f"rollout_failures {last['rollout_failures']}, resampled_batches {last['resampled_batches']}, reward_retries "
+        f"{last['reward_retries']}, epoch s {[round(r['time_epoch_s'], 1) for r in rows]}",
         file=sys.__stdout__,
         flush=True,
     )
@@ -127,8 +129,8 @@ def lora(path):
 
 @pytest.mark.parametrize("preset", [None, "rocm-tiny-cpu"], ids=["rlcm", "rocm"])
 def test_learner_node_lost_group_rebuilt_from_checkpoint_and_final_lora_equal(nodes, tmp_path, capsys, preset):
-    """Sync mode: the learner's node disappears after epoch 0's checkpoint; the driver rebuilds the learners from it on the
-    spare node and the final LoRA equals an uninterrupted run's, bit for bit (RLCM and ROCM)."""
+    """Sync mode: the learner's node disappears after epoch 0's checkpoint; the driver rebuilds the learners from it on
+    the spare node and the final LoRA equals an uninterrupted run's, bit for bit (RLCM and ROCM)."""
     import torch
 
     from cluster.config import load_config
@@ -168,8 +170,9 @@ def replica_nodes(deployment: str, cluster) -> list:
 
 
 def test_reward_replica_node_lost_scoring_retried_on_replacement(nodes, tmp_path):
-    """The node of the only reward replica (Serve backend) disappears while it scores a batch: Serve starts a replacement on
-    the nodes left, the lost call is retried on it, and every sample of every epoch enters the loss with its reward."""
+    """The node of the only reward replica (Serve backend) disappears while it scores a batch: Serve starts a
+    replacement on the nodes left, the lost call is retried on it, and every sample of every epoch enters the loss with
+    its reward."""
     from ray import serve
 
     from cluster.config import load_config

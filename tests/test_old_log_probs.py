@@ -1,4 +1,5 @@
-"""π_old recomputed by the learner: the first PPO pass starts at ratio 1 in bf16, and the rollout/learner gap is measured."""
+"""π_old recomputed by the learner: the first PPO pass starts at ratio 1 in bf16, and the rollout/learner gap is
+measured."""
 
 from __future__ import annotations
 
@@ -70,7 +71,8 @@ def test_auto_recomputes_in_half_precision_only(dtype):
 
 
 def test_stale_samples_keep_the_behaviour_log_probs():
-    """Async mode: a sample from an older version keeps its behaviour log π (the ratio corrects the lag); no gap is claimed."""
+    """Async mode: a sample from an older version keeps its behaviour log π (the ratio corrects the lag); no gap is
+    claimed."""
     learner = _toy_learner(torch.bfloat16, train_batch_size=2, grad_accum_steps=2)
     traj = sample_trajectory(learner.pipe, ["a", "b", "c", "d"], 2, 8.0, torch.Generator().manual_seed(0))
     traj.log_probs[:] += 0.5  # as if sampled by another policy
@@ -83,7 +85,8 @@ def test_stale_samples_keep_the_behaviour_log_probs():
 
 
 def _sd15_bf16_chain(batch: int, num_steps: int, resolution: int):
-    """The LCM UNet at full size in bf16 with a rank-8 attention LoRA (B ≠ 0), and a chain sampled at batch `batch` in eval mode."""
+    """The LCM UNet at full size in bf16 with a rank-8 attention LoRA (B ≠ 0), and a chain sampled at batch `batch` in
+    eval mode."""
     from diffusers import LCMScheduler, UNet2DConditionModel
 
     from rollout.architectures import _config, architecture_dir

@@ -152,7 +152,8 @@ def test_plot_run_rlcm_and_rocm_nan_safe(tmp_path):
 
 
 def test_per_step_gap_is_a_series_per_step(tmp_path):
-    """`old_logprob_gap_step` ({"k": gap}) is one curve per step k in diagnostics.png and one TensorBoard scalar per step."""
+    """`old_logprob_gap_step` ({"k": gap}) is one curve per step k in diagnostics.png and one TensorBoard scalar per
+    step."""
     rows = [
         {
             **rlcm_row(e, -2.0),

@@ -53,7 +53,8 @@ def test_kl_to_base_equals_hand_computation(tuned_pipe):
 
 
 def test_kl_to_base_of_a_ddim_policy_equals_ddim_scheduler_steps():
-    """DDIM (DDPO's policy): the means from `DDIMScheduler.step` with zero noise on CFG-guided ε from direct UNet calls."""
+    """DDIM (DDPO's policy): the means from `DDIMScheduler.step` with zero noise on CFG-guided ε from direct UNet
+    calls."""
     pipe, steps, guidance = tuned(build_tiny_ddim_pipeline()), 4, 5.0
     traj = sample_trajectory(pipe, ["a cat", "a red fox"], steps, guidance, torch.Generator().manual_seed(3), eta=1.0)
     scheduler, unet = pipe.scheduler, pipe.unet

@@ -45,7 +45,8 @@ def test_bf16_base_keeps_adapter_and_adam_state_in_fp32():
 
 
 def lora_gradient(pipe, params) -> tuple[torch.Tensor, float]:
-    """The flattened LoRA gradient of the mean ROCM objective (H = 2, 64 px, KL, λ 0.1) on fixed noise, and the objective."""
+    """The flattened LoRA gradient of the mean ROCM objective (H = 2, 64 px, KL, λ 0.1) on fixed noise, and the
+    objective."""
     for p in params:
         p.grad = None
     out = rocm_objective(
@@ -67,8 +68,8 @@ def lora_gradient(pipe, params) -> tuple[torch.Tensor, float]:
 
 @pytest.mark.slow
 def test_bf16_rocm_update_at_full_sd15_size_matches_fp32():
-    """Random SD1.5-architecture LCM (seed 0), attention LoRA with non-zero B: the bf16 base gives a finite objective and
-    a LoRA gradient with cosine >= 0.99 to the fp32 base's, same weights and noise (figure in docs/precision.md).
+    """Random SD1.5-architecture LCM (seed 0), attention LoRA with non-zero B: the bf16 base gives a finite objective
+    and a LoRA gradient with cosine >= 0.99 to the fp32 base's, same weights and noise (figure in docs/precision.md).
     Slow: a 0.86 B-parameter UNet forward and backward on CPU, twice (about 3 min on 2 shared cores)."""
     start = time.perf_counter()
     torch.manual_seed(0)
@@ -88,8 +89,8 @@ def test_bf16_rocm_update_at_full_sd15_size_matches_fp32():
     grad16, objective16 = lora_gradient(pipe, params)
     cosine = float(torch.nn.functional.cosine_similarity(grad16, grad32, dim=0))
     print(
-        f"\nbf16 vs fp32 at SD1.5 size, 64 px, H=2: objective {objective16:.6f} vs {objective32:.6f}, LoRA gradient cosine "
-        f"{cosine:.5f}, |g| {grad16.norm():.4g} vs {grad32.norm():.4g} ({time.perf_counter() - start:.0f} s)"
+        f"\nbf16 vs fp32 at SD1.5 size, 64 px, H=2: objective {objective16:.6f} vs {objective32:.6f}, LoRA gradient "
+        f"cosine {cosine:.5f}, |g| {grad16.norm():.4g} vs {grad32.norm():.4g} ({time.perf_counter() - start:.0f} s)"
     )
     assert torch.isfinite(grad16).all() and grad16.norm() > 0 and abs(objective16) < float("inf")
     assert cosine >= 0.99

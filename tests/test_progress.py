@@ -54,7 +54,8 @@ def test_rocm_line_shows_divergence_objective_and_monitoring(tmp_path, capsys):
     progress.epoch_done(row, None)
     progress.close()
     assert capsys.readouterr().out.strip() == (
-        "epoch 5/20  reward -0.0500 ± 0.0010  divergence 0.185  objective -0.0660  monitor -1.2900  1.4 s/epoch  samples 20"
+        "epoch 5/20  reward -0.0500 ± 0.0010  divergence 0.185  objective -0.0660  monitor -1.2900  1.4 s/epoch  "
+        "samples 20"
     )
 
 

@@ -210,7 +210,8 @@ def test_openapi_documents_the_api(client):
 
 
 def test_openapi_schema_rejects_what_the_service_rejects(client):
-    """The request schema says images are non-empty base64 PNGs; bodies it accepts or rejects get the same from the service."""
+    """The request schema says images are non-empty base64 PNGs; bodies it accepts or rejects get the same from the
+    service."""
     import jsonschema
 
     schema = client.get("/openapi.json").json()["paths"]["/v1/score/{name}"]["post"]["requestBody"]["content"][

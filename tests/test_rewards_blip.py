@@ -284,7 +284,8 @@ def test_image_reward_tiny_score_by_hand_and_gradients(image_reward_files):
     torch.testing.assert_close(model.visual_encoder.embeddings.class_embedding, state["blip.visual_encoder.cls_token"])
     pixels = to_float(images_uint8()).requires_grad_(True)
     scores = model(pixels, PROMPTS)
-    # by hand: text [CLS] cross-attending to the ViT tokens, the linear MLP as matrix products, ImageReward's normalization
+    # by hand: text [CLS] cross-attending to the ViT tokens, the linear MLP as matrix products, ImageReward's
+    # normalization
     from rewards_service.scorers.clip_common import clip_preprocess
 
     tokens = model.tokenizer(PROMPTS, padding="max_length", truncation=True, max_length=35, return_tensors="pt")
@@ -316,6 +317,7 @@ def test_image_reward_from_files_and_missing_checkpoint(image_reward_files, tmp_
     np.testing.assert_allclose(served.score(images, PROMPTS).rewards, expected.numpy(), atol=1e-5)
     with pytest.raises(
         FileNotFoundError,
-        match="cannot find the ImageReward checkpoint 'ImageReward.pt' of 'THUDM/ImageReward'.*checkpoint=/path/to/ImageReward.pt",
+        match="cannot find the ImageReward checkpoint 'ImageReward.pt' of "
+        "'THUDM/ImageReward'.*checkpoint=/path/to/ImageReward.pt",
     ):
         build_differentiable_reward("image_reward", tokenizer=str(folder))

@@ -176,7 +176,8 @@ class LostReplicaHandle:
 
 
 def test_serve_call_whose_replica_was_lost_is_resent_to_the_replacement():
-    """Two calls land on a dead replica; the third reaches the replacement: valid rewards within one attempt, resends counted."""
+    """Two calls land on a dead replica; the third reaches the replacement: valid rewards within one attempt, resends
+    counted."""
     from rewards_service.client import ServeHandleRewardClient
 
     handle = LostReplicaHandle(lost=2)

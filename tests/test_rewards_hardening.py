@@ -278,7 +278,8 @@ def check_stalled_uploads_do_not_block(base: str, port: int, n: int) -> None:
 def standalone(tmp_path_factory):
     config = tmp_path_factory.mktemp("serve") / "rewards.yaml"
     config.write_text(
-        "rewards:\n  - name: jpeg_compressibility\nsettings:\n  body_timeout_s: 4\n  limit_concurrency: 64\n  auth_token: null\n"
+        "rewards:\n  - name: jpeg_compressibility\nsettings:\n  body_timeout_s: 4\n  limit_concurrency: 64\n"
+        "  auth_token: null\n"
     )
     with standalone_service(config) as (base, port):
         yield base, port

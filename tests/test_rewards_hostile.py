@@ -52,7 +52,8 @@ def guarded(tmp_path_factory):
     config = tmp_path_factory.mktemp("serve") / "rewards.yaml"
     config.write_text(
         "rewards:\n  - name: jpeg_compressibility\n"
-        f"settings:\n  auth_token: null\n  header_timeout_s: {HEADER_TIMEOUT_S}\n  max_connections_per_client: 16\n  limit_concurrency: 64\n"
+        f"settings:\n  auth_token: null\n  header_timeout_s: {HEADER_TIMEOUT_S}\n  max_connections_per_client: 16\n"
+        "  limit_concurrency: 64\n"
     )
     with standalone_service(config) as (base, port):
         yield base, port
@@ -107,7 +108,8 @@ def test_a_silent_connection_is_closed_after_the_header_timeout_and_not_before(g
 
 
 def test_a_keep_alive_client_that_goes_half_silent_is_closed(guarded):
-    """After a response, a client that sends half of its next request head is closed too (uvicorn alone waits forever)."""
+    """After a response, a client that sends half of its next request head is closed too (uvicorn alone waits
+    forever)."""
     base, port = guarded
     s = socket.create_connection(("127.0.0.1", port), timeout=5)
     try:
@@ -129,8 +131,8 @@ def test_decoded_pixels_are_bounded_by_configuration(tmp_path):
     per_request = in_flight = 4 * 1024 * 1024  # one request's 4 images of 1024² decoded at a time: 12 MiB
     config = tmp_path / "rewards.yaml"
     config.write_text(
-        f"rewards:\n  - name: jpeg_compressibility\nsettings:\n  auth_token: null\n  max_pixels_per_request: {per_request}\n"
-        f"  max_pixels_in_flight: {in_flight}\n  pixel_wait_s: 60\n"
+        "rewards:\n  - name: jpeg_compressibility\nsettings:\n  auth_token: null\n"
+        f"  max_pixels_per_request: {per_request}\n  max_pixels_in_flight: {in_flight}\n  pixel_wait_s: 60\n"
     )
     zero = encode_png(np.zeros((1024, 1024, 3), np.uint8))
     pids: list[int] = []
@@ -151,8 +153,8 @@ def test_decoded_pixels_are_bounded_by_configuration(tmp_path):
                 peak = max(peak, _rss(pids[0]))
                 time.sleep(0.005)
         assert [f.result().status_code for f in futures] == [200] * 8
-    # unbounded, the 8 requests decode 96 MiB at once (RSS +130 MiB); the budget admits 12 MiB of decoded pixels at a time,
-    # plus what decoding and JPEG-encoding one image costs per worker thread
+    # unbounded, the 8 requests decode 96 MiB at once (RSS +130 MiB); the budget admits 12 MiB of decoded pixels at a
+    # time, plus what decoding and JPEG-encoding one image costs per worker thread
     budget_mib, grew_mib = 3 * in_flight / 2**20, (peak - before) / 2**20
     assert grew_mib < budget_mib + 48, (
         f"RSS grew by {grew_mib:.0f} MiB with a budget of {budget_mib:.0f} MiB of decoded pixels"

@@ -63,7 +63,8 @@ def test_head_rejects_wrong_checksum(tmp_path):
 
 
 def head_by_hand(embeds: np.ndarray) -> np.ndarray:
-    """The LAION head on [B, 768] embeddings in float64 numpy, from the shipped file's weights: five affine maps, no activations."""
+    """The LAION head on [B, 768] embeddings in float64 numpy, from the shipped file's weights: five affine maps, no
+    activations."""
     state = torch.load(default_head_path(), map_location="cpu", weights_only=True)
     w = {k: v.double().numpy() for k, v in state.items()}
     x = np.asarray(embeds, dtype=np.float64)

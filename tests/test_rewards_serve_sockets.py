@@ -1,4 +1,5 @@
-"""`rlcm rewards serve` on a fresh local Ray: every listening socket of it and its Ray is on loopback, and a clean log."""
+"""`rlcm rewards serve` on a fresh local Ray: every listening socket of it and its Ray is on loopback, and a clean
+log."""
 
 from __future__ import annotations
 

@@ -24,7 +24,8 @@ def service(tmp_path_factory):
     share, not the minimum rate, acts while the test runs."""
     config = tmp_path_factory.mktemp("serve") / "rewards.yaml"
     config.write_text(
-        f"rewards:\n  - name: jpeg_compressibility\nsettings:\n  auth_token: {TOKEN}\n  upload_grace_s: 300\n  body_timeout_s: 300\n"
+        f"rewards:\n  - name: jpeg_compressibility\nsettings:\n  auth_token: {TOKEN}\n  upload_grace_s: 300\n"
+        "  body_timeout_s: 300\n"
     )
     with standalone_service(config, wait_s=30) as (base, port):
         yield base, port
@@ -42,8 +43,8 @@ def test_256_stalled_uploads_from_8_addresses_do_not_block_a_well_behaved_client
     held = sum(a is None for a in answers)
     p99 = scores.quantile(0.99)
     print(
-        f"\n{len(stalled)} stalled uploads: {held} still held after {SCORES} scores; scores p50 {scores.quantile(0.5) * 1000:.1f} ms, "
-        f"p99 {p99 * 1000:.1f} ms"
+        f"\n{len(stalled)} stalled uploads: {held} still held after {SCORES} scores; scores p50 "
+        f"{scores.quantile(0.5) * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms"
     )
     assert scores.statuses == [200] * SCORES, scores.statuses
     assert p99 <= P99_BOUND_S, f"p99 {p99:.2f} s"

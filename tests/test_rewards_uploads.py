@@ -154,7 +154,8 @@ def _guarded_server(settings: ServiceSettings):
 
 
 def test_server_layer_errors_are_json():
-    """A request above limit_concurrency in progress gets a JSON 503, an unparsable one a JSON 400 (uvicorn: plain text)."""
+    """A request above limit_concurrency in progress gets a JSON 503, an unparsable one a JSON 400 (uvicorn: plain
+    text)."""
     with _guarded_server(ServiceSettings(limit_concurrency=2)) as port:
         base = f"http://127.0.0.1:{port}"
         with ThreadPoolExecutor(2) as pool:

@@ -155,7 +155,8 @@ def test_guidance_embedding_reaches_checkpointed_calls():
         out["objective"].sum().backward()
     finally:
         hook.remove()
-    # 3 policy + 2 reference calls, all recomputed in backward but the reference at x_0 (noise, nothing to differentiate)
+    # 3 policy + 2 reference calls, all recomputed in backward but the reference at x_0 (noise, nothing to
+    # differentiate)
     assert len(seen) == 5 + 4
     expected = guidance_embedding(pipe, GUIDANCE, 2)
     assert all(torch.equal(cond, expected) for cond in seen)

@@ -28,7 +28,8 @@ def run(tmp_path, *overrides, resume=False):
 
 
 def pooled(rows: list[dict]) -> tuple[float, float]:
-    """Mean and sample variance of all samples of these epochs, from each epoch's mean and (population) std over 4 samples."""
+    """Mean and sample variance of all samples of these epochs, from each epoch's mean and (population) std over 4
+    samples."""
     means = np.array([r["reward_mean"] for r in rows])
     second_moment = np.mean([r["reward_std"] ** 2 + r["reward_mean"] ** 2 for r in rows])
     n = 4 * len(rows)

@@ -27,6 +27,7 @@ def test_oldest_expired_deadline_is_reported_with_its_keys_and_the_free_resource
     with pytest.raises(StalledError) as error:
         dog.check()
     assert str(error.value) == (
-        "learner update did not finish within 4 s (scaleout.call_timeout_s; waited 9 s): it was never scheduled or it hangs; "
-        "free on the cluster now: CPU 0, GPU 0; change scaleout.call_timeout_s, resources.learner_cpus, free the cluster or give it more nodes"
+        "learner update did not finish within 4 s (scaleout.call_timeout_s; waited 9 s): it was never scheduled or it "
+        "hangs; free on the cluster now: CPU 0, GPU 0; change scaleout.call_timeout_s, resources.learner_cpus, free "
+        "the cluster or give it more nodes"
     )

@@ -1,4 +1,5 @@
-"""Helpers shared by tests that work on the toy models: a policy with a saved LoRA, `rlcm train` runs and what they wrote."""
+"""Helpers shared by tests that work on the toy models: a policy with a saved LoRA, `rlcm train` runs and what they
+wrote."""
 
 from __future__ import annotations
 
