@@ -541,7 +541,10 @@ class Trainer:
             if (epoch + 1) % config.run.save_every == 0 or epoch == config.run.epochs - 1:
                 self.save_checkpoint(epoch)
         except (OSError, RuntimeError) as error:  # incl. a learner's failed torch.save (RayTaskError)
-            raise disk_error(self.out.root, error) or error
+            disk = disk_error(self.out.root, error)
+            if disk is None:
+                raise
+            raise disk from error
         self.progress.epoch_done(row, grid)
         self._check_finite(epoch, row)
         if self.skipped_in_a_row >= config.run.max_skipped_updates:
