@@ -32,7 +32,7 @@ def open_stalled_uploads(port: int, sources: int, per_source: int, token: str | 
     """`sources` x `per_source` connections from 127.0.9.1, 127.0.9.2, ... (Linux routes all of 127/8 to
     loopback), each sending a stalled upload's head and 10 bytes, then nothing."""
     head, sockets = stalled_upload_head(token), []
-    for i in range(per_source):
+    for _ in range(per_source):
         for k in range(sources):
             s = socket.create_connection(
                 ("127.0.0.1", port), timeout=10, source_address=(f"127.0.{9 + k // 250}.{1 + k % 250}", 0)
@@ -43,7 +43,8 @@ def open_stalled_uploads(port: int, sources: int, per_source: int, token: str | 
 
 
 def answer_so_far(s: socket.socket) -> bytes | None:
-    """What the server sent on `s` (b"" if it closed without a word), or None while it has neither answered nor closed."""
+    """What the server sent on `s` (b"" if it closed without a word), or None while it has neither answered nor
+    closed."""
     s.setblocking(False)
     try:
         data = b""

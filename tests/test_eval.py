@@ -243,12 +243,12 @@ def test_trained_adapter_beats_base_on_held_out_prompts(tmp_path, one_thread):
     for metric in settings.metrics:  # the LoRA is unloaded between runs: identical weights give identical samples
         assert [s["jpegrun"][metric] for s in multi["samples"]] == [s["smoothrun"][metric] for s in multi["samples"]]
     m = multi["metrics"]
-    change = lambda metric, run: (
-        100 * (m[metric][run]["mean"] - m[metric]["base"]["mean"]) / abs(m[metric]["base"]["mean"])
-    )  # noqa: E731
-    assert multi["off_target"]["jpegrun"] == pytest.approx(
-        change("smoothness", "jpegrun")
-    )  # its trained metric left out
+
+    def change(metric, run):
+        return 100 * (m[metric][run]["mean"] - m[metric]["base"]["mean"]) / abs(m[metric]["base"]["mean"])
+
+    # its trained metric left out
+    assert multi["off_target"]["jpegrun"] == pytest.approx(change("smoothness", "jpegrun"))
     assert multi["off_target"]["smoothrun"] == pytest.approx(change("jpeg_compressibility", "smoothrun"))
     table = (tmp_path / "multi" / "eval.md").read_text().splitlines()
     jpeg_row = next(line for line in table if line.startswith("| jpegrun |"))
