@@ -3,14 +3,22 @@
 The toy is a real `LatentConsistencyModelPipeline` (stock diffusers class) whose parts are small:
 a random 2-level `UNet2DConditionModel` with the LCM guidance embedding (sample prediction), a
 random 2-layer CLIP text encoder with a character-level CLIP tokenizer, and a pixel-space decoder
-(latents -> 1x1 mix to RGB -> tanh -> nearest upsample) in place of the VAE. It has learned nothing;
-it exists so that every code path used with real models runs on a laptop CPU, and so that PPO has
-something to climb: with a random VAE, JPEG size hardly depends on the latents, with this decoder
-it does.
+(latents -> per-image channel centring -> 1x1 mix to RGB -> tanh -> nearest upsample) in place of the VAE.
+It has learned nothing; it exists so that every code path used with real models runs on a laptop CPU,
+and so that RL has something to climb that the policy gradient can see:
+
+- its UNet's sample predictions are scaled to the data's scale (`TOY_LCM_OUTPUT_SCALE`: std ≈ 1, as
+  SD latents), so the policy's means, not only its noise, shape each action;
+- its scheduler's boundary condition keeps most of the last action in the output
+  (`TOY_LCM_TIMESTEP_SCALING`: c_skip(τ) = σ_data²/((s·τ)² + σ_data²) is 0.79 at the last of 4 steps,
+  where the stock s = 10 gives 0): the image is decided by the Gaussian actions whose log-probabilities the
+  policy gradient credits, not by the last, deterministic UNet call that no log π sees. With the stock
+  scaling a random-reward control moved the images further than the reward did (docs/results/toy_drift.md).
 
 `"tiny-ddim"` is the same toy as a `StableDiffusionPipeline` for DDPO: a UNet without the guidance embedding
-(epsilon prediction, classifier-free guidance), the same text encoder and decoder, a `DDIMScheduler` with SD1.5's
-schedule (and x̂0 clipped to ±1, which keeps the random toy's chain bounded).
+(epsilon prediction, classifier-free guidance), the same text encoder, the stock decoder (no centring), a
+`DDIMScheduler` with SD1.5's schedule (and x̂0 clipped to ±1, which keeps the random toy's chain bounded);
+every DDIM step is a Gaussian action, so its output needs no such change.
 """
 
 from __future__ import annotations
@@ -36,15 +44,27 @@ from rollout.precision import dtypes_for
 from rollout.samplers import DDIM, EXAMPLES, LCM, sampler_of
 
 TINY, TINY_DDIM = "tiny", "tiny-ddim"
+TOY_LCM_OUTPUT_SCALE = 4.0  # the random UNet's sample predictions × 4: std ≈ 1 at the last action (was ≈ 0.3)
+TOY_LCM_TIMESTEP_SCALING = 1e-3  # LCMScheduler's s in c_skip(τ) = σ_data²/((s·τ)² + σ_data²); stock: 10
 DEFAULT_REAL_MODEL = "SimianLuo/LCM_Dreamshaper_v7"
 
 
 class ToyPixelDecoder(ModelMixin, ConfigMixin):
-    """Stands in for `AutoencoderKL.decode`: a fixed 1x1 channel mix, tanh, nearest upsampling."""
+    """Stands in for `AutoencoderKL.decode`: optional per-image channel centring, a fixed 1x1 channel mix divided
+    by `input_scale`, tanh, nearest upsampling.
+
+    Centring keeps a shift of the latents' mean from flattening the image through tanh (a reward-free direction
+    any random walk of the weights finds); `input_scale` undoes a UNet output scale so the base image keeps its
+    contrast."""
 
     @register_to_config
     def __init__(
-        self, latent_channels: int = 4, block_out_channels: tuple[int, ...] = (8, 8, 8), scaling_factor: float = 1.0
+        self,
+        latent_channels: int = 4,
+        block_out_channels: tuple[int, ...] = (8, 8, 8),
+        scaling_factor: float = 1.0,
+        center: bool = False,
+        input_scale: float = 1.0,
     ):
         super().__init__()
         self.to_rgb = torch.nn.Conv2d(latent_channels, 3, kernel_size=1)
@@ -56,7 +76,10 @@ class ToyPixelDecoder(ModelMixin, ConfigMixin):
 
     def decode(self, z: torch.Tensor, return_dict: bool = False, generator: torch.Generator | None = None):
         """`generator` is accepted (unused) as `AutoencoderKL.decode` takes it: StableDiffusionPipeline passes it."""
-        image = F.interpolate(torch.tanh(self.to_rgb(z)), scale_factor=self.upscale, mode="nearest")
+        if self.config.center:
+            z = z - z.mean(dim=(2, 3), keepdim=True)
+        mixed = self.to_rgb(z) / self.config.input_scale
+        image = F.interpolate(torch.tanh(mixed), scale_factor=self.upscale, mode="nearest")
         return (image,)
 
 
@@ -88,9 +111,10 @@ def random_clip_text_encoder(
     )
 
 
-def _tiny_parts(seed: int, sample_size: int, time_cond_proj_dim: int | None) -> dict:
+def _tiny_parts(seed: int, sample_size: int, time_cond_proj_dim: int | None, output_scale: float = 1.0) -> dict:
     """The toys' shared parts (tokenizer, text encoder, UNet, decoder), deterministic for `seed`; `time_cond_proj_dim`:
-    the LCM guidance embedding's width, None for Stable Diffusion."""
+    the LCM guidance embedding's width, None for Stable Diffusion; `output_scale`: the UNet's `conv_out` × this and
+    the decoder centred and ÷ this (1: neither)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         tokenizer = char_level_clip_tokenizer(model_max_length=32)
@@ -108,7 +132,10 @@ def _tiny_parts(seed: int, sample_size: int, time_cond_proj_dim: int | None) -> 
             norm_num_groups=8,
             time_cond_proj_dim=time_cond_proj_dim,
         )
-        vae = ToyPixelDecoder()
+        vae = ToyPixelDecoder(center=output_scale != 1.0, input_scale=output_scale)
+        with torch.no_grad():
+            unet.conv_out.weight.mul_(output_scale)
+            unet.conv_out.bias.mul_(output_scale)
     return dict(
         vae=vae,
         text_encoder=text_encoder,
@@ -128,8 +155,10 @@ def build_tiny_pipeline(seed: int = 0, sample_size: int = 16) -> LatentConsisten
         beta_schedule="scaled_linear",
         prediction_type="sample",
         original_inference_steps=50,
+        timestep_scaling=TOY_LCM_TIMESTEP_SCALING,
     )
-    return LatentConsistencyModelPipeline(scheduler=scheduler, **_tiny_parts(seed, sample_size, time_cond_proj_dim=32))
+    parts = _tiny_parts(seed, sample_size, time_cond_proj_dim=32, output_scale=TOY_LCM_OUTPUT_SCALE)
+    return LatentConsistencyModelPipeline(scheduler=scheduler, **parts)
 
 
 def build_tiny_ddim_pipeline(seed: int = 0, sample_size: int = 16) -> StableDiffusionPipeline:
