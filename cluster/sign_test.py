@@ -119,12 +119,16 @@ class ToyRun:
         self.last_batch = (trajectories, true, valid)
         return float(true[valid].mean())
 
-    def evaluate(self, prompts: list[str], noises: int, noise_seed: int = 1234) -> float:
-        """Mean true reward of the current policy on `prompts` × `noises` fixed initial noises."""
+    def evaluate_samples(self, prompts: list[str], noises: int, noise_seed: int = 1234) -> np.ndarray:
+        """True reward of the current policy on each of `prompts` × `noises` fixed initial noises."""
         load_adapter(self.worker, self.learner.adapter())
         batch = [p for p in prompts for _ in range(noises)]
         trajectory = self.worker.sample(batch, noise_seed)
-        return float(np.mean(self.scorer.score(trajectory.images.permute(0, 2, 3, 1).numpy(), batch).rewards))
+        return np.asarray(self.scorer.score(trajectory.images.permute(0, 2, 3, 1).numpy(), batch).rewards)
+
+    def evaluate(self, prompts: list[str], noises: int, noise_seed: int = 1234) -> float:
+        """Mean true reward of the current policy on `prompts` × `noises` fixed initial noises."""
+        return float(self.evaluate_samples(prompts, noises, noise_seed).mean())
 
 
 def rollout_worker(config):

@@ -1,91 +1,87 @@
-"""The toy's JPEG reward moves under RLCM (no Ray): RolloutWorker + PPOLearner + JpegCompressibility.
+"""What the rollout algorithms' toys learn comes from their reward: each compared with a random-reward control.
 
-Uses the `tiny-cpu` preset's settings (lr 1e-2, clip 0.2, 16 samples per epoch, LoRA on attention and
-conv layers). The change must be statistically clear: last 3 epochs' samples vs the first epoch's. This does not
-show that the reward causes it: on this toy a random reward moves the images as far (docs/results/toy_drift.md);
-`benchmarks/bench_sign_test.py` compares against that control.
+The learner sees one of three rewards (`cluster.sign_test`): r (JPEG compressibility), −r, or a random number per
+sample that is independent of the image (the control). Two checks, in process (no Ray):
+
+- one epoch of each toy preset, trained in one small step: the update raises the log-likelihood
+  Σ_k log π(x_{k+1} | x_k) of the epoch's high-reward samples and lowers that of its low-reward ones (under r),
+  the reverse under −r, and under the control it follows the true reward much less. Δ log π is measured
+  independently of the learner (the rollout's recorded log π before, a fresh evaluation after), so advantages
+  that the learner replaced by noise or flipped fail it;
+- a short sign test of the default: after a few epochs, the held-out reward (prompts never trained on, fixed noises)
+  under r beats the control's and the control's beats −r's, paired over the same held-out samples.
+
+`benchmarks/bench_sign_test.py` is the full version (every toy, ≥ 3 seeds, the presets' epochs).
 """
 
 from __future__ import annotations
 
 import math
-import time
 
 import numpy as np
 import pytest
 import torch
 
 from cluster.config import load_config
-from cluster.prompts import batch_seed, epoch_prompts, load_prompts
-from learner.learner import LearnerSpec, PPOLearner
-from rewards_service.scorers.jpeg import JpegCompressibility
+from cluster.sign_test import ToyRun, held_out_prompts, rollout_worker
+from rollout.policies import policy_for
+from rollout.policies.chain_math import gaussian_log_prob
 from rollout.trajectory import Trajectory
-from rollout.worker import RolloutSpec, RolloutWorker
 
-EPOCHS = 10
-
-
-def welch_t(a: np.ndarray, b: np.ndarray) -> float:
-    """(mean a − mean b) / √(var a / n_a + var b / n_b), sample variances."""
-    return float((a.mean() - b.mean()) / math.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b)))
+# algorithm -> its toy preset and the config section of its learner settings
+TOYS = {"rlcm": ("tiny-cpu", "train"), "grpo": ("grpo-tiny-cpu", "grpo"), "ddpo": ("ddpo-tiny-cpu", "ddpo")}
+ONE_SMALL_STEP = ["learning_rate=1e-3", "train_batch_size=64"]  # the epoch's 64 samples in one first-order step
 
 
-def run_toy(epochs: int = EPOCHS) -> list[np.ndarray]:
-    cfg = load_config("tiny-cpu")
-    torch.set_num_threads(2)
-    worker = RolloutWorker(
-        RolloutSpec(
-            model=cfg.model.name,
-            lora=cfg.model.lora,
-            num_steps=cfg.sampling.num_steps,
-            guidance_scale=cfg.sampling.guidance_scale,
-            model_seed=cfg.model.seed,
-            device="cpu",
-        )
-    )
-    learner = PPOLearner(
-        LearnerSpec(
-            model=cfg.model.name,
-            lora=cfg.model.lora,
-            ppo=cfg.train,
-            stat_buffer_size=cfg.stat_tracking.buffer_size,
-            stat_min_count=cfg.stat_tracking.min_count,
-            seed=cfg.run.seed,
-            model_seed=cfg.model.seed,
-            device="cpu",
-        )
-    )
-    scorer = JpegCompressibility()
-    prompts = load_prompts(cfg.prompts.source, cfg.prompts.limit)
-    size, batches = cfg.sampling.batch_size, cfg.sampling.batches_per_epoch
-    history = []
-    for epoch in range(epochs):
-        worker.set_adapter(learner.adapter())
-        epoch_prompt_list = epoch_prompts(prompts, cfg.run.seed, epoch, size * batches)
-        trajs = [
-            worker.sample(epoch_prompt_list[b * size : (b + 1) * size], batch_seed(cfg.run.seed, epoch, b))
-            for b in range(batches)
-        ]
-        traj = Trajectory.concat(trajs)
-        assert traj.policy_version == learner.version == epoch
-        images = traj.images.permute(0, 2, 3, 1).numpy()
-        rewards = np.asarray(scorer.score(images, traj.prompts).rewards)
-        history.append(rewards)
-        metrics = learner.train(traj, learner.advantages(traj.prompts, rewards))
-        assert np.isfinite(metrics["loss"]) and metrics["optimizer_steps"] >= 1
-    return history
+@torch.no_grad()
+def log_likelihoods(pipe, trajectory: Trajectory) -> np.ndarray:
+    """Σ_k log π_θ(x_{k+1} | x_k) per sample under the pipeline's current weights."""
+    transitions = policy_for(pipe).transitions(pipe, trajectory)
+    rows = torch.arange(len(trajectory))
+    total = torch.zeros(len(trajectory), dtype=torch.float64)
+    for k in range(trajectory.log_probs.shape[1]):
+        step = torch.full_like(rows, k)
+        mean, std = transitions.gaussian(pipe.unet, rows, step)
+        total += gaussian_log_prob(transitions.latents[rows, k + 1], mean, std).double()
+    return total.numpy()
+
+
+def update_follows_reward(algorithm: str, mode: str) -> float:
+    """Correlation between each sample's Δ log π over one small optimizer step on an epoch and its true reward."""
+    preset, section = TOYS[algorithm]
+    run = ToyRun(load_config(preset, ["run.seed=3", *(f"{section}.{s}" for s in ONE_SMALL_STEP)]), mode)
+    run.train_epoch()
+    trajectories, true, valid = run.last_batch
+    batch = Trajectory.concat(trajectories)
+    delta = log_likelihoods(run.learner.pipe, batch) - batch.log_probs.double().sum(1).numpy()
+    return float(np.corrcoef(delta[valid], true[valid])[0, 1])
+
+
+@pytest.mark.parametrize("algorithm", list(TOYS))
+def test_one_update_follows_the_reward_not_the_control(algorithm):
+    r, control, negated = (update_follows_reward(algorithm, mode) for mode in ("r", "random", "-r"))
+    print(f"{algorithm}: corr(Δ log π, r) under r {r:.3f}, control {control:.3f}, −r {negated:.3f}")
+    assert r > 0.5 and negated < -0.5, (r, control, negated)
+    assert abs(control) < 0.5 and r - control > 0.5 and control - negated > 0.5, (r, control, negated)
+
+
+def paired_z(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean of a − b over its standard error (paired samples)."""
+    d = a - b
+    return float(d.mean() / (d.std(ddof=1) / math.sqrt(len(d))))
 
 
 @pytest.mark.slow
-def test_toy_rlcm_improves_jpeg_compressibility():
-    start = time.perf_counter()
-    history = run_toy()
-    elapsed = time.perf_counter() - start
-    first = history[0]
-    last = np.concatenate(history[-3:])
-    means = [round(float(r.mean()), 3) for r in history]
-    t = welch_t(last, first)
-    print(f"epoch means (kB, -size): {means}; Welch t = {t:.1f}; {elapsed:.0f} s")
-    assert len(first) == 16 and len(last) == 48
-    assert last.mean() - first.mean() > 0.3, means
-    assert t > 5, (t, means)
+def test_default_beats_the_random_control_on_held_out_prompts():
+    config = load_config("tiny-cpu", ["run.epochs=8"])
+    held_out, worker = held_out_prompts(config, 8), rollout_worker(config)
+    rewards = {}
+    for mode in ("r", "random", "-r"):
+        run = ToyRun(config, mode, worker)
+        for _ in range(config.run.epochs):
+            run.train_epoch()
+        rewards[mode] = run.evaluate_samples(held_out, noises=4)
+    means = {mode: round(float(v.mean()), 4) for mode, v in rewards.items()}
+    above, below = paired_z(rewards["r"], rewards["random"]), paired_z(rewards["random"], rewards["-r"])
+    print(f"held-out JPEG compressibility (−kB): {means}; paired z r − control {above:.1f}, control − (−r) {below:.1f}")
+    assert above >= 3 and below >= 3, (means, above, below)
