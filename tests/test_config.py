@@ -106,7 +106,7 @@ def test_tiny_cpu_preset():
     cfg = load_config("tiny-cpu")
     assert cfg.model.name == "tiny"
     assert cfg.train.learning_rate == 1e-2 and cfg.train.clip_range == 0.2
-    assert cfg.samples_per_epoch == 16
+    assert cfg.samples_per_epoch == 64
     assert {"conv1", "conv2"} <= set(cfg.model.lora.target_modules)
     assert cfg.reward.name == "jpeg_compressibility"
 

@@ -233,7 +233,7 @@ def test_ddpo_resumes_bitwise_equal_and_samples_with_its_eta(ray_local, tmp_path
     assert cli(tmp_path, "split", *sets[1:], "run.epochs=1", "run.save_every=1") == 0
     assert cli(tmp_path, "split", *sets, resume=True) == 0
     full, split = rows_of(tmp_path / "full"), rows_of(tmp_path / "split")
-    assert [r["epoch"] for r in split] == [0, 1] and split[-1]["samples_seen"] == full[-1]["samples_seen"] == 32
+    assert [r["epoch"] for r in split] == [0, 1] and split[-1]["samples_seen"] == full[-1]["samples_seen"] == 128
     assert_same_lora(tmp_path / "full", tmp_path / "split")
 
     checkpoint = tmp_path / "full/checkpoints/epoch-0001"

@@ -84,6 +84,6 @@ def test_grpo_with_kl_and_same_noise_resumes_bitwise_equal(ray_local, tmp_path):
     assert cli(tmp_path, "split", *sets[1:], "run.epochs=1", "run.save_every=1") == 0
     assert cli(tmp_path, "split", *sets, resume=True) == 0
     full, split = rows_of(tmp_path / "full"), rows_of(tmp_path / "split")
-    assert [r["epoch"] for r in split] == [0, 1] and split[-1]["samples_seen"] == full[-1]["samples_seen"] == 32
+    assert [r["epoch"] for r in split] == [0, 1] and split[-1]["samples_seen"] == full[-1]["samples_seen"] == 128
     assert all(r["kl_to_base"] > 0 and math.isfinite(r["kl_to_base"]) for r in full)  # β·KL to the base is in the loss
     assert_same_lora(tmp_path / "full", tmp_path / "split")
