@@ -5,7 +5,7 @@
     python benchmarks/bench_algorithms.py --report-only docs/results/algorithms_runs.json
 
 Driven from the registry: every name in `learner.algorithms.ALGORITHMS` whose toy preset (a
-`cluster/configs/*tiny-cpu.yaml` whose `algorithm` is that name; RLCM's is `tiny-cpu`) exists is run. Two tasks:
+`rlcm/config/presets/*tiny-cpu.yaml` whose `algorithm` is that name; RLCM's is `tiny-cpu`) exists is run. Two tasks:
 - `jpeg`: JPEG compressibility, for the algorithms that learn from rollouts (a black-box reward);
 - `smoothness`: the differentiable smoothness reward (−total variation), for every algorithm.
 Each (task, algorithm, seed) run has the preset's settings (sampler, batch sizes, step sizes), `run.seed` = the seed
@@ -41,9 +41,6 @@ import matplotlib
 import numpy as np
 import torch
 
-from cluster.config import PRESETS, TrainConfig, load_config
-from cluster.driver import DTYPES
-from cluster.prompts import epoch_prompts, holdout_split, load_prompts
 from cluster.schedule import epoch_jobs
 from cluster.sign_test import gain, learner_rewards
 from learner.actor import build_learner
@@ -51,7 +48,10 @@ from learner.algorithms import ALGORITHMS
 from learner.lam_controller import controller_for
 from learner.policy_measures import kl_to_base, pairwise_diversity
 from rewards_service.registry import build_scorer
+from rlcm.config.prompts import epoch_prompts, holdout_split, load_prompts
+from rlcm.config.schema import PRESETS, TrainConfig, load_config
 from rollout.lora import import_adapter
+from rollout.precision import DTYPES
 from rollout.worker import RolloutSpec, RolloutWorker
 
 matplotlib.use("Agg")
@@ -88,7 +88,7 @@ def run_config(preset: str, task: str, seed: int) -> TrainConfig:
 
 
 def rollout_spec(config: TrainConfig, noise_group_size: int = 1) -> RolloutSpec:
-    """The sampler of the run's rollout actors, as `Trainer._rollout_pool` builds it."""
+    """The sampler of the run's rollout actors, as `cluster.run_actors.rollout_pool` builds it."""
     s = config.sampling
     return RolloutSpec(
         model=config.model.name,
@@ -155,7 +155,7 @@ def train_one(
     """One run on the algorithm's own sample source for `budget_s` seconds; its curve and the evaluation of its final
     adapter.
 
-    The epoch loop of `cluster.driver.Trainer` in sync mode, in this process: `rollouts` algorithms train on the
+    The epoch loop of `cluster.trainer.Trainer` in sync mode, in this process: `rollouts` algorithms train on the
     epoch's rollout batches (`epoch_jobs`: prompts, groups and noise seeds as the scheduler picks them) scored by the
     task's reward (the learner sees `mode`'s reward: r, or the random control); `learners` algorithms sample their own
     chains from the training prompts (λ by the driver's controller). Another epoch starts while ending after it (if it
