@@ -5,7 +5,7 @@
     python benchmarks/bench_algorithms.py --report-only docs/results/algorithms_runs.json
 
 Driven from the registry: every name in `learner.algorithms.ALGORITHMS` whose toy preset (a
-`cluster/configs/*tiny-cpu.yaml` whose `algorithm` is that name; RLCM's is `tiny-cpu`) exists is run. Two tasks:
+`rlcm/config/presets/*tiny-cpu.yaml` whose `algorithm` is that name; RLCM's is `tiny-cpu`) exists is run. Two tasks:
 - `jpeg`: JPEG compressibility, for the algorithms that learn from rollouts (a black-box reward);
 - `smoothness`: the differentiable smoothness reward (−total variation), for every algorithm.
 Each (task, algorithm, seed) run has the preset's settings (sampler, batch sizes, step sizes), `run.seed` = the seed
@@ -37,30 +37,25 @@ import sys
 import time
 from pathlib import Path
 
-import matplotlib
 import numpy as np
 import torch
+from algorithms_report import EVAL_NOISES, EVAL_PROMPTS, TASKS, final_reward, headline, plot, table, write_results
 
-from cluster.config import PRESETS, TrainConfig, load_config
-from cluster.driver import DTYPES
-from cluster.prompts import epoch_prompts, holdout_split, load_prompts
 from cluster.schedule import epoch_jobs
-from cluster.sign_test import gain, learner_rewards
+from cluster.sign_test import learner_rewards
 from learner.actor import build_learner
 from learner.algorithms import ALGORITHMS
 from learner.lam_controller import controller_for
 from learner.policy_measures import kl_to_base, pairwise_diversity
 from rewards_service.registry import build_scorer
+from rlcm.config.prompts import epoch_prompts, holdout_split, load_prompts
+from rlcm.config.schema import PRESETS, TrainConfig, load_config
 from rollout.lora import import_adapter
+from rollout.precision import DTYPES
 from rollout.worker import RolloutSpec, RolloutWorker
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
 RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
-TASKS = {"jpeg": "jpeg_compressibility", "smoothness": "smoothness"}
-EVAL_PROMPTS, EVAL_NOISES, EVAL_SEED = 4, 4, 1234
-FINAL_EPOCHS = 3  # "final training reward" = mean of the last 3 epochs (one epoch is 4–16 samples: noisy)
+EVAL_SEED = 1234
 
 
 def toy_presets() -> tuple[dict[str, str], list[str]]:
@@ -88,7 +83,7 @@ def run_config(preset: str, task: str, seed: int) -> TrainConfig:
 
 
 def rollout_spec(config: TrainConfig, noise_group_size: int = 1) -> RolloutSpec:
-    """The sampler of the run's rollout actors, as `Trainer._rollout_pool` builds it."""
+    """The sampler of the run's rollout actors, as `cluster.run_actors.rollout_pool` builds it."""
     s = config.sampling
     return RolloutSpec(
         model=config.model.name,
@@ -155,7 +150,7 @@ def train_one(
     """One run on the algorithm's own sample source for `budget_s` seconds; its curve and the evaluation of its final
     adapter.
 
-    The epoch loop of `cluster.driver.Trainer` in sync mode, in this process: `rollouts` algorithms train on the
+    The epoch loop of `cluster.trainer.Trainer` in sync mode, in this process: `rollouts` algorithms train on the
     epoch's rollout batches (`epoch_jobs`: prompts, groups and noise seeds as the scheduler picks them) scored by the
     task's reward (the learner sees `mode`'s reward: r, or the random control); `learners` algorithms sample their own
     chains from the training prompts (λ by the driver's controller). Another epoch starts while ending after it (if it
@@ -270,234 +265,6 @@ def run_all(args: argparse.Namespace) -> dict:
         "base": list(base.values()),
         "runs": runs,
     }
-
-
-# ---- aggregation ------------------------------------------------------------------------------------------
-def group_runs(results: dict, mode: str = "r") -> dict[tuple[str, str], list[dict]]:
-    """(task, algorithm) -> its runs with the learner seeing `mode`'s reward (r: the task's; random: the control)."""
-    groups: dict[tuple[str, str], list[dict]] = {}
-    for run in results["runs"]:
-        if run.get("mode", "r") == mode:
-            groups.setdefault((run["task"], run["algorithm"]), []).append(run)
-    return groups
-
-
-def gain_over_control(runs: list[dict], controls: list[dict], task: str) -> str:
-    """Eval reward of the runs minus that of their random-reward controls, ± SE over seeds."""
-    if len(runs) < 2 or len(controls) < 2:
-        return (
-            "–"
-            if not controls
-            else f"{np.mean([r[f'eval_{task}'] for r in runs]) - np.mean([r[f'eval_{task}'] for r in controls]):+.4f}"
-        )
-    g = gain([r[f"eval_{task}"] for r in runs], [r[f"eval_{task}"] for r in controls])
-    return f"{g.delta:+.4f} ± {g.se:.4f} ({g.z:+.1f} SE)"
-
-
-def mean_curve(runs: list[dict], x_key: str, points: int = 60) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Seed-mean and std of the reward against the training spent before the epoch's samples were drawn (samples or
-    seconds; the first epoch, the initial policy, at 0), on a common grid (linear interpolation, each seed held at its
-    last epoch's reward beyond it)."""
-    curves = [
-        (np.concatenate([[0.0], np.asarray(r[x_key][:-1], float)]), np.asarray(r["rewards"], float))
-        for r in runs
-        if r["rewards"]
-    ]
-    if not curves:
-        return np.array([]), np.array([]), np.array([])
-    high = max(x[-1] for x, _ in curves)
-    grid = np.linspace(0.0, high, points) if high > 0 else np.array([0.0])
-    values = np.stack([np.interp(grid, x, y) for x, y in curves])
-    return grid, values.mean(axis=0), values.std(axis=0)
-
-
-def final_reward(run: dict) -> float:
-    return float(np.mean(run["rewards"][-FINAL_EPOCHS:])) if run["rewards"] else float("nan")
-
-
-def time_to_reach(run: dict, target: float) -> float | None:
-    """Training seconds until the reward, averaged over the last (up to) `FINAL_EPOCHS` epochs, first reaches
-    `target`."""
-    rewards = np.asarray(run["rewards"], float)
-    for end in range(1, len(rewards) + 1):
-        if rewards[max(0, end - FINAL_EPOCHS) : end].mean() >= target:
-            return run["seconds"][end - 1]
-    return None
-
-
-def headline(results: dict) -> list[str]:
-    """The RLCM paper's comparison in small: RLCM's time to reach DDPO's final JPEG reward."""
-    groups = group_runs(results)
-    if ("jpeg", "ddpo") not in groups:
-        return [
-            "DDPO is not in `learner.algorithms.ALGORITHMS` with a `ddpo-tiny-cpu` preset on this checkout, so RLCM's "
-            "time "
-            "to reach DDPO's final reward is not measured."
-        ]
-    if ("jpeg", "rlcm") not in groups:
-        return ["RLCM has no JPEG runs: no time-to-reach figure."]
-    ddpo, rlcm = groups[("jpeg", "ddpo")], groups[("jpeg", "rlcm")]
-    target = float(np.mean([final_reward(r) for r in ddpo]))
-    gain = float(np.mean([final_reward(r) - r["rewards"][0] for r in ddpo if r["rewards"]]))
-    start = float(np.mean([r["rewards"][0] for r in rlcm if r["rewards"]]))
-    ddpo_s = float(np.mean([r["seconds"][-1] for r in ddpo if r["seconds"]]))
-    lines = [
-        f"DDPO's final JPEG reward (mean of its last (up to) {FINAL_EPOCHS} epochs, {len(ddpo)} seed(s), {ddpo_s:.1f} "
-        "s of training on average): "
-        f"{target:.4f} (a gain of {gain:+.4f} over its first epoch)."
-    ]
-    for label, level, per in (
-        ("the same reward", target, lambda r: target),
-        ("the same gain over its first epoch", start + gain, lambda r: r["rewards"][0] + gain),
-    ):
-        times = [time_to_reach(r, per(r)) for r in rlcm if r["rewards"]]
-        reached = [t for t in times if t is not None]
-        text = ", ".join("not reached" if t is None else f"{t:.1f} s" for t in times)
-        mean = f"; mean over the seeds that reached it {np.mean(reached):.1f} s" if reached else ""
-        lines.append(f"- RLCM to reach {label} ({level:.4f}): {text} (per seed){mean}, against DDPO's {ddpo_s:.1f} s.")
-    return lines
-
-
-# ---- report -----------------------------------------------------------------------------------------------
-def fmt(values: list[float], spec: str = ".4f") -> str:
-    values = [v for v in values if np.isfinite(v)]
-    if not values:
-        return "–"
-    return f"{np.mean(values):{spec}} ± {np.std(values):{spec}}" if len(values) > 1 else f"{values[0]:{spec}}"
-
-
-def table(results: dict) -> list[str]:
-    lines = [
-        "| task | algorithm | preset | epochs | samples | train s | train reward, first epoch → final | eval jpeg | "
-        "eval smoothness | eval gain over random control | Σ_k KL to base | diversity |",
-        "|---|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|",
-    ]
-    for base in results["base"]:
-        lines.append(
-            f"| {', '.join(base['tasks'])} | base ({base['model']}, {base['num_steps']} steps: "
-            f"{', '.join(base['algorithms'])}) | – | 0 | 0 | – | "
-            f"– | {base['eval_jpeg']:.4f} | "
-            f"{base['eval_smoothness']:.4f} | – | 0 | {base['diversity']:.4f} |"
-        )
-    controls = group_runs(results, "random")
-    for (task, name), runs in group_runs(results).items():
-        first = fmt([r["rewards"][0] for r in runs if r["rewards"]])
-        lines.append(
-            f"| {task} | {name} | {runs[0]['preset']} | {fmt([len(r['rewards']) for r in runs], '.1f')} | "
-            f"{fmt([r['samples'][-1] for r in runs if r['samples']], '.0f')} | "
-            f"{fmt([r['seconds'][-1] for r in runs if r['seconds']], '.1f')} | "
-            f"{first} → {fmt([final_reward(r) for r in runs])} | "
-            f"{fmt([r['eval_jpeg'] for r in runs])} | {fmt([r['eval_smoothness'] for r in runs])} | "
-            f"{gain_over_control(runs, controls.get((task, name), []), task)} | "
-            f"{fmt([r['kl_to_base'] for r in runs], '.4g')} | {fmt([r['diversity'] for r in runs])} |"
-        )
-    return lines
-
-
-def plot(results: dict, path: Path) -> None:
-    groups = group_runs(results)
-    tasks = [t for t in TASKS if any(task == t for task, _ in groups)]
-    colors = {name: f"C{i}" for i, name in enumerate(ALGORITHMS)}
-    fig, axes = plt.subplots(len(tasks), 3, figsize=(17, 4.6 * len(tasks)), squeeze=False)
-    for row, task in zip(axes, tasks):
-        for (t, name), runs in groups.items():
-            if t != task:
-                continue
-            for ax, x_key in zip(row[:2], ("samples", "seconds")):
-                grid, mean, std = mean_curve(runs, x_key)
-                ax.plot(grid, mean, color=colors.get(name), label=name, marker="o" if len(grid) == 1 else None)
-                ax.fill_between(grid, mean - std, mean + std, color=colors.get(name), alpha=0.2)
-            kl, reward = [r["kl_to_base"] for r in runs], [r[f"eval_{task}"] for r in runs]
-            row[2].errorbar(
-                np.mean(kl),
-                np.mean(reward),
-                xerr=np.std(kl),
-                yerr=np.std(reward),
-                fmt="o",
-                color=colors.get(name),
-                markersize=4 + 60 * np.mean([r["diversity"] for r in runs]),
-                label=name,
-            )
-        for base in results["base"]:
-            if task in base["tasks"]:
-                row[2].scatter(0, base[f"eval_{task}"], marker="s", color="gray")
-                row[2].annotate(
-                    f"base {base['model']} ({base['num_steps']} steps)",
-                    (0, base[f"eval_{task}"]),
-                    fontsize=7,
-                    xytext=(4, 2),
-                    textcoords="offset points",
-                )
-        for ax, xlabel in zip(
-            row[:2], ("training samples before the epoch", "training wall-clock before the epoch (s)")
-        ):
-            ax.set_xlabel(xlabel)
-            ax.set_ylabel(f"{TASKS[task]} reward of the epoch's samples")
-            ax.grid(alpha=0.3)
-            ax.legend(fontsize=8)
-        row[2].set_xscale("symlog", linthresh=0.01)
-        row[2].set_xlabel("Σ_k KL(π_θ ‖ π_base) per chain (eval, symlog)")
-        row[2].set_ylabel(f"eval {TASKS[task]} reward")
-        row[2].set_title("final policies (marker size = diversity)", fontsize=9)
-        row[2].grid(alpha=0.3)
-    fig.suptitle(
-        f"toy models, {results['seeds']} seed(s), {results['budget_s']:g} s of training per run: mean ± std over seeds"
-    )
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def write_results(results: dict, path: Path, figure: str) -> None:
-    missing = results["missing_presets"]
-    lines = [
-        "# Every algorithm on the toy, equal wall-clock budgets",
-        "",
-        f"`{results['command']}` — {results['machine']}, torch {results['torch']}, CPU, 2 cores, shared with other "
-        "jobs; "
-        f"{results['seeds']} seed(s), {results['budget_s']:g} s of training per run, the runs and their evaluations "
-        f"{results['total_s'] / 60:.1f} min in all (seconds are indicative).",
-        "",
-        "Each run trains the algorithm's learner with its toy preset (its own sampler, batch sizes and step sizes), "
-        "the task's",
-        "reward and `run.seed`, in the driver's sync epoch loop in one process (one torch thread, no Ray), until the "
-        "epoch end",
-        "nearest the budget. Train reward: the mean reward of an epoch's training samples (first epoch → mean of the "
-        "last",
-        f"{FINAL_EPOCHS}); samples: images that trained the policy (first-order methods: chains sampled with grad); "
-        "train s: the",
-        f"training seconds used. Eval: the final policy on {EVAL_PROMPTS} prompts × {EVAL_NOISES} noises, the same "
-        "for every run of",
-        "a sampler. Eval gain over random control: the run's eval reward of its task minus that of the same "
-        "algorithm, seeds and",
-        "budget trained on a random number per sample (independent of the image), ± SE over seeds (rollout algorithms "
-        "only).",
-        "Σ_k KL(π_θ‖π_base) per chain at the states the policy visits (`learner.policy_measures`); diversity =",
-        "mean pairwise RMS pixel distance between the images of one prompt. Mean ± std over seeds. Σ_k KL compares "
-        "runs",
-        "of one sampler: the LCM chains (4 or 8 steps) and the DDIM chain (8 actions, the last ones with a tiny σ_t) "
-        "are",
-        "different policies, and the toy DDIM model (`tiny-ddim`) starts from other rewards than the toy LCM (`tiny`).",
-        "Plot: each epoch's reward against the training spent before its samples were drawn (the first epoch, the",
-        "initial policy, at 0); a seed's curve is held at its last epoch beyond it.",
-        "",
-        *table(results),
-        "",
-        "## RLCM vs DDPO, in small",
-        "",
-        "The RLCM paper's headline (time to reach DDPO's reward) on the toys. The two toys start from different JPEG",
-        "rewards, so the absolute target is met by RLCM's first epoch; the gain over each run's first epoch (its",
-        "initial policy) is the comparison that means something. Reached = the mean of the last (up to) "
-        f"{FINAL_EPOCHS} epochs",
-        "is at the target; the time includes the epoch that reached it.",
-        "",
-        *headline(results),
-        "",
-    ]
-    if missing:
-        lines += [f"Registered but without a toy preset (not run): {', '.join(missing)}.", ""]
-    lines += [f"![algorithms]({figure})", ""]
-    path.write_text("\n".join(lines))
 
 
 def main() -> None:

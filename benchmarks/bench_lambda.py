@@ -25,10 +25,10 @@ import numpy as np
 import torch
 from bench_rocm_vs_rlcm import evaluate, rocm_spec
 
-from cluster.prompts import epoch_prompts, load_prompts
 from learner.lam_controller import LamController
 from learner.rocm_learner import ROCMLearner
 from rewards_service.scorers.jpeg import jpeg_size_kb
+from rlcm.config.prompts import epoch_prompts, load_prompts
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402

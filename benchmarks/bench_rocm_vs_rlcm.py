@@ -31,12 +31,12 @@ import matplotlib
 import numpy as np
 import torch
 
-from cluster.config import load_config
-from cluster.prompts import batch_seed, epoch_prompts, load_prompts
 from learner.learner import LearnerSpec, PPOLearner
 from learner.rocm import rocm_objective
 from learner.rocm_learner import ROCMLearner, ROCMLearnerSpec
 from rewards_service.registry import build_differentiable_reward, build_scorer
+from rlcm.config.prompts import batch_seed, epoch_prompts, load_prompts
+from rlcm.config.schema import load_config
 from rollout.trajectory import Trajectory
 from rollout.worker import RolloutSpec, RolloutWorker
 

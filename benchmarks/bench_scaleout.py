@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import ray
 
-from cluster.config import load_config
-from cluster.driver import Trainer
-from cluster.prompts import batch_seed, epoch_prompts, load_prompts
+from cluster.trainer import Trainer
 from learner.learner import LearnerSpec, PPOLearner
 from rewards_service.registry import build_scorer
+from rlcm.config.prompts import batch_seed, epoch_prompts, load_prompts
+from rlcm.config.schema import load_config
 from rollout.trajectory import Trajectory
 from rollout.worker import RolloutSpec, RolloutWorker
 

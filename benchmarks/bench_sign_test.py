@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cluster.config import load_config
 from cluster.sign_test import MODES, gain, held_out_prompts, rollout_worker, sign_test_run
+from rlcm.config.schema import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 SIGN_TESTS = {"rlcm": "tiny-cpu", "grpo": "grpo-tiny-cpu", "ddpo": "ddpo-tiny-cpu"}  # algorithm -> its toy preset

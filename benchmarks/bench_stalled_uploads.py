@@ -35,7 +35,17 @@ CHECKPOINTS_S = (1, 3, 6, 10, 20, 29, 31)
 
 
 def start(mode: str, config: Path, port: int, log: Path) -> subprocess.Popen:
-    args = [sys.executable, "-m", "cluster.cli", "rewards", "serve", "--config", str(config), "--port", str(port)]
+    args = [
+        sys.executable,
+        "-m",
+        "rlcm.commands.main",
+        "rewards",
+        "serve",
+        "--config",
+        str(config),
+        "--port",
+        str(port),
+    ]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     with log.open("w") as out:
         return subprocess.Popen(

@@ -55,13 +55,13 @@ def main() -> None:
     args = parser.parse_args()
     res, steps, batch = (32, 2, 1) if args.smoke else (512, 8, 4)
 
-    from cluster.config import load_config
-    from cluster.plan import plan
     from learner.learner import LearnerSpec, PPOLearner
     from learner.optim import build_optimizer
     from learner.rocm import rocm_objective
     from learner.settings import PPOSettings, ROCMSettings
     from rewards_service.registry import build_differentiable_reward
+    from rlcm.config.schema import load_config
+    from rlcm.planning.plan import plan
     from rollout.lora import add_lora, export_adapter
     from rollout.models import load_pipeline
     from rollout.policies import sample_trajectory
@@ -228,7 +228,7 @@ def old_log_prob_rows(learner, prompts: list[str], steps: int, res: int, gen, sm
     recomputation."""
     import copy
 
-    from cluster.config import load_config
+    from rlcm.config.schema import load_config
     from rollout.policies import sample_trajectory
 
     preset = load_config("aesthetic")

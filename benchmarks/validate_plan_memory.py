@@ -10,8 +10,8 @@ of torch's CPU allocator with the running total of live bytes. Two figures come 
 - allocator peak: the highest total at any moment, scratch included. On CPU the largest scratch is oneDNN's
   reordered copy of a bfloat16 convolution weight (59 MB for the 2560→1280 3×3 convolution at any resolution);
   a GPU's convolution workspace is its own and falls under the plan's reserved 1.5 GiB.
-Predicted: `cluster.plan.measure` on meta tensors (no memory) and `cluster.plan.chain_bytes`, the figures `rlcm plan`
-uses. The error compares the prediction with the tensor peak.
+Predicted: `rlcm.planning.measure.measure` on meta tensors (no memory) and `rlcm.planning.measure.chain_bytes`, the
+figures `rlcm plan` uses. The error compares the prediction with the tensor peak.
 
     .venv/bin/python benchmarks/validate_plan_memory.py [64 128 192]
 """
@@ -93,7 +93,7 @@ print(json.dumps(out))
 def predicted(resolution: int, batch: int) -> dict[str, int]:
     import torch
 
-    from cluster.plan import chain_bytes, measure
+    from rlcm.planning.measure import chain_bytes, measure
     from rollout.settings import LoraSettings
 
     p = measure(

@@ -2,7 +2,7 @@
 
 CLI equivalent:
     ray job submit --address http://HEAD:8265 --working-dir . --runtime-env-json '<runtime_env(...)>' \\
-        -- rlcm train --config cluster/configs/<task>.yaml --output-dir /shared/runs/<task>
+        -- rlcm train --config rlcm/config/presets/<task>.yaml --output-dir /shared/runs/<task>
 
 Token auth (Ray's default for a cluster started where ~/.ray/auth_token exists): `job_client` asks the
 dashboard whether the cluster wants a token and sends the one found like Ray's clients find it

@@ -18,7 +18,7 @@ from typing import Literal
 import numpy as np
 
 from cluster.buffer import Entry, Key, TrajectoryBuffer, join_reward
-from cluster.prompts import batch_seed, epoch_prompts
+from rlcm.config.prompts import batch_seed, epoch_prompts
 
 
 @dataclass

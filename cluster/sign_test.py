@@ -63,7 +63,7 @@ def gain(a: list[float], b: list[float]) -> Gain:
 
 def held_out_prompts(config, count: int) -> list[str]:
     """`count` prompts of the preset's source that its training set (the first `prompts.limit`) never contains."""
-    from cluster.prompts import load_prompts
+    from rlcm.config.prompts import load_prompts
 
     train = load_prompts(config.prompts.source, config.prompts.limit)
     held = [p for p in load_prompts(config.prompts.source) if p not in set(train)][:count]
@@ -78,9 +78,9 @@ class ToyRun:
     """One in-process training run of a rollout algorithm's preset with the learner seeing `mode`'s reward."""
 
     def __init__(self, config, mode: str, worker=None):
-        from cluster.driver import DTYPES
         from learner.actor import build_learner
         from rewards_service.registry import build_scorer
+        from rollout.precision import DTYPES
 
         if config.algo.samples_from != "rollouts":
             raise ValueError(f"the sign test needs a rollout algorithm; {config.algo.name} samples its own chains")
@@ -101,8 +101,8 @@ class ToyRun:
 
     def train_epoch(self) -> float:
         """Sample the epoch's batches with the current adapter, score them, update; the batch's mean true reward."""
-        from cluster.prompts import load_prompts
         from cluster.schedule import epoch_jobs
+        from rlcm.config.prompts import load_prompts
 
         c, algo = self.config, self.config.algo
         load_adapter(self.worker, self.learner.adapter())
@@ -132,8 +132,8 @@ class ToyRun:
 
 
 def rollout_worker(config):
-    """A rollout worker with the preset's sampler (as `Trainer._rollout_pool` builds it)."""
-    from cluster.driver import DTYPES
+    """A rollout worker with the preset's sampler (as `cluster.run_actors.rollout_pool` builds it)."""
+    from rollout.precision import DTYPES
     from rollout.worker import RolloutSpec, RolloutWorker
 
     s, algo = config.sampling, config.algo

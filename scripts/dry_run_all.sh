@@ -9,10 +9,10 @@ RES=64
 if [ "${1:-}" = "--resolution" ]; then RES=$2; shift 2; fi
 PRESETS=("$@")
 if [ ${#PRESETS[@]} -eq 0 ]; then
-  PRESETS=($(ls cluster/configs/*.yaml | xargs -n1 basename | sed 's/\.yaml$//'))
+  PRESETS=($(ls rlcm/config/presets/*.yaml | xargs -n1 basename | sed 's/\.yaml$//'))
 fi
 for preset in "${PRESETS[@]}"; do
-  [ -f "cluster/configs/$preset.yaml" ] || { echo "unknown preset $preset: choose from $(ls cluster/configs | sed 's/\.yaml$//' | tr '\n' ' ')" >&2; exit 2; }
+  [ -f "rlcm/config/presets/$preset.yaml" ] || { echo "unknown preset $preset: choose from $(ls rlcm/config/presets | sed 's/\.yaml$//' | tr '\n' ' ')" >&2; exit 2; }
 done
 LOGS=runs/dry-run-logs
 mkdir -p "$LOGS"

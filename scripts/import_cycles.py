@@ -1,10 +1,11 @@
 """Import cycles among the modules of the given packages, counting every import the code can run.
 
-Function-local imports and imports under `if TYPE_CHECKING:` are edges too, and importing a submodule is an
-edge to each of its parent packages (their `__init__` runs first) unless the importer sits inside that package.
+Function-local imports are edges too (imports under `if TYPE_CHECKING:` are not: they never run), and importing a
+submodule is an edge to each of its parent packages (their `__init__` runs first) unless the importer sits inside
+that package.
 Prints each cycle (a strongly connected component, with its edges) and exits 1 if there is any.
 
-    python scripts/import_cycles.py rollout rewards_service [--root .]
+    python scripts/import_cycles.py rlcm cluster learner rollout rewards_service [--root .]
 """
 
 from __future__ import annotations
@@ -25,11 +26,31 @@ def find_modules(root: Path, packages: list[str]) -> dict[str, Path]:
     return modules
 
 
+def _is_type_checking(node: ast.AST) -> bool:
+    """`if TYPE_CHECKING:` or `if typing.TYPE_CHECKING:`."""
+    return isinstance(node, ast.If) and (
+        (isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING")
+        or (isinstance(node.test, ast.Attribute) and node.test.attr == "TYPE_CHECKING")
+    )
+
+
+def _runnable_nodes(tree: ast.AST):
+    """Every node of `tree` except the bodies of `if TYPE_CHECKING:` blocks (their `else:` runs)."""
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        yield node
+        if _is_type_checking(node):
+            stack.extend(node.orelse)
+        else:
+            stack.extend(ast.iter_child_nodes(node))
+
+
 def imported_names(name: str, path: Path) -> set[str]:
-    """Every dotted name the file imports, anywhere in it; `from a import b` gives both `a.b` and `a`."""
+    """Every dotted name the file imports where it can run; `from a import b` gives both `a.b` and `a`."""
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     names = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    for node in _runnable_nodes(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from cluster.cli import main
+from rlcm.commands.main import main
 from rollout.models import load_pipeline
 from tests.toys import toy_pipe_with_saved_lora
 
@@ -61,7 +61,7 @@ def _run_cli(*args: str) -> tuple[int, str, bool]:
     import sys
 
     code = (
-        f"import sys; from cluster.cli import main; rc = main({list(args)!r}); print('torch' in sys.modules); "
+        f"import sys; from rlcm.commands.main import main; rc = main({list(args)!r}); print('torch' in sys.modules); "
         "sys.exit(rc)"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
@@ -142,9 +142,9 @@ def test_an_option_of_another_algorithm_is_a_one_line_config_error(capsys, tmp_p
 
 
 def test_unknown_reward_and_bad_lora_target_fail_before_ray(capsys, tmp_path, monkeypatch):
-    import cluster.driver
+    import cluster.restarts
 
-    monkeypatch.setattr(cluster.driver, "train", lambda *a, **k: pytest.fail("must not start training"))
+    monkeypatch.setattr(cluster.restarts, "train", lambda *a, **k: pytest.fail("must not start training"))
     assert main(["train", "--output-dir", str(tmp_path / "a"), "--set", "reward.name=jpeg_size"]) == 2
     assert "reward.name: unknown reward 'jpeg_size'" in capsys.readouterr().err
     assert main(["train", "--output-dir", str(tmp_path / "b"), "--set", "model.lora.target_modules=[to_qq]"]) == 2
@@ -164,7 +164,7 @@ def test_full_disk_names_the_disk(tmp_path, monkeypatch):
     import errno
     import shutil
 
-    from cluster.output import disk_error
+    from rlcm.runs.folder import disk_error
 
     usage = shutil.disk_usage(tmp_path)
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=1024))
@@ -175,9 +175,9 @@ def test_full_disk_names_the_disk(tmp_path, monkeypatch):
 
 
 def test_resume_of_a_finished_run_exits_0_without_starting_actors(capsys, tmp_path, monkeypatch):
-    import cluster.driver
+    import cluster.restarts
 
-    monkeypatch.setattr(cluster.driver, "train", lambda *a, **k: pytest.fail("must not start training"))
+    monkeypatch.setattr(cluster.restarts, "train", lambda *a, **k: pytest.fail("must not start training"))
     checkpoint = tmp_path / "checkpoints" / "epoch-0019"
     checkpoint.mkdir(parents=True)
     (checkpoint / "driver_state.json").write_text(json.dumps({"epoch": 19, "samples_seen": 320, "policy_version": 20}))
@@ -187,7 +187,7 @@ def test_resume_of_a_finished_run_exits_0_without_starting_actors(capsys, tmp_pa
 
 
 def test_errors_from_inside_ray_become_one_line(ray_local):
-    from cluster.cli import explain
+    from rlcm.commands.main import explain
 
     @ray_local.remote
     def load_model():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cluster.config import PRESETS, ConfigError, TrainConfig, dump_config, load_config
+from rlcm.config.schema import PRESETS, ConfigError, TrainConfig, dump_config, load_config
 from rollout.models import load_pipeline
 
 # RLCM (Oertell et al. 2024), Table 1, one column per task, as listed in issue 2.

@@ -13,9 +13,9 @@ import torch
 from diffusers import StableDiffusionPipeline
 from PIL import Image
 
-from cluster.cli import main
-from cluster.config import ConfigError, load_config
 from learner.algorithms.ddpo.learner import DDPOLearnerSpec
+from rlcm.commands.main import main
+from rlcm.config.schema import ConfigError, load_config
 from rollout.lora import LoraSettings
 from rollout.models import build_tiny_ddim_pipeline, load_pipeline
 from rollout.policies import sample_trajectory

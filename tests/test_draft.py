@@ -10,11 +10,11 @@ import pytest
 import torch
 from diffusers import LatentConsistencyModelPipeline
 
-from cluster.cli import main
-from cluster.config import ConfigError, load_config
 from learner.algorithms.draft import AlignPropSettings
 from learner.algorithms.draft.learner import AlignPropLearner, AlignPropLearnerSpec
 from rewards_service.registry import build_differentiable_reward
+from rlcm.commands.main import main
+from rlcm.config.schema import ConfigError, load_config
 from rollout.models import build_tiny_pipeline
 from rollout.settings import LoraSettings
 from tests.toys import assert_same_lora, lora_changes_stock_images, pooled_z, rows_of, train_cli

@@ -11,10 +11,10 @@ import sys
 import pytest
 import torch
 
-from cluster.config import PRESETS, ConfigError, load_config
-from cluster.dryrun import plan_dry_run
-from cluster.gpus import GPUS
-from cluster.plan import plan
+from rlcm.commands.dryrun import plan_dry_run
+from rlcm.config.schema import PRESETS, ConfigError, load_config
+from rlcm.planning.gpus import GPUS
+from rlcm.planning.plan import plan
 
 REAL_PRESETS = [p for p in PRESETS if "tiny" not in p]
 
@@ -115,7 +115,7 @@ def test_plan_and_dry_run_reject_what_they_cannot_do_in_one_line():
 
 
 def test_plan_json_from_the_cli(capsys):
-    from cluster.cli import main
+    from rlcm.commands.main import main
 
     assert main(["plan", "--config", "compression", "--gpu", "a100-80gb", "--json"]) == 0
     data = json.loads(capsys.readouterr().out)
@@ -143,7 +143,7 @@ def _dry_run(preset: str) -> str:
         [
             sys.executable,
             "-m",
-            "cluster.cli",
+            "rlcm.commands.main",
             "train",
             "--config",
             preset,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,12 +13,16 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from cluster import evaluate as ev
-from cluster.evaluate import EvalSettings, evaluate, mean_ci, metric_clients, read_prompts, t_table_975
-from cluster.prompts import batch_seed, epoch_prompts, load_prompts
 from rewards_service.app import create_app
 from rewards_service.client import HttpRewardClient, InProcessRewardClient
 from rewards_service.scorers.jpeg import JpegCompressibility
+from rlcm.commands.evaluate import _run, add_eval_parser
+from rlcm.config.prompts import batch_seed, epoch_prompts, load_prompts
+from rlcm.evaluation.evaluate import evaluate
+from rlcm.evaluation.inputs import metric_clients, parse_runs, read_prompts, trained_metric
+from rlcm.evaluation.sampling import sample_images
+from rlcm.evaluation.settings import EvalSettings
+from rlcm.evaluation.statistics import mean_ci, off_target_change, t_table_975
 
 
 @pytest.fixture
@@ -89,8 +94,8 @@ def test_same_noise_per_prompt_and_seed_whatever_the_batch(one_thread):
     pipe = load_pipeline("tiny", device="cpu")
     settings = EvalSettings(prompts=["x"], metrics=["smoothness"], out=".", steps=2)
     prompts = ["a hen", "an owl"]
-    together = ev.sample_images(pipe, prompts, [(0, 0), (1, 0), (1, 1)], settings)
-    alone = ev.sample_images(pipe, prompts, [(1, 1)], settings)
+    together = sample_images(pipe, prompts, [(0, 0), (1, 0), (1, 1)], settings)
+    alone = sample_images(pipe, prompts, [(1, 1)], settings)
     assert together.dtype == np.uint8 and together.shape[-1] == 3
     np.testing.assert_array_equal(together[2], alone[0])
     assert not np.array_equal(together[1], together[2])
@@ -98,7 +103,7 @@ def test_same_noise_per_prompt_and_seed_whatever_the_batch(one_thread):
 
 def test_parser_registers_eval():
     parser = argparse.ArgumentParser()
-    ev.add_eval_parser(parser.add_subparsers(dest="command"))
+    add_eval_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(
         [
             "eval",
@@ -115,7 +120,7 @@ def test_parser_registers_eval():
             "o",
         ]
     )
-    assert args.func is ev._run and args.base and args.seeds == 3 and args.steps is None and args.metrics == "a,b"
+    assert args.func is _run and args.base and args.seeds == 3 and args.steps is None and args.metrics == "a,b"
     args = parser.parse_args(
         [
             "eval",
@@ -137,11 +142,11 @@ def test_parser_registers_eval():
 
 
 def test_run_names_and_off_target_mean(tmp_path):
-    assert ev.parse_runs(["runs/x/checkpoints/epoch-0003"]) == {"tuned": ev.Path("runs/x/checkpoints/epoch-0003")}
-    assert list(ev.parse_runs(["runs/x/checkpoints/epoch-0003", "b=/c"])) == ["x", "b"]
+    assert parse_runs(["runs/x/checkpoints/epoch-0003"]) == {"tuned": Path("runs/x/checkpoints/epoch-0003")}
+    assert list(parse_runs(["runs/x/checkpoints/epoch-0003", "b=/c"])) == ["x", "b"]
     for bad in (["a=1", "a=2"], ["base=1"], ["=1"]):
         with pytest.raises(ValueError, match="run names must be unique"):
-            ev.parse_runs(bad)
+            parse_runs(bad)
     stats = lambda mean: {"mean": mean}  # noqa: E731
     metrics = {
         "m1": {"base": stats(2.0), "a": stats(3.0)},
@@ -149,18 +154,18 @@ def test_run_names_and_off_target_mean(tmp_path):
         "m3": {"base": stats(10.0), "a": stats(10.0)},
     }
     # trained on m1: off-target = mean of (−5 − −4)/4 = −25% and 0% -> −12.5%
-    assert ev.off_target_change(metrics, "a", "m1") == pytest.approx(-12.5)
-    assert ev.off_target_change(metrics, "a", None) == pytest.approx((50 - 25 + 0) / 3)
+    assert off_target_change(metrics, "a", "m1") == pytest.approx(-12.5)
+    assert off_target_change(metrics, "a", None) == pytest.approx((50 - 25 + 0) / 3)
     run = tmp_path / "run"
     (run / "checkpoints" / "epoch-0001").mkdir(parents=True)
     (run / "config.yaml").write_text("reward: {name: pickscore}\n")
-    assert ev.trained_metric(run / "checkpoints" / "epoch-0001") == "pickscore" and ev.trained_metric(tmp_path) is None
+    assert trained_metric(run / "checkpoints" / "epoch-0001") == "pickscore" and trained_metric(tmp_path) is None
 
 
 def train_toy_adapter(directory, epochs: int = 3):
     """A genuinely trained adapter: RLCM on the toy (tiny-cpu preset settings) for a few epochs of 16 samples."""
-    from cluster.config import load_config
     from learner.learner import LearnerSpec, PPOLearner
+    from rlcm.config.schema import load_config
     from rollout.trajectory import Trajectory
     from rollout.worker import RolloutSpec, RolloutWorker
 

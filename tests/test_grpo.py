@@ -11,9 +11,9 @@ import pytest
 import torch
 from diffusers import LatentConsistencyModelPipeline
 
-from cluster.cli import main
-from cluster.config import ConfigError, load_config
 from learner.algorithms.grpo.learner import group_advantages
+from rlcm.commands.main import main
+from rlcm.config.schema import ConfigError, load_config
 from rollout.models import build_tiny_pipeline
 from rollout.policies import sample_trajectory
 from tests.toys import assert_same_lora, lora_changes_stock_images, rows_of, train_cli

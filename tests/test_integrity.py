@@ -13,10 +13,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from cluster.cli import main
-from cluster.durable import append_json_line, read_json_lines, strict_json
-from cluster.integrity import CheckpointError, problem, resume_point, write_checkpoint
-from cluster.output import OutputDir
+from rlcm.commands.main import main
+from rlcm.runs.durable import append_json_line, read_json_lines, strict_json
+from rlcm.runs.folder import OutputDir
+from rlcm.runs.integrity import CheckpointError, problem, resume_point, write_checkpoint
 
 
 def fill_like_a_learner(directory, epoch=0, samples=8):
@@ -63,9 +63,9 @@ def truncate(path, keep=0.6):
 
 def resume_cli(root, capsys, monkeypatch, *extra):
     """`rlcm train --resume` with the driver replaced: whatever it prints happened before Ray could start."""
-    import cluster.driver
+    import cluster.restarts
 
-    monkeypatch.setattr(cluster.driver, "train", lambda *a, **k: [])
+    monkeypatch.setattr(cluster.restarts, "train", lambda *a, **k: [])
     code = main(["train", "--output-dir", str(root), "--resume", "--set", "run.epochs=5", *extra])
     return code, capsys.readouterr()
 
@@ -181,7 +181,7 @@ def test_resume_of_a_folder_without_a_run_is_an_error(tmp_path, capsys, monkeypa
 
 HOLD_LOCK = """
 import sys, time
-from cluster.run_lock import acquire
+from rlcm.runs.lock import acquire
 acquire(sys.argv[1])
 print("locked", flush=True)
 time.sleep(60)
@@ -206,9 +206,9 @@ def test_resume_into_a_running_run_is_refused_and_a_dead_holder_does_not_block(t
 def test_the_scorers_error_text_reaches_the_row_and_the_console_line():
     """Before, a failing scorer left only "no valid reward"; the error said nowhere what failed."""
     from cluster.buffer import Entry, error_text
-    from cluster.progress import epoch_line
     from cluster.schedule import Scheduler, reward_summary
     from rewards_service.scorers.base import ScoreResult
+    from rlcm.runs.progress import epoch_line
 
     schedule = Scheduler(["a cat"], 2, 2, 0, "sync", 1, 4)
     failed = ScoreResult.failed(2, "", "HTTP 503 from http://127.0.0.1:8000/v1/score/aesthetic: replica overloaded")

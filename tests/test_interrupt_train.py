@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from cluster.integrity import problem
-from cluster.output import OutputDir
+from rlcm.runs.folder import OutputDir
+from rlcm.runs.integrity import problem
 
 SETS = [
     "run.epochs=20",
@@ -33,7 +33,7 @@ def test_signal_checkpoints_the_last_finished_epoch_and_exits_quietly(tmp_path, 
     command = [
         sys.executable,
         "-m",
-        "cluster.cli",
+        "rlcm.commands.main",
         "train",
         "--output-dir",
         str(tmp_path),
@@ -78,7 +78,7 @@ def test_a_second_ctrl_c_during_the_graceful_stop_ends_the_run_within_2_s(tmp_pa
     command = [
         sys.executable,
         "-m",
-        "cluster.cli",
+        "rlcm.commands.main",
         "train",
         "--output-dir",
         str(tmp_path),

@@ -9,11 +9,11 @@ import math
 import pytest
 import torch
 
-from cluster.prompts import epoch_prompts, load_prompts
 from learner.lam_controller import LamController, controller_for, lam_update
 from learner.rocm_learner import ROCMLearner, ROCMLearnerSpec
 from learner.settings import ROCMSettings
 from rewards_service.registry import build_differentiable_reward
+from rlcm.config.prompts import epoch_prompts, load_prompts
 from rollout.lora import LoraSettings
 
 

@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 import torch
 
-from cluster.config import load_config
 from cluster.sign_test import ToyRun, held_out_prompts, rollout_worker
+from rlcm.config.schema import load_config
 from rollout.policies import policy_for
 from rollout.policies.chain_math import gaussian_log_prob
 from rollout.trajectory import Trajectory

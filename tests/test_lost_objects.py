@@ -7,8 +7,8 @@ import time
 
 import numpy as np
 
-from cluster.config import load_config
-from cluster.driver import Trainer
+from cluster.trainer import Trainer
+from rlcm.config.schema import load_config
 
 QUIET = [
     "run.sample_grid_every=100",

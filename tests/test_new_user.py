@@ -11,10 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-from cluster.checkpoint_record import read_record, write_record
-from cluster.cli import build_parser, main, summary_line
-from cluster.config import PRESETS, load_config
-from cluster.progress import epoch_line
+from rlcm.commands.main import build_parser, main, summary_line
+from rlcm.config.schema import PRESETS, load_config
+from rlcm.runs.checkpoint_record import read_record, write_record
+from rlcm.runs.progress import epoch_line
 from tests.toys import toy_pipe_with_saved_lora
 
 
@@ -89,7 +89,8 @@ def test_sample_uses_the_checkpoints_steps_and_says_so(rocm_checkpoint, tmp_path
 
 
 def test_eval_uses_the_checkpoints_steps_and_draws_no_bar_into_a_log(rocm_checkpoint, tmp_path, capsys):
-    from cluster.evaluate import EvalSettings, evaluate
+    from rlcm.evaluation.evaluate import evaluate
+    from rlcm.evaluation.settings import EvalSettings
 
     directory, _ = rocm_checkpoint
     report = evaluate(
@@ -170,7 +171,7 @@ def _curves(ax) -> set[str]:
 
 
 def test_runs_of_different_rewards_never_share_an_axis(tmp_path):
-    from cluster.plots import comparison_figure
+    from rlcm.runs.plots import comparison_figure
 
     rlcm = _run(tmp_path / "tiny-cpu", _rows(5), "jpeg_compressibility")
     rocm = _run(tmp_path / "rocm", _rows(5, "rocm", start=-0.3), "smoothness", "rocm", monitor="jpeg_compressibility")
@@ -185,7 +186,7 @@ def test_runs_of_different_rewards_never_share_an_axis(tmp_path):
 
 
 def test_rocm_reward_plot_keeps_the_monitor_on_its_own_axes_with_units(tmp_path):
-    from cluster.plots import reward_figure
+    from rlcm.runs.plots import reward_figure
 
     figure = reward_figure(_rows(10, "rocm", start=-0.3), "rocm (rocm)", "smoothness", "jpeg_compressibility")
     monitor_axes = [ax for ax in figure.axes if "monitor_reward_mean" in _curves(ax)]
@@ -198,7 +199,7 @@ def test_rocm_reward_plot_keeps_the_monitor_on_its_own_axes_with_units(tmp_path)
 
 
 def test_approx_kl_is_drawn_on_a_log_axis():
-    from cluster.plots import diagnostics_figure
+    from rlcm.runs.plots import diagnostics_figure
 
     figure = diagnostics_figure(_rows(8), "tiny (rlcm)")
     kl = next(ax for ax in figure.axes if "approx_kl" in _curves(ax))
@@ -206,7 +207,7 @@ def test_approx_kl_is_drawn_on_a_log_axis():
 
 
 def test_sample_grid_has_a_title_with_epoch_and_reward(tmp_path):
-    from cluster.grid import grid_title, save_sample_grid
+    from rlcm.runs.grid import grid_title, save_sample_grid
 
     images = np.full((4, 16, 16, 3), 128, np.uint8)
     title = grid_title(4, 20, "jpeg_compressibility", [-1.5, -1.7, float("nan"), -1.6], "held-out monitor")
@@ -218,8 +219,8 @@ def test_sample_grid_has_a_title_with_epoch_and_reward(tmp_path):
 
 def test_rocm_monitor_batch_shows_distinct_held_out_prompts():
     """rocm-tiny-cpu: 10 prompts, monitor batches of 4. Holding out 10% (one prompt) drew it 4 times per grid."""
-    from cluster.prompts import holdout_split, load_prompts
     from cluster.schedule import epoch_jobs
+    from rlcm.config.prompts import holdout_split, load_prompts
 
     config = load_config("rocm-tiny-cpu")
     prompts = load_prompts(config.prompts.source, config.prompts.limit)
@@ -260,8 +261,8 @@ def test_hub_model_is_checked_without_hf_hub_offline(monkeypatch):
     offline)."""
     import huggingface_hub
 
-    from cluster.config import ConfigError
-    from cluster.validate import model_config_dir
+    from rlcm.commands.checks import model_config_dir
+    from rlcm.config.schema import ConfigError
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     fetched = []
@@ -280,8 +281,8 @@ def test_hub_model_is_checked_without_hf_hub_offline(monkeypatch):
 
 def test_a_local_run_too_big_for_this_machine_names_the_keys_that_ask(monkeypatch):
     """Issue 28: `--set reward.num_cpus=4` on 2 cores was refused with advice to lower resources.*."""
-    from cluster.config import ConfigError
-    from cluster.validate import check_local_resources
+    from rlcm.commands.checks import check_local_resources
+    from rlcm.config.schema import ConfigError
 
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import threading
 
-from cluster.config import load_config
-from cluster.driver import Trainer
+from cluster.trainer import Trainer
 from cluster.watchdog import StalledError
+from rlcm.config.schema import load_config
 
 QUIET = [
     "run.sample_grid_every=100",

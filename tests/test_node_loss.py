@@ -66,8 +66,8 @@ def remove_when(cluster, node, ready, log: list) -> threading.Thread:
 
 
 def test_rollout_node_lost_mid_epoch_run_completes_with_exact_counts(nodes, tmp_path):
-    from cluster.config import load_config
-    from cluster.driver import Trainer
+    from cluster.trainer import Trainer
+    from rlcm.config.schema import load_config
 
     cluster = nodes
     config = load_config(None, [*FAST, "run.epochs=3", "resources.num_rollout_actors=2", "run.save_every=1"])
@@ -133,8 +133,8 @@ def test_learner_node_lost_group_rebuilt_from_checkpoint_and_final_lora_equal(no
     the spare node and the final LoRA equals an uninterrupted run's, bit for bit (RLCM and ROCM)."""
     import torch
 
-    from cluster.config import load_config
-    from cluster.driver import run_with_restarts
+    from cluster.restarts import run_with_restarts
+    from rlcm.config.schema import load_config
 
     cluster = nodes
     config = load_config(preset, [*FAST, "run.epochs=3", "resources.num_rollout_actors=2", "run.save_every=1"])
@@ -175,10 +175,10 @@ def test_reward_replica_node_lost_scoring_retried_on_replacement(nodes, tmp_path
     its reward."""
     from ray import serve
 
-    from cluster.config import load_config
-    from cluster.driver import Trainer
+    from cluster.trainer import Trainer
     from rewards_service.serve import RewardDeploymentConfig, RewardServiceConfig, run_service
     from rewards_service.settings import ServiceSettings
+    from rlcm.config.schema import load_config
     from tests.servers import free_port
 
     cluster = nodes
@@ -237,7 +237,7 @@ def test_reward_replica_node_lost_scoring_retried_on_replacement(nodes, tmp_path
 def replica_never_back(cluster, config, output_dir) -> tuple[str, float]:
     """A new run starts, every CPU left elsewhere is taken, and the replica's node goes too: Serve has nowhere to put a
     replacement, so the run must stop with one clear line after reward.timeout_s (15 s). Returns it and the wait."""
-    from cluster.driver import Trainer
+    from cluster.trainer import Trainer
     from cluster.watchdog import StalledError
 
     trainer = Trainer(config, output_dir)

@@ -11,9 +11,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from cluster.config import load_config
-from cluster.driver import Trainer
+from cluster.trainer import Trainer
 from learner.guards import NonFiniteError
+from rlcm.config.schema import load_config
 
 FAST = [
     "sampling.batches_per_epoch=1",

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from cluster.config import load_config
 from learner.learner import LearnerSpec, PPOLearner
 from learner.old_log_probs import PassOrder, gap_metrics, pass_calls
 from learner.ppo import TrainBatch, ppo_update
 from learner.settings import PPOSettings
+from rlcm.config.schema import load_config
 from rollout.lora import add_lora
 from rollout.policies import sample_trajectory
 from rollout.policies.chain_math import gaussian_log_prob

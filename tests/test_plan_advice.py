@@ -8,9 +8,10 @@ import shlex
 
 import pytest
 
-from cluster.config import PRESETS, ConfigError, load_config
-from cluster.gpus import GPUS, resolve_gpu
-from cluster.plan import RESERVED, plan
+from rlcm.config.schema import PRESETS, ConfigError, load_config
+from rlcm.planning.assembly import RESERVED
+from rlcm.planning.gpus import GPUS, resolve_gpu
+from rlcm.planning.plan import plan
 
 REAL_PRESETS = [p for p in PRESETS if "tiny" not in p]
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cluster.plots import (
+from rlcm.runs.plots import (
     add_plot_parser,
     diagnostic_panels,
     diagnostics_figure,
@@ -23,7 +23,7 @@ from cluster.plots import (
     step_series,
     wall_clock_s,
 )
-from cluster.tracking import RunTracker, scalars
+from rlcm.runs.tracking import RunTracker, scalars
 
 
 def rlcm_row(epoch: int, reward: float) -> dict:
@@ -204,7 +204,7 @@ def test_wandb_offline_run_keeps_its_id_on_resume(tmp_path, monkeypatch):
 
 
 def test_rocm_lam_auto_draws_the_divergence_target():
-    from cluster.plots import diagnostics_figure
+    from rlcm.runs.plots import diagnostics_figure
 
     rows = [{**rocm_row(e, -0.5 + 0.02 * e), "lam": 0.1, "lam_divergence_target": 0.1} for e in range(6)]
     panel = diagnostics_figure(rows, "rocm").axes[0]

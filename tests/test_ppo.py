@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from cluster.config import load_config
 from learner.learner import LearnerSpec, PPOLearner
 from learner.ppo import ppo_loss
 from learner.stat_tracker import PerPromptStatTracker
+from rlcm.config.schema import load_config
 from rollout.policies import sample_trajectory
 from rollout.policies.lcm import guidance_embedding, transition_log_prob
 from rollout.worker import RolloutSpec, RolloutWorker

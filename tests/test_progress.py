@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import logging
 
-from cluster.config import load_config
-from cluster.progress import EpochProgress, gap_warning
+from rlcm.config.schema import load_config
+from rlcm.runs.progress import EpochProgress, gap_warning
 
 RLCM_ROW = {
     "epoch": 0,

@@ -56,7 +56,7 @@ def test_serve_listens_on_loopback_only_and_logs_no_stale_options_warning(tmp_pa
     log = tmp_path / "serve.log"
     with log.open("w") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "cluster.cli", "rewards", "serve", "--port", str(port)],
+            [sys.executable, "-m", "rlcm.commands.main", "rewards", "serve", "--port", str(port)],
             stdout=out,
             stderr=subprocess.STDOUT,
             env=env,

@@ -14,12 +14,12 @@ import numpy as np
 import pytest
 import torch
 
-from cluster.prompts import epoch_prompts, load_prompts
 from learner.divergences import gaussian_divergence
 from learner.optim import build_optimizer
 from learner.rocm import ROCMSettings, rocm_objective, rocm_update
 from learner.rocm_learner import ROCMLearner, ROCMLearnerSpec
 from rewards_service.registry import build_differentiable_reward
+from rlcm.config.prompts import epoch_prompts, load_prompts
 from rollout.lora import LoraSettings, add_lora
 from rollout.models import load_pipeline
 from rollout.policies import sample_trajectory

@@ -11,9 +11,9 @@ import torch
 from diffusers import LatentConsistencyModelPipeline
 from safetensors.torch import load_file
 
-from cluster.cli import main
-from cluster.config import load_config
-from cluster.driver import Trainer
+from cluster.trainer import Trainer
+from rlcm.commands.main import main
+from rlcm.config.schema import load_config
 from rollout.models import build_tiny_pipeline
 
 FAST = ["run.sample_grid_every=100", "run.save_every=100", "scaleout.control_poll_s=0.1", "run.plots=false"]

@@ -7,9 +7,9 @@ import pytest
 import ray
 import torch
 
-from cluster.config import load_config
 from learner.group import LearnerGroup
 from learner.learner import LearnerSpec, PPOLearner
+from rlcm.config.schema import load_config
 from rollout.worker import RolloutSpec, RolloutWorker
 
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from cluster.config import load_config
 from cluster.control import scale_rollouts
-from cluster.driver import SkippedTooOften, Trainer
+from cluster.trainer import SkippedTooOften, Trainer
+from rlcm.config.schema import load_config
 
 FAST = [
     "sampling.batches_per_epoch=1",

@@ -97,7 +97,7 @@ def test_reward_summary_counts_invalid_and_ignores_their_values():
 
 
 def test_rocm_holds_out_the_last_tenth_of_the_prompts_for_monitoring():
-    from cluster.prompts import holdout_split
+    from rlcm.config.prompts import holdout_split
 
     train, held = holdout_split([f"p{i}" for i in range(10)])
     assert held == ["p9"] and train == [f"p{i}" for i in range(9)]

@@ -9,9 +9,9 @@ import time
 import pytest
 from ray import serve
 
-from cluster.config import load_config
-from cluster.driver import train
+from cluster.restarts import train
 from rewards_service.serve import RewardDeploymentConfig, RewardServiceConfig, build_app
+from rlcm.config.schema import load_config
 
 APP = "train_rewards"
 SLOW = "tests.test_rewards_serve:SlowJpeg"

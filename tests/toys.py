@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from cluster.cli import main
+from rlcm.commands.main import main
 from rollout.lora import LoraSettings, add_lora, save_lora
 from rollout.models import load_pipeline
 

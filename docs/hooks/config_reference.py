@@ -13,7 +13,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from cluster import config as config_module
+from rlcm.config import schema as config_module
 
 MARKER = "<!-- config-reference -->"
 

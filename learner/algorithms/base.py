@@ -17,7 +17,7 @@ from pydantic import BaseModel
 from rollout.samplers import EXAMPLES, LCM, sampler_of
 
 if TYPE_CHECKING:
-    from cluster.config import TrainConfig
+    from rlcm.config.schema import TrainConfig
 
 
 class Algorithm:

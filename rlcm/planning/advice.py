@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from cluster.config import ConfigError, TrainConfig, with_overrides
-from cluster.gpus import GPU, GPUS, serve_share
-from cluster.plan import RESERVED, Actor, assemble
+from rlcm.config.schema import ConfigError, TrainConfig, with_overrides
+from rlcm.planning.assembly import RESERVED, Actor, assemble
+from rlcm.planning.gpus import GPU, GPUS, serve_share
 
 SERVE_FRACTIONS = (0.25, 0.5, 0.75, 1.0)
 

@@ -6,8 +6,8 @@ import errno
 import shutil
 from pathlib import Path
 
-from cluster import integrity
-from cluster.durable import append_json_line, read_json_lines, write_json_lines
+from rlcm.runs import integrity
+from rlcm.runs.durable import append_json_line, read_json_lines, write_json_lines
 
 LOW_DISK_BYTES = 64 * 2**20
 

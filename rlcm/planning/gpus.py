@@ -10,7 +10,7 @@ from importlib import resources
 
 import yaml
 
-from cluster.config import ConfigError
+from rlcm.config.schema import ConfigError
 
 
 @dataclass(frozen=True)

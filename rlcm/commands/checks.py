@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from cluster.config import ConfigError, TrainConfig
+from rlcm.config.schema import ConfigError, TrainConfig
 from rollout.samplers import is_toy
 
 
@@ -126,7 +126,7 @@ def check_local_resources(config: TrainConfig) -> None:
     here."""
     import torch
 
-    from cluster.driver import resource_requests
+    from cluster.run_actors import resource_requests
 
     have = {"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}
     requests = resource_requests(config)

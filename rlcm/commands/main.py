@@ -15,15 +15,15 @@ DEFAULT_OUTPUT = "runs/{name}"
 
 
 def _train(args: argparse.Namespace) -> int:
-    from cluster.config import DEFAULT_PRESET, load_config
-    from cluster.integrity import prepare_resume, require_run
-    from cluster.output import OutputDir
-    from cluster.run_lock import run_lock
+    from rlcm.config.schema import DEFAULT_PRESET, load_config
+    from rlcm.runs.folder import OutputDir
+    from rlcm.runs.integrity import prepare_resume, require_run
+    from rlcm.runs.lock import run_lock
 
     config = load_config(args.config, args.set)
     name = Path(args.config).stem if args.config else DEFAULT_PRESET
     if args.dry_run:
-        from cluster.dryrun import run_dry_run
+        from rlcm.commands.dryrun import run_dry_run
 
         run_dry_run(
             name,
@@ -47,11 +47,11 @@ def _train(args: argparse.Namespace) -> int:
                 "Raise run.epochs with --set to train longer."
             )
             return 0
-        from cluster.validate import validate_before_ray
+        from rlcm.commands.checks import validate_before_ray
 
         validate_before_ray(config, joining_cluster=bool(args.address or os.environ.get("RAY_ADDRESS")))
 
-        from cluster.driver import train
+        from cluster.restarts import train
 
         rows = train(config, output_dir, resume=args.resume, verbose=args.verbose, address=args.address)
     if rows:
@@ -70,8 +70,8 @@ def summary_line(rows: list[dict], total: int) -> str:
 
 
 def _plan(args: argparse.Namespace) -> int:
-    from cluster.config import load_config
-    from cluster.plan import plan_main
+    from rlcm.config.schema import load_config
+    from rlcm.planning.plan import plan_main
 
     return plan_main(Path(args.config).stem, load_config(args.config, args.set), args.gpu, args.mfu, args.json)
 
@@ -106,7 +106,7 @@ def _submit(args: argparse.Namespace) -> int:
 def _sample(args: argparse.Namespace) -> int:
     import torch
 
-    from cluster.checkpoint_record import read_record, sampling_settings
+    from rlcm.runs.checkpoint_record import read_record, sampling_settings
     from rollout.models import load_pipeline
 
     lora = Path(args.lora)
@@ -145,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     train = commands.add_parser("train", help="train a LoRA with RLCM or ROCM (default: the toy CPU demo)")
-    from cluster.config import PRESETS
+    from rlcm.config.schema import PRESETS
 
     train.add_argument("--config", help=f"YAML file or preset ({', '.join(PRESETS)}; default tiny-cpu)")
     train.add_argument(
@@ -216,9 +216,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--verbose", "-v", action="store_true", default=argparse.SUPPRESS, help="as rlcm --verbose")
     serve.set_defaults(func=_serve)
 
-    from cluster.evaluate import add_eval_parser
-    from cluster.helpfmt import DefaultsHelpFormatter
-    from cluster.plots import add_plot_parser
+    from rlcm.commands.evaluate import add_eval_parser
+    from rlcm.commands.helpfmt import DefaultsHelpFormatter
+    from rlcm.runs.plots import add_plot_parser
 
     add_eval_parser(commands)
     add_plot_parser(commands)

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from cluster.config import ConfigError, TrainConfig
+from rlcm.config.schema import ConfigError, TrainConfig
 from rollout.samplers import is_toy
 
 RANDOM = "random:"
@@ -237,7 +237,7 @@ def run_dry_run(
     name: str, config: TrainConfig, output_dir: Path, resolution: int = 64, verbose: bool = False
 ) -> dict[str, Any]:
     """Run the dry run of `config` and print its report; returns the figures (for scripts and tests)."""
-    from cluster.validate import validate_before_ray
+    from rlcm.commands.checks import validate_before_ray
 
     plan = plan_dry_run(config, resolution)
     print(
@@ -248,9 +248,9 @@ def run_dry_run(
     validate_before_ray(plan.config, joining_cluster=False)
     import ray
 
-    from cluster.driver import Trainer
-    from cluster.output import OutputDir
     from cluster.ray_setup import init_ray
+    from cluster.trainer import Trainer
+    from rlcm.runs.folder import OutputDir
 
     OutputDir(output_dir).prepare(False)
     start = time.perf_counter()

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from cluster.config import TrainConfig
+from rlcm.config.schema import TrainConfig
 from learner.algorithms import ALGORITHMS
 from learner.algorithms.base import Algorithm
 
@@ -77,7 +77,7 @@ class EpochProgress:
         )
         self.tracker = None
         if config.run.tensorboard or config.run.wandb:
-            from cluster.tracking import RunTracker
+            from rlcm.runs.tracking import RunTracker
 
             self.tracker = RunTracker(
                 root,
@@ -107,7 +107,7 @@ class EpochProgress:
         if self.tracker is not None:
             self.tracker.log_epoch(row, grid)
         if self.run.plots and (grid is not None or row["epoch"] == self.total - 1):
-            from cluster.plots import plot_run
+            from rlcm.runs.plots import plot_run
 
             plot_run(self.root)
 

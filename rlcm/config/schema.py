@@ -18,7 +18,7 @@ from rollout.settings import LoraSettings
 PRESETS = tuple(
     sorted(
         path.name.removesuffix(".yaml")
-        for path in (resources.files("cluster") / "configs").iterdir()
+        for path in (resources.files("rlcm.config") / "presets").iterdir()
         if path.name.endswith(".yaml")
     )
 )
@@ -276,7 +276,7 @@ class ConfigError(ValueError):
 
 
 def preset_path(name: str) -> Path:
-    return Path(str(resources.files("cluster") / "configs" / f"{name}.yaml"))
+    return Path(str(resources.files("rlcm.config") / "presets" / f"{name}.yaml"))
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:

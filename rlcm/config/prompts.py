@@ -1,4 +1,4 @@
-"""Prompt sets of the RLCM tasks (shipped in `cluster/prompts/`) and a seeded per-epoch picker."""
+"""Prompt sets of the RLCM tasks (shipped in `rlcm/config/prompts/`) and a seeded per-epoch picker."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 
 
 def _lines(name: str) -> list[str]:
-    text = (resources.files("cluster") / "prompts" / name).read_text()
+    text = (resources.files("rlcm.config") / "prompts" / name).read_text()
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 

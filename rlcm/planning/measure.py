@@ -1,23 +1,10 @@
-"""`rlcm plan`: what a preset needs on a GPU, per actor, before renting one.
-
-Everything is measured with torch's own instruments on fake tensors (no memory, no weights):
-`FlopCounterMode` counts FLOPs (2 per multiply-add) of one UNet call, one VAE decode, the reward model and
-the training backward passes; `MemTracker` (torch.distributed._tools) records the peak memory of the same
-calls under `FakeTensorMode`. The preset's formulas then assemble them: rollout actor = frozen base (model
-dtype) + LoRA + peak of one no-grad UNet call / VAE decode; PPO learner = base + LoRA, grads and AdamW
-state (fp32) + peak of one UNet forward+backward at train_batch_size (DDPO's DDIM policy: every UNet batch doubled by
-classifier-free guidance, H actions per chain instead of H−1, × timestep_fraction); ROCM learner = base + LoRA state +
-reward model + the chain of UNet calls with grad (`Algorithm.grad_calls`: 2H-1 with the divergence penalty, K+1
-under truncation K, else H): with gradient checkpointing one recomputed UNet call at a time plus the saved call
-inputs, without it the activations of all of them, + VAE decode and reward forward+backward; reward deployment
-= its weights and activations, in the fraction of a GPU its Serve config (`cluster/serve/*.yaml`) asks.
-Advice on what to change: `cluster.plan_advice`.
-"""
+"""The measured pieces of a plan: parameters, FLOPs (`FlopCounterMode`) and peak memory (`LiveBytes`) of one UNet
+call, VAE decode and reward model, on fake tensors (no memory, no weights); `rlcm.planning.plan` says how they are
+assembled."""
 
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -25,13 +12,6 @@ from typing import Any
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from cluster.config import ConfigError, TrainConfig
-from cluster.gpus import GPU, resolve_gpu, serve_share
-from learner.ppo import steps_trained
-from rollout.policies import POLICIES
-from rollout.samplers import is_toy
-
-RESERVED = int(1.5 * 2**30)  # CUDA context, allocator slack, NCCL buffers
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
 REWARD_BACKBONES = {
     "aesthetic": "openai/clip-vit-large-patch14",
@@ -224,7 +204,7 @@ def chain_bytes(p: Pieces, calls: int, checkpointed: bool) -> int:
 
 
 @functools.lru_cache(maxsize=8)
-def _measured(model: str, resolution: int, dtype: str, lora_json: str) -> Pieces:
+def cached_measure(model: str, resolution: int, dtype: str, lora_json: str) -> Pieces:
     from rollout.settings import LoraSettings
 
     return measure(model, resolution, getattr(torch, dtype), LoraSettings.model_validate_json(lora_json))
@@ -299,194 +279,3 @@ def llava_bertscore_params() -> tuple[int, int]:
         deberta = shipped_config("microsoft/deberta-xlarge-mnli")
         bert = DebertaModel(DebertaConfig(**{k: v for k, v in deberta.items() if k != "model_type"}))
     return sum(p.numel() for p in llava.parameters()), sum(p.numel() for p in bert.parameters())
-
-
-@dataclass
-class Actor:
-    role: str
-    memory_bytes: int
-    budget_bytes: int
-    gpu_fraction: float  # of one GPU, as Ray reserves it
-    parts: dict[str, int]
-
-    @property
-    def fits(self) -> bool:
-        return self.memory_bytes <= self.budget_bytes
-
-
-def _actor(role: str, parts: dict[str, int], gpu: GPU, fraction: float) -> Actor:
-    fraction = min(1.0, fraction or 1.0)  # 0: the preset leaves it to Ray; counted as a whole GPU
-    return Actor(role, sum(parts.values()), int(gpu.memory_bytes * fraction) - RESERVED, fraction, parts)
-
-
-@dataclass
-class Assembly:
-    """The actors of `config` on one GPU kind, and the figures the plan prints beside them."""
-
-    actors: list[Actor]
-    pieces: Pieces
-    reward: tuple[int, int, int, int]
-    per_sample: int
-    gpus: float
-
-
-def assemble(config: TrainConfig, gpu: GPU) -> Assembly:
-    """Memory of every actor of `config` on `gpu` and the FLOPs of one trained sample (measured pieces are cached)."""
-    s, r, algo = config.sampling, config.resources, config.algo
-    resolution = s.height or 512
-    dtype_name = "bfloat16" if config.model.dtype == "auto" else config.model.dtype
-    p = _measured(config.model.name, resolution, dtype_name, config.model.lora.model_dump_json())
-    base = (p.unet_params + p.vae_params + p.text_params) * DTYPE_BYTES[dtype_name]
-    lora_state = p.lora_params * 4 * 4  # fp32 weights, grads, AdamW m and v
-    H = s.num_steps
-    sampler = POLICIES[algo.sampler]
-    cfg = sampler.unet_images_per_step(s.guidance_scale)  # classifier-free guidance doubles the UNet batch (DDIM)
-    rollout = {
-        "base weights": base,
-        "LoRA": p.lora_params * 4,
-        "activations (max of UNet call / VAE decode, no grad)": s.batch_size
-        * max(cfg * p.unet_nograd_peak, p.vae_nograd_peak),
-        "trajectory (fp32 latents)": s.batch_size * (H + 1) * 4 * (resolution // 8) ** 2 * 4,
-    }
-    actors = [_actor("rollout actor", rollout, gpu, r.rollout_gpus)]
-    rw = rw_params, rw_fwd, rw_train, rw_peak = reward_pieces(
-        config.reward.name, config.reward.options.get("dtype", "float32")
-    )
-    learner = f"learner ({algo.title})"
-    if algo.samples_from == "learners":  # first-order: the learner backpropagates through its own chains
-        k = config.settings
-        calls = algo.grad_calls(config)
-        parts = {
-            "base weights": base,
-            "LoRA + grads + AdamW (fp32)": lora_state,
-            f"reward model ({config.reward.name})": rw_params * 4,
-            f"chain of {calls} UNet calls with grad "
-            f"({'checkpointed' if k.gradient_checkpointing else 'all activations kept'})": k.batch_size
-            * chain_bytes(p, calls, k.gradient_checkpointing),
-            "VAE decode + reward forward/backward": k.batch_size * (p.vae_train_peak + rw_peak),
-        }
-        recompute = p.unet_call_flops if k.gradient_checkpointing else 0
-        per_sample = (
-            calls * (p.unet_train_flops + recompute)
-            + max(0, H - calls) * p.unet_call_flops
-            + p.vae_train_flops
-            + rw_train
-        )
-    else:
-        t = config.settings
-        parts = {
-            "base weights": base,
-            "LoRA + grads + AdamW (fp32)": lora_state,
-            "UNet forward+backward activations": t.train_batch_size * cfg * p.unet_train_peak,
-        }
-        trained = steps_trained(sampler.num_actions(H), getattr(t, "timestep_fraction", 1.0))
-        per_sample = (
-            cfg * (H * p.unet_call_flops + t.inner_epochs * trained * p.unet_train_flops) + p.vae_decode_flops + rw_fwd
-        )
-    actors.append(_actor(learner, parts, gpu, r.learner_gpus))
-    gpus = r.num_rollout_actors * r.rollout_gpus + r.num_learners * r.learner_gpus
-    if config.reward.backend == "serve" and (rw_params or config.reward.name == "llava_bertscore"):
-        share, replicas, _ = serve_share(config.reward.name)
-        if share:
-            if (
-                config.reward.name == "llava_bertscore"
-            ):  # vLLM also takes gpu_memory_utilization of the GPU for its KV cache
-                llava, bert = llava_bertscore_params()
-                parts = {"LLaVA-1.5-7B weights (fp16)": llava * 2, "DeBERTa-xlarge BERTScore (fp32)": bert * 4}
-            else:
-                parts = {"weights (fp16)": rw_params * 2, "activations": s.batch_size * rw_peak}
-            actors.append(_actor(f"reward deployment ({config.reward.name})", parts, gpu, share))
-            gpus += replicas * share
-    return Assembly(actors, p, rw, per_sample, gpus)
-
-
-def plan(config: TrainConfig, gpu: str = "h100-80gb", mfu: float = 0.35) -> dict[str, Any]:
-    """The plan of `config` on `gpu` (any spelling `cluster.gpus.resolve_gpu` reads) as a JSON-ready dict."""
-    from cluster.plan_advice import advise
-
-    kind, note = resolve_gpu(gpu)
-    if is_toy(config.model.name):
-        raise ConfigError(
-            f"rlcm plan is for real models; the tiny toy {config.model.name!r} runs on any CPU (try --config "
-            "compression)"
-        )
-    a = assemble(config, kind)
-    p, (rw_params, rw_fwd, _, _) = a.pieces, a.reward
-    share = serve_share(config.reward.name)
-    return {
-        "preset_algorithm": config.algorithm,
-        "gpu": kind.kind,
-        "gpu_note": note,
-        "gpu_memory_bytes": kind.memory_bytes,
-        "gpu_bf16_flops": kind.bf16_flops,
-        "reserved_bytes": RESERVED,
-        "resolution": p.resolution,
-        "dtype": "bfloat16" if config.model.dtype == "auto" else config.model.dtype,
-        "num_steps": config.sampling.num_steps,
-        "parameters": {
-            "unet": p.unet_params,
-            "vae": p.vae_params,
-            "text_encoder": p.text_params,
-            "lora": p.lora_params,
-            "reward": rw_params,
-        },
-        "flops": {
-            "unet_call": p.unet_call_flops,
-            "unet_train_call": p.unet_train_flops,
-            "vae_decode": p.vae_decode_flops,
-            "reward_forward": rw_fwd,
-            "per_sample": a.per_sample,
-        },
-        "activations_per_image": {
-            "unet_call_nograd": p.unet_nograd_peak,
-            "unet_call_train": p.unet_train_peak,
-            "unet_call_saved_for_backward": p.unet_saved,
-            "vae_decode_nograd": p.vae_nograd_peak,
-        },
-        "actors": [
-            {
-                "role": x.role,
-                "memory_bytes": x.memory_bytes,
-                "budget_bytes": x.budget_bytes,
-                "gpu_fraction": x.gpu_fraction,
-                "fits": x.fits,
-                "parts": x.parts,
-            }
-            for x in a.actors
-        ],
-        "reward_serve_config": share[2] if any(x.role.startswith("reward deployment") for x in a.actors) else None,
-        "gpus": a.gpus,
-        "mfu": mfu,
-        "samples_per_s": (a.gpus or 1) * kind.bf16_flops * mfu / a.per_sample,
-        "advice": advise(config, kind, a.actors),
-    }
-
-
-def format_plan(name: str, result: dict[str, Any]) -> str:
-    gib = lambda n: f"{n / 2**30:.1f} GiB"  # noqa: E731
-    f = result["flops"]
-    lines = [
-        f"plan of {name} on {result['gpu']} ({result['resolution']} px, base in {result['dtype']}, "
-        f"H={result['num_steps']}):",
-        *([f"  note: {result['gpu_note']}"] if result["gpu_note"] else []),
-        f"  FLOPs: UNet call {f['unet_call'] / 1e9:.1f} G, VAE decode {f['vae_decode'] / 1e9:.1f} G, reward forward "
-        f"{f['reward_forward'] / 1e9:.1f} G, per trained sample {f['per_sample'] / 1e12:.2f} T",
-        f"  predicted {result['samples_per_s']:.2f} samples/s on {result['gpus']:g} GPU(s) at MFU {result['mfu']:.0%}",
-    ]
-    for a in result["actors"]:
-        share = f" ({a['gpu_fraction']:g} GPU)" if a["gpu_fraction"] < 1 else ""
-        lines.append(
-            f"  {a['role']}: {gib(a['memory_bytes'])} of {gib(a['budget_bytes'])}{share} -> "
-            f"{'fits' if a['fits'] else 'DOES NOT FIT'}"
-        )
-        lines.extend(f"      {k}: {gib(v)}" for k, v in a["parts"].items())
-    if result["reward_serve_config"]:
-        lines.append(f"  reward deployment GPU share: {result['reward_serve_config']}")
-    lines.extend(f"  change: {item['text']}" for item in result["advice"])
-    return "\n".join(lines)
-
-
-def plan_main(name: str, config: TrainConfig, gpu: str, mfu: float, as_json: bool) -> int:
-    result = plan(config, gpu, mfu)
-    print(json.dumps(result, indent=1) if as_json else format_plan(name, result))
-    return 0 if all(a["fits"] for a in result["actors"]) else 3

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from cluster.durable import atomic_write_text, fsync_dir, read_json_lines, write_json_lines
+from rlcm.runs.durable import atomic_write_text, fsync_dir, read_json_lines, write_json_lines
 
 MANIFEST = "manifest.json"
 DRIVER_STATE = "driver_state.json"

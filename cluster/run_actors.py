@@ -1,0 +1,98 @@
+"""What a run asks Ray for: its resource requests, its learner group and its rollout pool."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+from cluster.ray_setup import ResourceRequest, wait_for_placement_group
+from cluster.rollout_pool import PoolOptions, RolloutPool
+from learner.group import LearnerGroup
+from rlcm.config.schema import TrainConfig
+from rollout.precision import DTYPES
+from rollout.worker import RolloutSpec
+
+
+def resource_requests(config: TrainConfig) -> list[ResourceRequest]:
+    """What the run asks Ray for, with the config keys that ask for it."""
+    r = config.resources
+    return [
+        ResourceRequest(
+            "rollout actors",
+            r.num_rollout_actors,
+            r.rollout_cpus,
+            r.rollout_gpus,
+            ("resources.num_rollout_actors", "resources.rollout_cpus", "resources.rollout_gpus"),
+        ),
+        ResourceRequest(
+            "learners",
+            r.num_learners,
+            r.learner_cpus,
+            r.learner_gpus,
+            ("resources.num_learners", "resources.learner_cpus", "resources.learner_gpus"),
+            config.scaleout.placement_strategy,
+        ),
+        ResourceRequest("reward scoring", 1, config.reward.num_cpus, 0.0, ("reward.num_cpus",)),
+    ]
+
+
+def learner_group(config: TrainConfig) -> LearnerGroup:
+    """The run's learners, as the algorithm declares them, placed as `scaleout` says."""
+    resources = config.resources
+    common = dict(
+        model=config.model.name,
+        lora=config.model.lora,
+        seed=config.run.seed,
+        model_seed=config.model.seed,
+        dtype=DTYPES[config.model.dtype],
+    )
+    spec = config.algo.learner_spec(config, common)
+    if config.faults.nan_loss_epochs and hasattr(spec, "nan_loss_versions"):
+        spec = dataclasses.replace(spec, nan_loss_versions=tuple(config.faults.nan_loss_epochs))
+    scale = config.scaleout
+    keys = (
+        "resources.num_learners",
+        "resources.learner_cpus",
+        "resources.learner_gpus",
+        "scaleout.placement_strategy",
+    )
+    return LearnerGroup(
+        spec,
+        resources.num_learners,
+        resources.learner_cpus,
+        resources.learner_gpus,
+        config.run.torch_threads,
+        scale.learner_backend,
+        scale.placement_strategy,
+        functools.partial(wait_for_placement_group, timeout_s=scale.placement_timeout_s, what="learners", keys=keys),
+    )
+
+
+def rollout_pool(config: TrainConfig) -> RolloutPool:
+    """The run's rollout actors with the algorithm's sampler."""
+    resources, scale = config.resources, config.scaleout
+    spec = RolloutSpec(
+        model=config.model.name,
+        lora=config.model.lora,
+        num_steps=config.sampling.num_steps,
+        guidance_scale=config.sampling.guidance_scale,
+        height=config.sampling.height,
+        width=config.sampling.width,
+        original_inference_steps=config.sampling.original_inference_steps,
+        model_seed=config.model.seed,
+        dtype=DTYPES[config.model.dtype],
+        noise_group_size=config.algo.noise_group_size(config),
+        eta=config.algo.eta(config),
+    )
+    options = PoolOptions(
+        cpus=resources.rollout_cpus,
+        gpus=resources.rollout_gpus,
+        torch_threads=config.run.torch_threads,
+        max_inflight=scale.max_inflight_per_actor,
+        max_restarts=scale.rollout_max_restarts,
+        max_task_retries=scale.rollout_max_task_retries,
+        strategy=scale.placement_strategy,
+        crash_after_batches=config.faults.rollout_crash_after_batches,
+        placement_timeout_s=scale.placement_timeout_s,
+    )
+    return RolloutPool(spec, options, resources.num_rollout_actors)

@@ -1,0 +1,1 @@
+"""The `rlcm` command line: its commands, the checks before Ray starts, the dry run."""

@@ -1,0 +1,1 @@
+"""`rlcm eval`: sampling, scoring, paired statistics and the report of tuned runs against their base model."""
