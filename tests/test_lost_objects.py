@@ -63,7 +63,7 @@ def test_batch_whose_images_were_lost_is_sampled_again(ray_local, tmp_path, caps
         trainer.shutdown()
     assert lost, "the batch was never lost"
     assert "rlcm: the images of batch (0, 1) were lost (OwnerDiedError" in capsys.readouterr().err
-    assert [r["samples_seen"] for r in rows] == [16] and rows[0]["num_invalid"] == 0
+    assert [r["samples_seen"] for r in rows] == [32] and rows[0]["num_invalid"] == 0
     assert rows[0]["resampled_batches"] == 1 and rows[0]["rollout_failures"] == 0
 
 
