@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import shlex
 import time
+from collections.abc import Callable
 
 from cluster.ray_setup import find_auth_token
 
-EXCLUDES = [".git", ".venv", "runs", "**/__pycache__", "*.safetensors", "*.pt"]
+EXCLUDES = [".git", ".venv", "/runs", "**/__pycache__", "*.safetensors", "*.pt"]
 
 
 def runtime_env(pip: list[str] | None = None, env: dict[str, str] | None = None, working_dir: str = ".") -> dict:
@@ -92,16 +93,20 @@ def submit_train_job(
     wait: bool = False,
     timeout_s: float = 3600.0,
     auth_token: str | None = None,
+    on_submitted: Callable[[str], None] | None = None,
 ) -> tuple[str, str]:
     """Submit `rlcm train` to the Ray cluster at `address` (the dashboard, e.g. http://127.0.0.1:8265).
 
     Returns (job id, status); with `wait`, blocks until the job ends and returns its final status.
+    on_submitted(job id): called as soon as the job is accepted (before any wait).
     auth_token: for a cluster with token auth (default: found as `job_client` says).
     """
     from ray.job_submission import JobStatus
 
     client = job_client(address, auth_token)
     job_id = _submit_when_agent_ready(client, train_entrypoint(config, output_dir, overrides), runtime or runtime_env())
+    if on_submitted is not None:
+        on_submitted(job_id)
     status = client.get_job_status(job_id)
     deadline = time.monotonic() + timeout_s
     while (

@@ -258,25 +258,29 @@ def test_output_dir_under_a_folder_that_cannot_hold_one_is_not_called_a_full_dis
 
 def test_hub_model_is_checked_without_hf_hub_offline(monkeypatch):
     """With the hub allowed, a model that is neither cached nor fetchable is a config error before Ray (not only
-    offline)."""
+    offline): one request, no retries, and the error names the command that fetches it."""
+    import httpx
     import huggingface_hub
 
     from rlcm.commands.checks import model_config_dir
     from rlcm.config.schema import ConfigError
 
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    fetched = []
+    asked, downloaded = [], []
 
-    def unreachable(repo_id, filename, **kwargs):
-        fetched.append((repo_id, filename))
-        raise ConnectionError("Failed to resolve 'huggingface.co'")
+    def unreachable(url, **kwargs):
+        asked.append((url, kwargs["timeout"]))
+        raise httpx.ConnectError("[Errno -2] Name or service not known")
 
-    monkeypatch.setattr(huggingface_hub, "hf_hub_download", unreachable)
-    with pytest.raises(
-        ConfigError, match="'someone/no-such-lcm' is not in the local Hugging Face cache and the hub did not give it"
-    ):
+    monkeypatch.setattr(httpx, "head", unreachable)
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda *a, **k: downloaded.append(a))
+    with pytest.raises(ConfigError) as refused:
         model_config_dir("someone/no-such-lcm")
-    assert fetched == [("someone/no-such-lcm", "model_index.json")]
+    message = str(refused.value)
+    assert "'someone/no-such-lcm' is not in the local Hugging Face cache and the hub did not give it" in message
+    assert "Name or service not known" in message and "`hf download someone/no-such-lcm`" in message
+    assert len(asked) == 1 and asked[0][0].endswith("/someone/no-such-lcm/resolve/main/model_index.json")
+    assert asked[0][1] <= 5 and downloaded == []
 
 
 def test_a_local_run_too_big_for_this_machine_names_the_keys_that_ask(monkeypatch):
@@ -290,3 +294,12 @@ def test_a_local_run_too_big_for_this_machine_names_the_keys_that_ask(monkeypatc
         check_local_resources(load_config("tiny-cpu", ["reward.num_cpus=4"]))
     assert "CPUs asked, this machine has 2)" in str(refused.value)
     assert "or lower with --set reward.num_cpus (4 CPUs), " in str(refused.value)
+
+
+def test_a_refused_start_leaves_no_run_folder(tmp_path, capsys, monkeypatch):
+    """A pre-check that refuses (here: a hub model that is not cached, offline) runs before the run folder exists."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    out = tmp_path / "run"
+    assert main(["train", "--set", "model.name=nobody/no-such-lcm", "--output-dir", str(out)]) == 2
+    assert "`hf download nobody/no-such-lcm`" in capsys.readouterr().err
+    assert not out.exists()

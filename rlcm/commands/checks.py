@@ -43,25 +43,34 @@ def model_config_dir(model: str) -> Path | None:
     if _hub_offline():
         raise ConfigError(
             f"model.name: {model!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set; download it "
-            f"first (`huggingface-cli download {model}`) or pass a local folder with --set model.name=/path/to/model"
+            f"first (`hf download {model}`) or pass a local folder with --set model.name=/path/to/model"
         )
     return fetch_model_index(model)
 
 
-def fetch_model_index(model: str) -> Path:
-    """Not cached and the hub may be used: fetch `model_index.json` (a few hundred bytes), so a wrong id or an
-    unreachable hub fails here, not in the actors after Ray started."""
-    from huggingface_hub import hf_hub_download
+def fetch_model_index(model: str, timeout_s: float = 5.0) -> Path:
+    """Not cached and the hub may be used: one quick request for `model_index.json` (no retries), then the download
+    (a few hundred bytes), so a wrong id or an unreachable hub fails here at once, not in the actors after Ray
+    started."""
+    import httpx
+    from huggingface_hub import constants, get_token, hf_hub_download
 
+    url = f"{constants.ENDPOINT}/{model}/resolve/main/model_index.json"
+    token = get_token()
     try:
+        response = httpx.head(
+            url, follow_redirects=True, timeout=timeout_s, headers={"authorization": f"Bearer {token}"} if token else {}
+        )
+        problem = None if response.status_code == 200 else f"HTTP {response.status_code} for {url}"
+    except httpx.HTTPError as error:
+        problem = f"{type(error).__name__}: {error}"
+    if problem is None:
         return Path(hf_hub_download(model, "model_index.json")).parent
-    except Exception as error:  # noqa: BLE001 - any hub failure (no such repo, no network, gated) means the same to the user
-        first = (str(error).strip().splitlines() or [""])[0][:160]
-        raise ConfigError(
-            f"model.name: {model!r} is not in the local Hugging Face cache and the hub did not give it "
-            f"({type(error).__name__}: {first}); check the id, or download it where the hub is reachable "
-            f"(`huggingface-cli download {model}`), or pass a local folder with --set model.name=/path/to/model"
-        ) from None
+    raise ConfigError(
+        f"model.name: {model!r} is not in the local Hugging Face cache and the hub did not give it ({problem}); "
+        f"check the id, or download it where the hub is reachable (`hf download {model}`), or pass a local folder "
+        "with --set model.name=/path/to/model"
+    )
 
 
 def unet_module_names(model: str, seed: int = 0) -> list[str] | None:

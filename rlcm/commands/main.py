@@ -36,6 +36,10 @@ def _train(args: argparse.Namespace) -> int:
     output_dir = Path(args.output_dir or DEFAULT_OUTPUT.format(name=name))
     if args.resume:
         require_run(output_dir)
+    from rlcm.commands.checks import validate_before_ray
+
+    # refuse before creating the run folder: a refused start leaves nothing behind
+    validate_before_ray(config, joining_cluster=bool(args.address or os.environ.get("RAY_ADDRESS")))
     OutputDir(output_dir).prepare(args.resume)
     with run_lock(output_dir):
         point, notes = prepare_resume(output_dir, config.run.epochs) if args.resume else (None, [])
@@ -47,10 +51,6 @@ def _train(args: argparse.Namespace) -> int:
                 "Raise run.epochs with --set to train longer."
             )
             return 0
-        from rlcm.commands.checks import validate_before_ray
-
-        validate_before_ray(config, joining_cluster=bool(args.address or os.environ.get("RAY_ADDRESS")))
-
         from cluster.restarts import train
 
         rows = train(config, output_dir, resume=args.resume, verbose=args.verbose, address=args.address)
@@ -98,7 +98,12 @@ def _scale(args: argparse.Namespace) -> int:
 def _submit(args: argparse.Namespace) -> int:
     from cluster.entrypoint import submit_train_job
 
-    job_id, status = submit_train_job(args.address, args.config, args.output_dir, args.set, wait=args.wait)
+    def submitted(job_id: str) -> None:
+        print(f"submitted job {job_id}; follow it with: ray job logs --address {args.address} --follow {job_id}")
+
+    job_id, status = submit_train_job(
+        args.address, args.config, args.output_dir, args.set, wait=args.wait, on_submitted=submitted
+    )
     print(f"job {job_id}: {status}")
     return 0 if not args.wait or status == "SUCCEEDED" else 1
 
