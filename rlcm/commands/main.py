@@ -1,4 +1,4 @@
-"""`rlcm` command line: train, rewards serve, sample."""
+"""`rlcm` command line: train, plan, scale, submit, rewards serve, eval, plot, sample."""
 
 from __future__ import annotations
 
@@ -145,12 +145,30 @@ def positive_int(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rlcm", description="RL fine-tuning of latent consistency models on Ray")
-    parser.add_argument("--verbose", "-v", action="store_true", help="full tracebacks, actor logs and library warnings")
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    train = commands.add_parser("train", help="train a LoRA with RLCM or ROCM (default: the toy CPU demo)")
+    from learner.algorithms import ALGORITHMS
+    from rlcm.commands.helpfmt import DefaultsHelpFormatter
     from rlcm.config.schema import PRESETS
+
+    algorithms = ", ".join(algo.title for algo in ALGORITHMS.values())
+    parser = argparse.ArgumentParser(
+        prog="rlcm",
+        description=f"Reinforcement learning of LoRA adapters for latent consistency models (and Stable Diffusion) on "
+        f"Ray, toward a reward: {algorithms}.",
+    )
+    parser.add_argument("--verbose", "-v", action="store_true", help="full tracebacks, actor logs and library warnings")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, summary: str, description: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, help=summary, description=description, formatter_class=DefaultsHelpFormatter)
+
+    train = command(
+        "train",
+        f"train a LoRA with one of {len(ALGORITHMS)} algorithms (default: the toy CPU demo)",
+        f"Train a LoRA adapter as a config says: a preset or a YAML file, its `algorithm:` one of {algorithms} "
+        "(`rlcm`: RLCM). Without --config: preset tiny-cpu, a toy LCM with random weights learning JPEG "
+        "compressibility on the CPU, no downloads. Starts a local Ray on 127.0.0.1 unless --address or RAY_ADDRESS "
+        "names a cluster.",
+    )
 
     train.add_argument("--config", help=f"YAML file or preset ({', '.join(PRESETS)}; default tiny-cpu)")
     train.add_argument(
@@ -174,47 +192,68 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.set_defaults(func=_train)
 
-    plan = commands.add_parser("plan", help="memory, FLOPs and fit of a preset on a GPU kind, before renting one")
+    plan = command(
+        "plan",
+        "memory, FLOPs and fit of a preset on a GPU kind, before renting one",
+        "Estimate, for a config on a GPU kind, the memory of each actor (measured on the meta device at the real "
+        "architectures), the FLOPs per sample, the samples/s at an assumed MFU, and how to place the actors.",
+    )
     plan.add_argument("--config", required=True, help="YAML file or preset")
     plan.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
     plan.add_argument(
         "--gpu",
         default="h100-80gb",
-        help="GPU kind as usually written: A10G, L4, RTX 4090, A6000, L40S, A100-40GB, A100 (80GB), H100, H200, B200 "
-        "(default h100-80gb)",
+        help="GPU kind as usually written: A10G, L4, RTX 4090, A6000, L40S, A100-40GB, A100 (80GB), H100, H200, B200",
     )
-    plan.add_argument(
-        "--mfu", type=float, default=0.35, help="model FLOP utilization assumed for samples/s (default 0.35)"
-    )
-    plan.add_argument("--json", action="store_true", help="print JSON")
+    plan.add_argument("--mfu", type=float, default=0.35, help="model FLOP utilization assumed for samples/s")
+    plan.add_argument("--json", action="store_true", help="print JSON instead of the table")
     plan.set_defaults(func=_plan)
 
-    scale = commands.add_parser("scale", help="change the number of rollout actors of a running `rlcm train`")
+    scale = command(
+        "scale",
+        "change the number of rollout actors of a running `rlcm train`",
+        "Ask a running `rlcm train` to grow or shrink its rollout actors (the epoch rows' `num_rollout_actors`); "
+        "new actors start from the current adapter, removed ones finish their batch. The run's Ray cluster must be "
+        "reachable: --address, or RAY_ADDRESS.",
+    )
     scale.add_argument("--output-dir", required=True, help="the --output-dir of the running run")
-    scale.add_argument("--rollout-actors", type=int, required=True)
+    scale.add_argument("--rollout-actors", type=positive_int, required=True, help="the number of rollout actors wanted")
     scale.add_argument(
         "--address", help="the run's cluster: host:port (printed by rlcm train) or auto; default RAY_ADDRESS"
     )
     scale.set_defaults(func=_scale)
 
-    submit = commands.add_parser("submit", help="submit `rlcm train` as a Ray job")
+    submit = command(
+        "submit",
+        "submit `rlcm train` as a Ray job",
+        "Submit `rlcm train` to a Ray cluster's job server with this checkout as the working directory; prints the "
+        "job id and the `ray job logs` command that follows it.",
+    )
     submit.add_argument("--address", default="http://127.0.0.1:8265", help="the Ray dashboard address")
     submit.add_argument("--config", required=True, help="preset or YAML path (relative to the working dir)")
     submit.add_argument("--output-dir", required=True, help="run folder on the cluster (shared storage)")
-    submit.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    submit.add_argument("--wait", action="store_true", help="block until the job ends")
+    submit.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value (repeatable)"
+    )
+    submit.add_argument("--wait", action="store_true", help="block until the job ends; exit 1 unless it succeeded")
     submit.set_defaults(func=_submit)
 
-    rewards = commands.add_parser("rewards", help="the reward service").add_subparsers(
-        dest="rewards_command", required=True
+    rewards = command(
+        "rewards", "the reward service", "The reward service: an HTTP API that scores images (docs/rewards.md)."
+    ).add_subparsers(dest="rewards_command", required=True, metavar="COMMAND")
+    serve = rewards.add_parser(
+        "serve",
+        help="start the reward service (Ray Serve, or uvicorn with --standalone)",
+        description="Start the reward service: a Ray Serve deployment (on a fresh local Ray, or the cluster of "
+        "--address / RAY_ADDRESS), or with --standalone a FastAPI app under uvicorn with its scorers in process.",
+        formatter_class=DefaultsHelpFormatter,
     )
-    serve = rewards.add_parser("serve", help="start the reward service (Ray Serve, or uvicorn with --standalone)")
-    serve.add_argument("--config", help="reward service YAML")
+    serve.add_argument("--config", help="reward service YAML (default: the two JPEG rewards)")
     serve.add_argument(
         "--standalone", action="store_true", help="run the FastAPI app under uvicorn with scorers in process, no Ray"
     )
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--host", default="127.0.0.1", help="interface to listen on")
+    serve.add_argument("--port", type=int, default=8000, help="TCP port")
     serve.add_argument(
         "--address", help="run Serve on this Ray cluster (default: RAY_ADDRESS if set, else a fresh local Ray)"
     )
@@ -222,7 +261,6 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=_serve)
 
     from rlcm.commands.evaluate import add_eval_parser
-    from rlcm.commands.helpfmt import DefaultsHelpFormatter
     from rlcm.runs.plots import add_plot_parser
 
     add_eval_parser(commands)

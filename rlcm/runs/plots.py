@@ -291,7 +291,10 @@ def _run(args: argparse.Namespace) -> int:
 def add_plot_parser(subparsers) -> argparse.ArgumentParser:
     """Register `rlcm plot RUN [RUN ...] [--out FILE]` on the CLI's subparsers."""
     parser = subparsers.add_parser(
-        "plot", help="plot runs' metrics (each run's plots/; several runs overlaid in --out)"
+        "plot",
+        help="plot runs' metrics (each run's plots/; several runs overlaid in --out)",
+        description="Redraw each run's plots/ from its metrics.jsonl; with several runs, also one figure that "
+        "overlays them.",
     )
     parser.add_argument("runs", nargs="+", metavar="RUN", help="run folders holding metrics.jsonl")
     parser.add_argument("--out", help="overlay of all runs (default comparison.png when more than one run)")

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from rlcm.config.schema import TrainConfig
 from learner.algorithms import ALGORITHMS
 from learner.algorithms.base import Algorithm
+from rlcm.config.schema import TrainConfig
 
 logger = logging.getLogger(__name__)
 
