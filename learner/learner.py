@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from learner.base import BaseLearner, shard
-from learner.ppo import PPOSettings, TrainBatch, ppo_update
+from learner.ppo import LossFn, PPOSettings, TrainBatch, clipped_ppo_loss, ppo_update
 from learner.stat_tracker import PerPromptStatTracker
 from rollout.lora import LoraSettings
 from rollout.policies import policy_for
@@ -67,10 +67,7 @@ class PPOLearner(BaseLearner):
     def generator_seed(self) -> int:
         return self.spec.seed
 
-    @property
-    def kl_coef(self) -> float:
-        """β of the per-step KL to the LoRA-free base added to the PPO loss (RLCM: none)."""
-        return 0.0
+    loss_fn: LossFn = staticmethod(clipped_ppo_loss)  # the algorithm's per-call loss (`learner.ppo.LossFn`)
 
     @property
     def timestep_fraction(self) -> float:
@@ -138,7 +135,7 @@ class PPOLearner(BaseLearner):
             self.generator,
             self.reduce_gradients,
             self.lr_scheduler,
-            kl_coef=self.kl_coef,
+            loss_fn=self.loss_fn,
             timestep_fraction=self.timestep_fraction,
             recompute_old=self.settings.recomputes_old_log_probs(self.pipe.unet.dtype),
         )

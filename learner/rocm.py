@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -32,6 +33,22 @@ from rollout.policies.lcm import guidance_embedding, lcm_chain, lcm_timesteps, p
 from rollout.precision import math_dtype_for
 
 RewardFn = Callable[[torch.Tensor, list[str]], torch.Tensor]
+
+
+class Objective(Protocol):
+    """An algorithm's first-order objective of one call: per chain [B] `objective` (ascended), `reward`,
+    `divergence`; `images` uint8. `chain`: num_steps, guidance_scale, height, width, original_inference_steps."""
+
+    def __call__(
+        self,
+        pipe: LatentConsistencyModelPipeline,
+        prompts: list[str],
+        generator: torch.Generator | None,
+        reward_fn: RewardFn,
+        settings: ROCMSettings,
+        truncate_steps: int | None,
+        **chain,
+    ) -> dict[str, torch.Tensor]: ...
 
 
 def _denoise(unet, scheduler, x, t, prompt_embeds, w_embedding, use_adapter: bool) -> torch.Tensor:
@@ -150,6 +167,34 @@ def rocm_objective(
     }
 
 
+def rocm_call(
+    pipe: LatentConsistencyModelPipeline,
+    prompts: list[str],
+    generator: torch.Generator | None,
+    reward_fn: RewardFn,
+    settings: ROCMSettings,
+    truncate_steps: int | None,
+    **chain,
+) -> dict[str, torch.Tensor]:
+    """ROCM's `Objective`: r − λ·Σ_k D_k with the settings' divergence, λ and memory knobs."""
+    return rocm_objective(
+        pipe,
+        prompts,
+        chain["num_steps"],
+        chain["guidance_scale"],
+        generator,
+        reward_fn,
+        settings.divergence,
+        settings.lam,
+        height=chain.get("height"),
+        width=chain.get("width"),
+        truncate_steps=truncate_steps,
+        js_samples=settings.js_samples,
+        gradient_checkpointing=settings.gradient_checkpointing,
+        original_inference_steps=chain.get("original_inference_steps", 50),
+    )
+
+
 def rocm_update(
     pipe: LatentConsistencyModelPipeline,
     optimizer: torch.optim.Optimizer,
@@ -167,12 +212,14 @@ def rocm_update(
     reduce_gradients: Callable[[list[torch.nn.Parameter]], None] | None = None,
     record_samples: Callable[[list[str], torch.Tensor, torch.Tensor], None] | None = None,
     truncation: Callable[[], int | None] | None = None,
+    objective: Objective = rocm_call,
 ) -> dict[str, float]:
     """One AdamW step per `grad_accum_steps` objective calls (one per prompt batch); loss = −objective.mean()/accum.
 
     `reduce_gradients` averages gradients across data-parallel learners before clipping;
     `record_samples(prompts, rewards, images)` sees each call's detached samples (for logging);
-    `truncation()` gives each call's truncate_steps (default: `settings.truncate_steps`; AlignProp draws it).
+    `truncation()` gives each call's truncate_steps (default: `settings.truncate_steps`; AlignProp draws it);
+    `objective` is the algorithm's objective of one call (default: ROCM's).
     """
     accum = settings.grad_accum_steps
     if not prompt_batches or len(prompt_batches) % accum:
@@ -185,20 +232,17 @@ def rocm_update(
     for index, prompts in enumerate(prompt_batches):
         truncate_steps = truncation() if truncation is not None else settings.truncate_steps
         truncated.append(num_steps - 1 if truncate_steps is None else min(truncate_steps, num_steps - 1))
-        out = rocm_objective(
+        out = objective(
             pipe,
             prompts,
-            num_steps,
-            guidance_scale,
             generator,
             reward_fn,
-            settings.divergence,
-            settings.lam,
+            settings,
+            truncate_steps,
+            num_steps=num_steps,
+            guidance_scale=guidance_scale,
             height=height,
             width=width,
-            truncate_steps=truncate_steps,
-            js_samples=settings.js_samples,
-            gradient_checkpointing=settings.gradient_checkpointing,
             original_inference_steps=original_inference_steps,
         )
         (-out["objective"].mean() / accum).backward()

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from learner.base import BaseLearner, shard
-from learner.rocm import rocm_update
+from learner.rocm import Objective, rocm_call, rocm_update
 from learner.settings import ROCMSettings
 from rollout.lora import LoraSettings
 
@@ -60,6 +60,8 @@ class ROCMLearner(BaseLearner):
         super().__init__(spec, reduce_gradients)
         self.reward_fn = spec.reward_factory().to(self.device)
         self.last_samples: EpochSamples | None = None
+
+    objective: Objective = staticmethod(rocm_call)  # what each call ascends (`learner.rocm.Objective`)
 
     @property
     def settings(self) -> ROCMSettings:
@@ -116,6 +118,7 @@ class ROCMLearner(BaseLearner):
                 reduce_gradients=self.reduce_gradients,
                 record_samples=lambda p, rewards, images: recorded.append((p, rewards, images)),
                 truncation=self.truncate_steps,
+                objective=self.objective,
             )
         finally:
             self.pipe.unet.eval()
