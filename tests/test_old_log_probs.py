@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from cluster.config import load_config
-from learner.learner import LearnerSpec, PPOLearner
-from learner.old_log_probs import PassOrder, gap_metrics, pass_calls
-from learner.ppo import TrainBatch, ppo_update
-from learner.settings import PPOSettings
+from learner.ppo.learner import LearnerSpec, PPOLearner
+from learner.ppo.old_log_probs import PassOrder, gap_metrics, pass_calls
+from learner.ppo.settings import PPOSettings
+from learner.ppo.update import TrainBatch, ppo_update
 from rollout.lora import add_lora
 from rollout.policies import sample_trajectory
 from rollout.policies.chain_math import gaussian_log_prob

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from cluster.config import load_config
-from learner.learner import LearnerSpec, PPOLearner
-from learner.ppo import ppo_loss
+from learner.ppo.learner import LearnerSpec, PPOLearner
+from learner.ppo.loss import ppo_loss
 from learner.stat_tracker import PerPromptStatTracker
 from rollout.policies import sample_trajectory
 from rollout.policies.lcm import guidance_embedding, transition_log_prob

@@ -15,10 +15,11 @@ import pytest
 import torch
 
 from cluster.prompts import epoch_prompts, load_prompts
+from learner.algorithms.rocm.learner import ROCMLearner, ROCMLearnerSpec
+from learner.algorithms.rocm.objective import rocm_objective, rocm_update
+from learner.algorithms.rocm.settings import ROCMSettings
 from learner.divergences import gaussian_divergence
 from learner.optim import build_optimizer
-from learner.rocm import ROCMSettings, rocm_objective, rocm_update
-from learner.rocm_learner import ROCMLearner, ROCMLearnerSpec
 from rewards_service.registry import build_differentiable_reward
 from rollout.lora import LoraSettings, add_lora
 from rollout.models import load_pipeline

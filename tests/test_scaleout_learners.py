@@ -9,7 +9,7 @@ import torch
 
 from cluster.config import load_config
 from learner.group import LearnerGroup
-from learner.learner import LearnerSpec, PPOLearner
+from learner.ppo.learner import LearnerSpec, PPOLearner
 from rollout.worker import RolloutSpec, RolloutWorker
 
 

@@ -95,7 +95,7 @@ OLD_LOG_PROB_DIAGNOSTICS = (
     ("old_logprob_gap_step", "|log π rollout − learner| per step k (median)"),
     ("ratio_first_pass_max_dev", "max |ratio − 1| before the first step"),
 )
-"""The rollout/learner trust panels of every PPO algorithm (`learner.old_log_probs`)."""
+"""The rollout/learner trust panels of every PPO algorithm (`learner.ppo.old_log_probs`)."""
 
 
 class RolloutAlgorithm(Algorithm):

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from learner.algorithms.grpo.loss import grpo_loss
-from learner.learner import LearnerSpec, PPOLearner
+from learner.ppo.learner import LearnerSpec, PPOLearner
 
 
 def group_advantages(

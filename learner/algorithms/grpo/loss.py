@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from learner.divergences import gaussian_divergence
-from learner.ppo import StepExtras, ppo_loss
+from learner.ppo.loss import StepExtras, ppo_loss
 from rollout.policies import Transitions
 
 

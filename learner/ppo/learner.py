@@ -1,4 +1,5 @@
-"""The RLCM learner: per-prompt advantages, clipped PPO on the UNet's LoRA over the rollout actors' trajectories."""
+"""The PPO learner (RLCM's; GRPO's and DDPO's subclass it): per-prompt advantages, clipped PPO on the UNet's LoRA
+over the rollout actors' trajectories."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import numpy as np
 import torch
 
 from learner.base import BaseLearner, shard
-from learner.ppo import LossFn, PPOSettings, TrainBatch, clipped_ppo_loss, ppo_update
+from learner.ppo.loss import LossFn, clipped_ppo_loss
+from learner.ppo.settings import PPOSettings
+from learner.ppo.update import TrainBatch, ppo_update
 from learner.stat_tracker import PerPromptStatTracker
 from rollout.lora import LoraSettings
 from rollout.policies import policy_for
@@ -67,7 +70,7 @@ class PPOLearner(BaseLearner):
     def generator_seed(self) -> int:
         return self.spec.seed
 
-    loss_fn: LossFn = staticmethod(clipped_ppo_loss)  # the algorithm's per-call loss (`learner.ppo.LossFn`)
+    loss_fn: LossFn = staticmethod(clipped_ppo_loss)  # the algorithm's per-call loss (`learner.ppo.loss.LossFn`)
 
     @property
     def timestep_fraction(self) -> float:

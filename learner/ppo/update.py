@@ -8,22 +8,22 @@ For each sample i and action step k (LCM: k < H−1; DDIM: k < H), with
 Timesteps are shuffled per sample, and a sample trains on the first ⌊fraction·steps⌋ of its order (DDPO's
 `timestep_fraction`; 1 = all); the optimizer steps once per `grad_accum_steps` minibatches × those steps, after
 the gradient norm is clipped. log π_θ is recomputed by the policy's own functions (`rollout.policies`). π_old is
-the rollout's log π, or (`recompute_old_log_probs`) the learner's own recomputation (`learner.old_log_probs`).
+the rollout's log π, or (`recompute_old_log_probs`) the learner's own recomputation (`learner.ppo.old_log_probs`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 import torch
 
 from learner.guards import grad_norm_metrics
-from learner.old_log_probs import call_log_prob, draw_pass_orders, gap_metrics, pass_calls, recompute_log_probs
 from learner.optim import optimizer_step
-from learner.settings import PPOSettings
+from learner.ppo.loss import LossFn, StepExtras, clipped_ppo_loss
+from learner.ppo.old_log_probs import call_log_prob, draw_pass_orders, gap_metrics, pass_calls, recompute_log_probs
+from learner.ppo.settings import PPOSettings
 from rollout.policies import Transitions
 
 
@@ -40,61 +40,6 @@ class TrainBatch:
 
     def __len__(self) -> int:
         return self.old_log_probs.shape[0]
-
-
-@dataclass
-class StepExtras:
-    """What a loss term beyond the surrogate may use at one call: the UNet, the chains, the call's rows i and steps k,
-    and π_θ's Gaussian N(mean, std²) there."""
-
-    unet: torch.nn.Module
-    transitions: Transitions
-    rows: torch.Tensor
-    k: torch.Tensor
-    mean: torch.Tensor
-    std: torch.Tensor
-
-
-class LossFn(Protocol):
-    """An algorithm's per-call loss: (loss to minimize, detached diagnostics averaged over the update)."""
-
-    def __call__(
-        self,
-        log_prob: torch.Tensor,
-        old_log_prob: torch.Tensor,
-        advantages: torch.Tensor,
-        settings: PPOSettings,
-        extras: StepExtras,
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]: ...
-
-
-def ppo_loss(
-    log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor, clip_range: float
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Clipped surrogate: mean of max(−A·ρ, −A·clip(ρ, 1−ε, 1+ε)); plus approx_kl, clipfrac, ratio."""
-    ratio = torch.exp(log_prob - old_log_prob)
-    unclipped = -advantages * ratio
-    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
-    loss = torch.maximum(unclipped, clipped).mean()
-    with torch.no_grad():
-        info = {
-            "approx_kl": 0.5 * ((log_prob - old_log_prob) ** 2).mean(),
-            "clipfrac": ((ratio - 1.0).abs() > clip_range).float().mean(),
-            "ratio_min": ratio.min(),
-            "ratio_max": ratio.max(),
-        }
-    return loss, info
-
-
-def clipped_ppo_loss(
-    log_prob: torch.Tensor,
-    old_log_prob: torch.Tensor,
-    advantages: torch.Tensor,
-    settings: PPOSettings,
-    extras: StepExtras,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The default `LossFn`: the clipped surrogate with ε = settings.clip_range (RLCM, DDPO)."""
-    return ppo_loss(log_prob, old_log_prob, advantages, settings.clip_range)
 
 
 def steps_trained(num_transitions: int, timestep_fraction: float) -> int:
@@ -122,7 +67,7 @@ def ppo_update(
     `lr_scheduler` steps once per optimizer step; `loss_fn` is the algorithm's per-call loss (default: the clipped
     surrogate; GRPO adds β·KL to the base), its diagnostics other than ratio_* averaged into the metrics.
     `recompute_old`: for the on-policy samples π_old is log π_θ recomputed before the first step with the first
-    pass's own calls (`learner.old_log_probs`), not the behaviour log-probs `batch.old_log_probs` (stale samples
+    pass's own calls (`learner.ppo.old_log_probs`), not the behaviour log-probs `batch.old_log_probs` (stale samples
     keep those: the ratio corrects for the policy lag); either way the metrics report the gap between the two on
     the on-policy samples (without recomputation: over the calls made before the first optimizer step).
     """
