@@ -45,7 +45,7 @@ from cluster.schedule import epoch_jobs
 from cluster.sign_test import learner_rewards
 from learner.actor import build_learner
 from learner.algorithms import ALGORITHMS
-from learner.lam_controller import controller_for
+from learner.algorithms.rocm.lam_controller import controller_for
 from learner.policy_measures import kl_to_base, pairwise_diversity
 from rewards_service.registry import build_scorer
 from rlcm.config.prompts import epoch_prompts, holdout_split, load_prompts
@@ -167,7 +167,7 @@ def train_one(
     )
     learner = build_learner(algo.learner_spec(config, common))
     prompts = load_prompts(config.prompts.source, config.prompts.limit)
-    if algo.samples_from == "rollouts":
+    if not algo.source.learners_sample:
         worker = evaluate.worker(rollout_spec(config, algo.noise_group_size(config)))
         scorer = evaluate.scorers[task]
     else:
@@ -176,7 +176,7 @@ def train_one(
     setup_s, rewards, samples, seconds, last = time.perf_counter() - setup_start, [], [0], [0.0], 0.0
     while seconds[-1] + last / 2 <= budget_s or not rewards:  # stop at the epoch end nearest the budget
         start, epoch = time.perf_counter(), len(rewards)
-        if algo.samples_from == "rollouts":
+        if not algo.source.learners_sample:
             load_adapter(worker, learner.adapter())
             jobs = epoch_jobs(
                 prompts, seed, epoch, s.batch_size, config.batches_per_update, group_size=algo.group_size(config)

@@ -8,7 +8,7 @@ What is timed (median over --repeats, after --warmup rounds):
 - rollout: `rollout.policies.sample_trajectory` (H UNet calls, log π per step, decode to uint8) → images/s;
 - plain:   stock `pipe(...)` (the diffusers LatentConsistencyModelPipeline loop) at the same batch, steps,
            guidance and LoRA, output_type="pt" → images/s; overhead = rollout time / plain time − 1 (target ≤ 5%);
-- PPO:     `learner.ppo.ppo_update` over one batch of trajectories (H−1 transitions per sample, forward +
+- PPO:     `learner.ppo.update.ppo_update` over one batch of trajectories (H−1 transitions per sample, forward +
            backward through the UNet with LoRA, optimizer steps) → samples/s.
 
 Figures are in docs/results/core.md with the device named. Toy, CPU, 2 cores (quiet run):
@@ -68,7 +68,8 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     import numpy as np
 
     from learner.optim import build_optimizer
-    from learner.ppo import PPOSettings, TrainBatch, ppo_update
+    from learner.ppo.settings import PPOSettings
+    from learner.ppo.update import TrainBatch, ppo_update
     from rollout.lora import LoraSettings, add_lora
     from rollout.models import DEFAULT_REAL_MODEL, load_pipeline
     from rollout.policies import policy_for, sample_trajectory

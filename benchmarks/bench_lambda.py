@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from bench_rocm_vs_rlcm import evaluate, rocm_spec
 
-from learner.lam_controller import LamController
-from learner.rocm_learner import ROCMLearner
+from learner.algorithms.rocm.lam_controller import LamController
+from learner.algorithms.rocm.learner import ROCMLearner
 from rewards_service.scorers.jpeg import jpeg_size_kb
 from rlcm.config.prompts import epoch_prompts, load_prompts
 

@@ -39,9 +39,9 @@ def main() -> None:
     if any(args.batch % b for b in train_batches):
         parser.error("every --train-batches value must divide --batch")
 
-    from learner.learner import LearnerSpec, PPOLearner
-    from learner.old_log_probs import draw_pass_orders, pass_calls, recompute_log_probs
-    from learner.settings import PPOSettings
+    from learner.ppo.learner import LearnerSpec, PPOLearner
+    from learner.ppo.old_log_probs import draw_pass_orders, pass_calls, recompute_log_probs
+    from learner.ppo.settings import PPOSettings
     from rollout.policies import policy_for, sample_trajectory
     from rollout.settings import LoraSettings
 

@@ -31,9 +31,9 @@ import matplotlib
 import numpy as np
 import torch
 
-from learner.learner import LearnerSpec, PPOLearner
-from learner.rocm import rocm_objective
-from learner.rocm_learner import ROCMLearner, ROCMLearnerSpec
+from learner.algorithms.rocm.learner import ROCMLearner, ROCMLearnerSpec
+from learner.algorithms.rocm.objective import rocm_objective
+from learner.ppo.learner import LearnerSpec, PPOLearner
 from rewards_service.registry import build_differentiable_reward, build_scorer
 from rlcm.config.prompts import batch_seed, epoch_prompts, load_prompts
 from rlcm.config.schema import load_config

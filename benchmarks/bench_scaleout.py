@@ -18,7 +18,7 @@ import numpy as np
 import ray
 
 from cluster.trainer import Trainer
-from learner.learner import LearnerSpec, PPOLearner
+from learner.ppo.learner import LearnerSpec, PPOLearner
 from rewards_service.registry import build_scorer
 from rlcm.config.prompts import batch_seed, epoch_prompts, load_prompts
 from rlcm.config.schema import load_config

@@ -55,10 +55,11 @@ def main() -> None:
     args = parser.parse_args()
     res, steps, batch = (32, 2, 1) if args.smoke else (512, 8, 4)
 
-    from learner.learner import LearnerSpec, PPOLearner
+    from learner.algorithms.rocm.objective import rocm_objective
+    from learner.algorithms.rocm.settings import ROCMSettings
     from learner.optim import build_optimizer
-    from learner.rocm import rocm_objective
-    from learner.settings import PPOSettings, ROCMSettings
+    from learner.ppo.learner import LearnerSpec, PPOLearner
+    from learner.ppo.settings import PPOSettings
     from rewards_service.registry import build_differentiable_reward
     from rlcm.config.schema import load_config
     from rlcm.planning.plan import plan

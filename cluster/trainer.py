@@ -30,8 +30,8 @@ from cluster.ray_setup import cluster_capacity, free_resources, preflight
 from cluster.run_actors import learner_group, resource_requests, rollout_pool
 from cluster.schedule import Scheduler, mean_over_ranks, reward_summary, update_inputs
 from cluster.watchdog import Watchdog
+from learner.algorithms.rocm.lam_controller import controller_for
 from learner.guards import SkipStreak
-from learner.lam_controller import controller_for
 from rlcm.config.prompts import epoch_prompts, holdout_split, load_prompts
 from rlcm.config.schema import TrainConfig, dump_config
 from rlcm.runs.checkpoint_record import write_record
@@ -71,7 +71,7 @@ class Trainer(InFlight):
         self.config = config
         self.stop = stop or StopRequest()  # set by SIGINT/SIGTERM when `train` installed it
         self.algo = config.algo
-        self.own_samples = self.algo.samples_from == "learners"  # else: trains on the rollout actors' samples
+        self.own_samples = self.algo.source.learners_sample  # else: trains on the rollout actors' samples
         self.out = OutputDir(output_dir)
         self.out.prepare(resume)
         (self.out.root / "config.yaml").write_text(dump_config(config))

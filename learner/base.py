@@ -1,9 +1,9 @@
 """`BaseLearner`: what every algorithm's learner shares (RLlib style: one base, one subclass per algorithm).
 
 The pipeline with a LoRA on its UNet (base weights frozen, adapter fp32), AdamW on the adapter and an
-optional learning-rate schedule, one optimizer step (all-reduce across ranks, grad-norm clip), a noise
-generator per rank, the versioned adapter, resume state (tensors and plain types: `torch.load(weights_only=True)`)
-and the diffusers-format LoRA save. A subclass sets `settings`, and implements `train_epoch`.
+optional learning-rate schedule, a noise generator per rank, the versioned adapter, resume state (tensors and plain
+types: `torch.load(weights_only=True)`) and the diffusers-format LoRA save. A subclass sets `settings`, and
+implements `train_epoch`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from learner.optim import ReduceGradients, build_lr_scheduler, build_optimizer, optimizer_step
+from learner.optim import ReduceGradients, build_lr_scheduler, build_optimizer
 from rollout.lora import AdapterVersion, add_lora, export_adapter, import_adapter, save_lora
 from rollout.models import load_pipeline
 
@@ -74,11 +74,6 @@ class BaseLearner:
 
     def generator_seed(self) -> int:
         return int(np.random.default_rng([self.spec.seed, self.rank]).integers(0, 2**62))
-
-    def optimizer_step(self) -> float:
-        return optimizer_step(
-            self.optimizer, self.params, self.settings.max_grad_norm, self.reduce_gradients, self.lr_scheduler
-        )
 
     def adapter(self) -> AdapterVersion:
         return export_adapter(self.pipe.unet, self.version)

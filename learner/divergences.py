@@ -19,7 +19,7 @@ import math
 
 import torch
 
-from learner.settings import DIVERGENCES
+from learner.divergence_kinds import DIVERGENCES
 
 
 def gaussian_divergence(

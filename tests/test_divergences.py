@@ -7,7 +7,8 @@ import math
 import pytest
 import torch
 
-from learner.divergences import DIVERGENCES, gaussian_divergence
+from learner.divergence_kinds import DIVERGENCES
+from learner.divergences import gaussian_divergence
 
 CASES = [(0.3, 1.0), (-1.5, 0.5), (2.0, 0.25), (0.05, 0.03)]  # (Δ, σ)
 CLOSED_FORMS = ("kl", "reverse_kl", "hellinger", "fisher")

@@ -164,7 +164,7 @@ def test_run_names_and_off_target_mean(tmp_path):
 
 def train_toy_adapter(directory, epochs: int = 3):
     """A genuinely trained adapter: RLCM on the toy (tiny-cpu preset settings) for a few epochs of 16 samples."""
-    from learner.learner import LearnerSpec, PPOLearner
+    from learner.ppo.learner import LearnerSpec, PPOLearner
     from rlcm.config.schema import load_config
     from rollout.trajectory import Trajectory
     from rollout.worker import RolloutSpec, RolloutWorker

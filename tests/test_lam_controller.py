@@ -1,5 +1,5 @@
-"""ROCM's λ rule (learner/lam_controller.py): the bounded, clamped update, its stability, and its blindness to reward
-offsets."""
+"""ROCM's λ rule (learner/algorithms/rocm/lam_controller.py): the bounded, clamped update, its stability, and its
+blindness to reward offsets."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ import math
 import pytest
 import torch
 
-from learner.lam_controller import LamController, controller_for, lam_update
-from learner.rocm_learner import ROCMLearner, ROCMLearnerSpec
-from learner.settings import ROCMSettings
+from learner.algorithms.rocm.lam_controller import LamController, controller_for, lam_update
+from learner.algorithms.rocm.learner import ROCMLearner, ROCMLearnerSpec
+from learner.algorithms.rocm.settings import ROCMSettings
 from rewards_service.registry import build_differentiable_reward
 from rlcm.config.prompts import epoch_prompts, load_prompts
 from rollout.lora import LoraSettings
@@ -81,7 +81,7 @@ def test_controller_for_settings():
 
 
 def test_auto_is_resolved_before_the_objective():
-    from learner.rocm import rocm_objective
+    from learner.algorithms.rocm.objective import rocm_objective
 
     with pytest.raises(ValueError, match="lam must be a number >= 0, got 'auto'.*controller"):
         rocm_objective(None, ["a cat"], 4, 8.0, None, None, "kl", "auto")

@@ -23,9 +23,10 @@ from learner.algorithms.draft import AlignPropSettings, DRaFTSettings
 from learner.algorithms.draft.learner import AlignPropLearnerSpec
 from learner.algorithms.grpo import GRPOSettings
 from learner.algorithms.grpo.learner import GRPOLearnerSpec
-from learner.learner import LearnerSpec
-from learner.rocm_learner import ROCMLearnerSpec
-from learner.settings import PPOSettings, ROCMSettings
+from learner.algorithms.rocm.learner import ROCMLearnerSpec
+from learner.algorithms.rocm.settings import ROCMSettings
+from learner.ppo.learner import LearnerSpec
+from learner.ppo.settings import PPOSettings
 from rewards_service.registry import build_differentiable_reward
 from rollout.lora import LoraSettings, add_lora
 from rollout.models import load_pipeline

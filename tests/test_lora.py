@@ -8,8 +8,8 @@ import torch
 from diffusers import LatentConsistencyModelPipeline
 from safetensors.torch import load_file
 
-from learner.learner import LearnerSpec, PPOLearner
-from learner.ppo import PPOSettings
+from learner.ppo.learner import LearnerSpec, PPOLearner
+from learner.ppo.settings import PPOSettings
 from rollout.lora import LORA_WEIGHTS_NAME, AdapterVersion, LoraSettings, add_lora, export_adapter, import_adapter
 from rollout.models import build_tiny_pipeline
 from rollout.policies import sample_trajectory

@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from learner.learner import LearnerSpec, PPOLearner
-from learner.old_log_probs import PassOrder, gap_metrics, pass_calls
-from learner.ppo import TrainBatch, ppo_update
-from learner.settings import PPOSettings
+from learner.ppo.learner import LearnerSpec, PPOLearner
+from learner.ppo.old_log_probs import PassOrder, gap_metrics, pass_calls
+from learner.ppo.settings import PPOSettings
+from learner.ppo.update import TrainBatch, ppo_update
 from rlcm.config.schema import load_config
 from rollout.lora import add_lora
 from rollout.policies import sample_trajectory

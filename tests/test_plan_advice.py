@@ -20,7 +20,7 @@ def heavy(preset: str) -> dict[str, list[str]]:
     """Overrides that make the learner, then the rollout actor (and a reward deployment), need more than a small GPU."""
     config = load_config(preset)
     key, s = config.algo.section, config.sampling
-    if config.algo.samples_from == "rollouts":
+    if not config.algo.source.learners_sample:
         per_learner = config.samples_per_epoch // config.resources.num_learners
         batch = max(b for b in range(1, 17) if per_learner % b == 0)
         learner = [f"{key}.train_batch_size={batch}", f"{key}.grad_accum_steps=1", f"{key}.inner_epochs=1"]

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from learner.learner import LearnerSpec, PPOLearner
-from learner.ppo import ppo_loss
+from learner.ppo.learner import LearnerSpec, PPOLearner
+from learner.ppo.loss import ppo_loss
 from learner.stat_tracker import PerPromptStatTracker
 from rlcm.config.schema import load_config
 from rollout.policies import sample_trajectory

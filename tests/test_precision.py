@@ -7,9 +7,9 @@ import time
 import pytest
 import torch
 
+from learner.algorithms.rocm.objective import rocm_objective
+from learner.algorithms.rocm.settings import ROCMSettings
 from learner.optim import build_optimizer
-from learner.rocm import rocm_objective
-from learner.settings import ROCMSettings
 from rewards_service.registry import build_differentiable_reward
 from rollout.lora import LoraSettings, add_lora
 from rollout.models import load_pipeline

@@ -1,4 +1,4 @@
-"""ROCM objective and update (learner/rocm.py) on the toy LCM with the smoothness reward.
+"""ROCM objective and update (learner/algorithms/rocm/objective.py) on the toy LCM with the smoothness reward.
 
 The reference computations here are written out step by step without checkpointing, and take the
 frozen base from a second pipeline that never had a LoRA, so they share no code path with `rocm_objective`.
@@ -14,10 +14,11 @@ import numpy as np
 import pytest
 import torch
 
+from learner.algorithms.rocm.learner import ROCMLearner, ROCMLearnerSpec
+from learner.algorithms.rocm.objective import rocm_objective, rocm_update
+from learner.algorithms.rocm.settings import ROCMSettings
 from learner.divergences import gaussian_divergence
 from learner.optim import build_optimizer
-from learner.rocm import ROCMSettings, rocm_objective, rocm_update
-from learner.rocm_learner import ROCMLearner, ROCMLearnerSpec
 from rewards_service.registry import build_differentiable_reward
 from rlcm.config.prompts import epoch_prompts, load_prompts
 from rollout.lora import LoraSettings, add_lora

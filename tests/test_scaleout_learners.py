@@ -8,7 +8,7 @@ import ray
 import torch
 
 from learner.group import LearnerGroup
-from learner.learner import LearnerSpec, PPOLearner
+from learner.ppo.learner import LearnerSpec, PPOLearner
 from rlcm.config.schema import load_config
 from rollout.worker import RolloutSpec, RolloutWorker
 

@@ -2,10 +2,10 @@
 
 An algorithm is one module (or folder) in `learner/algorithms/` and one line in `learner.algorithms.ALGORITHMS`.
 It names its settings section (a pydantic model; keys of another algorithm's section are config errors), where
-an epoch's samples come from (`rollouts`: the rollout actors' trajectories, scored by the reward service;
-`learners`: chains the learners sample themselves with grad, while the rollout actors sample held-out prompts
-for monitoring), which sampler it trains (`sampler`: the LCM policy, or DDIM for DDPO; the model must be of that kind),
-how to build its learner, what its epoch line shows and which series its diagnostics plot draws.
+an epoch's samples come from (`source`: `FromRollouts()`, the rollout actors' trajectories, scored by the reward
+service; `FromLearners()`, chains the learners sample themselves with grad, while the rollout actors sample
+held-out prompts for monitoring), which sampler it trains (`sampler`: the LCM policy, or DDIM for DDPO; the model
+must be of that kind), how to build its learner, what its epoch line shows and which series its diagnostics plot draws.
 """
 
 from __future__ import annotations
@@ -20,6 +20,82 @@ if TYPE_CHECKING:
     from rlcm.config.schema import TrainConfig
 
 
+class SampleSource:
+    """Where an epoch's training samples come from, and what follows from it for the driver, plots, plan and checks.
+
+    Each attribute answers one caller's question (so no caller compares names): `learners_sample` (the driver
+    splits the prompts, feeds the learners prompts and counts their chains), `rollouts_monitor` (the rollout
+    actors sample held-out prompts scored by `reward.monitor`), `reward_label` (the plot/row label of the
+    learners' reward), `sign_test` (`rlcm sign-test` applies), `differentiable_reward` (the learner backpropagates
+    through the reward), `learner_scores` (the learner holds a reward model beside the monitor's scorer),
+    `backprops_chain` (`rlcm plan` costs the learner as backprop through a sampled chain, not PPO over a
+    recorded one), `async_ok` (scaleout.mode async is possible). `one_update_epoch` shrinks a settings
+    section to one optimizer step per epoch (`rlcm dry-run`).
+    """
+
+    name: ClassVar[Literal["rollouts", "learners"]]
+    learners_sample: ClassVar[bool]
+    rollouts_monitor: ClassVar[bool]
+    reward_label: ClassVar[str]
+    sign_test: ClassVar[bool]
+    differentiable_reward: ClassVar[bool]
+    learner_scores: ClassVar[bool]
+    backprops_chain: ClassVar[bool]
+    async_ok: ClassVar[bool]
+
+    def one_update_epoch(self, section: dict[str, Any], batch_size: int) -> str:
+        """Set `section` (a settings section as a dict) to one optimizer step per epoch of rollout batches of
+        `batch_size`; returns what changed, for the dry run's list."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+class FromRollouts(SampleSource):
+    """The rollout actors' trajectories, scored by the reward service; the learners run PPO over them."""
+
+    name = "rollouts"
+    learners_sample = False
+    rollouts_monitor = False
+    reward_label = "reward"
+    sign_test = True
+    differentiable_reward = False
+    learner_scores = False
+    backprops_chain = False
+    async_ok = True
+
+    def one_update_epoch(self, section: dict[str, Any], batch_size: int) -> str:
+        section["train_batch_size"] = min(section["train_batch_size"], batch_size)
+        section["grad_accum_steps"], section["inner_epochs"] = batch_size // section["train_batch_size"], 1
+        return (
+            f"train_batch_size {section['train_batch_size']}, grad_accum_steps {section['grad_accum_steps']}, "
+            "inner_epochs 1 (one PPO step per epoch)"
+        )
+
+
+class FromLearners(SampleSource):
+    """Chains the learners sample themselves with grad from training prompts (first-order); the rollout actors
+    sample held-out prompts for monitoring only."""
+
+    name = "learners"
+    learners_sample = True
+    rollouts_monitor = True
+    reward_label = "trained reward"
+    sign_test = False
+    differentiable_reward = True
+    learner_scores = True
+    backprops_chain = True
+    async_ok = False
+
+    def one_update_epoch(self, section: dict[str, Any], batch_size: int) -> str:
+        section.update(batch_size=1, grad_accum_steps=1, updates_per_epoch=1)
+        return (
+            f"batch_size 1, grad_accum_steps 1, updates_per_epoch 1 (one prompt per epoch) (divergence "
+            f"{section['divergence']}, gradient_checkpointing {section['gradient_checkpointing']} kept)"
+        )
+
+
 class Algorithm:
     """A training algorithm's declaration; the driver, config, validation and progress ask it, never its name."""
 
@@ -27,7 +103,7 @@ class Algorithm:
     title: ClassVar[str]  # as its paper writes it ("DRaFT"): labels in `rlcm plan`
     section: ClassVar[str]  # the config section holding `settings`
     settings: ClassVar[type[BaseModel]]
-    samples_from: ClassVar[Literal["rollouts", "learners"]]
+    source: ClassVar[SampleSource]  # where its samples come from: FromRollouts() or FromLearners()
     sampler: ClassVar[str] = (
         LCM  # the policy it trains (`rollout.samplers`): lcm or ddim; the model must be of that kind
     )
@@ -88,21 +164,21 @@ class Algorithm:
     @classmethod
     def differentiable_reward(cls) -> bool:
         """Whether the learner backpropagates through `reward.name` (then it must be a differentiable reward)."""
-        return cls.samples_from == "learners"
+        return cls.source.differentiable_reward
 
 
 OLD_LOG_PROB_DIAGNOSTICS = (
     ("old_logprob_gap_step", "|log π rollout − learner| per step k (median)"),
     ("ratio_first_pass_max_dev", "max |ratio − 1| before the first step"),
 )
-"""The rollout/learner trust panels of every PPO algorithm (`learner.old_log_probs`)."""
+"""The rollout/learner trust panels of every PPO algorithm (`learner.ppo.old_log_probs`)."""
 
 
 class RolloutAlgorithm(Algorithm):
     """Learns from the rollout actors' trajectories: PPO-style settings (train_batch_size, grad_accum_steps,
     inner_epochs)."""
 
-    samples_from = "rollouts"
+    source = FromRollouts()
 
     @classmethod
     def check(cls, config: TrainConfig) -> None:
@@ -146,11 +222,11 @@ class FirstOrderAlgorithm(Algorithm):
     """Learners sample chains with grad from training prompts; settings carry batch_size, grad_accum_steps,
     updates_per_epoch."""
 
-    samples_from = "learners"
+    source = FromLearners()
 
     @classmethod
     def check(cls, config: TrainConfig) -> None:
-        if config.scaleout.mode == "async":
+        if config.scaleout.mode == "async" and not cls.source.async_ok:
             raise ValueError(
                 f"scaleout.mode: async mode needs an algorithm that learns from rollouts; {cls.name} trains on its own "
                 f"samples, use scaleout.mode=sync"

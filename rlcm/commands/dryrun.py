@@ -122,21 +122,7 @@ def plan_dry_run(config: TrainConfig, resolution: int = 64) -> DryRunPlan:
         num_rollout_actors=1, num_learners=1, rollout_gpus=0.0, learner_gpus=0.0, rollout_cpus=0.5, learner_cpus=0.5
     )
     section = config.algo.section
-    if config.algo.samples_from == "rollouts":
-        t = data[section]
-        t["train_batch_size"] = min(t["train_batch_size"], s["batch_size"])
-        t["grad_accum_steps"], t["inner_epochs"] = s["batch_size"] // t["train_batch_size"], 1
-        changes.append(
-            f"{section}: train_batch_size {t['train_batch_size']}, grad_accum_steps {t['grad_accum_steps']}, "
-            "inner_epochs 1 (one PPO step per epoch)"
-        )
-    else:
-        k = data[section]
-        k.update(batch_size=1, grad_accum_steps=1, updates_per_epoch=1)
-        changes.append(
-            f"{section}: batch_size 1, grad_accum_steps 1, updates_per_epoch 1 (one prompt per epoch) "
-            f"(divergence {k['divergence']}, gradient_checkpointing {k['gradient_checkpointing']} kept)"
-        )
+    changes.append(f"{section}: " + config.algo.source.one_update_epoch(data[section], s["batch_size"]))
     data["run"].update(epochs=2, save_every=1, sample_grid_every=1, wandb=False)
     data["scaleout"]["placement_timeout_s"] = 120.0
     reward = data["reward"]
@@ -148,7 +134,7 @@ def plan_dry_run(config: TrainConfig, resolution: int = 64) -> DryRunPlan:
     else:
         reward["options"] = randomize(reward["options"], reward["name"], changes)
         if (
-            config.algo.samples_from == "learners"
+            config.algo.source.learner_scores
             and reward["name"] in REWARD_MODEL_OPTIONS
             and "dtype" not in reward["options"]
         ):

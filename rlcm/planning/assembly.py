@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from learner.ppo import steps_trained
+from learner.ppo.update import steps_trained
 from rlcm.config.schema import TrainConfig
 from rlcm.planning.gpus import GPU, serve_share
 from rlcm.planning.measure import (
@@ -73,7 +73,7 @@ def assemble(config: TrainConfig, gpu: GPU) -> Assembly:
         config.reward.name, config.reward.options.get("dtype", "float32")
     )
     learner = f"learner ({algo.title})"
-    if algo.samples_from == "learners":  # first-order: the learner backpropagates through its own chains
+    if algo.source.backprops_chain:  # first-order: the learner backpropagates through its own chains
         k = config.settings
         calls = algo.grad_calls(config)
         parts = {

@@ -112,7 +112,7 @@ def run_rewards(run_dir: Path) -> tuple[str, str | None]:
         return "reward", None
     reward = config.get("reward") or {}
     name = str(reward.get("name", "jpeg_compressibility"))
-    monitor = str(reward.get("monitor") or name) if _samples_from(config.get("algorithm")) == "learners" else None
+    monitor = str(reward.get("monitor") or name) if _source(config.get("algorithm")).rollouts_monitor else None
     return name, monitor
 
 
@@ -170,11 +170,12 @@ def diagnostic_panels(rows: list[dict]) -> list[tuple[str, str]]:
     ]
 
 
-def _samples_from(algorithm: str | None) -> str:
-    """Where the algorithm's training samples come from (`rollouts` or `learners`); rollouts for an unknown name."""
+def _source(algorithm: str | None):
+    """Where the algorithm's training samples come from; the rollout actors for an unknown name."""
     from learner.algorithms import ALGORITHMS
+    from learner.algorithms.base import FromRollouts
 
-    return ALGORITHMS[algorithm].samples_from if algorithm in ALGORITHMS else "rollouts"
+    return ALGORITHMS[algorithm].source if algorithm in ALGORITHMS else FromRollouts()
 
 
 def reward_figure(rows: list[dict], name: str, trained: str, monitor: str | None):
@@ -185,7 +186,7 @@ def reward_figure(rows: list[dict], name: str, trained: str, monitor: str | None
     figure = _figure(16 if monitored else 11, 4)
     axes = figure.subplots(1, 3 if monitored else 2)
     by_epoch, by_time = axes[0], axes[-1]
-    what = "trained reward" if _samples_from(algorithm) == "learners" else "reward"
+    what = _source(algorithm).reward_label
     _reward_curve(by_epoch, rows, None)
     seconds, time_label = _time_axis(wall_clock_s(rows))
     _reward_curve(by_time, rows, seconds)

@@ -2,7 +2,7 @@
 
 The policy (`rollout.policies.ddim`): H Gaussian actions per chain, DDIM mean and σ_t = η·√variance as
 `DDIMScheduler.step` computes them, classifier-free guidance with the unconditional pass. The update is
-PPO's (`learner.ppo.ppo_update`): per-prompt normalized advantages clipped to ±adv_clip_max, ratio clipped
+PPO's (`learner.ppo.update.ppo_update`): per-prompt normalized advantages clipped to ±adv_clip_max, ratio clipped
 to 1 ± clip_range, and each sample trained on a random ⌊timestep_fraction·H⌋ of its steps.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 
 from learner.algorithms.base import OLD_LOG_PROB_DIAGNOSTICS, RolloutAlgorithm
-from learner.settings import PPOSettings
+from learner.ppo.settings import PPOSettings
 from rollout.samplers import DDIM
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from learner.learner import LearnerSpec, PPOLearner
+from learner.ppo.learner import LearnerSpec, PPOLearner
 
 
 def batch_advantages(rewards: np.ndarray) -> np.ndarray:

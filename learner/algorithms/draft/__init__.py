@@ -12,7 +12,7 @@ from __future__ import annotations
 from pydantic import Field, model_validator
 
 from learner.algorithms.rocm import ROCM
-from learner.settings import ROCMSettings
+from learner.algorithms.rocm.settings import ROCMSettings
 
 
 class DRaFTSettings(ROCMSettings):

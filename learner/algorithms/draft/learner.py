@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from learner.rocm_learner import ROCMLearner, ROCMLearnerSpec
+from learner.algorithms.rocm.learner import ROCMLearner, ROCMLearnerSpec
 
 
 @dataclass

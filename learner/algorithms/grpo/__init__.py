@@ -10,7 +10,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from learner.algorithms.base import OLD_LOG_PROB_DIAGNOSTICS, RolloutAlgorithm
-from learner.settings import PPOSettings
+from learner.ppo.settings import PPOSettings
 
 
 class GRPOSettings(PPOSettings):

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from learner.learner import LearnerSpec, PPOLearner
+from learner.algorithms.grpo.loss import grpo_loss
+from learner.ppo.learner import LearnerSpec, PPOLearner
 
 
 def group_advantages(
@@ -32,11 +33,9 @@ class GRPOLearnerSpec(LearnerSpec):
 
 
 class GRPOLearner(PPOLearner):
-    """Clipped PPO with group-relative advantages and an optional per-step KL to the base (`kl_coef`)."""
+    """Clipped PPO with group-relative advantages and an optional per-step KL to the base (`grpo_loss`)."""
 
-    @property
-    def kl_coef(self) -> float:
-        return self.settings.kl_coef
+    loss_fn = staticmethod(grpo_loss)
 
     def epoch_advantages(
         self, prompts: list[str], rewards: np.ndarray, valid: np.ndarray

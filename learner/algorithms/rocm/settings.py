@@ -1,4 +1,4 @@
-"""Typed settings of the learner role, importable without torch (config validation stays fast)."""
+"""ROCM's typed settings (DRaFT's and AlignProp's derive from them), importable without torch."""
 
 from __future__ import annotations
 
@@ -6,48 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-DIVERGENCES = ("none", "kl", "reverse_kl", "hellinger", "fisher", "js")
-
-
-class PPOSettings(BaseModel):
-    """Hyperparameters of the update (RLCM Table 1 names)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    learning_rate: float = Field(1e-4, gt=0)
-    adam_beta1: float = Field(0.9, ge=0, lt=1)
-    adam_beta2: float = Field(0.999, ge=0, lt=1)
-    adam_weight_decay: float = Field(1e-4, ge=0)
-    adam_epsilon: float = Field(1e-8, gt=0)
-    clip_range: float = Field(1e-4, gt=0)
-    adv_clip_max: float = Field(10.0, gt=0)
-    max_grad_norm: float = Field(5.0, gt=0)
-    train_batch_size: int = Field(2, ge=1)
-    grad_accum_steps: int = Field(2, ge=1)
-    inner_epochs: int = Field(1, ge=1)
-    shuffle_timesteps: bool = True
-    lr_schedule: Literal["constant", "linear"] = Field(
-        "constant", description="linear: decay to 0 over the run's optimizer steps"
-    )
-    recompute_old_log_probs: bool | Literal["auto"] = Field(
-        "auto",
-        description="π_old = the learner's own log π at the update's start (same calls as its first pass, no grad) "
-        "instead of the rollout's; auto: on unless the policy runs in float32 (in bf16/fp16 the two differ by more "
-        "than clip_range)",
-    )
-
-    @field_validator("recompute_old_log_probs", mode="before")
-    @classmethod
-    def _auto_or_bool(cls, value):
-        if value != "auto" and not isinstance(value, bool):
-            raise ValueError(f"recompute_old_log_probs must be auto, true or false, got {value!r}")
-        return value
-
-    def recomputes_old_log_probs(self, dtype) -> bool:
-        """Whether π_old is recomputed for a policy whose UNet runs in `dtype` (auto: unless float32 or float64)."""
-        if self.recompute_old_log_probs == "auto":
-            return str(dtype) not in ("torch.float32", "torch.float64")
-        return self.recompute_old_log_probs
+from learner.divergence_kinds import DIVERGENCES
 
 
 class ROCMSettings(BaseModel):

@@ -1,4 +1,4 @@
-"""ROCM (Algorithm 2): first-order reward optimization through the LCM sampling chain, regularized per step.
+"""The chain the first-order learners differentiate: B reparameterized LCM chains with grad, decoded and scored.
 
 With the RLCM policy (`rollout.policies.lcm`), reparameterized, and the frozen base model (LoRA disabled) as reference:
 
@@ -7,26 +7,22 @@ With the RLCM policy (`rollout.policies.lcm`), reparameterized, and the frozen b
     mean_θ,k   = √ᾱ(τ_{k+1})·denoised_k,   σ_k = √(1 − ᾱ(τ_{k+1}))
     mean_ref,k = √ᾱ(τ_{k+1})·f_ref(x_k, τ_k)                         (LoRA off, same state x_k)
     x_{k+1}    = mean_θ,k + σ_k·ε_k                                 for k < H−1
-    objective  = r(decode(denoised_{H−1}), prompt) − λ·Σ_{k<H−1} D(N(mean_θ,k, σ_k²) ‖ N(mean_ref,k, σ_k²))
+    reward     = r(decode(denoised_{H−1}), prompt),   divergence = Σ_{k<H−1} D(N(mean_θ,k, σ_k²) ‖ N(mean_ref,k, σ_k²))
 
-The gradient is the full derivative: through every state x_k (so also through mean_ref,k), the decode
-and the reward. AdamW on the LoRA maximizes the objective.
+The gradient is the full derivative: through every state x_k (so also through mean_ref,k), the decode and the
+reward, unless truncated to the last K transitions. What is ascended is the algorithm's (ROCM: reward − λ·divergence).
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
-import numpy as np
 import torch
 from diffusers import LatentConsistencyModelPipeline
 from torch.utils.checkpoint import checkpoint
 
-from learner.divergences import DIVERGENCES, gaussian_divergence
-from learner.guards import grad_norm_metrics
-from learner.optim import optimizer_step
-from learner.settings import ROCMSettings
+from learner.divergence_kinds import DIVERGENCES
+from learner.divergences import gaussian_divergence
 from rollout.policies.chain_math import draw_noise, encode_prompts, latent_shape
 from rollout.policies.lcm import guidance_embedding, lcm_chain, lcm_timesteps, predict_denoised, transition_mean_std
 from rollout.precision import math_dtype_for
@@ -61,15 +57,14 @@ def _call(use_checkpoint: bool, fn: Callable, *args):
     return fn(*args)
 
 
-def rocm_objective(
+def sample_chain(
     pipe: LatentConsistencyModelPipeline,
     prompts: list[str],
     num_steps: int,
     guidance_scale: float,
     generator: torch.Generator | None,
     reward_fn: RewardFn,
-    divergence: str,
-    lam: float,
+    divergence: str = "none",
     *,
     height: int | None = None,
     width: int | None = None,
@@ -79,26 +74,20 @@ def rocm_objective(
     original_inference_steps: int = 50,
     latents: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Sample B = len(prompts) reparameterized chains with grad; `objective`, `reward`, `divergence` [B], `images`
-    uint8.
+    """Sample B = len(prompts) reparameterized chains with grad; `reward`, `divergence` [B], `images` uint8.
 
     The chain is `rollout.policies.lcm.lcm_chain` and its noise x_0, ε_0 … ε_{H−2} comes from `draw_noise` first,
     as for `sample_trajectory` (same seed, same weights: same chain); `latents` replaces x_0 (the draw still happens).
-    `divergence` is Σ_k D_k; with lam == 0 or divergence "none" the reference UNet is not run and it is zero.
+    `divergence` is Σ_k D_k; with divergence "none" the reference UNet is not run and it is zero.
 
     truncate_steps = K: the states x_1 … x_{H−1−K} are detached, so the reward gradient flows through the
     last K transitions, the final denoising call and the decode only; each D_k still depends on θ through
-    mean_θ,k at its (detached) state. With lam == 0 the calls before x_{H−1−K} run without grad.
+    mean_θ,k at its (detached) state. Without a divergence the calls before x_{H−1−K} run without grad.
     """
     if num_steps < 1:
         raise ValueError(f"num_steps must be at least 1, got {num_steps}")
     if divergence not in DIVERGENCES:
         raise ValueError(f"unknown divergence {divergence!r}; choose one of {list(DIVERGENCES)}")
-    if isinstance(lam, str) or lam < 0:
-        raise ValueError(
-            f"lam must be a number >= 0, got {lam!r} (rocm.lam: auto is resolved per epoch by the driver's λ "
-            "controller)"
-        )
     if truncate_steps is not None and truncate_steps < 1:
         raise ValueError(f"truncate_steps must be >= 1 or None (full gradient), got {truncate_steps}")
     unet, scheduler = pipe.unet, pipe.scheduler
@@ -110,7 +99,7 @@ def rocm_objective(
     w_embedding = guidance_embedding(pipe, guidance_scale, batch).to(device)
     x0, noise = draw_noise(generator, shape, num_steps, device)  # before any divergence draws from `generator`
     x0 = x0 * scheduler.init_noise_sigma if latents is None else latents
-    regularize = lam > 0 and divergence != "none"
+    regularize = divergence != "none"
     last_detached = num_steps - 1 - truncate_steps if truncate_steps is not None else 0  # x_j, j ≤ this, detached
     grad = torch.is_grad_enabled()
 
@@ -143,81 +132,7 @@ def rocm_objective(
     images = _call(gradient_checkpointing, decode_images_01, pipe, denoised)
     reward = reward_fn(images, list(prompts)).to(math_dtype_for(images.dtype))
     return {
-        "objective": reward - lam * total_divergence,
         "reward": reward,
         "divergence": total_divergence,
         "images": (images.detach() * 255).round().to(torch.uint8),
-    }
-
-
-def rocm_update(
-    pipe: LatentConsistencyModelPipeline,
-    optimizer: torch.optim.Optimizer,
-    params: list[torch.nn.Parameter],
-    prompt_batches: list[list[str]],
-    settings: ROCMSettings,
-    num_steps: int,
-    guidance_scale: float,
-    generator: torch.Generator | None,
-    reward_fn: RewardFn,
-    *,
-    height: int | None = None,
-    width: int | None = None,
-    original_inference_steps: int = 50,
-    reduce_gradients: Callable[[list[torch.nn.Parameter]], None] | None = None,
-    record_samples: Callable[[list[str], torch.Tensor, torch.Tensor], None] | None = None,
-    truncation: Callable[[], int | None] | None = None,
-) -> dict[str, float]:
-    """One AdamW step per `grad_accum_steps` objective calls (one per prompt batch); loss = −objective.mean()/accum.
-
-    `reduce_gradients` averages gradients across data-parallel learners before clipping;
-    `record_samples(prompts, rewards, images)` sees each call's detached samples (for logging);
-    `truncation()` gives each call's truncate_steps (default: `settings.truncate_steps`; AlignProp draws it).
-    """
-    accum = settings.grad_accum_steps
-    if not prompt_batches or len(prompt_batches) % accum:
-        raise ValueError(
-            f"need a positive multiple of grad_accum_steps={accum} prompt batches, got {len(prompt_batches)}"
-        )
-    start = time.perf_counter()
-    rewards, divergences, objectives, grad_norms, truncated = [], [], [], [], []
-    optimizer.zero_grad(set_to_none=True)
-    for index, prompts in enumerate(prompt_batches):
-        truncate_steps = truncation() if truncation is not None else settings.truncate_steps
-        truncated.append(num_steps - 1 if truncate_steps is None else min(truncate_steps, num_steps - 1))
-        out = rocm_objective(
-            pipe,
-            prompts,
-            num_steps,
-            guidance_scale,
-            generator,
-            reward_fn,
-            settings.divergence,
-            settings.lam,
-            height=height,
-            width=width,
-            truncate_steps=truncate_steps,
-            js_samples=settings.js_samples,
-            gradient_checkpointing=settings.gradient_checkpointing,
-            original_inference_steps=original_inference_steps,
-        )
-        (-out["objective"].mean() / accum).backward()
-        rewards.append(out["reward"].detach().cpu())
-        divergences.append(out["divergence"].detach().cpu())
-        objectives.append(out["objective"].detach().cpu())
-        if record_samples is not None:
-            record_samples(list(prompts), rewards[-1], out["images"].cpu())
-        if (index + 1) % accum == 0:
-            grad_norms.append(optimizer_step(optimizer, params, settings.max_grad_norm, reduce_gradients))
-    reward, divergence = torch.cat(rewards), torch.cat(divergences)
-    return {
-        "reward_mean": float(reward.mean()),
-        "reward_std": float(reward.std(correction=0)),  # population std, as the RLCM rows
-        "divergence_mean": float(divergence.mean()),
-        f"divergence_{settings.divergence}": float(divergence.mean()),
-        "objective": float(torch.cat(objectives).mean()),
-        **grad_norm_metrics(grad_norms),
-        "optimizer_steps": float(len(grad_norms)),
-        "truncate_steps": float(np.mean(truncated)),
-        "time_train_s": time.perf_counter() - start,
     }

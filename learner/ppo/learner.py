@@ -1,4 +1,5 @@
-"""The RLCM learner: per-prompt advantages, clipped PPO on the UNet's LoRA over the rollout actors' trajectories."""
+"""The PPO learner (RLCM's; GRPO's and DDPO's subclass it): per-prompt advantages, clipped PPO on the UNet's LoRA
+over the rollout actors' trajectories."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ import numpy as np
 import torch
 
 from learner.base import BaseLearner, shard
-from learner.ppo import PPOSettings, TrainBatch, ppo_update
+from learner.ppo.loss import LossFn, clipped_ppo_loss
+from learner.ppo.settings import PPOSettings
+from learner.ppo.update import TrainBatch, ppo_update
 from learner.stat_tracker import PerPromptStatTracker
 from rollout.lora import LoraSettings
 from rollout.policies import policy_for
@@ -67,10 +70,7 @@ class PPOLearner(BaseLearner):
     def generator_seed(self) -> int:
         return self.spec.seed
 
-    @property
-    def kl_coef(self) -> float:
-        """β of the per-step KL to the LoRA-free base added to the PPO loss (RLCM: none)."""
-        return 0.0
+    loss_fn: LossFn = staticmethod(clipped_ppo_loss)  # the algorithm's per-call loss (`learner.ppo.loss.LossFn`)
 
     @property
     def timestep_fraction(self) -> float:
@@ -138,7 +138,7 @@ class PPOLearner(BaseLearner):
             self.generator,
             self.reduce_gradients,
             self.lr_scheduler,
-            kl_coef=self.kl_coef,
+            loss_fn=self.loss_fn,
             timestep_fraction=self.timestep_fraction,
             recompute_old=self.settings.recomputes_old_log_probs(self.pipe.unet.dtype),
         )

@@ -1,23 +1,27 @@
-"""The ROCM learner role: samples its own chains with grad, ascends reward − λ·divergence, versioned adapters, resume
-state."""
+"""The first-order learner (ROCM's, DRaFT's, AlignProp's): samples its own chains with grad and ascends the
+algorithm's objective (`objective`, per call) with the algorithm's truncation K (`truncate_steps`, per call)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from learner.base import BaseLearner, shard
-from learner.rocm import rocm_update
-from learner.settings import ROCMSettings
+from learner.first_order.update import Objective, first_order_update
 from rollout.lora import LoraSettings
+
+if TYPE_CHECKING:
+    from learner.algorithms.rocm.settings import ROCMSettings
 
 
 @dataclass
-class ROCMLearnerSpec:
-    """Everything a ROCM learner needs; `reward_factory` is a picklable callable built in the learner's process."""
+class FirstOrderLearnerSpec:
+    """Everything a first-order learner needs; `reward_factory` is a picklable callable built in the learner's process;
+    `rocm`: ROCM's settings or a subclass (DRaFT's, AlignProp's)."""
 
     model: str
     lora: LoraSettings
@@ -34,8 +38,8 @@ class ROCMLearnerSpec:
     dtype: torch.dtype | None = None
     rank: int = 0
 
-    def build(self, reduce_gradients=None) -> ROCMLearner:
-        return ROCMLearner(self, reduce_gradients)
+    def build(self, reduce_gradients=None) -> FirstOrderLearner:
+        raise NotImplementedError  # the algorithm's spec builds its learner
 
 
 @dataclass
@@ -47,15 +51,17 @@ class EpochSamples:
     images: torch.Tensor  # uint8 [N, 3, H, W]
 
 
-class ROCMLearner(BaseLearner):
-    """Samples its own chains with grad and ascends reward − λ·divergence; `train(prompts)` turns version v into v+1.
+class FirstOrderLearner(BaseLearner):
+    """Samples its own chains with grad and ascends `objective`; `train(prompts)` turns version v into v+1.
 
     The noise comes from the base's per-rank generator (seeded with (seed, rank)), so data-parallel ranks
     draw different chains.
     """
 
+    objective: Objective  # what each call ascends (`learner.first_order.update.Objective`): the algorithm's
+
     def __init__(
-        self, spec: ROCMLearnerSpec, reduce_gradients: Callable[[list[torch.nn.Parameter]], None] | None = None
+        self, spec: FirstOrderLearnerSpec, reduce_gradients: Callable[[list[torch.nn.Parameter]], None] | None = None
     ):
         super().__init__(spec, reduce_gradients)
         self.reward_fn = spec.reward_factory().to(self.device)
@@ -100,7 +106,7 @@ class ROCMLearner(BaseLearner):
         recorded: list[tuple[list[str], torch.Tensor, torch.Tensor]] = []
         self.pipe.unet.train()
         try:
-            metrics = rocm_update(
+            metrics = first_order_update(
                 self.pipe,
                 self.optimizer,
                 self.params,
@@ -110,6 +116,7 @@ class ROCMLearner(BaseLearner):
                 self.spec.guidance_scale,
                 self.generator,
                 self.reward_fn,
+                self.objective,
                 height=self.spec.height,
                 width=self.spec.width,
                 original_inference_steps=self.spec.original_inference_steps,

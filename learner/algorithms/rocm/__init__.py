@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 
 from learner.algorithms.base import FirstOrderAlgorithm
-from learner.settings import ROCMSettings
+from learner.algorithms.rocm.settings import ROCMSettings
 
 
 class ROCM(FirstOrderAlgorithm):
@@ -31,8 +31,9 @@ class ROCM(FirstOrderAlgorithm):
 
     @classmethod
     def grad_calls(cls, config) -> int:
-        """UNet calls per chain that run with grad (`learner.rocm.chain_objective`): with the divergence penalty all H
-        policy and H−1 reference calls; without it the last K+1 policy calls under truncation K, else all H."""
+        """UNet calls per chain that run with grad (`learner.first_order.chain.sample_chain`): with the divergence
+        penalty all H policy and H−1 reference calls; without it the last K+1 policy calls under truncation K, else
+        all H."""
         s, steps = config.settings, config.sampling.num_steps
         if s.divergence != "none" and (s.lam == "auto" or s.lam > 0):
             return 2 * steps - 1
@@ -41,7 +42,7 @@ class ROCM(FirstOrderAlgorithm):
 
     @classmethod
     def spec_class(cls) -> type:
-        from learner.rocm_learner import ROCMLearnerSpec
+        from learner.algorithms.rocm.learner import ROCMLearnerSpec
 
         return ROCMLearnerSpec
 

@@ -3,12 +3,12 @@
 For each sample i and action step k (LCM: k < H−1; DDIM: k < H), with
 ρ = exp(log π_θ(x_{k+1}|x_k) − log π_old(x_{k+1}|x_k)):
 
-    loss = mean_{i,k} max(−A_i·ρ, −A_i·clip(ρ, 1−ε, 1+ε))  [+ β·KL(π_θ ‖ π_base) at x_k, optional]
+    loss = mean_{i,k} max(−A_i·ρ, −A_i·clip(ρ, 1−ε, 1+ε))  (the default `loss_fn`; GRPO adds β·KL to the base)
 
 Timesteps are shuffled per sample, and a sample trains on the first ⌊fraction·steps⌋ of its order (DDPO's
 `timestep_fraction`; 1 = all); the optimizer steps once per `grad_accum_steps` minibatches × those steps, after
 the gradient norm is clipped. log π_θ is recomputed by the policy's own functions (`rollout.policies`). π_old is
-the rollout's log π, or (`recompute_old_log_probs`) the learner's own recomputation (`learner.old_log_probs`).
+the rollout's log π, or (`recompute_old_log_probs`) the learner's own recomputation (`learner.ppo.old_log_probs`).
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from learner.divergences import gaussian_divergence
 from learner.guards import grad_norm_metrics
-from learner.old_log_probs import call_log_prob, draw_pass_orders, gap_metrics, pass_calls, recompute_log_probs
 from learner.optim import optimizer_step
-from learner.settings import PPOSettings
+from learner.ppo.loss import LossFn, StepExtras, clipped_ppo_loss
+from learner.ppo.old_log_probs import call_log_prob, draw_pass_orders, gap_metrics, pass_calls, recompute_log_probs
+from learner.ppo.settings import PPOSettings
 from rollout.policies import Transitions
 
 
@@ -42,34 +42,6 @@ class TrainBatch:
         return self.old_log_probs.shape[0]
 
 
-def ppo_loss(
-    log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor, clip_range: float
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Clipped surrogate: mean of max(−A·ρ, −A·clip(ρ, 1−ε, 1+ε)); plus approx_kl, clipfrac, ratio."""
-    ratio = torch.exp(log_prob - old_log_prob)
-    unclipped = -advantages * ratio
-    clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
-    loss = torch.maximum(unclipped, clipped).mean()
-    with torch.no_grad():
-        info = {
-            "approx_kl": 0.5 * ((log_prob - old_log_prob) ** 2).mean(),
-            "clipfrac": ((ratio - 1.0).abs() > clip_range).float().mean(),
-            "ratio_min": ratio.min(),
-            "ratio_max": ratio.max(),
-        }
-    return loss, info
-
-
-@torch.no_grad()
-def base_mean(unet: torch.nn.Module, transitions: Transitions, rows: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """Mean of the frozen base policy (LoRA disabled) at the same state."""
-    unet.disable_adapters()
-    try:
-        return transitions.gaussian(unet, rows, k)[0]
-    finally:
-        unet.enable_adapters()
-
-
 def steps_trained(num_transitions: int, timestep_fraction: float) -> int:
     """How many of a sample's action steps one pass trains on (DDPO: int(H·fraction), at least 1)."""
     return max(1, int(num_transitions * timestep_fraction))
@@ -84,7 +56,7 @@ def ppo_update(
     generator: torch.Generator,
     reduce_gradients: Callable[[list[torch.nn.Parameter]], None] | None = None,
     lr_scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
-    kl_coef: float = 0.0,
+    loss_fn: LossFn = clipped_ppo_loss,
     timestep_fraction: float = 1.0,
     recompute_old: bool = False,
 ) -> dict[str, float]:
@@ -92,10 +64,10 @@ def ppo_update(
 
     `timestep_fraction` < 1 trains each sample on a random subset of its steps (the first of its shuffled order);
     `reduce_gradients` averages gradients across data-parallel learners before clipping;
-    `lr_scheduler` steps once per optimizer step; `kl_coef` β > 0 adds β·KL(π_θ ‖ π_base) per step at the
-    recorded state (the same UNet with its LoRA disabled, as Flow-GRPO does), logged as `kl_to_base`.
+    `lr_scheduler` steps once per optimizer step; `loss_fn` is the algorithm's per-call loss (default: the clipped
+    surrogate; GRPO adds β·KL to the base), its diagnostics other than ratio_* averaged into the metrics.
     `recompute_old`: for the on-policy samples π_old is log π_θ recomputed before the first step with the first
-    pass's own calls (`learner.old_log_probs`), not the behaviour log-probs `batch.old_log_probs` (stale samples
+    pass's own calls (`learner.ppo.old_log_probs`), not the behaviour log-probs `batch.old_log_probs` (stale samples
     keep those: the ratio corrects for the policy lag); either way the metrics report the gap between the two on
     the on-policy samples (without recomputation: over the calls made before the first optimizer step).
     """
@@ -134,16 +106,14 @@ def ppo_update(
         for idx, k in pass_calls(order, settings.train_batch_size, trained):
             idx_d, k_d = idx.to(device), k.to(device)
             log_prob, mean, std = call_log_prob(unet, batch.transitions, idx_d, k_d)
-            loss, info = ppo_loss(log_prob, old_log_probs[idx_d, k_d], advantages[idx_d], settings.clip_range)
+            extras = StepExtras(unet, batch.transitions, idx_d, k_d, mean, std)
+            loss, info = loss_fn(log_prob, old_log_probs[idx_d, k_d], advantages[idx_d], settings, extras)
             if not grad_norms:  # before the first optimizer step: the weights the rollout sampled with
                 info["ratio_first_pass_max_dev"] = (torch.exp(log_prob - old_log_probs[idx_d, k_d]) - 1).abs().max()
                 if not recompute_old:
                     learner_log_probs[idx_d, k_d] = torch.where(
                         on_policy[idx_d], log_prob.detach().float(), float("nan")
                     )
-            if kl_coef > 0:
-                kl = gaussian_divergence("kl", mean, base_mean(unet, batch.transitions, idx_d, k_d), std).mean()
-                loss, info["kl_to_base"] = loss + kl_coef * kl, kl.detach()
             (loss / backward_per_step).backward()
             backward_count += 1
             step_infos.append({"loss": loss.item(), **{key: value.item() for key, value in info.items()}})
@@ -158,9 +128,7 @@ def ppo_update(
         grad_norms.append(optimizer_step(optimizer, params, settings.max_grad_norm, reduce_gradients, lr_scheduler))
     unet.eval()
     metrics = {
-        key: float(np.mean([s[key] for s in step_infos]))
-        for key in ("loss", "approx_kl", "clipfrac", "kl_to_base")
-        if key in step_infos[0]
+        key: float(np.mean([s[key] for s in step_infos])) for key in step_infos[0] if not key.startswith("ratio_")
     }
     metrics["ratio_min"] = min(s["ratio_min"] for s in step_infos)
     metrics["ratio_max"] = max(s["ratio_max"] for s in step_infos)

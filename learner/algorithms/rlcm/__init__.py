@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from learner.algorithms.base import OLD_LOG_PROB_DIAGNOSTICS, RolloutAlgorithm
-from learner.settings import PPOSettings
+from learner.ppo.settings import PPOSettings
 
 
 class RLCM(RolloutAlgorithm):
@@ -22,7 +22,7 @@ class RLCM(RolloutAlgorithm):
 
     @classmethod
     def learner_spec(cls, config, common):
-        from learner.learner import LearnerSpec
+        from learner.ppo.learner import LearnerSpec
 
         return LearnerSpec(
             ppo=config.train,
