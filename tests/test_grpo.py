@@ -43,7 +43,7 @@ def test_same_noise_groups_share_x0_only():
 @pytest.mark.parametrize(
     "overrides, message",
     [
-        (["grpo.group_size=3"], "grpo.group_size: 3 does not divide sampling.batch_size=8"),
+        (["grpo.group_size=3"], "grpo.group_size: 3 does not divide sampling.batch_size=16"),
         (["train.learning_rate=1e-3"], "train.learning_rate: an option of algorithm rlcm, but algorithm is grpo"),
         (["rocm.lam=1"], "rocm.lam: an option of algorithm rocm, but algorithm is grpo"),
     ],
@@ -59,7 +59,7 @@ def test_grpo_config_error_from_the_cli_before_ray(capsys, tmp_path):
         == 2
     )
     err = capsys.readouterr().err.strip().splitlines()
-    assert any("grpo.group_size: 3 does not divide sampling.batch_size=8" in line for line in err)
+    assert any("grpo.group_size: 3 does not divide sampling.batch_size=16" in line for line in err)
 
 
 cli = functools.partial(train_cli, "grpo-tiny-cpu")

@@ -14,7 +14,7 @@ import pytest
 import torch
 from diffusers import LCMScheduler
 
-from rollout.models import build_tiny_pipeline
+from rollout.models import TOY_LCM_TIMESTEP_SCALING, build_tiny_pipeline
 from rollout.policies import sample_trajectory
 from rollout.policies.chain_math import clip_or_threshold
 from rollout.policies.lcm import guidance_embedding, lcm_timesteps, transition_log_prob
@@ -72,7 +72,7 @@ def denoised_by_hand(
         x0 = (xd - math.sqrt(1 - a) * out) / math.sqrt(a)
     else:
         raise AssertionError(prediction)
-    c_skip, c_out = boundary_scalings_by_hand(t)
+    c_skip, c_out = boundary_scalings_by_hand(t, pipe.scheduler.config.timestep_scaling)
     return c_out * x0 + c_skip * xd
 
 
@@ -135,7 +135,9 @@ def test_timesteps_h8_exact(pipe, traj):
     np.testing.assert_allclose(pipe.scheduler.alphas_cumprod.double().numpy(), alphas_cumprod_by_hand(), rtol=1e-5)
     for t in EXPECTED_TIMESTEPS:
         np.testing.assert_allclose(
-            pipe.scheduler.get_scalings_for_boundary_condition_discrete(t), boundary_scalings_by_hand(t), rtol=1e-6
+            pipe.scheduler.get_scalings_for_boundary_condition_discrete(t),
+            boundary_scalings_by_hand(t, TOY_LCM_TIMESTEP_SCALING),
+            rtol=1e-6,
         )
 
 
