@@ -188,6 +188,7 @@ def main() -> None:
             "total_s": sum(p["total_s"] for p in parts),
             "command": " + ".join(p["command"] for p in parts),
         }
+        (args.out_dir / "sign_test_runs.json").write_text(json.dumps(results, indent=1))
     else:
         results = run_all(args)
     write_results(results, args.out_dir / "sign_test.md")
