@@ -243,8 +243,14 @@ def test_ddpo_resumes_bitwise_equal_and_samples_with_its_eta(ray_local, tmp_path
     pipe = build_tiny_ddim_pipeline()
     pipe.load_lora_weights(str(checkpoint))
     expected = pipe(
-        "a cat", num_inference_steps=3, guidance_scale=W, eta=1.0, generator=torch.Generator().manual_seed(3)
+        "a cat",
+        num_inference_steps=3,
+        guidance_scale=W,
+        eta=1.0,
+        height=32,
+        width=32,
+        generator=torch.Generator().manual_seed(3),
     ).images[0]
     np.testing.assert_array_equal(
         np.asarray(Image.open(out)), np.asarray(expected)
-    )  # `rlcm sample` uses the recorded η
+    )  # `rlcm sample` uses the recorded η and size (the preset's 32 px)

@@ -95,16 +95,16 @@ def test_rocm_two_learners_resume_through_the_cli_matches_uninterrupted(ray_loca
 def test_lam_auto_steers_the_divergence_to_its_budget_and_resumes_bitwise(ray_local, tmp_path):
     """`rocm.lam: auto` on the toy: λ follows the bounded update of the logged divergence, which is within a factor 2 of
     `lam_target` from epoch 5 on; a run stopped after 4 epochs and resumed equals 7 epochs straight."""
-    auto = ["rocm.lam=auto", "rocm.lam_target=0.1", "rocm.lam_init=0.1", "rocm.lam_max_factor=1.5"]
+    auto = ["rocm.lam=auto", "rocm.lam_target=0.5", "rocm.lam_init=0.1", "rocm.lam_max_factor=1.5"]
     full = run(tmp_path / "full", "run.epochs=7", *auto)
     lams = [r["lam"] for r in full]
     assert lams[0] == 0.1 and all(
-        r["lam_divergence_target"] == 0.1 and r["lam_divergence"] == r["divergence_mean"] for r in full
+        r["lam_divergence_target"] == 0.5 and r["lam_divergence"] == r["divergence_mean"] for r in full
     )
     for row, next_lam in zip(full, lams[1:]):  # the logged update is the rule's
-        factor = min(max((row["divergence_mean"] / 0.1) ** 0.5, 1 / 1.5), 1.5)
+        factor = min(max((row["divergence_mean"] / 0.5) ** 0.5, 1 / 1.5), 1.5)
         assert next_lam == pytest.approx(row["lam"] * factor, rel=1e-9)
-    assert all(0.5 <= r["divergence_mean"] / 0.1 <= 2 for r in full[5:]), [r["divergence_mean"] for r in full]
+    assert all(0.5 <= r["divergence_mean"] / 0.5 <= 2 for r in full[5:]), [r["divergence_mean"] for r in full]
 
     run(tmp_path / "split", "run.epochs=4", *auto)
     state = json.loads((tmp_path / "split/checkpoints/epoch-0003/driver_state.json").read_text())

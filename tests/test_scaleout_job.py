@@ -113,7 +113,7 @@ def test_ray_job_submit_runs_the_toy_preset(tmp_path):
         logs = job_client(address, token).get_job_logs(job_id)
         assert status == "SUCCEEDED", logs[-3000:]
         rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-        assert [r["samples_seen"] for r in rows] == [8, 16]
+        assert [r["samples_seen"] for r in rows] == [16, 32]
     finally:
         os.killpg(head.pid, signal.SIGTERM)  # `ray start --block` stops the processes it started, only those
         head.wait(timeout=60)

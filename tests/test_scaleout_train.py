@@ -13,7 +13,9 @@ from cluster.control import scale_rollouts
 from cluster.trainer import SkippedTooOften, Trainer
 from rlcm.config.schema import load_config
 
-FAST = [
+FAST = [  # the counts below are per batches of 8 (the preset's 16, halved to keep these runs short)
+    "sampling.batch_size=8",
+    "train.train_batch_size=4",
     "sampling.batches_per_epoch=1",
     "run.sample_grid_every=100",
     "run.save_every=100",
