@@ -82,7 +82,7 @@ class ToyRun:
         from rewards_service.registry import build_scorer
         from rollout.precision import DTYPES
 
-        if not config.algo.source.sign_test:
+        if config.algo.source.learners_sample:
             raise ValueError(f"the sign test needs a rollout algorithm; {config.algo.name} samples its own chains")
         if mode not in MODES:
             raise ValueError(f"unknown reward mode {mode!r}; use one of {MODES}")

@@ -10,7 +10,7 @@ must be of that kind), how to build its learner, what its epoch line shows and w
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel
 
@@ -21,27 +21,16 @@ if TYPE_CHECKING:
 
 
 class SampleSource:
-    """Where an epoch's training samples come from, and what follows from it for the driver, plots, plan and checks.
-
-    Each attribute answers one caller's question (so no caller compares names): `learners_sample` (the driver
-    splits the prompts, feeds the learners prompts and counts their chains), `rollouts_monitor` (the rollout
-    actors sample held-out prompts scored by `reward.monitor`), `reward_label` (the plot/row label of the
-    learners' reward), `sign_test` (`rlcm sign-test` applies), `differentiable_reward` (the learner backpropagates
-    through the reward), `learner_scores` (the learner holds a reward model beside the monitor's scorer),
-    `backprops_chain` (`rlcm plan` costs the learner as backprop through a sampled chain, not PPO over a
-    recorded one), `async_ok` (scaleout.mode async is possible). `one_update_epoch` shrinks a settings
-    section to one optimizer step per epoch (`rlcm dry-run`).
+    """Where an epoch's training samples come from. `learners_sample`: the learners sample their own chains with grad
+    from the training prompts and backpropagate through a differentiable reward (the driver splits the prompts among
+    them; the rollout actors only sample held-out prompts scored by `reward.monitor`; `rlcm plan` costs backprop
+    through a chain; no async mode, no sign test); otherwise they run PPO over the rollout actors' scored
+    trajectories. `reward_label`: the plot/row label of the learners' reward. `one_update_epoch` shrinks a settings
+    section to one optimizer step per epoch (`rlcm train --dry-run`).
     """
 
-    name: ClassVar[Literal["rollouts", "learners"]]
     learners_sample: ClassVar[bool]
-    rollouts_monitor: ClassVar[bool]
     reward_label: ClassVar[str]
-    sign_test: ClassVar[bool]
-    differentiable_reward: ClassVar[bool]
-    learner_scores: ClassVar[bool]
-    backprops_chain: ClassVar[bool]
-    async_ok: ClassVar[bool]
 
     def one_update_epoch(self, section: dict[str, Any], batch_size: int) -> str:
         """Set `section` (a settings section as a dict) to one optimizer step per epoch of rollout batches of
@@ -55,15 +44,8 @@ class SampleSource:
 class FromRollouts(SampleSource):
     """The rollout actors' trajectories, scored by the reward service; the learners run PPO over them."""
 
-    name = "rollouts"
     learners_sample = False
-    rollouts_monitor = False
     reward_label = "reward"
-    sign_test = True
-    differentiable_reward = False
-    learner_scores = False
-    backprops_chain = False
-    async_ok = True
 
     def one_update_epoch(self, section: dict[str, Any], batch_size: int) -> str:
         section["train_batch_size"] = min(section["train_batch_size"], batch_size)
@@ -78,15 +60,8 @@ class FromLearners(SampleSource):
     """Chains the learners sample themselves with grad from training prompts (first-order); the rollout actors
     sample held-out prompts for monitoring only."""
 
-    name = "learners"
     learners_sample = True
-    rollouts_monitor = True
     reward_label = "trained reward"
-    sign_test = False
-    differentiable_reward = True
-    learner_scores = True
-    backprops_chain = True
-    async_ok = False
 
     def one_update_epoch(self, section: dict[str, Any], batch_size: int) -> str:
         section.update(batch_size=1, grad_accum_steps=1, updates_per_epoch=1)
@@ -164,7 +139,7 @@ class Algorithm:
     @classmethod
     def differentiable_reward(cls) -> bool:
         """Whether the learner backpropagates through `reward.name` (then it must be a differentiable reward)."""
-        return cls.source.differentiable_reward
+        return cls.source.learners_sample
 
 
 OLD_LOG_PROB_DIAGNOSTICS = (
@@ -226,7 +201,7 @@ class FirstOrderAlgorithm(Algorithm):
 
     @classmethod
     def check(cls, config: TrainConfig) -> None:
-        if config.scaleout.mode == "async" and not cls.source.async_ok:
+        if config.scaleout.mode == "async" and cls.source.learners_sample:
             raise ValueError(
                 f"scaleout.mode: async mode needs an algorithm that learns from rollouts; {cls.name} trains on its own "
                 f"samples, use scaleout.mode=sync"

@@ -122,7 +122,7 @@ def check_reward(config: TrainConfig) -> None:
                 f"reward.name: {reward.name!r} is not differentiable, which {algorithm.name} needs; choose one of "
                 f"{names}"
             )
-    monitored = algorithm.source.rollouts_monitor and reward.monitor
+    monitored = algorithm.source.learners_sample and reward.monitor
     served, key = (reward.monitor, "reward.monitor") if monitored else (reward.name, "reward.name")
     if reward.backend == "local" and ":" not in served and served not in REWARD_NAMES:
         raise ConfigError(

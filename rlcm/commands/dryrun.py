@@ -134,7 +134,7 @@ def plan_dry_run(config: TrainConfig, resolution: int = 64) -> DryRunPlan:
     else:
         reward["options"] = randomize(reward["options"], reward["name"], changes)
         if (
-            config.algo.source.learner_scores
+            config.algo.source.learners_sample
             and reward["name"] in REWARD_MODEL_OPTIONS
             and "dtype" not in reward["options"]
         ):

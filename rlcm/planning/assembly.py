@@ -73,7 +73,7 @@ def assemble(config: TrainConfig, gpu: GPU) -> Assembly:
         config.reward.name, config.reward.options.get("dtype", "float32")
     )
     learner = f"learner ({algo.title})"
-    if algo.source.backprops_chain:  # first-order: the learner backpropagates through its own chains
+    if algo.source.learners_sample:  # first-order: the learner backpropagates through its own chains
         k = config.settings
         calls = algo.grad_calls(config)
         parts = {

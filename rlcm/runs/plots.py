@@ -112,7 +112,7 @@ def run_rewards(run_dir: Path) -> tuple[str, str | None]:
         return "reward", None
     reward = config.get("reward") or {}
     name = str(reward.get("name", "jpeg_compressibility"))
-    monitor = str(reward.get("monitor") or name) if _source(config.get("algorithm")).rollouts_monitor else None
+    monitor = str(reward.get("monitor") or name) if _source(config.get("algorithm")).learners_sample else None
     return name, monitor
 
 
