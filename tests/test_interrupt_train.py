@@ -71,7 +71,7 @@ def test_signal_checkpoints_the_last_finished_epoch_and_exits_quietly(tmp_path, 
 
 
 @pytest.mark.slow
-def test_a_second_ctrl_c_during_the_graceful_stop_ends_the_run_within_2_s(tmp_path):
+def test_a_second_ctrl_c_during_the_graceful_stop_ends_the_run_without_saving(tmp_path):
     """Issue 28: a second Ctrl-C 0.3 s after the first used to take the graceful path all the same (3.9 s)."""
     import psutil
 
