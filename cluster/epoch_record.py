@@ -98,12 +98,12 @@ def check_finite(nonfinite: SkipStreak, epoch: int, row: dict) -> None:
     skipped, steps = int(row.get("nonfinite_steps") or 0), int(row.get("optimizer_steps") or 0)
     if skipped:
         print(
-            f"rlcm: epoch {epoch + 1}: {skipped} of {steps} optimizer steps skipped (non-finite loss or gradients; "
+            f"rlcm: epoch {epoch}: {skipped} of {steps} optimizer steps skipped (non-finite loss or gradients; "
             "not applied)",
             file=sys.stderr,
             flush=True,
         )
-    nonfinite.record(f"epoch {epoch + 1}: all {steps} steps non-finite" if steps and skipped == steps else None)
+    nonfinite.record(f"epoch {epoch}: all {steps} steps non-finite" if steps and skipped == steps else None)
 
 
 def save_epoch_grid(path: Path, epoch: int, config: TrainConfig, entries: list[Entry], own_samples: bool) -> np.ndarray:

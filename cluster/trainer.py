@@ -36,6 +36,7 @@ from rlcm.config.prompts import epoch_prompts, holdout_split, load_prompts
 from rlcm.config.schema import TrainConfig, dump_config
 from rlcm.runs.checkpoint_record import write_record
 from rlcm.runs.durable import atomic_write_text
+from rlcm.runs.epochs import epoch_label
 from rlcm.runs.folder import OutputDir, disk_error
 from rlcm.runs.integrity import DRIVER_STATE, write_checkpoint
 from rlcm.runs.progress import EpochProgress
@@ -147,7 +148,7 @@ class Trainer(InFlight):
         if last < 0:
             raise Interrupted(
                 self.stop.signum,
-                f"interrupted during epoch 1/{total}, before any epoch finished; nothing to checkpoint; "
+                f"interrupted during {epoch_label(0, total)}, before any epoch finished; nothing to checkpoint; "
                 "continue with --resume (it starts over)",
             )
         checkpoint = self.out.checkpoint(last)
@@ -155,7 +156,7 @@ class Trainer(InFlight):
             self.save_checkpoint(last)
         raise Interrupted(
             self.stop.signum,
-            f"interrupted after epoch {last + 1}/{total}; checkpoint {checkpoint.name}; continue with --resume",
+            f"interrupted after {epoch_label(last, total)}; checkpoint {checkpoint.name}; continue with --resume",
         )
 
     def _loop(self) -> list[dict]:
@@ -273,9 +274,9 @@ class Trainer(InFlight):
         check_finite(self.nonfinite, epoch, row)
         if self.skipped_in_a_row >= config.run.max_skipped_updates:
             raise SkippedTooOften(
-                f"{self.skipped_in_a_row} epochs in a row had no valid reward (last: epoch "
-                f"{epoch + 1}/{config.run.epochs}); the reward service is failing or rejecting every image: check it "
-                "(e.g. `curl <url>/healthz`), then continue with --resume"
+                f"{self.skipped_in_a_row} epochs in a row had no valid reward (last: "
+                f"{epoch_label(epoch, config.run.epochs)}); the reward service is failing or rejecting every image: "
+                "check it (e.g. `curl <url>/healthz`), then continue with --resume"
             )
         return row
 

@@ -153,7 +153,7 @@ def test_resume_refuses_a_corrupted_checkpoint_before_ray_and_offers_the_previou
     assert "the previous checkpoint epoch-0000 is intact" in out.err and "epoch-0001.corrupt" in out.err
     (tmp_path / "checkpoints" / "epoch-0001").rename(tmp_path / "checkpoints" / "epoch-0001.corrupt")
     code, out = resume_cli(tmp_path, capsys, monkeypatch)
-    assert code == 0 and "resuming from" in out.out and "epoch-0000 (epoch 1/5 done, samples_seen 8)" in out.out
+    assert code == 0 and "resuming from" in out.out and "epoch-0000 (epoch 0/4 done, samples_seen 8)" in out.out
     assert [r["epoch"] for r in OutputDir(tmp_path).rows()] == [0]
 
 
@@ -166,7 +166,7 @@ def test_resume_names_the_checkpoint_and_drops_a_torn_metrics_line(tmp_path, cap
     assert "metrics.jsonl: dropped a torn last line" in out.out
     assert (
         "resuming from" in out.out
-        and "epoch-0001 (epoch 2/5 done, samples_seen 16); continuing with epoch 3/5" in out.out
+        and "epoch-0001 (epoch 1/4 done, samples_seen 16); continuing with epoch 2/4" in out.out
     )
     assert [r["epoch"] for r in OutputDir(tmp_path).rows()] == [0, 1]
 

@@ -42,13 +42,13 @@ def test_train_help_names_the_real_presets():
     assert all(name in config.help for name in PRESETS) and "<reward>" not in config.help
 
 
-def test_summary_line_counts_epochs_as_the_progress_lines():
+def test_summary_and_progress_lines_number_epochs_as_the_files_do():
     rows = [
         {"epoch": e, "reward_mean": -2.0 + e / 10, "reward_std": 0.1, "time_epoch_s": 1.0, "samples_seen": 16 * (e + 1)}
         for e in range(20)
     ]
-    assert summary_line(rows, 20) == "reward_mean -2.0000 (epoch 1/20) -> -0.1000 (epoch 20/20)"
-    assert epoch_line(rows[0], 20).startswith("epoch 1/20") and epoch_line(rows[-1], 20).startswith("epoch 20/20")
+    assert summary_line(rows, 20) == "reward_mean -2.0000 (epoch 0/19) -> -0.1000 (epoch 19/19)"
+    assert epoch_line(rows[0], 20).startswith("epoch 0/19") and epoch_line(rows[-1], 20).startswith("epoch 19/19")
 
 
 @pytest.fixture(scope="module")
@@ -211,7 +211,7 @@ def test_sample_grid_has_a_title_with_epoch_and_reward(tmp_path):
 
     images = np.full((4, 16, 16, 3), 128, np.uint8)
     title = grid_title(4, 20, "jpeg_compressibility", [-1.5, -1.7, float("nan"), -1.6], "held-out monitor")
-    assert title == "epoch 5/20 · held-out monitor jpeg_compressibility · mean -1.600 over 3 shown"
+    assert title == "epoch 4/19 · held-out monitor jpeg_compressibility · mean -1.600 over 3 shown"
     plain = save_sample_grid(tmp_path / "a.png", images, ["p"] * 4, [0.0] * 4)
     titled = save_sample_grid(tmp_path / "b.png", images, ["p"] * 4, [0.0] * 4, title=title)
     assert titled.shape[0] > plain.shape[0] and (titled[:12] < 100).any()  # dark title text above the images

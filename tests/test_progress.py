@@ -27,9 +27,9 @@ def test_one_line_per_epoch_with_the_key_numbers(tmp_path, capsys):
     progress.close()
     out, err = capsys.readouterr()
     lines = out.splitlines()
-    assert lines[0] == "epoch 1/3  reward -2.1000 ± 0.1000  approx_kl 0.012  clipfrac 0.250  5.5 s/epoch  samples 16"
+    assert lines[0] == "epoch 0/2  reward -2.1000 ± 0.1000  approx_kl 0.012  clipfrac 0.250  5.5 s/epoch  samples 16"
     assert (
-        lines[1].startswith("epoch 2/3") and "update skipped (no valid reward)" in lines[1] and "16 invalid" in lines[1]
+        lines[1].startswith("epoch 1/2") and "update skipped (no valid reward)" in lines[1] and "16 invalid" in lines[1]
     )
     assert len(lines) == 2 and "rlcm train" not in err  # stderr is no terminal here: no progress bar in the log
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
@@ -54,7 +54,7 @@ def test_rocm_line_shows_divergence_objective_and_monitoring(tmp_path, capsys):
     progress.epoch_done(row, None)
     progress.close()
     assert capsys.readouterr().out.strip() == (
-        "epoch 5/20  reward -0.0500 ± 0.0010  divergence 0.185  objective -0.0660  monitor -1.2900  1.4 s/epoch  "
+        "epoch 4/19  reward -0.0500 ± 0.0010  divergence 0.185  objective -0.0660  monitor -1.2900  1.4 s/epoch  "
         "samples 20"
     )
 

@@ -9,6 +9,8 @@ import sys
 import traceback
 from pathlib import Path
 
+from rlcm.runs.epochs import epoch_label
+
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 DEFAULT_OUTPUT = "runs/{name}"
@@ -47,7 +49,8 @@ def _train(args: argparse.Namespace) -> int:
             print(f"rlcm: {note}")
         if point and point.epoch + 1 >= config.run.epochs:
             print(
-                f"{output_dir} is complete ({point.epoch + 1} of {config.run.epochs} epochs); nothing to resume. "
+                f"{output_dir} is complete (its last epoch, {epoch_label(point.epoch, config.run.epochs)}, is done); "
+                "nothing to resume. "
                 "Raise run.epochs with --set to train longer."
             )
             return 0
@@ -61,11 +64,11 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def summary_line(rows: list[dict], total: int) -> str:
-    """First and last reward of a run, epochs counted from 1 as the per-epoch lines count them."""
+    """First and last reward of a run (`rlcm.runs.epochs` numbering)."""
     first, last = rows[0], rows[-1]
     return (
-        f"reward_mean {first['reward_mean']:.4f} (epoch {first['epoch'] + 1}/{total}) -> "
-        f"{last['reward_mean']:.4f} (epoch {last['epoch'] + 1}/{total})"
+        f"reward_mean {first['reward_mean']:.4f} ({epoch_label(first['epoch'], total)}) -> "
+        f"{last['reward_mean']:.4f} ({epoch_label(last['epoch'], total)})"
     )
 
 

@@ -7,6 +7,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from rlcm.runs.epochs import epoch_label
+
 TITLE_HEIGHT = 16
 
 
@@ -39,7 +41,7 @@ def save_sample_grid(
 
 
 def grid_title(epoch: int, epochs: int, reward: str, rewards: list[float], what: str = "") -> str:
-    """ "epoch 5/20 · jpeg_compressibility · mean −1.623 over 4 shown" (epochs counted from 1, as the log lines)."""
+    """ "epoch 4/19 · jpeg_compressibility · mean −1.623 over 4 shown" (`rlcm.runs.epochs` numbering)."""
     finite = [r for r in rewards if r == r]
     mean = f"mean {np.mean(finite):.3f} over {len(finite)} shown" if finite else "no valid reward"
-    return f"epoch {epoch + 1}/{epochs} · {what + ' ' if what else ''}{reward} · {mean}"
+    return f"{epoch_label(epoch, epochs)} · {what + ' ' if what else ''}{reward} · {mean}"

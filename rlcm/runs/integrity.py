@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rlcm.runs.durable import atomic_write_text, fsync_dir, read_json_lines, write_json_lines
+from rlcm.runs.epochs import epoch_label
 
 MANIFEST = "manifest.json"
 DRIVER_STATE = "driver_state.json"
@@ -254,10 +255,10 @@ def prepare_resume(root: Path, total_epochs: int) -> tuple[ResumePoint | None, l
         if found.torn is not None or len(kept) != len(found.rows):
             write_json_lines(metrics, kept)
     if point is None:
-        notes.append(f"{root} has no checkpoint yet; starting over at epoch 1/{total_epochs}")
+        notes.append(f"{root} has no checkpoint yet; starting over at {epoch_label(0, total_epochs)}")
     elif point.epoch + 1 < total_epochs:
         notes.append(
-            f"resuming from {point.checkpoint} (epoch {point.epoch + 1}/{total_epochs} done, samples_seen "
-            f"{point.samples_seen}); continuing with epoch {point.epoch + 2}/{total_epochs}"
+            f"resuming from {point.checkpoint} ({epoch_label(point.epoch, total_epochs)} done, samples_seen "
+            f"{point.samples_seen}); continuing with {epoch_label(point.epoch + 1, total_epochs)}"
         )
     return point, notes

@@ -13,6 +13,7 @@ from tqdm import tqdm
 from learner.algorithms import ALGORITHMS
 from learner.algorithms.base import Algorithm
 from rlcm.config.schema import TrainConfig
+from rlcm.runs.epochs import epoch_label
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +25,7 @@ def _algorithm(row: dict) -> type[Algorithm]:
 def epoch_line(row: dict, total: int) -> str:
     """One line per epoch: reward, the algorithm's diagnostics, time, samples."""
     parts = [
-        f"epoch {row['epoch'] + 1}/{total}",
+        epoch_label(row["epoch"], total),
         f"reward {row['reward_mean']:.4f} ± {row.get('reward_std', math.nan):.4f}",
     ]
     if row.get("skipped_update"):
