@@ -49,23 +49,13 @@ from learner.algorithms.rocm.lam_controller import controller_for
 from learner.policy_measures import kl_to_base, pairwise_diversity
 from rewards_service.registry import build_scorer
 from rlcm.config.prompts import epoch_prompts, holdout_split, load_prompts
-from rlcm.config.schema import PRESETS, TrainConfig, load_config
+from rlcm.config.schema import TrainConfig, load_config, toy_presets
 from rollout.lora import import_adapter
 from rollout.precision import DTYPES
 from rollout.worker import RolloutSpec, RolloutWorker
 
 RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
 EVAL_SEED = 1234
-
-
-def toy_presets() -> tuple[dict[str, str], list[str]]:
-    """algorithm name -> its toy preset, and the registered algorithms that have none."""
-    found = {}
-    for preset in (p for p in PRESETS if p.endswith("tiny-cpu")):
-        found.setdefault(load_config(preset).algorithm, preset)
-    return {name: found[name] for name in ALGORITHMS if name in found}, [
-        name for name in ALGORITHMS if name not in found
-    ]
 
 
 def cases(presets: dict[str, str]) -> list[tuple[str, str, str]]:
@@ -224,7 +214,8 @@ def train_one(
 
 
 def run_all(args: argparse.Namespace) -> dict:
-    presets, missing = toy_presets()
+    presets = toy_presets()
+    missing = [name for name in ALGORITHMS if name not in presets]
     if args.algorithms:
         unknown = sorted(set(args.algorithms) - set(presets))
         if unknown:

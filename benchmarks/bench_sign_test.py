@@ -3,7 +3,9 @@
     python benchmarks/bench_sign_test.py                      # every registered toy, 3 seeds, the preset's epochs
     python benchmarks/bench_sign_test.py --algorithms rlcm --seeds 2 --epochs 4   # smoke run
 
-For each entry of `SIGN_TESTS` (algorithm -> toy preset; adding an algorithm is one entry), each seed and each reward
+For each registered algorithm that learns from rollouts and has a `*tiny-cpu` preset
+(`cluster.sign_test.sign_tested_toys`: a new algorithm is covered by its toy preset, no list to edit), each seed and
+each reward
 the learner sees (r, −r, a random number per sample independent of the image: `cluster.sign_test`), one run with the
 preset's config (`run.seed` = the seed) for its `run.epochs` epochs, in this process with the driver's learner and
 rollout code (no Ray). The final policy is scored with the true reward r on held-out prompts (never trained on) ×
@@ -24,12 +26,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cluster.sign_test import MODES, gain, held_out_prompts, rollout_worker, sign_test_run
+from cluster.sign_test import MODES, gain, held_out_prompts, rollout_worker, sign_test_run, sign_tested_toys
 from rlcm.config.schema import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
-SIGN_TESTS = {"rlcm": "tiny-cpu", "grpo": "grpo-tiny-cpu", "ddpo": "ddpo-tiny-cpu"}  # algorithm -> its toy preset
 HELD_OUT_PROMPTS, NOISES, Z_PASS = 8, 4, 3.0
+TOYS = sign_tested_toys()
 
 
 def run_all(args) -> dict:
@@ -47,7 +49,7 @@ def run_all(args) -> dict:
         }
 
     for name in args.algorithms:
-        preset = SIGN_TESTS[name]
+        preset = TOYS[name]
         config = load_config(preset, [f"run.epochs={args.epochs}"] if args.epochs else [])
         held_out, worker = held_out_prompts(config, HELD_OUT_PROMPTS), rollout_worker(config)
         for seed in range(args.seeds):
@@ -165,7 +167,7 @@ def write_results(results: dict, path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--algorithms", nargs="+", default=list(SIGN_TESTS), choices=list(SIGN_TESTS))
+    parser.add_argument("--algorithms", nargs="+", default=list(TOYS), choices=list(TOYS))
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, help="override the presets' run.epochs (default: theirs)")
     parser.add_argument("--out-dir", type=Path, default=ROOT / "docs" / "results")

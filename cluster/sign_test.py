@@ -20,7 +20,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from learner.algorithms import ALGORITHMS
+from rlcm.config.schema import toy_presets
+
 MODES = ("r", "-r", "random")
+
+
+def sign_tested_toys() -> dict[str, str]:
+    """Every registered algorithm that learns from rollouts (a black-box reward) -> its toy preset: the algorithms
+    the sign test covers."""
+    return {name: preset for name, preset in toy_presets().items() if not ALGORITHMS[name].source.learners_sample}
 
 
 def learner_rewards(mode: str, true: np.ndarray, seed: int, epoch: int) -> np.ndarray:

@@ -22,14 +22,14 @@ import numpy as np
 import pytest
 import torch
 
-from cluster.sign_test import ToyRun, held_out_prompts, rollout_worker
+from cluster.sign_test import ToyRun, held_out_prompts, rollout_worker, sign_tested_toys
+from learner.algorithms import ALGORITHMS
 from rlcm.config.schema import load_config
 from rollout.policies import policy_for
 from rollout.policies.chain_math import gaussian_log_prob
 from rollout.trajectory import Trajectory
 
-# algorithm -> its toy preset and the config section of its learner settings
-TOYS = {"rlcm": ("tiny-cpu", "train"), "grpo": ("grpo-tiny-cpu", "grpo"), "ddpo": ("ddpo-tiny-cpu", "ddpo")}
+TOYS = sign_tested_toys()  # every rollout algorithm's toy preset: a new algorithm is tested here by its preset
 ONE_SMALL_STEP = ["learning_rate=1e-3", "train_batch_size=64"]  # the epoch's 64 samples in one first-order step
 
 
@@ -48,8 +48,8 @@ def log_likelihoods(pipe, trajectory: Trajectory) -> np.ndarray:
 
 def update_follows_reward(algorithm: str, mode: str) -> float:
     """Correlation between each sample's Δ log π over one small optimizer step on an epoch and its true reward."""
-    preset, section = TOYS[algorithm]
-    run = ToyRun(load_config(preset, ["run.seed=3", *(f"{section}.{s}" for s in ONE_SMALL_STEP)]), mode)
+    section = ALGORITHMS[algorithm].section
+    run = ToyRun(load_config(TOYS[algorithm], ["run.seed=3", *(f"{section}.{s}" for s in ONE_SMALL_STEP)]), mode)
     run.train_epoch()
     trajectories, true, valid = run.last_batch
     batch = Trajectory.concat(trajectories)

@@ -25,6 +25,15 @@ PRESETS = tuple(
 DEFAULT_PRESET = "tiny-cpu"
 
 
+def toy_presets() -> dict[str, str]:
+    """Registered algorithm -> its laptop toy preset (the first `*tiny-cpu` preset whose `algorithm` it is), in
+    registry order; algorithms without one are left out."""
+    found: dict[str, str] = {}
+    for preset in (p for p in PRESETS if p.endswith("tiny-cpu")):
+        found.setdefault(load_config(preset).algorithm, preset)
+    return {name: found[name] for name in ALGORITHMS if name in found}
+
+
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
