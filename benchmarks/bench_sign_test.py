@@ -38,9 +38,12 @@ def run_all(args) -> dict:
     """Every run; the raw results are rewritten after each run (an interrupted benchmark keeps what it measured)."""
     runs, start = [], time.perf_counter()
 
+    command = " ".join(["python benchmarks/bench_sign_test.py", *sys.argv[1:]])
+
     def results() -> dict:
         return {
-            "command": " ".join(["python benchmarks/bench_sign_test.py", *sys.argv[1:]]),
+            "command": command,
+            "commands": {name: command for name in args.algorithms},
             "torch": torch.__version__,
             "machine": platform.processor() or platform.machine(),
             "seeds": args.seeds,
@@ -165,6 +168,24 @@ def write_results(results: dict, path: Path) -> None:
     path.write_text("\n".join(lines))
 
 
+def join_runs(parts: list[dict]) -> dict:
+    """Saved results joined into one; an algorithm's runs in a later part replace its runs in the earlier ones (a
+    rerun of one algorithm updates its rows)."""
+    runs: dict[str, list[dict]] = {}
+    commands: dict[str, str] = {}
+    for part in parts:
+        for name in dict.fromkeys(run["algorithm"] for run in part["runs"]):
+            runs[name] = [run for run in part["runs"] if run["algorithm"] == name]
+            commands[name] = part.get("commands", {}).get(name, part["command"])
+    return {
+        **parts[0],
+        "runs": [run for group in runs.values() for run in group],
+        "total_s": sum(run["seconds"] for group in runs.values() for run in group),
+        "commands": commands,
+        "command": " + ".join(dict.fromkeys(commands.values())),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--algorithms", nargs="+", default=list(TOYS), choices=list(TOYS))
@@ -183,13 +204,7 @@ def main() -> None:
     torch.set_num_threads(1)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     if args.report_only:
-        parts = [json.loads(path.read_text()) for path in args.report_only]
-        results = {
-            **parts[0],
-            "runs": [run for part in parts for run in part["runs"]],
-            "total_s": sum(p["total_s"] for p in parts),
-            "command": " + ".join(p["command"] for p in parts),
-        }
+        results = join_runs([json.loads(path.read_text()) for path in args.report_only])
         (args.out_dir / "sign_test_runs.json").write_text(json.dumps(results, indent=1))
     else:
         results = run_all(args)
