@@ -183,7 +183,7 @@ def test_resume_of_a_finished_run_exits_0_without_starting_actors(capsys, tmp_pa
     (checkpoint / "driver_state.json").write_text(json.dumps({"epoch": 19, "samples_seen": 320, "policy_version": 20}))
     (tmp_path / "metrics.jsonl").write_text("")
     assert main(["train", "--output-dir", str(tmp_path), "--resume"]) == 0
-    assert "is complete (20 of 20 epochs)" in capsys.readouterr().out
+    assert "is complete (its last epoch, epoch 19/19, is done)" in capsys.readouterr().out
 
 
 def test_errors_from_inside_ray_become_one_line(ray_local):

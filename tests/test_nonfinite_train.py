@@ -35,7 +35,7 @@ def test_nan_loss_updates_are_skipped_and_repeats_stop_the_run(ray_local, tmp_pa
     try:
         with pytest.raises(
             NonFiniteError,
-            match=r"2 updates in a row were skipped \(run.max_nonfinite_updates=2\) \(epoch 3: all \d+ steps",
+            match=r"2 updates in a row were skipped \(run.max_nonfinite_updates=2\) \(epoch 2: all \d+ steps",
         ):
             trainer.run()
     finally:
@@ -46,7 +46,7 @@ def test_nan_loss_updates_are_skipped_and_repeats_stop_the_run(ray_local, tmp_pa
     assert rows[1]["nonfinite_steps"] == rows[1]["optimizer_steps"] > 0 and rows[1]["grad_norm"] is None  # strict JSON
     err = capsys.readouterr().err
     assert (
-        f"rlcm: epoch 2: {int(rows[1]['optimizer_steps'])} of {int(rows[1]['optimizer_steps'])} optimizer steps skipped"
+        f"rlcm: epoch 1: {int(rows[1]['optimizer_steps'])} of {int(rows[1]['optimizer_steps'])} optimizer steps skipped"
         in err
     )
     before, skipped, skipped_again = lora(tmp_path, 0), lora(tmp_path, 1), lora(tmp_path, 2)
