@@ -13,7 +13,10 @@ import pytest
 
 from cluster.ray_reaper import _alive, _cmdline, read_tracked, session_processes
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the reaper reads /proc")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the reaper reads /proc"),
+]
 
 DRIVER = """
 import os, sys, time

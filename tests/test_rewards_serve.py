@@ -22,6 +22,8 @@ from rewards_service.settings import ServiceSettings
 from tests.servers import free_port
 from tests.test_rewards_hardening import b64, check_stalled_uploads_do_not_block, png_bytes
 
+pytestmark = pytest.mark.slow  # end-to-end runs
+
 APP = "rewards_test"
 SLOW = "tests.test_rewards_serve:SlowJpeg"
 

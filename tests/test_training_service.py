@@ -16,6 +16,8 @@ from rewards_service.serve import RewardDeploymentConfig, RewardServiceConfig, b
 from rlcm.config.schema import load_config
 from tests.test_rewards_serve import SlowJpeg, _wait_for
 
+pytestmark = pytest.mark.slow  # end-to-end runs
+
 APP = "train_rewards"
 HELD = "tests.test_training_service:HeldJpeg"
 EPOCH = 16  # samples an epoch
@@ -55,7 +57,6 @@ def _draining() -> bool:
     return replicas.get("STOPPING", 0) > 0
 
 
-@pytest.mark.slow
 def test_training_scores_through_serve_and_survives_a_hot_swap(ray_local, tmp_path):
     """Version 1 holds its calls after two epochs until version 2 replaces it, so the swap lands mid-run."""
     gate, run = tmp_path / "gate", tmp_path / "run"
