@@ -5,8 +5,9 @@ the raylet's agents (`ray::DashboardAgent`, `ray::RuntimeEnvAgent`) outlive it, 
 deaf to SIGTERM. `start_reaper` launches this file as a small sidecar (standard library only, its own
 session so Ctrl-C does not reach it) that watches the driver: while it lives, the sidecar keeps a list of
 the Ray session's processes (those whose command line names the session, and their descendants, with
-their start times so a reused pid is never touched); once the driver is gone it sends SIGTERM, then
-SIGKILL to whatever is left. It exits on its own when the session's processes are all gone.
+their start times so a reused pid is never touched, in `reaper_tracked` in the session's folder after each scan);
+once the driver is gone it sends SIGTERM, then SIGKILL to whatever is left. It exits on its own when the session's
+processes are all gone.
 
 Linux only (it reads /proc); elsewhere `start_reaper` does nothing.
 """
@@ -24,6 +25,7 @@ POLL_S = 0.2
 SCAN_EVERY_S = 1.0
 GRACE_S = 1.0
 START = time.monotonic()
+TRACKED_FILE = "reaper_tracked"
 
 
 def _stat(pid: int) -> tuple[int, int] | None:
@@ -83,7 +85,26 @@ def kill_all(tracked: dict[int, int], grace_s: float = GRACE_S) -> None:
             time.sleep(0.05)
 
 
-def watch(parent: int, session_name: str) -> None:
+def read_tracked(session_dir: Path) -> dict[int, int]:
+    """{pid: start time} the reaper of the session at `session_dir` tracked at its last scan; {} before the first."""
+    try:
+        lines = (session_dir / TRACKED_FILE).read_text().splitlines()
+    except OSError:
+        return {}
+    return {int(pid): int(start) for pid, start in (line.split() for line in lines)}
+
+
+def _write_tracked(session_dir: Path, tracked: dict[int, int]) -> None:
+    """Replace the session's `reaper_tracked` with `tracked`; a folder that is gone is not the reaper's concern."""
+    temporary = session_dir / f"{TRACKED_FILE}.tmp"
+    try:
+        temporary.write_text("".join(f"{pid} {start}\n" for pid, start in sorted(tracked.items())))
+        os.replace(temporary, session_dir / TRACKED_FILE)
+    except OSError:
+        pass
+
+
+def watch(parent: int, session_dir: Path) -> None:
     """Track the session while `parent` lives; when it dies, kill what is left; return early once the session is
     gone."""
     tracked: dict[int, int] = {}
@@ -92,11 +113,14 @@ def watch(parent: int, session_name: str) -> None:
         now = time.monotonic()
         if now - last_scan >= SCAN_EVERY_S:
             last_scan = now
-            tracked = {**_alive(tracked), **session_processes(session_name)}
+            scanned = {**_alive(tracked), **session_processes(session_dir.name)}
+            if scanned != tracked:
+                _write_tracked(session_dir, scanned)
+            tracked = scanned
             if not tracked and now > START + 60:  # Ray was shut down while the driver lives on: nothing to guard
                 return
         time.sleep(POLL_S)
-    kill_all({**tracked, **session_processes(session_name)})
+    kill_all({**tracked, **session_processes(session_dir.name)})
 
 
 def start_reaper(session_dir: str) -> subprocess.Popen | None:
@@ -104,7 +128,7 @@ def start_reaper(session_dir: str) -> subprocess.Popen | None:
     if not sys.platform.startswith("linux"):
         return None
     return subprocess.Popen(
-        [sys.executable, "-S", "-E", str(Path(__file__).resolve()), str(os.getpid()), Path(session_dir).name],
+        [sys.executable, "-S", "-E", str(Path(__file__).resolve()), str(os.getpid()), str(session_dir)],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -113,4 +137,4 @@ def start_reaper(session_dir: str) -> subprocess.Popen | None:
 
 
 if __name__ == "__main__":
-    watch(int(sys.argv[1]), sys.argv[2])
+    watch(int(sys.argv[1]), Path(sys.argv[2]))

@@ -213,6 +213,7 @@ def test_config_error_from_the_cli_before_ray_and_missing_hub_model(capsys, tmp_
 cli = functools.partial(train_cli, "ddpo-tiny-cpu")
 
 
+@pytest.mark.slow
 def test_ddpo_trains_through_rlcm_train_and_the_lora_loads(ray_local, tmp_path):
     """2 epochs through `rlcm train`; the LoRA loads in a stock StableDiffusionPipeline and changes its images.
     Whether DDPO learns from its reward beyond a random-reward control is benchmarks/bench_sign_test.py's question."""
@@ -227,6 +228,7 @@ def test_ddpo_trains_through_rlcm_train_and_the_lora_loads(ray_local, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_ddpo_resumes_bitwise_equal_and_samples_with_its_eta(ray_local, tmp_path):
     sets = ["run.epochs=2", "sampling.num_steps=3", "ddpo.timestep_fraction=0.67"]
     assert cli(tmp_path, "full", *sets) == 0

@@ -117,6 +117,7 @@ def test_learns_smoothness_through_rlcm_train_and_the_lora_loads(ray_local, tmp_
     assert lora_changes_stock_images(pipe, tmp_path / "run/checkpoints/epoch-0011", num_inference_steps=4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("preset", ["draft-tiny-cpu", "alignprop-tiny-cpu"])
 def test_resume_through_the_cli_is_bitwise_equal(ray_local, tmp_path, preset):
     sets = ["sampling.num_steps=3", "draft.batch_size=2" if preset.startswith("draft") else "alignprop.batch_size=2"]

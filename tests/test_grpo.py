@@ -65,6 +65,7 @@ def test_grpo_config_error_from_the_cli_before_ray(capsys, tmp_path):
 cli = functools.partial(train_cli, "grpo-tiny-cpu")
 
 
+@pytest.mark.slow
 def test_grpo_trains_through_rlcm_train_and_the_lora_loads(ray_local, tmp_path):
     """2 epochs through `rlcm train`: the groups are real (4 per epoch), the LoRA loads in diffusers and changes its
     images. Whether GRPO learns from its reward beyond a random-reward control is benchmarks/bench_sign_test.py's
@@ -78,6 +79,7 @@ def test_grpo_trains_through_rlcm_train_and_the_lora_loads(ray_local, tmp_path):
     assert lora_changes_stock_images(pipe, tmp_path / "run/checkpoints/epoch-0001", num_inference_steps=4)
 
 
+@pytest.mark.slow
 def test_grpo_with_kl_and_same_noise_resumes_bitwise_equal(ray_local, tmp_path):
     sets = ["run.epochs=2", "sampling.num_steps=3", "grpo.kl_coef=0.5", "grpo.same_noise=true"]
     assert cli(tmp_path, "full", *sets) == 0

@@ -15,6 +15,8 @@ import pytest
 from rlcm.runs.folder import OutputDir
 from rlcm.runs.integrity import problem
 
+pytestmark = pytest.mark.slow  # end-to-end runs
+
 SETS = [
     "run.epochs=20",
     "sampling.batches_per_epoch=1",
@@ -25,7 +27,6 @@ SETS = [
 ]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(
     "sig, code, group", [(signal.SIGINT, 130, True), (signal.SIGTERM, 143, False)], ids=["ctrl-c", "sigterm"]
 )
@@ -70,7 +71,6 @@ def test_signal_checkpoints_the_last_finished_epoch_and_exits_quietly(tmp_path, 
     assert all(line.startswith(("rlcm: ", "epoch ")) for line in out.splitlines() if line.strip()), out
 
 
-@pytest.mark.slow
 def test_a_second_ctrl_c_during_the_graceful_stop_ends_the_run_without_saving(tmp_path):
     """Issue 28: a second Ctrl-C 0.3 s after the first used to take the graceful path all the same (3.9 s)."""
     import psutil

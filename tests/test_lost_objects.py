@@ -6,9 +6,12 @@ from __future__ import annotations
 import time
 
 import numpy as np
+import pytest
 
 from cluster.trainer import Trainer
 from rlcm.config.schema import load_config
+
+pytestmark = pytest.mark.slow  # end-to-end runs
 
 QUIET = [
     "run.sample_grid_every=100",

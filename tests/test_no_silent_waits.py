@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import threading
 
+import pytest
+
 from cluster.trainer import Trainer
 from cluster.watchdog import StalledError
 from rlcm.config.schema import load_config
+
+pytestmark = pytest.mark.slow  # end-to-end runs
 
 QUIET = [
     "run.sample_grid_every=100",

@@ -15,6 +15,8 @@ from cluster.trainer import Trainer
 from learner.guards import NonFiniteError
 from rlcm.config.schema import load_config
 
+pytestmark = pytest.mark.slow  # end-to-end runs
+
 FAST = [
     "sampling.batches_per_epoch=1",
     "run.sample_grid_every=100",

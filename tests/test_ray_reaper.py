@@ -11,9 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from cluster.ray_reaper import _alive, session_processes
+from cluster.ray_reaper import _alive, _cmdline, read_tracked, session_processes
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the reaper reads /proc")
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the reaper reads /proc"),
+]
 
 DRIVER = """
 import os, sys, time
@@ -29,7 +32,7 @@ class Busy:
 
 actor = Busy.remote()
 ray.get(actor.pid.remote())
-print(Path(ray._private.worker._global_node.get_session_dir_path()).name, flush=True)
+print(ray._private.worker._global_node.get_session_dir_path(), flush=True)
 time.sleep(300)
 """
 
@@ -53,15 +56,19 @@ def test_sigkill_of_the_driver_leaves_no_ray_process(tmp_path):
         env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0"},
     )
     try:
-        session = driver.stdout.readline().strip()
+        session_dir = Path(driver.stdout.readline().strip())
+        session = session_dir.name
         assert session.startswith("session_"), "the driver did not start Ray"
         deadline = time.monotonic() + 30
         while not {"ray::DashboardAgent", "ray::RuntimeEnvAgent"} <= set(names(session_processes(session))):
             assert time.monotonic() < deadline, f"agents never started: {names(session_processes(session))}"
             time.sleep(0.2)
-        time.sleep(1.5)  # one scan of the reaper after the agents came up
         before = session_processes(session)
         assert any("ray::Busy" in n for n in names(before)) and len(before) >= 6  # gcs, raylet, agents, worker, ...
+        guarded = {pid: start for pid, start in before.items() if "ray_reaper.py" not in _cmdline(pid)}
+        while not _alive(guarded).items() <= read_tracked(session_dir).items():  # a scan of the reaper since then
+            assert time.monotonic() < deadline, f"the reaper never tracked {names(_alive(guarded))}"
+            time.sleep(0.2)
     finally:
         driver.send_signal(signal.SIGKILL)
         driver.wait()

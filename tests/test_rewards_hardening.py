@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import socket
 import struct
+import time
 import zlib
 
 import httpx
@@ -256,15 +257,19 @@ def still_waiting(s: socket.socket) -> bool:
 def check_stalled_uploads_do_not_block(base: str, port: int, n: int) -> None:
     """Stalled uploads block neither /healthz nor a real score (both answer while the uploads still wait);
     then each upload gets a 408 and its connection closed (the server's body_timeout_s must leave time for both)."""
-    stalled = open_stalled_uploads(port, n)
+    stalled, opened = open_stalled_uploads(port, n), time.monotonic()
     try:
+        # the window is body_timeout_s (4-5 s; the two requests take ~0.1 s): blocked, they would answer
+        # only after the uploads' 408s; the assertion is on that order, not on speed
         assert httpx.get(f"{base}/healthz", timeout=30).json() == {"status": "ok"}
         image = np.zeros((8, 8, 3), np.uint8)
         scored = httpx.post(
             f"{base}/v1/score/jpeg_compressibility", json={"prompts": ["a"], "images": [encode_png(image)]}, timeout=30
         )
         assert scored.status_code == 200 and scored.json()["rewards"] == [-jpeg_size_kb(image)]
-        assert all(still_waiting(s) for s in stalled), "the uploads were answered before /healthz: they blocked it"
+        assert all(still_waiting(s) for s in stalled), (
+            f"the uploads were answered before /healthz and a score ({time.monotonic() - opened:.1f} s): they blocked"
+        )
         answers = [read_until_closed(s, timeout_s=30) for s in stalled]
     finally:
         for s in stalled:

@@ -84,11 +84,13 @@ def test_300_idle_and_half_open_sockets_do_not_take_the_service_down(guarded):
                     )
                 )
         assert [status for status, _ in answers] == [200] * 10, answers
-        # 100 ms on an idle machine; generous here because the 2 cores are shared with other jobs
-        assert sorted(seconds for _, seconds in answers)[len(answers) // 2] < 0.5, answers
-        still_open = _wait_all_closed(hostile, HEADER_TIMEOUT_S + 3)
+        # requests queued behind the hostile sockets, not speed: those would wait for their header timeout (2 s);
+        # the median is 100 ms on an idle machine
+        assert sorted(seconds for _, seconds in answers)[len(answers) // 2] < HEADER_TIMEOUT_S / 2, answers
+        # sockets held for good (as before the guard), not the timeout's precision
+        still_open = _wait_all_closed(hostile, HEADER_TIMEOUT_S + 20)
         assert not still_open, (
-            f"{len(still_open)} of 300 hostile sockets still open {HEADER_TIMEOUT_S + 3} s after they connected"
+            f"{len(still_open)} of 300 hostile sockets still open {HEADER_TIMEOUT_S + 20} s after they connected"
         )
     finally:
         for s in hostile:
@@ -98,10 +100,14 @@ def test_300_idle_and_half_open_sockets_do_not_take_the_service_down(guarded):
 def test_a_silent_connection_is_closed_after_the_header_timeout_and_not_before(guarded):
     base, port = guarded
     sockets = _open_sockets(port, 2, half_header=False) + _open_sockets(port, 2, half_header=True)
+    opened = time.monotonic()
     try:
         time.sleep(HEADER_TIMEOUT_S / 2)
-        assert not any(_closed_by_server(s) for s in sockets), "closed before header_timeout_s"
-        assert not _wait_all_closed(sockets, HEADER_TIMEOUT_S + 2)
+        early = [s for s in sockets if _closed_by_server(s)]
+        assert not early, (
+            f"{len(early)} closed within {time.monotonic() - opened:.1f} s, header_timeout_s is {HEADER_TIMEOUT_S:g} s"
+        )
+        assert not _wait_all_closed(sockets, HEADER_TIMEOUT_S + 20)  # held for good, not the timeout's precision
     finally:
         for s in sockets:
             s.close()
@@ -116,7 +122,7 @@ def test_a_keep_alive_client_that_goes_half_silent_is_closed(guarded):
         s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         assert s.recv(4096).startswith(b"HTTP/1.1 200")
         s.sendall(HALF_HEADER)
-        assert not _wait_all_closed([s], HEADER_TIMEOUT_S + 2)
+        assert not _wait_all_closed([s], HEADER_TIMEOUT_S + 20)  # held for good, not the timeout's precision
     finally:
         s.close()
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -20,12 +22,26 @@ from rewards_service.settings import ServiceSettings
 from tests.servers import free_port
 from tests.test_rewards_hardening import b64, check_stalled_uploads_do_not_block, png_bytes
 
+pytestmark = pytest.mark.slow  # end-to-end runs
+
 APP = "rewards_test"
 SLOW = "tests.test_rewards_serve:SlowJpeg"
 
 
+HOLD = "hold:"
+
+
+def _wait_for(condition: Callable[[], bool], what: str, within_s: float = 60) -> None:
+    """Poll `condition` until it holds; the deadline guards against a hang."""
+    deadline = time.monotonic() + within_s
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} did not happen within {within_s} s"
+        time.sleep(0.05)
+
+
 class SlowJpeg(JpegCompressibility):
-    """JPEG compressibility that sleeps `delay_s` per call and records how many samples each call merged."""
+    """JPEG compressibility that sleeps `delay_s` per call and records how many samples each call merged. A prompt
+    `hold:<folder>` holds its call: it touches <folder>/started, then waits for <folder>/release."""
 
     name = "slow_jpeg"
 
@@ -34,6 +50,9 @@ class SlowJpeg(JpegCompressibility):
 
     def score(self, images, prompts) -> ScoreResult:
         started = time.time()
+        for gate in (Path(p.removeprefix(HOLD)) for p in prompts if p.startswith(HOLD)):
+            (gate / "started").touch()
+            _wait_for((gate / "release").exists, "the release of a held call")
         time.sleep(self.delay_s)
         result = super().score(images, prompts)
         n = len(prompts)
@@ -143,14 +162,17 @@ def test_batching_merges_concurrent_requests(service):
     )
 
 
-def test_hot_swap_mid_stream(service):
+def test_hot_swap_mid_stream(service, tmp_path):
+    """A request held in version 1 until the swap to version 2 is under way is answered by version 1."""
     client = ServeHandleRewardClient(serve.get_deployment_handle("slow", app_name=APP), "slow", max_concurrency=4)
-    before = client.submit(_images(2), ["a", "b"])
-    time.sleep(0.5)
+    before = client.submit(_images(2), ["a", f"{HOLD}{tmp_path}"])
+    _wait_for((tmp_path / "started").exists, "the held request's start")
     swap_started = time.time()
     with ThreadPoolExecutor(1) as pool:
         redeploy = pool.submit(run_service, _config(service, "2", 0.1))
         in_flight = [client.submit(_images(1, seed=i), ["x"]) for i in range(3)]
+        _wait_for(lambda: redeploy.done() or serve.status().applications[APP].status == "DEPLOYING", "the swap")
+        (tmp_path / "release").touch()
         redeploy.result(timeout=120)
     old = client.result(before)
     assert old.version == "1" and old.valid == [True, True]

@@ -16,6 +16,8 @@ from rlcm.commands.main import main
 from rlcm.config.schema import load_config
 from rollout.models import build_tiny_pipeline
 
+pytestmark = pytest.mark.slow  # end-to-end runs
+
 FAST = ["run.sample_grid_every=100", "run.save_every=100", "scaleout.control_poll_s=0.1", "run.plots=false"]
 
 
@@ -36,7 +38,6 @@ def pooled(rows: list[dict]) -> tuple[float, float]:
     return float(means.mean()), float((second_moment - means.mean() ** 2) * n / (n - 1))
 
 
-@pytest.mark.slow
 def test_rocm_tiny_cpu_learns_and_monitors(ray_local, tmp_path):
     rows = run(tmp_path)
     assert len(rows) == 20 and all(r["algorithm"] == "rocm" for r in rows)
@@ -91,7 +92,6 @@ def test_rocm_two_learners_resume_through_the_cli_matches_uninterrupted(ray_loca
     assert rows[-1]["reward_mean"] == pytest.approx(full[-1]["reward_mean"], rel=1e-6)
 
 
-@pytest.mark.slow
 def test_lam_auto_steers_the_divergence_to_its_budget_and_resumes_bitwise(ray_local, tmp_path):
     """`rocm.lam: auto` on the toy: λ follows the bounded update of the logged divergence, which is within a factor 2 of
     `lam_target` from epoch 5 on; a run stopped after 4 epochs and resumed equals 7 epochs straight."""

@@ -28,6 +28,7 @@ def trajectories(rollout: RolloutSpec, learner: PPOLearner, n: int = 2):
     return [worker.sample(["cat", "dog", "cat", "fish"], seed=i) for i in range(n)]
 
 
+@pytest.mark.slow
 def test_two_learners_equal_one_on_the_concatenated_batch(ray_local):
     rollout, spec1 = specs(8)
     _, spec2 = specs(4)

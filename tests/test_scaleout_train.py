@@ -13,6 +13,8 @@ from cluster.control import scale_rollouts
 from cluster.trainer import SkippedTooOften, Trainer
 from rlcm.config.schema import load_config
 
+pytestmark = pytest.mark.slow  # end-to-end runs
+
 FAST = [  # the counts below are per batches of 8 (the preset's 16, halved to keep these runs short)
     "sampling.batch_size=8",
     "train.train_batch_size=4",
