@@ -182,7 +182,7 @@ def train_one(
             chosen = epoch_prompts(train_prompts, seed, epoch, algo.prompts_per_epoch(config))
             metrics = learner.train_epoch(chosen, *(() if lam is None else (lam.lam,)))
             if lam is not None:
-                lam.step(metrics["reward_mean"], metrics["divergence_mean"])
+                lam.step(metrics["divergence_mean"])
             rewards.append(metrics["reward_mean"])
             samples.append(samples[-1] + algo.prompts_per_epoch(config))
         last = time.perf_counter() - start
