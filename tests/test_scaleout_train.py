@@ -6,12 +6,15 @@ import json
 import math
 
 import pytest
+import ray
 import torch
 from safetensors.torch import load_file
 
 from cluster.control import scale_rollouts
+from cluster.restarts import run_with_restarts
 from cluster.trainer import SkippedTooOften, Trainer
 from rlcm.config.schema import load_config
+from tests.toys import assert_same_lora, rows_of
 
 pytestmark = pytest.mark.slow  # end-to-end runs
 
@@ -143,6 +146,32 @@ def test_resume_matches_uninterrupted(ray_local, tmp_path):
     b = load_file(tmp_path / "split/checkpoints/epoch-0002/pytorch_lora_weights.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert resumed[0]["reward_mean"] == pytest.approx(full[-1]["reward_mean"])
+
+
+def test_learner_killed_run_rebuilt_from_checkpoint_matches_uninterrupted(ray_local, tmp_path, monkeypatch, capsys):
+    """Sync mode: the learner is killed (`ray.kill`) once epoch 0's checkpoint is written; `run_with_restarts` rebuilds
+    the run from it, every epoch gets one metrics row and the final LoRA equals an uninterrupted run's, bit for bit."""
+    config = load_config(None, [*FAST, "run.epochs=3", "run.save_every=1"])
+    straight = run_with_restarts(config, tmp_path / "straight")
+    killed = []
+    finish = Trainer._finish
+
+    def finish_then_kill(trainer, epoch, *args):
+        row = finish(trainer, epoch, *args)
+        if epoch == 0 and not killed:
+            killed.append(trainer.learners.rank0)
+            ray.kill(trainer.learners.rank0)
+        return row
+
+    monkeypatch.setattr(Trainer, "_finish", finish_then_kill)
+    rows = run_with_restarts(config, tmp_path / "killed")
+    err = capsys.readouterr().err
+    assert len(killed) == 1 and err.count("rlcm: a learner died") == 1
+    assert "rebuilding the learners from epoch-0000" in err
+    assert [r["epoch"] for r in rows] == [r["epoch"] for r in rows_of(tmp_path / "killed")] == [0, 1, 2]
+    assert [r["samples_seen"] for r in rows] == [r["samples_seen"] for r in straight] == [8, 16, 24]
+    assert [r["reward_mean"] for r in rows] == [r["reward_mean"] for r in straight]
+    assert_same_lora(tmp_path / "straight", tmp_path / "killed", "epoch-0002")
 
 
 def test_two_learners_through_the_trainer(ray_local, tmp_path):
