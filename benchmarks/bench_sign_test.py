@@ -38,7 +38,8 @@ def run_all(args) -> dict:
     """Every run; the raw results are rewritten after each run (an interrupted benchmark keeps what it measured)."""
     runs, start = [], time.perf_counter()
 
-    command = " ".join(["python benchmarks/bench_sign_test.py", *sys.argv[1:]])
+    shown = [a for i, a in enumerate(sys.argv[1:]) if "--out-dir" not in (a, sys.argv[i])]  # where, not what
+    command = " ".join(["python benchmarks/bench_sign_test.py", *shown])
 
     def results() -> dict:
         return {
