@@ -1,12 +1,16 @@
 """The sign test: does what a toy preset learns come from its reward? Train with r, with −r and with a random control.
 
 A run is the driver's sync epoch loop in this process (no Ray): the algorithm's learner built from the preset's spec
-(as the learner actors build it), a rollout worker with the preset's sampler, the epoch's batches as the scheduler
-draws them (`epoch_jobs`) and the preset's scorer. The learner sees one of three rewards:
+(as the learner actors build it). Rollout algorithms (`ToyRun`) train on a rollout worker's batches, as the scheduler
+draws them (`epoch_jobs`), scored by the preset's scorer; the learner sees one of three rewards:
 
     r        the preset's reward
     −r       its negation
     random   u ~ N(0, 1) per sample, independent of the image (seeded by (seed, epoch)): the control
+
+First-order algorithms (`FirstOrderToyRun`) sample their own chains and ascend a differentiable reward: r, −r, or as
+the control ⟨w, image⟩ with a fresh w ~ N(0, I) per call (`RandomDirection`): a gradient that carries no information
+about the image's reward and averages to zero, so the weights move about as far as under r with nothing to follow.
 
 The final policy is judged by the true reward r on held-out prompts (ones the run never trains on) with fixed noises.
 What the learner learns *from its reward* is the gain over the control, Δ = mean(r-run) − mean(control-run), with
@@ -15,21 +19,55 @@ SE = √(s²_r/n_r + s²_c/n_c) over seeds (s²: sample variance of a condition'
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
-from learner.algorithms import ALGORITHMS
 from rlcm.config.schema import toy_presets
 
 MODES = ("r", "-r", "random")
 
 
 def sign_tested_toys() -> dict[str, str]:
-    """Every registered algorithm that learns from rollouts (a black-box reward) -> its toy preset: the algorithms
-    the sign test covers."""
-    return {name: preset for name, preset in toy_presets().items() if not ALGORITHMS[name].source.learners_sample}
+    """Every registered algorithm with a toy preset -> that preset: the algorithms the sign test covers."""
+    return toy_presets()
+
+
+class Negated(torch.nn.Module):
+    """−r for a differentiable reward r."""
+
+    def __init__(self, reward: torch.nn.Module):
+        super().__init__()
+        self.reward = reward
+
+    def forward(self, images: torch.Tensor, prompts=None) -> torch.Tensor:
+        return -self.reward(images, prompts)
+
+
+class RandomDirection(torch.nn.Module):
+    """The first-order control: ⟨w, image⟩ (mean over pixels) with a fresh w ~ N(0, I) at every call, seeded."""
+
+    def __init__(self, seed: int):
+        super().__init__()
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def forward(self, images: torch.Tensor, prompts=None) -> torch.Tensor:
+        w = torch.randn(images.shape[1:], generator=self.generator).to(images)
+        return (images * w).mean(dim=(1, 2, 3))
+
+
+def learner_reward(mode: str, factory, seed: int) -> torch.nn.Module:
+    """The differentiable reward a first-order learner ascends under `mode` (`factory()` builds r)."""
+    if mode == "r":
+        return factory()
+    if mode == "-r":
+        return Negated(factory())
+    if mode == "random":
+        return RandomDirection(seed)
+    raise ValueError(f"unknown reward mode {mode!r}; use one of {MODES}")
 
 
 def learner_rewards(mode: str, true: np.ndarray, seed: int, epoch: int) -> np.ndarray:
@@ -83,30 +121,40 @@ def held_out_prompts(config, count: int) -> list[str]:
     return held
 
 
+def _learner_and_worker(config, worker, reward_mode: str | None = None):
+    """The preset's learner, a rollout worker, the preset's scorer; with `reward_mode`, a first-order learner ascends
+    that mode's reward (`learner_reward`)."""
+    import dataclasses
+
+    from learner.actor import build_learner
+    from rewards_service.registry import build_scorer
+    from rollout.precision import DTYPES
+
+    common = dict(
+        model=config.model.name,
+        lora=config.model.lora,
+        seed=config.run.seed,
+        model_seed=config.model.seed,
+        dtype=DTYPES[config.model.dtype],
+    )
+    spec = config.algo.learner_spec(config, common)
+    if reward_mode is not None:
+        factory = functools.partial(learner_reward, reward_mode, spec.reward_factory, config.run.seed)
+        spec = dataclasses.replace(spec, reward_factory=factory)
+    learner = build_learner(spec)
+    return learner, worker or rollout_worker(config), build_scorer(config.reward.name)
+
+
 class ToyRun:
     """One in-process training run of a rollout algorithm's preset with the learner seeing `mode`'s reward."""
 
     def __init__(self, config, mode: str, worker=None):
-        from learner.actor import build_learner
-        from rewards_service.registry import build_scorer
-        from rollout.precision import DTYPES
-
         if config.algo.source.learners_sample:
-            raise ValueError(f"the sign test needs a rollout algorithm; {config.algo.name} samples its own chains")
+            raise ValueError(f"ToyRun needs a rollout algorithm; {config.algo.name} samples its own chains")
         if mode not in MODES:
             raise ValueError(f"unknown reward mode {mode!r}; use one of {MODES}")
-        self.config, self.mode, self.seed = config, mode, config.run.seed
-        common = dict(
-            model=config.model.name,
-            lora=config.model.lora,
-            seed=self.seed,
-            model_seed=config.model.seed,
-            dtype=DTYPES[config.model.dtype],
-        )
-        self.learner = build_learner(config.algo.learner_spec(config, common))
-        self.worker = worker or rollout_worker(config)
-        self.scorer = build_scorer(config.reward.name)
-        self.epoch = 0
+        self.config, self.mode, self.seed, self.epoch = config, mode, config.run.seed, 0
+        self.learner, self.worker, self.scorer = _learner_and_worker(config, worker)
 
     def train_epoch(self) -> float:
         """Sample the epoch's batches with the current adapter, score them, update; the batch's mean true reward."""
@@ -138,6 +186,42 @@ class ToyRun:
     def evaluate(self, prompts: list[str], noises: int, noise_seed: int = 1234) -> float:
         """Mean true reward of the current policy on `prompts` × `noises` fixed initial noises."""
         return float(self.evaluate_samples(prompts, noises, noise_seed).mean())
+
+
+class FirstOrderToyRun(ToyRun):
+    """One in-process training run of a first-order algorithm's preset, its learner ascending `mode`'s reward (its
+    own chains from the training prompts, λ by the driver's controller); evaluated as `ToyRun`."""
+
+    def __init__(self, config, mode: str, worker=None):
+        from learner.algorithms.rocm.lam_controller import controller_for
+
+        if not config.algo.source.learners_sample:
+            raise ValueError(f"FirstOrderToyRun needs a first-order algorithm; {config.algo.name} learns from rollouts")
+        if mode not in MODES:
+            raise ValueError(f"unknown reward mode {mode!r}; use one of {MODES}")
+        self.config, self.mode, self.seed, self.epoch = config, mode, config.run.seed, 0
+        self.learner, self.worker, self.scorer = _learner_and_worker(config, worker, reward_mode=mode)
+        self.lam = controller_for(config.settings) if hasattr(config.settings, "lam") else None
+
+    def train_epoch(self) -> float:
+        """One epoch of the learner's own chains; their mean true reward."""
+        from rlcm.config.prompts import epoch_prompts, holdout_split, load_prompts
+
+        c = self.config
+        train = holdout_split(load_prompts(c.prompts.source, c.prompts.limit), min_held=c.sampling.batch_size)[0]
+        prompts = epoch_prompts(train, self.seed, self.epoch, c.algo.prompts_per_epoch(c))
+        metrics = self.learner.train_epoch(prompts, *(() if self.lam is None else (self.lam.lam,)))
+        if self.lam is not None:
+            self.lam.step(metrics["divergence_mean"])
+        self.epoch += 1
+        samples = self.learner.last_samples
+        images = samples.images.permute(0, 2, 3, 1).numpy()
+        return float(np.mean(self.scorer.score(images, samples.prompts).rewards))
+
+
+def toy_run(config, mode: str, worker=None) -> ToyRun:
+    """The run of the preset's algorithm family."""
+    return (FirstOrderToyRun if config.algo.source.learners_sample else ToyRun)(config, mode, worker)
 
 
 def rollout_worker(config):
@@ -176,7 +260,7 @@ def sign_test_run(
 ) -> dict:
     """Train `epochs` epochs under `mode`; the training curve (true reward), the final held-out reward (and, with
     `initial`, the untrained policy's)."""
-    run = ToyRun(config, mode, worker)
+    run = toy_run(config, mode, worker)
     start = {"initial": run.evaluate(held_out, noises)} if initial else {}
     curve = [run.train_epoch() for _ in range(epochs)]
     return {"mode": mode, "seed": run.seed, "curve": curve, "held_out": run.evaluate(held_out, noises), **start}

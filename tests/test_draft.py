@@ -17,7 +17,7 @@ from rlcm.commands.main import main
 from rlcm.config.schema import ConfigError, load_config
 from rollout.models import build_tiny_pipeline
 from rollout.settings import LoraSettings
-from tests.toys import assert_same_lora, lora_changes_stock_images, pooled_z, rows_of, train_cli
+from tests.toys import assert_same_lora, lora_changes_stock_images, rows_of, train_cli
 
 
 def alignprop(num_steps=5, **settings) -> AlignPropLearner:
@@ -99,22 +99,19 @@ def test_a_non_differentiable_reward_is_a_config_error_before_ray(capsys, tmp_pa
 
 @pytest.mark.slow
 @pytest.mark.parametrize("preset", ["draft-tiny-cpu", "alignprop-tiny-cpu"])
-def test_learns_smoothness_through_rlcm_train_and_the_lora_loads(ray_local, tmp_path, preset):
-    assert train_cli(preset, tmp_path, "run", "run.epochs=12", "run.save_every=12") == 0
+def test_trains_through_rlcm_train_and_the_lora_loads(ray_local, tmp_path, preset):
+    """Through the CLI; whether it learns from its reward is tests/test_learning.py's question."""
+    assert train_cli(preset, tmp_path, "run", "run.epochs=4", "run.save_every=4") == 0
     rows = rows_of(tmp_path / "run")
     algorithm = preset.removesuffix("-tiny-cpu")
-    assert len(rows) == 12 and all(
-        r["algorithm"] == algorithm and math.isfinite(r["monitor_reward_mean"]) for r in rows
-    )
+    assert len(rows) == 4 and all(r["algorithm"] == algorithm and math.isfinite(r["monitor_reward_mean"]) for r in rows)
     if algorithm == "draft":
         assert all(r["truncate_steps"] == 1 for r in rows)
     else:
         assert 1 <= min(r["truncate_steps"] for r in rows) and max(r["truncate_steps"] for r in rows) <= 3
-    z = pooled_z(rows, 4)
-    assert z >= 3, ([round(r["reward_mean"], 4) for r in rows], z)
     pipe = build_tiny_pipeline()
     assert isinstance(pipe, LatentConsistencyModelPipeline)
-    assert lora_changes_stock_images(pipe, tmp_path / "run/checkpoints/epoch-0011", num_inference_steps=4)
+    assert lora_changes_stock_images(pipe, tmp_path / "run/checkpoints/epoch-0003", num_inference_steps=4)
 
 
 @pytest.mark.slow

@@ -1,15 +1,17 @@
-"""What the rollout algorithms' toys learn comes from their reward: each compared with a random-reward control.
+"""What the toys learn comes from their reward: each compared with a random-reward control (`cluster.sign_test`).
 
-The learner sees one of three rewards (`cluster.sign_test`): r (JPEG compressibility), −r, or a random number per
-sample that is independent of the image (the control). Two checks, in process (no Ray):
+A rollout algorithm's learner sees r (JPEG compressibility), −r, or a random number per sample independent of the
+image; a first-order learner ascends r (smoothness), −r, or ⟨w, image⟩ with a fresh random w per call. In process
+(no Ray):
 
-- one epoch of each toy preset, trained in one small step: the update raises the log-likelihood
+- one epoch of each rollout toy, trained in one small step: the update raises the log-likelihood
   Σ_k log π(x_{k+1} | x_k) of the epoch's high-reward samples and lowers that of its low-reward ones (under r),
   the reverse under −r, and under the control it follows the true reward much less. Δ log π is measured
   independently of the learner (the rollout's recorded log π before, a fresh evaluation after), so advantages
   that the learner replaced by noise or flipped fail it;
-- a short sign test of the default: after a few epochs, the held-out reward (prompts never trained on, fixed noises)
-  under r beats the control's and the control's beats −r's, paired over the same held-out samples.
+- a short sign test of the default and of every first-order toy: after a few epochs, the held-out reward (prompts
+  never trained on, fixed noises) under r beats the control's and the control's beats −r's, paired over the same
+  held-out samples.
 
 `benchmarks/bench_sign_test.py` is the full version (every toy, ≥ 3 seeds, the presets' epochs).
 """
@@ -22,14 +24,16 @@ import numpy as np
 import pytest
 import torch
 
-from cluster.sign_test import ToyRun, held_out_prompts, rollout_worker, sign_tested_toys
+from cluster.sign_test import ToyRun, held_out_prompts, rollout_worker, sign_tested_toys, toy_run
 from learner.algorithms import ALGORITHMS
 from rlcm.config.schema import load_config
 from rollout.policies import policy_for
 from rollout.policies.chain_math import gaussian_log_prob
 from rollout.trajectory import Trajectory
 
-TOYS = sign_tested_toys()  # every rollout algorithm's toy preset: a new algorithm is tested here by its preset
+TOYS = sign_tested_toys()  # every algorithm's toy preset: a new algorithm is tested here by its preset
+FIRST_ORDER = [name for name in TOYS if ALGORITHMS[name].source.learners_sample]
+ROLLOUT = [name for name in TOYS if name not in FIRST_ORDER]
 ONE_SMALL_STEP = ["learning_rate=1e-3", "train_batch_size=64"]  # the epoch's 64 samples in one first-order step
 
 
@@ -57,7 +61,7 @@ def update_follows_reward(algorithm: str, mode: str) -> float:
     return float(np.corrcoef(delta[valid], true[valid])[0, 1])
 
 
-@pytest.mark.parametrize("algorithm", list(TOYS))
+@pytest.mark.parametrize("algorithm", ROLLOUT)
 def test_one_update_follows_the_reward_not_the_control(algorithm):
     r, control, negated = (update_follows_reward(algorithm, mode) for mode in ("r", "random", "-r"))
     print(f"{algorithm}: corr(Δ log π, r) under r {r:.3f}, control {control:.3f}, −r {negated:.3f}")
@@ -71,17 +75,23 @@ def paired_z(a: np.ndarray, b: np.ndarray) -> float:
     return float(d.mean() / (d.std(ddof=1) / math.sqrt(len(d))))
 
 
+SHORT_RUNS = {"rlcm": 8}  # epochs of the held-out sign test; the first-order toys run 4
+
+
 @pytest.mark.slow
-def test_default_beats_the_random_control_on_held_out_prompts():
-    config = load_config("tiny-cpu", ["run.epochs=8"])
+@pytest.mark.parametrize("algorithm", [name for name in TOYS if name in SHORT_RUNS or name in FIRST_ORDER])
+def test_toy_beats_the_random_control_on_held_out_prompts(algorithm):
+    """The default (RLCM) and every first-order toy: r-trained beats the control, the control beats −r-trained."""
+    config = load_config(TOYS[algorithm])
+    epochs = SHORT_RUNS.get(algorithm, 4)
     held_out, worker = held_out_prompts(config, 8), rollout_worker(config)
     rewards = {}
     for mode in ("r", "random", "-r"):
-        run = ToyRun(config, mode, worker)
-        for _ in range(config.run.epochs):
+        run = toy_run(config, mode, worker)
+        for _ in range(epochs):
             run.train_epoch()
         rewards[mode] = run.evaluate_samples(held_out, noises=4)
     means = {mode: round(float(v.mean()), 4) for mode, v in rewards.items()}
     above, below = paired_z(rewards["r"], rewards["random"]), paired_z(rewards["random"], rewards["-r"])
-    print(f"held-out JPEG compressibility (−kB): {means}; paired z r − control {above:.1f}, control − (−r) {below:.1f}")
+    print(f"{algorithm}: held-out {config.reward.name} {means}; paired z r − control {above:.1f}, −r {below:.1f}")
     assert above >= 3 and below >= 3, (means, above, below)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 
 import numpy as np
 import pytest
@@ -330,18 +329,6 @@ def kl_to_base(learner: ROCMLearner) -> float:
             gradient_checkpointing=False,
         )
     return float(out["divergence"].mean())
-
-
-def welch_z(a: np.ndarray, b: np.ndarray) -> float:
-    return float((b.mean() - a.mean()) / math.sqrt(a.var(ddof=1) / len(a) + b.var(ddof=1) / len(b)))
-
-
-@pytest.mark.slow
-def test_learner_improves_smoothness():
-    rewards = train_epochs(ROCMLearner(learner_spec()), range(8))
-    first, last = np.concatenate(rewards[:2]), np.concatenate(rewards[-2:])
-    z = welch_z(first, last)
-    assert z >= 3, ([round(float(r.mean()), 3) for r in rewards], z)
 
 
 @pytest.mark.slow

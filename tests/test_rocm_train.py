@@ -1,4 +1,6 @@
-"""ROCM through the driver on local Ray: the laptop preset learns, the monitoring rollouts score, resume is exact."""
+"""ROCM through the driver on local Ray: the laptop preset trains, the monitoring rollouts score, resume is exact.
+
+Whether it learns from its reward is tests/test_learning.py's question (against a random-direction control)."""
 
 from __future__ import annotations
 
@@ -29,18 +31,9 @@ def run(tmp_path, *overrides, resume=False):
         trainer.shutdown()
 
 
-def pooled(rows: list[dict]) -> tuple[float, float]:
-    """Mean and sample variance of all samples of these epochs, from each epoch's mean and (population) std over 4
-    samples."""
-    means = np.array([r["reward_mean"] for r in rows])
-    second_moment = np.mean([r["reward_std"] ** 2 + r["reward_mean"] ** 2 for r in rows])
-    n = 4 * len(rows)
-    return float(means.mean()), float((second_moment - means.mean() ** 2) * n / (n - 1))
-
-
-def test_rocm_tiny_cpu_learns_and_monitors(ray_local, tmp_path):
-    rows = run(tmp_path)
-    assert len(rows) == 20 and all(r["algorithm"] == "rocm" for r in rows)
+def test_rocm_tiny_cpu_trains_and_monitors(ray_local, tmp_path):
+    rows = run(tmp_path, "run.epochs=4")
+    assert len(rows) == 4 and all(r["algorithm"] == "rocm" for r in rows)
     for key in (
         "reward_mean",
         "divergence_mean",
@@ -52,21 +45,14 @@ def test_rocm_tiny_cpu_learns_and_monitors(ray_local, tmp_path):
         "monitor_reward_mean",
     ):
         assert all(math.isfinite(r[key]) for r in rows), key
-    assert [r["samples_seen"] for r in rows] == [4 * (i + 1) for i in range(20)]
-    assert [r["policy_version"] for r in rows] == list(range(1, 21))
-    quarter = len(rows) // 4
-    (m1, v1), (m2, v2) = pooled(rows[:quarter]), pooled(rows[-quarter:])
-    n = 4 * quarter  # 4 samples per epoch
-    z = (m2 - m1) / math.sqrt(v1 / n + v2 / n)
-    assert z >= 3, ([round(r["reward_mean"], 4) for r in rows], z)
-    monitor = [r["monitor_reward_mean"] for r in rows]
-    assert np.mean(monitor[-quarter:]) > np.mean(monitor[:quarter]), monitor  # held-out JPEG size shrinks too
+    assert [r["samples_seen"] for r in rows] == [4 * (i + 1) for i in range(4)]
+    assert [r["policy_version"] for r in rows] == list(range(1, 5))
     assert all(r["monitor_reward_version"] == "1" and r["num_invalid"] == 0 for r in rows)
 
     # the LoRA loads in stock diffusers and changes the images
     pipe = build_tiny_pipeline()
     base = pipe("a cat", num_inference_steps=4, generator=torch.Generator().manual_seed(0), output_type="np").images
-    pipe.load_lora_weights(str(tmp_path / "checkpoints" / "epoch-0019"))
+    pipe.load_lora_weights(str(tmp_path / "checkpoints" / "epoch-0003"))
     tuned = pipe("a cat", num_inference_steps=4, generator=torch.Generator().manual_seed(0), output_type="np").images
     assert isinstance(pipe, LatentConsistencyModelPipeline) and not np.allclose(base, tuned)
 

@@ -4,7 +4,6 @@ wrote."""
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -54,20 +53,6 @@ def train_cli(preset: str, tmp_path: Path, name: str, *sets: str, resume: bool =
         *[a for s in [*FAST, *sets] for a in ("--set", s)],
     ]
     return main(args + (["--resume"] if resume else []))
-
-
-def pooled_z(rows: list[dict], per_epoch: int) -> float:
-    """z of the last vs the first quarter of epochs, pooled from each epoch's reward mean and population std."""
-    quarter = len(rows) // 4
-
-    def pooled(part):
-        means = np.array([r["reward_mean"] for r in part])
-        second = np.mean([r["reward_std"] ** 2 + r["reward_mean"] ** 2 for r in part])
-        n = per_epoch * len(part)
-        return means.mean(), (second - means.mean() ** 2) * n / (n - 1), n
-
-    (m1, v1, n1), (m2, v2, n2) = pooled(rows[:quarter]), pooled(rows[-quarter:])
-    return float((m2 - m1) / math.sqrt(v1 / n1 + v2 / n2))
 
 
 def assert_same_lora(run_a: Path, run_b: Path, checkpoint: str = "epoch-0001") -> None:
