@@ -1,16 +1,16 @@
-"""Sign test of every rollout algorithm's toy preset: does what it learns come from its reward?
+"""Sign test of every algorithm's toy preset: does what it learns come from its reward?
 
     python benchmarks/bench_sign_test.py                      # every registered toy, 3 seeds, the preset's epochs
     python benchmarks/bench_sign_test.py --algorithms rlcm --seeds 2 --epochs 4   # smoke run
 
-For each registered algorithm that learns from rollouts and has a `*tiny-cpu` preset
-(`cluster.sign_test.sign_tested_toys`: a new algorithm is covered by its toy preset, no list to edit), each seed and
-each reward
-the learner sees (r, −r, a random number per sample independent of the image: `cluster.sign_test`), one run with the
-preset's config (`run.seed` = the seed) for its `run.epochs` epochs, in this process with the driver's learner and
-rollout code (no Ray). The final policy is scored with the true reward r on held-out prompts (never trained on) ×
-fixed noises. Gain over the control = mean over seeds of (r-run − control-run), SE = √(s²_r/n + s²_c/n) over seeds;
-passes when r is ≥ 3 SE above the control and −r ≥ 3 SE below it.
+For each registered algorithm with a `*tiny-cpu` preset (`cluster.sign_test.sign_tested_toys`: a new algorithm is
+covered by its toy preset, no list to edit), each seed and each reward the learner sees (r, −r, or the control:
+a random number per sample independent of the image for rollout algorithms, a random gradient direction for
+first-order ones; `cluster.sign_test`), one run with the preset's config (`run.seed` = the seed) for its
+`run.epochs` epochs, in this process with the driver's learner and rollout code (no Ray). The final policy is scored
+with the true reward r on held-out prompts (never trained on) × fixed noises. Gain over the control = mean over
+seeds of (r-run − control-run), SE = √(s²_r/n + s²_c/n) over seeds; passes when r is ≥ 3 SE above the control and
+−r ≥ 3 SE below it.
 Writes docs/results/sign_test.md (the table and how it was made) and docs/results/sign_test_runs.json (raw).
 """
 
@@ -96,6 +96,7 @@ def rows(results: dict) -> list[dict]:
             {
                 "algorithm": name,
                 "preset": runs[0]["preset"],
+                "reward": load_config(runs[0]["preset"]).reward.name,
                 "epochs": runs[0]["epochs"],
                 "seeds": len(held["r"]),
                 "initial": initial[0] if initial else float("nan"),
@@ -125,14 +126,15 @@ def table(results: dict) -> list[str]:
         return f"{x.delta:+.3f} [{lo:+.3f}, {hi:+.3f}] ({x.z:+.1f} SE)"
 
     lines = [
-        "| algorithm | preset | epochs | seeds | initial policy | r | random control | −r | r − control [95% CI] "
-        "| −r − control [95% CI] | pass |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---|---|---|",
+        "| algorithm | preset | reward r | epochs | seeds | initial policy | r | random control | −r "
+        "| r − control [95% CI] | −r − control [95% CI] | pass |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---|---|---|",
     ]
     for row in rows(results):
         h = row["held"]
         lines.append(
-            f"| {row['algorithm']} | {row['preset']} | {row['epochs']} | {row['seeds']} | {row['initial']:.3f} | "
+            f"| {row['algorithm']} | {row['preset']} | {row['reward']} | {row['epochs']} | {row['seeds']} | "
+            f"{row['initial']:.3f} | "
             f"{cell(h['r'])} | {cell(h['random'])} | {cell(h['-r'])} | {g(row['up'])} | {g(row['down'])} | "
             f"{'yes' if row['passed'] else 'NO'} |"
         )
@@ -146,20 +148,22 @@ def write_results(results: dict, path: Path) -> None:
         f"`{results['command']}` — {results['machine']}, torch {results['torch']}, CPU, 2 cores, shared with other "
         f"jobs; {results['total_s'] / 60:.1f} min in all.",
         "",
-        "Each toy preset is trained as `rlcm train --config <preset>` trains it "
-        "(its learner, sampler, batches, step sizes and",
-        "epochs; in one process, no Ray) three ways: the learner sees the preset's reward r "
-        "(JPEG compressibility, −kB), its",
-        "negation −r, or a random control (a standard normal number per sample, independent of the image). "
-        "The final policy",
-        f"of each run is scored with the true r on {HELD_OUT_PROMPTS} held-out prompts (not in the training set) "
-        f"× {NOISES} fixed noises.",
-        "Cells: mean ± sd over seeds of that held-out reward (kB, higher = more compressible); initial policy: the",
-        "untrained LoRA (seed 0); seeds: r-runs done (an interrupted benchmark reports what it measured). A gain is "
-        "the difference of seed means, SE = √(s²_a/n_a + s²_b/n_b), the interval",
-        f"Δ ± 1.96·SE. Pass: r ≥ {Z_PASS:g} SE above the control and −r ≥ {Z_PASS:g} SE below it, i.e. what the run "
-        "learns",
-        "follows the sign of its reward and is not a drift any reward would produce.",
+        " ".join(
+            [
+                "Each toy preset is trained as `rlcm train --config <preset>` trains it (its learner, sampler,",
+                "batches, step sizes and epochs; in one process, no Ray) three ways. Rollout algorithms: the learner",
+                "sees the preset's reward r (JPEG compressibility, −kB), its negation −r, or a random control (a",
+                "standard normal number per sample, independent of the image). First-order algorithms ascend their",
+                "differentiable reward r (smoothness, −total variation), −r, or the control ⟨w, image⟩ with a fresh",
+                "w ~ N(0, I) per call (a gradient that follows nothing). The final policy of each run is scored with",
+                f"the true r on {HELD_OUT_PROMPTS} held-out prompts (not in the training set) × {NOISES} fixed noises.",
+                "Cells: mean ± sd over seeds of that held-out reward (higher = better under r); initial policy: the",
+                "untrained LoRA (seed 0); seeds: r-runs done (an interrupted benchmark reports what it measured). A",
+                "gain is the difference of seed means, SE = √(s²_a/n_a + s²_b/n_b), the interval Δ ± 1.96·SE. Pass:",
+                f"r ≥ {Z_PASS:g} SE above the control and −r ≥ {Z_PASS:g} SE below it, i.e. what the run learns",
+                "follows the sign of its reward and is not a drift any reward would produce.",
+            ]
+        ),
         "",
         *table(results),
         "",
