@@ -3,7 +3,7 @@
     python benchmarks/bench_sign_test.py                      # every registered toy, 3 seeds, the preset's epochs
     python benchmarks/bench_sign_test.py --algorithms rlcm --seeds 2 --epochs 4   # smoke run
 
-For each registered algorithm with a `*tiny-cpu` preset (`cluster.sign_test.sign_tested_toys`: a new algorithm is
+For each registered algorithm with a `*tiny-cpu` preset (`rlcm.config.schema.toy_presets`: a new algorithm is
 covered by its toy preset, no list to edit), each seed and each reward the learner sees (r, −r, or the control:
 a random number per sample independent of the image for rollout algorithms, a random gradient direction for
 first-order ones; `cluster.sign_test`), one run with the preset's config (`run.seed` = the seed) for its
@@ -26,12 +26,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cluster.sign_test import MODES, gain, held_out_prompts, rollout_worker, sign_test_run, sign_tested_toys
-from rlcm.config.schema import load_config
+from cluster.sign_test import MODES, gain, held_out_prompts, rollout_worker, sign_test_run
+from rlcm.config.schema import load_config, toy_presets
 
 ROOT = Path(__file__).resolve().parent.parent
 HELD_OUT_PROMPTS, NOISES, Z_PASS = 8, 4, 3.0
-TOYS = sign_tested_toys()
+TOYS = toy_presets()
 
 
 def run_all(args) -> dict:

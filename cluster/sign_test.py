@@ -26,14 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from rlcm.config.schema import toy_presets
-
 MODES = ("r", "-r", "random")
-
-
-def sign_tested_toys() -> dict[str, str]:
-    """Every registered algorithm with a toy preset -> that preset: the algorithms the sign test covers."""
-    return toy_presets()
 
 
 class Negated(torch.nn.Module):

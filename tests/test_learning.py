@@ -24,14 +24,14 @@ import numpy as np
 import pytest
 import torch
 
-from cluster.sign_test import ToyRun, held_out_prompts, rollout_worker, sign_tested_toys, toy_run
+from cluster.sign_test import ToyRun, held_out_prompts, rollout_worker, toy_run
 from learner.algorithms import ALGORITHMS
-from rlcm.config.schema import load_config
+from rlcm.config.schema import load_config, toy_presets
 from rollout.policies import policy_for
 from rollout.policies.chain_math import gaussian_log_prob
 from rollout.trajectory import Trajectory
 
-TOYS = sign_tested_toys()  # every algorithm's toy preset: a new algorithm is tested here by its preset
+TOYS = toy_presets()  # every algorithm's toy preset: a new algorithm is tested here by its preset
 FIRST_ORDER = [name for name in TOYS if ALGORITHMS[name].source.learners_sample]
 ROLLOUT = [name for name in TOYS if name not in FIRST_ORDER]
 ONE_SMALL_STEP = ["learning_rate=1e-3", "train_batch_size=64"]  # the epoch's 64 samples in one first-order step
