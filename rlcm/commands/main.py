@@ -114,9 +114,11 @@ def _submit(args: argparse.Namespace) -> int:
 def _sample(args: argparse.Namespace) -> int:
     import torch
 
+    from rlcm.commands.steer import check_steer_options, sample_steered
     from rlcm.runs.checkpoint_record import read_record, sampling_settings
     from rollout.models import load_pipeline
 
+    check_steer_options(args)
     lora = Path(args.lora)
     recorded = read_record(lora)
     sampling, origin = sampling_settings(recorded, args.steps, args.guidance_scale)
@@ -125,15 +127,18 @@ def _sample(args: argparse.Namespace) -> int:
     pipe = load_pipeline(model, seed=recorded.get("model_seed", 0))
     pipe.load_lora_weights(str(lora))
     generator = torch.Generator(device=pipe.device).manual_seed(args.seed)
-    image = pipe(
-        args.prompt,
-        num_inference_steps=sampling.num_steps,
-        guidance_scale=sampling.guidance_scale,
-        height=sampling.height,
-        width=sampling.width,
-        **sampling.sampler_options(),
-        generator=generator,
-    ).images[0]
+    if args.steer != "none":
+        image = sample_steered(args, pipe, sampling, generator)
+    else:
+        image = pipe(
+            args.prompt,
+            num_inference_steps=sampling.num_steps,
+            guidance_scale=sampling.guidance_scale,
+            height=sampling.height,
+            width=sampling.width,
+            **sampling.sampler_options(),
+            generator=generator,
+        ).images[0]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     image.save(args.out)
     print(f"wrote {args.out}")
@@ -264,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=_serve)
 
     from rlcm.commands.evaluate import add_eval_parser
+    from rlcm.commands.steer import add_steer_arguments
     from rlcm.runs.plots import add_plot_parser
 
     add_eval_parser(commands)
@@ -273,9 +279,9 @@ def build_parser() -> argparse.ArgumentParser:
         "sample",
         help="generate an image with a trained LoRA",
         formatter_class=DefaultsHelpFormatter,
-        description="Sample one image from a checkpoint with the stock diffusers pipeline. Steps, guidance and size "
-        "default to what the checkpoint was trained with (its rlcm_model.json; 8 steps, guidance 8 if it records "
-        "none).",
+        description="Sample one image from a checkpoint with the stock diffusers pipeline, or steered toward a reward "
+        "(--steer). Steps, guidance and size default to what the checkpoint was trained with (its rlcm_model.json; "
+        "8 steps, guidance 8 if it records none).",
     )
     sample.add_argument("--lora", required=True, help="a checkpoints/epoch-NNNN folder")
     sample.add_argument("--prompt", required=True, help="the text prompt")
@@ -284,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--seed", type=int, default=0, help="seed of the initial noise")
     sample.add_argument("--model", help="base model (default: the one recorded in the checkpoint)")
     sample.add_argument("--out", required=True, help="output image file (.png)")
+    add_steer_arguments(sample)
     sample.set_defaults(func=_sample)
     return parser
 
