@@ -27,9 +27,7 @@ from diffusers import LatentConsistencyModelPipeline, LCMScheduler
 
 from rollout.policies.chain_math import decode_images, draw_noise, encode_prompts, latent_shape
 from rollout.policies.lcm import guidance_embedding, lcm_chain, lcm_timesteps, predict_denoised
-
-METHODS = ("best-of-n", "fk")
-POTENTIALS = ("diff", "max", "current")
+from rollout.steering_kinds import METHODS, POTENTIALS
 
 Score = Callable[[np.ndarray, list[str]], np.ndarray]
 """A reward: uint8 images [B, H, W, 3] and B prompts in, B float rewards out."""

@@ -7,6 +7,8 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from rollout.steering_kinds import POTENTIALS
+
 STEER_METHODS = ("none", "best-of-n", "fk")
 STEER_OPTIONS = {
     "particles": "--particles",
@@ -30,8 +32,6 @@ def at_least(minimum: int) -> Callable[[str], int]:
 
 def add_steer_arguments(parser: argparse.ArgumentParser) -> None:
     """Register the steering options of `rlcm sample`."""
-    from rollout.steering import POTENTIALS
-
     group = parser.add_argument_group("steering (LCM models)")
     group.add_argument(
         "--steer",
