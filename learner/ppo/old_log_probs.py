@@ -4,18 +4,21 @@ A rollout actor records log π_behaviour at batch `sampling.batch_size` in eval 
 `train_batch_size` rows per UNet call. In bf16 the two differ (kernels block differently per batch) although the
 weights are the same, and PPO's clip range (1e-4) is smaller than that noise. So before the first optimizer step the
 learner recomputes π_old with exactly the calls its first training pass will make (same rows per call, same (i, k)
-grouping, same dtype and mode, no grad): the first pass then starts at ratio ρ = 1 exactly.
+grouping, same dtype and mode, no grad): the first pass then starts at ratio ρ = 1 exactly. With `pairs_per_call`,
+consecutive calls are evaluated in one UNet call (`CallGroup`), and the recomputation evaluates the same groups.
 
     gap_{i,k} = |log π_behaviour(x_{k+1}|x_k) − log π_learner(x_{k+1}|x_k)|   at the same weights
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
+from learner.ppo.settings import PPOSettings
 from rollout.policies import Transitions
 from rollout.policies.chain_math import gaussian_log_prob
 
@@ -44,14 +47,67 @@ def draw_pass_orders(
 
 
 def pass_calls(
-    order: PassOrder, train_batch_size: int, steps_per_sample: int
+    order: PassOrder, train_batch_size: int, steps_per_sample: int, first_step: int = 0
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(rows, k) of each UNet call of one pass, in order: minibatches of `train_batch_size` samples, then step j of
-    each."""
+    """(rows, k) of each minibatch call of one pass, in order: minibatches of `train_batch_size` samples, then step j
+    of each (j from `first_step` to `steps_per_sample` − 1)."""
     for start in range(0, len(order.samples), train_batch_size):
         rows = order.samples[start : start + train_batch_size]
-        for j in range(steps_per_sample):
+        for j in range(first_step, steps_per_sample):
             yield rows, order.steps[rows, j]
+
+
+@dataclass
+class CallGroup:
+    """Consecutive minibatch calls evaluated in one UNet call: their pairs concatenated, and each call's span."""
+
+    rows: torch.Tensor
+    k: torch.Tensor
+    spans: list[slice]
+
+
+def group_calls(
+    calls: Iterable[tuple[torch.Tensor, torch.Tensor]], calls_per_group: int, window: int | None = None, first: int = 0
+) -> Iterator[CallGroup]:
+    """Up to `calls_per_group` consecutive calls per group; a group never spans an optimizer step (one every `window`
+    calls, counted from call number `first`)."""
+    group: list[tuple[torch.Tensor, torch.Tensor]] = []
+    for index, call in enumerate(calls, first):
+        if group and (len(group) == calls_per_group or (window is not None and index % window == 0)):
+            yield _concat(group)
+            group = []
+        group.append(call)
+    if group:
+        yield _concat(group)
+
+
+def _concat(calls: list[tuple[torch.Tensor, torch.Tensor]]) -> CallGroup:
+    """One group of the calls: rows and steps concatenated in call order, call j at spans[j]."""
+    ends = np.cumsum([len(rows) for rows, _ in calls]).tolist()
+    spans = [slice(start, end) for start, end in zip([0, *ends[:-1]], ends)]
+    return CallGroup(torch.cat([rows for rows, _ in calls]), torch.cat([k for _, k in calls]), spans)
+
+
+def update_groups(
+    orders: list[PassOrder], settings: PPOSettings, steps_per_sample: int, window: int
+) -> Iterator[CallGroup]:
+    """The UNet calls of an update's passes, in order: `group_calls` within each pass (a group never spans two)."""
+    first = 0
+    for order in orders:
+        calls = list(pass_calls(order, settings.train_batch_size, steps_per_sample))
+        yield from group_calls(calls, settings.calls_per_group, window, first)
+        first += len(calls)
+
+
+def first_pass_groups(
+    order: PassOrder, settings: PPOSettings, trained: int, steps: int, window: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(rows, k) of the first pass's UNet calls as `update_groups` makes them, then of its minibatches' steps
+    `trained` … `steps` − 1 (those later passes may visit)."""
+    first = group_calls(pass_calls(order, settings.train_batch_size, trained), settings.calls_per_group, window)
+    rest = group_calls(pass_calls(order, settings.train_batch_size, steps, trained), settings.calls_per_group)
+    for group in (*first, *rest):
+        yield group.rows, group.k
 
 
 def call_log_prob(

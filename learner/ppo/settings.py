@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class PPOSettings(BaseModel):
@@ -34,12 +34,34 @@ class PPOSettings(BaseModel):
         "than clip_range)",
     )
 
+    pairs_per_call: int | None = Field(
+        None,
+        ge=1,
+        description="(sample, step) pairs per UNet call of the PPO update: consecutive minibatch calls of one "
+        "optimizer window and one pass are evaluated together (a multiple of train_batch_size; more memory, fewer "
+        "UNet launches, same loss and gradient); none: one call per minibatch step",
+    )
+
     @field_validator("recompute_old_log_probs", mode="before")
     @classmethod
     def _auto_or_bool(cls, value):
         if value != "auto" and not isinstance(value, bool):
             raise ValueError(f"recompute_old_log_probs must be auto, true or false, got {value!r}")
         return value
+
+    @model_validator(mode="after")
+    def _whole_minibatches_per_call(self):
+        if self.pairs_per_call is not None and self.pairs_per_call % self.train_batch_size:
+            raise ValueError(
+                f"pairs_per_call must be a multiple of train_batch_size ({self.train_batch_size}), "
+                f"got {self.pairs_per_call}"
+            )
+        return self
+
+    @property
+    def calls_per_group(self) -> int:
+        """Minibatch calls evaluated in one UNet call (`pairs_per_call` / `train_batch_size`; 1 without it)."""
+        return 1 if self.pairs_per_call is None else self.pairs_per_call // self.train_batch_size
 
     def recomputes_old_log_probs(self, dtype) -> bool:
         """Whether π_old is recomputed for a policy whose UNet runs in `dtype` (auto: unless float32 or float64)."""

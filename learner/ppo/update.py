@@ -9,6 +9,9 @@ Timesteps are shuffled per sample, and a sample trains on the first ⌊fraction�
 `timestep_fraction`; 1 = all); the optimizer steps once per `grad_accum_steps` minibatches × those steps, after
 the gradient norm is clipped. log π_θ is recomputed by the policy's own functions (`rollout.policies`). π_old is
 the rollout's log π, or (`recompute_old_log_probs`) the learner's own recomputation (`learner.ppo.old_log_probs`).
+With `pairs_per_call`, consecutive minibatch calls of one optimizer window share one UNet call and one backward of
+Σ_calls loss_call / window; each call's loss is still computed from its own rows, so the update is the same.
+Diagnostics stay on the device and are read once, at the end.
 """
 
 from __future__ import annotations
@@ -21,8 +24,15 @@ import torch
 
 from learner.guards import grad_norm_metrics
 from learner.optim import optimizer_step
-from learner.ppo.loss import LossFn, StepExtras, clipped_ppo_loss
-from learner.ppo.old_log_probs import call_log_prob, draw_pass_orders, gap_metrics, pass_calls, recompute_log_probs
+from learner.ppo.loss import LossFn, SharedEvaluations, StepExtras, clipped_ppo_loss
+from learner.ppo.old_log_probs import (
+    call_log_prob,
+    draw_pass_orders,
+    first_pass_groups,
+    gap_metrics,
+    recompute_log_probs,
+    update_groups,
+)
 from learner.ppo.settings import PPOSettings
 from rollout.policies import Transitions
 
@@ -82,7 +92,8 @@ def ppo_update(
     orders = draw_pass_orders(
         generator, num_samples, num_transitions, settings.inner_epochs, settings.shuffle_timesteps
     )
-    step_infos: list[dict[str, float]] = []
+    step_infos: list[dict[str, torch.Tensor]] = []  # per minibatch call, on the device (read once, at the end)
+    first_pass_devs: list[torch.Tensor] = []
     grad_norms: list[float] = []
     backward_count = 0
     unet.train()
@@ -97,44 +108,43 @@ def ppo_update(
     if recompute_old and on_policy.any():
         # later epochs may visit steps outside the first pass's subset: recompute every step, first pass's calls first
         steps = trained if settings.inner_epochs == 1 else num_transitions
-        learner_log_probs = recompute_log_probs(
-            unet, batch.transitions, pass_calls(orders[0], settings.train_batch_size, steps), behaviour.shape
-        )
+        calls = first_pass_groups(orders[0], settings, trained, steps, backward_per_step)
+        learner_log_probs = recompute_log_probs(unet, batch.transitions, calls, behaviour.shape)
         learner_log_probs[~on_policy] = float("nan")
         old_log_probs = torch.where(torch.isnan(learner_log_probs), behaviour, learner_log_probs)
-    for order in orders:
-        for idx, k in pass_calls(order, settings.train_batch_size, trained):
-            idx_d, k_d = idx.to(device), k.to(device)
-            log_prob, mean, std = call_log_prob(unet, batch.transitions, idx_d, k_d)
-            extras = StepExtras(unet, batch.transitions, idx_d, k_d, mean, std)
-            loss, info = loss_fn(log_prob, old_log_probs[idx_d, k_d], advantages[idx_d], settings, extras)
+    for group in update_groups(orders, settings, trained, backward_per_step):
+        rows, k = group.rows.to(device), group.k.to(device)
+        # one UNet call for the group's pairs; each minibatch call's loss from its own rows, as if called alone
+        log_prob, mean, std = call_log_prob(unet, batch.transitions, rows, k)
+        shared = SharedEvaluations(unet, batch.transitions, rows, k)
+        losses = []
+        for span in group.spans:
+            idx, k_idx = rows[span], k[span]
+            extras = StepExtras(unet, batch.transitions, idx, k_idx, mean[span], std[span], shared, span)
+            loss, info = loss_fn(log_prob[span], old_log_probs[idx, k_idx], advantages[idx], settings, extras)
             if not grad_norms:  # before the first optimizer step: the weights the rollout sampled with
-                info["ratio_first_pass_max_dev"] = (torch.exp(log_prob - old_log_probs[idx_d, k_d]) - 1).abs().max()
+                first_pass_devs.append((torch.exp(log_prob[span] - old_log_probs[idx, k_idx]) - 1).abs().max())
                 if not recompute_old:
-                    learner_log_probs[idx_d, k_d] = torch.where(
-                        on_policy[idx_d], log_prob.detach().float(), float("nan")
+                    learner_log_probs[idx, k_idx] = torch.where(
+                        on_policy[idx], log_prob[span].detach().float(), float("nan")
                     )
-            (loss / backward_per_step).backward()
-            backward_count += 1
-            step_infos.append({"loss": loss.item(), **{key: value.item() for key, value in info.items()}})
-            if backward_count % backward_per_step == 0:
-                grad_norms.append(
-                    optimizer_step(optimizer, params, settings.max_grad_norm, reduce_gradients, lr_scheduler)
-                )
+            losses.append(loss / backward_per_step)
+            step_infos.append({"loss": loss.detach(), **info})
+        torch.stack(losses).sum().backward()  # Σ_calls loss/window: the gradient of the calls' separate backwards
+        backward_count += len(group.spans)
+        if backward_count % backward_per_step == 0:
+            grad_norms.append(optimizer_step(optimizer, params, settings.max_grad_norm, reduce_gradients, lr_scheduler))
     if partial := backward_count % backward_per_step:  # a partial window (e.g. invalid samples were dropped)
         for p in params:  # each loss was divided by the full window; weight by the true count instead
             if p.grad is not None:
                 p.grad.mul_(backward_per_step / partial)
         grad_norms.append(optimizer_step(optimizer, params, settings.max_grad_norm, reduce_gradients, lr_scheduler))
     unet.eval()
-    metrics = {
-        key: float(np.mean([s[key] for s in step_infos])) for key in step_infos[0] if not key.startswith("ratio_")
-    }
-    metrics["ratio_min"] = min(s["ratio_min"] for s in step_infos)
-    metrics["ratio_max"] = max(s["ratio_max"] for s in step_infos)
-    metrics["ratio_first_pass_max_dev"] = max(
-        s["ratio_first_pass_max_dev"] for s in step_infos if "ratio_first_pass_max_dev" in s
-    )
+    infos = {key: torch.stack([s[key] for s in step_infos]).cpu().tolist() for key in step_infos[0]}  # one sync
+    metrics = {key: float(np.mean(values)) for key, values in infos.items() if not key.startswith("ratio_")}
+    metrics["ratio_min"] = min(infos["ratio_min"])
+    metrics["ratio_max"] = max(infos["ratio_max"])
+    metrics["ratio_first_pass_max_dev"] = max(torch.stack(first_pass_devs).cpu().tolist())
     metrics["old_logprob_recomputed"] = recompute_old
     metrics.update(gap_metrics(behaviour, learner_log_probs))
     metrics.update(grad_norm_metrics(grad_norms))
