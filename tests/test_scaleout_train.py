@@ -190,7 +190,7 @@ def test_epoch_without_valid_rewards_is_skipped_and_repeats_stop_the_run(ray_loc
     assert rows[1]["num_invalid"] == 8 and rows[1]["reward_version"] == "" and math.isnan(rows[1]["reward_mean"])
     assert [r["policy_version"] for r in rows] == [1, 1, 2]  # no update, no new adapter
     assert [r["samples_seen"] for r in rows] == [8, 8, 16]
-    with pytest.raises(SkippedTooOften, match=r"2 epochs in a row had no valid reward (last: epoch 2/3\)"):
+    with pytest.raises(SkippedTooOften, match=r"2 epochs in a row had no valid reward \(last: epoch 2/3\)"):
         run(tmp_path / "two", "run.epochs=4", "faults.invalid_reward_epochs=[1, 2]", "run.max_skipped_updates=2")
     written = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in written] == [0, 1, 2]
