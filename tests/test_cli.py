@@ -31,6 +31,19 @@ def test_sample_without_lora_file(capsys, tmp_path):
     assert "pytorch_lora_weights.safetensors" in capsys.readouterr().err
 
 
+def test_sample_without_lora_draws_from_the_base_model_and_needs_model(capsys, tmp_path):
+    out = tmp_path / "base.png"
+    assert (
+        main(["sample", "--model", "tiny", "--prompt", "a cat", "--steps", "4", "--seed", "3", "--out", str(out)]) == 0
+    )
+    expected = load_pipeline("tiny")(
+        "a cat", num_inference_steps=4, guidance_scale=8.0, generator=torch.Generator().manual_seed(3)
+    ).images[0]
+    np.testing.assert_array_equal(np.asarray(Image.open(out)), np.asarray(expected))
+    assert main(["sample", "--prompt", "a cat", "--out", str(tmp_path / "x.png")]) == 2
+    assert "needs --lora (a trained checkpoint) or --model" in capsys.readouterr().err
+
+
 def test_sample_writes_the_lora_policy_image(tmp_path):
     pipe = toy_pipe_with_saved_lora(tmp_path)
     (tmp_path / "rlcm_model.json").write_text(json.dumps({"model": "tiny", "model_seed": 0}))

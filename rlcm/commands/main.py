@@ -119,13 +119,15 @@ def _sample(args: argparse.Namespace) -> int:
     from rollout.models import load_pipeline
 
     check_steer_options(args)
-    lora = Path(args.lora)
-    recorded = read_record(lora)
+    if args.lora is None and args.model is None:
+        raise ValueError("rlcm sample needs --lora (a trained checkpoint) or --model (the base model alone)")
+    recorded = read_record(Path(args.lora)) if args.lora else {}
     sampling, origin = sampling_settings(recorded, args.steps, args.guidance_scale)
     print(f"rlcm sample: {origin}")
     model = args.model or recorded.get("model", "tiny")
     pipe = load_pipeline(model, seed=recorded.get("model_seed", 0))
-    pipe.load_lora_weights(str(lora))
+    if args.lora:
+        pipe.load_lora_weights(args.lora)
     generator = torch.Generator(device=pipe.device).manual_seed(args.seed)
     if args.steer != "none":
         image = sample_steered(args, pipe, sampling, generator)
@@ -277,18 +279,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     sample = commands.add_parser(
         "sample",
-        help="generate an image with a trained LoRA",
+        help="generate an image with a trained LoRA or the base model, optionally steered by a reward",
         formatter_class=DefaultsHelpFormatter,
         description="Sample one image from a checkpoint with the stock diffusers pipeline, or steered toward a reward "
         "(--steer). Steps, guidance and size default to what the checkpoint was trained with (its rlcm_model.json; "
         "8 steps, guidance 8 if it records none).",
     )
-    sample.add_argument("--lora", required=True, help="a checkpoints/epoch-NNNN folder")
+    sample.add_argument("--lora", help="a checkpoints/epoch-NNNN folder (without it: the base --model alone)")
     sample.add_argument("--prompt", required=True, help="the text prompt")
     sample.add_argument("--steps", type=positive_int, help="inference steps H (default: the checkpoint's)")
     sample.add_argument("--guidance-scale", type=float, help="LCM guidance scale w (default: the checkpoint's)")
     sample.add_argument("--seed", type=int, default=0, help="seed of the initial noise")
-    sample.add_argument("--model", help="base model (default: the one recorded in the checkpoint)")
+    sample.add_argument(
+        "--model", help="base model (default: the one recorded in the checkpoint; needed without --lora)"
+    )
     sample.add_argument("--out", required=True, help="output image file (.png)")
     add_steer_arguments(sample)
     sample.set_defaults(func=_sample)

@@ -80,7 +80,7 @@ def sampling_settings(record: dict, steps: int | None, guidance_scale: float | N
         update={k: v for k, v in (("num_steps", steps), ("guidance_scale", guidance_scale)) if v is not None}
     )
     size = f"{chosen.height}x{chosen.width}" if chosen.height and chosen.width else "the model's default size"
-    origin = "the checkpoint's " + RECORD if recorded else "defaults (the checkpoint records no sampling settings)"
+    origin = "the checkpoint's " + RECORD if recorded else "defaults (no sampling settings recorded)"
     overridden = [
         name for name, value in (("--steps", steps), ("--guidance-scale", guidance_scale)) if value is not None
     ]
