@@ -41,8 +41,9 @@ import numpy as np
 import torch
 from algorithms_report import EVAL_NOISES, EVAL_PROMPTS, TASKS, final_reward, headline, plot, table, write_results
 
+from cluster.run_actors import learner_spec, rollout_spec
 from cluster.schedule import epoch_jobs
-from cluster.sign_test import learner_rewards
+from cluster.sign_test import learner_rewards, load_adapter
 from learner.actor import build_learner
 from learner.algorithms import ALGORITHMS
 from learner.algorithms.rocm.lam_controller import controller_for
@@ -50,8 +51,6 @@ from learner.policy_measures import kl_to_base, pairwise_diversity
 from rewards_service.registry import build_scorer
 from rlcm.config.prompts import epoch_prompts, holdout_split, load_prompts
 from rlcm.config.schema import TrainConfig, load_config, toy_presets
-from rollout.lora import import_adapter
-from rollout.precision import DTYPES
 from rollout.worker import RolloutSpec, RolloutWorker
 
 RESULTS = Path(__file__).resolve().parent.parent / "docs" / "results"
@@ -72,30 +71,6 @@ def run_config(preset: str, task: str, seed: int) -> TrainConfig:
     return load_config(preset, [f"run.seed={seed}", f"reward.name={TASKS[task]}"])
 
 
-def rollout_spec(config: TrainConfig, noise_group_size: int = 1) -> RolloutSpec:
-    """The sampler of the run's rollout actors, as `cluster.run_actors.rollout_pool` builds it."""
-    s = config.sampling
-    return RolloutSpec(
-        model=config.model.name,
-        lora=config.model.lora,
-        num_steps=s.num_steps,
-        guidance_scale=s.guidance_scale,
-        height=s.height,
-        width=s.width,
-        original_inference_steps=s.original_inference_steps,
-        model_seed=config.model.seed,
-        dtype=DTYPES[config.model.dtype],
-        noise_group_size=noise_group_size,
-        eta=config.algo.eta(config),
-    )
-
-
-def load_adapter(worker: RolloutWorker, adapter) -> None:
-    """Give a (shared) rollout worker this adapter even if it held another run's adapter of the same version."""
-    import_adapter(worker.pipe.unet, adapter)
-    worker.version = adapter.version
-
-
 class Evaluator:
     """Final policies (and the base) on fixed prompts and noise: both rewards, Σ_k KL to the base, diversity.
 
@@ -112,7 +87,7 @@ class Evaluator:
         return self.workers[repr(spec)]
 
     def __call__(self, config: TrainConfig, adapter=None) -> dict:
-        worker = self.worker(rollout_spec(config))
+        worker = self.worker(rollout_spec(config, noise_group_size=1))
         prompts = load_prompts(config.prompts.source, config.prompts.limit)[:EVAL_PROMPTS]
         batch = [p for p in prompts for _ in range(EVAL_NOISES)]
         unet = worker.pipe.unet
@@ -148,17 +123,10 @@ def train_one(
     """
     setup_start, config = time.perf_counter(), run_config(preset, task, seed)
     algo, s = config.algo, config.sampling
-    common = dict(
-        model=config.model.name,
-        lora=config.model.lora,
-        seed=seed,
-        model_seed=config.model.seed,
-        dtype=DTYPES[config.model.dtype],
-    )
-    learner = build_learner(algo.learner_spec(config, common))
+    learner = build_learner(learner_spec(config, seed))
     prompts = load_prompts(config.prompts.source, config.prompts.limit)
     if not algo.source.learners_sample:
-        worker = evaluate.worker(rollout_spec(config, algo.noise_group_size(config)))
+        worker = evaluate.worker(rollout_spec(config))
         scorer = evaluate.scorers[task]
     else:
         train_prompts = holdout_split(prompts, min_held=s.batch_size)[0]

@@ -36,17 +36,40 @@ def resource_requests(config: TrainConfig) -> list[ResourceRequest]:
     ]
 
 
-def learner_group(config: TrainConfig) -> LearnerGroup:
-    """The run's learners, as the algorithm declares them, placed as `scaleout` says."""
-    resources = config.resources
+def learner_spec(config: TrainConfig, seed: int | None = None):
+    """The algorithm's learner spec for this config (`seed`: the learners' seed, `run.seed` unless given)."""
     common = dict(
         model=config.model.name,
         lora=config.model.lora,
-        seed=config.run.seed,
+        seed=config.run.seed if seed is None else seed,
         model_seed=config.model.seed,
         dtype=DTYPES[config.model.dtype],
     )
-    spec = config.algo.learner_spec(config, common)
+    return config.algo.learner_spec(config, common)
+
+
+def rollout_spec(config: TrainConfig, noise_group_size: int | None = None) -> RolloutSpec:
+    """The rollout actors' sampler for this config (`noise_group_size`: the algorithm's unless given)."""
+    s = config.sampling
+    return RolloutSpec(
+        model=config.model.name,
+        lora=config.model.lora,
+        num_steps=s.num_steps,
+        guidance_scale=s.guidance_scale,
+        height=s.height,
+        width=s.width,
+        original_inference_steps=s.original_inference_steps,
+        model_seed=config.model.seed,
+        dtype=DTYPES[config.model.dtype],
+        noise_group_size=config.algo.noise_group_size(config) if noise_group_size is None else noise_group_size,
+        eta=config.algo.eta(config),
+    )
+
+
+def learner_group(config: TrainConfig) -> LearnerGroup:
+    """The run's learners, as the algorithm declares them, placed as `scaleout` says."""
+    resources = config.resources
+    spec = learner_spec(config)
     if config.faults.nan_loss_epochs and hasattr(spec, "nan_loss_versions"):
         spec = dataclasses.replace(spec, nan_loss_versions=tuple(config.faults.nan_loss_epochs))
     scale = config.scaleout
@@ -71,19 +94,7 @@ def learner_group(config: TrainConfig) -> LearnerGroup:
 def rollout_pool(config: TrainConfig) -> RolloutPool:
     """The run's rollout actors with the algorithm's sampler."""
     resources, scale = config.resources, config.scaleout
-    spec = RolloutSpec(
-        model=config.model.name,
-        lora=config.model.lora,
-        num_steps=config.sampling.num_steps,
-        guidance_scale=config.sampling.guidance_scale,
-        height=config.sampling.height,
-        width=config.sampling.width,
-        original_inference_steps=config.sampling.original_inference_steps,
-        model_seed=config.model.seed,
-        dtype=DTYPES[config.model.dtype],
-        noise_group_size=config.algo.noise_group_size(config),
-        eta=config.algo.eta(config),
-    )
+    spec = rollout_spec(config)
     options = PoolOptions(
         cpus=resources.rollout_cpus,
         gpus=resources.rollout_gpus,

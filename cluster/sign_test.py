@@ -119,18 +119,11 @@ def _learner_and_worker(config, worker, reward_mode: str | None = None):
     that mode's reward (`learner_reward`)."""
     import dataclasses
 
+    from cluster.run_actors import learner_spec
     from learner.actor import build_learner
     from rewards_service.registry import build_scorer
-    from rollout.precision import DTYPES
 
-    common = dict(
-        model=config.model.name,
-        lora=config.model.lora,
-        seed=config.run.seed,
-        model_seed=config.model.seed,
-        dtype=DTYPES[config.model.dtype],
-    )
-    spec = config.algo.learner_spec(config, common)
+    spec = learner_spec(config)
     if reward_mode is not None:
         factory = functools.partial(learner_reward, reward_mode, spec.reward_factory, config.run.seed)
         spec = dataclasses.replace(spec, reward_factory=factory)
@@ -219,25 +212,10 @@ def toy_run(config, mode: str, worker=None) -> ToyRun:
 
 def rollout_worker(config):
     """A rollout worker with the preset's sampler (as `cluster.run_actors.rollout_pool` builds it)."""
-    from rollout.precision import DTYPES
-    from rollout.worker import RolloutSpec, RolloutWorker
+    from cluster.run_actors import rollout_spec
+    from rollout.worker import RolloutWorker
 
-    s, algo = config.sampling, config.algo
-    return RolloutWorker(
-        RolloutSpec(
-            model=config.model.name,
-            lora=config.model.lora,
-            num_steps=s.num_steps,
-            guidance_scale=s.guidance_scale,
-            height=s.height,
-            width=s.width,
-            original_inference_steps=s.original_inference_steps,
-            model_seed=config.model.seed,
-            dtype=DTYPES[config.model.dtype],
-            noise_group_size=algo.noise_group_size(config),
-            eta=algo.eta(config),
-        )
-    )
+    return RolloutWorker(rollout_spec(config))
 
 
 def load_adapter(worker, adapter) -> None:
