@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import logging
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 
@@ -256,3 +258,13 @@ def test_page_runs_in_a_thread_beside_a_trainer(tmp_path):
 def test_label_command_parses(tmp_path):
     args = build_parser().parse_args(["label", "--run", str(tmp_path), "--port", "0", "--staleness", "3"])
     assert (args.run, args.port, args.staleness, args.host) == (str(tmp_path), 0, 3, "127.0.0.1")
+
+
+def test_label_on_a_missing_run_folder_is_a_clear_error_without_torch(tmp_path):
+    code = (
+        "import sys; from rlcm.commands.main import main; "
+        f"rc = main(['label', '--run', {str(tmp_path / 'none')!r}]); print('torch' in sys.modules); sys.exit(rc)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "is not a run folder" in done.stderr
+    assert done.stdout.strip() == "False", "rlcm label must not import torch"
