@@ -110,6 +110,8 @@ def test_cursor_continues_after_reopening(tmp_path, store):
     reopened.record(ids[2], "b", "ann")
     assert [j.pair_id for j in reopened.judgements_after(cursor)] == [ids[2]]
     assert reopened.next_unjudged("ann").pair_id == ids[3]
+    with pytest.raises(AlreadyJudged):
+        reopened.record(ids[0], "b", "ann")
 
 
 def test_policy_version_is_the_trainer_s_or_the_newest_pair_s(store):
@@ -157,7 +159,7 @@ def test_page_and_next_pair_and_judgement(client, store):
     pair = add(store, 0, version=1)
     body = client.get("/api/next", params={"labeller": "ann", "token": TOKEN}).json()
     assert body["pair"]["pair_id"] == pair and body["pair"]["image_a"].startswith("data:image/png;base64,")
-    assert body["status"] == {"policy_version": 1, "min_version": -1, "queue_length": 1, "judgements": 0, "dropped": 0}
+    assert body["status"] == {"policy_version": 1, "min_version": 0, "queue_length": 1, "judgements": 0, "dropped": 0}
     made = client.post("/api/judgements", json={"pair_id": pair, "choice": "b", "labeller": "ann"}, headers=AUTH)
     assert made.status_code == 201, made.text
     assert made.json()["choice"] == "b"
@@ -236,9 +238,31 @@ def test_oversized_body_is_413(client):
     assert response.status_code == 413
 
 
-def test_bad_labeller_in_query_is_422(client):
-    assert client.get("/api/next", params={"labeller": "x" * 65}, headers=AUTH).status_code == 422
-    assert client.get("/api/next", headers=AUTH).status_code == 422
+def test_bad_labeller_in_query_is_422_with_a_readable_detail(client):
+    too_long = client.get("/api/next", params={"labeller": "x" * 65}, headers=AUTH)
+    assert too_long.status_code == 422 and too_long.json()["detail"].startswith("invalid request: query.labeller")
+    missing = client.get("/api/next", headers=AUTH)
+    assert missing.status_code == 422 and "query.labeller: Field required" in missing.json()["detail"]
+
+
+def test_concurrent_replays_store_one_judgement(store):
+    pair = add(store, 0)
+    outcomes: list[str] = []
+
+    def judge() -> None:
+        try:
+            store.record(pair, "a", "ann")
+            outcomes.append("stored")
+        except AlreadyJudged:
+            outcomes.append("replay")
+
+    threads = [threading.Thread(target=judge) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes) == ["replay"] * 7 + ["stored"]
+    assert len(store.judgements_after(0)) == 1
 
 
 def test_page_runs_in_a_thread_beside_a_trainer(tmp_path):

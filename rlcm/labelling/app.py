@@ -15,6 +15,7 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request
 from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
@@ -135,12 +136,20 @@ def parse_judgement(body: bytes) -> JudgementRequest:
     try:
         return JudgementRequest.model_validate_json(body)
     except ValidationError as error:
-        parts = [f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in error.errors()]
-        raise HTTPException(422, "invalid judgement: " + "; ".join(parts)) from None
+        raise HTTPException(422, "invalid judgement: " + _fields(error.errors())) from None
 
 
 def page_html() -> str:
     return resources.files("rlcm.labelling").joinpath("page.html").read_text(encoding="utf-8")
+
+
+def _fields(errors: Any) -> str:
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in errors)
+
+
+async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """422 with one line naming each bad parameter (FastAPI's default is a list the page cannot show)."""
+    return JSONResponse({"detail": "invalid request: " + _fields(exc.errors())}, status_code=422)
 
 
 async def internal_error(request: Request, exc: Exception) -> JSONResponse:
@@ -176,6 +185,7 @@ def create_app(store: JudgementStore, settings: LabelSettings | None = None) -> 
         description="Judge pairs of images of one prompt; the judgements train a preference algorithm (D3PO).",
     )
     app.add_exception_handler(Exception, internal_error)
+    app.add_exception_handler(RequestValidationError, invalid_request)
     guarded = [Depends(check_token)]
 
     @app.get("/", response_class=HTMLResponse, summary="The labelling page")

@@ -224,7 +224,7 @@ class JudgementStore:
         return int(row[0])
 
     def _min_version(self, db: sqlite3.Connection) -> int | None:
-        return None if self.staleness is None else self._policy_version(db) - self.staleness
+        return None if self.staleness is None else max(self._policy_version(db) - self.staleness, 0)
 
     def _fresh(self, db: sqlite3.Connection) -> tuple[str, tuple[int, ...]]:
         """A WHERE clause (on table alias p) and its parameters selecting the pairs still offered."""
@@ -291,7 +291,7 @@ class JudgementStore:
         if floor is not None and pair["policy_version"] < floor:
             raise StalePair(
                 f"pair {pair['pair_id']} comes from policy version {pair['policy_version']}, older than the staleness "
-                f"bound allows (at least {floor}: current {floor + self.staleness} minus {self.staleness}); "
+                f"bound allows (at least {floor}: current {self._policy_version(db)} minus {self.staleness}); "
                 "judge the next pair"
             )
 
