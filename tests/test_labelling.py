@@ -282,6 +282,8 @@ def test_page_runs_in_a_thread_beside_a_trainer(tmp_path):
 def test_label_command_parses(tmp_path):
     args = build_parser().parse_args(["label", "--run", str(tmp_path), "--port", "0", "--staleness", "3"])
     assert (args.run, args.port, args.staleness, args.host) == (str(tmp_path), 0, 3, "127.0.0.1")
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["label", "--run", str(tmp_path), "--staleness", "-1"])
 
 
 def test_label_on_a_missing_run_folder_is_a_clear_error_without_torch(tmp_path):

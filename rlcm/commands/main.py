@@ -161,6 +161,13 @@ def positive_int(text: str) -> int:
     return value
 
 
+def nonnegative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     from learner.algorithms import ALGORITHMS
     from rlcm.commands.helpfmt import DefaultsHelpFormatter
@@ -286,13 +293,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     label.add_argument("--run", required=True, help="the run folder (the --output-dir of `rlcm train`)")
     label.add_argument("--host", default="127.0.0.1", help="interface to listen on")
-    label.add_argument("--port", type=int, default=8010, help="TCP port")
+    label.add_argument("--port", type=positive_int, default=8010, help="TCP port")
     label.add_argument(
         "--token", help="the page's token (default: $RLCM_LABEL_TOKEN, else a random one printed with the address)"
     )
     label.add_argument(
         "--staleness",
-        type=int,
+        type=nonnegative_int,
         metavar="N",
         help="judge only pairs at most N policy versions older than the current one (default: no bound)",
     )
