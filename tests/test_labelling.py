@@ -128,6 +128,9 @@ def test_add_pair_refuses_what_is_not_png(store):
         store.add_pair("p", b"GIF89a", tiny_png(0), 0, (0, 0))
     with pytest.raises(ValueError, match="hex"):
         store.add_pair("p", tiny_png(0), tiny_png(1), 0, (0, 0), pair_id="../x")
+    store.add_pair("p", tiny_png(0), tiny_png(1), 0, (0, 0), pair_id="c" * 32)
+    with pytest.raises(ValueError, match="stored already"):
+        store.add_pair("q", tiny_png(0), tiny_png(1), 0, (0, 0), pair_id="c" * 32)
 
 
 def test_wait_for_judgements_sleeps_until_one_arrives_and_says_so(store, caplog):
@@ -280,8 +283,8 @@ def test_page_runs_in_a_thread_beside_a_trainer(tmp_path):
 
 
 def test_label_command_parses(tmp_path):
-    args = build_parser().parse_args(["label", "--run", str(tmp_path), "--port", "0", "--staleness", "3"])
-    assert (args.run, args.port, args.staleness, args.host) == (str(tmp_path), 0, 3, "127.0.0.1")
+    args = build_parser().parse_args(["label", "--run", str(tmp_path), "--port", "8011", "--staleness", "3"])
+    assert (args.run, args.port, args.staleness, args.host) == (str(tmp_path), 8011, 3, "127.0.0.1")
     with pytest.raises(SystemExit):
         build_parser().parse_args(["label", "--run", str(tmp_path), "--staleness", "-1"])
 

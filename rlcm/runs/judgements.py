@@ -197,12 +197,15 @@ class JudgementStore:
         pair_id = pair_id or uuid.uuid4().hex
         if not re.fullmatch(PAIR_ID_PATTERN, pair_id):
             raise ValueError(f"pair id {pair_id!r} must be 32 lowercase hex digits")
-        with self._write() as db:
-            db.execute(
-                "INSERT INTO pairs (pair_id, prompt, seed_a, seed_b, policy_version, image_a, image_b, created) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (pair_id, prompt, int(seeds[0]), int(seeds[1]), int(policy_version), image_a, image_b, time.time()),
-            )
+        try:
+            with self._write() as db:
+                db.execute(
+                    "INSERT INTO pairs (pair_id, prompt, seed_a, seed_b, policy_version, image_a, image_b, created) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (pair_id, prompt, int(seeds[0]), int(seeds[1]), int(policy_version), image_a, image_b, time.time()),
+                )
+        except sqlite3.IntegrityError:
+            raise ValueError(f"a pair with id {pair_id} is stored already") from None
         return pair_id
 
     def set_policy_version(self, version: int) -> None:
