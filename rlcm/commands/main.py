@@ -1,4 +1,4 @@
-"""`rlcm` command line: train, plan, scale, submit, rewards serve, eval, plot, sample."""
+"""`rlcm` command line: train, plan, scale, submit, rewards serve, label, eval, plot, sample."""
 
 from __future__ import annotations
 
@@ -90,6 +90,13 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _label(args: argparse.Namespace) -> int:
+    from rlcm.labelling.server import serve
+
+    serve(Path(args.run), args.host, args.port, args.token, args.staleness)
+    return 0
+
+
 def _scale(args: argparse.Namespace) -> int:
     from cluster.control import scale_rollouts
 
@@ -151,6 +158,13 @@ def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def nonnegative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
     return value
 
 
@@ -269,6 +283,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--verbose", "-v", action="store_true", default=argparse.SUPPRESS, help="as rlcm --verbose")
     serve.set_defaults(func=_serve)
+
+    label = command(
+        "label",
+        "serve the labelling page: people judge pairs of images while a preference algorithm trains",
+        "Serve a web page where people judge pairs of images of one prompt (keys: left/right arrow choose, down "
+        "arrow a tie, space skips). Judgements go into <run>/judgements.sqlite, where the trainer reads them. "
+        "Prints the address to open, with the token in it.",
+    )
+    label.add_argument("--run", required=True, help="the run folder (the --output-dir of `rlcm train`)")
+    label.add_argument("--host", default="127.0.0.1", help="interface to listen on")
+    label.add_argument("--port", type=positive_int, default=8010, help="TCP port")
+    label.add_argument(
+        "--token", help="the page's token (default: $RLCM_LABEL_TOKEN, else a random one printed with the address)"
+    )
+    label.add_argument(
+        "--staleness",
+        type=nonnegative_int,
+        metavar="N",
+        help="judge only pairs at most N policy versions older than the current one (default: no bound)",
+    )
+    label.set_defaults(func=_label)
 
     from rlcm.commands.evaluate import add_eval_parser
     from rlcm.commands.steer import add_steer_arguments

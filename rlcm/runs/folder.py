@@ -1,4 +1,4 @@
-"""The run folder: config.yaml, metrics.jsonl, samples/, checkpoints/; checks made before Ray starts."""
+"""The run folder: config.yaml, metrics.jsonl, samples/, checkpoints/, judgements.sqlite; pre-Ray checks."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ class OutputDir:
         self.metrics = self.root / "metrics.jsonl"
         self.checkpoints = self.root / "checkpoints"
         self.samples = self.root / "samples"
+        self.judgements = self.root / "judgements.sqlite"  # rlcm.runs.judgements.JudgementStore
 
     def prepare(self, resume: bool) -> None:
         """Refuse to overwrite an earlier run unless resuming; make sure the folder is writable."""
