@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-from rollout.steering_kinds import POTENTIALS
+from rollout.steering_kinds import POTENTIALS, resampling_steps
 
 STEER_METHODS = ("none", "best-of-n", "fk")
 STEER_OPTIONS = {
@@ -52,11 +52,6 @@ def add_steer_arguments(parser: argparse.ArgumentParser) -> None:
         help="score --reward on the reward service at this URL (standalone or Serve; token: RLCM_REWARDS_TOKEN), "
         "not in process",
     )
-
-
-def resampling_steps(num_steps: int, every: int) -> list[int]:
-    """Steps k = K−1, 2K−1, … before the last one (none for K = 0)."""
-    return list(range(every - 1, num_steps - 1, every)) if every else []
 
 
 def steering_client(reward: str, service_url: str | None):
