@@ -203,6 +203,7 @@ def test_cli_fk_writes_the_steered_image_and_prints_the_compute(tmp_path, capsys
         (["--steer", "fk", "--resample-every", "-1"], "--resample-every: must be at least 0"),
         (["--steer", "best-of-n", "--lam", "2"], "--lam does not apply to --steer best-of-n"),
         (["--particles", "2"], "--particles does not apply to --steer none"),
+        (["--service-url", "http://rewards:8000"], "--service-url does not apply to --steer none"),
     ],
 )
 def test_cli_bad_steering_options_exit_2(tmp_path, capsys, extra, message):

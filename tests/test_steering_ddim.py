@@ -9,6 +9,7 @@ import torch
 
 from rewards_service.client import HttpRewardClient, RetryPolicy
 from rewards_service.scorers.jpeg import JpegCompressibility
+from rlcm.commands.main import main
 from rollout.models import load_pipeline
 from rollout.policies.chain_math import decode_images, draw_noise, latent_shape
 from rollout.policies.ddim import (
@@ -119,3 +120,13 @@ def test_a_service_that_fails_mid_steering_is_an_error_naming_its_url():
         "2 particles (jpeg_compressibility): jpeg_compressibility failed after 2 attempt(s): HTTPStatusError"
     ), message
     assert "503" in message
+
+
+def test_cli_sample_steered_by_a_failing_service_exits_2_naming_it(tmp_path, capsys):
+    """DDIM steering from the command line, scored over HTTP by a service that stops answering after one request."""
+    argv = ["sample", "--model", "tiny-ddim", "--prompt", "a cat", "--steps", "3", "--out", str(tmp_path / "cat.png")]
+    with failing_service(after=1) as url:
+        code = main([*argv, "--steer", "fk", "--particles", "2", "--service-url", url])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"steering: the reward jpeg_compressibility failed at step 1: the reward service at {url} did not" in err

@@ -16,6 +16,7 @@ STEER_OPTIONS = {
     "resample_every": "--resample-every",
     "service_url": "--service-url",
 }
+FK_ONLY = ("potential", "lam", "resample_every")
 
 
 def at_least(minimum: int) -> Callable[[str], int]:
@@ -67,7 +68,7 @@ def steering_client(reward: str, service_url: str | None):
 
 def check_steer_options(args: argparse.Namespace) -> None:
     """ValueError for a steering option that the chosen method does not use."""
-    unused = {"none": STEER_OPTIONS, "best-of-n": {k: v for k, v in STEER_OPTIONS.items() if k != "particles"}}
+    unused = {"none": STEER_OPTIONS, "best-of-n": {k: v for k, v in STEER_OPTIONS.items() if k in FK_ONLY}}
     for key, flag in unused.get(args.steer, {}).items():
         if getattr(args, key) is not None:
             raise ValueError(f"{flag} does not apply to --steer {args.steer}")

@@ -28,6 +28,10 @@ from rlcm.runs.checkpoint_record import sampling_settings
 def evaluate(settings: EvalSettings, http=None) -> dict:
     """Sample base and/or tuned on every (prompt, seed), score, write eval.json, eval.md, grid.png; returns the report.
 
+    With `settings.steer`, every model is also steered by each method with each particle count on the same pairs
+    (`rlcm.evaluation.steering`): their rows, the sampling compute per image of every row, the runs' training compute
+    and compute.png join the report.
+
     `http` replaces the httpx client of the reward service (tests pass a FastAPI TestClient).
     """
     runs = dict(settings.runs)

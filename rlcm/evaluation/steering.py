@@ -107,7 +107,7 @@ def save_compute_plot(path: Path, report: dict, metric: str) -> None:
     """Mean ± 95% CI of `metric` against the sampling compute per image, one series per model and steering method
     (the particle counts along it), unsteered models as single points; each run's training compute in the legend."""
     from matplotlib.figure import Figure
-    from matplotlib.ticker import NullFormatter, ScalarFormatter
+    from matplotlib.ticker import NullFormatter
 
     series: dict[str, list[tuple[float, dict, int]]] = {}
     for label, row in report["rows"].items():
@@ -130,7 +130,8 @@ def save_compute_plot(path: Path, report: dict, metric: str) -> None:
             if n > 1:
                 axes.annotate(f"N={n}", (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=7)
     axes.set_xscale("log")
-    axes.xaxis.set_major_formatter(ScalarFormatter())
+    ticks = sorted({point[0] for points in series.values() for point in points})
+    axes.set_xticks(ticks, [f"{tick:g}" for tick in ticks], fontsize=7)
     axes.xaxis.set_minor_formatter(NullFormatter())
     axes.set_xlabel("sampling compute per image (UNet evaluations + images scored by the steering reward)", fontsize=8)
     axes.set_ylabel(f"{metric} (mean ± 95% CI)")
