@@ -130,3 +130,11 @@ def test_cli_sample_steered_by_a_failing_service_exits_2_naming_it(tmp_path, cap
     err = capsys.readouterr().err
     assert code == 2
     assert f"steering: the reward jpeg_compressibility failed at step 1: the reward service at {url} did not" in err
+
+
+def test_steer_names_the_schedulers_it_supports():
+    class Euler:
+        pass
+
+    with pytest.raises(ValueError, match="steering supports models sampled with LCMScheduler, DDIMScheduler; this one"):
+        steer(type("Pipe", (), {"scheduler": Euler()})(), ["a cat"], 2, 8.0, None, jpeg, 2)
