@@ -49,3 +49,41 @@ def standalone_service(
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+@contextlib.contextmanager
+def failing_service(after: int, wait_s: float = 15.0) -> Iterator[str]:
+    """The reward app (jpeg_compressibility) under uvicorn in a thread, answering 503 to every score request after the
+    first `after`; yields its base URL."""
+    import threading
+
+    import uvicorn
+    from fastapi.responses import JSONResponse
+
+    from rewards_service.app import create_app
+    from rewards_service.registry import build_scorer
+
+    app = create_app({"jpeg_compressibility": build_scorer("jpeg_compressibility")})
+    scored = 0
+
+    @app.middleware("http")
+    async def fail_after(request, call_next):
+        nonlocal scored
+        if request.url.path.startswith("/v1/score/"):
+            scored += 1
+            if scored > after:
+                return JSONResponse({"detail": f"injected failure of request {scored}"}, status_code=503)
+        return await call_next(request)
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + wait_s
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)

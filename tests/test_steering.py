@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
+from rewards_service.client import InProcessRewardClient
 from rewards_service.scorers.jpeg import JpegCompressibility
 from rlcm.commands.main import main
-from rlcm.commands.steer import reward_function
 from rollout.models import load_pipeline
 from rollout.policies.chain_math import decode_images, draw_noise, encode_prompts, latent_shape
 from rollout.policies.lcm import (
@@ -22,7 +22,9 @@ from rollout.policies.lcm import (
     sample_lcm_trajectory,
     transition_mean_std,
 )
-from rollout.steering import fk_potential, resample, resampling_weights, steer_lcm
+from rollout.steering.lcm import steer_lcm
+from rollout.steering.particles import fk_potential, resample, resampling_weights
+from rollout.steering.scoring import client_score
 from tests.toys import toy_pipe_with_saved_lora
 
 PROMPTS = ["a cat", "a dog"]
@@ -163,8 +165,8 @@ def test_a_nan_reward_is_a_clear_error_not_nan_particles(pipe):
         steer_lcm(pipe, ["a cat"], 2, GUIDANCE, None, nan, 2, "fk", "diff", 1.0, [0], reward_name="r")
 
 
-def test_ddim_models_are_refused():
-    with pytest.raises(ValueError, match="steering supports LCM models so far"):
+def test_steer_lcm_refuses_a_ddim_model():
+    with pytest.raises(ValueError, match="steer_lcm steers LCM models; this model samples with DDIMScheduler"):
         steer_lcm(load_pipeline("tiny-ddim", device="cpu"), ["a cat"], 2, GUIDANCE, None, jpeg, 2)
 
 
@@ -184,7 +186,7 @@ def test_cli_fk_writes_the_steered_image_and_prints_the_compute(tmp_path, capsys
         2,
         GUIDANCE,
         torch.Generator().manual_seed(4),
-        reward_function(JpegCompressibility()),
+        client_score(InProcessRewardClient(JpegCompressibility())),
         2,
         "fk",
         "diff",
@@ -201,6 +203,7 @@ def test_cli_fk_writes_the_steered_image_and_prints_the_compute(tmp_path, capsys
         (["--steer", "fk", "--resample-every", "-1"], "--resample-every: must be at least 0"),
         (["--steer", "best-of-n", "--lam", "2"], "--lam does not apply to --steer best-of-n"),
         (["--particles", "2"], "--particles does not apply to --steer none"),
+        (["--service-url", "http://rewards:8000"], "--service-url does not apply to --steer none"),
     ],
 )
 def test_cli_bad_steering_options_exit_2(tmp_path, capsys, extra, message):

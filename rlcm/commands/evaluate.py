@@ -11,6 +11,40 @@ from rlcm.evaluation.evaluate import evaluate
 from rlcm.evaluation.inputs import LOCAL_METRICS, PROMPT_PRESETS, parse_runs, read_prompts
 from rlcm.evaluation.report import markdown_table
 from rlcm.evaluation.settings import EvalSettings
+from rollout.steering_kinds import METHODS, POTENTIALS
+
+
+def comma_list(item_type, choices=None):
+    """An argparse type: comma-separated values of `item_type`, each one of `choices` if given, at least one."""
+
+    def parse(text: str) -> list:
+        try:
+            values = [item_type(part.strip()) for part in text.split(",") if part.strip()]
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(f"{text!r}: {error}") from None
+        wrong = [v for v in values if (choices is not None and v not in choices) or (item_type is int and v < 1)]
+        if not values or wrong:
+            expected = f"one or more of {', '.join(choices)}" if choices else "positive integers"
+            raise argparse.ArgumentTypeError(f"{text!r}: expected {expected}, comma-separated")
+        return values
+
+    return parse
+
+
+def steering_options(args: argparse.Namespace) -> dict:
+    """The EvalSettings fields of the steering options; ValueError for one given without --steer."""
+    given = {
+        "particles": args.particles,
+        "potential": args.potential,
+        "lam": args.lam,
+        "resample_every": args.resample_every,
+        "steer_reward": args.steer_reward,
+    }
+    given = {key: value for key, value in given.items() if value is not None}
+    if given and not args.steer:
+        flags = ", ".join("--" + key.replace("_", "-") for key in given)
+        raise ValueError(f"{flags} apply to steered rows: pass --steer best-of-n and/or fk")
+    return {"steer": args.steer or [], **given}
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -36,10 +70,11 @@ def _run(args: argparse.Namespace) -> int:
         service_url=args.service_url,
         service_token=os.environ.get("RLCM_REWARDS_TOKEN"),
         device=args.device,
+        **steering_options(args),
     )
     report = evaluate(settings)
     print(markdown_table(report))
-    print(f"wrote {settings.out / 'eval.json'}, eval.md, grid.png")
+    print(f"wrote {settings.out / 'eval.json'}, eval.md, grid.png" + (", compute.png" if settings.steer else ""))
     return 0
 
 
@@ -92,5 +127,21 @@ def add_eval_parser(subparsers) -> argparse.ArgumentParser:
     )
     parser.add_argument("--device", help="cuda, cpu, ... (default: cuda if available)")
     parser.add_argument("--out", required=True, help="output folder for eval.json, eval.md, grid.png")
+    steering = parser.add_argument_group(
+        "steering: each model evaluated is also sampled steered, per method and particle count, on the same seeds"
+    )
+    steering.add_argument(
+        "--steer",
+        type=comma_list(str, METHODS),
+        help=f"comma-separated steering methods: {', '.join(METHODS)}; also writes compute.png (the steered reward "
+        "against the sampling compute per image)",
+    )
+    steering.add_argument("--particles", type=comma_list(int), help="comma-separated particle counts N (default 4)")
+    steering.add_argument("--potential", choices=POTENTIALS, help="FK potential (default diff)")
+    steering.add_argument("--lam", type=float, help="FK inverse temperature λ (default 1)")
+    steering.add_argument("--resample-every", type=int, help="FK: resample after every K-th step, 0 never (default 1)")
+    steering.add_argument(
+        "--steer-reward", help="the reward steered toward (default: the first of --metrics); scored as the metrics are"
+    )
     parser.set_defaults(func=_run)
     return parser

@@ -16,16 +16,21 @@ from __future__ import annotations
 
 import json
 
-from rlcm.evaluation.inputs import metric_clients, recorded_model, trained_metric
+from rlcm.evaluation.inputs import metric_clients, recorded_model, trained_metric, training_compute
 from rlcm.evaluation.report import json_float, markdown_table, save_comparison_grid, strict_json
 from rlcm.evaluation.sampling import score_model
 from rlcm.evaluation.settings import EvalSettings
 from rlcm.evaluation.statistics import off_target_change, summarize
+from rlcm.evaluation.steering import save_compute_plot, score_steered, steered_label, unsteered_compute
 from rlcm.runs.checkpoint_record import sampling_settings
 
 
 def evaluate(settings: EvalSettings, http=None) -> dict:
     """Sample base and/or tuned on every (prompt, seed), score, write eval.json, eval.md, grid.png; returns the report.
+
+    With `settings.steer`, every model is also steered by each method with each particle count on the same pairs
+    (`rlcm.evaluation.steering`): their rows, the sampling compute per image of every row, the runs' training compute
+    and compute.png join the report.
 
     `http` replaces the httpx client of the reward service (tests pass a FastAPI TestClient).
     """
@@ -57,23 +62,44 @@ def evaluate(settings: EvalSettings, http=None) -> dict:
     print(f"rlcm eval: {origin}")
     settings = settings.model_copy(update={"steps": sampling.num_steps, "guidance_scale": sampling.guidance_scale})
     clients = metric_clients(settings.metrics, settings.service_url, settings.service_token, http)
+    steer_reward = settings.steer_reward or settings.metrics[0]
+    steer_client = (
+        metric_clients([steer_reward], settings.service_url, settings.service_token, http)[steer_reward]
+        if settings.steer
+        else None
+    )
     model = settings.model or record.get("model", "tiny")
     pipe = load_pipeline(model, device=settings.device, seed=record.get("model_seed", 0))
     prompts = settings.prompts
     grid_pairs = {(i, 0) for i in range(min(settings.grid_columns, len(prompts)))}
-    scores, images = {}, {}
+    scores, images, rows, compute = {}, {}, {}, {}
+
+    def sample_model(name: str) -> None:
+        scores[name], images[name] = score_model(pipe, name, prompts, clients, settings, grid_pairs, sampling)
+        rows[name], compute[name] = {"model": name, "method": "none", "particles": 1}, unsteered_compute(pipe, sampling)
+        for method in settings.steer:
+            for particles in settings.particles:
+                label = steered_label(name, method, particles)
+                scores[label], images[label], compute[label] = score_steered(
+                    pipe, label, method, particles, prompts, clients, steer_client, settings, grid_pairs, sampling
+                )
+                rows[label] = {"model": name, "method": method, "particles": particles}
+
     try:
         if settings.include_base:
-            scores["base"], images["base"] = score_model(pipe, "base", prompts, clients, settings, grid_pairs, sampling)
+            sample_model("base")
         for name, path in runs.items():
             pipe.load_lora_weights(str(path))
             try:
-                scores[name], images[name] = score_model(pipe, name, prompts, clients, settings, grid_pairs, sampling)
+                sample_model(name)
             finally:
                 pipe.unload_lora_weights()
     finally:
-        for client in clients.values():
+        for client in [*clients.values(), *([steer_client] if steer_client else [])]:
             client.close()
+    for label, row in rows.items():
+        if row["method"] != "none":
+            trained[label] = trained.get(row["model"]) or steer_reward
     metrics = {n: summarize({label: v[n] for label, v in scores.items()}) for n in settings.metrics}
     report = {
         "model": model,
@@ -86,7 +112,7 @@ def evaluate(settings: EvalSettings, http=None) -> dict:
         "guidance_scale": settings.guidance_scale,
         "ci": "95% Student t-interval over prompts x seeds; '<run> − base' is paired by (prompt, seed)",
         "metrics": metrics,
-        "off_target": {name: off_target_change(metrics, name, trained.get(name)) for name in runs}
+        "off_target": {name: off_target_change(metrics, name, trained.get(name)) for name in scores if name != "base"}
         if settings.include_base
         else {},
         "samples": [
@@ -103,7 +129,20 @@ def evaluate(settings: EvalSettings, http=None) -> dict:
             for s in range(settings.seeds)
         ],
     }
+    if settings.steer:
+        report["steering"] = {
+            "reward": steer_reward,
+            "methods": settings.steer,
+            "particles": settings.particles,
+            "potential": settings.potential,
+            "lam": settings.lam,
+            "resample_every": settings.resample_every,
+        }
+        report["rows"], report["compute"] = rows, compute
+        report["training_compute"] = {name: training_compute(path) for name, path in runs.items()}
     settings.out.mkdir(parents=True, exist_ok=True)
+    if settings.steer:
+        save_compute_plot(settings.out / "compute.png", report, steer_reward)
     (settings.out / "eval.json").write_text(json.dumps(strict_json(report), indent=2))
     (settings.out / "eval.md").write_text(markdown_table(report))
     shown = sorted(grid_pairs)

@@ -84,6 +84,40 @@ def trained_metric(lora: Path) -> str | None:
     return reward.get("name") if isinstance(reward, dict) else None
 
 
+def training_compute(lora: Path) -> dict | None:
+    """What training checkpoint `lora` (<run>/checkpoints/epoch-NNNN) cost, from its run's metrics.jsonl up to epoch
+    NNNN: epochs, samples trained on (samples_seen), their rollout UNet evaluations (samples × the run's
+    sampling.num_steps) and the wall-clock seconds; None without metrics."""
+    import json
+
+    import yaml
+
+    run, name = lora.parent.parent, lora.name
+    metrics = run / "metrics.jsonl"
+    if not metrics.is_file() or not name.startswith("epoch-"):
+        return None
+    last = int(name.removeprefix("epoch-"))
+    rows = []
+    for line in metrics.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:  # a half-written last line
+            continue
+        if row.get("epoch", last + 1) <= last:
+            rows.append(row)
+    if not rows:
+        return None
+    config = yaml.safe_load((run / "config.yaml").read_text()) if (run / "config.yaml").is_file() else {}
+    steps = ((config or {}).get("sampling") or {}).get("num_steps")
+    samples = int(rows[-1].get("samples_seen", 0))
+    return {
+        "epochs": len(rows),
+        "samples": samples,
+        "rollout_unet_evals": samples * steps if steps else None,
+        "wall_s": float(sum(row.get("time_epoch_s", 0.0) for row in rows)),
+    }
+
+
 def parse_runs(values: list[str]) -> dict[str, Path]:
     """`--lora NAME=DIR` (repeatable); a bare DIR is named after its run folder (<run>/checkpoints/epoch-NNNN), or
     'tuned' alone."""

@@ -22,7 +22,12 @@ def markdown_table(report: dict) -> str:
     metrics, models, trained = list(report["metrics"]), report["models"], report["trained"]
     runs = [m for m in models if m != "base"]
     with_base = "base" in models
-    header = ["model", *metrics] + (["off-target Δ vs base"] if with_base and runs else [])
+    compute = report.get("compute")
+    header = (
+        ["model", *metrics]
+        + (["off-target Δ vs base"] if with_base and runs else [])
+        + (["sampling compute / image (UNet + reward)"] if compute else [])
+    )
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for model in models:
         cells = [
@@ -36,17 +41,23 @@ def markdown_table(report: dict) -> str:
             cells.append(
                 "" if model == "base" else ("n/a" if change is None or not math.isfinite(change) else f"{change:+.1f}%")
             )
+        if compute:
+            cost = compute[model]
+            cells.append(
+                f"{cost['unet_evals_per_image']:g} + {cost['images_scored_per_image']:g} = {cost['total_per_image']:g}"
+            )
         lines.append("| " + " | ".join([model, *cells]) + " |")
     n = min((s["n"] for stats in report["metrics"].values() for s in stats.values()), default=0)
     note = [
         "",
         f"mean ± half-width of the 95% t-interval over prompts × seeds ({report['num_prompts']} × {report['seeds']}, "
-        f"n = {n} where all scored). † = the metric the run trained on (bold); off-target Δ = mean over the other "
-        "metrics of (run − base)/|base|.",
+        f"n = {n} where all scored). † = the metric the run trained on, or the base was steered toward (bold); "
+        "off-target Δ = mean over the other metrics of (run − base)/|base|.",
         f"Model {report['model']}, {report['steps']} steps, guidance {report['guidance_scale']}; runs: "
         + (", ".join(f"{name} = {path}" for name, path in report["runs"].items()) or "none")
         + ".",
     ]
+    note += steering_notes(report)
     if with_base and runs:
         note += [
             "",
@@ -60,6 +71,33 @@ def markdown_table(report: dict) -> str:
             for run in runs
         ]
     return "\n".join(lines + note) + "\n"
+
+
+def steering_notes(report: dict) -> list[str]:
+    """How the steered rows were steered, what the compute column counts, and each run's training compute."""
+    steering = report.get("steering")
+    if not steering:
+        return []
+    notes = [
+        "",
+        f"Steered rows: toward {steering['reward']}, one (prompt, seed) at a time with its N particles in one batch, "
+        f"from the seed's noise; FK potential {steering['potential']}, λ {steering['lam']:g}, resampling every "
+        f"K = {steering['resample_every']} steps (0: never). Sampling compute per image = UNet evaluations (N × "
+        "steps, × 2 with guidance) + images decoded and scored by the steering reward (N per scored step); the "
+        "final scoring by the metrics is not counted.",
+    ]
+    for name, cost in report.get("training_compute", {}).items():
+        notes.append(
+            f"Training compute of {name}: "
+            + (
+                f"{cost['epochs']} epochs, {cost['samples']} samples trained on"
+                + (f" ({cost['rollout_unet_evals']} rollout UNet evaluations)" if cost["rollout_unet_evals"] else "")
+                + f", {cost['wall_s']:.0f} s wall clock (its metrics.jsonl)."
+                if cost
+                else "not recorded (no metrics.jsonl beside the checkpoint)."
+            )
+        )
+    return notes
 
 
 def save_comparison_grid(

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
 
 class EvalSettings(BaseModel):
@@ -36,3 +37,13 @@ class EvalSettings(BaseModel):
     service_url: str | None = None
     service_token: str | None = None
     device: str | None = None
+    steer: list[Literal["best-of-n", "fk"]] = Field(
+        default_factory=list, description="steering methods; each model evaluated is also sampled steered by each"
+    )
+    particles: list[PositiveInt] = Field(
+        default_factory=lambda: [4], min_length=1, description="particle counts N to steer with"
+    )
+    potential: Literal["diff", "max", "current"] = Field("diff", description="FK potential")
+    lam: float = Field(1.0, description="FK inverse temperature λ")
+    resample_every: int = Field(1, ge=0, description="FK: resample after every K-th step, 0 never")
+    steer_reward: str | None = Field(None, description="the reward steered toward (default: the first metric)")

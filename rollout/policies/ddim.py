@@ -68,18 +68,13 @@ def guided_epsilon(
     return out.to(math_dtype_for(dtype, x.dtype))
 
 
-def ddim_mean_std(
-    scheduler: DDIMScheduler,
-    model_output: torch.Tensor,
-    x: torch.Tensor,
-    t: torch.Tensor,
-    t_prev: torch.Tensor,
-    eta: float,
+def ddim_prediction(
+    scheduler: DDIMScheduler, model_output: torch.Tensor, x: torch.Tensor, t: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and std σ_t of x_{k+1} given x_k, t [B], t' [B], as DDIMScheduler.step (use_clipped_model_output=False)."""
+    """x̂0 (clipped or thresholded per the scheduler config) and ε̂ of x_k at timesteps t [B], per prediction type."""
     dtype = math_dtype_for(model_output.dtype, x.dtype)
     x = x.to(dtype)
-    alpha_t, alpha_prev = alpha_prod(scheduler, t, dtype), alpha_prod(scheduler, t_prev, dtype)  # ᾱ_t, ᾱ_t'
+    alpha_t = alpha_prod(scheduler, t, dtype)  # ᾱ_t
     beta_t = 1 - alpha_t
     prediction_type = scheduler.config.prediction_type
     if prediction_type == "epsilon":
@@ -92,11 +87,36 @@ def ddim_mean_std(
         eps_pred = (alpha_t**0.5) * model_output + (beta_t**0.5) * x
     else:
         raise ValueError(f"unsupported prediction_type {prediction_type!r}")
-    x0_pred = clip_or_threshold(x0_pred, scheduler.config)
-    variance = ((1 - alpha_prev) / beta_t) * (1 - alpha_t / alpha_prev)
+    return clip_or_threshold(x0_pred, scheduler.config), eps_pred
+
+
+def ddim_step_mean_std(
+    scheduler: DDIMScheduler,
+    x0_pred: torch.Tensor,
+    eps_pred: torch.Tensor,
+    t: torch.Tensor,
+    t_prev: torch.Tensor,
+    eta: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean √ᾱ_t'·x̂0 + √(1−ᾱ_t'−σ_t²)·ε̂ and std σ_t of x_{k+1}, from x̂0 and ε̂ of x_k."""
+    alpha_t, alpha_prev = alpha_prod(scheduler, t, x0_pred.dtype), alpha_prod(scheduler, t_prev, x0_pred.dtype)
+    variance = ((1 - alpha_prev) / (1 - alpha_t)) * (1 - alpha_t / alpha_prev)
     std = eta * variance ** (0.5)  # σ_t
     mean = alpha_prev ** (0.5) * x0_pred + (1 - alpha_prev - std**2) ** (0.5) * eps_pred
     return mean, std
+
+
+def ddim_mean_std(
+    scheduler: DDIMScheduler,
+    model_output: torch.Tensor,
+    x: torch.Tensor,
+    t: torch.Tensor,
+    t_prev: torch.Tensor,
+    eta: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std σ_t of x_{k+1} given x_k, t [B], t' [B], as DDIMScheduler.step (use_clipped_model_output=False)."""
+    x0_pred, eps_pred = ddim_prediction(scheduler, model_output, x, t)
+    return ddim_step_mean_std(scheduler, x0_pred, eps_pred, t, t_prev, eta)
 
 
 def ddim_transition_gaussian(
