@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import sys
 
+import ray
+
+from cluster.epoch_record import FlopModel
 from cluster.ray_setup import ResourceRequest, wait_for_placement_group
 from cluster.rollout_pool import PoolOptions, RolloutPool
 from learner.group import LearnerGroup
 from rlcm.config.schema import TrainConfig
+from rlcm.planning.plan import flop_model, resolve_auto_pairs
 from rollout.precision import DTYPES
 from rollout.worker import RolloutSpec
 
@@ -36,8 +41,26 @@ def resource_requests(config: TrainConfig) -> list[ResourceRequest]:
     ]
 
 
+def gpu_kind() -> str | None:
+    """The cluster's GPU kind as Ray detected it (its `accelerator_type:<name>` resource), None without one; with
+    several kinds, the first in name order."""
+    kinds = sorted(key.split(":", 1)[1] for key in ray.cluster_resources() if key.startswith("accelerator_type:"))
+    return kinds[0] if kinds else None
+
+
+def run_flop_model(config: TrainConfig) -> FlopModel | None:
+    """What the plan says the run's trained samples cost on the cluster's GPU kind (None: CPU, toy, unknown GPU)."""
+    uses_gpus = config.resources.learner_gpus or config.resources.rollout_gpus
+    found = flop_model(config, gpu_kind()) if uses_gpus else None
+    return FlopModel(*found) if found else None
+
+
 def learner_group(config: TrainConfig) -> LearnerGroup:
-    """The run's learners, as the algorithm declares them, placed as `scaleout` says."""
+    """The run's learners, as the algorithm declares them, placed as `scaleout` says (`pairs_per_call: auto`
+    resolved for the cluster's GPU kind, `rlcm.planning.plan.resolve_auto_pairs`)."""
+    config, chosen = resolve_auto_pairs(config, gpu_kind() if config.resources.learner_gpus else None)
+    if chosen and config.resources.learner_gpus:  # CPU learners: per call, as always
+        print(f"rlcm: {chosen}", file=sys.stderr, flush=True)
     resources = config.resources
     common = dict(
         model=config.model.name,
@@ -45,6 +68,8 @@ def learner_group(config: TrainConfig) -> LearnerGroup:
         seed=config.run.seed,
         model_seed=config.model.seed,
         dtype=DTYPES[config.model.dtype],
+        compile=config.model.compile,
+        channels_last=config.model.channels_last,
     )
     spec = config.algo.learner_spec(config, common)
     if config.faults.nan_loss_epochs and hasattr(spec, "nan_loss_versions"):
@@ -83,6 +108,8 @@ def rollout_pool(config: TrainConfig) -> RolloutPool:
         dtype=DTYPES[config.model.dtype],
         noise_group_size=config.algo.noise_group_size(config),
         eta=config.algo.eta(config),
+        compile=config.model.compile,
+        channels_last=config.model.channels_last,
     )
     options = PoolOptions(
         cpus=resources.rollout_cpus,
