@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -91,6 +92,32 @@ def epoch_row(
         "resampled_batches": pool.requeued,
         "reward_retries": reward_retries,
     }
+
+
+@dataclass(frozen=True)
+class FlopModel:
+    """What `rlcm plan` says one trained sample costs, the GPUs the run holds and their bf16 peak (per GPU)."""
+
+    flops_per_sample: int
+    gpus: float
+    peak_flops: float
+
+
+def perf_fields(row: dict, samples: int, num_learners: int, flop_model: FlopModel | None) -> dict:
+    """Throughput of the epoch of `row`: trained samples and UNet images (learners' + rollout actors') per second;
+    with a GPU flop model, achieved TFLOP/s per GPU (the plan's FLOPs per trained sample) and MFU against the bf16
+    peak."""
+    seconds = max(row["time_epoch_s"], 1e-9)
+    learner_images = row.get("learner_unet_images", 0) * num_learners  # the row holds the ranks' mean
+    rollout_images = sum(actor.get("unet_images", 0) for actor in row.get("rollout_actors", {}).values())
+    out = {
+        "perf_samples_per_s": samples / seconds,
+        "perf_unet_images_per_s": (learner_images + rollout_images) / seconds,
+    }
+    if flop_model is not None:
+        tflops = samples * flop_model.flops_per_sample / seconds / flop_model.gpus / 1e12
+        out.update(perf_tflops_per_gpu=tflops, perf_mfu=tflops * 1e12 / flop_model.peak_flops)
+    return out
 
 
 def check_finite(nonfinite: SkipStreak, epoch: int, row: dict) -> None:

@@ -45,6 +45,8 @@ class Slot:
     load: int = 0
     draining: bool = False
     images: int = 0
+    unet_images: int = 0
+    gpu_memory_peak_gb: float | None = None  # the actor's, over its batches since the last stats (None: no GPU)
     busy_s: float = 0.0
     started: float = field(default_factory=time.perf_counter)
     placed: bool = False
@@ -55,13 +57,16 @@ class Slot:
         return self.placed
 
     def stats(self, now: float) -> dict[str, float]:
-        """Images, busy seconds, images/s and idle ratio since `started`."""
+        """Images, UNet images, busy seconds, images/s, idle ratio (and on a GPU the peak memory) since `started`."""
         wall = max(now - self.started, 1e-9)
+        memory = {} if self.gpu_memory_peak_gb is None else {"gpu_memory_peak_gb": self.gpu_memory_peak_gb}
         return {
             "images": self.images,
+            "unet_images": self.unet_images,
             "busy_s": round(self.busy_s, 4),
             "images_per_s": self.images / self.busy_s if self.busy_s else 0.0,
             "idle_ratio": max(0.0, 1.0 - self.busy_s / wall),
+            **memory,
         }
 
 
@@ -222,6 +227,9 @@ class RolloutPool:
                         )
                     continue
                 slot.images += info["images"]
+                slot.unet_images += info.get("unet_images", 0)
+                if "gpu_memory_peak_gb" in info:
+                    slot.gpu_memory_peak_gb = max(slot.gpu_memory_peak_gb or 0.0, info["gpu_memory_peak_gb"])
                 slot.busy_s += info["busy_s"]
                 done.append(Done(job, actor_id, trajectory_ref, images_ref, info))
         self._reap()
@@ -251,7 +259,8 @@ class RolloutPool:
         self.retired = {}
         for actor_id, slot in self.slots.items():
             stats[str(actor_id)] = slot.stats(now)
-            slot.images, slot.busy_s, slot.started = 0, 0.0, now
+            slot.images, slot.unet_images, slot.gpu_memory_peak_gb = 0, 0, None
+            slot.busy_s, slot.started = 0.0, now
         return dict(sorted(stats.items(), key=lambda item: int(item[0])))
 
     def shutdown(self) -> None:

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import sys
 
+import ray
+
+from cluster.epoch_record import FlopModel
 from cluster.ray_setup import ResourceRequest, wait_for_placement_group
 from cluster.rollout_pool import PoolOptions, RolloutPool
 from learner.group import LearnerGroup
 from rlcm.config.schema import TrainConfig
+from rlcm.planning.plan import flop_model, resolve_auto_pairs
 from rollout.precision import DTYPES
 from rollout.worker import RolloutSpec
 
@@ -36,6 +41,20 @@ def resource_requests(config: TrainConfig) -> list[ResourceRequest]:
     ]
 
 
+def gpu_kind() -> str | None:
+    """The cluster's GPU kind as Ray detected it (its `accelerator_type:<name>` resource), None without one; with
+    several kinds, the first in name order."""
+    kinds = sorted(key.split(":", 1)[1] for key in ray.cluster_resources() if key.startswith("accelerator_type:"))
+    return kinds[0] if kinds else None
+
+
+def run_flop_model(config: TrainConfig) -> FlopModel | None:
+    """What the plan says the run's trained samples cost on the cluster's GPU kind (None: CPU, toy, unknown GPU)."""
+    uses_gpus = config.resources.learner_gpus or config.resources.rollout_gpus
+    found = flop_model(config, gpu_kind()) if uses_gpus else None
+    return FlopModel(*found) if found else None
+
+
 def learner_spec(config: TrainConfig, seed: int | None = None):
     """The algorithm's learner spec for this config (`seed`: the learners' seed, `run.seed` unless given)."""
     common = dict(
@@ -44,6 +63,8 @@ def learner_spec(config: TrainConfig, seed: int | None = None):
         seed=config.run.seed if seed is None else seed,
         model_seed=config.model.seed,
         dtype=DTYPES[config.model.dtype],
+        compile=config.model.compile,
+        channels_last=config.model.channels_last,
     )
     return config.algo.learner_spec(config, common)
 
@@ -63,11 +84,17 @@ def rollout_spec(config: TrainConfig, noise_group_size: int | None = None) -> Ro
         dtype=DTYPES[config.model.dtype],
         noise_group_size=config.algo.noise_group_size(config) if noise_group_size is None else noise_group_size,
         eta=config.algo.eta(config),
+        compile=config.model.compile,
+        channels_last=config.model.channels_last,
     )
 
 
 def learner_group(config: TrainConfig) -> LearnerGroup:
-    """The run's learners, as the algorithm declares them, placed as `scaleout` says."""
+    """The run's learners, as the algorithm declares them, placed as `scaleout` says (`pairs_per_call: auto`
+    resolved for the cluster's GPU kind, `rlcm.planning.plan.resolve_auto_pairs`)."""
+    config, chosen = resolve_auto_pairs(config, gpu_kind() if config.resources.learner_gpus else None)
+    if chosen and config.resources.learner_gpus:  # CPU learners: per call, as always
+        print(f"rlcm: {chosen}", file=sys.stderr, flush=True)
     resources = config.resources
     spec = learner_spec(config)
     if config.faults.nan_loss_epochs and hasattr(spec, "nan_loss_versions"):

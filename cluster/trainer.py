@@ -23,11 +23,11 @@ import ray
 
 from cluster.buffer import Entry
 from cluster.control import start_controller
-from cluster.epoch_record import check_finite, epoch_row, epoch_times, save_epoch_grid
+from cluster.epoch_record import check_finite, epoch_row, epoch_times, perf_fields, save_epoch_grid
 from cluster.inflight import InFlight
 from cluster.interrupts import Interrupted, StopRequest
 from cluster.ray_setup import cluster_capacity, free_resources, preflight
-from cluster.run_actors import learner_group, resource_requests, rollout_pool
+from cluster.run_actors import learner_group, resource_requests, rollout_pool, run_flop_model
 from cluster.schedule import Scheduler, mean_over_ranks, reward_summary, update_inputs
 from cluster.watchdog import Watchdog
 from learner.algorithms.rocm.lam_controller import controller_for
@@ -89,6 +89,7 @@ class Trainer(InFlight):
             holdout_split(prompts, min_held=config.sampling.batch_size) if self.own_samples else (prompts, prompts)
         )
         self.learners = learner_group(config)
+        self.flop_model = run_flop_model(config)  # perf_tflops_per_gpu and perf_mfu on GPUs the plan knows
         self.pool = rollout_pool(config)
         scale = config.scaleout
         self.num_batches = config.batches_per_update
@@ -230,6 +231,7 @@ class Trainer(InFlight):
             self.landed_jobs.pop(e.key, None)
         summary = reward_summary(entries)
         skipped = bool(metrics.pop("skipped_update", False))
+        samples_before = self.samples_seen
         if self.own_samples:  # the learners' own chains are the reward; the rollout actors' held-out samples monitor
             self.samples_seen += self.algo.prompts_per_epoch(config)
             rewards = {"reward_mean": metrics.pop("reward_mean"), "reward_std": metrics.pop("reward_std", float("nan"))}
@@ -256,6 +258,7 @@ class Trainer(InFlight):
             reward_retries=self.reward_retries,
         )
         row["time_epoch_s"] = time.perf_counter() - epoch_start
+        row.update(perf_fields(row, self.samples_seen - samples_before, config.resources.num_learners, self.flop_model))
         grid = None
         try:
             self.out.append_metrics(row)

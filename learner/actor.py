@@ -13,6 +13,7 @@ import torch.distributed as dist
 
 from learner.guards import check_adapter
 from rollout.lora import AdapterVersion
+from rollout.speed import UNetMeter
 
 STATE_FILE = "learner_state.pt"
 RANK_RNG_FILE = "learner_rank{rank}_rng.pt"
@@ -44,6 +45,7 @@ class Learner:
             torch.set_num_threads(torch_threads)
         self.rank, self.world_size = rank, world_size
         self.learner = build_learner(spec, rank, average_gradients if world_size > 1 else None)
+        self.meter = UNetMeter(self.learner.pipe.unet)
 
     def address(self) -> tuple[str, int]:
         """Host and a free port for the process group's rendezvous (called on rank 0)."""
@@ -69,9 +71,11 @@ class Learner:
         """One epoch's update on this rank from what the algorithm's sample source delivers (ObjectRefs resolved by
         Ray)."""
         start = time.perf_counter()
+        self.meter.take()  # what ran between updates (checkpoint loads, evaluation) is not this update's
         metrics = self.learner.train_epoch(*inputs, world_size=self.world_size)
         metrics["learner_time_s"] = time.perf_counter() - start
-        return metrics
+        # learner_unet_images; on a GPU learner_gpu_memory_peak_gb (this rank's peak)
+        return {**metrics, **{f"learner_{key}": value for key, value in self.meter.take().items()}}
 
     def save(self, directory: str) -> str:
         """Rank 0 writes the LoRA and the shared state; every other rank its own noise generator (ranks differ

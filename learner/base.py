@@ -16,6 +16,7 @@ import torch
 from learner.optim import ReduceGradients, build_lr_scheduler, build_optimizer
 from rollout.lora import AdapterVersion, add_lora, export_adapter, import_adapter, save_lora
 from rollout.models import load_pipeline
+from rollout.speed import enable_tf32, speed_up
 
 
 class BaseLearner:
@@ -32,6 +33,8 @@ class BaseLearner:
         self.pipe = load_pipeline(spec.model, device=spec.device, dtype=spec.dtype, seed=spec.model_seed)
         torch.manual_seed(spec.seed)
         self.params = add_lora(self.pipe.unet, spec.lora)
+        enable_tf32()
+        speed_up(self.pipe.unet, spec.compile, spec.channels_last)
         self.optimizer = build_optimizer(self.params, self.settings)
         self.lr_scheduler = build_lr_scheduler(self.optimizer, self.lr_schedule, self.total_optimizer_steps)
         self.generator = torch.Generator(device=self.generator_device).manual_seed(self.generator_seed())

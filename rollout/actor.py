@@ -10,6 +10,7 @@ import ray
 import torch
 
 from rollout.lora import AdapterVersion
+from rollout.speed import UNetMeter
 from rollout.trajectory import Trajectory
 from rollout.worker import RolloutSpec, RolloutWorker
 
@@ -26,6 +27,7 @@ class RolloutActor:
         if torch_threads:
             torch.set_num_threads(torch_threads)
         self.worker = RolloutWorker(spec)
+        self.meter = UNetMeter(self.worker.pipe.unet)
         restarted = ray.get_runtime_context().was_current_actor_reconstructed if ray.is_initialized() else False
         self.crash_after_batches = None if restarted else crash_after_batches
         self.batches = 0
@@ -51,5 +53,6 @@ class RolloutActor:
             "policy_version": trajectory.policy_version,
             "busy_s": time.perf_counter() - start,
             "images": len(prompts),
+            **self.meter.take(),  # unet_images; on a GPU gpu_memory_peak_gb
         }
         return trajectory, trajectory.images.permute(0, 2, 3, 1).contiguous().numpy(), info

@@ -9,6 +9,7 @@ import torch
 from rollout.lora import AdapterVersion, LoraSettings, add_lora, import_adapter
 from rollout.models import load_pipeline
 from rollout.policies import sample_trajectory
+from rollout.speed import enable_tf32, speed_up
 from rollout.trajectory import Trajectory
 
 
@@ -28,6 +29,8 @@ class RolloutSpec:
     dtype: torch.dtype | None = None
     noise_group_size: int = 1  # consecutive samples sharing x_0 (GRPO's same-noise groups)
     eta: float | None = None  # η of a DDIM sampler (DDPO); LCM sampling has none
+    compile: bool = False  # model.compile: each UNet block compiled (`rollout.speed`)
+    channels_last: bool = False  # model.channels_last
 
 
 class RolloutWorker:
@@ -38,6 +41,8 @@ class RolloutWorker:
         self.pipe = load_pipeline(spec.model, device=spec.device, dtype=spec.dtype, seed=spec.model_seed)
         add_lora(self.pipe.unet, spec.lora)
         self.pipe.unet.requires_grad_(False)
+        enable_tf32()
+        speed_up(self.pipe.unet, spec.compile, spec.channels_last)
         self.version = -1
 
     def set_adapter(self, adapter: AdapterVersion) -> bool:

@@ -92,6 +92,8 @@ def test_plan_runs_for_every_real_preset(gpu):
         for actor in result["actors"]:
             assert actor["memory_bytes"] > 2 * result["parameters"]["unet"]  # at least the bf16 base weights
         assert result["samples_per_s"] > 0
+        if result["update"]:  # PPO presets: pairs_per_call auto is what fits
+            assert result["update"]["pairs_per_call"] == result["update"]["fitting_pairs_per_call"] > 1, preset
 
 
 def test_plan_says_what_to_change_when_rocm_without_checkpointing_does_not_fit():
@@ -122,6 +124,16 @@ def test_plan_json_from_the_cli(capsys):
     assert set(data["flops"]) >= {"unet_call", "vae_decode", "per_sample"}
     assert all(set(a) >= {"role", "memory_bytes", "fits"} for a in data["actors"])
     assert data["gpu_memory_bytes"] == GPUS["a100-80gb"].memory_bytes
+    # 40 samples a learner: 20 minibatches × 7 steps = 140 minibatch calls, 14 an optimizer window; pairs_per_call auto
+    # is a whole window (28 pairs, 14 calls) a UNet call: 10 training calls, and 10 recomputing π_old (bf16) first
+    assert data["update"] == {
+        "unet_calls": 20,
+        "pairs_per_call": 28,
+        "images_per_call": 28,
+        "recompute_calls": 10,
+        "fitting_pairs_per_call": 28,
+        "auto": True,
+    }
     assert main(["plan", "--config", "compression", "--gpu", "tpu"]) == 2  # one-line error, not a trace
     assert "unknown GPU kind 'tpu'" in capsys.readouterr().err
 

@@ -2,7 +2,10 @@
 
 fp64 on the toys, with the setup of `tests/test_learner_updates.py` (2 inner epochs, grad accumulation 2, advantage,
 ratio and grad-norm clipping active, π_θ ≠ π_base): the LoRA after one update and every metric with
-`pairs_per_call` = 4 × train_batch_size equal those of one call per minibatch step, while the UNet runs fewer times.
+`pairs_per_call` = 4 × train_batch_size equal those of one call per minibatch step, while the UNet runs fewer times,
+for RLCM, GRPO with β > 0 (the base once per UNet call) and DDPO with classifier-free guidance (cond + uncond in one
+call of 2B). A forward hook counts the UNet calls of the update; they are what `learner.ppo.calls` (what `rlcm plan`
+prints) says the settings imply.
 """
 
 from __future__ import annotations
@@ -11,10 +14,12 @@ import numpy as np
 import pytest
 import torch
 
+from learner.algorithms import ALGORITHMS
 from learner.algorithms.ddpo import DDPOSettings
 from learner.algorithms.ddpo.learner import DDPOLearnerSpec
 from learner.algorithms.grpo import GRPOSettings
 from learner.algorithms.grpo.learner import GRPOLearnerSpec
+from learner.ppo.calls import update_calls
 from learner.ppo.learner import LearnerSpec
 from learner.ppo.old_log_probs import PassOrder, group_calls, update_groups
 from learner.ppo.settings import PPOSettings
@@ -54,10 +59,21 @@ def update(case: str, pairs_per_call: int | None, recompute: bool):
     learner, theta0 = ppo_learner(spec_class, model, settings)
     traj = behaviour_trajectory(model, num_steps)
     calls = []
-    hook = learner.pipe.unet.register_forward_pre_hook(lambda module, args: calls.append(1))
+    hook = learner.pipe.unet.register_forward_pre_hook(lambda module, args: calls.append(args[0].shape[0]))
     metrics = learner.train_epoch(REWARDS, np.ones(len(PROMPTS), dtype=bool), traj)
     hook.remove()
-    return [p.detach() - start for p, start in zip(learner.params, theta0)], metrics, len(calls)
+    return [p.detach() - start for p, start in zip(learner.params, theta0)], metrics, calls
+
+
+def implied_calls(case: str, pairs_per_call: int | None, recompute: bool) -> tuple[int, int]:
+    """(UNet calls, most images in one) of one update, from the settings alone, as `rlcm plan` counts them."""
+    spec_class, model, settings_class, extra, num_steps, _ = CASES[case]
+    settings = settings_class(**PPO, **extra, pairs_per_call=pairs_per_call)
+    passes = ALGORITHMS[case].unet_passes_per_call(settings)
+    actions = num_steps if model == "tiny-ddim" else num_steps - 1
+    found = update_calls(len(PROMPTS), settings, actions, extra.get("timestep_fraction", 1.0), recompute)
+    guidance = 2 if model == "tiny-ddim" else 1
+    return found.unet_calls(passes), found.pairs_per_call * guidance
 
 
 @pytest.mark.parametrize("recompute", [False, True])
@@ -79,7 +95,9 @@ def test_batched_update_equals_one_call_per_minibatch_step(case: str, recompute:
     # it skips, grouped 4 calls a UNet call
     recomputation = {False: (0, 0), True: (6, 3) if case == "ddpo" else (6, 2)}[recompute]
     expected = CASES[case][5]
-    assert (per_call_unet, batched_unet) == (expected[0] + recomputation[0], expected[1] + recomputation[1])
+    assert (len(per_call_unet), len(batched_unet)) == (expected[0] + recomputation[0], expected[1] + recomputation[1])
+    assert (len(batched_unet), max(batched_unet)) == implied_calls(case, 4 * PPO["train_batch_size"], recompute)
+    assert (len(per_call_unet), max(per_call_unet)) == implied_calls(case, None, recompute)
 
 
 def test_groups_stop_at_optimizer_steps_and_passes():

@@ -6,6 +6,7 @@ import logging
 
 from rlcm.config.schema import load_config
 from rlcm.runs.progress import EpochProgress, gap_warning
+from tests.test_plots_tracking import read_events
 
 RLCM_ROW = {
     "epoch": 0,
@@ -24,15 +25,19 @@ def test_one_line_per_epoch_with_the_key_numbers(tmp_path, capsys):
     progress = EpochProgress(tmp_path, load_config(None, ["run.epochs=3", "run.plots=false"]), start_epoch=0)
     progress.epoch_done(RLCM_ROW, None)
     progress.epoch_done({**RLCM_ROW, "epoch": 1, "skipped_update": True, "num_invalid": 16}, None)
+    perf = {"perf_samples_per_s": 3.2, "perf_unet_images_per_s": 410.0, "perf_tflops_per_gpu": 306.0, "perf_mfu": 0.31}
+    progress.epoch_done({**RLCM_ROW, "epoch": 2, **perf}, None)
+    assert "samples/s=3.2, MFU=31%" in progress.bar.postfix
     progress.close()
     out, err = capsys.readouterr()
     lines = out.splitlines()
     assert lines[0] == "epoch 0/2  reward -2.1000 ± 0.1000  approx_kl 0.012  clipfrac 0.250  5.5 s/epoch  samples 16"
+    assert "5.5 s/epoch  3.2 samples/s, 410 UNet images/s, MFU 31%  samples 16" in lines[2]
     assert (
         lines[1].startswith("epoch 1/2") and "update skipped (no valid reward)" in lines[1] and "16 invalid" in lines[1]
     )
-    assert len(lines) == 2 and "rlcm train" not in err  # stderr is no terminal here: no progress bar in the log
-    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    assert len(lines) == 3 and "rlcm train" not in err  # stderr is no terminal here: no progress bar in the log
+    assert set(perf) <= set(read_events(tmp_path).Tags()["scalars"])  # the perf_* fields reach TensorBoard
 
 
 def test_rocm_line_shows_divergence_objective_and_monitoring(tmp_path, capsys):

@@ -62,6 +62,12 @@ def test_two_rollout_actors_exact_counts(ray_local, tmp_path):
     assert all(r["staleness_hist"] and set(r["behaviour_versions"]) == {r["policy_version"] - 1} for r in rows)
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == 2 and json.loads(lines[-1])["time_sync_s"] > 0
+    for r in rows:  # throughput in every row (issue 24); no GPU here: no TFLOP/s, MFU or memory peak
+        assert sum(a["unet_images"] for a in r["rollout_actors"].values()) == 16 * 4  # H = 4 UNet calls a sample
+        assert r["learner_unet_images"] == 16 * 3  # one forward per (sample, action step)
+        assert r["perf_samples_per_s"] == pytest.approx(16 / r["time_epoch_s"])
+        assert r["perf_unet_images_per_s"] == pytest.approx((16 * 4 + 16 * 3) / r["time_epoch_s"])
+        assert not {"perf_tflops_per_gpu", "perf_mfu", "learner_gpu_memory_peak_gb"} & set(r)
 
 
 def test_async_respects_staleness_bound(ray_local, tmp_path):

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel
 
+from learner.ppo.calls import UpdateCalls, update_calls
 from rollout.samplers import EXAMPLES, LCM, sampler_of
 
 if TYPE_CHECKING:
@@ -171,11 +172,14 @@ class RolloutAlgorithm(Algorithm):
 
     @classmethod
     def memory_settings(cls, config: TrainConfig) -> list[list[str]]:
-        """Smaller minibatches (train_batch_size dividing the learner's samples), grad_accum_steps raised to keep
+        """Fewer pairs per UNet call (a set `pairs_per_call`), then smaller minibatches (train_batch_size dividing the
+        learner's samples), grad_accum_steps raised to keep
         train_batch_size × grad_accum_steps where the batch arithmetic allows, else the nearest valid value."""
         s, key = config.settings, cls.section
         per_learner = config.samples_per_epoch // config.resources.num_learners
-        out = []
+        pairs = s.pairs_per_call if isinstance(s.pairs_per_call, int) else 0  # auto: the plan resolves it to what fits
+        fewer_pairs = range(pairs - s.train_batch_size, 0, -s.train_batch_size)
+        out = [[f"{key}.pairs_per_call={pairs}"] for pairs in fewer_pairs]
         for batch in (b for b in range(s.train_batch_size - 1, 0, -1) if per_learner % b == 0):
             steps = per_learner // batch * s.inner_epochs  # minibatches per epoch; grad_accum_steps must divide it
             target = s.train_batch_size * s.grad_accum_steps / batch
@@ -185,6 +189,24 @@ class RolloutAlgorithm(Algorithm):
                 + ([f"{key}.grad_accum_steps={accum}"] if accum != s.grad_accum_steps else [])
             )
         return out
+
+    @classmethod
+    def unet_passes_per_call(cls, settings: BaseModel) -> int:
+        """UNet calls per training call of the update (GRPO with β > 0 also runs the base at the same pairs)."""
+        return 1
+
+    @classmethod
+    def update_calls(cls, config: TrainConfig, settings: BaseModel, recompute: bool) -> UpdateCalls:
+        """The policy's UNet calls of one update on one learner with `settings` (the config's, `pairs_per_call`
+        resolved): `learner.ppo.calls`, for `rlcm plan`."""
+        s, steps = settings, config.sampling.num_steps
+        return update_calls(
+            config.samples_per_epoch // config.resources.num_learners,
+            s,
+            steps - 1 if cls.sampler == LCM else steps,  # the LCM's last step is deterministic, DDIM's is an action
+            getattr(s, "timestep_fraction", 1.0),
+            recompute,
+        )
 
     @classmethod
     def optimizer_steps_per_epoch(cls, config: TrainConfig) -> int:

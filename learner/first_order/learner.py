@@ -37,6 +37,8 @@ class FirstOrderLearnerSpec:
     device: str | None = None
     dtype: torch.dtype | None = None
     rank: int = 0
+    compile: bool = False  # model.compile: each UNet block compiled (`rollout.speed`)
+    channels_last: bool = False  # model.channels_last
 
     def build(self, reduce_gradients=None) -> FirstOrderLearner:
         raise NotImplementedError  # the algorithm's spec builds its learner

@@ -15,7 +15,7 @@ _MOVED = {
     "ppo_loss": "learner.ppo.loss",
     "TrainBatch": "learner.ppo.update",
     "ppo_update": "learner.ppo.update",
-    "steps_trained": "learner.ppo.update",
+    "steps_trained": "learner.ppo.calls",
 }
 
 

@@ -36,6 +36,8 @@ class LearnerSpec:
     nan_loss_versions: tuple[
         int, ...
     ] = ()  # fault injection (faults.nan_loss_epochs): updates from these versions get NaN advantages
+    compile: bool = False  # model.compile: each UNet block compiled (`rollout.speed`)
+    channels_last: bool = False  # model.channels_last
 
     def build(self, reduce_gradients=None) -> PPOLearner:
         return PPOLearner(self, reduce_gradients)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from learner.ppo.calls import group_bounds
 from learner.ppo.settings import PPOSettings
 from rollout.policies import Transitions
 from rollout.policies.chain_math import gaussian_log_prob
@@ -70,15 +71,10 @@ def group_calls(
     calls: Iterable[tuple[torch.Tensor, torch.Tensor]], calls_per_group: int, window: int | None = None, first: int = 0
 ) -> Iterator[CallGroup]:
     """Up to `calls_per_group` consecutive calls per group; a group never spans an optimizer step (one every `window`
-    calls, counted from call number `first`)."""
-    group: list[tuple[torch.Tensor, torch.Tensor]] = []
-    for index, call in enumerate(calls, first):
-        if group and (len(group) == calls_per_group or (window is not None and index % window == 0)):
-            yield _concat(group)
-            group = []
-        group.append(call)
-    if group:
-        yield _concat(group)
+    calls, counted from call number `first`): `learner.ppo.calls.group_bounds`."""
+    calls = list(calls)
+    for bounds in group_bounds(len(calls), calls_per_group, window, first):
+        yield _concat([calls[i] for i in bounds])
 
 
 def _concat(calls: list[tuple[torch.Tensor, torch.Tensor]]) -> CallGroup:

@@ -34,12 +34,12 @@ class PPOSettings(BaseModel):
         "than clip_range)",
     )
 
-    pairs_per_call: int | None = Field(
-        None,
-        ge=1,
+    pairs_per_call: int | Literal["auto"] | None = Field(
+        "auto",
         description="(sample, step) pairs per UNet call of the PPO update: consecutive minibatch calls of one "
         "optimizer window and one pass are evaluated together (a multiple of train_batch_size; more memory, fewer "
-        "UNet launches, same loss and gradient); none: one call per minibatch step",
+        "UNet launches, same loss and gradient); none: one call per minibatch step; auto: on GPU learners of a kind "
+        "`rlcm plan` knows, the largest that its memory model says fits (printed by `rlcm plan`), else none",
     )
 
     @field_validator("recompute_old_log_probs", mode="before")
@@ -51,7 +51,7 @@ class PPOSettings(BaseModel):
 
     @model_validator(mode="after")
     def _whole_minibatches_per_call(self):
-        if self.pairs_per_call is not None and self.pairs_per_call % self.train_batch_size:
+        if isinstance(self.pairs_per_call, int) and self.pairs_per_call % self.train_batch_size:
             raise ValueError(
                 f"pairs_per_call must be a multiple of train_batch_size ({self.train_batch_size}), "
                 f"got {self.pairs_per_call}"
@@ -60,8 +60,9 @@ class PPOSettings(BaseModel):
 
     @property
     def calls_per_group(self) -> int:
-        """Minibatch calls evaluated in one UNet call (`pairs_per_call` / `train_batch_size`; 1 without it)."""
-        return 1 if self.pairs_per_call is None else self.pairs_per_call // self.train_batch_size
+        """Minibatch calls evaluated in one UNet call (`pairs_per_call` / `train_batch_size`; 1 without it or while
+        it is an unresolved auto)."""
+        return self.pairs_per_call // self.train_batch_size if isinstance(self.pairs_per_call, int) else 1
 
     def recomputes_old_log_probs(self, dtype) -> bool:
         """Whether π_old is recomputed for a policy whose UNet runs in `dtype` (auto: unless float32 or float64)."""

@@ -24,6 +24,7 @@ import torch
 
 from learner.guards import grad_norm_metrics
 from learner.optim import optimizer_step
+from learner.ppo.calls import steps_trained
 from learner.ppo.loss import LossFn, SharedEvaluations, StepExtras, clipped_ppo_loss
 from learner.ppo.old_log_probs import (
     call_log_prob,
@@ -50,11 +51,6 @@ class TrainBatch:
 
     def __len__(self) -> int:
         return self.old_log_probs.shape[0]
-
-
-def steps_trained(num_transitions: int, timestep_fraction: float) -> int:
-    """How many of a sample's action steps one pass trains on (DDPO: int(H·fraction), at least 1)."""
-    return max(1, int(num_transitions * timestep_fraction))
 
 
 def ppo_update(

@@ -47,6 +47,14 @@ class ModelConfig(Strict):
     seed: int = Field(0, description="seed of the toy model's random weights")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     lora: LoraSettings = Field(default_factory=LoraSettings)
+    compile: bool = Field(
+        False,
+        description="torch.compile each UNet block (regional) in rollout actors and learners: faster steps on a GPU "
+        "after a one-time compile (about a minute per process for the SD1.5 UNet); see docs/performance.md",
+    )
+    channels_last: bool = Field(
+        False, description="UNet weights and activations in channels-last layout (faster convolutions on GPUs)"
+    )
 
 
 class SamplingConfig(Strict):

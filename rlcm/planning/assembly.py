@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from learner.ppo.update import steps_trained
+from learner.ppo.calls import steps_trained
 from rlcm.config.schema import TrainConfig
 from rlcm.planning.gpus import GPU, serve_share
 from rlcm.planning.measure import (
@@ -34,9 +34,33 @@ class Actor:
         return self.memory_bytes <= self.budget_bytes
 
 
+def _budget(gpu: GPU, fraction: float) -> int:
+    return int(gpu.memory_bytes * min(1.0, fraction or 1.0)) - RESERVED  # 0: left to Ray; counted as a whole GPU
+
+
 def _actor(role: str, parts: dict[str, int], gpu: GPU, fraction: float) -> Actor:
-    fraction = min(1.0, fraction or 1.0)  # 0: the preset leaves it to Ray; counted as a whole GPU
-    return Actor(role, sum(parts.values()), int(gpu.memory_bytes * fraction) - RESERVED, fraction, parts)
+    return Actor(role, sum(parts.values()), _budget(gpu, fraction), min(1.0, fraction or 1.0), parts)
+
+
+def ppo_learner_parts(base: int, lora_state: int, activations: int) -> dict[str, int]:
+    return {
+        "base weights": base,
+        "LoRA + grads + AdamW (fp32)": lora_state,
+        "UNet forward+backward activations (one call)": activations,
+    }
+
+
+def fitting_pairs_per_call(
+    train_batch_size: int, window_calls: int, bytes_per_pair: int, fixed: int, budget: int
+) -> int | None:
+    """The largest `pairs_per_call` whose learner fits `budget`, grouping a divisor of the `window_calls` minibatch
+    calls of one optimizer window (every UNet call of a window then evaluates as many pairs); None when not even one
+    minibatch a call fits."""
+    groups = (calls for calls in range(window_calls, 0, -1) if window_calls % calls == 0)
+    return next(
+        (calls * train_batch_size for calls in groups if fixed + calls * train_batch_size * bytes_per_pair <= budget),
+        None,
+    )
 
 
 @dataclass
@@ -48,6 +72,7 @@ class Assembly:
     reward: tuple[int, int, int, int]
     per_sample: int
     gpus: float
+    update: dict | None  # PPO-style algorithms: UNet calls of one update on one learner, pairs and images per call
 
 
 def assemble(config: TrainConfig, gpu: GPU) -> Assembly:
@@ -73,6 +98,7 @@ def assemble(config: TrainConfig, gpu: GPU) -> Assembly:
         config.reward.name, config.reward.options.get("dtype", "float32")
     )
     learner = f"learner ({algo.title})"
+    update = None
     if algo.source.learners_sample:  # first-order: the learner backpropagates through its own chains
         k = config.settings
         calls = algo.grad_calls(config)
@@ -94,12 +120,26 @@ def assemble(config: TrainConfig, gpu: GPU) -> Assembly:
         )
     else:
         t = config.settings
-        parts = {
-            "base weights": base,
-            "LoRA + grads + AdamW (fp32)": lora_state,
-            "UNet forward+backward activations": t.train_batch_size * cfg * p.unet_train_peak,
-        }
         trained = steps_trained(sampler.num_actions(H), getattr(t, "timestep_fraction", 1.0))
+        fits = fitting_pairs_per_call(
+            t.train_batch_size,
+            min(t.grad_accum_steps, config.samples_per_epoch // r.num_learners // t.train_batch_size) * trained,
+            cfg * p.unet_train_peak,
+            base + lora_state,
+            _budget(gpu, r.learner_gpus),
+        )
+        if t.pairs_per_call == "auto":  # as the driver resolves it on this GPU kind
+            t = t.model_copy(update={"pairs_per_call": fits})
+        calls = algo.update_calls(config, t, t.recomputes_old_log_probs(f"torch.{dtype_name}"))
+        parts = ppo_learner_parts(base, lora_state, calls.pairs_per_call * cfg * p.unet_train_peak)
+        update = {
+            "unet_calls": calls.unet_calls(algo.unet_passes_per_call(t)),
+            "pairs_per_call": calls.pairs_per_call,
+            "images_per_call": calls.pairs_per_call * cfg,
+            "recompute_calls": len(calls.recompute),
+            "fitting_pairs_per_call": fits,
+            "auto": config.settings.pairs_per_call == "auto",
+        }
         per_sample = (
             cfg * (H * p.unet_call_flops + t.inner_epochs * trained * p.unet_train_flops) + p.vae_decode_flops + rw_fwd
         )
@@ -117,4 +157,4 @@ def assemble(config: TrainConfig, gpu: GPU) -> Assembly:
                 parts = {"weights (fp16)": rw_params * 2, "activations": s.batch_size * rw_peak}
             actors.append(_actor(f"reward deployment ({config.reward.name})", parts, gpu, share))
             gpus += replicas * share
-    return Assembly(actors, p, rw, per_sample, gpus)
+    return Assembly(actors, p, rw, per_sample, gpus, update)

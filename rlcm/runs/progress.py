@@ -35,12 +35,22 @@ def epoch_line(row: dict, total: int) -> str:
         if "monitor_reward_mean" in row:
             parts.append(f"monitor {row['monitor_reward_mean']:.4f}")
     parts.append(f"{row['time_epoch_s']:.1f} s/epoch")
+    if (speed := throughput(row)) is not None:
+        parts.append(speed)
     parts.append(
         f"samples {row['samples_seen']}" + (f", {row['num_invalid']} invalid" if row.get("num_invalid") else "")
     )
     if row.get("reward_error"):
         parts.append(f"reward error: {row['reward_error']}")
     return "  ".join(parts)
+
+
+def throughput(row: dict) -> str | None:
+    """ "3.21 samples/s, 410 UNet images/s, MFU 31%" from the row's perf_* fields (MFU on known GPUs), or None."""
+    if "perf_samples_per_s" not in row:
+        return None
+    text = f"{row['perf_samples_per_s']:.3g} samples/s, {row['perf_unet_images_per_s']:.3g} UNet images/s"
+    return text + (f", MFU {row['perf_mfu']:.0%}" if "perf_mfu" in row else "")
 
 
 def gap_warning(row: dict, clip_range: float, section: str = "train") -> str | None:
@@ -61,7 +71,8 @@ def gap_warning(row: dict, clip_range: float, section: str = "train") -> str | N
 
 
 class EpochProgress:
-    """Progress bar (postfix: reward_mean, approx_kl or divergence, s/epoch), log lines, tracking, plots."""
+    """Progress bar (postfix: reward_mean, approx_kl or divergence, s/epoch, samples/s, MFU), log lines, tracking,
+    plots."""
 
     def __init__(self, root: Path, config: TrainConfig, start_epoch: int):
         self.root, self.total, self.run = root, config.run.epochs, config.run
@@ -93,6 +104,10 @@ class EpochProgress:
     def epoch_done(self, row: dict, grid: np.ndarray | None) -> None:
         self.bar.update(1)
         postfix = {"reward_mean": f"{row['reward_mean']:.4f}", "s/epoch": f"{row['time_epoch_s']:.1f}"}
+        if "perf_samples_per_s" in row:
+            postfix["samples/s"] = f"{row['perf_samples_per_s']:.3g}"
+        if "perf_mfu" in row:
+            postfix["MFU"] = f"{row['perf_mfu']:.0%}"
         key, label, _ = (_algorithm(row).summary or ((None, None, None),))[0]
         if row.get(key) is not None:
             postfix[label] = f"{row[key]:.3g}"

@@ -53,6 +53,10 @@ class GRPO(RolloutAlgorithm):
         super().check(config)
 
     @classmethod
+    def unet_passes_per_call(cls, settings) -> int:
+        return 2 if settings.kl_coef > 0 else 1  # the base's mean at the same pairs, once per UNet call
+
+    @classmethod
     def group_size(cls, config) -> int:
         return config.settings.group_size
 
