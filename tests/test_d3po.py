@@ -252,7 +252,7 @@ def test_bad_config_is_one_line_naming_the_key(overrides, message):
 
 
 def test_both_policies_and_pairs_share_their_initial_noise():
-    config = load_config("d3po-tiny-cpu")
+    config = load_config("d3po-tiny-cpu", ["d3po.same_noise=true"])
     assert config.algo.group_size(config) == 2 and config.algo.noise_group_size(config) == 2
     ddim = load_config("d3po-tiny-cpu", ["model.name=tiny-ddim", "d3po.same_noise=false"])
     assert ddim.algo.sampler_for(ddim) == "ddim" and ddim.algo.eta(ddim) == 1.0
