@@ -64,6 +64,12 @@ def final_reward(run: dict) -> float:
     return float(np.mean(run["rewards"][-FINAL_EPOCHS:])) if run["rewards"] else float("nan")
 
 
+def gain_per_100_labels(run: dict) -> float:
+    """Training reward gain (final − first epoch) per 100 labels given: rewards, or D3PO's preferences."""
+    labels = run.get("labels") or [0]
+    return 100 * (final_reward(run) - run["rewards"][0]) / labels[-1] if labels[-1] else float("nan")
+
+
 def time_to_reach(run: dict, target: float) -> float | None:
     """Training seconds until the reward, averaged over the last (up to) `FINAL_EPOCHS` epochs, first reaches
     `target`."""
@@ -118,15 +124,16 @@ def fmt(values: list[float], spec: str = ".4f") -> str:
 def table(results: dict) -> list[str]:
     lines = [
         "| task | algorithm | preset | epochs | samples | train s | train reward, first epoch → final | eval jpeg | "
-        "eval smoothness | eval gain over random control | Σ_k KL to base | diversity |",
-        "|---|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|",
+        "eval smoothness | eval gain over random control | train reward gain per 100 labels | Σ_k KL to base | "
+        "diversity |",
+        "|---|---|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for base in results["base"]:
         lines.append(
             f"| {', '.join(base['tasks'])} | base ({base['model']}, {base['num_steps']} steps: "
             f"{', '.join(base['algorithms'])}) | – | 0 | 0 | – | "
             f"– | {base['eval_jpeg']:.4f} | "
-            f"{base['eval_smoothness']:.4f} | – | 0 | {base['diversity']:.4f} |"
+            f"{base['eval_smoothness']:.4f} | – | – | 0 | {base['diversity']:.4f} |"
         )
     controls = group_runs(results, "random")
     for (task, name), runs in group_runs(results).items():
@@ -138,6 +145,7 @@ def table(results: dict) -> list[str]:
             f"{first} → {fmt([final_reward(r) for r in runs])} | "
             f"{fmt([r['eval_jpeg'] for r in runs])} | {fmt([r['eval_smoothness'] for r in runs])} | "
             f"{gain_over_control(runs, controls.get((task, name), []), task)} | "
+            f"{fmt([gain_per_100_labels(r) for r in runs])} | "
             f"{fmt([r['kl_to_base'] for r in runs], '.4g')} | {fmt([r['diversity'] for r in runs])} |"
         )
     return lines
@@ -220,7 +228,9 @@ def write_results(results: dict, path: Path, figure: str) -> None:
         "a sampler. Eval gain over random control: the run's eval reward of its task minus that of the same "
         "algorithm, seeds and",
         "budget trained on a random number per sample (independent of the image), ± SE over seeds (rollout algorithms "
-        "only).",
+        "only). Train reward gain per 100 labels: (final − first epoch) train reward per 100 labels the learner was "
+        "given (a reward per sample; D3PO: a preference per pair, so D3PO's figure is per 100 preferences beside the "
+        "others' per 100 rewards).",
         "Σ_k KL(π_θ‖π_base) per chain at the states the policy visits (`learner.policy_measures`); diversity =",
         "mean pairwise RMS pixel distance between the images of one prompt. Mean ± std over seeds. Σ_k KL compares "
         "runs",

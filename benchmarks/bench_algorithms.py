@@ -21,7 +21,8 @@ gain over its control (what it learned from its reward, not a drift any reward w
 over seeds (benchmarks/bench_sign_test.py is the full sign test).
 
 Per epoch: the mean reward of the epoch's training samples, samples seen (an image that trained
-the policy; first-order methods: a chain sampled with grad) and training seconds (sampling, scoring and update).
+the policy; first-order methods: a chain sampled with grad), labels given (a reward per sample; D3PO: a preference per
+pair) and training seconds (sampling, scoring and update).
 After the budget, the final adapter is evaluated with the preset's sampler on fixed prompts and noise
 (4 prompts × 4 noises): both rewards, Σ_k KL(π_θ‖π_base) per chain and diversity (`learner.policy_measures`),
 beside the base model.
@@ -132,6 +133,7 @@ def train_one(
         train_prompts = holdout_split(prompts, min_held=s.batch_size)[0]
         lam = controller_for(config.settings) if hasattr(config.settings, "lam") else None
     setup_s, rewards, samples, seconds, last = time.perf_counter() - setup_start, [], [0], [0.0], 0.0
+    labels = [0]  # rewards the learner was given (D3PO: preferences)
     while seconds[-1] + last / 2 <= budget_s or not rewards:  # stop at the epoch end nearest the budget
         start, epoch = time.perf_counter(), len(rewards)
         if not algo.source.learners_sample:
@@ -146,6 +148,7 @@ def train_one(
             metrics = learner.train_epoch(seen, valid, *trajectories)
             rewards.append(float(reward[valid].mean()))
             samples.append(samples[-1] + int(metrics.get("samples_trained", valid.sum())))
+            labels.append(labels[-1] + int(metrics.get("preferences_used", valid.sum())))
         else:
             chosen = epoch_prompts(train_prompts, seed, epoch, algo.prompts_per_epoch(config))
             metrics = learner.train_epoch(chosen, *(() if lam is None else (lam.lam,)))
@@ -153,6 +156,7 @@ def train_one(
                 lam.step(metrics["divergence_mean"])
             rewards.append(metrics["reward_mean"])
             samples.append(samples[-1] + algo.prompts_per_epoch(config))
+            labels.append(labels[-1] + algo.prompts_per_epoch(config))
         last = time.perf_counter() - start
         seconds.append(seconds[-1] + last)
     eval_start = time.perf_counter()
@@ -165,6 +169,7 @@ def train_one(
         "model": config.model.name,
         "rewards": rewards,
         "samples": samples[1:],
+        "labels": labels[1:],
         "seconds": seconds[1:],
         **evaluate(config, learner.adapter()),
         "setup_s": setup_s,

@@ -77,6 +77,8 @@ OTHER_ALGORITHMS = {
     "ddpo-tiny-cpu": "ddpo",
     "ddpo-compression": "ddpo",
     "ddpo-aesthetic": "ddpo",
+    "d3po-tiny-cpu": "d3po",
+    "d3po-aesthetic": "d3po",
 }
 
 

@@ -4,6 +4,7 @@ line here."""
 from __future__ import annotations
 
 from learner.algorithms.base import Algorithm
+from learner.algorithms.d3po import D3PO
 from learner.algorithms.ddpo import DDPO
 from learner.algorithms.draft import AlignProp, DRaFT
 from learner.algorithms.grpo import GRPO
@@ -17,4 +18,5 @@ ALGORITHMS: dict[str, type[Algorithm]] = {
     "draft": DRaFT,
     "alignprop": AlignProp,
     "ddpo": DDPO,
+    "d3po": D3PO,
 }

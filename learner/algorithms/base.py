@@ -107,6 +107,16 @@ class Algorithm:
             )
 
     @classmethod
+    def sampler_for(cls, config: TrainConfig) -> str:
+        """The sampler this config trains (`sampler`; an algorithm for either kind answers by the model)."""
+        return cls.sampler
+
+    @classmethod
+    def reference_calls_per_step(cls, config: TrainConfig) -> int:
+        """No-grad UNet calls of the LoRA-free base per trained (sample, step), beside the policy's (`rlcm plan`)."""
+        return 0
+
+    @classmethod
     def eta(cls, config: TrainConfig) -> float | None:
         """η of the DDIM sampler the rollout actors use (None: the sampler has none)."""
         return None

@@ -84,7 +84,7 @@ def assemble(config: TrainConfig, gpu: GPU) -> Assembly:
     base = (p.unet_params + p.vae_params + p.text_params) * DTYPE_BYTES[dtype_name]
     lora_state = p.lora_params * 4 * 4  # fp32 weights, grads, AdamW m and v
     H = s.num_steps
-    sampler = POLICIES[algo.sampler]
+    sampler = POLICIES[algo.sampler_for(config)]
     cfg = sampler.unet_images_per_step(s.guidance_scale)  # classifier-free guidance doubles the UNet batch (DDIM)
     rollout = {
         "base weights": base,
@@ -140,9 +140,8 @@ def assemble(config: TrainConfig, gpu: GPU) -> Assembly:
             "fitting_pairs_per_call": fits,
             "auto": config.settings.pairs_per_call == "auto",
         }
-        per_sample = (
-            cfg * (H * p.unet_call_flops + t.inner_epochs * trained * p.unet_train_flops) + p.vae_decode_flops + rw_fwd
-        )
+        train_step = p.unet_train_flops + algo.reference_calls_per_step(config) * p.unet_call_flops
+        per_sample = cfg * (H * p.unet_call_flops + t.inner_epochs * trained * train_step) + p.vae_decode_flops + rw_fwd
     actors.append(_actor(learner, parts, gpu, r.learner_gpus))
     gpus = r.num_rollout_actors * r.rollout_gpus + r.num_learners * r.learner_gpus
     if config.reward.backend == "serve" and (rw_params or config.reward.name == "llava_bertscore"):
