@@ -121,25 +121,28 @@ def assemble(config: TrainConfig, gpu: GPU) -> Assembly:
     else:
         t = config.settings
         trained = steps_trained(sampler.num_actions(H), getattr(t, "timestep_fraction", 1.0))
-        fits = fitting_pairs_per_call(
-            t.train_batch_size,
-            min(t.grad_accum_steps, config.samples_per_epoch // r.num_learners // t.train_batch_size) * trained,
-            cfg * p.unet_train_peak,
-            base + lora_state,
-            _budget(gpu, r.learner_gpus),
-        )
-        if t.pairs_per_call == "auto":  # as the driver resolves it on this GPU kind
-            t = t.model_copy(update={"pairs_per_call": fits})
-        calls = algo.update_calls(config, t, t.recomputes_old_log_probs(f"torch.{dtype_name}"))
-        parts = ppo_learner_parts(base, lora_state, calls.pairs_per_call * cfg * p.unet_train_peak)
-        update = {
-            "unet_calls": calls.unet_calls(algo.unet_passes_per_call(t)),
-            "pairs_per_call": calls.pairs_per_call,
-            "images_per_call": calls.pairs_per_call * cfg,
-            "recompute_calls": len(calls.recompute),
-            "fitting_pairs_per_call": fits,
-            "auto": config.settings.pairs_per_call == "auto",
-        }
+        if not hasattr(t, "pairs_per_call"):  # its own update loop (D3PO): one call per minibatch
+            parts = ppo_learner_parts(base, lora_state, t.train_batch_size * cfg * p.unet_train_peak)
+        else:
+            fits = fitting_pairs_per_call(
+                t.train_batch_size,
+                min(t.grad_accum_steps, config.samples_per_epoch // r.num_learners // t.train_batch_size) * trained,
+                cfg * p.unet_train_peak,
+                base + lora_state,
+                _budget(gpu, r.learner_gpus),
+            )
+            if t.pairs_per_call == "auto":  # as the driver resolves it on this GPU kind
+                t = t.model_copy(update={"pairs_per_call": fits})
+            calls = algo.update_calls(config, t, t.recomputes_old_log_probs(f"torch.{dtype_name}"))
+            parts = ppo_learner_parts(base, lora_state, calls.pairs_per_call * cfg * p.unet_train_peak)
+            update = {
+                "unet_calls": calls.unet_calls(algo.unet_passes_per_call(t)),
+                "pairs_per_call": calls.pairs_per_call,
+                "images_per_call": calls.pairs_per_call * cfg,
+                "recompute_calls": len(calls.recompute),
+                "fitting_pairs_per_call": fits,
+                "auto": config.settings.pairs_per_call == "auto",
+            }
         train_step = p.unet_train_flops + algo.reference_calls_per_step(config) * p.unet_call_flops
         per_sample = cfg * (H * p.unet_call_flops + t.inner_epochs * trained * train_step) + p.vae_decode_flops + rw_fwd
     actors.append(_actor(learner, parts, gpu, r.learner_gpus))
