@@ -31,6 +31,8 @@ class D3POLearnerSpec:
     dtype: torch.dtype | None = None
     total_optimizer_steps: int = 1
     rank: int = 0
+    compile: bool = False  # model.compile
+    channels_last: bool = False  # model.channels_last
 
     def build(self, reduce_gradients=None) -> D3POLearner:
         return D3POLearner(self, reduce_gradients)
