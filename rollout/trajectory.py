@@ -23,6 +23,7 @@ class Trajectory:
         None  # [B, L, D]: the DDIM policy's unconditional embeds (None for LCM)
     )
     eta: float | None = None  # the DDIM policy's η (None for LCM)
+    final_latents: torch.Tensor | None = None  # fp32 [B, C, h, w]: the latent decoded to `images` (LCM: denoised_{H-1})
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -38,6 +39,7 @@ class Trajectory:
             negative_prompt_embeds=None
             if self.negative_prompt_embeds is None
             else self.negative_prompt_embeds.to(device),
+            final_latents=None if self.final_latents is None else self.final_latents.to(device),
         )
 
     def select(self, index: list[int]) -> Trajectory:
@@ -51,6 +53,7 @@ class Trajectory:
             log_probs=self.log_probs[rows],
             images=self.images[rows],
             negative_prompt_embeds=None if self.negative_prompt_embeds is None else self.negative_prompt_embeds[rows],
+            final_latents=None if self.final_latents is None else self.final_latents[rows],
         )
 
     @staticmethod
@@ -76,4 +79,7 @@ class Trajectory:
             if first.negative_prompt_embeds is None
             else torch.cat([t.negative_prompt_embeds for t in trajectories]),
             eta=first.eta,
+            final_latents=None
+            if any(t.final_latents is None for t in trajectories)
+            else torch.cat([t.final_latents for t in trajectories]),
         )

@@ -8,6 +8,7 @@ from learner.algorithms.d3po import D3PO
 from learner.algorithms.ddpo import DDPO
 from learner.algorithms.draft import AlignProp, DRaFT
 from learner.algorithms.grpo import GRPO
+from learner.algorithms.nft import NFT
 from learner.algorithms.rlcm import RLCM
 from learner.algorithms.rocm import ROCM
 
@@ -19,4 +20,5 @@ ALGORITHMS: dict[str, type[Algorithm]] = {
     "alignprop": AlignProp,
     "ddpo": DDPO,
     "d3po": D3PO,
+    "nft": NFT,
 }

@@ -10,6 +10,7 @@ must be of that kind), how to build its learner, what its epoch line shows and w
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel
@@ -72,6 +73,16 @@ class FromLearners(SampleSource):
         )
 
 
+@dataclass(frozen=True)
+class TrainingCalls:
+    """The UNet calls one learner update makes per trained sample (`rlcm plan` costs them)."""
+
+    with_grad: int  # training calls with grad (forward + backward)
+    without_grad: int  # frozen forwards at the same inputs (π_old, θ_old, the base), no grad
+    images_per_call: int  # UNet images per call and sample (classifier-free guidance: 2)
+    extra_adapters: int = 0  # LoRA copies held beside the trained one (fp32 weights, no grads)
+
+
 class Algorithm:
     """A training algorithm's declaration; the driver, config, validation and progress ask it, never its name."""
 
@@ -87,6 +98,9 @@ class Algorithm:
         tuple[tuple[str, str, str], ...]
     ] = ()  # (metric, label, format) shown after the reward in the epoch line
     diagnostics: ClassVar[tuple[tuple[str, str], ...]] = ()  # (metric, plot title) of `plots/diagnostics.png`
+    # what its update raises for high-reward samples (tests/test_learning.py): "chain", the sampler's
+    # Σ_k log π(x_{k+1} | x_k); "denoising", −‖x̂0(x_t, t) − x0‖² on noised copies of the clean sample (ELBO terms)
+    likelihood: ClassVar[str] = "chain"
     optimizes: ClassVar[str] = ""  # one line for the README table
     paper: ClassVar[str] = ""
 
@@ -217,6 +231,13 @@ class RolloutAlgorithm(Algorithm):
             getattr(s, "timestep_fraction", 1.0),
             recompute,
         )
+
+    @classmethod
+    def training_calls(cls, config: TrainConfig, images_per_step: int, num_actions: int) -> TrainingCalls:
+        """PPO: each pass trains ⌊timestep_fraction·actions⌋ steps per sample, with the sampler's CFG doubling."""
+        s = config.settings
+        trained = max(1, int(num_actions * getattr(s, "timestep_fraction", 1.0)))
+        return TrainingCalls(with_grad=s.inner_epochs * trained, without_grad=0, images_per_call=images_per_step)
 
     @classmethod
     def optimizer_steps_per_epoch(cls, config: TrainConfig) -> int:

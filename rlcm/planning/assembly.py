@@ -121,8 +121,25 @@ def assemble(config: TrainConfig, gpu: GPU) -> Assembly:
     else:
         t = config.settings
         trained = steps_trained(sampler.num_actions(H), getattr(t, "timestep_fraction", 1.0))
-        if not hasattr(t, "pairs_per_call"):  # its own update loop (D3PO): one call per minibatch
-            parts = ppo_learner_parts(base, lora_state, t.train_batch_size * cfg * p.unet_train_peak)
+        if not hasattr(t, "pairs_per_call"):  # its own update loop (D3PO, DiffusionNFT): one call per minibatch
+            calls = algo.training_calls(config, cfg, sampler.num_actions(H))
+            frozen = calls.without_grad + calls.with_grad * algo.reference_calls_per_step(config)
+            parts = {
+                "base weights": base,
+                "LoRA + grads + AdamW (fp32)": lora_state,
+                **(
+                    {"frozen LoRA copies (fp32)": calls.extra_adapters * p.lora_params * 4}
+                    if calls.extra_adapters
+                    else {}
+                ),
+                "UNet forward+backward activations": t.train_batch_size * calls.images_per_call * p.unet_train_peak,
+            }
+            per_sample = (
+                cfg * H * p.unet_call_flops
+                + calls.images_per_call * (calls.with_grad * p.unet_train_flops + frozen * p.unet_call_flops)
+                + p.vae_decode_flops
+                + rw_fwd
+            )
         else:
             fits = fitting_pairs_per_call(
                 t.train_batch_size,
@@ -143,8 +160,10 @@ def assemble(config: TrainConfig, gpu: GPU) -> Assembly:
                 "fitting_pairs_per_call": fits,
                 "auto": config.settings.pairs_per_call == "auto",
             }
-        train_step = p.unet_train_flops + algo.reference_calls_per_step(config) * p.unet_call_flops
-        per_sample = cfg * (H * p.unet_call_flops + t.inner_epochs * trained * train_step) + p.vae_decode_flops + rw_fwd
+            train_step = p.unet_train_flops + algo.reference_calls_per_step(config) * p.unet_call_flops
+            per_sample = (
+                cfg * (H * p.unet_call_flops + t.inner_epochs * trained * train_step) + p.vae_decode_flops + rw_fwd
+            )
     actors.append(_actor(learner, parts, gpu, r.learner_gpus))
     gpus = r.num_rollout_actors * r.rollout_gpus + r.num_learners * r.learner_gpus
     if config.reward.backend == "serve" and (rw_params or config.reward.name == "llava_bertscore"):

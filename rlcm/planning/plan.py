@@ -7,7 +7,9 @@ calls under `FakeTensorMode`. The preset's formulas then assemble them: rollout 
 dtype) + LoRA + peak of one no-grad UNet call / VAE decode; PPO learner = base + LoRA, grads and AdamW state (fp32)
 + peak of one UNet forward+backward at the update's largest call (`pairs_per_call` pairs, `learner.ppo.calls`
 counts the calls; auto: the most that fit; DDPO's DDIM policy: every UNet batch doubled by classifier-free
-guidance, H actions per chain instead of H−1, × timestep_fraction); ROCM learner = base + LoRA state +
+guidance, H actions per chain instead of H−1, × timestep_fraction; an algorithm with its own update loop, D3PO
+and DiffusionNFT: `Algorithm.training_calls` per pass, e.g. NFT's calls with grad plus frozen forwards for θ_old and
+the base, conditional only, and a second LoRA); ROCM learner = base + LoRA state +
 reward model + the chain of UNet calls with grad (`Algorithm.grad_calls`: 2H-1 with the divergence penalty, K+1
 under truncation K, else H): with gradient checkpointing one recomputed UNet call at a time plus the saved call
 inputs, without it the activations of all of them, + VAE decode and reward forward+backward; reward deployment

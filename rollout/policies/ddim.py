@@ -213,6 +213,7 @@ def sample_ddim_trajectory(
         policy_version=policy_version,
         negative_prompt_embeds=negative_embeds,
         eta=float(eta),
+        final_latents=x,
     )
 
 

@@ -231,6 +231,7 @@ def sample_lcm_trajectory(
         images=decode_images(pipe, step.denoised),
         guidance_scale=float(guidance_scale),
         policy_version=policy_version,
+        final_latents=step.denoised,
     )
 
 
