@@ -14,6 +14,7 @@ docs/results/ppo_update.md.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import time
 from pathlib import Path
@@ -53,6 +54,7 @@ def main() -> None:
         learner.pipe, prompts, args.steps, 8.0, torch.Generator().manual_seed(0), height=size, width=size
     )
     advantages = np.linspace(-1.0, 1.0, args.samples)
+    load = [os.getloadavg()[0]]
     seconds: dict[str, list[float]] = {mode: [] for mode in modes}
     calls: dict[str, int] = {}
     for repeat in range(args.repeats + 1):  # the first round warms up
@@ -68,10 +70,13 @@ def main() -> None:
             if repeat:
                 seconds[mode].append(elapsed)
             print(f"{mode}: {elapsed:.2f} s, {calls[mode]} UNet calls{'' if repeat else ' (warm-up)'}", flush=True)
-    write(Path(args.out), args, pairs, seconds, calls)
+    load.append(os.getloadavg()[0])
+    write(Path(args.out), args, pairs, seconds, calls, load)
 
 
-def write(path: Path, args, pairs: int, seconds: dict[str, list[float]], calls: dict[str, int]) -> None:
+def write(
+    path: Path, args, pairs: int, seconds: dict[str, list[float]], calls: dict[str, int], load: list[float]
+) -> None:
     (per_pair, batched) = (min(values) for values in seconds.values())
     rows = [
         f"| {mode} | {calls[mode]} | {pairs // calls[mode]} | {min(values):.2f} | "
@@ -85,7 +90,9 @@ def write(path: Path, args, pairs: int, seconds: dict[str, list[float]], calls: 
         f"weights, rank-8 attention LoRA, fp32, {args.resolution} px; {args.samples} samples × {args.steps - 1} "
         f"actions = {pairs} (sample, step) pairs, train_batch_size 2, one optimizer step; "
         f"{torch.get_num_threads()} torch threads on {platform.processor() or platform.machine()} "
-        f"({torch.__version__}). Best of {args.repeats} timed updates per mode after one warm-up, in alternation.",
+        f"({torch.__version__}), {os.cpu_count()} cores, load average {load[0]:.1f} at the start and {load[1]:.1f} at "
+        f"the end (other jobs share the machine: the best run is the figure, the spread is their noise). Best of "
+        f"{args.repeats} timed updates per mode after one warm-up, in alternation.",
         "",
         "| mode | UNet calls per update | pairs per call | s per update (best) | all timed runs (s) |",
         "|---|---|---|---|---|",
