@@ -99,7 +99,7 @@ WEAK_ONE_STEP = {  # known: the one-step check is weaker than 0.5 here, though t
 @pytest.mark.parametrize(
     "algorithm",
     [
-        pytest.param(name, marks=pytest.mark.xfail(strict=True, reason=WEAK_ONE_STEP[name]))
+        pytest.param(name, marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason=WEAK_ONE_STEP[name]))
         if name in WEAK_ONE_STEP
         else name
         for name in ROLLOUT

@@ -43,6 +43,8 @@ class NFTLearnerSpec:
     dtype: torch.dtype | None = None
     total_optimizer_steps: int = 1
     rank: int = 0
+    compile: bool = False  # model.compile
+    channels_last: bool = False  # model.channels_last
 
     def build(self, reduce_gradients=None) -> NFTLearner:
         return NFTLearner(self, reduce_gradients)
