@@ -201,7 +201,8 @@ class RolloutAlgorithm(Algorithm):
         train_batch_size × grad_accum_steps where the batch arithmetic allows, else the nearest valid value."""
         s, key = config.settings, cls.section
         per_learner = config.samples_per_epoch // config.resources.num_learners
-        pairs = s.pairs_per_call if isinstance(s.pairs_per_call, int) else 0  # auto: the plan resolves it to what fits
+        pairs = getattr(s, "pairs_per_call", None)  # auto: the plan resolves it; absent: the algorithm's own loop
+        pairs = pairs if isinstance(pairs, int) else 0
         fewer_pairs = range(pairs - s.train_batch_size, 0, -s.train_batch_size)
         out = [[f"{key}.pairs_per_call={pairs}"] for pairs in fewer_pairs]
         for batch in (b for b in range(s.train_batch_size - 1, 0, -1) if per_learner % b == 0):
