@@ -47,7 +47,11 @@ def main() -> None:
         ),
     }
     lora = LoraSettings(rank=8, alpha=8, target_modules=["to_q", "to_k", "to_v", "to_out.0"])
-    learner = PPOLearner(LearnerSpec(MODEL, lora, modes[next(iter(modes))], 16, 1, device="cpu"))
+    learner = PPOLearner(
+        LearnerSpec(
+            model=MODEL, lora=lora, ppo=modes[next(iter(modes))], stat_buffer_size=16, stat_min_count=1, device="cpu"
+        )
+    )
     prompts = ["a photo of a cat", "a dog running"] * (args.samples // 2)
     size = args.resolution
     trajectory = sample_trajectory(

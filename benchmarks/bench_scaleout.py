@@ -71,11 +71,11 @@ def measure_single_process(epochs: int) -> dict:
     )
     learner = PPOLearner(
         LearnerSpec(
-            config.model.name,
-            config.model.lora,
-            config.train,
-            config.stat_tracking.buffer_size,
-            config.stat_tracking.min_count,
+            model=config.model.name,
+            lora=config.model.lora,
+            ppo=config.train,
+            stat_buffer_size=config.stat_tracking.buffer_size,
+            stat_min_count=config.stat_tracking.min_count,
         )
     )
     scorer, prompts = build_scorer(config.reward.name), load_prompts(config.prompts.source, config.prompts.limit)

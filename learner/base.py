@@ -3,32 +3,49 @@
 The pipeline with a LoRA on its UNet (base weights frozen, adapter fp32), AdamW on the adapter and an
 optional learning-rate schedule, a noise generator per rank, the versioned adapter, resume state (tensors and plain
 types: `torch.load(weights_only=True)`) and the diffusers-format LoRA save. A subclass sets `settings`, and
-implements `train_epoch`.
+implements `train_epoch`; its spec subclasses `BaseLearnerSpec`.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from learner.optim import ReduceGradients, build_lr_scheduler, build_optimizer
-from rollout.lora import AdapterVersion, add_lora, export_adapter, import_adapter, save_lora
+from rollout.lora import AdapterVersion, LoraSettings, add_lora, export_adapter, import_adapter, save_lora
 from rollout.models import load_pipeline
 from rollout.speed import enable_tf32, speed_up
+
+
+@dataclass(kw_only=True)
+class BaseLearnerSpec:
+    """What every learner's spec carries (keyword-only); an algorithm's spec adds its settings and `build`."""
+
+    model: str
+    lora: LoraSettings
+    seed: int = 0
+    model_seed: int = 0
+    device: str | None = None
+    dtype: torch.dtype | None = None
+    total_optimizer_steps: int = 1  # over the whole run, for a `linear` lr_schedule
+    rank: int = 0
+    compile: bool = False  # model.compile: each UNet block compiled (`rollout.speed`)
+    channels_last: bool = False  # model.channels_last
+
+    def build(self, reduce_gradients: ReduceGradients | None = None) -> BaseLearner:
+        raise NotImplementedError  # the algorithm's spec builds its learner
 
 
 class BaseLearner:
     """One data-parallel rank's policy: `train_epoch(...)` turns adapter version v into v+1.
 
     Every rank starts from the same LoRA (torch seeded with `spec.seed` before `add_lora`); `generator`
-    is seeded by `generator_seed()` (default: (seed, rank), so ranks draw different noise).
+    is seeded by `generator_seed()` (default: `seed` alone, on the CPU, so every rank shuffles alike).
     """
 
-    lr_schedule: str = "constant"
-
-    def __init__(self, spec, reduce_gradients: ReduceGradients | None = None):
+    def __init__(self, spec: BaseLearnerSpec, reduce_gradients: ReduceGradients | None = None):
         self.spec = spec
         self.pipe = load_pipeline(spec.model, device=spec.device, dtype=spec.dtype, seed=spec.model_seed)
         torch.manual_seed(spec.seed)
@@ -48,8 +65,12 @@ class BaseLearner:
         raise NotImplementedError
 
     @property
+    def lr_schedule(self) -> str:
+        return self.settings.lr_schedule
+
+    @property
     def total_optimizer_steps(self) -> int:
-        return 1
+        return self.spec.total_optimizer_steps
 
     def train_epoch(self, *inputs, world_size: int = 1) -> dict[str, float]:
         """One epoch's update from what the algorithm's sample source delivers; bumps the version."""
@@ -69,14 +90,14 @@ class BaseLearner:
 
     @property
     def rank(self) -> int:
-        return getattr(self.spec, "rank", 0)
+        return self.spec.rank
 
     @property
     def generator_device(self) -> torch.device | str:
-        return self.device
+        return "cpu"
 
     def generator_seed(self) -> int:
-        return int(np.random.default_rng([self.spec.seed, self.rank]).integers(0, 2**62))
+        return self.spec.seed
 
     def adapter(self) -> AdapterVersion:
         return export_adapter(self.pipe.unet, self.version)

@@ -24,6 +24,14 @@ def _restore_torch_threads():
         torch.set_num_threads(before)
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """torch on one thread for the module (`pytestmark = pytest.mark.usefixtures("one_torch_thread")`)."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     """One fresh local Ray instance (127.0.0.1) shared by every test that needs Ray (starting Ray costs ~5 s).

@@ -12,6 +12,7 @@ the update, so the reference draws the same shuffles, noise and truncations.
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
@@ -166,6 +167,29 @@ PPO = dict(
 )
 
 
+@dataclass(frozen=True)
+class PPOCase:
+    """One PPO-family learner on its toy: its spec, model, settings class and settings beyond `PPO`, and H."""
+
+    spec_class: type
+    model: str
+    settings_class: type[PPOSettings]
+    extra: dict = field(default_factory=dict)
+    num_steps: int = 3
+
+    def settings(self, **overrides) -> PPOSettings:
+        return self.settings_class(**PPO, **self.extra, **overrides)
+
+
+PPO_CASES = {
+    "rlcm": PPOCase(LearnerSpec, "tiny", PPOSettings),
+    "grpo": PPOCase(GRPOLearnerSpec, "tiny", GRPOSettings, {"group_size": 2, "kl_coef": 5.0}),
+    "ddpo": PPOCase(
+        DDPOLearnerSpec, "tiny-ddim", DDPOSettings, {"timestep_fraction": 0.5, "per_prompt_stat_tracking": False}, 2
+    ),
+}
+
+
 def behaviour_trajectory(model: str, num_steps: int):
     """Chains of the LoRA-free base (π_old ≠ π_θ0, so ratios start away from 1 and some are clipped)."""
     base = load_pipeline(model, device="cpu", dtype=F64)
@@ -244,13 +268,13 @@ def ppo_learner(spec_class, model: str, settings):
     return learner, randomize_lora(learner, LORA_B_STD[model])
 
 
-def check_ppo(spec_class, model, settings, num_steps, advantages, kl_coef=0.0, timestep_fraction=1.0):
-    traj = behaviour_trajectory(model, num_steps)
-    learner, theta0 = ppo_learner(spec_class, model, settings)
+def check_ppo(case: PPOCase, settings, advantages, kl_coef=0.0, timestep_fraction=1.0):
+    traj = behaviour_trajectory(case.model, case.num_steps)
+    learner, theta0 = ppo_learner(case.spec_class, case.model, settings)
     generator_state = learner.generator.get_state()
     metrics = learner.train_epoch(REWARDS, np.ones(len(PROMPTS), dtype=bool), traj)
     reference, norms, clipfrac = reference_ppo(
-        model, traj, advantages, settings, generator_state, theta0, kl_coef, timestep_fraction
+        case.model, traj, advantages, settings, generator_state, theta0, kl_coef, timestep_fraction
     )
     assert min(norms) > 10 * settings.max_grad_norm  # the clip is active at every step
     assert 0 < clipfrac < 1  # some ratios clipped, some not
@@ -266,23 +290,23 @@ def population_z(values: np.ndarray, eps: float) -> np.ndarray:
 
 def test_rlcm_update_equals_written_out_ppo():
     """Per-prompt advantages (2 rewards per prompt < min_count: the batch's statistics), clipped to ±0.9."""
-    settings = PPOSettings(**PPO)
+    settings = PPO_CASES["rlcm"].settings()
     advantages = population_z(REWARDS, 1e-6)
     assert np.abs(advantages).max() > settings.adv_clip_max  # the advantage clip matters
-    check_ppo(LearnerSpec, "tiny", settings, 3, advantages)
+    check_ppo(PPO_CASES["rlcm"], settings, advantages)
 
 
 def test_grpo_update_with_kl_to_base_equals_written_out_ppo():
-    settings = GRPOSettings(**PPO, group_size=2, kl_coef=5.0)
+    settings = PPO_CASES["grpo"].settings()
     advantages = np.concatenate([population_z(group, settings.std_eps) for group in REWARDS.reshape(-1, 2)])
-    metrics = check_ppo(GRPOLearnerSpec, "tiny", settings, 3, advantages, kl_coef=settings.kl_coef)
+    metrics = check_ppo(PPO_CASES["grpo"], settings, advantages, kl_coef=settings.kl_coef)
     assert metrics["kl_to_base"] > 0
 
 
 def test_ddpo_update_with_guidance_and_timestep_subset_equals_written_out_ppo():
     """DDIM with CFG (w = 5, η = 1), a random 1 of 2 steps per sample (timestep_fraction 0.5), batch statistics."""
-    settings = DDPOSettings(**PPO, timestep_fraction=0.5, per_prompt_stat_tracking=False)
-    check_ppo(DDPOLearnerSpec, "tiny-ddim", settings, 2, population_z(REWARDS, 1e-8), timestep_fraction=0.5)
+    settings = PPO_CASES["ddpo"].settings()
+    check_ppo(PPO_CASES["ddpo"], settings, population_z(REWARDS, 1e-8), timestep_fraction=0.5)
 
 
 # ---- first-order family: ROCM, DRaFT, AlignProp ----------------------------------------------------------------

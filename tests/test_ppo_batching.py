@@ -15,32 +15,20 @@ import pytest
 import torch
 
 from learner.algorithms import ALGORITHMS
-from learner.algorithms.ddpo import DDPOSettings
-from learner.algorithms.ddpo.learner import DDPOLearnerSpec
-from learner.algorithms.grpo import GRPOSettings
-from learner.algorithms.grpo.learner import GRPOLearnerSpec
 from learner.ppo.calls import update_calls
-from learner.ppo.learner import LearnerSpec
 from learner.ppo.old_log_probs import PassOrder, group_calls, update_groups
 from learner.ppo.settings import PPOSettings
 from rlcm.config.schema import ConfigError, load_config
-from tests.test_learner_updates import PPO, PROMPTS, REWARDS, behaviour_trajectory, ppo_learner
+from tests.test_learner_updates import PPO, PPO_CASES, PROMPTS, REWARDS, behaviour_trajectory, ppo_learner
 
-# algorithm -> (learner spec, model, settings class, its extra settings, H); UNet calls per update: per-call, batched
-CASES = {
+# UNet calls of one update of each `PPO_CASES` learner: one call per minibatch step, batched
+UNET_CALLS = {
     # 6 samples / batch 2 × 2 steps = 6 calls a pass, 12 in all; windows of 4 calls: groups 0-3 | 4-5 | 6-7 | 8-11
-    "rlcm": (LearnerSpec, "tiny", PPOSettings, {}, 3, (12, 4)),
+    "rlcm": (12, 4),
     # the same calls, and the base's mean once per group (β > 0)
-    "grpo": (GRPOLearnerSpec, "tiny", GRPOSettings, {"group_size": 2, "kl_coef": 5.0}, 3, (24, 8)),
+    "grpo": (24, 8),
     # 1 of 2 steps a sample: 3 calls a pass; windows of 2: groups 0-1 | 2 | 3 | 4-5 (one 2B call each with guidance)
-    "ddpo": (
-        DDPOLearnerSpec,
-        "tiny-ddim",
-        DDPOSettings,
-        {"timestep_fraction": 0.5, "per_prompt_stat_tracking": False},
-        2,
-        (6, 4),
-    ),
+    "ddpo": (6, 4),
 }
 
 
@@ -54,10 +42,10 @@ def _one_thread():
 
 def update(case: str, pairs_per_call: int | None, recompute: bool):
     """The LoRA change, the metrics and the UNet calls of one update of the learner of `case`."""
-    spec_class, model, settings_class, extra, num_steps, _ = CASES[case]
-    settings = settings_class(**PPO, **extra, pairs_per_call=pairs_per_call, recompute_old_log_probs=recompute)
-    learner, theta0 = ppo_learner(spec_class, model, settings)
-    traj = behaviour_trajectory(model, num_steps)
+    algorithm = PPO_CASES[case]
+    settings = algorithm.settings(pairs_per_call=pairs_per_call, recompute_old_log_probs=recompute)
+    learner, theta0 = ppo_learner(algorithm.spec_class, algorithm.model, settings)
+    traj = behaviour_trajectory(algorithm.model, algorithm.num_steps)
     calls = []
     hook = learner.pipe.unet.register_forward_pre_hook(lambda module, args: calls.append(args[0].shape[0]))
     metrics = learner.train_epoch(REWARDS, np.ones(len(PROMPTS), dtype=bool), traj)
@@ -67,17 +55,17 @@ def update(case: str, pairs_per_call: int | None, recompute: bool):
 
 def implied_calls(case: str, pairs_per_call: int | None, recompute: bool) -> tuple[int, int]:
     """(UNet calls, most images in one) of one update, from the settings alone, as `rlcm plan` counts them."""
-    spec_class, model, settings_class, extra, num_steps, _ = CASES[case]
-    settings = settings_class(**PPO, **extra, pairs_per_call=pairs_per_call)
+    algorithm = PPO_CASES[case]
+    settings = algorithm.settings(pairs_per_call=pairs_per_call)
     passes = ALGORITHMS[case].unet_passes_per_call(settings)
-    actions = num_steps if model == "tiny-ddim" else num_steps - 1
-    found = update_calls(len(PROMPTS), settings, actions, extra.get("timestep_fraction", 1.0), recompute)
-    guidance = 2 if model == "tiny-ddim" else 1
+    actions = algorithm.num_steps if algorithm.model == "tiny-ddim" else algorithm.num_steps - 1
+    found = update_calls(len(PROMPTS), settings, actions, algorithm.extra.get("timestep_fraction", 1.0), recompute)
+    guidance = 2 if algorithm.model == "tiny-ddim" else 1
     return found.unet_calls(passes), found.pairs_per_call * guidance
 
 
 @pytest.mark.parametrize("recompute", [False, True])
-@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("case", list(PPO_CASES))
 def test_batched_update_equals_one_call_per_minibatch_step(case: str, recompute: bool):
     per_call, per_call_metrics, per_call_unet = update(case, None, recompute)
     batched, batched_metrics, batched_unet = update(case, 4 * PPO["train_batch_size"], recompute)
@@ -94,7 +82,7 @@ def test_batched_update_equals_one_call_per_minibatch_step(case: str, recompute:
     # π_old recomputed: the first pass's calls (grouped as it groups them), then (DDPO's subset, 2 epochs) the steps
     # it skips, grouped 4 calls a UNet call
     recomputation = {False: (0, 0), True: (6, 3) if case == "ddpo" else (6, 2)}[recompute]
-    expected = CASES[case][5]
+    expected = UNET_CALLS[case]
     assert (len(per_call_unet), len(batched_unet)) == (expected[0] + recomputation[0], expected[1] + recomputation[1])
     assert (len(batched_unet), max(batched_unet)) == implied_calls(case, 4 * PPO["train_batch_size"], recompute)
     assert (len(per_call_unet), max(per_call_unet)) == implied_calls(case, None, recompute)

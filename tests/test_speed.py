@@ -31,7 +31,17 @@ def update_loss(**speed) -> float:
         pipe, ["a cat", "a dog"], 3, 8.0, torch.Generator().manual_seed(0), height=32, width=32
     )
     settings = PPOSettings(train_batch_size=2, grad_accum_steps=1, clip_range=10.0)
-    learner = PPOLearner(LearnerSpec("tiny", LoraSettings(rank=4, alpha=4), settings, 2, 1, device="cpu", **speed))
+    learner = PPOLearner(
+        LearnerSpec(
+            model="tiny",
+            lora=LoraSettings(rank=4, alpha=4),
+            ppo=settings,
+            stat_buffer_size=2,
+            stat_min_count=1,
+            device="cpu",
+            **speed,
+        )
+    )
     generator = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for name, p in learner.pipe.unet.named_parameters():

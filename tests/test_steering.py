@@ -25,33 +25,19 @@ from rollout.policies.lcm import (
 from rollout.steering.lcm import steer_lcm
 from rollout.steering.particles import fk_potential, resample, resampling_weights
 from rollout.steering.scoring import client_score
+from tests.scores import brightness, jpeg, nhwc
 from tests.toys import toy_pipe_with_saved_lora
 
 PROMPTS = ["a cat", "a dog"]
 GUIDANCE = 8.0
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
 def pipe():
     return load_pipeline("tiny", device="cpu")
-
-
-def jpeg(images: np.ndarray, prompts: list[str]) -> np.ndarray:
-    return np.asarray(JpegCompressibility().score(images, prompts).rewards)
-
-
-def brightness(images: np.ndarray, prompts: list[str]) -> np.ndarray:
-    """A reward without ties: the mean pixel value."""
-    return images.astype(np.float64).mean(axis=(1, 2, 3))
-
-
-def nhwc(images: torch.Tensor) -> np.ndarray:
-    return images.permute(0, 2, 3, 1).numpy()
 
 
 def test_best_of_n_picks_the_highest_of_the_same_independent_samples(pipe):

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 from rewards_service.client import HttpRewardClient, RetryPolicy
-from rewards_service.scorers.jpeg import JpegCompressibility
 from rlcm.commands.main import main
 from rollout.models import load_pipeline
 from rollout.policies.chain_math import decode_images, draw_noise, latent_shape
@@ -24,32 +23,19 @@ from rollout.policies.ddim import (
 from rollout.steering import steer
 from rollout.steering.ddim import steer_ddim
 from rollout.steering.scoring import client_score
+from tests.scores import brightness, jpeg, nhwc
 from tests.servers import failing_service
 
 PROMPTS = ["a cat", "a dog"]
 GUIDANCE = 4.0
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
 def pipe():
     return load_pipeline("tiny-ddim", device="cpu")
-
-
-def jpeg(images: np.ndarray, prompts: list[str]) -> np.ndarray:
-    return np.asarray(JpegCompressibility().score(images, prompts).rewards)
-
-
-def brightness(images: np.ndarray, prompts: list[str]) -> np.ndarray:
-    return images.astype(np.float64).mean(axis=(1, 2, 3))
-
-
-def nhwc(images: torch.Tensor) -> np.ndarray:
-    return images.permute(0, 2, 3, 1).numpy()
 
 
 def test_ddim_best_of_n_picks_the_highest_of_the_same_independent_samples(pipe):

@@ -10,21 +10,18 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from learner.base import BaseLearner, shard
+from learner.base import BaseLearner, BaseLearnerSpec, shard
 from learner.first_order.update import Objective, first_order_update
-from rollout.lora import LoraSettings
 
 if TYPE_CHECKING:
     from learner.algorithms.rocm.settings import ROCMSettings
 
 
-@dataclass
-class FirstOrderLearnerSpec:
+@dataclass(kw_only=True)
+class FirstOrderLearnerSpec(BaseLearnerSpec):
     """Everything a first-order learner needs; `reward_factory` is a picklable callable built in the learner's process;
     `rocm`: ROCM's settings or a subclass (DRaFT's, AlignProp's)."""
 
-    model: str
-    lora: LoraSettings
     rocm: ROCMSettings
     num_steps: int
     guidance_scale: float
@@ -32,16 +29,6 @@ class FirstOrderLearnerSpec:
     height: int | None = None
     width: int | None = None
     original_inference_steps: int = 50
-    seed: int = 0
-    model_seed: int = 0
-    device: str | None = None
-    dtype: torch.dtype | None = None
-    rank: int = 0
-    compile: bool = False  # model.compile: each UNet block compiled (`rollout.speed`)
-    channels_last: bool = False  # model.channels_last
-
-    def build(self, reduce_gradients=None) -> FirstOrderLearner:
-        raise NotImplementedError  # the algorithm's spec builds its learner
 
 
 @dataclass
@@ -61,6 +48,7 @@ class FirstOrderLearner(BaseLearner):
     """
 
     objective: Objective  # what each call ascends (`learner.first_order.update.Objective`): the algorithm's
+    lr_schedule = "constant"  # ROCM's settings have no schedule
 
     def __init__(
         self, spec: FirstOrderLearnerSpec, reduce_gradients: Callable[[list[torch.nn.Parameter]], None] | None = None
@@ -72,6 +60,13 @@ class FirstOrderLearner(BaseLearner):
     @property
     def settings(self) -> ROCMSettings:
         return self.spec.rocm
+
+    @property
+    def generator_device(self) -> torch.device:
+        return self.device
+
+    def generator_seed(self) -> int:
+        return int(np.random.default_rng([self.spec.seed, self.rank]).integers(0, 2**62))
 
     @property
     def prompts_per_epoch(self) -> int:

@@ -8,36 +8,25 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from learner.base import BaseLearner, shard
+from learner.base import BaseLearner, BaseLearnerSpec, shard
 from learner.ppo.loss import LossFn, clipped_ppo_loss
 from learner.ppo.settings import PPOSettings
 from learner.ppo.update import TrainBatch, ppo_update
 from learner.stat_tracker import PerPromptStatTracker
-from rollout.lora import LoraSettings
 from rollout.policies import policy_for
 from rollout.trajectory import Trajectory
 
 
-@dataclass
-class LearnerSpec:
+@dataclass(kw_only=True)
+class LearnerSpec(BaseLearnerSpec):
     """Everything a PPO learner needs to build itself: typed settings, no strings to parse."""
 
-    model: str
-    lora: LoraSettings
     ppo: PPOSettings
     stat_buffer_size: int
     stat_min_count: int
-    seed: int = 0
-    model_seed: int = 0
-    device: str | None = None
-    dtype: torch.dtype | None = None
-    total_optimizer_steps: int = 1  # over the whole run, for `ppo.lr_schedule: linear`
-    rank: int = 0
     nan_loss_versions: tuple[
         int, ...
     ] = ()  # fault injection (faults.nan_loss_epochs): updates from these versions get NaN advantages
-    compile: bool = False  # model.compile: each UNet block compiled (`rollout.speed`)
-    channels_last: bool = False  # model.channels_last
 
     def build(self, reduce_gradients=None) -> PPOLearner:
         return PPOLearner(self, reduce_gradients)
@@ -56,21 +45,6 @@ class PPOLearner(BaseLearner):
     @property
     def settings(self) -> PPOSettings:
         return self.spec.ppo
-
-    @property
-    def lr_schedule(self) -> str:
-        return self.spec.ppo.lr_schedule
-
-    @property
-    def total_optimizer_steps(self) -> int:
-        return self.spec.total_optimizer_steps
-
-    @property
-    def generator_device(self) -> str:
-        return "cpu"
-
-    def generator_seed(self) -> int:
-        return self.spec.seed
 
     loss_fn: LossFn = staticmethod(clipped_ppo_loss)  # the algorithm's per-call loss (`learner.ppo.loss.LossFn`)
 

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline
 
-from rollout.policies.chain_math import decode_images, draw_noise, latent_shape
+from rollout.policies.chain_math import draw_noise, latent_shape
 from rollout.policies.ddim import (
     DDIMPolicy,
     ddim_prediction,
@@ -20,7 +20,7 @@ from rollout.policies.ddim import (
     guided_epsilon,
     previous_timestep,
 )
-from rollout.steering.particles import ParticleRewards, Score, SteeringResult, check_steering, compute_per_image
+from rollout.steering.particles import ParticleRewards, Score, SteeringResult
 
 
 @torch.no_grad()
@@ -52,18 +52,16 @@ def steer_ddim(
     """
     if not isinstance(pipe.scheduler, DDIMScheduler):
         raise ValueError(f"steer_ddim steers DDIM models; this model samples with {type(pipe.scheduler).__name__}")
-    resample_steps = check_steering(particles, num_steps, method, potential, resample_at)
+    state = ParticleRewards.start(
+        pipe, prompts, num_steps, generator, score, particles, method, potential, lam, resample_at, reward_name
+    )
     eta = 1.0 if eta is None else eta
-    device = pipe.unet.device
-    rows = [prompt for prompt in prompts for _ in range(particles)]
+    device, rows = pipe.unet.device, state.rows
     shape = latent_shape(pipe, len(rows), height, width)
     timesteps = ddim_timesteps(pipe.scheduler, num_steps).to(device)
     prompt_embeds, negative_embeds = encode_prompts_with_negative(pipe, rows)
     x, noise = draw_noise(generator, shape, num_steps + 1, device)
     x = x * pipe.scheduler.init_noise_sigma
-    state = ParticleRewards(
-        rows, particles, score, lambda z: decode_images(pipe, z), potential, lam, resample_steps, generator, reward_name
-    )
     for k in range(num_steps):
         t = timesteps[k].expand(len(rows))
         eps = guided_epsilon(pipe.unet, x, t, prompt_embeds, negative_embeds, guidance_scale)
@@ -75,6 +73,4 @@ def steer_ddim(
             pipe.scheduler, x0_pred, eps_pred, t, previous_timestep(pipe.scheduler, t, num_steps), eta
         )
         x = mean + std * noise[k]
-    images_per_step = DDIMPolicy.unet_images_per_step(guidance_scale)
-    compute = compute_per_image(particles, num_steps, len(resample_steps) + 1, len(prompts), images_per_step)
-    return state.best(num_steps - 1, x, compute)
+    return state.best(num_steps - 1, x, state.compute(num_steps, DDIMPolicy.unet_images_per_step(guidance_scale)))

@@ -9,9 +9,9 @@ from collections.abc import Sequence
 import torch
 from diffusers import LatentConsistencyModelPipeline, LCMScheduler
 
-from rollout.policies.chain_math import decode_images, draw_noise, encode_prompts, latent_shape
+from rollout.policies.chain_math import draw_noise, encode_prompts, latent_shape
 from rollout.policies.lcm import guidance_embedding, lcm_chain, lcm_timesteps, predict_denoised
-from rollout.steering.particles import ParticleRewards, Score, SteeringResult, check_steering, compute_per_image
+from rollout.steering.particles import ParticleRewards, Score, SteeringResult
 
 
 @torch.no_grad()
@@ -43,17 +43,15 @@ def steer_lcm(
     """
     if not isinstance(pipe.scheduler, LCMScheduler):
         raise ValueError(f"steer_lcm steers LCM models; this model samples with {type(pipe.scheduler).__name__}")
-    resample_steps = check_steering(particles, num_steps, method, potential, resample_at)
-    device = pipe.unet.device
-    rows = [prompt for prompt in prompts for _ in range(particles)]
+    state = ParticleRewards.start(
+        pipe, prompts, num_steps, generator, score, particles, method, potential, lam, resample_at, reward_name
+    )
+    device, rows = pipe.unet.device, state.rows
     shape = latent_shape(pipe, len(rows), height, width)
     timesteps = lcm_timesteps(pipe.scheduler, num_steps, original_inference_steps).to(device)
     prompt_embeds = encode_prompts(pipe, rows)
     w_embedding = guidance_embedding(pipe, guidance_scale, len(rows)).to(device)
     x0, noise = draw_noise(generator, shape, num_steps, device)
-    state = ParticleRewards(
-        rows, particles, score, lambda z: decode_images(pipe, z), potential, lam, resample_steps, generator, reward_name
-    )
 
     def denoise(k: int, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         denoised = predict_denoised(pipe.unet, pipe.scheduler, x, t, prompt_embeds, w_embedding)
@@ -61,5 +59,4 @@ def steer_lcm(
         return denoised if ancestors is None else denoised[ancestors.to(denoised.device)]
 
     *_, last = lcm_chain(pipe.scheduler, timesteps, x0 * pipe.scheduler.init_noise_sigma, noise, denoise)
-    compute = compute_per_image(particles, num_steps, len(resample_steps) + 1, len(prompts))
-    return state.best(num_steps - 1, last.denoised, compute)
+    return state.best(num_steps - 1, last.denoised, state.compute(num_steps))

@@ -18,6 +18,7 @@ image of a prompt is its particle with the highest reward at the last step; best
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from rollout.policies.chain_math import decode_images
 from rollout.steering_kinds import METHODS, POTENTIALS
 
 Score = Callable[[np.ndarray, list[str]], np.ndarray]
@@ -134,6 +136,33 @@ class ParticleRewards:
         self.reward_name = reward_name
         self.previous = torch.zeros(len(rows), dtype=torch.float64)
         self.max_so_far = torch.full((len(rows),), -math.inf, dtype=torch.float64)
+
+    @classmethod
+    def start(
+        cls,
+        pipe,
+        prompts: Sequence[str],
+        num_steps: int,
+        generator: torch.Generator | None,
+        score: Score,
+        particles: int,
+        method: str,
+        potential: str,
+        lam: float,
+        resample_at: Sequence[int],
+        reward_name: str,
+    ) -> ParticleRewards:
+        """The state of N = `particles` chains per prompt (`rows`: each prompt N times), decoded by `pipe`'s VAE, once
+        `check_steering` accepts the options."""
+        steps = check_steering(particles, num_steps, method, potential, resample_at)
+        rows = [prompt for prompt in prompts for _ in range(particles)]
+        decode = functools.partial(decode_images, pipe)
+        return cls(rows, particles, score, decode, potential, lam, steps, generator, reward_name)
+
+    def compute(self, num_steps: int, unet_images_per_step: int = 1) -> dict[str, float]:
+        """`compute_per_image` of these chains: the resampling steps and the last are scored."""
+        prompts = len(self.rows) // self.particles
+        return compute_per_image(self.particles, num_steps, len(self.resample_at) + 1, prompts, unet_images_per_step)
 
     def rewards(self, k: int, clean: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """uint8 images [P·N, 3, H, W] of the clean latents and their rewards [P·N], scored in one call; a reward that

@@ -12,27 +12,16 @@ import torch
 from learner.algorithms.d3po.preferences import Choice, Pair, build_source
 from learner.algorithms.d3po.settings import D3POSettings
 from learner.algorithms.d3po.update import d3po_update
-from learner.base import BaseLearner, shard
-from rollout.lora import LoraSettings
+from learner.base import BaseLearner, BaseLearnerSpec, shard
 from rollout.policies import policy_for
 from rollout.trajectory import Trajectory
 
 SIGN = {Choice.FIRST: 1, Choice.SECOND: -1, Choice.TIE: 0, Choice.SKIP: 0}
 
 
-@dataclass
-class D3POLearnerSpec:
-    model: str
-    lora: LoraSettings
+@dataclass(kw_only=True)
+class D3POLearnerSpec(BaseLearnerSpec):
     d3po: D3POSettings
-    seed: int = 0
-    model_seed: int = 0
-    device: str | None = None
-    dtype: torch.dtype | None = None
-    total_optimizer_steps: int = 1
-    rank: int = 0
-    compile: bool = False  # model.compile
-    channels_last: bool = False  # model.channels_last
 
     def build(self, reduce_gradients=None) -> D3POLearner:
         return D3POLearner(self, reduce_gradients)

@@ -13,11 +13,10 @@ import torch
 
 from learner.algorithms.nft.loss import forward_noise, nft_loss, old_decay, optimality, soft_update, x0_from_epsilon
 from learner.algorithms.nft.settings import NFTSettings
-from learner.base import BaseLearner, shard
+from learner.base import BaseLearner, BaseLearnerSpec, shard
 from learner.guards import grad_norm_metrics
 from learner.optim import optimizer_step
 from learner.stat_tracker import PerPromptStatTracker
-from rollout.lora import LoraSettings
 from rollout.policies import policy_for
 from rollout.policies.ddim import guided_epsilon
 from rollout.policies.lcm import guidance_embedding, predict_denoised
@@ -28,23 +27,13 @@ from rollout.trajectory import Trajectory
 OLD = "old"  # the peft adapter name of θ_old; the trained one is peft's "default"
 
 
-@dataclass
-class NFTLearnerSpec:
+@dataclass(kw_only=True)
+class NFTLearnerSpec(BaseLearnerSpec):
     """Everything the NFT learner needs to build itself."""
 
-    model: str
-    lora: LoraSettings
     nft: NFTSettings
     stat_buffer_size: int
     stat_min_count: int
-    seed: int = 0
-    model_seed: int = 0
-    device: str | None = None
-    dtype: torch.dtype | None = None
-    total_optimizer_steps: int = 1
-    rank: int = 0
-    compile: bool = False  # model.compile
-    channels_last: bool = False  # model.channels_last
 
     def build(self, reduce_gradients=None) -> NFTLearner:
         return NFTLearner(self, reduce_gradients)
@@ -84,21 +73,6 @@ class NFTLearner(BaseLearner):
     @property
     def settings(self) -> NFTSettings:
         return self.spec.nft
-
-    @property
-    def lr_schedule(self) -> str:
-        return self.spec.nft.lr_schedule
-
-    @property
-    def total_optimizer_steps(self) -> int:
-        return self.spec.total_optimizer_steps
-
-    @property
-    def generator_device(self) -> str:
-        return "cpu"
-
-    def generator_seed(self) -> int:
-        return self.spec.seed
 
     @contextmanager
     def active_adapter(self, name: str) -> Iterator[None]:
