@@ -36,13 +36,13 @@ def labelling_page(config: TrainConfig, output_dir: Path) -> Iterator[None]:
     people = config.algo.labelling(config)
     if people is None or people.serve is None:
         if people is not None:
-            print(f"rlcm: training waits for judgements; serve the labelling page with `rlcm label --run {output_dir}`")
+            print(f"rlcm: each update waits for its pairs' judgements: serve the page: rlcm label --run {output_dir}")
         yield
         return
     from rlcm.labelling.server import start_in_thread
 
     page = start_in_thread(output_dir, people.serve.host, people.serve.port, people.serve.token, people.staleness)
-    print(f"rlcm: labelling page for {output_dir}: open {page.url}", flush=True)
+    print(f"rlcm: labelling page for {output_dir}: open {page.url} (each update waits for its pairs' judgements)")
     try:
         yield
     finally:
