@@ -143,5 +143,7 @@ def test_twenty_pairs_judged_while_d3po_human_trains_are_what_it_trains_on(ray_l
     assert all(r["judgements_consumed"] == 4 and r["preferences_used"] == 2 for r in metrics)
     assert all(r["pairs_tied"] == 1 and r["pairs_skipped"] == 1 and r["pairs_stale"] == 0 for r in metrics)
     assert sum(r["judgements_consumed"] for r in metrics) == PAIRS
+    assert all(r["judgements_per_minute"] > 0 for r in metrics)
+    assert all(0 <= r["preference_reward_agreement"] <= 1 for r in metrics), "vs the JPEG reward"
     state = torch.load(run / "checkpoints" / "epoch-0004" / STATE_FILE, weights_only=True)
     assert state["judgement_cursor"] == PAIRS and state["version"] == 5

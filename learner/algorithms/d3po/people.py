@@ -46,13 +46,8 @@ class StorePreferences(PreferenceSource):
         wait_s: float = 60.0,
         clock: Callable[[], float] = time.time,
     ):
-        self.store, self.max_staleness, self.writer, self.wait_s, self.clock = (
-            store,
-            max_staleness,
-            writer,
-            wait_s,
-            clock,
-        )
+        self.store, self.max_staleness, self.writer = store, max_staleness, writer
+        self.wait_s, self.clock = wait_s, clock
         self.cursor = 0
         self.since = clock()  # end of the previous `judge`: the window of `judgements_per_minute`
         self.dropped = 0
