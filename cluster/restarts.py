@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import ray
@@ -21,10 +23,30 @@ def train(
     """Run training on the Ray cluster at `address` or RAY_ADDRESS, else on a fresh local one."""
     OutputDir(output_dir).prepare(resume)
     stop = StopRequest()
-    with run_lock(output_dir):
+    with run_lock(output_dir), labelling_page(config, output_dir):
         print(f"rlcm: {init_ray(address, quiet=not verbose, log_to_driver=verbose)}")
         with stop.installed():  # after ray.init: a Ray it starts replaces SIGTERM's handler with one that exits at once
             return run_with_restarts(config, output_dir, resume, stop)
+
+
+@contextmanager
+def labelling_page(config: TrainConfig, output_dir: Path) -> Iterator[None]:
+    """Serve the labelling page beside the run while it trains, where the algorithm asks for one (people judge its
+    samples and the config says `serve`); prints the address to open, token included."""
+    people = config.algo.labelling(config)
+    if people is None or people.serve is None:
+        if people is not None:
+            print(f"rlcm: each update waits for its pairs' judgements: serve the page: rlcm label --run {output_dir}")
+        yield
+        return
+    from rlcm.labelling.server import start_in_thread
+
+    page = start_in_thread(output_dir, people.serve.host, people.serve.port, people.serve.token, people.staleness)
+    print(f"rlcm: labelling page for {output_dir}: open {page.url} (each update waits for its pairs' judgements)")
+    try:
+        yield
+    finally:
+        page.stop()
 
 
 def run_with_restarts(

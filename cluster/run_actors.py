@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import sys
+from pathlib import Path
 
 import ray
 
@@ -14,6 +15,7 @@ from cluster.rollout_pool import PoolOptions, RolloutPool
 from learner.group import LearnerGroup
 from rlcm.config.schema import TrainConfig
 from rlcm.planning.plan import flop_model, resolve_auto_pairs
+from rlcm.runs.judgements import JudgementStore
 from rollout.precision import DTYPES
 from rollout.worker import RolloutSpec
 
@@ -89,9 +91,10 @@ def rollout_spec(config: TrainConfig, noise_group_size: int | None = None) -> Ro
     )
 
 
-def learner_group(config: TrainConfig) -> LearnerGroup:
+def learner_group(config: TrainConfig, run_dir: Path | None = None) -> LearnerGroup:
     """The run's learners, as the algorithm declares them, placed as `scaleout` says (`pairs_per_call: auto`
-    resolved for the cluster's GPU kind, `rlcm.planning.plan.resolve_auto_pairs`)."""
+    resolved for the cluster's GPU kind, `rlcm.planning.plan.resolve_auto_pairs`); where people judge the samples,
+    they read and write `run_dir`'s judgement store."""
     config, chosen = resolve_auto_pairs(config, gpu_kind() if config.resources.learner_gpus else None)
     if chosen and config.resources.learner_gpus:  # CPU learners: per call, as always
         print(f"rlcm: {chosen}", file=sys.stderr, flush=True)
@@ -99,6 +102,10 @@ def learner_group(config: TrainConfig) -> LearnerGroup:
     spec = learner_spec(config)
     if config.faults.nan_loss_epochs and hasattr(spec, "nan_loss_versions"):
         spec = dataclasses.replace(spec, nan_loss_versions=tuple(config.faults.nan_loss_epochs))
+    people = config.algo.labelling(config)
+    if people is not None and run_dir is not None:
+        store = functools.partial(JudgementStore, Path(run_dir).resolve(), people.staleness)
+        spec = dataclasses.replace(spec, judgements=store)
     scale = config.scaleout
     keys = (
         "resources.num_learners",

@@ -88,7 +88,7 @@ class Trainer(InFlight):
         self.train_prompts, rollout_prompts = (
             holdout_split(prompts, min_held=config.sampling.batch_size) if self.own_samples else (prompts, prompts)
         )
-        self.learners = learner_group(config)
+        self.learners = learner_group(config, self.out.root)
         self.flop_model = run_flop_model(config)  # perf_tflops_per_gpu and perf_mfu on GPUs the plan knows
         self.pool = rollout_pool(config)
         scale = config.scaleout

@@ -79,6 +79,7 @@ OTHER_ALGORITHMS = {
     "ddpo-aesthetic": "ddpo",
     "d3po-tiny-cpu": "d3po",
     "d3po-aesthetic": "d3po",
+    "d3po-human": "d3po",
     "nft-tiny-cpu": "nft",
     "nft-compression": "nft",
     "nft-aesthetic": "nft",

@@ -15,8 +15,9 @@ from rlcm.commands.dryrun import plan_dry_run
 from rlcm.config.schema import PRESETS, ConfigError, load_config
 from rlcm.planning.gpus import GPUS
 from rlcm.planning.plan import plan
+from rollout.samplers import is_toy
 
-REAL_PRESETS = [p for p in PRESETS if "tiny" not in p]
+REAL_PRESETS = [p for p in PRESETS if not is_toy(load_config(p).model.name)]  # d3po-human runs the toy too
 
 
 def hand_count(module: torch.nn.Module, run) -> int:

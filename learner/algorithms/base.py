@@ -83,6 +83,16 @@ class TrainingCalls:
     extra_adapters: int = 0  # LoRA copies held beside the trained one (fp32 weights, no grads)
 
 
+@dataclass(frozen=True)
+class Labelling:
+    """People judge a run's samples on the labelling page (`rlcm.labelling`), through the run folder's judgement
+    store: its staleness bound in policy versions, and the page `rlcm train` serves beside the run (host, port,
+    token; None: `rlcm label` serves it)."""
+
+    staleness: int | None
+    serve: Any | None
+
+
 class Algorithm:
     """A training algorithm's declaration; the driver, config, validation and progress ask it, never its name."""
 
@@ -133,6 +143,18 @@ class Algorithm:
     @classmethod
     def eta(cls, config: TrainConfig) -> float | None:
         """η of the DDIM sampler the rollout actors use (None: the sampler has none)."""
+        return None
+
+    @classmethod
+    def labelling(cls, config: TrainConfig) -> Labelling | None:
+        """Whether people judge this run's samples (None: no one). If so, its learner spec has a field `judgements`
+        that the driver sets to a function opening the run folder's judgement store."""
+        return None
+
+    @classmethod
+    def without_people(cls, section: dict[str, Any]) -> str | None:
+        """Change `section` (the settings as a dict) so that a run waits for no one (`rlcm train --dry-run`);
+        returns what changed, or None."""
         return None
 
     @classmethod

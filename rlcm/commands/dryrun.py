@@ -123,6 +123,8 @@ def plan_dry_run(config: TrainConfig, resolution: int = 64) -> DryRunPlan:
     )
     section = config.algo.section
     changes.append(f"{section}: " + config.algo.source.one_update_epoch(data[section], s["batch_size"]))
+    if no_people := config.algo.without_people(data[section]):
+        changes.append(no_people)
     data["run"].update(epochs=2, save_every=1, sample_grid_every=1, wandb=False)
     data["scaleout"]["placement_timeout_s"] = 120.0
     reward = data["reward"]

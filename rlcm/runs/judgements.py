@@ -189,9 +189,11 @@ class JudgementStore:
         policy_version: int,
         seeds: tuple[int, int],
         pair_id: str | None = None,
+        exist_ok: bool = False,
     ) -> str:
         """Store two PNG images of `prompt` sampled by `policy_version` from `seeds`; returns the pair id (32 hex
-        digits, random unless given)."""
+        digits, random unless given). A pair id stored already is an error, or with `exist_ok` (a resumed trainer
+        sampling the pair again) keeps the stored pair and offers it again if it was dropped."""
         _check_png(image_a, "image_a")
         _check_png(image_b, "image_b")
         pair_id = pair_id or uuid.uuid4().hex
@@ -201,7 +203,8 @@ class JudgementStore:
             with self._write() as db:
                 db.execute(
                     "INSERT INTO pairs (pair_id, prompt, seed_a, seed_b, policy_version, image_a, image_b, created) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+                    + (" ON CONFLICT (pair_id) DO UPDATE SET dropped = NULL" if exist_ok else ""),
                     (pair_id, prompt, int(seeds[0]), int(seeds[1]), int(policy_version), image_a, image_b, time.time()),
                 )
         except sqlite3.IntegrityError:
@@ -214,15 +217,16 @@ class JudgementStore:
             db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('policy_version', ?)", (int(version),))
 
     def policy_version(self) -> int:
-        """The version `set_policy_version` stored, or the newest pair's if that is newer (0 for an empty store)."""
+        """The version `set_policy_version` stored last (a resumed trainer sets it back), else the newest pair's (0 for
+        an empty store)."""
         with self._connect() as db:
             return self._policy_version(db)
 
     @staticmethod
     def _policy_version(db: sqlite3.Connection) -> int:
         row = db.execute(
-            "SELECT MAX(COALESCE((SELECT value FROM meta WHERE key = 'policy_version'), 0), "
-            "COALESCE((SELECT MAX(policy_version) FROM pairs), 0))"
+            "SELECT COALESCE((SELECT value FROM meta WHERE key = 'policy_version'), "
+            "(SELECT MAX(policy_version) FROM pairs), 0)"
         ).fetchone()
         return int(row[0])
 
@@ -358,8 +362,8 @@ class JudgementStore:
             now = time.monotonic()
             if now >= next_note:
                 logger.warning(
-                    "waiting for judgements (after #%d): %d pairs in the queue, %.0f s waited; label them at the page "
-                    "`rlcm label` serves",
+                    "waiting for judgements (after #%d): %d pairs in the queue, %.0f s waited; label them on the "
+                    "labelling page (`rlcm label`, or d3po.preferences.serve beside `rlcm train`)",
                     cursor,
                     self.queue_length(),
                     now - start,

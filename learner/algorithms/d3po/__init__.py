@@ -2,15 +2,16 @@
 DPO per denoising step on pairs of the rollout actors' trajectories.
 
 For a prompt, two consecutive samples of a rollout batch (the same policy version; by default the same initial noise)
-form a pair; a preference source (`preferences.py`: a reward scorer, a file of recorded judgements) says which one
-is preferred, and every trained step k of the pair adds −log σ(β·[(log π_θ − log π_ref)(a_k^w|s_k^w) − (log π_θ −
-log π_ref)(a_k^l|s_k^l)]) (`loss.py`), π_ref the LoRA-free base at the recorded states. Ties, skips and stale pairs
-train nothing and are counted. Works on the LCM and the DDIM policy (`rollout.policies`).
+form a pair; a preference source (`preferences.py`: a reward scorer, a file of recorded judgements; `people.py`:
+people on the labelling page) says which one is preferred, and every trained step k of the pair adds
+−log σ(β·[(log π_θ − log π_ref)(a_k^w|s_k^w) − (log π_θ − log π_ref)(a_k^l|s_k^l)]) (`loss.py`), π_ref the LoRA-free
+base at the recorded states. Ties, skips and stale pairs train nothing and are counted. Works on the LCM and the DDIM
+policy (`rollout.policies`).
 """
 
 from __future__ import annotations
 
-from learner.algorithms.base import RolloutAlgorithm
+from learner.algorithms.base import Labelling, RolloutAlgorithm
 from learner.algorithms.d3po.preferences import read_judgements
 from learner.algorithms.d3po.settings import D3POSettings, PreferenceSettings
 from rollout.samplers import DDIM, LCM, sampler_of
@@ -36,10 +37,12 @@ class D3PO(RolloutAlgorithm):
         ("pairs_skipped", "skipped pairs per update"),
         ("pairs_stale", "stale pairs dropped per update"),
         ("preference_reward_agreement", "preferences that agree with the reward"),
+        ("judgements_per_minute", "judgements stored per minute (source human)"),
+        ("judgement_wait_s", "seconds the update waited for people (source human)"),
     )
     optimizes = (
         "DPO per denoising step on pairs of samples (same prompt, same initial noise) against the LoRA-free base; "
-        "preferences from a reward or a file of judgements"
+        "preferences from a reward, a file of judgements or people on a labelling page"
     )
     paper = "Yang et al., Using Human Feedback to Fine-tune Diffusion Models without Any Reward Model (D3PO, CVPR 2024)"
 
@@ -65,6 +68,19 @@ class D3PO(RolloutAlgorithm):
         if config.settings.preferences.source == "file":
             read_judgements(config.settings.preferences.path)  # a malformed file is a config error, before Ray starts
         super().check(config)
+
+    @classmethod
+    def labelling(cls, config) -> Labelling | None:
+        """Source human: people judge the pairs; the store's staleness bound is `d3po.max_staleness`."""
+        preferences = config.settings.preferences
+        return Labelling(config.settings.max_staleness, preferences.serve) if preferences.source == "human" else None
+
+    @classmethod
+    def without_people(cls, section: dict) -> str | None:
+        if section["preferences"]["source"] != "human":
+            return None
+        section["preferences"] = {"source": "reward"}
+        return "d3po.preferences: human -> reward (a dry run waits for no one: the higher reward wins)"
 
     @classmethod
     def group_size(cls, config) -> int:

@@ -4,10 +4,14 @@
 from __future__ import annotations
 
 import hashlib
+import io
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
 
 from learner.algorithms.d3po.preferences import Choice, Pair, build_source
 from learner.algorithms.d3po.settings import D3POSettings
@@ -22,31 +26,51 @@ SIGN = {Choice.FIRST: 1, Choice.SECOND: -1, Choice.TIE: 0, Choice.SKIP: 0}
 @dataclass(kw_only=True)
 class D3POLearnerSpec(BaseLearnerSpec):
     d3po: D3POSettings
+    judgements: Callable[[], Any] | None = None  # source human: opens the run folder's judgement store (the driver's)
 
     def build(self, reduce_gradients=None) -> D3POLearner:
         return D3POLearner(self, reduce_gradients)
 
 
 def pair_id(prompt: str, policy_version: int, first_noise: torch.Tensor, second_noise: torch.Tensor) -> str:
-    """A pair's id: 16 hex digits of sha256 over its prompt, policy version and both initial noises x_0 (a pure
-    function of the run's seed, so a rerun of the same config names its pairs alike)."""
+    """A pair's id: 32 hex digits of sha256 over its prompt, policy version and both initial noises x_0 (a pure
+    function of the run's seed, so a rerun of the same config, or a resumed one, names its pairs alike)."""
     digest = hashlib.sha256(f"{policy_version}\n{prompt}\n".encode())
     for noise in (first_noise, second_noise):
         digest.update(noise.detach().float().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()[:16]
+    return digest.hexdigest()[:32]
 
 
-def make_pairs(batch: Trajectory, versions: np.ndarray, rewards: np.ndarray, valid: np.ndarray) -> list[Pair]:
-    """Samples 2p and 2p+1 as pair p; ValueError unless both share a prompt."""
+def noise_seed(noise: torch.Tensor) -> int:
+    """A sample's seed as the judgement store records it: 60 bits of sha256 over its initial noise x_0 (a rollout
+    batch draws every sample's noise from one generator, so no sample has a seed of its own)."""
+    data = noise.detach().float().cpu().contiguous().numpy().tobytes()
+    return int(hashlib.sha256(data).hexdigest()[:15], 16)
+
+
+def png(image: torch.Tensor) -> bytes:
+    """PNG bytes of one uint8 [3, H, W] image."""
+    out = io.BytesIO()
+    Image.fromarray(image.permute(1, 2, 0).cpu().numpy()).save(out, format="PNG", compress_level=1)
+    return out.getvalue()
+
+
+def make_pairs(
+    batch: Trajectory, versions: np.ndarray, rewards: np.ndarray, valid: np.ndarray, images: bool = False
+) -> list[Pair]:
+    """Samples 2p and 2p+1 as pair p (with both images as PNG if `images`); ValueError unless both share a prompt."""
     if len(batch) % 2 or any(batch.prompts[i] != batch.prompts[i + 1] for i in range(0, len(batch), 2)):
         raise ValueError(f"D3PO needs pairs of 2 consecutive samples with one prompt each; got prompts {batch.prompts}")
     seen = np.where(valid, rewards, np.nan)
+    noise = batch.latents[:, 0]
     return [
         Pair(
-            pair_id(batch.prompts[i], int(versions[i]), batch.latents[i, 0], batch.latents[i + 1, 0]),
+            pair_id(batch.prompts[i], int(versions[i]), noise[i], noise[i + 1]),
             batch.prompts[i],
             int(versions[i]),
             (float(seen[i]), float(seen[i + 1])),
+            (noise_seed(noise[i]), noise_seed(noise[i + 1])),
+            (png(batch.images[i]), png(batch.images[i + 1])) if images else None,
         )
         for i in range(0, len(batch), 2)
     ]
@@ -69,26 +93,19 @@ class D3POLearner(BaseLearner):
 
     def __init__(self, spec: D3POLearnerSpec, reduce_gradients=None):
         super().__init__(spec, reduce_gradients)
-        self.source = build_source(spec.d3po.preferences)
+        self.source = build_source(spec.d3po.preferences, spec.judgements, spec.d3po.max_staleness, self.rank == 0)
+        self.source.new_version(self.version)
 
     @property
     def settings(self) -> D3POSettings:
         return self.spec.d3po
 
-    @property
-    def lr_schedule(self) -> str:
-        return self.settings.lr_schedule
+    def extra_state(self) -> dict:
+        return self.source.state()
 
-    @property
-    def total_optimizer_steps(self) -> int:
-        return self.spec.total_optimizer_steps
-
-    @property
-    def generator_device(self) -> str:
-        return "cpu"
-
-    def generator_seed(self) -> int:
-        return self.spec.seed
+    def load_extra_state(self, state: dict) -> None:
+        self.source.load_state(state)
+        self.source.new_version(self.version)
 
     def judge(self, pairs: list[Pair]) -> tuple[np.ndarray, dict]:
         """Each pair's sign (+1 first preferred, −1 second, 0 none) and the counts: stale pairs (older than
@@ -119,11 +136,14 @@ class D3POLearner(BaseLearner):
         of optimizer steps."""
         batch = Trajectory.concat(list(trajectories))
         versions = np.concatenate([np.full(len(t), t.policy_version) for t in trajectories])
-        pairs = make_pairs(batch, versions, np.asarray(rewards, dtype=np.float64), np.asarray(valid, dtype=bool))
+        images = self.source.wants_images and self.rank == 0
+        pairs = make_pairs(
+            batch, versions, np.asarray(rewards, dtype=np.float64), np.asarray(valid, dtype=bool), images
+        )
         sign, info = self.judge(pairs)
         info["samples_trained"] = 2 * info["preferences_used"]
         if not info["preferences_used"]:
-            return {"skipped_update": True, **info}
+            return {"skipped_update": True, **info, **self.source.metrics()}
         kept = np.flatnonzero(sign).tolist() if world_size == 1 else shard(len(pairs), self.rank, world_size)
         rows = [i for p in kept for i in (2 * p, 2 * p + 1)]
         batch = (batch if len(rows) == len(batch) else batch.select(rows)).to(self.device)
@@ -140,4 +160,5 @@ class D3POLearner(BaseLearner):
             self.lr_scheduler,
         )
         self.version += 1
-        return {**metrics, **info}
+        self.source.new_version(self.version)
+        return {**metrics, **info, **self.source.metrics()}

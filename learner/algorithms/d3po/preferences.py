@@ -5,8 +5,8 @@ A source is asked about the pairs of one update and answers, per pair, which sam
     judge(pairs) -> [Choice.FIRST | Choice.SECOND | Choice.TIE | Choice.SKIP]
 
 `RewardPreferences` (the higher reward wins: online DPO on a scorer) and `ReplayPreferences` (a JSONL file of recorded
-judgements) are the two built in. A labelling page whose judgements land in a SQLite store is one more subclass of
-`PreferenceSource`: its `judge` looks the pairs up by `Pair.pair_id` (waiting for people where it must) and maps the
+judgements) are the two built in; `people.StorePreferences` (people on the labelling page, through the run folder's
+SQLite store) is the third: it looks the pairs up by `Pair.pair_id`, waiting for people where it must, and maps the
 store's a|b|tie|skip with `parse_choice`. Pairs older than `d3po.max_staleness` never reach a source: the learner drops
 and counts them before it asks.
 """
@@ -45,19 +45,40 @@ def parse_choice(value: object) -> Choice:
 
 @dataclass(frozen=True)
 class Pair:
-    """Two samples of one prompt from one policy version, as a source sees them (rewards NaN where unscored)."""
+    """Two samples of one prompt from one policy version, as a source sees them (rewards NaN where unscored).
+
+    `seeds`: a fingerprint of each sample's initial noise x_0; `images`: both as PNG bytes, only for a source that
+    `wants_images` (and only on the learner that writes them)."""
 
     pair_id: str
     prompt: str
     policy_version: int
     rewards: tuple[float, float]
+    seeds: tuple[int, int] = (0, 0)
+    images: tuple[bytes, bytes] | None = None
 
 
 class PreferenceSource:
     """Judges the pairs of an update, in order; one answer per pair."""
 
+    wants_images: bool = False  # whether `judge` needs each pair's two images (PNG)
+
     def judge(self, pairs: list[Pair]) -> list[Choice]:
         raise NotImplementedError
+
+    def new_version(self, version: int) -> None:
+        """The learner's policy version after an update (or a resume)."""
+
+    def metrics(self) -> dict[str, float]:
+        """The last `judge`'s metrics-row fields."""
+        return {}
+
+    def state(self) -> dict[str, int]:
+        """What a checkpoint keeps so a resumed run continues where this one stopped."""
+        return {}
+
+    def load_state(self, state: dict[str, int]) -> None:
+        pass
 
 
 class RewardPreferences(PreferenceSource):
@@ -157,8 +178,15 @@ class ReplayPreferences(PreferenceSource):
         return found.choice
 
 
-def build_source(settings) -> PreferenceSource:
-    """The source `d3po.preferences` names."""
+def build_source(settings, open_store=None, max_staleness: int | None = None, writer: bool = True) -> PreferenceSource:
+    """The source `d3po.preferences` names; source human reads the judgement store `open_store()` opens (the run
+    folder's), and only the `writer` (rank 0) adds the pairs to it."""
     if settings.source == "file":
         return ReplayPreferences(settings.path, settings.on_missing)
+    if settings.source == "human":
+        from learner.algorithms.d3po.people import StorePreferences
+
+        if open_store is None:
+            raise ValueError("d3po.preferences.source=human reads the run folder's judgement store: use `rlcm train`")
+        return StorePreferences(open_store(), max_staleness, writer)
     return RewardPreferences(settings.tie_threshold)

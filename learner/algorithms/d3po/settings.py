@@ -11,18 +11,35 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
+class PageSettings(BaseModel):
+    """The labelling page `rlcm train` serves beside a run whose preferences come from people (`rlcm label`'s)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = Field("127.0.0.1", description="interface to listen on (the head node's, on a cluster)")
+    port: int = Field(8010, ge=0, le=65535, description="TCP port (0: a free one, printed at start)")
+    token: str | None = Field(
+        None, description="the page's token (none: $RLCM_LABEL_TOKEN, else a random one printed with the address)"
+    )
+
+
 class PreferenceSettings(BaseModel):
     """Where a pair's preference comes from (`learner.algorithms.d3po.preferences`)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    source: Literal["reward", "file"] = Field(
-        "reward", description="reward: the higher reward (reward.name) wins (online DPO); file: recorded judgements"
+    source: Literal["reward", "file", "human"] = Field(
+        "reward",
+        description="reward: the higher reward (reward.name) wins (online DPO); file: recorded judgements; human: "
+        "people on the labelling page (the run folder's judgements.sqlite; training waits for them)",
     )
     path: str | None = Field(None, description="source file: the JSONL file of judgements (docs/algorithms.md)")
     tie_threshold: float = Field(0.0, ge=0, description="source reward: |r_first − r_second| ≤ this is a tie")
     on_missing: Literal["error", "skip"] = Field(
         "error", description="source file: a pair the file does not judge stops the run (error) or is skipped"
+    )
+    serve: PageSettings | None = Field(
+        None, description="source human: serve the labelling page beside `rlcm train` (none: run `rlcm label`)"
     )
 
     @model_validator(mode="after")
@@ -31,6 +48,8 @@ class PreferenceSettings(BaseModel):
             raise ValueError("path: preferences.source=file needs preferences.path (a JSONL file of judgements)")
         if self.source != "file" and self.path:
             raise ValueError(f"path: only preferences.source=file reads a file (source is {self.source})")
+        if self.source != "human" and self.serve is not None:
+            raise ValueError(f"serve: only preferences.source=human serves a labelling page (source is {self.source})")
         return self
 
 
@@ -70,7 +89,7 @@ class D3POSettings(BaseModel):
         None,
         ge=0,
         description="pairs sampled more than this many policy versions before the update are dropped and counted "
-        "(none: no bound)",
+        "(none: no bound); source human: the labelling page offers and accepts only the fresher ones",
     )
     preferences: PreferenceSettings = Field(default_factory=PreferenceSettings)
 
