@@ -13,7 +13,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from learner.algorithms.d3po.preferences import Choice, Pair, build_source
+from learner.algorithms.d3po.people import build_source
+from learner.algorithms.d3po.preferences import Choice, Pair
 from learner.algorithms.d3po.settings import D3POSettings
 from learner.algorithms.d3po.update import d3po_update
 from learner.base import BaseLearner, BaseLearnerSpec, shard

@@ -21,6 +21,13 @@ class PageSettings(BaseModel):
     token: str | None = Field(
         None, description="the page's token (none: $RLCM_LABEL_TOKEN, else a random one printed with the address)"
     )
+    repeat_fraction: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="share of the pairs (by id) that, once judged, are offered once more to another labeller: "
+        "labeller_agreement compares the two judgements",
+    )
 
 
 class PreferenceSettings(BaseModel):
