@@ -58,6 +58,13 @@ class Pair:
     images: tuple[bytes, bytes] | None = None
 
 
+def is_held_out(pair_id: str, fraction: float) -> bool:
+    """Whether a pair is held out (judged, never trained on): the last 8 hex digits of its id, read as a number, fall
+    below fraction·16⁸ (the labelling page picks its repeated pairs by the first 8, so the two choices are
+    independent)."""
+    return int(pair_id[-8:], 16) < fraction * 16**8
+
+
 class PreferenceSource:
     """Judges the pairs of an update, in order; one answer per pair."""
 
