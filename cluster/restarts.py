@@ -32,21 +32,32 @@ def train(
 @contextmanager
 def labelling_page(config: TrainConfig, output_dir: Path) -> Iterator[None]:
     """Serve the labelling page beside the run while it trains, where the algorithm asks for one (people judge its
-    samples and the config says `serve`); prints the address to open, token included."""
+    samples and the config says `serve`); prints the address to open, token included, and, every 30 s while an update
+    waits for people, how many of its pairs are judged."""
     people = config.algo.labelling(config)
-    if people is None or people.serve is None:
-        if people is not None:
-            print(f"rlcm: each update waits for its pairs' judgements: serve the page: rlcm label --run {output_dir}")
+    if people is None:
         yield
         return
-    from rlcm.labelling.server import start_in_thread
+    from rlcm.labelling.waiting import WaitNotice
+    from rlcm.runs.judgements import JudgementStore
 
-    page = start_in_thread(output_dir, people.serve.host, people.serve.port, people.serve.token, people.staleness)
-    print(f"rlcm: labelling page for {output_dir}: open {page.url} (each update waits for its pairs' judgements)")
+    serve, page = people.serve, None
+    if serve is None:
+        where = f"serve the page: rlcm label --run {output_dir}"
+        print(f"rlcm: each update waits for its pairs' judgements: {where}")
+    else:
+        from rlcm.labelling.server import start_in_thread
+
+        page = start_in_thread(output_dir, serve.host, serve.port, serve.token, people.staleness, serve.repeat_fraction)
+        where = f"open {page.url}"
+        print(f"rlcm: labelling page for {output_dir}: {where} (each update waits for its pairs' judgements)")
+    notice = WaitNotice(JudgementStore(output_dir, people.staleness), where).start()
     try:
         yield
     finally:
-        page.stop()
+        notice.stop()
+        if page is not None:
+            page.stop()
 
 
 def run_with_restarts(

@@ -8,8 +8,8 @@ import threading
 
 import pytest
 
-from learner.algorithms.d3po.people import StorePreferences
-from learner.algorithms.d3po.preferences import Choice, Pair, build_source
+from learner.algorithms.d3po.people import StorePreferences, build_source
+from learner.algorithms.d3po.preferences import Choice, Pair
 from rlcm.commands.dryrun import plan_dry_run
 from rlcm.config.schema import ConfigError, load_config
 from rlcm.runs.judgements import JudgementStore

@@ -162,7 +162,10 @@ def test_page_and_next_pair_and_judgement(client, store):
     pair = add(store, 0, version=1)
     body = client.get("/api/next", params={"labeller": "ann", "token": TOKEN}).json()
     assert body["pair"]["pair_id"] == pair and body["pair"]["image_a"].startswith("data:image/png;base64,")
-    assert body["status"] == {"policy_version": 1, "min_version": 0, "queue_length": 1, "judgements": 0, "dropped": 0}
+    assert body["status"] == {
+        **{"policy_version": 1, "min_version": 0, "queue_length": 1, "judgements": 0, "dropped": 0},
+        **{"labeller_agreement": None, "repeated_pairs": 0},
+    }
     made = client.post("/api/judgements", json={"pair_id": pair, "choice": "b", "labeller": "ann"}, headers=AUTH)
     assert made.status_code == 201, made.text
     assert made.json()["choice"] == "b"

@@ -140,7 +140,7 @@ def test_twenty_pairs_judged_while_d3po_human_trains_are_what_it_trains_on(ray_l
     assert [version for *_, version in rows] == [v for v in range(5) for _ in range(4)]
     metrics = rows_of(run)
     assert [r["policy_version"] for r in metrics] == [1, 2, 3, 4, 5], "every epoch's update trained"
-    assert all(r["judgements_consumed"] == 4 and r["preferences_used"] == 2 for r in metrics)
+    assert all(r["judgements_consumed"] == 4 and r["preferences_used"] + r["pairs_held_out"] == 2 for r in metrics)
     assert all(r["pairs_tied"] == 1 and r["pairs_skipped"] == 1 and r["pairs_stale"] == 0 for r in metrics)
     assert sum(r["judgements_consumed"] for r in metrics) == PAIRS
     assert all(r["judgements_per_minute"] > 0 for r in metrics)

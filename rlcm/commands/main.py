@@ -93,7 +93,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _label(args: argparse.Namespace) -> int:
     from rlcm.labelling.server import serve
 
-    serve(Path(args.run), args.host, args.port, args.token, args.staleness)
+    serve(Path(args.run), args.host, args.port, args.token, args.staleness, args.repeat_fraction)
     return 0
 
 
@@ -165,6 +165,13 @@ def nonnegative_int(text: str) -> int:
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be at least 0, got {value}")
+    return value
+
+
+def fraction(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"must be within [0, 1], got {value}")
     return value
 
 
@@ -302,6 +309,14 @@ def build_parser() -> argparse.ArgumentParser:
         type=nonnegative_int,
         metavar="N",
         help="judge only pairs at most N policy versions older than the current one (default: no bound)",
+    )
+    label.add_argument(
+        "--repeat-fraction",
+        type=fraction,
+        default=0.1,
+        metavar="F",
+        help="share of the pairs that, once judged, are offered once more to another labeller (their agreement is "
+        "labeller_agreement; default 0.1)",
     )
     label.set_defaults(func=_label)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import math
 import os
 import secrets
 from importlib import resources
@@ -53,6 +54,10 @@ class StatusResponse(BaseModel):
     queue_length: int = Field(description="fresh pairs waiting (for this labeller if one is named)")
     judgements: int
     dropped: int
+    labeller_agreement: float | None = Field(
+        description="share of the repeated pairs (judged by more than one labeller, skips aside) judged alike"
+    )
+    repeated_pairs: int = Field(description="pairs judged by more than one labeller (skips aside)")
 
 
 class PairResponse(BaseModel):
@@ -114,6 +119,8 @@ def _status(store: JudgementStore, labeller: str | None) -> StatusResponse:
         queue_length=status.queue_length,
         judgements=status.judgements,
         dropped=status.dropped,
+        labeller_agreement=None if math.isnan(status.labeller_agreement) else status.labeller_agreement,
+        repeated_pairs=status.repeated_pairs,
     )
 
 

@@ -35,18 +35,23 @@ def page_url(host: str, port: int, token: SecretStr | None) -> str:
     return url + (f"?token={quote(token.get_secret_value())}" if token is not None else "")
 
 
-def _server(run_dir: Path, host: str, port: int, token: SecretStr | None, staleness: int | None) -> uvicorn.Server:
-    store = JudgementStore(run_dir, staleness=staleness)
+def _server(
+    run_dir: Path, host: str, port: int, token: SecretStr | None, staleness: int | None, repeat_fraction: float
+) -> uvicorn.Server:
+    store = JudgementStore(run_dir, staleness=staleness, repeat_fraction=repeat_fraction)
     app = create_app(store, LabelSettings(token=token))
     return uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False))
 
 
-def serve(run_dir: Path, host: str, port: int, token: str | None, staleness: int | None) -> None:
-    """Serve the page of `run_dir`'s judgements until interrupted; prints the address to open."""
+def serve(
+    run_dir: Path, host: str, port: int, token: str | None, staleness: int | None, repeat_fraction: float = 0.1
+) -> None:
+    """Serve the page of `run_dir`'s judgements until interrupted; prints the address to open. `repeat_fraction` of
+    the judged pairs are offered once more, to another labeller (`JudgementStore`)."""
     if not Path(run_dir).is_dir():
         raise FileNotFoundError(f"{run_dir} is not a run folder; pass the --output-dir of an `rlcm train` run")
     secret, generated = resolve_token(token)
-    server = _server(Path(run_dir), host, port, secret, staleness)
+    server = _server(Path(run_dir), host, port, secret, staleness, repeat_fraction)
     note = " (a fresh token: pass --token or set $RLCM_LABEL_TOKEN to keep one)" if generated else ""
     print(f"rlcm label: judging pairs of {run_dir}; open {page_url(host, port, secret)}{note}", flush=True)
     server.run()
@@ -71,13 +76,15 @@ def start_in_thread(
     port: int = 8010,
     token: str | None = None,
     staleness: int | None = None,
+    repeat_fraction: float = 0.1,
 ) -> LabelServer:
     """Start the page of `run_dir` in a daemon thread (beside `rlcm train`) and return once it accepts connections.
 
-    `token` as for `rlcm label` (None: $RLCM_LABEL_TOKEN, else a random one, in `.url`); port 0 picks a free port.
+    `token` and `repeat_fraction` as for `rlcm label` (token None: $RLCM_LABEL_TOKEN, else a random one, in `.url`);
+    port 0 picks a free port.
     """
     secret, _ = resolve_token(token)
-    server = _server(Path(run_dir), host, port, secret, staleness)
+    server = _server(Path(run_dir), host, port, secret, staleness, repeat_fraction)
     thread = threading.Thread(target=server.run, name="rlcm-label", daemon=True)
     thread.start()
     deadline = time.monotonic() + START_TIMEOUT_S

@@ -20,6 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, get_args
 
+from rlcm.runs.judgement_stats import Agreement, QueueStatus, WaitStatus, labeller_agreement, repeat_threshold
+
 logger = logging.getLogger(__name__)
 
 FILE_NAME = "judgements.sqlite"
@@ -54,6 +56,7 @@ CREATE TABLE IF NOT EXISTS judgements (
     UNIQUE (pair_id, labeller)
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS awaited (pair_id TEXT PRIMARY KEY, since REAL NOT NULL);
 """
 
 
@@ -98,15 +101,6 @@ class Judgement:
     time: float
 
 
-@dataclass(frozen=True)
-class QueueStatus:
-    policy_version: int
-    min_version: int | None
-    queue_length: int
-    judgements: int
-    dropped: int
-
-
 def _judgement(row: sqlite3.Row) -> Judgement:
     return Judgement(
         id=row["id"],
@@ -146,14 +140,17 @@ class JudgementStore:
 
     `staleness`: pairs more than this many policy versions older than the current one (`set_policy_version`, or the
     newest pair's) are neither offered nor accepted; None keeps every pair that `drop_stale` has not dropped.
+    `repeat_fraction`: the share of pairs (by id, `judgement_stats.repeat_threshold`) that, once judged, are offered
+    first to one more labeller, so `labeller_agreement` has repeated pairs to compare.
     """
 
-    def __init__(self, run_dir: Path, staleness: int | None = None):
+    def __init__(self, run_dir: Path, staleness: int | None = None, repeat_fraction: float = 0.0):
         self.path = Path(run_dir) / FILE_NAME
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if staleness is not None and staleness < 0:
             raise ValueError(f"staleness must be at least 0 policy versions, got {staleness}")
         self.staleness = staleness
+        self.repeat_below = repeat_threshold(repeat_fraction)
         with self._connect() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.executescript(SCHEMA)
@@ -241,16 +238,17 @@ class JudgementStore:
         return "p.dropped IS NULL AND p.policy_version >= ?", (floor,)
 
     def next_unjudged(self, labeller: str) -> Pair | None:
-        """The next fresh pair `labeller` has not judged: pairs nobody has judged (other than a skip) first, then the
-        oldest; None when there is none."""
+        """The next fresh pair `labeller` has not judged: a repeated pair (`repeat_fraction`) judged by exactly one
+        other labeller first, then pairs nobody has judged (other than a skip), then the oldest; None when there is
+        none."""
+        decided = "(SELECT COUNT(*) FROM judgements j WHERE j.pair_id = p.pair_id AND j.choice != 'skip')"
         with self._connect() as db:
             where, params = self._fresh(db)
             row = db.execute(
                 f"SELECT p.* FROM pairs p WHERE {where} "
                 "AND NOT EXISTS (SELECT 1 FROM judgements j WHERE j.pair_id = p.pair_id AND j.labeller = ?) "
-                "ORDER BY EXISTS (SELECT 1 FROM judgements j WHERE j.pair_id = p.pair_id AND j.choice != 'skip'), "
-                "p.created, p.rowid LIMIT 1",
-                (*params, labeller),
+                f"ORDER BY NOT (p.pair_id < ? AND {decided} = 1), {decided} > 0, p.created, p.rowid LIMIT 1",
+                (*params, labeller, self.repeat_below),
             ).fetchone()
         return _pair(row) if row else None
 
@@ -343,7 +341,34 @@ class JudgementStore:
             version, floor = self._policy_version(db), self._min_version(db)
             judged = db.execute("SELECT COUNT(*) FROM judgements").fetchone()[0]
             dropped = db.execute("SELECT COUNT(*) FROM pairs WHERE dropped IS NOT NULL").fetchone()[0]
-        return QueueStatus(version, floor, self.queue_length(labeller), int(judged), int(dropped))
+        agreement = self.labeller_agreement()
+        return QueueStatus(
+            version, floor, self.queue_length(labeller), int(judged), int(dropped), agreement.share, agreement.pairs
+        )
+
+    def labeller_agreement(self) -> Agreement:
+        """How often labellers agree on the pairs several of them judged (`judgement_stats.labeller_agreement`)."""
+        with self._connect() as db:
+            rows = db.execute("SELECT pair_id, choice FROM judgements WHERE choice != 'skip'").fetchall()
+        return labeller_agreement((r["pair_id"], r["choice"]) for r in rows)
+
+    def set_awaited(self, pair_ids: list[str]) -> None:
+        """The pairs an update now waits on (none: it waits no more), for `waiting` to report from another process."""
+        with self._write() as db:
+            db.execute("DELETE FROM awaited")
+            now = time.time()
+            db.executemany("INSERT OR IGNORE INTO awaited VALUES (?, ?)", [(p, now) for p in pair_ids])
+
+    def waiting(self) -> WaitStatus | None:
+        """How far the update waiting for people has got (None: no update waits)."""
+        with self._connect() as db:
+            row = db.execute(
+                "SELECT COUNT(*), MIN(since), SUM(EXISTS (SELECT 1 FROM judgements j WHERE j.pair_id = a.pair_id)) "
+                "FROM awaited a"
+            ).fetchone()
+        if not row[0]:
+            return None
+        return WaitStatus(int(row[0]), int(row[2]), self.queue_length(), float(row[1]))
 
     def wait_for_judgements(
         self, cursor: int = 0, timeout: float = 60.0, poll_s: float = 0.05, max_poll_s: float = 1.0

@@ -39,6 +39,9 @@ class D3PO(RolloutAlgorithm):
         ("preference_reward_agreement", "preferences that agree with the reward"),
         ("judgements_per_minute", "judgements stored per minute (source human)"),
         ("judgement_wait_s", "seconds the update waited for people (source human)"),
+        ("labeller_agreement", "repeated pairs two labellers judged alike (source human)"),
+        ("held_out_preference_accuracy", "share of held-out (pair, step) terms the policy ranks right"),
+        ("held_out_implicit_margin", "implicit reward margin on the held-out pairs (mean)"),
     )
     optimizes = (
         "DPO per denoising step on pairs of samples (same prompt, same initial noise) against the LoRA-free base; "

@@ -13,7 +13,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from learner.algorithms.d3po.preferences import Choice, Pair, build_source
+from learner.algorithms.d3po.held_out import HeldOutPairs, held_out_mask, held_out_metrics
+from learner.algorithms.d3po.people import build_source
+from learner.algorithms.d3po.preferences import Choice, Pair
 from learner.algorithms.d3po.settings import D3POSettings
 from learner.algorithms.d3po.update import d3po_update
 from learner.base import BaseLearner, BaseLearnerSpec, shard
@@ -87,7 +89,8 @@ def agreement(pairs: list[Pair], choices: list[Choice]) -> float:
 
 
 class D3POLearner(BaseLearner):
-    """`train_epoch(rewards, valid, *trajectories)`: pair up, drop stale pairs, ask the source, one D3PO update.
+    """`train_epoch(rewards, valid, *trajectories)`: pair up, drop stale pairs, ask the source, hold out
+    `preferences.held_out_fraction` of the judged pairs (scored after each update), one D3PO update.
 
     The shuffling generator is seeded with `seed` alone: every rank shuffles its shard the same way."""
 
@@ -95,6 +98,7 @@ class D3POLearner(BaseLearner):
         super().__init__(spec, reduce_gradients)
         self.source = build_source(spec.d3po.preferences, spec.judgements, spec.d3po.max_staleness, self.rank == 0)
         self.source.new_version(self.version)
+        self.held_out = HeldOutPairs(spec.d3po.preferences.held_out_pairs)
 
     @property
     def settings(self) -> D3POSettings:
@@ -141,6 +145,12 @@ class D3POLearner(BaseLearner):
             batch, versions, np.asarray(rewards, dtype=np.float64), np.asarray(valid, dtype=bool), images
         )
         sign, info = self.judge(pairs)
+        held = held_out_mask(pairs, sign, self.settings.preferences.held_out())
+        for p in np.flatnonzero(held).tolist():
+            self.held_out.add(batch.select([2 * p, 2 * p + 1]), sign[p])
+        sign = np.where(held, 0, sign)
+        info["pairs_held_out"] = int(held.sum())
+        info["preferences_used"] = int(np.count_nonzero(sign))
         info["samples_trained"] = 2 * info["preferences_used"]
         if not info["preferences_used"]:
             return {"skipped_update": True, **info, **self.source.metrics()}
@@ -161,4 +171,14 @@ class D3POLearner(BaseLearner):
         )
         self.version += 1
         self.source.new_version(self.version)
-        return {**metrics, **info, **self.source.metrics()}
+        return {**metrics, **info, **self.source.metrics(), **self.score_held_out()}
+
+    def score_held_out(self) -> dict[str, float]:
+        """The current policy on the kept held-out pairs (`held_out.held_out_metrics`); {} before the first."""
+        if not len(self.held_out):
+            return {}
+        batch, sign = self.held_out.batch()
+        batch = batch.to(self.device)
+        transitions = policy_for(self.pipe).transitions(self.pipe, batch)
+        pairs_per_call = self.settings.train_batch_size // 2
+        return held_out_metrics(self.pipe.unet, transitions, sign.to(self.device), pairs_per_call, self.settings.beta)

@@ -8,7 +8,7 @@ A source is asked about the pairs of one update and answers, per pair, which sam
 judgements) are the two built in; `people.StorePreferences` (people on the labelling page, through the run folder's
 SQLite store) is the third: it looks the pairs up by `Pair.pair_id`, waiting for people where it must, and maps the
 store's a|b|tie|skip with `parse_choice`. Pairs older than `d3po.max_staleness` never reach a source: the learner drops
-and counts them before it asks.
+and counts them before it asks. `people.build_source` builds the source a config names.
 """
 
 from __future__ import annotations
@@ -56,6 +56,13 @@ class Pair:
     rewards: tuple[float, float]
     seeds: tuple[int, int] = (0, 0)
     images: tuple[bytes, bytes] | None = None
+
+
+def is_held_out(pair_id: str, fraction: float) -> bool:
+    """Whether a pair is held out (judged, never trained on): the last 8 hex digits of its id, read as a number, fall
+    below fraction·16⁸ (the labelling page picks its repeated pairs by the first 8, so the two choices are
+    independent)."""
+    return int(pair_id[-8:], 16) < fraction * 16**8
 
 
 class PreferenceSource:
@@ -176,17 +183,3 @@ class ReplayPreferences(PreferenceSource):
                 f"{found.prompt!r}: the file was recorded by another run"
             )
         return found.choice
-
-
-def build_source(settings, open_store=None, max_staleness: int | None = None, writer: bool = True) -> PreferenceSource:
-    """The source `d3po.preferences` names; source human reads the judgement store `open_store()` opens (the run
-    folder's), and only the `writer` (rank 0) adds the pairs to it."""
-    if settings.source == "file":
-        return ReplayPreferences(settings.path, settings.on_missing)
-    if settings.source == "human":
-        from learner.algorithms.d3po.people import StorePreferences
-
-        if open_store is None:
-            raise ValueError("d3po.preferences.source=human reads the run folder's judgement store: use `rlcm train`")
-        return StorePreferences(open_store(), max_staleness, writer)
-    return RewardPreferences(settings.tie_threshold)

@@ -21,6 +21,13 @@ class PageSettings(BaseModel):
     token: str | None = Field(
         None, description="the page's token (none: $RLCM_LABEL_TOKEN, else a random one printed with the address)"
     )
+    repeat_fraction: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="share of the pairs (by id) that, once judged, are offered once more to another labeller: "
+        "labeller_agreement compares the two judgements",
+    )
 
 
 class PreferenceSettings(BaseModel):
@@ -41,6 +48,23 @@ class PreferenceSettings(BaseModel):
     serve: PageSettings | None = Field(
         None, description="source human: serve the labelling page beside `rlcm train` (none: run `rlcm label`)"
     )
+    held_out_fraction: float | None = Field(
+        None,
+        ge=0,
+        lt=1,
+        description="share of the judged pairs (by pair id) never trained on: after each update the policy's implicit "
+        "reward margin and preference accuracy on them are held_out_implicit_margin and held_out_preference_accuracy "
+        "(none: 0.1 for source human, else 0)",
+    )
+    held_out_pairs: int = Field(
+        64, ge=1, description="how many of the newest held-out pairs the learner keeps and scores after each update"
+    )
+
+    def held_out(self) -> float:
+        """`held_out_fraction`, its default resolved."""
+        if self.held_out_fraction is not None:
+            return self.held_out_fraction
+        return 0.1 if self.source == "human" else 0.0
 
     @model_validator(mode="after")
     def _path_with_file(self) -> PreferenceSettings:
