@@ -7,7 +7,7 @@ random 2-layer CLIP text encoder with a character-level CLIP tokenizer, and a pi
 It has learned nothing; it exists so that every code path used with real models runs on a laptop CPU,
 and so that RL has something to climb that the policy gradient can see:
 
-- its UNet's sample predictions are scaled to the data's scale (`TOY_LCM_OUTPUT_SCALE`: std ≈ 1, as
+- its UNet's sample predictions are scaled to the data's scale (`TOY_OUTPUT_SCALE`: std ≈ 1, as
   SD latents), so the policy's means, not only its noise, shape each action;
 - its scheduler's boundary condition keeps most of the last action in the output
   (`TOY_LCM_TIMESTEP_SCALING`: c_skip(τ) = σ_data²/((s·τ)² + σ_data²) is 0.79 at the last of 4 steps,
@@ -16,9 +16,12 @@ and so that RL has something to climb that the policy gradient can see:
   scaling a random-reward control moved the images further than the reward did (docs/results/toy_drift.md).
 
 `"tiny-ddim"` is the same toy as a `StableDiffusionPipeline` for DDPO: a UNet without the guidance embedding
-(epsilon prediction, classifier-free guidance), the same text encoder, the stock decoder (no centring), a
-`DDIMScheduler` with SD1.5's schedule (and x̂0 clipped to ±1, which keeps the random toy's chain bounded);
-every DDIM step is a Gaussian action, so its output needs no such change.
+(v prediction, its output × 4 and the decoder centred and ÷ 4 as the LCM toy's, classifier-free guidance), the same
+text encoder, and a `DDIMScheduler` with SD1.5's ᾱ_t × 0.9 (`TOY_DDIM_FINAL_ALPHA_CUMPROD`) and trailing timesteps
+(999, 749, 499, 249 at 4 steps). With SD's own schedule, 4 DDIM steps end in a step into t = 1 whose σ is 0.04 while
+its mean moves the image: that near-deterministic step held 78 % of DDPO's gradient, and x̂0 clipped to ±1 (which an
+ε-predicting random UNet needs) saturated the latents, so the negated reward could not roughen them
+(docs/results/toy_drift.md). v prediction keeps the chain bounded without a clip.
 """
 
 from __future__ import annotations
@@ -44,8 +47,9 @@ from rollout.precision import dtypes_for
 from rollout.samplers import DDIM, EXAMPLES, LCM, sampler_of
 
 TINY, TINY_DDIM = "tiny", "tiny-ddim"
-TOY_LCM_OUTPUT_SCALE = 4.0  # the random UNet's sample predictions × 4: std ≈ 1 at the last action (was ≈ 0.3)
+TOY_OUTPUT_SCALE = 4.0  # the random UNet's conv_out × 4 (LCM: sample predictions of std ≈ 1, was ≈ 0.3; DDIM: v × 4)
 TOY_LCM_TIMESTEP_SCALING = 1e-3  # LCMScheduler's s in c_skip(τ) = σ_data²/((s·τ)² + σ_data²); stock: 10
+TOY_DDIM_FINAL_ALPHA_CUMPROD = 0.9  # the toy DDIM's ᾱ × this: its step into ᾱ_0 keeps σ ≈ 0.29 (SD's: 0.03)
 DEFAULT_REAL_MODEL = "SimianLuo/LCM_Dreamshaper_v7"
 
 
@@ -157,28 +161,30 @@ def build_tiny_pipeline(seed: int = 0, sample_size: int = 16) -> LatentConsisten
         original_inference_steps=50,
         timestep_scaling=TOY_LCM_TIMESTEP_SCALING,
     )
-    parts = _tiny_parts(seed, sample_size, time_cond_proj_dim=32, output_scale=TOY_LCM_OUTPUT_SCALE)
+    parts = _tiny_parts(seed, sample_size, time_cond_proj_dim=32, output_scale=TOY_OUTPUT_SCALE)
     return LatentConsistencyModelPipeline(scheduler=scheduler, **parts)
+
+
+def toy_ddim_betas() -> list[float]:
+    """SD1.5's scaled-linear β_t with β_0 raised so that ᾱ_0 = `TOY_DDIM_FINAL_ALPHA_CUMPROD`·(1 − β_0^SD): every
+    ᾱ_t is SD's × that factor, so the chain ends with some noise left and no DDIM step is near-deterministic."""
+    betas = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear").betas.double()
+    betas[0] = 1 - TOY_DDIM_FINAL_ALPHA_CUMPROD * (1 - betas[0])
+    return betas.tolist()
 
 
 def build_tiny_ddim_pipeline(seed: int = 0, sample_size: int = 16) -> StableDiffusionPipeline:
     """The toy Stable Diffusion pipeline for DDPO: epsilon prediction, no guidance embedding, a DDIMScheduler."""
     scheduler = DDIMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        prediction_type="epsilon",
+        trained_betas=toy_ddim_betas(),
+        prediction_type="v_prediction",
         set_alpha_to_one=False,
         steps_offset=1,
-        clip_sample=True,
-        clip_sample_range=1.0,
+        timestep_spacing="trailing",
+        clip_sample=False,
     )
-    placeholder = DDIMScheduler.from_config(scheduler.config, clip_sample=False)
-    pipe = StableDiffusionPipeline(
-        scheduler=placeholder, image_encoder=None, **_tiny_parts(seed, sample_size, time_cond_proj_dim=None)
-    )
-    pipe.scheduler = scheduler  # set after construction: the pipeline's constructor rewrites clip_sample=True to False
-    return pipe
+    parts = _tiny_parts(seed, sample_size, time_cond_proj_dim=None, output_scale=TOY_OUTPUT_SCALE)
+    return StableDiffusionPipeline(scheduler=scheduler, image_encoder=None, **parts)
 
 
 TOY_BUILDERS = {TINY: build_tiny_pipeline, TINY_DDIM: build_tiny_ddim_pipeline}

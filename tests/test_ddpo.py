@@ -38,7 +38,7 @@ def test_trajectory_layout(pipe_and_traj):
     _, traj = pipe_and_traj
     assert traj.latents.shape == (2, H + 1, 4, 16, 16) and traj.log_probs.shape == (2, H)
     assert traj.negative_prompt_embeds.shape == traj.prompt_embeds.shape and traj.eta == 1.0
-    assert traj.timesteps.tolist() == [751, 501, 251, 1]  # DDIMScheduler, leading spacing, steps_offset 1
+    assert traj.timesteps.tolist() == [999, 749, 499, 249]  # the toy's DDIMScheduler: trailing spacing
     both = type(traj).concat([traj, traj.select([1])])
     assert torch.equal(both.negative_prompt_embeds[2], traj.negative_prompt_embeds[1])
 
@@ -54,11 +54,12 @@ def test_log_probs_equal_direct_unet_calls_and_ddim_constants(pipe_and_traj):
             out = pipe.unet(
                 torch.cat([x, x]), t, encoder_hidden_states=torch.cat([traj.negative_prompt_embeds, traj.prompt_embeds])
             ).sample
-        eps_u, eps_c = out.double().chunk(2)
-        eps = eps_u + W * (eps_c - eps_u)
+        v_u, v_c = out.double().chunk(2)
+        v = v_u + W * (v_c - v_u)
         a_t = alphas[t]
         a_prev = alphas[t - 1000 // H] if t - 1000 // H >= 0 else final
-        x0 = ((x.double() - (1 - a_t).sqrt() * eps) / a_t.sqrt()).clamp(-1, 1)  # the toy's scheduler clips x̂0 to ±1
+        x0 = a_t.sqrt() * x.double() - (1 - a_t).sqrt() * v  # the toy predicts v, unclipped
+        eps = (1 - a_t).sqrt() * x.double() + a_t.sqrt() * v
         sigma = ((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev)).sqrt()  # η = 1
         mean = a_prev.sqrt() * x0 + (1 - a_prev - sigma**2).sqrt() * eps
         x_next = traj.latents[:, k + 1].double()

@@ -257,7 +257,7 @@ def reference_ppo(model, traj, advantages, s, generator_state, theta0, kl_coef=0
     return [p.detach().clone() for p in params], norms, np.mean(clipped)
 
 
-LORA_B_STD = {"tiny": 0.05, "tiny-ddim": 0.003}  # first-pass ratios π_θ0/π_base: some within 1 ± 0.1, some outside
+LORA_B_STD = {"tiny": 0.05, "tiny-ddim": 0.01}  # first-pass ratios π_θ0/π_base: some within 1 ± 0.1, some outside
 
 
 def ppo_learner(spec_class, model: str, settings):

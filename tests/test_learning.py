@@ -55,7 +55,7 @@ def log_likelihoods(pipe, trajectory: Trajectory) -> np.ndarray:
 @torch.no_grad()
 def denoising_likelihoods(pipe, trajectory: Trajectory, draws: int = 16) -> np.ndarray:
     """−mean ‖x̂0(x_t, t) − x0‖² per sample over fixed draws (t ~ U{1 … 999}, ε ~ N(0, I), seeded), x_t = √ᾱ·x0 +
-    √(1−ᾱ)·ε, x0 the sample's clean latent, x̂0 the LCM's denoised output or a DDIM model's x̂0 from its conditional ε."""
+    √(1−ᾱ)·ε, x0 the sample's clean latent, x̂0 the LCM's denoised output or the DDIM toy's x̂0 from its conditional v."""
     generator = torch.Generator().manual_seed(0)
     x0 = trajectory.final_latents
     alphas = pipe.scheduler.alphas_cumprod.to(x0.dtype)
@@ -68,8 +68,8 @@ def denoising_likelihoods(pipe, trajectory: Trajectory, draws: int = 16) -> np.n
             w = guidance_embedding(pipe, trajectory.guidance_scale, len(trajectory))
             x0_hat = predict_denoised(pipe.unet, pipe.scheduler, x_t, t, trajectory.prompt_embeds, w)
         else:
-            eps = pipe.unet(x_t, t, encoder_hidden_states=trajectory.prompt_embeds, return_dict=False)[0]
-            x0_hat = (x_t - (1 - a).sqrt() * eps) / a.sqrt()
+            v = pipe.unet(x_t, t, encoder_hidden_states=trajectory.prompt_embeds, return_dict=False)[0]
+            x0_hat = a.sqrt() * x_t - (1 - a).sqrt() * v  # the DDIM toy predicts v
         total -= ((x0_hat - x0) ** 2).mean(dim=(1, 2, 3)).double().numpy() / draws
     return total
 

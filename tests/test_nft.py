@@ -70,14 +70,16 @@ def randomize(params: list[torch.nn.Parameter], seed: int) -> list[torch.Tensor]
 
 
 def reference_prediction(pipe, traj, x_t, t, rows):
-    """The clean prediction written out: the LCM's denoised output, or x̂0 = (x_t − √(1−ᾱ)ε̂)/√ᾱ of the conditional ε."""
+    """The clean prediction written out: the LCM's denoised output, or x̂0 = √ᾱ·x_t − √(1−ᾱ)·v̂ of the DDIM toy's
+    conditional v."""
     embeds = traj.prompt_embeds[rows]
     if traj.negative_prompt_embeds is None:
         w = guidance_embedding(pipe, traj.guidance_scale, len(rows))
         return predict_denoised(pipe.unet, pipe.scheduler, x_t, t, embeds, w)
-    eps = pipe.unet(x_t, t, encoder_hidden_states=embeds, return_dict=False)[0]
+    assert pipe.scheduler.config.prediction_type == "v_prediction"
+    v = pipe.unet(x_t, t, encoder_hidden_states=embeds, return_dict=False)[0]
     a = pipe.scheduler.alphas_cumprod.to(F64)[t].view(-1, 1, 1, 1)
-    return (x_t - (1 - a).sqrt() * eps) / a.sqrt()
+    return a.sqrt() * x_t - (1 - a).sqrt() * v
 
 
 def reference_update(model, traj, s, generator_state, theta0, old0):

@@ -72,6 +72,14 @@ def ddim_prediction(
     scheduler: DDIMScheduler, model_output: torch.Tensor, x: torch.Tensor, t: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """x̂0 (clipped or thresholded per the scheduler config) and ε̂ of x_k at timesteps t [B], per prediction type."""
+    x0_pred, eps_pred = unclipped_prediction(scheduler, model_output, x, t)
+    return clip_or_threshold(x0_pred, scheduler.config), eps_pred
+
+
+def unclipped_prediction(
+    scheduler: DDIMScheduler, model_output: torch.Tensor, x: torch.Tensor, t: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """x̂0 and ε̂ of x_t at timesteps t [B] from the model's output, per the scheduler's prediction type (no clip)."""
     dtype = math_dtype_for(model_output.dtype, x.dtype)
     x = x.to(dtype)
     alpha_t = alpha_prod(scheduler, t, dtype)  # ᾱ_t
@@ -87,7 +95,7 @@ def ddim_prediction(
         eps_pred = (alpha_t**0.5) * model_output + (beta_t**0.5) * x
     else:
         raise ValueError(f"unsupported prediction_type {prediction_type!r}")
-    return clip_or_threshold(x0_pred, scheduler.config), eps_pred
+    return x0_pred, eps_pred
 
 
 def ddim_step_mean_std(

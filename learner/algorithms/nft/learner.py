@@ -11,14 +11,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from learner.algorithms.nft.loss import forward_noise, nft_loss, old_decay, optimality, soft_update, x0_from_epsilon
+from learner.algorithms.nft.loss import forward_noise, nft_loss, old_decay, optimality, soft_update
 from learner.algorithms.nft.settings import NFTSettings
 from learner.base import BaseLearner, BaseLearnerSpec, shard
 from learner.guards import grad_norm_metrics
 from learner.optim import optimizer_step
 from learner.stat_tracker import PerPromptStatTracker
 from rollout.policies import policy_for
-from rollout.policies.ddim import guided_epsilon
+from rollout.policies.ddim import guided_epsilon, unclipped_prediction
 from rollout.policies.lcm import guidance_embedding, predict_denoised
 from rollout.precision import TRAINABLE_DTYPE
 from rollout.samplers import LCM
@@ -85,12 +85,12 @@ class NFTLearner(BaseLearner):
 
     def predict(self, x_t: torch.Tensor, t: torch.Tensor, batch: Batch, rows: torch.Tensor) -> torch.Tensor:
         """The clean prediction p(x_t, t): the LCM's denoised output (boundary condition included), or a DDIM model's
-        x̂0 from its conditional ε."""
+        x̂0 from its conditional output (ε, v or x̂0, per its scheduler's prediction type), unclipped."""
         unet, scheduler = self.pipe.unet, self.pipe.scheduler
         if batch.w_embedding is not None:
             return predict_denoised(unet, scheduler, x_t, t, batch.prompt_embeds[rows], batch.w_embedding[rows])
-        eps = guided_epsilon(unet, x_t, t, batch.prompt_embeds[rows], None, 1.0)
-        return x0_from_epsilon(x_t.to(eps.dtype), eps, scheduler.alphas_cumprod.to(eps.device, eps.dtype)[t])
+        output = guided_epsilon(unet, x_t, t, batch.prompt_embeds[rows], None, 1.0)
+        return unclipped_prediction(scheduler, output, x_t, t)[0]
 
     def train_epoch(
         self, rewards: np.ndarray, valid: np.ndarray, *trajectories: Trajectory, world_size: int = 1

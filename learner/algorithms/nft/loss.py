@@ -10,7 +10,8 @@ For a clean sample x0 the policy generated, its reward's advantage A, a training
     loss     = mean_i A_max·(r·ℓ⁺ + (1−r)·ℓ⁻)/β  [+ c_KL·mean_i mean_dims (p_θ − p_base)²]
 
 p is the clean-image prediction x̂0 (the paper's flow-matching code writes x̂0 = x_t − t·v): the LCM's denoised output
-with its boundary condition, a DDIM model's x̂0 from ε. sg: stop-gradient; p_old and p_base carry no gradient.
+with its boundary condition, a DDIM model's x̂0 from its ε, v or x̂0 output. sg: stop-gradient; p_old and p_base carry
+no gradient.
 θ_old then follows θ: θ_old ← η·θ_old + (1−η)·θ, η = min(rate·(s − flat), η_max) after s optimizer steps (0 before
 `flat`).
 """
@@ -31,12 +32,6 @@ def forward_noise(x0: torch.Tensor, noise: torch.Tensor, alpha_bar: torch.Tensor
     """x_t = √ᾱ_t·x0 + √(1−ᾱ_t)·ε, ᾱ_t per sample [B]."""
     a = alpha_bar.view(-1, *([1] * (x0.ndim - 1)))
     return a.sqrt() * x0 + (1 - a).sqrt() * noise
-
-
-def x0_from_epsilon(x_t: torch.Tensor, eps: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
-    """x̂0 = (x_t − √(1−ᾱ_t)·ε̂)/√ᾱ_t (a DDIM model's clean prediction, unclipped)."""
-    a = alpha_bar.view(-1, *([1] * (x_t.ndim - 1)))
-    return (x_t - (1 - a).sqrt() * eps) / a.sqrt()
 
 
 def _per_sample(x: torch.Tensor) -> torch.Tensor:
