@@ -12,8 +12,9 @@ from rlcm.config.schema import PRESETS, ConfigError, load_config
 from rlcm.planning.assembly import RESERVED
 from rlcm.planning.gpus import GPUS, resolve_gpu
 from rlcm.planning.plan import plan
+from rollout.samplers import is_toy
 
-REAL_PRESETS = [p for p in PRESETS if "tiny" not in p]
+REAL_PRESETS = [p for p in PRESETS if not is_toy(load_config(p).model.name)]  # d3po-human runs the toy too
 
 
 def heavy(preset: str) -> dict[str, list[str]]:
