@@ -6,15 +6,11 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from rlcm.commands.main import main
 from tests.toys import toy_pipe_with_saved_lora
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_eval_steer_writes_the_rows_with_compute_per_image(tmp_path, capsys):

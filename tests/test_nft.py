@@ -52,12 +52,7 @@ SETTINGS = dict(
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def randomize(params: list[torch.nn.Parameter], seed: int) -> list[torch.Tensor]:

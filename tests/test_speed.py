@@ -14,13 +14,7 @@ from rollout.models import load_pipeline
 from rollout.policies import sample_trajectory
 from rollout.speed import UNetMeter, enable_tf32
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def update_loss(**speed) -> float:
